@@ -1,0 +1,58 @@
+"""torpor: durable per-agent actors on SQLite, inside your own Python process.
+
+This package is the public API. It only re-exports names from the engine (``runtime``),
+whose modules are private: import from ``actors``, never from ``runtime``.
+"""
+
+from runtime.actor import Actor, query
+from runtime.engine import DeadLetter, Ref, Runtime, RuntimeStatistics, open_runtime
+from runtime.errors import (
+    ActorError,
+    ActorExistsError,
+    ActorFailedError,
+    ActorNotFoundError,
+    CorruptFileError,
+    DecodingError,
+    EncodingError,
+    InvalidArgumentsError,
+    InvalidKeyError,
+    MessageFailedError,
+    MessageTooLargeError,
+    RuntimeClosedError,
+    RuntimeInternalError,
+    RuntimeLockedError,
+    SchemaError,
+    StoredError,
+    UnknownActorTypeError,
+    UnknownHandlerError,
+)
+from runtime.spec import Retry
+
+__all__ = [
+    "Actor",
+    "ActorError",
+    "ActorExistsError",
+    "ActorFailedError",
+    "ActorNotFoundError",
+    "CorruptFileError",
+    "DeadLetter",
+    "DecodingError",
+    "EncodingError",
+    "InvalidArgumentsError",
+    "InvalidKeyError",
+    "MessageFailedError",
+    "MessageTooLargeError",
+    "Ref",
+    "Retry",
+    "Runtime",
+    "RuntimeClosedError",
+    "RuntimeInternalError",
+    "RuntimeLockedError",
+    "RuntimeStatistics",
+    "SchemaError",
+    "StoredError",
+    "UnknownActorTypeError",
+    "UnknownHandlerError",
+    "open_runtime",
+    "query",
+]

@@ -1,0 +1,463 @@
+"""An awake actor: its open files, its live object, its queue, and its turn loop.
+
+The turn loop is the heart of DESIGN §4. It takes the queued messages in seq order, runs up to
+``MAX_BATCH`` of them in one ``data.db`` transaction (a savepoint each), and commits, with the
+user's writes, ``applied_seq``, the outbox rows and stored results. Replies and outbox deliveries
+are released only after that commit. A handler that raises rolls back its savepoint; the message
+is retried with backoff (blocking the actor's later messages, to keep per-sender order) and then
+dead-lettered.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from . import context
+from .datastore import KV, DataStore, Sql
+from .errors import (
+    ActorFailedError,
+    DecodingError,
+    EncodingError,
+    MessageFailedError,
+    MessageTooLargeError,
+    RuntimeClosedError,
+    RuntimeInternalError,
+    SchemaError,
+    StoredError,
+    UnknownHandlerError,
+)
+from .layout import DATA_FILE, MAILBOX_FILE, actor_dir
+from .mailbox import Mailbox, Message
+
+if TYPE_CHECKING:
+    from .engine import Ref, Runtime
+    from .spec import TypeSpec
+
+#: Messages applied in one ``data.db`` transaction at most (group commit, DESIGN §8).
+MAX_BATCH = 128
+#: Messages loaded from ``mailbox.db`` at a time when catching up on a backlog.
+LOAD_CHUNK = 512
+#: Applied inbox rows are deleted in batches of this many (DESIGN §8: batch the cleanup).
+CLEANUP_EVERY = 256
+
+
+class Waiter:
+    """The reply slot of one message, shared by every asker of it."""
+
+    __slots__ = ("error", "event", "payload")
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.payload: bytes | None = None
+        self.error: BaseException | None = None
+
+    def set_result(self, payload: bytes) -> None:
+        self.payload = payload
+        self.event.set()
+
+    def set_error(self, error: BaseException) -> None:
+        self.error = error
+        self.event.set()
+
+
+class Activation:
+    def __init__(
+        self, runtime: Runtime, spec: TypeSpec, key: str, aid: str, ref: Ref[Any], init: bytes | None
+    ) -> None:
+        self.runtime = runtime
+        self.spec = spec
+        self.key = key
+        self.aid = aid
+        self.ref = ref
+        self.init = init
+        self.queue: collections.deque[Message] = collections.deque()
+        self.backlog = True  # unapplied messages may exist in mailbox.db beyond the queue
+        self.loaded_upto = 0
+        self.applied_seq = 0
+        self.cleaned_upto = 0
+        self.outbox_delivered_upto = 0
+        self.outbox_deleted_upto = 0
+        self.outbox_dirty = True  # rows may wait in the outbox (true at wake: recovery)
+        self.waiters: dict[int, Waiter] = {}
+        self.work = anyio.Event()
+        self.created = anyio.Event()
+        self.stopped = anyio.Event()
+        self.failed: BaseException | None = None
+        self.closing = False
+        self._reader: Any = None
+
+    # -- opening and closing ---------------------------------------------------------------
+
+    def open(self) -> None:
+        rt = self.runtime
+        folder = actor_dir(rt.root, self.aid)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.mailbox = Mailbox(
+            folder / MAILBOX_FILE, synchronous=rt.synchronous, type_name=self.spec.name, key=self.key
+        )
+        try:
+            self.data = DataStore(
+                folder / DATA_FILE, synchronous=rt.synchronous, type_name=self.spec.name, key=self.key
+            )
+            try:
+                self.sql = Sql(self.data.conn)
+                self.kv = KV(self.data, self.data.conn, rt.codec)
+                if self.spec.migrations:
+                    try:
+                        self.data.run_user_migrations(
+                            self.spec.migrations, self.sql, f"{self.spec.name} {self.key!r}"
+                        )
+                    except SchemaError:
+                        raise
+                    except Exception as exc:
+                        raise SchemaError(
+                            f"a migration of {self.spec.name} failed on {self.key!r}: {exc!r}; "
+                            "nothing was changed"
+                        ) from exc
+                self.instance = self._instantiate()
+            except BaseException:
+                self.data.close()
+                raise
+        except BaseException:
+            self.mailbox.close()
+            raise
+        self.applied_seq = self.loaded_upto = self.cleaned_upto = self.data.applied_seq
+        if self.data.created:
+            self.created.set()
+
+    def _instantiate(self) -> Any:
+        cls = self.spec.cls
+        instance = cls.__new__(cls)
+        instance._torpor_key = self.key
+        instance._torpor_ref = self.ref
+        instance.__init__()
+        return instance
+
+    def reader(self) -> Any:
+        """A read-only connection for ``@query`` handlers, opened on first use."""
+        if self._reader is None:
+            from . import db
+
+            self._reader = db.connect(
+                self.data.path, synchronous=self.runtime.synchronous, query_only=True
+            )
+        return self._reader
+
+    def close_files(self) -> None:
+        """Tidy the files (batched cleanup) and close every connection. Sync; loop has ended."""
+        try:
+            if not self.data.in_transaction:
+                self._cleanup(force=True)
+                if (
+                    not self.queue
+                    and not self.backlog
+                    and not self.outbox_dirty
+                    and self.failed is None
+                ):
+                    self.runtime.directory.clear_pending(self.aid)
+        finally:
+            error = RuntimeClosedError("the runtime closed before this message was applied")
+            for waiter in self.waiters.values():
+                waiter.set_error(error)
+            self.waiters.clear()
+            if self._reader is not None:
+                self._reader.close()
+            self.data.close()
+            self.mailbox.close()
+
+    # -- accepting messages ---------------------------------------------------------------
+
+    def accept(self, message: Message) -> None:
+        """A message was appended to ``mailbox.db``; queue it unless a backlog is unread."""
+        if not self.backlog:
+            self.queue.append(message)
+            self.loaded_upto = message.seq
+        self.work.set()
+
+    def waiter(self, seq: int) -> Waiter:
+        """The reply slot for message ``seq``, filled at once if it was applied already."""
+        existing = self.waiters.get(seq)
+        if existing is not None:
+            return existing
+        waiter = Waiter()
+        if seq <= self.applied_seq:
+            stored = self.data.result(seq)
+            if stored is None:
+                waiter.set_error(
+                    RuntimeInternalError(f"no stored result for applied message {seq}")
+                )
+            elif stored[0]:
+                waiter.set_result(stored[1])
+            else:
+                type_name, message, tb, attempts = self.runtime.codec.decode(stored[1])
+                error = MessageFailedError(
+                    f"{self.spec.name} {self.key!r} failed message {seq} after {attempts} "
+                    f"attempts: {type_name}: {message}",
+                    seq=seq,
+                    attempts=attempts,
+                )
+                error.__cause__ = StoredError(type_name, message, tb)
+                waiter.set_error(error)
+            return waiter
+        if self.failed is not None:
+            error = ActorFailedError(
+                f"{self.spec.name} {self.key!r} cannot run turns; the message is kept"
+            )
+            error.__cause__ = self.failed
+            waiter.set_error(error)
+            return waiter
+        self.waiters[seq] = waiter
+        return waiter
+
+    # -- the turn loop --------------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            if not self.created.is_set():
+                await self._create()
+            while not self.closing and self.failed is None:
+                if self.outbox_dirty:
+                    await self._deliver_outbox()
+                if not self.queue and self.backlog:
+                    self._load_more()
+                if not self.queue:
+                    self._cleanup(force=False)
+                    self.work = anyio.Event()
+                    if self.closing:
+                        break
+                    await self.work.wait()
+                    continue
+                await self._run_batch()
+            if self.failed is not None and not self.closing:
+                while not self.closing:
+                    self.work = anyio.Event()
+                    await self.work.wait()
+        finally:
+            self.data.rollback()
+            self.stopped.set()
+
+    def _load_more(self) -> None:
+        rows = self.mailbox.load(self.loaded_upto, LOAD_CHUNK)
+        self.queue.extend(rows)
+        if rows:
+            self.loaded_upto = rows[-1].seq
+        if len(rows) < LOAD_CHUNK:
+            self.backlog = False
+
+    async def _run_batch(self) -> None:
+        rt = self.runtime
+        codec = rt.codec
+        data = self.data
+        instance = self.instance
+        handlers = self.spec.handlers
+        batch = [self.queue[i] for i in range(min(len(self.queue), MAX_BATCH))]
+        done: list[tuple[Message, bytes]] = []
+        failure: tuple[Message, BaseException] | None = None
+        data.begin()
+        try:
+            if self.outbox_delivered_upto > self.outbox_deleted_upto:
+                data.delete_outbox(self.outbox_delivered_upto)
+                self.outbox_deleted_upto = self.outbox_delivered_upto
+            for message in batch:
+                handler = handlers.get(message.method)
+                if handler is None or handler.is_query:
+                    failure = (message, UnknownHandlerError(
+                        f"stored message {message.seq} names {message.method!r}, which is not a "
+                        f"handler of {self.spec.name} (was it renamed or removed?)"
+                    ))
+                    break
+                data.savepoint()
+                ctx = context.HandlerContext(self, context.TURN, message, self.sql, self.kv)
+                token = context.CURRENT.set(ctx)
+                try:
+                    args, kwargs = codec.decode(message.payload)
+                    result = await handler.fn(instance, *args, **kwargs)
+                    reply = codec.encode(result)
+                    if len(reply) > rt.max_message_bytes:
+                        raise MessageTooLargeError(
+                            f"the reply of {self.spec.name}.{handler.name} is {len(reply)} bytes, "
+                            f"over max_message_bytes={rt.max_message_bytes}"
+                        )
+                except Exception as exc:
+                    data.rollback_to_savepoint()
+                    failure = (message, exc)
+                    break
+                finally:
+                    context.CURRENT.reset(token)
+                data.release()
+                if message.idempotency_key is not None:
+                    data.store_result(message.seq, message.idempotency_key, True, reply)
+                done.append((message, reply))
+            if done:
+                data.set_applied(done[-1][0].seq)
+            data.commit()
+        except BaseException:
+            data.rollback()
+            raise
+        if done:
+            queue = self.queue
+            waiters = self.waiters
+            for message, reply in done:
+                queue.popleft()
+                waiter = waiters.pop(message.seq, None)
+                if waiter is not None:
+                    waiter.set_result(reply)
+            self.applied_seq = done[-1][0].seq
+            rt.stats_turns += 1
+            rt.stats_applied += len(done)
+        if failure is not None:
+            await self._fail(*failure)
+
+    async def _fail(self, message: Message, error: BaseException) -> None:
+        rt = self.runtime
+        attempts = self.mailbox.record_failure(message.seq)
+        message.attempts = attempts
+        retryable = not isinstance(
+            error, DecodingError | UnknownHandlerError | EncodingError | MessageTooLargeError
+        )
+        if retryable and attempts < self.spec.retry.max_attempts:
+            rt.stats_retries += 1
+            with anyio.move_on_after(self.spec.retry.delay(attempts)):
+                await rt.closing.wait()
+            return
+        # Dead-letter: keep a copy first, then advance applied_seq past it (in that order, so a
+        # crash in between only re-runs the message, which dead-letters again idempotently).
+        self.mailbox.dead_letter(message, error)
+        data = self.data
+        data.begin()
+        try:
+            data.set_applied(message.seq)
+            if message.idempotency_key is not None:
+                tb = _format(error)
+                data.store_result(
+                    message.seq,
+                    message.idempotency_key,
+                    False,
+                    rt.codec.encode([type(error).__qualname__, str(error), tb, attempts]),
+                )
+            data.commit()
+        except BaseException:
+            data.rollback()
+            raise
+        self.queue.popleft()
+        self.applied_seq = message.seq
+        rt.stats_dead_letters += 1
+        waiter = self.waiters.pop(message.seq, None)
+        if waiter is not None:
+            failed = MessageFailedError(
+                f"{self.spec.name}.{message.method} failed on {self.key!r} after {attempts} "
+                f"attempt(s) and was dead-lettered: {error!r}",
+                seq=message.seq,
+                attempts=attempts,
+            )
+            failed.__cause__ = error
+            waiter.set_error(failed)
+
+    async def _create(self) -> None:
+        """Run ``on_create`` once, as the actor's first turn, retrying per the type's policy."""
+        rt = self.runtime
+        args: list[Any] = []
+        kwargs: dict[str, Any] = {}
+        if self.init is not None:
+            args, kwargs = rt.codec.decode(self.init)
+        attempt = 0
+        while True:
+            attempt += 1
+            self.data.begin()
+            ctx = context.HandlerContext(self, context.TURN, None, self.sql, self.kv)
+            token = context.CURRENT.set(ctx)
+            try:
+                await self.spec.on_create.fn(self.instance, *args, **kwargs)
+                self.data.set_created()
+                self.data.commit()
+                break
+            except Exception as exc:
+                self.data.rollback()
+                if attempt >= self.spec.retry.max_attempts:
+                    self.failed = exc
+                    error = ActorFailedError(
+                        f"{self.spec.name}.on_create failed on {self.key!r} after {attempt} "
+                        f"attempt(s): {exc!r}; its messages are kept"
+                    )
+                    error.__cause__ = exc
+                    for waiter in self.waiters.values():
+                        waiter.set_error(error)
+                    self.waiters.clear()
+                    return
+                rt.stats_retries += 1
+                with anyio.move_on_after(self.spec.retry.delay(attempt)):
+                    await rt.closing.wait()
+                if self.closing:
+                    return
+            except BaseException:
+                self.data.rollback()
+                raise
+            finally:
+                context.CURRENT.reset(token)
+        if self.init is not None:
+            rt.directory.clear_init(self.aid)
+        self.created.set()
+
+    # -- the outbox -----------------------------------------------------------------------
+
+    def outbox_add(self, target: Ref[Any], method: str, payload: bytes) -> None:
+        self.data.add_outbox(target.type_name, target.key, method, payload)
+        self.outbox_dirty = True
+
+    async def _deliver_outbox(self) -> None:
+        """Deliver committed outbox rows in order; a row that cannot go yet stays, with the rest.
+
+        Delivery is at-least-once; the receiver's per-sender cursor makes it exactly-once.
+        """
+        rt = self.runtime
+        for row in self.data.outbox_after(self.outbox_delivered_upto):
+            spec = rt.specs.get(row.target_type)
+            if spec is None:
+                rt.report(
+                    f"{self.spec.name} {self.key!r}: outbox row {row.id} targets unregistered "
+                    f"type {row.target_type!r}; kept until it is registered"
+                )
+                return
+            try:
+                await rt.deliver(spec, row.target_key, row.method, row.payload, self.aid, row.id)
+            except RuntimeClosedError:
+                return
+            except Exception as exc:
+                rt.report(
+                    f"{self.spec.name} {self.key!r}: outbox row {row.id} to {row.target_type} "
+                    f"{row.target_key!r} not delivered yet: {exc!r}"
+                )
+                return
+            self.outbox_delivered_upto = row.id
+        self.outbox_dirty = False
+
+    # -- batched housekeeping -------------------------------------------------------------
+
+    def _cleanup(self, *, force: bool) -> None:
+        if self.applied_seq - self.cleaned_upto < (1 if force else CLEANUP_EVERY):
+            return
+        self.mailbox.remove_applied(self.applied_seq)
+        self.cleaned_upto = self.applied_seq
+        cutoff = time.time() - self.runtime.idempotency_ttl
+        self.mailbox.prune_idempotency(cutoff)
+        self.data.housekeeping(self.outbox_delivered_upto, cutoff)
+        self.outbox_deleted_upto = self.outbox_delivered_upto
+
+
+def _format(error: BaseException) -> str:
+    import traceback
+
+    return "".join(traceback.format_exception(error))
+
+
+def check_payload(runtime: Runtime, payload: bytes, what: str) -> None:
+    if len(payload) > runtime.max_message_bytes:
+        raise MessageTooLargeError(
+            f"{what} encodes to {len(payload)} bytes, over max_message_bytes="
+            f"{runtime.max_message_bytes}; keep large data in the actor's tables"
+        )
+

@@ -1,0 +1,95 @@
+"""The ``Actor`` base class and the ``@query`` decorator."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+from . import context
+from .spec import QUERY_MARK, Retry, build_type_spec
+
+if TYPE_CHECKING:
+    from .datastore import KV, Sql
+    from .engine import Ref
+    from .spec import TypeSpec
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+def query(fn: F) -> F:
+    """Mark an async handler as read-only: it runs at once, beside any turn, on committed state.
+
+    A query is not queued, not journaled and not retried; ``self.sql`` is read-only in it and
+    ``self.kv`` refuses writes.
+    """
+    if not callable(fn):
+        raise TypeError(f"@query decorates an async method (got {fn!r})")
+    setattr(fn, QUERY_MARK, True)
+    return fn
+
+
+class Actor:
+    """Base class of actor types. Public ``async def`` methods are its message handlers.
+
+    Subclass with an optional stable name, which is persisted in every file of the actor and so
+    must survive renaming the class::
+
+        class Chat(actors.Actor, name="chat"):
+            async def post(self, text: str) -> int: ...
+
+    Class attributes configure the type: ``retry`` (an :class:`actors.Retry` for failing
+    messages) and ``migrations`` (SQL strings or callables, applied in order by
+    ``pragma user_version``; only ever append to it).
+    """
+
+    __torpor_spec__: ClassVar[TypeSpec]
+    retry: ClassVar[Retry] = Retry()
+    migrations: ClassVar[tuple[str | Callable[[Sql], None], ...]] = ()
+
+    _torpor_key: str
+    _torpor_ref: Ref[Any]
+
+    def __init_subclass__(cls, *, name: str | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.__torpor_spec__ = build_type_spec(cls, name, Actor)
+
+    # -- identity (always available) ------------------------------------------------------
+
+    @property
+    def key(self) -> str:
+        """This actor's key."""
+        return self._torpor_key
+
+    @property
+    def ref(self) -> Ref[Any]:
+        """A ref to this actor itself."""
+        return self._torpor_ref
+
+    # -- inside a handler -----------------------------------------------------------------
+
+    @property
+    def sql(self) -> Sql:
+        """This actor's own SQLite database (``data.db``), inside the turn's transaction."""
+        return context.current(self, "self.sql").sql
+
+    @property
+    def kv(self) -> KV:
+        """A key-value map stored in ``data.db``, committed with the turn."""
+        return context.current(self, "self.kv").kv
+
+    def send(
+        self, target: Ref[Any], method: Callable[..., Awaitable[Any]] | str, /, *args: Any, **kwargs: Any
+    ) -> None:
+        """Send a message to another actor (or to this one) when this turn commits.
+
+        The message goes to this actor's outbox inside the turn's transaction; it leaves only if
+        the turn commits, and the receiver de-duplicates it, so it is delivered exactly once and
+        after every earlier send of this actor to the same target.
+        """
+        ctx = context.current_turn(self, "self.send")
+        ctx.activation.runtime.outbox_send(ctx, target, method, args, kwargs)
+
+    # -- lifecycle hooks ------------------------------------------------------------------
+
+    async def on_create(self) -> None:
+        """Runs once, as the actor's first turn, with the arguments given to ``spawn``."""

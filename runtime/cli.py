@@ -1,0 +1,41 @@
+"""The ``torpor`` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="torpor", description="Durable per-agent actors.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    bench = commands.add_parser(
+        "bench", help="measure torpor beside a raw apsw loop doing the same SQL"
+    )
+    bench.add_argument("--quick", action="store_true", help="small counts (a smoke run)")
+    bench.add_argument("--synchronous", choices=["NORMAL", "FULL"], default="NORMAL")
+    bench.add_argument("--backend", choices=["trio", "asyncio"], default="trio")
+    bench.add_argument("--json", action="store_true", help="machine-readable output")
+
+    args = parser.parse_args(argv)
+    if args.command == "bench":
+        from . import bench as bench_module
+
+        def progress(text: str) -> None:
+            if not args.json:
+                print(f"... {text}", file=sys.stderr, flush=True)
+
+        figures = bench_module.run(
+            quick=args.quick, synchronous=args.synchronous, backend=args.backend, progress=progress
+        )
+        if args.json:
+            print(json.dumps(bench_module.as_json(figures, args.synchronous), indent=2))
+        else:
+            print(bench_module.format_table(figures, args.synchronous))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

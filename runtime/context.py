@@ -1,0 +1,59 @@
+"""The handler context: which actor, which message, which connection, for the running handler.
+
+It lives in a ``ContextVar`` so that ``self.sql`` in a turn and ``self.sql`` in a ``@query``
+running beside it (another task) reach different connections of the same actor.
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any
+
+from .datastore import KV, Sql
+
+if TYPE_CHECKING:
+    from .activation import Activation
+    from .mailbox import Message
+
+TURN = "turn"
+QUERY = "query"
+
+
+class HandlerContext:
+    __slots__ = ("activation", "instance", "kv", "message", "mode", "sql")
+
+    def __init__(
+        self,
+        activation: Activation,
+        mode: str,
+        message: Message | None,
+        sql: Sql,
+        kv: KV,
+    ) -> None:
+        self.activation = activation
+        self.instance = activation.instance
+        self.mode = mode
+        self.message = message
+        self.sql = sql
+        self.kv = kv
+
+
+CURRENT: ContextVar[HandlerContext | None] = ContextVar("torpor_handler", default=None)
+
+
+def current(instance: Any, what: str) -> HandlerContext:
+    """The context of the handler of ``instance`` running in this task, or a clear error."""
+    ctx = CURRENT.get()
+    if ctx is None or ctx.instance is not instance:
+        raise RuntimeError(
+            f"{what} is available only while a handler of this actor runs (inside one of its "
+            "async methods, in the task the runtime runs it in)"
+        )
+    return ctx
+
+
+def current_turn(instance: Any, what: str) -> HandlerContext:
+    ctx = current(instance, what)
+    if ctx.mode != TURN:
+        raise RuntimeError(f"{what} is not allowed inside a @query handler: queries are read-only")
+    return ctx

@@ -1,0 +1,380 @@
+"""``data.db``: the actor's own tables plus the runtime tables that commit with them.
+
+The runtime tables (``_torpor_*``) hold the applied-message cursor, the outbox and the stored
+results of idempotent calls. Users' statements may read them but not change them: an authorizer
+refuses writes to ``_torpor_*`` tables and any transaction control, because a turn is exactly one
+transaction that the runtime opens and commits (DESIGN §4).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, MutableMapping
+from pathlib import Path
+from typing import Any
+
+import apsw
+
+from . import db
+from .codec import Codec
+from .errors import CorruptFileError, SchemaError
+
+# Runtime schema of data.db. Versioned in _torpor_state.schema (user_version belongs to the user).
+_RUNTIME_MIGRATIONS = (
+    """
+    CREATE TABLE _torpor_state(
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        type TEXT NOT NULL,
+        key TEXT NOT NULL,
+        applied_seq INTEGER NOT NULL DEFAULT 0,
+        created INTEGER NOT NULL DEFAULT 0,
+        schema INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE _torpor_kv(key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID;
+    CREATE TABLE _torpor_outbox(
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        target_type TEXT NOT NULL,
+        target_key TEXT NOT NULL,
+        method TEXT NOT NULL,
+        payload BLOB NOT NULL
+    );
+    CREATE TABLE _torpor_results(
+        seq INTEGER PRIMARY KEY,
+        idempotency_key TEXT NOT NULL,
+        ok INTEGER NOT NULL,
+        payload BLOB NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX _torpor_results_age ON _torpor_results(created_at);
+    """,
+)
+
+_DENIED_ALWAYS = frozenset(
+    {apsw.SQLITE_TRANSACTION, apsw.SQLITE_SAVEPOINT, apsw.SQLITE_ATTACH, apsw.SQLITE_DETACH}
+)
+_TABLE_WRITES = frozenset(
+    {
+        apsw.SQLITE_INSERT,
+        apsw.SQLITE_UPDATE,
+        apsw.SQLITE_DELETE,
+        apsw.SQLITE_DROP_TABLE,
+        apsw.SQLITE_ALTER_TABLE,
+        apsw.SQLITE_CREATE_INDEX,
+        apsw.SQLITE_DROP_INDEX,
+        apsw.SQLITE_CREATE_TRIGGER,
+    }
+)
+# Pragmas whose change would break the runtime's durability or transaction model.
+_GUARDED_PRAGMAS = frozenset(
+    {
+        "journal_mode",
+        "synchronous",
+        "locking_mode",
+        "wal_autocheckpoint",
+        "wal_checkpoint",
+        "writable_schema",
+        "query_only",
+        "user_version",
+    }
+)
+
+
+class OutboxRow:
+    __slots__ = ("id", "method", "payload", "target_key", "target_type")
+
+    def __init__(
+        self, id: int, target_type: str, target_key: str, method: str, payload: bytes
+    ) -> None:
+        self.id = id
+        self.target_type = target_type
+        self.target_key = target_key
+        self.method = method
+        self.payload = payload
+
+
+class DataStore:
+    """The writer connection of one actor's ``data.db`` and the runtime's statements on it."""
+
+    def __init__(self, path: Path, *, synchronous: str, type_name: str, key: str) -> None:
+        self.path = path
+        self.conn = conn = db.connect(path, synchronous=synchronous)
+        self._trusted = True
+        conn.authorizer = self._authorize
+        with db.corruption_as_error(path):
+            self._migrate_runtime(type_name, key)
+            row = conn.execute(
+                "SELECT type, key, applied_seq, created FROM _torpor_state WHERE id = 1"
+            ).fetchall()[0]
+        if (row[0], row[1]) != (type_name, key):
+            raise CorruptFileError(
+                f"{path} belongs to actor {row[0]} {row[1]!r}, not {type_name} {key!r}",
+                path=str(path),
+            )
+        self.applied_seq: int = row[2]
+        self.created: bool = bool(row[3])
+        self._trusted = False
+
+    def _migrate_runtime(self, type_name: str, key: str) -> None:
+        conn = self.conn
+        with conn:
+            exists = conn.execute(
+                "SELECT 1 FROM sqlite_schema WHERE name = '_torpor_state'"
+            ).fetchall()
+            version = 0
+            if exists:
+                version = conn.execute("SELECT schema FROM _torpor_state").fetchall()[0][0]
+            for sql in _RUNTIME_MIGRATIONS[version:]:
+                db.execute_script(conn, sql)
+            if not exists:
+                conn.execute(
+                    "INSERT INTO _torpor_state(id, type, key) VALUES (1, ?, ?)", (type_name, key)
+                )
+            conn.execute("UPDATE _torpor_state SET schema = ?", (len(_RUNTIME_MIGRATIONS),))
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # -- the authorizer -------------------------------------------------------------------
+
+    def _authorize(
+        self, op: int, p1: str | None, p2: str | None, _db: str | None, _trigger: str | None
+    ) -> int:
+        if self._trusted:
+            return apsw.SQLITE_OK
+        if op in _DENIED_ALWAYS:
+            return apsw.SQLITE_DENY
+        if op in _TABLE_WRITES and p1 is not None and p1.startswith("_torpor_"):
+            return apsw.SQLITE_DENY
+        if op == apsw.SQLITE_PRAGMA and p1 in _GUARDED_PRAGMAS and p2 is not None:
+            return apsw.SQLITE_DENY
+        return apsw.SQLITE_OK
+
+    def _exec(self, sql: str, params: tuple[Any, ...] = ()) -> apsw.Cursor:
+        self._trusted = True
+        try:
+            return self.conn.execute(sql, params)
+        finally:
+            self._trusted = False
+
+    # -- transactions ---------------------------------------------------------------------
+
+    def begin(self) -> None:
+        self._exec("BEGIN IMMEDIATE")
+
+    def commit(self) -> None:
+        self._exec("COMMIT")
+
+    def rollback(self) -> None:
+        if self.conn.in_transaction:
+            self._exec("ROLLBACK")
+
+    def savepoint(self) -> None:
+        self._exec("SAVEPOINT _torpor_message")
+
+    def release(self) -> None:
+        self._exec("RELEASE _torpor_message")
+
+    def rollback_to_savepoint(self) -> None:
+        self._exec("ROLLBACK TO _torpor_message")
+        self._exec("RELEASE _torpor_message")
+
+    @property
+    def in_transaction(self) -> bool:
+        return bool(self.conn.in_transaction)
+
+    # -- runtime state --------------------------------------------------------------------
+
+    def set_applied(self, seq: int) -> None:
+        self._exec("UPDATE _torpor_state SET applied_seq = ?", (seq,))
+
+    def set_created(self) -> None:
+        self._exec("UPDATE _torpor_state SET created = 1")
+
+    def add_outbox(self, target_type: str, target_key: str, method: str, payload: bytes) -> None:
+        self._exec(
+            "INSERT INTO _torpor_outbox(target_type, target_key, method, payload) "
+            "VALUES (?, ?, ?, ?)",
+            (target_type, target_key, method, payload),
+        )
+
+    def outbox_after(self, after_id: int) -> list[OutboxRow]:
+        return [
+            OutboxRow(*row)
+            for row in self._exec(
+                "SELECT id, target_type, target_key, method, payload FROM _torpor_outbox "
+                "WHERE id > ? ORDER BY id",
+                (after_id,),
+            )
+        ]
+
+    def delete_outbox(self, upto_id: int) -> None:
+        self._exec("DELETE FROM _torpor_outbox WHERE id <= ?", (upto_id,))
+
+    def store_result(self, seq: int, idempotency_key: str, ok: bool, payload: bytes) -> None:
+        self._exec(
+            "INSERT OR REPLACE INTO _torpor_results(seq, idempotency_key, ok, payload, created_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (seq, idempotency_key, int(ok), payload, time.time()),
+        )
+
+    def result(self, seq: int) -> tuple[bool, bytes] | None:
+        for ok, payload in self._exec(
+            "SELECT ok, payload FROM _torpor_results WHERE seq = ?", (seq,)
+        ):
+            return bool(ok), payload
+        return None
+
+    def housekeeping(self, outbox_delivered_upto: int, results_before: float) -> None:
+        """Between turns: drop delivered outbox rows and expired idempotent results."""
+        self.begin()
+        try:
+            self.delete_outbox(outbox_delivered_upto)
+            self._exec("DELETE FROM _torpor_results WHERE created_at < ?", (results_before,))
+            self.commit()
+        except BaseException:
+            self.rollback()
+            raise
+
+    # -- the user's view ------------------------------------------------------------------
+
+    def run_user_migrations(self, steps: tuple[Any, ...], sql: Sql, what: str) -> None:
+        def run_step(step: Any) -> None:
+            if isinstance(step, str):
+                db.execute_script(self.conn, step)
+            else:
+                step(sql)
+
+        conn = self.conn
+        with db.corruption_as_error(self.path):
+            # user_version is ours to set here; the user's statements run untrusted.
+            self._trusted = True
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                version = conn.pragma("user_version")
+            finally:
+                self._trusted = False
+            try:
+                if version > len(steps):
+                    raise SchemaError(
+                        f"{what}: data.db is at schema version {version} but only {len(steps)} "
+                        "migrations are defined; migrations may be appended, never removed or "
+                        "reordered"
+                    )
+                for step in steps[version:]:
+                    run_step(step)
+                self._trusted = True
+                try:
+                    if version != len(steps):
+                        conn.pragma("user_version", len(steps))
+                    conn.execute("COMMIT")
+                finally:
+                    self._trusted = False
+            except BaseException:
+                self.rollback()
+                raise
+
+
+class Sql:
+    """An actor's SQL connection as its handlers see it: ``self.sql``.
+
+    ``execute`` returns an apsw cursor: iterate it for rows. The runtime owns the transaction (a
+    turn is one transaction), so ``BEGIN``, ``COMMIT``, ``SAVEPOINT`` and ``ATTACH`` are refused,
+    as are writes to the runtime's ``_torpor_*`` tables. Inside a ``@query`` handler the
+    connection is read-only.
+    """
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: apsw.Connection) -> None:
+        self._conn = conn
+
+    def execute(self, sql: str, params: Any = None) -> apsw.Cursor:
+        """Run one statement (or several separated by ``;``) and return the cursor."""
+        return self._conn.execute(sql, params)
+
+    def executemany(self, sql: str, seq_of_params: Any) -> apsw.Cursor:
+        """Run ``sql`` once per parameter set."""
+        return self._conn.executemany(sql, seq_of_params)
+
+    def query(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+        """Run a statement and return all its rows."""
+        return self._conn.execute(sql, params).fetchall()  # type: ignore[no-any-return]
+
+    def query_value(self, sql: str, params: Any = None) -> Any:
+        """The first column of the first row, or ``None`` if there is no row."""
+        for row in self._conn.execute(sql, params):
+            return row[0]
+        return None
+
+    @property
+    def changes(self) -> int:
+        """Rows changed by the last INSERT, UPDATE or DELETE."""
+        return int(self._conn.changes())
+
+    @property
+    def last_insert_rowid(self) -> int:
+        return int(self._conn.last_insert_rowid())
+
+
+class KV(MutableMapping[str, Any]):
+    """The actor's key-value map, ``self.kv``: str keys, message-encodable values.
+
+    It lives in ``data.db`` and commits with the turn. Values are copies: mutate and assign back
+    (``items = self.kv["items"]; items.append(x); self.kv["items"] = items``).
+    """
+
+    __slots__ = ("_codec", "_read", "_store")
+
+    def __init__(self, store: DataStore | None, conn: apsw.Connection, codec: Codec) -> None:
+        self._store = store  # None in a @query: read-only
+        self._read = conn
+        self._codec = codec
+
+    def _cursor(self, sql: str, params: tuple[Any, ...]) -> apsw.Cursor:
+        if self._store is not None:
+            return self._store._exec(sql, params)
+        return self._read.execute(sql, params)
+
+    def _writer(self) -> DataStore:
+        if self._store is None:
+            raise RuntimeError("self.kv is read-only inside a @query handler")
+        return self._store
+
+    def __getitem__(self, key: str) -> Any:
+        for (value,) in self._cursor("SELECT value FROM _torpor_kv WHERE key = ?", (key,)):
+            return self._codec.decode(value)
+        raise KeyError(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        for (value,) in self._cursor("SELECT value FROM _torpor_kv WHERE key = ?", (key,)):
+            return self._codec.decode(value)
+        return default
+
+    def __contains__(self, key: object) -> bool:
+        return bool(self._cursor("SELECT 1 FROM _torpor_kv WHERE key = ?", (key,)).fetchall())
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if not isinstance(key, str):
+            raise TypeError(f"kv keys must be str (got {key!r} that is a {type(key).__name__})")
+        encoded = self._codec.encode(value)
+        self._writer()._exec(
+            "INSERT INTO _torpor_kv(key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, encoded),
+        )
+
+    def __delitem__(self, key: str) -> None:
+        rows = self._writer()._exec(
+            "DELETE FROM _torpor_kv WHERE key = ? RETURNING 1", (key,)
+        ).fetchall()
+        if not rows:
+            raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([row[0] for row in self._cursor("SELECT key FROM _torpor_kv ORDER BY key", ())])
+
+    def __len__(self) -> int:
+        return int(self._cursor("SELECT count(*) FROM _torpor_kv", ()).fetchall()[0][0])
+
+    def __repr__(self) -> str:
+        return f"<kv with {len(self)} keys>"

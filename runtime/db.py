@@ -1,0 +1,88 @@
+"""Opening SQLite files the way every torpor file is opened, and schema versions.
+
+apsw runs statements lazily (DESIGN §8): settings go through ``Connection.pragma`` one at a time,
+and each one is read back, so a setting that did not take effect is an error, not a surprise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import apsw
+
+from .errors import CorruptFileError, SchemaError
+
+#: ``synchronous`` levels offered by ``open_runtime``. NORMAL: a commit survives a process crash,
+#: and the replica (not fsync) is the durability point for power loss. FULL: fsync every commit.
+SYNCHRONOUS_LEVELS = {"NORMAL": 1, "FULL": 2}
+
+#: Lock waits are short: each file has one writer (its actor) in one process.
+BUSY_TIMEOUT_MS = 5_000
+
+_CORRUPT = (apsw.NotADBError, apsw.CorruptError)
+
+
+def connect(path: Path, *, synchronous: str = "NORMAL", query_only: bool = False) -> apsw.Connection:
+    """Open ``path`` in WAL mode with the given ``synchronous`` level, creating it if absent."""
+    level = SYNCHRONOUS_LEVELS[synchronous]
+    try:
+        conn = apsw.Connection(str(path))
+        conn.set_busy_timeout(BUSY_TIMEOUT_MS)
+        mode = conn.pragma("journal_mode", "wal")
+        if mode != "wal":
+            raise CorruptFileError(f"{path} refused WAL mode (journal_mode={mode!r})", path=str(path))
+        conn.pragma("synchronous", level)
+        if conn.pragma("synchronous") != level:
+            raise CorruptFileError(f"{path} refused synchronous={synchronous}", path=str(path))
+        if query_only:
+            conn.pragma("query_only", 1)
+    except _CORRUPT as exc:
+        raise CorruptFileError(
+            f"{path} is not a valid SQLite database ({exc}); restore it from a replica or backup",
+            path=str(path),
+        ) from exc
+    return conn
+
+
+@contextlib.contextmanager
+def corruption_as_error(path: Path) -> Iterator[None]:
+    """Turn SQLite's corruption errors met inside the block into :class:`CorruptFileError`."""
+    try:
+        yield
+    except _CORRUPT as exc:
+        raise CorruptFileError(
+            f"{path} is corrupt ({exc}); restore it from a replica or backup", path=str(path)
+        ) from exc
+
+
+def migrate(
+    conn: apsw.Connection,
+    steps: Sequence[Any],
+    run_step: Callable[[Any], None],
+    *,
+    what: str,
+) -> int:
+    """Bring ``conn`` to ``len(steps)`` by ``pragma user_version``, one transaction in all.
+
+    Steps may only ever be appended. Returns the version reached.
+    """
+    with conn:
+        version = conn.pragma("user_version")
+        if version > len(steps):
+            raise SchemaError(
+                f"{what} is at schema version {version} but only {len(steps)} migrations are "
+                "defined; migrations may be appended, never removed or reordered"
+            )
+        for step in steps[version:]:
+            run_step(step)
+        if version != len(steps):
+            conn.pragma("user_version", len(steps))
+    return len(steps)
+
+
+def execute_script(conn: apsw.Connection, sql: str) -> None:
+    """Run every statement of ``sql`` (draining the cursor, since apsw is lazy)."""
+    conn.execute(sql).fetchall()

@@ -1,0 +1,101 @@
+"""``directory.db``: one row per actor, so that a restarted runtime knows whom to resume.
+
+The ``pending`` column is a hint that may be early but never late: it is set (and committed)
+before a message can be acknowledged to an actor that was not known to be pending, and cleared
+only when the actor is seen with an empty inbox and an empty outbox.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import apsw
+import attrs
+
+from . import db
+from .errors import ActorExistsError
+
+_MIGRATIONS = (
+    """
+    CREATE TABLE actors(
+        id TEXT PRIMARY KEY,
+        type TEXT NOT NULL,
+        key TEXT NOT NULL,
+        pending INTEGER NOT NULL DEFAULT 0,
+        wake_at REAL,
+        init BLOB,
+        parent TEXT,
+        created_at REAL NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX actors_pending ON actors(pending) WHERE pending = 1;
+    CREATE INDEX actors_type_key ON actors(type, key);
+    """,
+)
+
+
+@attrs.frozen
+class Entry:
+    id: str
+    type: str
+    key: str
+    pending: bool
+    init: bytes | None
+
+
+class Directory:
+    def __init__(self, path: Path, *, synchronous: str) -> None:
+        self.path = path
+        self.conn = db.connect(path, synchronous=synchronous)
+        with db.corruption_as_error(path):
+            db.migrate(
+                self.conn,
+                _MIGRATIONS,
+                lambda sql: db.execute_script(self.conn, sql),
+                what=str(path),
+            )
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def get(self, aid: str) -> Entry | None:
+        for row in self.conn.execute(
+            "SELECT id, type, key, pending, init FROM actors WHERE id = ?", (aid,)
+        ):
+            return Entry(id=row[0], type=row[1], key=row[2], pending=bool(row[3]), init=row[4])
+        return None
+
+    def create(self, aid: str, type_name: str, key: str, init: bytes | None) -> None:
+        """Insert a new actor (``spawn``); :class:`ActorExistsError` if the id is taken."""
+        try:
+            self.conn.execute(
+                "INSERT INTO actors(id, type, key, pending, init, created_at) "
+                "VALUES (?, ?, ?, 1, ?, ?)",
+                (aid, type_name, key, init, time.time()),
+            )
+        except apsw.ConstraintError:
+            raise ActorExistsError(f"actor {type_name} {key!r} already exists") from None
+
+    def mark_pending(self, aid: str, type_name: str, key: str) -> None:
+        """Record (creating the row if needed) that the actor may have work."""
+        self.conn.execute(
+            "INSERT INTO actors(id, type, key, pending, created_at) VALUES (?, ?, ?, 1, ?) "
+            "ON CONFLICT(id) DO UPDATE SET pending = 1 WHERE pending = 0",
+            (aid, type_name, key, time.time()),
+        )
+
+    def clear_pending(self, aid: str) -> None:
+        self.conn.execute("UPDATE actors SET pending = 0 WHERE id = ? AND pending = 1", (aid,))
+
+    def clear_init(self, aid: str) -> None:
+        self.conn.execute("UPDATE actors SET init = NULL WHERE id = ? AND init IS NOT NULL", (aid,))
+
+    def pending(self) -> Iterator[Entry]:
+        for row in self.conn.execute(
+            "SELECT id, type, key, pending, init FROM actors WHERE pending = 1"
+        ).fetchall():
+            yield Entry(id=row[0], type=row[1], key=row[2], pending=True, init=row[4])
+
+    def count(self) -> int:
+        return int(self.conn.execute("SELECT count(*) FROM actors").fetchall()[0][0])

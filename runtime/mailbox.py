@@ -1,0 +1,263 @@
+"""``mailbox.db``: an actor's pending messages, sender cursors, idempotency keys, dead letters.
+
+It is a file of its own so that senders can append at any time while a turn holds its write
+transaction on ``data.db`` (DESIGN §3). Whether a message was applied is not recorded here but in
+``data.db`` (``applied_seq``), atomically with the turn's effects; inbox rows at or below that
+cursor are garbage, removed in batches.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback as _traceback
+from pathlib import Path
+
+import attrs
+
+from . import db
+
+_MIGRATIONS = (
+    """
+    CREATE TABLE meta(name TEXT PRIMARY KEY, value) WITHOUT ROWID;
+    CREATE TABLE inbox(
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        sender TEXT,
+        sender_seq INTEGER,
+        method TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        idempotency_key TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        enqueued_at REAL NOT NULL
+    );
+    CREATE TABLE senders(sender TEXT PRIMARY KEY, last_seq INTEGER NOT NULL) WITHOUT ROWID;
+    CREATE TABLE idempotency(
+        key TEXT PRIMARY KEY,
+        seq INTEGER NOT NULL,
+        created_at REAL NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX idempotency_age ON idempotency(created_at);
+    CREATE TABLE dead_letters(
+        seq INTEGER PRIMARY KEY,
+        sender TEXT,
+        sender_seq INTEGER,
+        method TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        idempotency_key TEXT,
+        attempts INTEGER NOT NULL,
+        error_type TEXT NOT NULL,
+        error_message TEXT NOT NULL,
+        traceback TEXT NOT NULL,
+        failed_at REAL NOT NULL
+    );
+    """,
+)
+
+_MESSAGE_COLUMNS = "seq, sender, sender_seq, method, payload, idempotency_key, attempts"
+
+
+@attrs.define(slots=True)
+class Message:
+    """One inbox row."""
+
+    seq: int
+    sender: str | None
+    sender_seq: int | None
+    method: str
+    payload: bytes
+    idempotency_key: str | None
+    attempts: int
+
+
+@attrs.frozen
+class StoredDeadLetter:
+    seq: int
+    sender: str | None
+    method: str
+    payload: bytes
+    idempotency_key: str | None
+    attempts: int
+    error_type: str
+    error_message: str
+    traceback: str
+    failed_at: float
+
+
+class Mailbox:
+    def __init__(self, path: Path, *, synchronous: str, type_name: str, key: str) -> None:
+        self.path = path
+        self.conn = db.connect(path, synchronous=synchronous)
+        with db.corruption_as_error(path):
+            db.migrate(
+                self.conn, _MIGRATIONS, lambda sql: db.execute_script(self.conn, sql), what=str(path)
+            )
+            self.conn.execute(
+                "INSERT OR IGNORE INTO meta(name, value) VALUES ('type', ?), ('key', ?)",
+                (type_name, key),
+            )
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # -- appending ------------------------------------------------------------------------
+
+    def append(self, method: str, payload: bytes) -> int:
+        """Append a message with no sender cursor and no idempotency key; return its seq."""
+        self.conn.execute(
+            "INSERT INTO inbox(method, payload, enqueued_at) VALUES (?, ?, ?)",
+            (method, payload, time.time()),
+        )
+        return int(self.conn.last_insert_rowid())
+
+    def append_deduplicated(
+        self,
+        method: str,
+        payload: bytes,
+        *,
+        sender: str | None,
+        sender_seq: int | None,
+        idempotency_key: str | None,
+    ) -> tuple[int | None, bool]:
+        """Append unless a duplicate; return ``(seq, appended)``.
+
+        A duplicate by idempotency key returns the first message's seq; a duplicate by sender
+        cursor (a redelivered outbox row) returns ``None``.
+        """
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if idempotency_key is not None:
+                for (seq,) in conn.execute(
+                    "SELECT seq FROM idempotency WHERE key = ?", (idempotency_key,)
+                ):
+                    conn.execute("COMMIT")
+                    return int(seq), False
+            if sender is not None:
+                for (last,) in conn.execute(
+                    "SELECT last_seq FROM senders WHERE sender = ?", (sender,)
+                ):
+                    if sender_seq is not None and sender_seq <= last:
+                        conn.execute("COMMIT")
+                        return None, False
+            now = time.time()
+            conn.execute(
+                "INSERT INTO inbox(sender, sender_seq, method, payload, idempotency_key, "
+                "enqueued_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (sender, sender_seq, method, payload, idempotency_key, now),
+            )
+            seq = int(conn.last_insert_rowid())
+            if idempotency_key is not None:
+                conn.execute(
+                    "INSERT INTO idempotency(key, seq, created_at) VALUES (?, ?, ?)",
+                    (idempotency_key, seq, now),
+                )
+            if sender is not None:
+                conn.execute(
+                    "INSERT INTO senders(sender, last_seq) VALUES (?, ?) "
+                    "ON CONFLICT(sender) DO UPDATE SET last_seq = excluded.last_seq",
+                    (sender, sender_seq),
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return seq, True
+
+    def seq_for_key(self, idempotency_key: str) -> int | None:
+        for (seq,) in self.conn.execute(
+            "SELECT seq FROM idempotency WHERE key = ?", (idempotency_key,)
+        ):
+            return int(seq)
+        return None
+
+    # -- consuming ------------------------------------------------------------------------
+
+    def load(self, after_seq: int, limit: int) -> list[Message]:
+        return [
+            Message(*row)
+            for row in self.conn.execute(
+                f"SELECT {_MESSAGE_COLUMNS} FROM inbox WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after_seq, limit),
+            )
+        ]
+
+    def record_failure(self, seq: int) -> int:
+        """Count one failed attempt of message ``seq`` durably; return the attempts so far."""
+        for (attempts,) in self.conn.execute(
+            "UPDATE inbox SET attempts = attempts + 1 WHERE seq = ? RETURNING attempts", (seq,)
+        ):
+            return int(attempts)
+        return 1
+
+    def dead_letter(self, message: Message, error: BaseException) -> None:
+        """Keep a copy of a message that exhausted its attempts (idempotent by seq)."""
+        text = "".join(_traceback.format_exception(error))
+        self.conn.execute(
+            "INSERT OR IGNORE INTO dead_letters(seq, sender, sender_seq, method, payload, "
+            "idempotency_key, attempts, error_type, error_message, traceback, failed_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                message.seq,
+                message.sender,
+                message.sender_seq,
+                message.method,
+                message.payload,
+                message.idempotency_key,
+                message.attempts,
+                _qualified_name(type(error)),
+                str(error),
+                text,
+                time.time(),
+            ),
+        )
+
+    def remove_applied(self, upto_seq: int) -> None:
+        """Delete inbox rows whose effects ``data.db`` has committed."""
+        self.conn.execute("DELETE FROM inbox WHERE seq <= ?", (upto_seq,))
+
+    def prune_idempotency(self, before: float) -> None:
+        self.conn.execute("DELETE FROM idempotency WHERE created_at < ?", (before,))
+
+    def pending_count(self, after_seq: int) -> int:
+        return int(
+            self.conn.execute("SELECT count(*) FROM inbox WHERE seq > ?", (after_seq,)).fetchall()[
+                0
+            ][0]
+        )
+
+    # -- dead letters ---------------------------------------------------------------------
+
+    def dead_letters(self) -> list[StoredDeadLetter]:
+        return [
+            StoredDeadLetter(*row)
+            for row in self.conn.execute(
+                "SELECT seq, sender, method, payload, idempotency_key, attempts, error_type, "
+                "error_message, traceback, failed_at FROM dead_letters ORDER BY seq"
+            )
+        ]
+
+    def replay_dead_letter(self, seq: int) -> Message | None:
+        """Move a dead letter back into the inbox as a new message (new seq, no sender)."""
+        conn = self.conn
+        with conn:
+            rows = conn.execute(
+                "DELETE FROM dead_letters WHERE seq = ? RETURNING method, payload", (seq,)
+            ).fetchall()
+            if not rows:
+                return None
+            method, payload = rows[0]
+            new_seq = self.append(method, payload)
+        return Message(new_seq, None, None, method, payload, None, 0)
+
+    def drop_dead_letter(self, seq: int) -> bool:
+        with self.conn:
+            rows = self.conn.execute(
+                "DELETE FROM dead_letters WHERE seq = ? RETURNING seq", (seq,)
+            ).fetchall()
+        return bool(rows)
+
+
+def _qualified_name(cls: type) -> str:
+    module = cls.__module__
+    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
+

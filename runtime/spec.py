@@ -1,0 +1,215 @@
+"""What the engine knows about an actor class: its persisted name, handlers and policies.
+
+A :class:`TypeSpec` is built once, when the class is defined (``Actor.__init_subclass__``), so
+mistakes in a definition surface at import time with a message that says how to fix them.
+"""
+
+from __future__ import annotations
+
+import inspect
+import random
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
+
+from .errors import InvalidArgumentsError, InvalidKeyError, UnknownHandlerError
+
+#: Lifecycle hooks: async methods the runtime calls itself; never handlers.
+HOOKS = frozenset({"on_create", "on_wake", "on_hibernate", "on_child_failed"})
+
+#: Longest key accepted, in UTF-8 bytes. Keys live in every file of the actor and in the
+#: directory's primary index; a kilobyte leaves room for emails, URLs and composite ids.
+DEFAULT_MAX_KEY_BYTES = 1024
+
+#: Marker attribute set by ``@actors.query``.
+QUERY_MARK = "__torpor_query__"
+
+
+@attrs.frozen
+class Retry:
+    """A retry policy: how many attempts, and the exponential backoff between them.
+
+    Used for failing messages (``Actor.retry``). The delay before attempt ``n + 1`` is
+    ``min(max_delay, initial_delay * multiplier ** (n - 1))``, spread by ``±jitter`` of itself.
+    """
+
+    max_attempts: int = attrs.field(default=3)
+    initial_delay: float = 0.1
+    max_delay: float = 30.0
+    multiplier: float = 2.0
+    jitter: float = 0.2
+
+    @max_attempts.validator
+    def _check_attempts(self, _attribute: Any, value: int) -> None:
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"max_attempts must be an int >= 1 (got {value!r})")
+
+    def __attrs_post_init__(self) -> None:
+        for name in ("initial_delay", "max_delay"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or value < 0:
+                raise ValueError(f"{name} must be a number of seconds >= 0 (got {value!r})")
+        if self.multiplier < 1:
+            raise ValueError(f"multiplier must be >= 1 (got {self.multiplier!r})")
+        if not 0 <= self.jitter <= 1:
+            raise ValueError(f"jitter must be between 0 and 1 (got {self.jitter!r})")
+
+    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        base = min(self.max_delay, self.initial_delay * self.multiplier ** (attempt - 1))
+        spread = (rng or random).uniform(-self.jitter, self.jitter)
+        return max(0.0, base * (1 + spread))
+
+
+@attrs.frozen
+class HandlerSpec:
+    name: str
+    fn: Callable[..., Any]
+    signature: inspect.Signature
+    is_query: bool
+
+    def check_arguments(self, type_name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        try:
+            self.signature.bind(None, *args, **kwargs)
+        except TypeError as exc:
+            raise InvalidArgumentsError(
+                f"{type_name}.{self.name}{_public_signature(self.signature)}: {exc}"
+            ) from None
+
+
+@attrs.frozen(eq=False)
+class TypeSpec:
+    """The engine's view of one actor class."""
+
+    name: str
+    cls: type
+    handlers: dict[str, HandlerSpec]
+    by_function: dict[Callable[..., Any], HandlerSpec]
+    on_create: HandlerSpec
+    retry: Retry
+    migrations: tuple[str | Callable[..., Any], ...]
+
+    def handler(self, method: Callable[..., Any] | str) -> HandlerSpec:
+        """The handler that ``method`` (a function like ``Counter.incr``, or a name) refers to."""
+        if isinstance(method, str):
+            spec = self.handlers.get(method)
+        else:
+            spec = self.by_function.get(method)
+            if spec is None:
+                # A bound method, or a function inherited from a base class.
+                fn = getattr(method, "__func__", method)
+                name = getattr(fn, "__name__", None)
+                candidate = self.handlers.get(name) if isinstance(name, str) else None
+                if candidate is not None and candidate.fn is fn:
+                    spec = candidate
+        if spec is None:
+            shown = method if isinstance(method, str) else getattr(method, "__qualname__", method)
+            known = ", ".join(sorted(self.handlers)) or "none"
+            raise UnknownHandlerError(
+                f"{shown!s} is not a handler of actor type {self.name!r} (its handlers: {known})"
+            )
+        return spec
+
+    def requires_create_arguments(self) -> bool:
+        try:
+            self.on_create.signature.bind(None)
+        except TypeError:
+            return True
+        return False
+
+
+def build_type_spec(cls: type, name: str | None, base: type) -> TypeSpec:
+    """Introspect an ``Actor`` subclass; raise ``TypeError``/``ValueError`` on a bad definition."""
+    type_name = name if name is not None else cls.__name__
+    check_type_name(type_name)
+    handlers: dict[str, HandlerSpec] = {}
+    for attr_name in dir(cls):
+        if attr_name.startswith("_") or attr_name in HOOKS:
+            continue
+        if hasattr(base, attr_name):
+            continue  # the Actor API itself (send, sql, kv, ...)
+        fn = inspect.getattr_static(cls, attr_name)
+        if isinstance(fn, staticmethod | classmethod | property):
+            continue
+        is_query = bool(getattr(fn, QUERY_MARK, False))
+        if not inspect.iscoroutinefunction(fn):
+            if is_query:
+                raise TypeError(f"@query {cls.__qualname__}.{attr_name} must be an async def")
+            continue  # a plain public helper, not a handler
+        handlers[attr_name] = HandlerSpec(
+            name=attr_name, fn=fn, signature=inspect.signature(fn), is_query=is_query
+        )
+    on_create = inspect.getattr_static(cls, "on_create")
+    if not inspect.iscoroutinefunction(on_create):
+        raise TypeError(f"{cls.__qualname__}.on_create must be an async def")
+    retry = getattr(cls, "retry", Retry())
+    if not isinstance(retry, Retry):
+        raise TypeError(f"{cls.__qualname__}.retry must be an actors.Retry (got {retry!r})")
+    migrations = tuple(getattr(cls, "migrations", ()))
+    for index, step in enumerate(migrations):
+        if not (isinstance(step, str) or callable(step)):
+            raise TypeError(
+                f"{cls.__qualname__}.migrations[{index}] must be an SQL string or a callable "
+                f"taking the actor's Sql (got {step!r})"
+            )
+    return TypeSpec(
+        name=type_name,
+        cls=cls,
+        handlers=handlers,
+        by_function={h.fn: h for h in handlers.values()},
+        on_create=HandlerSpec(
+            name="on_create",
+            fn=on_create,
+            signature=inspect.signature(on_create),
+            is_query=False,
+        ),
+        retry=retry,
+        migrations=migrations,
+    )
+
+
+def check_type_name(name: object) -> None:
+    if not isinstance(name, str) or not name or "\0" in name or len(name) > 200:
+        raise ValueError(
+            f"an actor type name must be a non-empty str of at most 200 characters without NUL "
+            f"(got {name!r})"
+        )
+
+
+def check_key(key: object, max_key_bytes: int = DEFAULT_MAX_KEY_BYTES) -> str:
+    """Return ``key`` if it is a valid actor key; raise :class:`InvalidKeyError` otherwise."""
+    if not isinstance(key, str):
+        raise InvalidKeyError(f"an actor key must be a str (got {key!r} that is a {type(key).__name__})")
+    if not key:
+        raise InvalidKeyError("an actor key must not be empty")
+    if "\0" in key:
+        raise InvalidKeyError(f"an actor key must not contain NUL (got {key!r})")
+    size = len(key.encode("utf-8", "surrogatepass"))
+    if size > max_key_bytes:
+        raise InvalidKeyError(
+            f"an actor key must be at most {max_key_bytes} UTF-8 bytes (got {size} bytes)"
+        )
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidKeyError(f"an actor key must be valid Unicode text (got {key!r})") from None
+    return key
+
+
+def _public_signature(sig: inspect.Signature) -> str:
+    params = list(sig.parameters.values())[1:]
+    return str(sig.replace(parameters=params, return_annotation=inspect.Signature.empty))
+
+
+def index_types(specs: Sequence[TypeSpec]) -> dict[str, TypeSpec]:
+    by_name: dict[str, TypeSpec] = {}
+    for spec in specs:
+        other = by_name.get(spec.name)
+        if other is not None and other is not spec:
+            raise ValueError(
+                f"actor types {other.cls.__qualname__} and {spec.cls.__qualname__} share the "
+                f"persisted name {spec.name!r}; give one of them another name=..."
+            )
+        by_name[spec.name] = spec
+    return by_name
