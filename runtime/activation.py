@@ -19,6 +19,7 @@ import anyio
 from . import context
 from .datastore import KV, DataStore, Sql
 from .errors import (
+    ActorError,
     ActorFailedError,
     DecodingError,
     EncodingError,
@@ -217,28 +218,52 @@ class Activation:
 
     async def run(self) -> None:
         try:
-            if not self.created.is_set():
-                await self._create()
-            while not self.closing and self.failed is None:
-                if self.outbox_dirty:
-                    await self._deliver_outbox()
-                if not self.queue and self.backlog:
-                    self._load_more()
-                if not self.queue:
-                    self._cleanup(force=False)
-                    self.work = anyio.Event()
-                    if self.closing:
-                        break
-                    await self.work.wait()
-                    continue
-                await self._run_batch()
-            if self.failed is not None and not self.closing:
-                while not self.closing:
-                    self.work = anyio.Event()
-                    await self.work.wait()
+            await self._turn_loop()
+        except ActorError as exc:  # e.g. a file found corrupt mid-turn
+            self.runtime.report(f"{self.spec.name} {self.key!r} stopped: {exc!r}")
+            self._stop_failed(exc)
+        except Exception as exc:
+            # A bug in torpor: stop this actor (its messages stay), keep the others running.
+            error = RuntimeInternalError(
+                f"{self.spec.name} {self.key!r} stopped on an internal error: {exc!r}; please "
+                "file a bug with this traceback"
+            )
+            error.__cause__ = exc
+            self.runtime.report(str(error))
+            self._stop_failed(error)
         finally:
             self.data.rollback()
             self.stopped.set()
+
+    def _stop_failed(self, error: BaseException) -> None:
+        self.failed = error
+        failure = ActorFailedError(
+            f"{self.spec.name} {self.key!r} cannot run turns; its messages are kept"
+        )
+        failure.__cause__ = error
+        for waiter in self.waiters.values():
+            waiter.set_error(failure)
+        self.waiters.clear()
+
+    async def _turn_loop(self) -> None:
+        if not self.created.is_set():
+            await self._create()
+        while not self.closing and self.failed is None:
+            if self.outbox_dirty:
+                await self._deliver_outbox()
+            if not self.queue and self.backlog:
+                self._load_more()
+            if not self.queue:
+                self._cleanup(force=False)
+                self.work = anyio.Event()
+                if self.closing:
+                    break
+                await self.work.wait()
+                continue
+            await self._run_batch()
+        while not self.closing:  # failed: keep the messages, wait for the runtime to close
+            self.work = anyio.Event()
+            await self.work.wait()
 
     def _load_more(self) -> None:
         rows = self.mailbox.load(self.loaded_upto, LOAD_CHUNK)
@@ -378,15 +403,7 @@ class Activation:
             except Exception as exc:
                 self.data.rollback()
                 if attempt >= self.spec.retry.max_attempts:
-                    self.failed = exc
-                    error = ActorFailedError(
-                        f"{self.spec.name}.on_create failed on {self.key!r} after {attempt} "
-                        f"attempt(s): {exc!r}; its messages are kept"
-                    )
-                    error.__cause__ = exc
-                    for waiter in self.waiters.values():
-                        waiter.set_error(error)
-                    self.waiters.clear()
+                    self._stop_failed(exc)
                     return
                 rt.stats_retries += 1
                 with anyio.move_on_after(self.spec.retry.delay(attempt)):

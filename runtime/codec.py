@@ -26,6 +26,7 @@ EXT_TIMEDELTA = 7
 EXT_UUID = 8
 EXT_ATTRS = 9
 EXT_REF = 10
+EXT_BIGINT = 11
 
 # A ref in a message is (type name, key); the runtime turns it back into a live ref.
 RefEncoder = Callable[[Any], "tuple[str, str] | None"]
@@ -90,6 +91,9 @@ class Codec:
             return msgpack.ExtType(EXT_TIMEDELTA, pack([obj.days, obj.seconds, obj.microseconds]))
         if type(obj) is uuid.UUID:
             return msgpack.ExtType(EXT_UUID, obj.bytes)
+        if type(obj) is int:  # outside msgpack's 64-bit range
+            size = (obj.bit_length() + 8) // 8
+            return msgpack.ExtType(EXT_BIGINT, obj.to_bytes(size, "big", signed=True))
         # Subclasses of the plain containers lose their class on the way; refuse them rather
         # than silently changing the type.
         name = self._by_class.get(type(obj))
@@ -146,6 +150,8 @@ class Codec:
             return _dt.timedelta(days=days, seconds=seconds, microseconds=micros)
         if code == EXT_UUID:
             return uuid.UUID(bytes=data)
+        if code == EXT_BIGINT:
+            return int.from_bytes(data, "big", signed=True)
         if code == EXT_ATTRS:
             name, fields = self.decode(data)
             cls = self._by_name.get(name)

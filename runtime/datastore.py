@@ -158,15 +158,18 @@ class DataStore:
 
     # -- transactions ---------------------------------------------------------------------
 
+    # The comments make these texts differ from anything a handler would write: apsw caches
+    # prepared statements by text, and a cached statement is not authorized again.
+
     def begin(self) -> None:
-        self._exec("BEGIN IMMEDIATE")
+        self._exec("BEGIN IMMEDIATE /* torpor turn */")
 
     def commit(self) -> None:
-        self._exec("COMMIT")
+        self._exec("COMMIT /* torpor turn */")
 
     def rollback(self) -> None:
         if self.conn.in_transaction:
-            self._exec("ROLLBACK")
+            self._exec("ROLLBACK /* torpor turn */")
 
     def savepoint(self) -> None:
         self._exec("SAVEPOINT _torpor_message")

@@ -516,18 +516,27 @@ async def open_runtime(
         idempotency_ttl=idempotency_ttl,
     )
     rt._open_files()
+    body_error: BaseException | None = None
     try:
         async with anyio.create_task_group() as tg:
             rt._task_group = tg
             rt._recover()
             try:
                 yield rt
+            except anyio.get_cancelled_exc_class():
+                raise
+            except BaseException as exc:
+                # Re-raised below, outside the task group, so that the caller sees its own
+                # exception and not a one-element ExceptionGroup.
+                body_error = exc
             finally:
                 # Graceful: turns in progress finish. Under an outer cancellation this raises
                 # at once, the task group cancels the turns, and they roll back.
                 await rt._shutdown()
     finally:
         rt._close_files()
+    if body_error is not None:
+        raise body_error
 
 
 def _new_message(

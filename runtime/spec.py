@@ -138,7 +138,7 @@ def build_type_spec(cls: type, name: str | None, base: type) -> TypeSpec:
                 raise TypeError(f"@query {cls.__qualname__}.{attr_name} must be an async def")
             continue  # a plain public helper, not a handler
         handlers[attr_name] = HandlerSpec(
-            name=attr_name, fn=fn, signature=inspect.signature(fn), is_query=is_query
+            name=attr_name, fn=fn, signature=_signature(fn), is_query=is_query
         )
     on_create = inspect.getattr_static(cls, "on_create")
     if not inspect.iscoroutinefunction(on_create):
@@ -161,12 +161,21 @@ def build_type_spec(cls: type, name: str | None, base: type) -> TypeSpec:
         on_create=HandlerSpec(
             name="on_create",
             fn=on_create,
-            signature=inspect.signature(on_create),
+            signature=_signature(on_create),
             is_query=False,
         ),
         retry=retry,
         migrations=migrations,
     )
+
+
+def _signature(fn: Callable[..., Any]) -> inspect.Signature:
+    # Resolved annotations read better in error messages ("by: int", not "by: 'int'"); a name
+    # that cannot be resolved yet (a class defined later) keeps its text.
+    try:
+        return inspect.signature(fn, eval_str=True)
+    except Exception:
+        return inspect.signature(fn)
 
 
 def check_type_name(name: object) -> None:

@@ -1,0 +1,57 @@
+"""Test setup: async tests run under trio with a MockClock that jumps when everything sleeps.
+
+An ``async def test_...`` runs in ``trio.run(..., clock=MockClock(autojump_threshold=0))``, so a
+test that waits a year of retries or timers finishes at once. Its fixtures are ordinary
+(synchronous) pytest fixtures.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--run-slow", action="store_true", help="run the long crash runs too")
+    parser.addoption(
+        "--crash-kills", type=int, default=None, help="SIGKILLs in the crash harness (default 50)"
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="slow: pass --run-slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    fn = pyfuncitem.obj
+    if not inspect.iscoroutinefunction(fn):
+        return None
+    names = pyfuncitem._fixtureinfo.argnames
+    kwargs = {name: pyfuncitem.funcargs[name] for name in names}
+    trio.run(
+        functools.partial(fn, **kwargs), clock=trio.testing.MockClock(autojump_threshold=0)
+    )
+    return True
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Iterator[Path]:
+    """A fresh runtime directory."""
+    yield tmp_path / "rt"
+
+
+def files_of(root: Path) -> dict[str, Any]:
+    return {p.name: p for p in root.rglob("*.db")}
