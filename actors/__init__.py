@@ -5,6 +5,7 @@ whose modules are private: import from ``actors``, never from ``runtime``.
 """
 
 from runtime.actor import Actor, query
+from runtime.datastore import KV, Sql
 from runtime.engine import DeadLetter, Ref, Runtime, RuntimeStatistics, open_runtime
 from runtime.errors import (
     ActorError,
@@ -40,6 +41,7 @@ __all__ = [
     "EncodingError",
     "InvalidArgumentsError",
     "InvalidKeyError",
+    "KV",
     "MessageFailedError",
     "MessageTooLargeError",
     "Ref",
@@ -50,6 +52,7 @@ __all__ = [
     "RuntimeLockedError",
     "RuntimeStatistics",
     "SchemaError",
+    "Sql",
     "StoredError",
     "UnknownActorTypeError",
     "UnknownHandlerError",

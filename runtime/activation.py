@@ -67,7 +67,13 @@ class Waiter:
 
 class Activation:
     def __init__(
-        self, runtime: Runtime, spec: TypeSpec, key: str, aid: str, ref: Ref[Any], init: bytes | None
+        self,
+        runtime: Runtime,
+        spec: TypeSpec,
+        key: str,
+        aid: str,
+        ref: Ref[Any],
+        init: bytes | None,
     ) -> None:
         self.runtime = runtime
         self.spec = spec
@@ -98,11 +104,17 @@ class Activation:
         folder = actor_dir(rt.root, self.aid)
         folder.mkdir(parents=True, exist_ok=True)
         self.mailbox = Mailbox(
-            folder / MAILBOX_FILE, synchronous=rt.synchronous, type_name=self.spec.name, key=self.key
+            folder / MAILBOX_FILE,
+            synchronous=rt.synchronous,
+            type_name=self.spec.name,
+            key=self.key,
         )
         try:
             self.data = DataStore(
-                folder / DATA_FILE, synchronous=rt.synchronous, type_name=self.spec.name, key=self.key
+                folder / DATA_FILE,
+                synchronous=rt.synchronous,
+                type_name=self.spec.name,
+                key=self.key,
             )
             try:
                 self.sql = Sql(self.data.conn)
@@ -132,7 +144,7 @@ class Activation:
 
     def _instantiate(self) -> Any:
         cls = self.spec.cls
-        instance = cls.__new__(cls)
+        instance: Any = object.__new__(cls)
         instance._torpor_key = self.key
         instance._torpor_ref = self.ref
         instance.__init__()
@@ -205,11 +217,11 @@ class Activation:
                 waiter.set_error(error)
             return waiter
         if self.failed is not None:
-            error = ActorFailedError(
+            failure = ActorFailedError(
                 f"{self.spec.name} {self.key!r} cannot run turns; the message is kept"
             )
-            error.__cause__ = self.failed
-            waiter.set_error(error)
+            failure.__cause__ = self.failed
+            waiter.set_error(failure)
             return waiter
         self.waiters[seq] = waiter
         return waiter
@@ -220,7 +232,7 @@ class Activation:
         try:
             await self._turn_loop()
         except ActorError as exc:  # e.g. a file found corrupt mid-turn
-            self.runtime.report(f"{self.spec.name} {self.key!r} stopped: {exc!r}")
+            self.runtime._report(f"{self.spec.name} {self.key!r} stopped: {exc!r}")
             self._stop_failed(exc)
         except Exception as exc:
             # A bug in torpor: stop this actor (its messages stay), keep the others running.
@@ -229,7 +241,7 @@ class Activation:
                 "file a bug with this traceback"
             )
             error.__cause__ = exc
-            self.runtime.report(str(error))
+            self.runtime._report(str(error))
             self._stop_failed(error)
         finally:
             self.data.rollback()
@@ -290,10 +302,13 @@ class Activation:
             for message in batch:
                 handler = handlers.get(message.method)
                 if handler is None or handler.is_query:
-                    failure = (message, UnknownHandlerError(
-                        f"stored message {message.seq} names {message.method!r}, which is not a "
-                        f"handler of {self.spec.name} (was it renamed or removed?)"
-                    ))
+                    failure = (
+                        message,
+                        UnknownHandlerError(
+                            f"stored message {message.seq} names {message.method!r}, which is "
+                            f"not a handler of {self.spec.name} (was it renamed or removed?)"
+                        ),
+                    )
                     break
                 data.savepoint()
                 ctx = context.HandlerContext(self, context.TURN, message, self.sql, self.kv)
@@ -434,17 +449,17 @@ class Activation:
         for row in self.data.outbox_after(self.outbox_delivered_upto):
             spec = rt.specs.get(row.target_type)
             if spec is None:
-                rt.report(
+                rt._report(
                     f"{self.spec.name} {self.key!r}: outbox row {row.id} targets unregistered "
                     f"type {row.target_type!r}; kept until it is registered"
                 )
                 return
             try:
-                await rt.deliver(spec, row.target_key, row.method, row.payload, self.aid, row.id)
+                await rt._deliver(spec, row.target_key, row.method, row.payload, self.aid, row.id)
             except RuntimeClosedError:
                 return
             except Exception as exc:
-                rt.report(
+                rt._report(
                     f"{self.spec.name} {self.key!r}: outbox row {row.id} to {row.target_type} "
                     f"{row.target_key!r} not delivered yet: {exc!r}"
                 )
@@ -477,4 +492,3 @@ def check_payload(runtime: Runtime, payload: bytes, what: str) -> None:
             f"{what} encodes to {len(payload)} bytes, over max_message_bytes="
             f"{runtime.max_message_bytes}; keep large data in the actor's tables"
         )
-

@@ -78,7 +78,12 @@ class Actor:
         return context.current(self, "self.kv").kv
 
     def send(
-        self, target: Ref[Any], method: Callable[..., Awaitable[Any]] | str, /, *args: Any, **kwargs: Any
+        self,
+        target: Ref[Any],
+        method: Callable[..., Awaitable[Any]] | str,
+        /,
+        *args: Any,
+        **kwargs: Any,
     ) -> None:
         """Send a message to another actor (or to this one) when this turn commits.
 
@@ -87,7 +92,7 @@ class Actor:
         after every earlier send of this actor to the same target.
         """
         ctx = context.current_turn(self, "self.send")
-        ctx.activation.runtime.outbox_send(ctx, target, method, args, kwargs)
+        ctx.activation.runtime._outbox_send(ctx, target, method, args, kwargs)
 
     # -- lifecycle hooks ------------------------------------------------------------------
 

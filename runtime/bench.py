@@ -93,7 +93,7 @@ def raw_latencies(folder: Path, messages: int, synchronous: str) -> list[float]:
 # -- the same through torpor --------------------------------------------------------------
 
 
-def _bench_type() -> type:
+def _bench_type() -> Any:
     # Defined here, not at import time, so that importing the engine builds no actor class.
     from .actor import Actor
 
@@ -145,7 +145,10 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def run(
-    *, quick: bool = False, synchronous: str = "NORMAL", backend: str = "trio",
+    *,
+    quick: bool = False,
+    synchronous: str = "NORMAL",
+    backend: str = "trio",
     progress: Callable[[str], None] = lambda _: None,
 ) -> list[Figure]:
     """Measure everything in one process; return the figures."""

@@ -102,7 +102,7 @@ class DataStore:
         conn.authorizer = self._authorize
         with db.corruption_as_error(path):
             self._migrate_runtime(type_name, key)
-            row = conn.execute(
+            row: Any = conn.execute(
                 "SELECT type, key, applied_seq, created FROM _torpor_state WHERE id = 1"
             ).fetchall()[0]
         if (row[0], row[1]) != (type_name, key):
@@ -122,7 +122,7 @@ class DataStore:
             ).fetchall()
             version = 0
             if exists:
-                version = conn.execute("SELECT schema FROM _torpor_state").fetchall()[0][0]
+                version = int(db.scalar(conn, "SELECT schema FROM _torpor_state"))
             for sql in _RUNTIME_MIGRATIONS[version:]:
                 db.execute_script(conn, sql)
             if not exists:
@@ -301,7 +301,8 @@ class Sql:
 
     def query(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
         """Run a statement and return all its rows."""
-        return self._conn.execute(sql, params).fetchall()  # type: ignore[no-any-return]
+        rows: list[tuple[Any, ...]] = self._conn.execute(sql, params).fetchall()
+        return rows
 
     def query_value(self, sql: str, params: Any = None) -> Any:
         """The first column of the first row, or ``None`` if there is no row."""
@@ -367,9 +368,11 @@ class KV(MutableMapping[str, Any]):
         )
 
     def __delitem__(self, key: str) -> None:
-        rows = self._writer()._exec(
-            "DELETE FROM _torpor_kv WHERE key = ? RETURNING 1", (key,)
-        ).fetchall()
+        rows = (
+            self._writer()
+            ._exec("DELETE FROM _torpor_kv WHERE key = ? RETURNING 1", (key,))
+            .fetchall()
+        )
         if not rows:
             raise KeyError(key)
 
@@ -377,7 +380,9 @@ class KV(MutableMapping[str, Any]):
         return iter([row[0] for row in self._cursor("SELECT key FROM _torpor_kv ORDER BY key", ())])
 
     def __len__(self) -> int:
-        return int(self._cursor("SELECT count(*) FROM _torpor_kv", ()).fetchall()[0][0])
+        for (count,) in self._cursor("SELECT count(*) FROM _torpor_kv", ()):
+            return int(count)
+        return 0
 
     def __repr__(self) -> str:
         return f"<kv with {len(self)} keys>"

@@ -25,7 +25,9 @@ BUSY_TIMEOUT_MS = 5_000
 _CORRUPT = (apsw.NotADBError, apsw.CorruptError)
 
 
-def connect(path: Path, *, synchronous: str = "NORMAL", query_only: bool = False) -> apsw.Connection:
+def connect(
+    path: Path, *, synchronous: str = "NORMAL", query_only: bool = False
+) -> apsw.Connection:
     """Open ``path`` in WAL mode with the given ``synchronous`` level, creating it if absent."""
     level = SYNCHRONOUS_LEVELS[synchronous]
     try:
@@ -33,7 +35,9 @@ def connect(path: Path, *, synchronous: str = "NORMAL", query_only: bool = False
         conn.set_busy_timeout(BUSY_TIMEOUT_MS)
         mode = conn.pragma("journal_mode", "wal")
         if mode != "wal":
-            raise CorruptFileError(f"{path} refused WAL mode (journal_mode={mode!r})", path=str(path))
+            raise CorruptFileError(
+                f"{path} refused WAL mode (journal_mode={mode!r})", path=str(path)
+            )
         conn.pragma("synchronous", level)
         if conn.pragma("synchronous") != level:
             raise CorruptFileError(f"{path} refused synchronous={synchronous}", path=str(path))
@@ -81,6 +85,13 @@ def migrate(
         if version != len(steps):
             conn.pragma("user_version", len(steps))
     return len(steps)
+
+
+def scalar(conn: apsw.Connection, sql: str, params: Any = None) -> Any:
+    """The first column of the first row of ``sql`` (``None`` if it returns no row)."""
+    for row in conn.execute(sql, params):
+        return row[0]
+    return None
 
 
 def execute_script(conn: apsw.Connection, sql: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import apsw
 import attrs
@@ -60,6 +61,7 @@ class Directory:
         self.conn.close()
 
     def get(self, aid: str) -> Entry | None:
+        row: Any
         for row in self.conn.execute(
             "SELECT id, type, key, pending, init FROM actors WHERE id = ?", (aid,)
         ):
@@ -92,10 +94,11 @@ class Directory:
         self.conn.execute("UPDATE actors SET init = NULL WHERE id = ? AND init IS NOT NULL", (aid,))
 
     def pending(self) -> Iterator[Entry]:
-        for row in self.conn.execute(
+        rows: list[Any] = self.conn.execute(
             "SELECT id, type, key, pending, init FROM actors WHERE pending = 1"
-        ).fetchall():
+        ).fetchall()
+        for row in rows:
             yield Entry(id=row[0], type=row[1], key=row[2], pending=True, init=row[4])
 
     def count(self) -> int:
-        return int(self.conn.execute("SELECT count(*) FROM actors").fetchall()[0][0])
+        return int(db.scalar(self.conn, "SELECT count(*) FROM actors"))

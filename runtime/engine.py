@@ -93,16 +93,14 @@ class Ref(Generic[A]):
 
     @property
     def actor_type(self) -> type[A]:
-        return self._spec.cls  # type: ignore[return-value]
+        return self._spec.cls
 
     def __repr__(self) -> str:
         return f"Ref({self._spec.name}, {self.key!r})"
 
     def __eq__(self, other: object) -> bool:
         return (
-            isinstance(other, Ref)
-            and other._spec.name == self._spec.name
-            and other.key == self.key
+            isinstance(other, Ref) and other._spec.name == self._spec.name and other.key == self.key
         )
 
     def __hash__(self) -> int:
@@ -189,6 +187,7 @@ class Runtime:
 
     @property
     def path(self) -> Path:
+        """The runtime directory."""
         return self.root
 
     def ref(self, actor_type: type[A], key: str) -> Ref[A]:
@@ -234,6 +233,7 @@ class Runtime:
         return ref
 
     def statistics(self) -> RuntimeStatistics:
+        """A frozen snapshot of the runtime's counters."""
         return RuntimeStatistics(
             awake=len(self.awake),
             messages_sent=self.stats_sent,
@@ -252,7 +252,10 @@ class Runtime:
         for row in act.mailbox.dead_letters():
             try:
                 args, kwargs = self.codec.decode(row.payload)
-                decoded: tuple[tuple[Any, ...] | None, dict[str, Any] | None] = (tuple(args), kwargs)
+                decoded: tuple[tuple[Any, ...] | None, dict[str, Any] | None] = (
+                    tuple(args),
+                    kwargs,
+                )
             except Exception:
                 decoded = (None, None)
             letters.append(
@@ -372,7 +375,7 @@ class Runtime:
             context.CURRENT.reset(token)
         return self.codec.decode(self.codec.encode(result))
 
-    async def deliver(
+    async def _deliver(
         self, spec: TypeSpec, key: str, method: str, payload: bytes, sender: str, sender_seq: int
     ) -> None:
         """Deliver one outbox row to its target's mailbox (deduplicated by sender cursor)."""
@@ -385,7 +388,7 @@ class Runtime:
             act.accept(_new_message(seq, sender, sender_seq, method, payload, None))
         await anyio.lowlevel.checkpoint()
 
-    def outbox_send(
+    def _outbox_send(
         self,
         ctx: context.HandlerContext,
         target: Ref[Any],
@@ -430,7 +433,7 @@ class Runtime:
         if self.closed or self.closing.is_set():
             raise RuntimeClosedError("the runtime is closed")
 
-    def report(self, text: str) -> None:
+    def _report(self, text: str) -> None:
         """Record an operational problem that has no caller to raise to."""
         self.reports.append(text)
 
@@ -469,7 +472,7 @@ class Runtime:
             try:
                 self._activate(spec, entry.key)
             except Exception as exc:
-                self.report(f"could not resume {entry.type} {entry.key!r}: {exc!r}")
+                self._report(f"could not resume {entry.type} {entry.key!r}: {exc!r}")
 
     async def _shutdown(self) -> None:
         self.closing.set()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 import traceback as _traceback
 from pathlib import Path
+from typing import Any
 
 import attrs
 
@@ -88,7 +89,10 @@ class Mailbox:
         self.conn = db.connect(path, synchronous=synchronous)
         with db.corruption_as_error(path):
             db.migrate(
-                self.conn, _MIGRATIONS, lambda sql: db.execute_script(self.conn, sql), what=str(path)
+                self.conn,
+                _MIGRATIONS,
+                lambda sql: db.execute_script(self.conn, sql),
+                what=str(path),
             )
             self.conn.execute(
                 "INSERT OR IGNORE INTO meta(name, value) VALUES ('type', ?), ('key', ?)",
@@ -219,11 +223,7 @@ class Mailbox:
         self.conn.execute("DELETE FROM idempotency WHERE created_at < ?", (before,))
 
     def pending_count(self, after_seq: int) -> int:
-        return int(
-            self.conn.execute("SELECT count(*) FROM inbox WHERE seq > ?", (after_seq,)).fetchall()[
-                0
-            ][0]
-        )
+        return int(db.scalar(self.conn, "SELECT count(*) FROM inbox WHERE seq > ?", (after_seq,)))
 
     # -- dead letters ---------------------------------------------------------------------
 
@@ -240,7 +240,7 @@ class Mailbox:
         """Move a dead letter back into the inbox as a new message (new seq, no sender)."""
         conn = self.conn
         with conn:
-            rows = conn.execute(
+            rows: list[Any] = conn.execute(
                 "DELETE FROM dead_letters WHERE seq = ? RETURNING method, payload", (seq,)
             ).fetchall()
             if not rows:
@@ -260,4 +260,3 @@ class Mailbox:
 def _qualified_name(cls: type) -> str:
     module = cls.__module__
     return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
-

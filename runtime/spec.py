@@ -69,7 +69,9 @@ class HandlerSpec:
     signature: inspect.Signature
     is_query: bool
 
-    def check_arguments(self, type_name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def check_arguments(
+        self, type_name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
         try:
             self.signature.bind(None, *args, **kwargs)
         except TypeError as exc:
@@ -189,7 +191,9 @@ def check_type_name(name: object) -> None:
 def check_key(key: object, max_key_bytes: int = DEFAULT_MAX_KEY_BYTES) -> str:
     """Return ``key`` if it is a valid actor key; raise :class:`InvalidKeyError` otherwise."""
     if not isinstance(key, str):
-        raise InvalidKeyError(f"an actor key must be a str (got {key!r} that is a {type(key).__name__})")
+        raise InvalidKeyError(
+            f"an actor key must be a str (got {key!r} that is a {type(key).__name__})"
+        )
     if not key:
         raise InvalidKeyError("an actor key must not be empty")
     if "\0" in key:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,16 +40,14 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
         return None
     names = pyfuncitem._fixtureinfo.argnames
     kwargs = {name: pyfuncitem.funcargs[name] for name in names}
-    trio.run(
-        functools.partial(fn, **kwargs), clock=trio.testing.MockClock(autojump_threshold=0)
-    )
+    trio.run(functools.partial(fn, **kwargs), clock=trio.testing.MockClock(autojump_threshold=0))
     return True
 
 
 @pytest.fixture
-def root(tmp_path: Path) -> Iterator[Path]:
+def root(tmp_path: Path) -> Path:
     """A fresh runtime directory."""
-    yield tmp_path / "rt"
+    return tmp_path / "rt"
 
 
 def files_of(root: Path) -> dict[str, Any]:

@@ -18,7 +18,7 @@ scalars = st.one_of(
     st.text(),
     st.binary(),
     st.datetimes(),
-    st.datetimes(timezones=st.just(dt.timezone.utc)),
+    st.datetimes(timezones=st.just(dt.UTC)),
     st.dates(),
     st.times(),
     st.timedeltas(),

@@ -43,7 +43,7 @@ def test_equal_sets_encode_to_equal_bytes() -> None:
 
 @pytest.mark.parametrize(
     "value",
-    [object(), decimal.Decimal("1.5"), dt.timezone.utc, type, pickle, 1j, [1, {2: object()}]],
+    [object(), decimal.Decimal("1.5"), dt.UTC, type, pickle, 1j, [1, {2: object()}]],
 )
 def test_values_outside_the_allow_list_are_refused(value: Any) -> None:
     """Anything not allowed raises EncodingError, never falls back to pickle."""

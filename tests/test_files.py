@@ -28,7 +28,7 @@ def test_layout_is_sharded_two_levels() -> None:
     assert actor_dir(Path("/r"), aid) == Path("/r/actors") / aid[:2] / aid[2:4] / aid
 
 
-@pytest.mark.parametrize("level,expected", [("NORMAL", 1), ("FULL", 2)])
+@pytest.mark.parametrize(("level", "expected"), [("NORMAL", 1), ("FULL", 2)])
 async def test_every_file_is_wal_with_the_chosen_synchronous(
     root: Path, level: str, expected: int
 ) -> None:

@@ -88,7 +88,8 @@ async def test_failing_migration_changes_nothing(root: Path) -> None:
         migrations = ("CREATE TABLE a(x)", "CREATE TABLE b(x)")
 
         async def tables(self) -> list[str]:
-            return [r[0] for r in self.sql.query("SELECT name FROM sqlite_schema WHERE type='table' AND name IN ('a','b') ORDER BY name")]
+            sql = "SELECT name FROM sqlite_schema WHERE name IN ('a', 'b') ORDER BY name"
+            return [row[0] for row in self.sql.query(sql)]
 
     async with actors.open_runtime(root, types=[Fixed]) as rt:
         assert await rt.ref(Fixed, "b").ask(Fixed.tables) == ["a", "b"]

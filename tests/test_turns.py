@@ -105,7 +105,7 @@ async def test_get_or_create_refuses_type_needing_arguments(root: Path) -> None:
             return str(self.kv["owner"])
 
     async with actors.open_runtime(root, types=[Account]) as rt:
-        with pytest.raises(actors.ActorNotFoundError, match="rt.spawn"):
+        with pytest.raises(actors.ActorNotFoundError, match=r"rt\.spawn"):
             await rt.ref(Account, "x").ask(Account.owner)
         ref = await rt.spawn(Account, "ann", key="x")
         assert await ref.ask(Account.owner) == "ann"
@@ -209,7 +209,7 @@ async def test_query_is_read_only(root: Path) -> None:
 
 
 async def test_failed_turn_rolls_back_retries_then_dead_letters(root: Path) -> None:
-    """A raising handler rolls back, is retried per policy, then dead-lettered; the actor goes on."""
+    """A raising handler rolls back, is retried, then dead-lettered; the actor goes on."""
     attempts: list[int] = []
 
     class Flaky(actors.Actor, name="Flaky"):
@@ -310,7 +310,7 @@ async def test_dead_letter_replay_and_drop(root: Path) -> None:
 
 
 async def test_idempotent_send_and_ask(root: Path) -> None:
-    """A retried send or ask with the same key applies nothing twice and returns the first result."""
+    """A retried send or ask with the same key applies nothing twice, returns the first result."""
     async with actors.open_runtime(root, types=[Counter]) as rt:
         ref = rt.ref(Counter, "i")
         assert await ref.ask(Counter.incr, 5, idempotency_key="pay-1") == 5
