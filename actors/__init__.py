@@ -30,6 +30,7 @@ from runtime.errors import (
 from runtime.spec import Retry
 
 __all__ = [
+    "KV",
     "Actor",
     "ActorError",
     "ActorExistsError",
@@ -41,7 +42,6 @@ __all__ = [
     "EncodingError",
     "InvalidArgumentsError",
     "InvalidKeyError",
-    "KV",
     "MessageFailedError",
     "MessageTooLargeError",
     "Ref",
