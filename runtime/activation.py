@@ -92,6 +92,7 @@ class Activation:
         self.waiters: dict[int, Waiter] = {}
         self.work = anyio.Event()
         self.created = anyio.Event()
+        self.settled = anyio.Event()  # set once created, or once failed for good
         self.stopped = anyio.Event()
         self.failed: BaseException | None = None
         self.closing = False
@@ -141,6 +142,7 @@ class Activation:
         self.applied_seq = self.loaded_upto = self.cleaned_upto = self.data.applied_seq
         if self.data.created:
             self.created.set()
+            self.settled.set()
 
     def _instantiate(self) -> Any:
         cls = self.spec.cls
@@ -249,6 +251,7 @@ class Activation:
 
     def _stop_failed(self, error: BaseException) -> None:
         self.failed = error
+        self.settled.set()
         failure = ActorFailedError(
             f"{self.spec.name} {self.key!r} cannot run turns; its messages are kept"
         )
@@ -433,6 +436,7 @@ class Activation:
         if self.init is not None:
             rt.directory.clear_init(self.aid)
         self.created.set()
+        self.settled.set()
 
     # -- the outbox -----------------------------------------------------------------------
 

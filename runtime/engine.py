@@ -25,6 +25,7 @@ from .codec import Codec
 from .datastore import KV, Sql
 from .directory import Directory
 from .errors import (
+    ActorFailedError,
     ActorNotFoundError,
     RuntimeClosedError,
     RuntimeLockedError,
@@ -247,7 +248,9 @@ class Runtime:
     async def dead_letters(self, ref: Ref[Any]) -> list[DeadLetter]:
         """The dead letters kept in ``ref``'s mailbox, oldest first."""
         await anyio.lowlevel.checkpoint()
-        act = self._activate(ref._spec, ref.key)
+        act = self._existing(ref)
+        if act is None:
+            return []
         letters = []
         for row in act.mailbox.dead_letters():
             try:
@@ -278,17 +281,17 @@ class Runtime:
     async def replay_dead_letter(self, ref: Ref[Any], seq: int) -> None:
         """Send dead letter ``seq`` again, as a new message at the end of the mailbox."""
         await anyio.lowlevel.checkpoint()
-        act = self._activate(ref._spec, ref.key)
-        message = act.mailbox.replay_dead_letter(seq)
-        if message is None:
+        act = self._existing(ref)
+        message = act.mailbox.replay_dead_letter(seq) if act is not None else None
+        if act is None or message is None:
             raise LookupError(f"{ref!r} has no dead letter {seq}")
         act.accept(message)
 
     async def drop_dead_letter(self, ref: Ref[Any], seq: int) -> None:
         """Delete dead letter ``seq`` for good."""
         await anyio.lowlevel.checkpoint()
-        act = self._activate(ref._spec, ref.key)
-        if not act.mailbox.drop_dead_letter(seq):
+        act = self._existing(ref)
+        if act is None or not act.mailbox.drop_dead_letter(seq):
             raise LookupError(f"{ref!r} has no dead letter {seq}")
 
     # -- sending --------------------------------------------------------------------------
@@ -351,6 +354,13 @@ class Runtime:
                     "idempotency_key does not apply"
                 )
             return await self._run_query(spec, key, handler.name, payload)
+        ctx = context.CURRENT.get()
+        if ctx is not None and ctx.mode == context.TURN and ctx.activation.key == key:
+            if ctx.activation.spec is spec:
+                raise RuntimeError(
+                    f"a turn of {spec.name} {key!r} asked its own actor, which would wait for "
+                    "itself forever; call the method directly, or self.send to it"
+                )
         act, seq = self._send(spec, key, method, args, kwargs, idempotency_key)
         waiter: Waiter = act.waiter(seq)
         await waiter.event.wait()
@@ -361,8 +371,10 @@ class Runtime:
 
     async def _run_query(self, spec: TypeSpec, key: str, name: str, payload: bytes) -> Any:
         act = self._activate(spec, key)
-        if not act.created.is_set():
-            await act.created.wait()
+        await act.settled.wait()
+        if act.failed is not None:
+            error = ActorFailedError(f"{spec.name} {key!r} cannot run: {act.failed!r}")
+            raise error from act.failed
         args, kwargs = self.codec.decode(payload)
         reader = act.reader()
         ctx = context.HandlerContext(
@@ -428,6 +440,13 @@ class Runtime:
         self.awake[aid] = act
         self._task_group.start_soon(act.run, name=f"torpor actor {spec.name} {key!r}")
         return act
+
+    def _existing(self, ref: Ref[Any]) -> Activation | None:
+        """The activation of ``ref`` if the actor exists (waking it), else ``None``."""
+        aid = actor_id(ref.type_name, ref.key)
+        if aid not in self.awake and self.directory.get(aid) is None:
+            return None
+        return self._activate(ref._spec, ref.key)
 
     def _check_open(self) -> None:
         if self.closed or self.closing.is_set():

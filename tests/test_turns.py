@@ -463,3 +463,63 @@ async def test_closed_runtime_refuses_sends(root: Path) -> None:
         ref = rt.ref(Counter, "c")
     with pytest.raises(actors.RuntimeClosedError):
         await ref.send(Counter.incr)
+
+
+async def test_ask_of_own_actor_from_a_turn_is_refused(root: Path) -> None:
+    """A handler asking its own actor gets a RuntimeError instead of waiting forever."""
+
+    class Selfish(actors.Actor, name="Selfish"):
+        retry = actors.Retry(max_attempts=1)
+
+        async def loop(self) -> None:
+            await self.ref.ask(Selfish.loop)
+
+    async with actors.open_runtime(root, types=[Selfish]) as rt:
+        with pytest.raises(actors.MessageFailedError) as info:
+            await rt.ref(Selfish, "s").ask(Selfish.loop)
+        assert isinstance(info.value.__cause__, RuntimeError)
+        assert "wait for itself" in str(info.value.__cause__)
+
+
+async def test_failed_on_create_is_reported_and_keeps_messages(root: Path) -> None:
+    """An actor whose on_create keeps failing raises ActorFailedError; its messages are kept."""
+    healthy = {"on": False}
+
+    class Fragile(actors.Actor, name="Fragile"):
+        retry = actors.Retry(max_attempts=2, initial_delay=0.5)
+
+        async def on_create(self) -> None:
+            if not healthy["on"]:
+                raise ConnectionError("model endpoint down")
+            self.kv["ready"] = True
+
+        async def work(self) -> str:
+            return "done"
+
+        @actors.query
+        async def ready(self) -> bool:
+            return bool(self.kv.get("ready"))
+
+    async with actors.open_runtime(root, types=[Fragile]) as rt:
+        ref = rt.ref(Fragile, "f")
+        await ref.send(Fragile.work)
+        with pytest.raises(actors.ActorFailedError) as info:
+            await ref.ask(Fragile.ready)
+        assert isinstance(info.value.__cause__, ConnectionError)
+        with pytest.raises(actors.ActorFailedError):
+            await ref.ask(Fragile.work)
+    healthy["on"] = True
+    async with actors.open_runtime(root, types=[Fragile]) as rt:
+        ref = rt.ref(Fragile, "f")
+        assert await ref.ask(Fragile.work) == "done"
+        assert await ref.ask(Fragile.ready) is True
+
+
+async def test_reading_dead_letters_creates_no_actor(root: Path) -> None:
+    """Listing dead letters of an actor that never existed returns [] and creates nothing."""
+    async with actors.open_runtime(root, types=[Counter]) as rt:
+        ghost = rt.ref(Counter, "ghost")
+        assert await rt.dead_letters(ghost) == []
+        with pytest.raises(LookupError):
+            await rt.replay_dead_letter(ghost, 1)
+        assert rt.directory.count() == 0
