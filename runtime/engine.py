@@ -355,12 +355,15 @@ class Runtime:
                 )
             return await self._run_query(spec, key, handler.name, payload)
         ctx = context.CURRENT.get()
-        if ctx is not None and ctx.mode == context.TURN and ctx.activation.key == key:
-            if ctx.activation.spec is spec:
-                raise RuntimeError(
-                    f"a turn of {spec.name} {key!r} asked its own actor, which would wait for "
-                    "itself forever; call the method directly, or self.send to it"
-                )
+        if (
+            ctx is not None
+            and ctx.mode == context.TURN
+            and ctx.activation.aid == actor_id(spec.name, key)
+        ):
+            raise RuntimeError(
+                f"a turn of {spec.name} {key!r} asked its own actor, which would wait for "
+                "itself forever; call the method directly, or self.send to it"
+            )
         act, seq = self._send(spec, key, method, args, kwargs, idempotency_key)
         waiter: Waiter = act.waiter(seq)
         await waiter.event.wait()
