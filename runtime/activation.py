@@ -6,18 +6,25 @@ user's writes, ``applied_seq``, the outbox rows and stored results. Replies and 
 are released only after that commit. A handler that raises rolls back its savepoint; the message
 is retried with backoff (blocking the actor's later messages, to keep per-sender order) and then
 dead-lettered.
+
+Messages read back from ``mailbox.db`` at wake-up (rather than appended by this process) may have
+been running when a previous process died. They run one per transaction, and each start is
+counted durably first, so that a message that kills the process every time (a segfault in a
+library, an out-of-memory kill) is dead-lettered after ``Retry.max_crashes`` deaths instead of
+taking the runtime down forever.
 """
 
 from __future__ import annotations
 
 import collections
 import time
+import traceback
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from . import context
-from .datastore import KV, DataStore, Sql
+from . import context, db
+from .datastore import KV, DataStore, Sql, read_only_authorizer
 from .errors import (
     ActorError,
     ActorFailedError,
@@ -42,8 +49,21 @@ if TYPE_CHECKING:
 MAX_BATCH = 128
 #: Messages loaded from ``mailbox.db`` at a time when catching up on a backlog.
 LOAD_CHUNK = 512
+#: Messages held in memory per actor at most; beyond, they wait in ``mailbox.db`` only.
+QUEUE_CAP = 1024
 #: Applied inbox rows are deleted in batches of this many (DESIGN §8: batch the cleanup).
 CLEANUP_EVERY = 256
+#: Backoff bounds for retrying an outbox delivery that failed (target unopenable, EMFILE).
+OUTBOX_RETRY_MIN = 0.05
+OUTBOX_RETRY_MAX = 30.0
+
+#: Failures that cannot succeed on a retry: dead-letter at once.
+_DETERMINISTIC = (DecodingError, UnknownHandlerError, EncodingError, MessageTooLargeError)
+
+
+class TransactionLostError(RuntimeError):
+    """A handler's statement ended the turn's transaction (``INSERT OR ROLLBACK``, a trigger's
+    ``RAISE(ROLLBACK)``). Everything the turn wrote was rolled back; the message is retried."""
 
 
 class Waiter:
@@ -84,16 +104,20 @@ class Activation:
         self.queue: collections.deque[Message] = collections.deque()
         self.backlog = True  # unapplied messages may exist in mailbox.db beyond the queue
         self.loaded_upto = 0
+        self.recovered_upto = 0  # messages at or below this seq were in the file at wake-up
         self.applied_seq = 0
         self.cleaned_upto = 0
         self.outbox_delivered_upto = 0
         self.outbox_deleted_upto = 0
         self.outbox_dirty = True  # rows may wait in the outbox (true at wake: recovery)
+        self.outbox_retry_delay = 0.0
+        self.batch_limit = MAX_BATCH
         self.waiters: dict[int, Waiter] = {}
         self.work = anyio.Event()
         self.created = anyio.Event()
-        self.settled = anyio.Event()  # set once created, or once failed for good
+        self.settled = anyio.Event()  # set once created, or once it can no longer be
         self.stopped = anyio.Event()
+        self.scope = anyio.CancelScope()
         self.failed: BaseException | None = None
         self.closing = False
         self._reader: Any = None
@@ -103,7 +127,12 @@ class Activation:
     def open(self) -> None:
         rt = self.runtime
         folder = actor_dir(rt.root, self.aid)
-        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            from .errors import StorageError
+
+            raise StorageError(f"cannot create {folder}: {exc!r}", path=str(folder)) from exc
         self.mailbox = Mailbox(
             folder / MAILBOX_FILE,
             synchronous=rt.synchronous,
@@ -132,6 +161,7 @@ class Activation:
                             f"a migration of {self.spec.name} failed on {self.key!r}: {exc!r}; "
                             "nothing was changed"
                         ) from exc
+                self.mailbox.ensure_seq_above(self.data.applied_seq)
                 self.instance = self._instantiate()
             except BaseException:
                 self.data.close()
@@ -140,6 +170,8 @@ class Activation:
             self.mailbox.close()
             raise
         self.applied_seq = self.loaded_upto = self.cleaned_upto = self.data.applied_seq
+        last = db.scalar(self.mailbox.conn, "SELECT max(seq) FROM inbox")
+        self.recovered_upto = int(last) if last is not None else 0
         if self.data.created:
             self.created.set()
             self.settled.set()
@@ -155,11 +187,11 @@ class Activation:
     def reader(self) -> Any:
         """A read-only connection for ``@query`` handlers, opened on first use."""
         if self._reader is None:
-            from . import db
-
-            self._reader = db.connect(
+            reader = db.connect(
                 self.data.path, synchronous=self.runtime.synchronous, query_only=True
             )
+            reader.authorizer = read_only_authorizer
+            self._reader = reader
         return self._reader
 
     def close_files(self) -> None:
@@ -175,22 +207,27 @@ class Activation:
                 ):
                     self.runtime.directory.clear_pending(self.aid)
         finally:
-            error = RuntimeClosedError("the runtime closed before this message was applied")
-            for waiter in self.waiters.values():
-                waiter.set_error(error)
-            self.waiters.clear()
+            self._fail_waiters(RuntimeClosedError("the runtime closed before this was applied"))
             if self._reader is not None:
                 self._reader.close()
             self.data.close()
             self.mailbox.close()
+
+    def _fail_waiters(self, error: BaseException) -> None:
+        for waiter in self.waiters.values():
+            waiter.set_error(error)
+        self.waiters.clear()
 
     # -- accepting messages ---------------------------------------------------------------
 
     def accept(self, message: Message) -> None:
         """A message was appended to ``mailbox.db``; queue it unless a backlog is unread."""
         if not self.backlog:
-            self.queue.append(message)
-            self.loaded_upto = message.seq
+            if len(self.queue) < QUEUE_CAP:
+                self.queue.append(message)
+                self.loaded_upto = message.seq
+            else:
+                self.backlog = True  # read it back from the file when the queue drains
         self.work.set()
 
     def waiter(self, seq: int) -> Waiter:
@@ -232,7 +269,8 @@ class Activation:
 
     async def run(self) -> None:
         try:
-            await self._turn_loop()
+            with self.scope:
+                await self._turn_loop()
         except ActorError as exc:  # e.g. a file found corrupt mid-turn
             self.runtime._report(f"{self.spec.name} {self.key!r} stopped: {exc!r}")
             self._stop_failed(exc)
@@ -247,6 +285,8 @@ class Activation:
             self._stop_failed(error)
         finally:
             self.data.rollback()
+            self.settled.set()
+            self._fail_waiters(RuntimeClosedError("the runtime closed before this was applied"))
             self.stopped.set()
 
     def _stop_failed(self, error: BaseException) -> None:
@@ -256,15 +296,13 @@ class Activation:
             f"{self.spec.name} {self.key!r} cannot run turns; its messages are kept"
         )
         failure.__cause__ = error
-        for waiter in self.waiters.values():
-            waiter.set_error(failure)
-        self.waiters.clear()
+        self._fail_waiters(failure)
 
     async def _turn_loop(self) -> None:
         if not self.created.is_set():
             await self._create()
         while not self.closing and self.failed is None:
-            if self.outbox_dirty:
+            if self.outbox_dirty and self.outbox_retry_delay == 0:
                 await self._deliver_outbox()
             if not self.queue and self.backlog:
                 self._load_more()
@@ -273,7 +311,12 @@ class Activation:
                 self.work = anyio.Event()
                 if self.closing:
                     break
-                await self.work.wait()
+                if self.outbox_retry_delay:
+                    with anyio.move_on_after(self.outbox_retry_delay):
+                        await self.work.wait()
+                    await self._deliver_outbox()
+                else:
+                    await self.work.wait()
                 continue
             await self._run_batch()
         while not self.closing:  # failed: keep the messages, wait for the runtime to close
@@ -281,12 +324,26 @@ class Activation:
             await self.work.wait()
 
     def _load_more(self) -> None:
-        rows = self.mailbox.load(self.loaded_upto, LOAD_CHUNK)
+        rows = self.mailbox.load(self.loaded_upto, LOAD_CHUNK, recovered=True)
+        for row in rows:
+            row.recovered = row.seq <= self.recovered_upto
         self.queue.extend(rows)
         if rows:
             self.loaded_upto = rows[-1].seq
         if len(rows) < LOAD_CHUNK:
             self.backlog = False
+
+    def _take_batch(self) -> list[Message]:
+        queue = self.queue
+        if queue[0].recovered:
+            return [queue[0]]
+        limit, self.batch_limit = self.batch_limit, MAX_BATCH
+        batch: list[Message] = []
+        for message in queue:
+            if len(batch) == limit or message.recovered:
+                break
+            batch.append(message)
+        return batch
 
     async def _run_batch(self) -> None:
         rt = self.runtime
@@ -294,7 +351,16 @@ class Activation:
         data = self.data
         instance = self.instance
         handlers = self.spec.handlers
-        batch = [self.queue[i] for i in range(min(len(self.queue), MAX_BATCH))]
+        batch = self._take_batch()
+        first = batch[0]
+        if first.recovered:
+            if first.dead_lettered:  # copied to dead letters just before a crash: finish
+                await self._fail(first, None)
+                return
+            first.started = self.mailbox.record_start(first.seq)
+            if first.started > self.spec.retry.max_crashes:
+                await self._fail(first, _ProcessDied(first.started - 1))
+                return
         done: list[tuple[Message, bytes]] = []
         failure: tuple[Message, BaseException] | None = None
         data.begin()
@@ -326,18 +392,28 @@ class Activation:
                             f"over max_message_bytes={rt.max_message_bytes}"
                         )
                 except Exception as exc:
+                    if not data.in_transaction:
+                        failure = self._lost_at(done, message, exc)
+                        done = []  # the whole transaction is gone, earlier messages included
+                        break
                     data.rollback_to_savepoint()
                     failure = (message, exc)
                     break
                 finally:
+                    ctx.active = False
                     context.CURRENT.reset(token)
+                if not data.in_transaction:
+                    failure = self._lost_at(done, message, None)
+                    done = []
+                    break
                 data.release()
                 if message.idempotency_key is not None:
                     data.store_result(message.seq, message.idempotency_key, True, reply)
                 done.append((message, reply))
-            if done:
-                data.set_applied(done[-1][0].seq)
-            data.commit()
+            if data.in_transaction:
+                if done:
+                    data.set_applied(done[-1][0].seq)
+                data.commit()
         except BaseException:
             data.rollback()
             raise
@@ -355,32 +431,44 @@ class Activation:
         if failure is not None:
             await self._fail(*failure)
 
-    async def _fail(self, message: Message, error: BaseException) -> None:
+    def _lost_at(
+        self, done: list[tuple[Message, bytes]], message: Message, cause: BaseException | None
+    ) -> tuple[Message, BaseException] | None:
+        """A handler ended the transaction. The culprit's failure counts only once it runs at
+        the head of the queue; before that, the messages ahead of it commit on their own."""
+        if done:
+            self.batch_limit = len(done)
+            return None
+        return (message, _lost(cause))
+
+    async def _fail(self, message: Message, error: BaseException | None) -> None:
+        """Handle a failed attempt of the message at the head of the queue.
+
+        ``error`` is ``None`` for a message already copied to the dead letters before a crash.
+        """
         rt = self.runtime
-        attempts = self.mailbox.record_failure(message.seq)
-        message.attempts = attempts
-        retryable = not isinstance(
-            error, DecodingError | UnknownHandlerError | EncodingError | MessageTooLargeError
-        )
-        if retryable and attempts < self.spec.retry.max_attempts:
-            rt.stats_retries += 1
-            with anyio.move_on_after(self.spec.retry.delay(attempts)):
-                await rt.closing.wait()
-            return
-        # Dead-letter: keep a copy first, then advance applied_seq past it (in that order, so a
-        # crash in between only re-runs the message, which dead-letters again idempotently).
+        if isinstance(error, RuntimeClosedError):
+            return  # not the message's fault: it stays queued and runs at the next open
+        if error is not None:
+            attempts = self.mailbox.record_failure(message.seq)
+            message.attempts = attempts
+            retryable = not isinstance(error, (*_DETERMINISTIC, _ProcessDied))
+            if retryable and attempts < self.spec.retry.max_attempts:
+                rt.stats_retries += 1
+                with anyio.move_on_after(self.spec.retry.delay(attempts)):
+                    await rt.closing.wait()
+                return
+        # Dead-letter: keep a copy first, then advance applied_seq past it (in that order; a
+        # crash in between is finished by the next wake, which sees the copy and skips the run).
         self.mailbox.dead_letter(message, error)
         data = self.data
         data.begin()
         try:
             data.set_applied(message.seq)
             if message.idempotency_key is not None:
-                tb = _format(error)
+                info = _error_info(error, message)
                 data.store_result(
-                    message.seq,
-                    message.idempotency_key,
-                    False,
-                    rt.codec.encode([type(error).__qualname__, str(error), tb, attempts]),
+                    message.seq, message.idempotency_key, False, rt.codec.encode(info)
                 )
             data.commit()
         except BaseException:
@@ -392,10 +480,10 @@ class Activation:
         waiter = self.waiters.pop(message.seq, None)
         if waiter is not None:
             failed = MessageFailedError(
-                f"{self.spec.name}.{message.method} failed on {self.key!r} after {attempts} "
-                f"attempt(s) and was dead-lettered: {error!r}",
+                f"{self.spec.name}.{message.method} failed on {self.key!r} after "
+                f"{message.attempts} attempt(s) and was dead-lettered: {error!r}",
                 seq=message.seq,
-                attempts=attempts,
+                attempts=message.attempts,
             )
             failed.__cause__ = error
             waiter.set_error(failed)
@@ -415,9 +503,14 @@ class Activation:
             token = context.CURRENT.set(ctx)
             try:
                 await self.spec.on_create.fn(self.instance, *args, **kwargs)
+                if not self.data.in_transaction:
+                    raise _lost(None)
                 self.data.set_created()
                 self.data.commit()
                 break
+            except RuntimeClosedError:
+                self.data.rollback()
+                return
             except Exception as exc:
                 self.data.rollback()
                 if attempt >= self.spec.retry.max_attempts:
@@ -432,6 +525,7 @@ class Activation:
                 self.data.rollback()
                 raise
             finally:
+                ctx.active = False
                 context.CURRENT.reset(token)
         if self.init is not None:
             rt.directory.clear_init(self.aid)
@@ -445,31 +539,32 @@ class Activation:
         self.outbox_dirty = True
 
     async def _deliver_outbox(self) -> None:
-        """Deliver committed outbox rows in order; a row that cannot go yet stays, with the rest.
+        """Deliver committed outbox rows in order; a row that cannot go yet stays, with the rest,
+        and delivery is retried with backoff.
 
         Delivery is at-least-once; the receiver's per-sender cursor makes it exactly-once.
         """
         rt = self.runtime
         for row in self.data.outbox_after(self.outbox_delivered_upto):
             spec = rt.specs.get(row.target_type)
-            if spec is None:
-                rt._report(
-                    f"{self.spec.name} {self.key!r}: outbox row {row.id} targets unregistered "
-                    f"type {row.target_type!r}; kept until it is registered"
-                )
-                return
             try:
+                if spec is None:
+                    raise LookupError(f"type {row.target_type!r} is not registered")
                 await rt._deliver(spec, row.target_key, row.method, row.payload, self.aid, row.id)
             except RuntimeClosedError:
                 return
             except Exception as exc:
+                delay = self.outbox_retry_delay
+                self.outbox_retry_delay = min(OUTBOX_RETRY_MAX, max(OUTBOX_RETRY_MIN, delay * 2))
                 rt._report(
                     f"{self.spec.name} {self.key!r}: outbox row {row.id} to {row.target_type} "
-                    f"{row.target_key!r} not delivered yet: {exc!r}"
+                    f"{row.target_key!r} not delivered yet, retrying in "
+                    f"{self.outbox_retry_delay:.2f} s: {exc!r}"
                 )
                 return
             self.outbox_delivered_upto = row.id
         self.outbox_dirty = False
+        self.outbox_retry_delay = 0.0
 
     # -- batched housekeeping -------------------------------------------------------------
 
@@ -479,15 +574,36 @@ class Activation:
         self.mailbox.remove_applied(self.applied_seq)
         self.cleaned_upto = self.applied_seq
         cutoff = time.time() - self.runtime.idempotency_ttl
-        self.mailbox.prune_idempotency(cutoff)
+        self.mailbox.prune_idempotency(cutoff, self.applied_seq)
         self.data.housekeeping(self.outbox_delivered_upto, cutoff)
         self.outbox_deleted_upto = self.outbox_delivered_upto
 
 
-def _format(error: BaseException) -> str:
-    import traceback
+class _ProcessDied(Exception):
+    """The process died while this message ran, too many times (see ``Retry.max_crashes``)."""
 
-    return "".join(traceback.format_exception(error))
+    def __init__(self, deaths: int) -> None:
+        super().__init__(
+            f"the process died {deaths} time(s) while this message was running; it was "
+            "dead-lettered so that the actor can go on"
+        )
+
+
+def _lost(cause: BaseException | None) -> TransactionLostError:
+    error = TransactionLostError(
+        "a statement in the handler ended the turn's transaction (INSERT OR ROLLBACK, or a "
+        "trigger's RAISE(ROLLBACK)); the turn was rolled back and the message will be retried. "
+        "Use OR ABORT / OR IGNORE, or RAISE(ABORT), inside handlers"
+    )
+    error.__cause__ = cause
+    return error
+
+
+def _error_info(error: BaseException | None, message: Message) -> list[Any]:
+    if error is None:
+        return ["DeadLetter", "dead-lettered before a crash", "", message.attempts]
+    text = "".join(traceback.format_exception(error))
+    return [type(error).__qualname__, str(error), text, message.attempts]
 
 
 def check_payload(runtime: Runtime, payload: bytes, what: str) -> None:

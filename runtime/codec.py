@@ -54,6 +54,12 @@ class Codec:
             name = getattr(cls, "__torpor_name__", None) or f"{cls.__module__}.{cls.__qualname__}"
             if name in self._by_name and self._by_name[name] is not cls:
                 raise ValueError(f"two message types share the name {name!r}")
+            for field in attrs.fields(cls):
+                if not field.init:
+                    raise TypeError(
+                        f"message type {cls.__qualname__} has a field {field.name!r} with "
+                        "init=False, which could not be restored on decoding"
+                    )
             self._by_class[cls] = name
             self._by_name[name] = cls
         self._ref_encoder = ref_encoder
@@ -98,7 +104,7 @@ class Codec:
         # than silently changing the type.
         name = self._by_class.get(type(obj))
         if name is not None:
-            fields = {a.name: getattr(obj, a.name) for a in attrs.fields(type(obj))}
+            fields = {a.alias: getattr(obj, a.name) for a in attrs.fields(type(obj))}
             return msgpack.ExtType(EXT_ATTRS, pack([name, fields]))
         if self._ref_encoder is not None:
             ref = self._ref_encoder(obj)

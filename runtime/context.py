@@ -20,7 +20,7 @@ QUERY = "query"
 
 
 class HandlerContext:
-    __slots__ = ("activation", "instance", "kv", "message", "mode", "sql")
+    __slots__ = ("activation", "active", "instance", "kv", "message", "mode", "sql")
 
     def __init__(
         self,
@@ -36,6 +36,7 @@ class HandlerContext:
         self.message = message
         self.sql = sql
         self.kv = kv
+        self.active = True  # false once the handler returned (tasks it started keep the var)
 
 
 CURRENT: ContextVar[HandlerContext | None] = ContextVar("torpor_handler", default=None)
@@ -44,7 +45,7 @@ CURRENT: ContextVar[HandlerContext | None] = ContextVar("torpor_handler", defaul
 def current(instance: Any, what: str) -> HandlerContext:
     """The context of the handler of ``instance`` running in this task, or a clear error."""
     ctx = CURRENT.get()
-    if ctx is None or ctx.instance is not instance:
+    if ctx is None or ctx.instance is not instance or not ctx.active:
         raise RuntimeError(
             f"{what} is available only while a handler of this actor runs (inside one of its "
             "async methods, in the task the runtime runs it in)"

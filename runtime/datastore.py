@@ -100,6 +100,12 @@ class DataStore:
         self.conn = conn = db.connect(path, synchronous=synchronous)
         self._trusted = True
         conn.authorizer = self._authorize
+        # Only the runtime commits. A handler statement that ends the transaction anyway
+        # (INSERT OR ROLLBACK, RAISE(ROLLBACK) in a trigger) leaves later statements in autocommit
+        # mode; this hook vetoes those commits, so nothing a handler writes outside its turn's
+        # transaction can persist.
+        self._may_commit = True
+        conn.set_commit_hook(self._commit_hook)
         with db.corruption_as_error(path):
             self._migrate_runtime(type_name, key)
             row: Any = conn.execute(
@@ -113,6 +119,10 @@ class DataStore:
         self.applied_seq: int = row[2]
         self.created: bool = bool(row[3])
         self._trusted = False
+        self._may_commit = False
+
+    def _commit_hook(self) -> bool:
+        return not self._may_commit  # True vetoes the commit (it becomes a rollback)
 
     def _migrate_runtime(self, type_name: str, key: str) -> None:
         conn = self.conn
@@ -165,7 +175,11 @@ class DataStore:
         self._exec("BEGIN IMMEDIATE /* torpor turn */")
 
     def commit(self) -> None:
-        self._exec("COMMIT /* torpor turn */")
+        self._may_commit = True
+        try:
+            self._exec("COMMIT /* torpor turn */")
+        finally:
+            self._may_commit = False
 
     def rollback(self) -> None:
         if self.conn.in_transaction:
@@ -265,16 +279,30 @@ class DataStore:
                     )
                 for step in steps[version:]:
                     run_step(step)
-                self._trusted = True
+                self._trusted = self._may_commit = True
                 try:
                     if version != len(steps):
                         conn.pragma("user_version", len(steps))
                     conn.execute("COMMIT")
                 finally:
-                    self._trusted = False
+                    self._trusted = self._may_commit = False
             except BaseException:
                 self.rollback()
                 raise
+
+
+_READ_ONLY_OPS = frozenset(
+    {apsw.SQLITE_SELECT, apsw.SQLITE_READ, apsw.SQLITE_FUNCTION, apsw.SQLITE_RECURSIVE}
+)
+
+
+def read_only_authorizer(
+    op: int, _p1: str | None, p2: str | None, _db: str | None, _trigger: str | None
+) -> int:
+    """For ``@query`` connections: reading is all there is (pragmas only as reads)."""
+    if op in _READ_ONLY_OPS or (op == apsw.SQLITE_PRAGMA and p2 is None):
+        return apsw.SQLITE_OK
+    return apsw.SQLITE_DENY
 
 
 class Sql:
@@ -292,7 +320,11 @@ class Sql:
         self._conn = conn
 
     def execute(self, sql: str, params: Any = None) -> apsw.Cursor:
-        """Run one statement (or several separated by ``;``) and return the cursor."""
+        """Run a statement and return the cursor; iterate it for rows.
+
+        apsw runs statements lazily: in ``"A; B"``, ``B`` runs only once ``A``'s rows have all
+        been read. Prefer one statement per call.
+        """
         return self._conn.execute(sql, params)
 
     def executemany(self, sql: str, seq_of_params: Any) -> apsw.Cursor:

@@ -13,7 +13,7 @@ from typing import Any
 
 import apsw
 
-from .errors import CorruptFileError, SchemaError
+from .errors import CorruptFileError, SchemaError, StorageError
 
 #: ``synchronous`` levels offered by ``open_runtime``. NORMAL: a commit survives a process crash,
 #: and the replica (not fsync) is the durability point for power loss. FULL: fsync every commit.
@@ -46,6 +46,11 @@ def connect(
     except _CORRUPT as exc:
         raise CorruptFileError(
             f"{path} is not a valid SQLite database ({exc}); restore it from a replica or backup",
+            path=str(path),
+        ) from exc
+    except (apsw.CantOpenError, apsw.FullError, apsw.IOError, OSError) as exc:
+        raise StorageError(
+            f"cannot open {path} ({exc!r}): out of file descriptors, disk full, or no permission",
             path=str(path),
         ) from exc
     return conn

@@ -87,6 +87,9 @@ class Directory:
             (aid, type_name, key, time.time()),
         )
 
+    def forget(self, aid: str) -> None:
+        self.conn.execute("DELETE FROM actors WHERE id = ?", (aid,))
+
     def clear_pending(self, aid: str) -> None:
         self.conn.execute("UPDATE actors SET pending = 0 WHERE id = ? AND pending = 1", (aid,))
 

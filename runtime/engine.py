@@ -7,6 +7,7 @@ every actor's state single-threaded like a Durable Object's.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import fcntl
 import os
@@ -45,6 +46,9 @@ DEFAULT_MAX_MESSAGE_BYTES = 1 << 20
 #: How long the result of a call with an ``idempotency_key`` is kept for retries: a day, as
 #: Stripe keeps its idempotency keys.
 DEFAULT_IDEMPOTENCY_TTL = 24 * 3600.0
+#: How long closing the runtime waits for turns in progress: long enough for an LLM call to
+#: return, short enough for a deploy. A cancelled turn rolls back and runs again later.
+DEFAULT_SHUTDOWN_GRACE = 30.0
 
 
 @attrs.frozen
@@ -120,6 +124,7 @@ class Ref(Generic[A]):
         With ``idempotency_key``, a retried send with the same key stores nothing new.
         """
         await anyio.lowlevel.checkpoint_if_cancelled()
+        _refuse_inside_turn("ref.send", "self.send(ref, ...)")
         self._runtime._send(self._spec, self.key, method, args, kwargs, idempotency_key)
         await anyio.lowlevel.cancel_shielded_checkpoint()
 
@@ -153,6 +158,7 @@ class Runtime:
         max_message_bytes: int,
         max_key_bytes: int,
         idempotency_ttl: float,
+        shutdown_grace: float,
     ) -> None:
         specs = []
         for cls in types:
@@ -170,12 +176,13 @@ class Runtime:
         self.max_message_bytes = max_message_bytes
         self.max_key_bytes = max_key_bytes
         self.idempotency_ttl = idempotency_ttl
+        self.shutdown_grace = shutdown_grace
         self.codec = Codec(message_types, ref_encoder=_ref_parts, ref_decoder=self.ref_by_name)
         self.awake: dict[str, Activation] = {}
         self.closing = anyio.Event()
         self.closed = False
         self.unknown_types: set[str] = set()
-        self.reports: list[str] = []
+        self.reports: collections.deque[str] = collections.deque(maxlen=1000)
         self.stats_sent = 0
         self.stats_turns = 0
         self.stats_applied = 0
@@ -220,6 +227,7 @@ class Runtime:
         Without ``key`` a random one is generated. :class:`ActorExistsError` if ``key`` is taken.
         """
         await anyio.lowlevel.checkpoint_if_cancelled()
+        _refuse_inside_turn("rt.spawn", "a message to a new key (get-or-create)")
         self._check_open()
         ref = self.ref(actor_type, uuid.uuid4().hex if key is None else key)
         spec = ref._spec
@@ -229,7 +237,11 @@ class Runtime:
             check_payload(self, init, f"{spec.name}.on_create arguments")
         aid = actor_id(spec.name, ref.key)
         self.directory.create(aid, spec.name, ref.key, init)
-        self._activate(spec, ref.key)
+        try:
+            self._activate(spec, ref.key)
+        except BaseException:
+            self.directory.forget(aid)  # nothing was acknowledged: leave no half-made actor
+            raise
         await anyio.lowlevel.cancel_shielded_checkpoint()
         return ref
 
@@ -354,16 +366,7 @@ class Runtime:
                     "idempotency_key does not apply"
                 )
             return await self._run_query(spec, key, handler.name, payload)
-        ctx = context.CURRENT.get()
-        if (
-            ctx is not None
-            and ctx.mode == context.TURN
-            and ctx.activation.aid == actor_id(spec.name, key)
-        ):
-            raise RuntimeError(
-                f"a turn of {spec.name} {key!r} asked its own actor, which would wait for "
-                "itself forever; call the method directly, or self.send to it"
-            )
+        _refuse_inside_turn("ref.ask", "self.send(ref, ...) and a reply message")
         act, seq = self._send(spec, key, method, args, kwargs, idempotency_key)
         waiter: Waiter = act.waiter(seq)
         await waiter.event.wait()
@@ -387,6 +390,7 @@ class Runtime:
         try:
             result = await spec.handlers[name].fn(act.instance, *args, **kwargs)
         finally:
+            ctx.active = False
             context.CURRENT.reset(token)
         return self.codec.decode(self.codec.encode(result))
 
@@ -446,6 +450,7 @@ class Runtime:
 
     def _existing(self, ref: Ref[Any]) -> Activation | None:
         """The activation of ``ref`` if the actor exists (waking it), else ``None``."""
+        self._check_open()
         aid = actor_id(ref.type_name, ref.key)
         if aid not in self.awake and self.directory.get(aid) is None:
             return None
@@ -497,10 +502,17 @@ class Runtime:
                 self._report(f"could not resume {entry.type} {entry.key!r}: {exc!r}")
 
     async def _shutdown(self) -> None:
+        """Let turns in progress finish for up to ``shutdown_grace`` seconds, then cancel them
+        (they roll back, and run again at the next open)."""
         self.closing.set()
         for act in list(self.awake.values()):
             act.closing = True
             act.work.set()
+        with anyio.move_on_after(self.shutdown_grace):
+            for act in list(self.awake.values()):
+                await act.stopped.wait()
+        for act in list(self.awake.values()):
+            act.scope.cancel()
         for act in list(self.awake.values()):
             await act.stopped.wait()
 
@@ -508,7 +520,10 @@ class Runtime:
         self.closed = True
         try:
             for act in self.awake.values():
-                act.close_files()
+                try:
+                    act.close_files()
+                except Exception as exc:  # close the others all the same
+                    self._report(f"closing {act.spec.name} {act.key!r}: {exc!r}")
             self.awake.clear()
             self.directory.close()
         finally:
@@ -525,11 +540,13 @@ async def open_runtime(
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     max_key_bytes: int = DEFAULT_MAX_KEY_BYTES,
     idempotency_ttl: float = DEFAULT_IDEMPOTENCY_TTL,
+    shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
 ) -> AsyncIterator[Runtime]:
     """Open (creating if needed) the runtime stored under ``path``; resume pending actors.
 
-    On exit, turns in progress finish, then every file is closed; queued messages stay in their
-    mailboxes and run when the runtime is next opened.
+    On exit, turns in progress get ``shutdown_grace`` seconds to finish; then they are cancelled
+    and rolled back. Queued messages stay in their mailboxes and run when the runtime is next
+    opened.
     """
     rt = Runtime(
         Path(path),
@@ -539,6 +556,7 @@ async def open_runtime(
         max_message_bytes=max_message_bytes,
         max_key_bytes=max_key_bytes,
         idempotency_ttl=idempotency_ttl,
+        shutdown_grace=shutdown_grace,
     )
     rt._open_files()
     body_error: BaseException | None = None
@@ -572,7 +590,16 @@ def _new_message(
     payload: bytes,
     idempotency_key: str | None,
 ) -> Message:
-    return Message(seq, sender, sender_seq, method, payload, idempotency_key, 0)
+    return Message(seq, sender, sender_seq, method, payload, idempotency_key)
+
+
+def _refuse_inside_turn(what: str, instead: str) -> None:
+    ctx = context.CURRENT.get()
+    if ctx is not None and ctx.active and ctx.mode == context.TURN:
+        raise RuntimeError(
+            f"{what} inside a handler would take effect even if the turn rolled back, and again "
+            f"on every retry; use {instead} instead"
+        )
 
 
 def _ref_parts(obj: Any) -> tuple[str, str] | None:

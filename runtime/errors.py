@@ -124,6 +124,24 @@ class CorruptFileError(ActorError):
         self.path = path
 
 
+class StorageError(ActorError, OSError):
+    """A file could not be opened or written: too many open files, disk full, no permission.
+
+    Nothing was applied; what was acknowledged before stays durable. Retry once resources free.
+    """
+
+    def __init__(self, message: str, *, path: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class IdempotencyKeyReusedError(ActorError, ValueError):
+    """An ``idempotency_key`` was used again for a different call (other handler or arguments).
+
+    A key names one call; reusing it for another would silently return the wrong result.
+    """
+
+
 class SchemaError(ActorError):
     """An actor's ``data.db`` is at a schema version its class's ``migrations`` do not reach.
 

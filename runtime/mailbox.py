@@ -8,6 +8,7 @@ cursor are garbage, removed in batches.
 
 from __future__ import annotations
 
+import hashlib
 import time
 import traceback as _traceback
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 import attrs
 
 from . import db
+from .errors import IdempotencyKeyReusedError
 
 _MIGRATIONS = (
     """
@@ -28,12 +30,14 @@ _MIGRATIONS = (
         payload BLOB NOT NULL,
         idempotency_key TEXT,
         attempts INTEGER NOT NULL DEFAULT 0,
+        started INTEGER NOT NULL DEFAULT 0,
         enqueued_at REAL NOT NULL
     );
     CREATE TABLE senders(sender TEXT PRIMARY KEY, last_seq INTEGER NOT NULL) WITHOUT ROWID;
     CREATE TABLE idempotency(
         key TEXT PRIMARY KEY,
         seq INTEGER NOT NULL,
+        fingerprint BLOB NOT NULL,
         created_at REAL NOT NULL
     ) WITHOUT ROWID;
     CREATE INDEX idempotency_age ON idempotency(created_at);
@@ -53,12 +57,20 @@ _MIGRATIONS = (
     """,
 )
 
-_MESSAGE_COLUMNS = "seq, sender, sender_seq, method, payload, idempotency_key, attempts"
+_MESSAGE_COLUMNS = (
+    "seq, sender, sender_seq, method, payload, idempotency_key, attempts, started, "
+    "EXISTS (SELECT 1 FROM dead_letters d WHERE d.seq = inbox.seq)"
+)
 
 
 @attrs.define(slots=True)
 class Message:
-    """One inbox row."""
+    """One inbox row.
+
+    ``recovered`` marks a row read back from the file rather than appended by this process:
+    it may have been running when a previous process died, so it runs alone and counts the
+    start (``started``), to find a message that kills the process.
+    """
 
     seq: int
     sender: str | None
@@ -66,7 +78,10 @@ class Message:
     method: str
     payload: bytes
     idempotency_key: str | None
-    attempts: int
+    attempts: int = 0
+    started: int = 0
+    dead_lettered: bool = False
+    recovered: bool = False
 
 
 @attrs.frozen
@@ -129,11 +144,20 @@ class Mailbox:
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
+            fingerprint = b""
             if idempotency_key is not None:
-                for (seq,) in conn.execute(
-                    "SELECT seq FROM idempotency WHERE key = ?", (idempotency_key,)
+                fingerprint = hashlib.blake2b(
+                    method.encode() + b"\0" + payload, digest_size=16
+                ).digest()
+                for seq, first in conn.execute(
+                    "SELECT seq, fingerprint FROM idempotency WHERE key = ?", (idempotency_key,)
                 ):
                     conn.execute("COMMIT")
+                    if first != fingerprint:
+                        raise IdempotencyKeyReusedError(
+                            f"idempotency_key {idempotency_key!r} was first used for another "
+                            f"call (message {seq}); a key names exactly one call"
+                        )
                     return int(seq), False
             if sender is not None:
                 for (last,) in conn.execute(
@@ -151,8 +175,9 @@ class Mailbox:
             seq = int(conn.last_insert_rowid())
             if idempotency_key is not None:
                 conn.execute(
-                    "INSERT INTO idempotency(key, seq, created_at) VALUES (?, ?, ?)",
-                    (idempotency_key, seq, now),
+                    "INSERT INTO idempotency(key, seq, fingerprint, created_at) "
+                    "VALUES (?, ?, ?, ?)",
+                    (idempotency_key, seq, fingerprint, now),
                 )
             if sender is not None:
                 conn.execute(
@@ -167,6 +192,17 @@ class Mailbox:
             raise
         return seq, True
 
+    def ensure_seq_above(self, applied_seq: int) -> None:
+        """Never hand out a seq at or below ``applied_seq`` (a mailbox restored or lost alone
+        would otherwise restart at 1, and new messages would pass for applied ones)."""
+        last = db.scalar(self.conn, "SELECT seq FROM sqlite_sequence WHERE name = 'inbox'")
+        if last is None or last < applied_seq:
+            with self.conn:
+                self.conn.execute("DELETE FROM sqlite_sequence WHERE name = 'inbox'")
+                self.conn.execute(
+                    "INSERT INTO sqlite_sequence(name, seq) VALUES ('inbox', ?)", (applied_seq,)
+                )
+
     def seq_for_key(self, idempotency_key: str) -> int | None:
         for (seq,) in self.conn.execute(
             "SELECT seq FROM idempotency WHERE key = ?", (idempotency_key,)
@@ -176,14 +212,34 @@ class Mailbox:
 
     # -- consuming ------------------------------------------------------------------------
 
-    def load(self, after_seq: int, limit: int) -> list[Message]:
+    def load(self, after_seq: int, limit: int, *, recovered: bool) -> list[Message]:
+        rows: list[Any] = self.conn.execute(
+            f"SELECT {_MESSAGE_COLUMNS} FROM inbox WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after_seq, limit),
+        ).fetchall()
         return [
-            Message(*row)
-            for row in self.conn.execute(
-                f"SELECT {_MESSAGE_COLUMNS} FROM inbox WHERE seq > ? ORDER BY seq LIMIT ?",
-                (after_seq, limit),
+            Message(
+                seq=row[0],
+                sender=row[1],
+                sender_seq=row[2],
+                method=row[3],
+                payload=row[4],
+                idempotency_key=row[5],
+                attempts=row[6],
+                started=row[7],
+                dead_lettered=bool(row[8]),
+                recovered=recovered,
             )
+            for row in rows
         ]
+
+    def record_start(self, seq: int) -> int:
+        """Count durably that message ``seq`` is about to run; return the starts so far."""
+        for (started,) in self.conn.execute(
+            "UPDATE inbox SET started = started + 1 WHERE seq = ? RETURNING started", (seq,)
+        ):
+            return int(started)
+        return 1
 
     def record_failure(self, seq: int) -> int:
         """Count one failed attempt of message ``seq`` durably; return the attempts so far."""
@@ -193,8 +249,10 @@ class Mailbox:
             return int(attempts)
         return 1
 
-    def dead_letter(self, message: Message, error: BaseException) -> None:
+    def dead_letter(self, message: Message, error: BaseException | None) -> None:
         """Keep a copy of a message that exhausted its attempts (idempotent by seq)."""
+        if error is None:
+            return  # the copy was made before a crash; INSERT OR IGNORE would keep it anyway
         text = "".join(_traceback.format_exception(error))
         self.conn.execute(
             "INSERT OR IGNORE INTO dead_letters(seq, sender, sender_seq, method, payload, "
@@ -219,8 +277,11 @@ class Mailbox:
         """Delete inbox rows whose effects ``data.db`` has committed."""
         self.conn.execute("DELETE FROM inbox WHERE seq <= ?", (upto_seq,))
 
-    def prune_idempotency(self, before: float) -> None:
-        self.conn.execute("DELETE FROM idempotency WHERE created_at < ?", (before,))
+    def prune_idempotency(self, before: float, applied_seq: int) -> None:
+        """Forget keys older than ``before`` whose message was applied (never a pending one)."""
+        self.conn.execute(
+            "DELETE FROM idempotency WHERE created_at < ? AND seq <= ?", (before, applied_seq)
+        )
 
     def pending_count(self, after_seq: int) -> int:
         return int(db.scalar(self.conn, "SELECT count(*) FROM inbox WHERE seq > ?", (after_seq,)))

@@ -22,6 +22,9 @@ HOOKS = frozenset({"on_create", "on_wake", "on_hibernate", "on_child_failed"})
 #: directory's primary index; a kilobyte leaves room for emails, URLs and composite ids.
 DEFAULT_MAX_KEY_BYTES = 1024
 
+#: Class attributes that subclasses set to configure their type.
+_CONFIGURATION = frozenset({"retry", "migrations"})
+
 #: Marker attribute set by ``@actors.query``.
 QUERY_MARK = "__torpor_query__"
 
@@ -39,11 +42,18 @@ class Retry:
     max_delay: float = 30.0
     multiplier: float = 2.0
     jitter: float = 0.2
+    #: How many times the process may die while a message runs before it is dead-lettered.
+    max_crashes: int = attrs.field(default=5)
 
     @max_attempts.validator
     def _check_attempts(self, _attribute: Any, value: int) -> None:
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"max_attempts must be an int >= 1 (got {value!r})")
+
+    @max_crashes.validator
+    def _check_crashes(self, _attribute: Any, value: int) -> None:
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"max_crashes must be an int >= 1 (got {value!r})")
 
     def __attrs_post_init__(self) -> None:
         for name in ("initial_delay", "max_delay"):
@@ -129,9 +139,15 @@ def build_type_spec(cls: type, name: str | None, base: type) -> TypeSpec:
     for attr_name in dir(cls):
         if attr_name.startswith("_") or attr_name in HOOKS:
             continue
-        if hasattr(base, attr_name):
-            continue  # the Actor API itself (send, sql, kv, ...)
         fn = inspect.getattr_static(cls, attr_name)
+        if hasattr(base, attr_name):
+            if attr_name not in _CONFIGURATION and fn is not inspect.getattr_static(
+                base, attr_name
+            ):
+                raise TypeError(
+                    f"{cls.__qualname__}.{attr_name} would override the Actor API; rename it"
+                )
+            continue
         if isinstance(fn, staticmethod | classmethod | property):
             continue
         is_query = bool(getattr(fn, QUERY_MARK, False))
@@ -150,6 +166,11 @@ def build_type_spec(cls: type, name: str | None, base: type) -> TypeSpec:
         raise TypeError(f"{cls.__qualname__}.retry must be an actors.Retry (got {retry!r})")
     migrations = tuple(getattr(cls, "migrations", ()))
     for index, step in enumerate(migrations):
+        if inspect.iscoroutinefunction(step):
+            raise TypeError(
+                f"{cls.__qualname__}.migrations[{index}] is an async function; migrations run "
+                "synchronously inside the wake-up transaction, so make it a plain def"
+            )
         if not (isinstance(step, str) or callable(step)):
             raise TypeError(
                 f"{cls.__qualname__}.migrations[{index}] must be an SQL string or a callable "

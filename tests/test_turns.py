@@ -200,7 +200,7 @@ async def test_query_is_read_only(root: Path) -> None:
         ref = rt.ref(Sneaky, "s")
         with pytest.raises(RuntimeError, match="read-only"):
             await ref.ask(Sneaky.kv_write)
-        with pytest.raises(apsw.ReadOnlyError):
+        with pytest.raises(apsw.AuthError):
             await ref.ask(Sneaky.sql_write)
         with pytest.raises(RuntimeError, match="@query"):
             await ref.ask(Sneaky.send_from_query)
@@ -465,8 +465,8 @@ async def test_closed_runtime_refuses_sends(root: Path) -> None:
         await ref.send(Counter.incr)
 
 
-async def test_ask_of_own_actor_from_a_turn_is_refused(root: Path) -> None:
-    """A handler asking its own actor gets a RuntimeError instead of waiting forever."""
+async def test_ref_calls_inside_a_turn_are_refused(root: Path) -> None:
+    """ref.ask/ref.send inside a handler raise: they would escape the turn's transaction."""
 
     class Selfish(actors.Actor, name="Selfish"):
         retry = actors.Retry(max_attempts=1)
@@ -478,7 +478,7 @@ async def test_ask_of_own_actor_from_a_turn_is_refused(root: Path) -> None:
         with pytest.raises(actors.MessageFailedError) as info:
             await rt.ref(Selfish, "s").ask(Selfish.loop)
         assert isinstance(info.value.__cause__, RuntimeError)
-        assert "wait for itself" in str(info.value.__cause__)
+        assert "self.send" in str(info.value.__cause__)
 
 
 async def test_failed_on_create_is_reported_and_keeps_messages(root: Path) -> None:
