@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from .spec import TypeSpec
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+A = TypeVar("A")
 
 
 def query(fn: F) -> F:
@@ -64,6 +65,10 @@ class Actor:
     def ref(self) -> Ref[Any]:
         """A ref to this actor itself."""
         return self._torpor_ref
+
+    def ref_to(self, actor_type: type[A], key: str) -> Ref[A]:
+        """A ref to another actor of this runtime (no I/O), for ``self.send``."""
+        return self._torpor_ref._runtime.ref(actor_type, key)
 
     # -- inside a handler -----------------------------------------------------------------
 

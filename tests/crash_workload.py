@@ -6,38 +6,38 @@ Usage::
     python tests/crash_workload.py verify <runtime_dir>
 
 ``run``: sender task ``s`` sends messages ``i = start_s .. end`` in order, one at a time, each
-``Worker.apply(sender, i)`` to the worker ``target(s, i)`` with ``idempotency_key="s:i"``, and
-prints ``ACK s i`` (flushed) as soon as the ``await ref.send(...)`` returned. A worker that applies
-a message logs it in its own table and forwards one message to the sink and one to the next worker
-in the ring (``self.send``; both refs travel in the message). When every sender is done, the child waits until every worker has
-applied everything sent to it and every forwarded message has been applied, prints ``DONE`` and
-exits 0. The parent restarts a killed child with ``start_s = last acknowledged i + 1``: the
-message in flight at the kill is sent again under the same idempotency key.
+``Worker.apply(sender, i, ...)`` to the worker ``target(s, i)`` with ``idempotency_key="s:i"``,
+and prints ``ACK s i`` (flushed) as soon as the ``await ref.send(...)`` returned. A worker that
+applies a message logs it in its own table and forwards one message to the sink and one to the
+next worker in the ring (``self.send``; both refs travel in the message). When every sender is
+done, the child waits until every worker has applied everything sent to it and every forwarded
+message has been applied, prints ``DONE`` and exits 0. The parent restarts a killed child with
+``start_s = last acknowledged i + 1``: the message in flight at the kill is sent again under the
+same idempotency key.
 
 ``verify``: prints ``STATE <json>`` with every actor's logs (read by ``@query`` handlers), its
 dead letters and the runtime's reports, then exits 0.
 
-Lines on stdout: ``READY`` (runtime open, recovery started), ``ACK s i``, ``DONE``, ``STATE ...``.
+Lines on stdout: ``OPEN`` (about to open the runtime), ``READY`` (runtime open, recovery
+started), ``ACK s i``, ``DONE``, ``STATE ...``.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
+from typing import Any
 
 import trio
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import actors  # noqa: E402
+import actors
 
 #: Sender tasks and worker actors of the workload.
 SENDERS = 3
 WORKERS = 4
 SINK_KEY = "sink"
 #: How long the child waits for everything to be applied before giving up (exit 3).
-DRAIN_TIMEOUT = 60.0
+DRAIN_TIMEOUT = 20.0
 
 
 def worker_key(w: int) -> str:
@@ -76,13 +76,6 @@ class Worker(actors.Actor, name="crash_worker"):
         return int(self.kv.get("n", 0))
 
     @actors.query
-    async def counts(self) -> list[int]:
-        """[messages applied, relayed messages received]."""
-        applied = self.sql.query_value("SELECT count(*) FROM applied")
-        relayed = self.sql.query_value("SELECT count(*) FROM relayed")
-        return [int(applied), int(relayed)]
-
-    @actors.query
     async def relayed_from(self, origin: str) -> int:
         return int(self.sql.query_value("SELECT count(*) FROM relayed WHERE origin = ?", (origin,)))
 
@@ -113,7 +106,7 @@ class Sink(actors.Actor, name="crash_sink"):
         return int(self.sql.query_value("SELECT count(*) FROM got WHERE origin = ?", (origin,)))
 
     @actors.query
-    async def dump(self) -> list[list[object]]:
+    async def dump(self) -> list[tuple[object, ...]]:
         return self.sql.query("SELECT origin, idx, sender, i FROM got ORDER BY rowid")
 
 
@@ -133,19 +126,28 @@ async def sender_task(rt: actors.Runtime, sender: int, start: int, end: int) -> 
         emit(f"ACK {sender} {i}")
 
 
-async def drain(rt: actors.Runtime) -> None:
-    """Wait until every worker applied its queue and every forwarded message was applied."""
+async def drain(rt: actors.Runtime, progress: list[str]) -> None:
+    """Wait until every worker applied its queue and every forwarded message was applied.
+
+    Waits for at least as many forwarded messages as applied ones (a duplicate must not hang the
+    run: the verifier reports it). ``progress`` gets the last counts seen, for a timeout report.
+    """
     workers = [rt.ref(Worker, worker_key(w)) for w in range(WORKERS)]
     sink = rt.ref(Sink, SINK_KEY)
-    applied = [await ref.ask(Worker.sync) for ref in workers]
+    applied = []
+    for ref in workers:
+        progress[:] = [f"waiting for {ref.key}.sync"]
+        applied.append(await ref.ask(Worker.sync))
     while True:
         complete = True
-        for w, ref in enumerate(workers):
+        progress.clear()
+        for w in range(WORKERS):
             origin = worker_key(w)
             nxt = workers[(w + 1) % WORKERS]
-            if await sink.ask(Sink.count_from, origin) != applied[w]:
-                complete = False
-            if await nxt.ask(Worker.relayed_from, origin) != applied[w]:
+            at_sink = await sink.ask(Sink.count_from, origin)
+            relayed = await nxt.ask(Worker.relayed_from, origin)
+            progress.append(f"{origin}: applied {applied[w]}, sink {at_sink}, relayed {relayed}")
+            if at_sink < applied[w] or relayed < applied[w]:
                 complete = False
         if complete:
             return
@@ -153,15 +155,17 @@ async def drain(rt: actors.Runtime) -> None:
 
 
 async def run(root: str, end: int, starts: list[int]) -> int:
+    emit("OPEN")
     async with actors.open_runtime(root, types=[Worker, Sink]) as rt:
         emit("READY")
         async with trio.open_nursery() as nursery:
             for sender, start in enumerate(starts):
                 nursery.start_soon(sender_task, rt, sender, start, end)
+        progress: list[str] = []
         with trio.move_on_after(DRAIN_TIMEOUT) as scope:
-            await drain(rt)
+            await drain(rt, progress)
         if scope.cancelled_caught:
-            print(f"drain timed out; reports: {rt.reports}", file=sys.stderr)
+            print(f"drain timed out: {progress}; reports: {rt.reports}", file=sys.stderr)
             return 3
         for report in rt.reports:
             print(f"report: {report}", file=sys.stderr)
@@ -171,18 +175,21 @@ async def run(root: str, end: int, starts: list[int]) -> int:
 
 async def verify(root: str) -> int:
     async with actors.open_runtime(root, types=[Worker, Sink]) as rt:
-        state: dict[str, object] = {"workers": {}, "dead_letters": {}, "reports": []}
-        refs: list[actors.Ref[object]] = [rt.ref(Worker, worker_key(w)) for w in range(WORKERS)]
-        refs.append(rt.ref(Sink, SINK_KEY))
-        for ref in refs[:-1]:
-            state["workers"][ref.key] = await ref.ask(Worker.dump)  # type: ignore[index]
-        state["sink"] = await refs[-1].ask(Sink.dump)
-        for ref in refs:
-            letters = await rt.dead_letters(ref)
-            state["dead_letters"][ref.key] = [  # type: ignore[index]
-                f"{d.method}{d.args}: {d.error_type}: {d.error_message}" for d in letters
+        workers = [rt.ref(Worker, worker_key(w)) for w in range(WORKERS)]
+        sink = rt.ref(Sink, SINK_KEY)
+        dead_letters: dict[str, list[str]] = {}
+        everyone: list[actors.Ref[Any]] = [*workers, sink]
+        for ref in everyone:
+            dead_letters[ref.key] = [
+                f"{d.method}{d.args}: {d.error_type}: {d.error_message}"
+                for d in await rt.dead_letters(ref)
             ]
-        state["reports"] = list(rt.reports)
+        state = {
+            "workers": {ref.key: await ref.ask(Worker.dump) for ref in workers},
+            "sink": await sink.ask(Sink.dump),
+            "dead_letters": dead_letters,
+            "reports": list(rt.reports),
+        }
         emit("STATE " + json.dumps(state))
     return 0
 

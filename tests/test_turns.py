@@ -370,7 +370,7 @@ async def test_actor_to_actor_send_is_exactly_once_and_ordered(root: Path) -> No
                 raise RuntimeError("rolled back, so the send never leaves")
 
         def sink(self) -> actors.Ref[Sink]:
-            return actors_ref(self, Sink, "sink")
+            return self.ref_to(Sink, "sink")
 
     async with actors.open_runtime(root, types=[Source, Sink]) as rt:
         src = rt.ref(Source, "src")
@@ -384,11 +384,6 @@ async def test_actor_to_actor_send_is_exactly_once_and_ordered(root: Path) -> No
                 break
             await trio.sleep(0.01)
         assert await sink.ask(Sink.items) == [i for i in range(20) if i % 5 != 4] + [99]
-
-
-def actors_ref(actor: actors.Actor, actor_type: type[Any], key: str) -> Any:
-    """Make a ref to another actor of the same runtime from inside a handler."""
-    return actor.ref._runtime.ref(actor_type, key)
 
 
 async def test_handler_cannot_control_the_transaction(root: Path) -> None:
