@@ -1,0 +1,84 @@
+"""The actor lifecycle, as one table. No I/O: the engine asks this module what may happen next.
+
+::
+
+    hibernated --wake--> waking --opened--> awake --idle--> hibernating --closed--> hibernated
+                          |                   |
+                          +--open_failed--> failed <--crashed--+
+                                              |                |
+                          waking <--wake------+           gave_up --> stopped --resume--> waking
+
+- **hibernated**: no object, no open file, no task; a row in ``directory.db`` and files on disk.
+- **waking**: its files are being opened, migrations run, the object built.
+- **awake**: its turn loop runs (or waits for work); it may have a query connection open.
+- **hibernating**: ``on_hibernate`` runs, the WAL is checkpointed, files close.
+- **failed**: it cannot run (``on_create`` kept failing, a file is corrupt, an internal error).
+  Its messages are kept; the next wake (a new message, a restart) tries again.
+- **stopped**: it failed more often than its restart intensity allows. Messages are kept but
+  nothing runs until ``Runtime.resume``. Persisted: a restart does not undo it.
+
+The docs' diagram is generated from :data:`TRANSITIONS` (``mermaid()``).
+"""
+
+from __future__ import annotations
+
+import enum
+
+from .errors import RuntimeInternalError
+
+
+class State(enum.Enum):
+    HIBERNATED = "hibernated"
+    WAKING = "waking"
+    AWAKE = "awake"
+    HIBERNATING = "hibernating"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
+class Event(enum.Enum):
+    WAKE = "wake"  # a message, timer or event needs the actor
+    OPENED = "opened"  # files open, object built: turns may run
+    OPEN_FAILED = "open_failed"  # a corrupt file, a failing migration, no descriptors left
+    IDLE = "idle"  # idle_timeout passed, max_awake evicts it, or the runtime closes
+    CLOSED = "closed"  # files closed, object dropped
+    CRASHED = "crashed"  # on_create gave up, a file turned out corrupt, an internal error
+    GAVE_UP = "gave_up"  # failed turns beyond the type's restart intensity
+    RESUME = "resume"  # Runtime.resume(ref)
+
+
+TRANSITIONS: dict[tuple[State, Event], State] = {
+    (State.HIBERNATED, Event.WAKE): State.WAKING,
+    (State.FAILED, Event.WAKE): State.WAKING,
+    (State.WAKING, Event.OPENED): State.AWAKE,
+    (State.WAKING, Event.OPEN_FAILED): State.FAILED,
+    (State.AWAKE, Event.IDLE): State.HIBERNATING,
+    (State.HIBERNATING, Event.CLOSED): State.HIBERNATED,
+    (State.AWAKE, Event.CRASHED): State.FAILED,
+    (State.AWAKE, Event.GAVE_UP): State.STOPPED,
+    (State.STOPPED, Event.RESUME): State.WAKING,
+    (State.FAILED, Event.RESUME): State.WAKING,
+}
+
+#: States in which the actor holds open files and a live object.
+RESIDENT = frozenset({State.WAKING, State.AWAKE, State.HIBERNATING})
+#: States persisted in ``directory.db`` (the others are in-memory only).
+PERSISTED = frozenset({State.HIBERNATED, State.STOPPED})
+
+
+def next_state(state: State, event: Event) -> State:
+    """The state after ``event`` in ``state``; an impossible pair is a bug in the engine."""
+    try:
+        return TRANSITIONS[(state, event)]
+    except KeyError:
+        raise RuntimeInternalError(
+            f"lifecycle: {event.value!r} cannot happen in state {state.value!r}; please file a bug"
+        ) from None
+
+
+def mermaid() -> str:
+    """A Mermaid state diagram of :data:`TRANSITIONS`, for the docs."""
+    lines = ["stateDiagram-v2", "    [*] --> hibernated"]
+    for (source, event), target in TRANSITIONS.items():
+        lines.append(f"    {source.value} --> {target.value}: {event.value}")
+    return "\n".join(lines)
