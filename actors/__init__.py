@@ -6,7 +6,14 @@ whose modules are private: import from ``actors``, never from ``runtime``.
 
 from runtime.actor import Actor, query
 from runtime.datastore import KV, Sql
-from runtime.engine import DeadLetter, Ref, Runtime, RuntimeStatistics, open_runtime
+from runtime.engine import (
+    DeadLetter,
+    LifecycleEvent,
+    Ref,
+    Runtime,
+    RuntimeStatistics,
+    open_runtime,
+)
 from runtime.errors import (
     ActorError,
     ActorExistsError,
@@ -45,6 +52,7 @@ __all__ = [
     "IdempotencyKeyReusedError",
     "InvalidArgumentsError",
     "InvalidKeyError",
+    "LifecycleEvent",
     "MessageFailedError",
     "MessageTooLargeError",
     "Ref",

@@ -39,6 +39,7 @@ from .errors import (
     UnknownHandlerError,
 )
 from .layout import DATA_FILE, MAILBOX_FILE, actor_dir
+from .lifecycle import State
 from .mailbox import Mailbox, Message
 
 if TYPE_CHECKING:
@@ -119,7 +120,15 @@ class Activation:
         self.stopped = anyio.Event()
         self.scope = anyio.CancelScope()
         self.failed: BaseException | None = None
-        self.closing = False
+        self.closing = False  # the loop ends after the current batch (runtime closing)
+        self.hibernating = False  # ... and runs on_hibernate first
+        self.state = State.WAKING
+        self.opened = anyio.Event()  # set once open() succeeded or failed
+        self.open_error: BaseException | None = None
+        self.closed = anyio.Event()  # set once the files are closed again
+        self.waiting = False  # the loop waits for work
+        self.queries = 0  # @query handlers running now
+        self.wake_started: float | None = None
         self._reader: Any = None
 
     # -- opening and closing ---------------------------------------------------------------
@@ -222,6 +231,8 @@ class Activation:
 
     def accept(self, message: Message) -> None:
         """A message was appended to ``mailbox.db``; queue it unless a backlog is unread."""
+        if self.waiting:
+            self.runtime._busy(self)
         if not self.backlog:
             if len(self.queue) < QUEUE_CAP:
                 self.queue.append(message)
@@ -301,6 +312,10 @@ class Activation:
     async def _turn_loop(self) -> None:
         if not self.created.is_set():
             await self._create()
+            if self.failed is not None or self.closing:
+                return
+        if self.spec.has_on_wake:
+            await self._hook("on_wake")
         while not self.closing and self.failed is None:
             if self.outbox_dirty and self.outbox_retry_delay == 0:
                 await self._deliver_outbox()
@@ -311,17 +326,51 @@ class Activation:
                 self.work = anyio.Event()
                 if self.closing:
                     break
-                if self.outbox_retry_delay:
-                    with anyio.move_on_after(self.outbox_retry_delay):
+                self._record_wake_latency()
+                self.waiting = True
+                if self.queries == 0 and not self.outbox_dirty:
+                    self.runtime._idle(self)
+                try:
+                    if self.outbox_retry_delay:
+                        with anyio.move_on_after(self.outbox_retry_delay):
+                            await self.work.wait()
+                        await self._deliver_outbox()
+                    else:
                         await self.work.wait()
-                    await self._deliver_outbox()
-                else:
-                    await self.work.wait()
+                finally:
+                    self.waiting = False
                 continue
             await self._run_batch()
-        while not self.closing:  # failed: keep the messages, wait for the runtime to close
-            self.work = anyio.Event()
-            await self.work.wait()
+        if self.hibernating and self.failed is None and self.spec.has_on_hibernate:
+            await self._hook("on_hibernate")
+
+    def _record_wake_latency(self) -> None:
+        if self.wake_started is not None:
+            self.runtime.wake_latencies.append(anyio.current_time() - self.wake_started)
+            self.wake_started = None
+
+    async def _hook(self, name: str) -> None:
+        """Run ``on_wake`` or ``on_hibernate`` in a transaction of its own.
+
+        A hook that raises is rolled back and reported; it does not stop the actor.
+        """
+        data = self.data
+        data.begin()
+        ctx = context.HandlerContext(self, context.TURN, None, self.sql, self.kv)
+        token = context.CURRENT.set(ctx)
+        try:
+            await getattr(self.instance, name)()
+            if data.in_transaction:
+                data.commit()
+        except Exception as exc:
+            data.rollback()
+            self.runtime._report(f"{self.spec.name} {self.key!r}: {name} raised {exc!r}")
+        except BaseException:
+            data.rollback()
+            raise
+        finally:
+            ctx.active = False
+            context.CURRENT.reset(token)
 
     def _load_more(self) -> None:
         rows = self.mailbox.load(self.loaded_upto, LOAD_CHUNK, recovered=True)
@@ -353,6 +402,7 @@ class Activation:
         handlers = self.spec.handlers
         batch = self._take_batch()
         first = batch[0]
+        self._record_wake_latency()
         if first.recovered:
             if first.dead_lettered:  # copied to dead letters just before a crash: finish
                 await self._fail(first, None)

@@ -103,3 +103,17 @@ class Actor:
 
     async def on_create(self) -> None:
         """Runs once, as the actor's first turn, with the arguments given to ``spawn``."""
+
+    async def on_wake(self) -> None:
+        """Runs each time the actor wakes (after ``on_create`` the first time), before messages.
+
+        Its writes commit in a transaction of their own. Use it to warm caches; an exception is
+        rolled back and reported, and the actor runs anyway.
+        """
+
+    async def on_hibernate(self) -> None:
+        """Runs before the actor hibernates (idle, evicted, or the runtime closing).
+
+        Its writes commit in a transaction of their own. It is not called after a crash, so
+        never rely on it for durability: every turn is already durable when it commits.
+        """

@@ -97,7 +97,7 @@ class DataStore:
 
     def __init__(self, path: Path, *, synchronous: str, type_name: str, key: str) -> None:
         self.path = path
-        self.conn = conn = db.connect(path, synchronous=synchronous)
+        self.conn = conn = db.connect(path, synchronous=synchronous, persist_wal=True)
         self._trusted = True
         conn.authorizer = self._authorize
         # Only the runtime commits. A handler statement that ends the transaction anyway
@@ -126,6 +126,11 @@ class DataStore:
 
     def _migrate_runtime(self, type_name: str, key: str) -> None:
         conn = self.conn
+        try:  # the common case, every wake-up: one read, no transaction
+            if db.scalar(conn, "SELECT schema FROM _torpor_state") == len(_RUNTIME_MIGRATIONS):
+                return
+        except apsw.SQLError:
+            pass  # a new file
         with conn:
             exists = conn.execute(
                 "SELECT 1 FROM sqlite_schema WHERE name = '_torpor_state'"
@@ -266,6 +271,8 @@ class DataStore:
             # user_version is ours to set here; the user's statements run untrusted.
             self._trusted = True
             try:
+                if conn.pragma("user_version") == len(steps):
+                    return  # up to date: the common case, every wake-up
                 conn.execute("BEGIN IMMEDIATE")
                 version = conn.pragma("user_version")
             finally:

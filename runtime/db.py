@@ -7,6 +7,7 @@ and each one is read back, so a setting that did not take effect is an error, no
 from __future__ import annotations
 
 import contextlib
+import ctypes
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,10 @@ from .errors import CorruptFileError, SchemaError, StorageError
 #: and the replica (not fsync) is the durability point for power loss. FULL: fsync every commit.
 SYNCHRONOUS_LEVELS = {"NORMAL": 1, "FULL": 2}
 
+#: Bytes of a persistent ``-wal`` kept when a file closes: writing into already allocated space
+#: is what makes the first commit after a wake-up cheap (a few small commits' worth of frames).
+WAL_SIZE_KEPT = 64 * 1024
+
 #: Lock waits are short: each file has one writer (its actor) in one process.
 BUSY_TIMEOUT_MS = 5_000
 
@@ -26,13 +31,29 @@ _CORRUPT = (apsw.NotADBError, apsw.CorruptError)
 
 
 def connect(
-    path: Path, *, synchronous: str = "NORMAL", query_only: bool = False
+    path: Path,
+    *,
+    synchronous: str = "NORMAL",
+    query_only: bool = False,
+    exclusive: bool = False,
+    persist_wal: bool = False,
 ) -> apsw.Connection:
-    """Open ``path`` in WAL mode with the given ``synchronous`` level, creating it if absent."""
+    """Open ``path`` in WAL mode with the given ``synchronous`` level, creating it if absent.
+
+    ``exclusive``: this connection is the file's only user (no ``-shm`` file, two descriptors
+    instead of three). ``persist_wal``: closing leaves an empty ``-wal`` behind, which saves
+    re-creating it (about 350 µs here) on the first write after the next open.
+    """
     level = SYNCHRONOUS_LEVELS[synchronous]
     try:
         conn = apsw.Connection(str(path))
         conn.set_busy_timeout(BUSY_TIMEOUT_MS)
+        if persist_wal:
+            flag = ctypes.c_int(1)
+            conn.file_control("main", apsw.SQLITE_FCNTL_PERSIST_WAL, ctypes.addressof(flag))
+            conn.pragma("journal_size_limit", WAL_SIZE_KEPT)
+        if exclusive:
+            conn.pragma("locking_mode", "exclusive")
         mode = conn.pragma("journal_mode", "wal")
         if mode != "wal":
             raise CorruptFileError(
@@ -76,8 +97,11 @@ def migrate(
 ) -> int:
     """Bring ``conn`` to ``len(steps)`` by ``pragma user_version``, one transaction in all.
 
-    Steps may only ever be appended. Returns the version reached.
+    Steps may only ever be appended. Returns the version reached. A file already at the last
+    version costs one read, no transaction (the common case: every wake-up).
     """
+    if conn.pragma("user_version") == len(steps):
+        return len(steps)
     with conn:
         version = conn.pragma("user_version")
         if version > len(steps):

@@ -10,7 +10,10 @@ from __future__ import annotations
 import collections
 import contextlib
 import fcntl
+import math
 import os
+import resource
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
@@ -33,6 +36,7 @@ from .errors import (
     UnknownActorTypeError,
 )
 from .layout import DIRECTORY_FILE, LOCK_FILE, actor_id
+from .lifecycle import Event, State, next_state
 from .mailbox import Message
 from .spec import DEFAULT_MAX_KEY_BYTES, TypeSpec, check_key, index_types
 
@@ -49,18 +53,63 @@ DEFAULT_IDEMPOTENCY_TTL = 24 * 3600.0
 #: How long closing the runtime waits for turns in progress: long enough for an LLM call to
 #: return, short enough for a deploy. A cancelled turn rolls back and runs again later.
 DEFAULT_SHUTDOWN_GRACE = 30.0
+#: Seconds without a turn, a query or a queued message before an actor hibernates. Long enough
+#: to keep an agent awake through one run's burst of messages and the seconds between its LLM
+#: calls (re-waking costs about a millisecond and a few file opens); short enough that a
+#: million mostly idle agents hold no descriptors and no memory.
+DEFAULT_IDLE_TIMEOUT = 30.0
+#: File descriptors an awake actor may hold: data.db and mailbox.db (each the file, its -wal
+#: and its -shm), and a read-only connection for @query handlers (three more).
+FDS_PER_AWAKE_ACTOR = 9
+
+
+def default_max_awake() -> int:
+    """How many actors may be awake at once, from this process's descriptor limit.
+
+    A tenth of the limit (at least 64) is left to the application and to directory.db.
+    """
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    spare = max(64, soft // 10)
+    return max(1, (soft - spare) // FDS_PER_AWAKE_ACTOR)
+
+
+@attrs.frozen
+class LifecycleEvent:
+    """One lifecycle transition of one actor, from ``Runtime.open_lifecycle_events``."""
+
+    type_name: str
+    key: str
+    previous: str
+    state: str
+    event: str
+    at: float
+    detail: str | None = None
 
 
 @attrs.frozen
 class RuntimeStatistics:
-    """A snapshot of the runtime's counters, from :meth:`Runtime.statistics`."""
+    """A snapshot of the runtime's counters, from :meth:`Runtime.statistics`.
+
+    ``wake_latency_p50`` and ``_p99`` are seconds from the moment a message needed a
+    hibernated actor to the start of its handler, over the last 1,000 wake-ups (``None`` before
+    the first).
+    """
 
     awake: int
+    hibernated: int
+    failed: int
+    max_awake: int
     messages_sent: int
     turns: int
     messages_applied: int
     retries: int
     dead_letters: int
+    wakes: int
+    hibernations: int
+    wake_latency_p50: float | None
+    wake_latency_p99: float | None
     unknown_types: tuple[str, ...]
 
 
@@ -125,7 +174,7 @@ class Ref(Generic[A]):
         """
         await anyio.lowlevel.checkpoint_if_cancelled()
         _refuse_inside_turn("ref.send", "self.send(ref, ...)")
-        self._runtime._send(self._spec, self.key, method, args, kwargs, idempotency_key)
+        await self._runtime._send(self._spec, self.key, method, args, kwargs, idempotency_key)
         await anyio.lowlevel.cancel_shielded_checkpoint()
 
     async def ask(
@@ -159,6 +208,8 @@ class Runtime:
         max_key_bytes: int,
         idempotency_ttl: float,
         shutdown_grace: float,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        max_awake: int | None = None,
     ) -> None:
         specs = []
         for cls in types:
@@ -188,6 +239,27 @@ class Runtime:
         self.stats_applied = 0
         self.stats_retries = 0
         self.stats_dead_letters = 0
+        self.stats_wakes = 0
+        self.stats_hibernations = 0
+        self.wake_latencies: collections.deque[float] = collections.deque(maxlen=1000)
+        if max_awake is None:
+            max_awake = default_max_awake()
+        if not isinstance(max_awake, int) or max_awake < 1:
+            raise ValueError(f"max_awake must be an int >= 1 (got {max_awake!r})")
+        if not (isinstance(idle_timeout, int | float) and idle_timeout >= 0):
+            raise ValueError(
+                f"idle_timeout must be a number of seconds >= 0 (got {idle_timeout!r})"
+            )
+        self.max_awake = max_awake
+        self.idle_timeout = float(idle_timeout)
+        # Awake actors waiting for work, least recently used first: aid -> idle since.
+        self.idle: collections.OrderedDict[str, float] = collections.OrderedDict()
+        self.failed: dict[str, BaseException] = {}
+        self.known_actors = 0
+        self._room = anyio.Event()  # set when an awake slot frees
+        self._poke = anyio.Event()  # wakes the supervisor
+        self._subscribers: list[Any] = []
+        self.events_dropped = 0
         self._task_group: Any = None
         self._lock_fd: int | None = None
 
@@ -237,18 +309,28 @@ class Runtime:
             check_payload(self, init, f"{spec.name}.on_create arguments")
         aid = actor_id(spec.name, ref.key)
         self.directory.create(aid, spec.name, ref.key, init)
+        self.known_actors += 1
         try:
-            self._activate(spec, ref.key)
+            await self._activate(spec, ref.key)
         except BaseException:
             self.directory.forget(aid)  # nothing was acknowledged: leave no half-made actor
+            self.known_actors -= 1
             raise
         await anyio.lowlevel.cancel_shielded_checkpoint()
         return ref
 
     def statistics(self) -> RuntimeStatistics:
-        """A frozen snapshot of the runtime's counters."""
+        """A frozen snapshot of the runtime's counters (no I/O)."""
+        latencies = sorted(self.wake_latencies)
         return RuntimeStatistics(
             awake=len(self.awake),
+            hibernated=self.known_actors - len(self.awake),
+            failed=len(self.failed),
+            max_awake=self.max_awake,
+            wakes=self.stats_wakes,
+            hibernations=self.stats_hibernations,
+            wake_latency_p50=_quantile(latencies, 0.50),
+            wake_latency_p99=_quantile(latencies, 0.99),
             messages_sent=self.stats_sent,
             turns=self.stats_turns,
             messages_applied=self.stats_applied,
@@ -260,7 +342,7 @@ class Runtime:
     async def dead_letters(self, ref: Ref[Any]) -> list[DeadLetter]:
         """The dead letters kept in ``ref``'s mailbox, oldest first."""
         await anyio.lowlevel.checkpoint()
-        act = self._existing(ref)
+        act = await self._existing(ref)
         if act is None:
             return []
         letters = []
@@ -293,7 +375,7 @@ class Runtime:
     async def replay_dead_letter(self, ref: Ref[Any], seq: int) -> None:
         """Send dead letter ``seq`` again, as a new message at the end of the mailbox."""
         await anyio.lowlevel.checkpoint()
-        act = self._existing(ref)
+        act = await self._existing(ref)
         message = act.mailbox.replay_dead_letter(seq) if act is not None else None
         if act is None or message is None:
             raise LookupError(f"{ref!r} has no dead letter {seq}")
@@ -302,7 +384,7 @@ class Runtime:
     async def drop_dead_letter(self, ref: Ref[Any], seq: int) -> None:
         """Delete dead letter ``seq`` for good."""
         await anyio.lowlevel.checkpoint()
-        act = self._existing(ref)
+        act = await self._existing(ref)
         if act is None or not act.mailbox.drop_dead_letter(seq):
             raise LookupError(f"{ref!r} has no dead letter {seq}")
 
@@ -317,7 +399,7 @@ class Runtime:
         check_payload(self, payload, f"a message to {spec.name}.{handler.name}")
         return handler.name, payload, handler.is_query
 
-    def _send(
+    async def _send(
         self,
         spec: TypeSpec,
         key: str,
@@ -331,7 +413,7 @@ class Runtime:
         if is_query:
             raise TypeError(f"{spec.name}.{name} is a @query: ask it, do not send it")
         _check_idempotency_key(idempotency_key)
-        act = self._activate(spec, key)
+        act = await self._activate(spec, key)
         if idempotency_key is None:
             seq = act.mailbox.append(name, payload)
             appended = True
@@ -367,7 +449,7 @@ class Runtime:
                 )
             return await self._run_query(spec, key, handler.name, payload)
         _refuse_inside_turn("ref.ask", "self.send(ref, ...) and a reply message")
-        act, seq = self._send(spec, key, method, args, kwargs, idempotency_key)
+        act, seq = await self._send(spec, key, method, args, kwargs, idempotency_key)
         waiter: Waiter = act.waiter(seq)
         await waiter.event.wait()
         if waiter.error is not None:
@@ -376,10 +458,20 @@ class Runtime:
         return self.codec.decode(waiter.payload)
 
     async def _run_query(self, spec: TypeSpec, key: str, name: str, payload: bytes) -> Any:
-        act = self._activate(spec, key)
+        act = await self._activate(spec, key)
+        act.queries += 1
+        self._busy(act)
+        try:
+            return await self._query(act, spec, name, payload)
+        finally:
+            act.queries -= 1
+            if act.queries == 0 and act.waiting and act.state is State.AWAKE:
+                self._idle(act)
+
+    async def _query(self, act: Activation, spec: TypeSpec, name: str, payload: bytes) -> Any:
         await act.settled.wait()
         if act.failed is not None:
-            error = ActorFailedError(f"{spec.name} {key!r} cannot run: {act.failed!r}")
+            error = ActorFailedError(f"{spec.name} {act.key!r} cannot run: {act.failed!r}")
             raise error from act.failed
         args, kwargs = self.codec.decode(payload)
         reader = act.reader()
@@ -398,7 +490,7 @@ class Runtime:
         self, spec: TypeSpec, key: str, method: str, payload: bytes, sender: str, sender_seq: int
     ) -> None:
         """Deliver one outbox row to its target's mailbox (deduplicated by sender cursor)."""
-        act = self._activate(spec, key)
+        act = await self._activate(spec, key)
         seq, appended = act.mailbox.append_deduplicated(
             method, payload, sender=sender, sender_seq=sender_seq, idempotency_key=None
         )
@@ -429,32 +521,178 @@ class Runtime:
 
     # -- activations ----------------------------------------------------------------------
 
-    def _activate(self, spec: TypeSpec, key: str) -> Activation:
+    async def _activate(self, spec: TypeSpec, key: str) -> Activation:
+        """The awake activation of an actor, waking it if needed; concurrent callers share one
+        wake-up. Makes room under ``max_awake`` by hibernating the least recently used idle
+        actors, or waits for one to become idle."""
         aid = actor_id(spec.name, key)
-        act = self.awake.get(aid)
-        if act is not None:
-            return act
+        while True:
+            act = self.awake.get(aid)
+            if act is None:
+                break
+            if act.state is State.AWAKE:
+                return act
+            if act.state is State.WAKING:
+                await act.opened.wait()
+                if act.open_error is not None:
+                    raise act.open_error
+                continue
+            await act.closed.wait()  # hibernating: wake it again once it is closed
         self._check_open()
         entry = self.directory.get(aid)
-        if entry is None:
-            if spec.requires_create_arguments():
-                raise _not_found(spec, key)
-            self.directory.mark_pending(aid, spec.name, key)
-        elif not entry.pending:
-            self.directory.mark_pending(aid, spec.name, key)
+        if entry is None and spec.requires_create_arguments():
+            raise _not_found(spec, key)
+        started = anyio.current_time()
         act = Activation(self, spec, key, aid, Ref(self, spec, key), entry.init if entry else None)
-        act.open()
-        self.awake[aid] = act
-        self._task_group.start_soon(act.run, name=f"torpor actor {spec.name} {key!r}")
+        self.awake[aid] = act  # reserve: a concurrent caller waits on act.opened
+        previous = State.FAILED if aid in self.failed else State.HIBERNATED
+        try:
+            await self._make_room()
+            self._check_open()
+            if entry is None:
+                self.directory.mark_pending(aid, spec.name, key)
+                self.known_actors += 1
+            elif not entry.pending:
+                self.directory.mark_pending(aid, spec.name, key)
+            act.open()
+        except BaseException as exc:
+            del self.awake[aid]
+            act.open_error = exc
+            act.opened.set()
+            act.closed.set()
+            self._room.set()
+            if not isinstance(exc, RuntimeClosedError):
+                self._transition(act, previous, Event.WAKE)
+                self._transition(act, State.WAKING, Event.OPEN_FAILED, repr(exc))
+            raise
+        self.failed.pop(aid, None)
+        self._transition(act, previous, Event.WAKE)
+        self._transition(act, State.WAKING, Event.OPENED)
+        act.wake_started = started
+        self.stats_wakes += 1
+        act.opened.set()
+        self._task_group.start_soon(self._run_activation, act, name=f"torpor {spec.name} {key!r}")
         return act
 
-    def _existing(self, ref: Ref[Any]) -> Activation | None:
+    async def _make_room(self) -> None:
+        while len(self.awake) > self.max_awake:
+            victim = next(iter(self.idle), None)
+            if victim is not None:
+                await self._hibernate(self.awake[victim])
+            else:
+                self._room = anyio.Event()
+                await self._room.wait()
+                self._check_open()
+
+    async def _run_activation(self, act: Activation) -> None:
+        """Run an actor's turn loop; when it ends (idle, closing, failed), close its files."""
+        try:
+            await act.run()
+        finally:
+            self.idle.pop(act.aid, None)
+            try:
+                act.close_files()
+            except Exception as exc:
+                self._report(f"closing {act.spec.name} {act.key!r}: {exc!r}")
+            finally:
+                del self.awake[act.aid]
+                if act.failed is not None:
+                    self.failed[act.aid] = act.failed
+                    self._transition(act, act.state, Event.CRASHED, repr(act.failed))
+                else:
+                    if act.state is State.AWAKE:
+                        self._transition(act, State.AWAKE, Event.IDLE)
+                    self._transition(act, State.HIBERNATING, Event.CLOSED)
+                    self.stats_hibernations += 1
+                act.closed.set()
+                self._room.set()
+
+    async def _hibernate(self, act: Activation) -> None:
+        """Hibernate an idle awake actor and wait until its files are closed."""
+        if act.state is State.AWAKE and act.aid in self.idle:
+            self.idle.pop(act.aid)
+            self._transition(act, State.AWAKE, Event.IDLE)
+            act.hibernating = act.closing = True
+            act.work.set()
+        await act.closed.wait()
+
+    def _idle(self, act: Activation) -> None:
+        was_empty = not self.idle
+        self.idle[act.aid] = anyio.current_time()
+        self.idle.move_to_end(act.aid)
+        if was_empty:
+            self._poke.set()  # the supervisor may be sleeping with no deadline
+        self._room.set()  # a caller waiting for an awake slot may now evict this one
+
+    def _busy(self, act: Activation) -> None:
+        self.idle.pop(act.aid, None)
+
+    async def _supervise(self) -> None:
+        """Hibernate actors idle for ``idle_timeout``; sleeps until the next deadline."""
+        while True:
+            now = anyio.current_time()
+            while self.idle:
+                aid, since = next(iter(self.idle.items()))
+                if since + self.idle_timeout > now:
+                    break
+                await self._hibernate(self.awake[aid])
+                now = anyio.current_time()
+            deadline = math.inf
+            if self.idle:
+                deadline = next(iter(self.idle.values())) + self.idle_timeout
+            self._poke = anyio.Event()
+            with anyio.move_on_after(deadline - now):
+                await self._poke.wait()
+
+    def _transition(
+        self, act: Activation, state: State, event: Event, detail: str | None = None
+    ) -> None:
+        new = next_state(state, event)
+        act.state = new
+        if not self._subscribers:
+            return
+        record = LifecycleEvent(
+            type_name=act.spec.name,
+            key=act.key,
+            previous=state.value,
+            state=new.value,
+            event=event.value,
+            at=time.time(),
+            detail=detail,
+        )
+        for stream in list(self._subscribers):
+            try:
+                stream.send_nowait(record)
+            except anyio.WouldBlock:
+                self.events_dropped += 1
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                self._subscribers.remove(stream)
+
+    @contextlib.asynccontextmanager
+    async def open_lifecycle_events(self, buffer: int = 1024) -> AsyncIterator[Any]:
+        """Subscribe to lifecycle transitions: ``async with rt.open_lifecycle_events() as
+        events: async for event in events: ...`` yields :class:`LifecycleEvent` records.
+
+        A subscriber that falls more than ``buffer`` events behind loses the newest ones (they
+        are counted in ``events_dropped``); the runtime never waits for a subscriber.
+        """
+        send, receive = anyio.create_memory_object_stream[LifecycleEvent](buffer)
+        self._subscribers.append(send)
+        try:
+            async with receive:
+                yield receive
+        finally:
+            if send in self._subscribers:
+                self._subscribers.remove(send)
+            send.close()
+
+    async def _existing(self, ref: Ref[Any]) -> Activation | None:
         """The activation of ``ref`` if the actor exists (waking it), else ``None``."""
         self._check_open()
         aid = actor_id(ref.type_name, ref.key)
         if aid not in self.awake and self.directory.get(aid) is None:
             return None
-        return self._activate(ref._spec, ref.key)
+        return await self._activate(ref._spec, ref.key)
 
     def _check_open(self) -> None:
         if self.closed or self.closing.is_set():
@@ -467,6 +705,10 @@ class Runtime:
     # -- opening and closing --------------------------------------------------------------
 
     def _open_files(self) -> None:
+        self._open_lock_and_directory()
+        self.known_actors = self.directory.count()
+
+    def _open_lock_and_directory(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -489,17 +731,28 @@ class Runtime:
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    def _recover(self) -> None:
-        """Wake every actor that the directory says may have work."""
+    def _pending_work(self) -> list[tuple[TypeSpec, str]]:
+        """The actors the directory says may have work (of registered types)."""
+        found = []
         for entry in self.directory.pending():
             spec = self.specs.get(entry.type)
             if spec is None:
                 self.unknown_types.add(entry.type)
                 continue
+            found.append((spec, entry.key))
+        return found
+
+    async def _recover(self, pending: list[tuple[TypeSpec, str]]) -> None:
+        """Wake every actor with pending work, at most ``max_awake`` at a time."""
+        for spec, key in pending:
+            if self.closing.is_set():
+                return
             try:
-                self._activate(spec, entry.key)
+                await self._activate(spec, key)
+            except RuntimeClosedError:
+                return
             except Exception as exc:
-                self._report(f"could not resume {entry.type} {entry.key!r}: {exc!r}")
+                self._report(f"could not resume {spec.name} {key!r}: {exc!r}")
 
     async def _shutdown(self) -> None:
         """Let turns in progress finish for up to ``shutdown_grace`` seconds, then cancel them
@@ -508,13 +761,14 @@ class Runtime:
         for act in list(self.awake.values()):
             act.closing = True
             act.work.set()
+        self._room.set()
         with anyio.move_on_after(self.shutdown_grace):
             for act in list(self.awake.values()):
-                await act.stopped.wait()
+                await act.closed.wait()
         for act in list(self.awake.values()):
             act.scope.cancel()
         for act in list(self.awake.values()):
-            await act.stopped.wait()
+            await act.closed.wait()
 
     def _close_files(self) -> None:
         self.closed = True
@@ -541,8 +795,14 @@ async def open_runtime(
     max_key_bytes: int = DEFAULT_MAX_KEY_BYTES,
     idempotency_ttl: float = DEFAULT_IDEMPOTENCY_TTL,
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+    max_awake: int | None = None,
 ) -> AsyncIterator[Runtime]:
     """Open (creating if needed) the runtime stored under ``path``; resume pending actors.
+
+    An actor hibernates after ``idle_timeout`` seconds without work; at most ``max_awake`` are
+    awake at once (by default, as many as this process's file-descriptor limit allows, see
+    ``default_max_awake``), the least recently used idle ones hibernating to make room.
 
     On exit, turns in progress get ``shutdown_grace`` seconds to finish; then they are cancelled
     and rolled back. Queued messages stay in their mailboxes and run when the runtime is next
@@ -557,13 +817,22 @@ async def open_runtime(
         max_key_bytes=max_key_bytes,
         idempotency_ttl=idempotency_ttl,
         shutdown_grace=shutdown_grace,
+        idle_timeout=idle_timeout,
+        max_awake=max_awake,
     )
     rt._open_files()
     body_error: BaseException | None = None
     try:
         async with anyio.create_task_group() as tg:
             rt._task_group = tg
-            rt._recover()
+            supervisor = anyio.CancelScope()
+
+            async def supervise() -> None:
+                with supervisor:
+                    await rt._supervise()
+
+            tg.start_soon(supervise, name="torpor supervisor")
+            tg.start_soon(rt._recover, rt._pending_work(), name="torpor recovery")
             try:
                 yield rt
             except anyio.get_cancelled_exc_class():
@@ -575,11 +844,18 @@ async def open_runtime(
             finally:
                 # Graceful: turns in progress finish. Under an outer cancellation this raises
                 # at once, the task group cancels the turns, and they roll back.
+                supervisor.cancel()
                 await rt._shutdown()
     finally:
         rt._close_files()
     if body_error is not None:
         raise body_error
+
+
+def _quantile(ordered: list[float], q: float) -> float | None:
+    if not ordered:
+        return None
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def _new_message(

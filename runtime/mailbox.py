@@ -101,18 +101,19 @@ class StoredDeadLetter:
 class Mailbox:
     def __init__(self, path: Path, *, synchronous: str, type_name: str, key: str) -> None:
         self.path = path
-        self.conn = db.connect(path, synchronous=synchronous)
+        # Only this runtime's own connection ever opens a mailbox while the actor is awake.
+        self.conn = db.connect(path, synchronous=synchronous, exclusive=True, persist_wal=True)
         with db.corruption_as_error(path):
-            db.migrate(
-                self.conn,
-                _MIGRATIONS,
-                lambda sql: db.execute_script(self.conn, sql),
-                what=str(path),
-            )
-            self.conn.execute(
-                "INSERT OR IGNORE INTO meta(name, value) VALUES ('type', ?), ('key', ?)",
-                (type_name, key),
-            )
+
+            def create(sql: str) -> None:
+                db.execute_script(self.conn, sql)
+                if sql is _MIGRATIONS[0]:
+                    self.conn.execute(
+                        "INSERT INTO meta(name, value) VALUES ('type', ?), ('key', ?)",
+                        (type_name, key),
+                    )
+
+            db.migrate(self.conn, _MIGRATIONS, create, what=str(path))
 
     def close(self) -> None:
         self.conn.close()

@@ -101,6 +101,8 @@ class TypeSpec:
     on_create: HandlerSpec
     retry: Retry
     migrations: tuple[str | Callable[..., Any], ...]
+    has_on_wake: bool = False
+    has_on_hibernate: bool = False
 
     def handler(self, method: Callable[..., Any] | str) -> HandlerSpec:
         """The handler that ``method`` (a function like ``Counter.incr``, or a name) refers to."""
@@ -189,7 +191,18 @@ def build_type_spec(cls: type, name: str | None, base: type) -> TypeSpec:
         ),
         retry=retry,
         migrations=migrations,
+        has_on_wake=_overrides(cls, base, "on_wake"),
+        has_on_hibernate=_overrides(cls, base, "on_hibernate"),
     )
+
+
+def _overrides(cls: type, base: type, name: str) -> bool:
+    mine = inspect.getattr_static(cls, name, None)
+    if mine is None or mine is inspect.getattr_static(base, name, None):
+        return False
+    if not inspect.iscoroutinefunction(mine):
+        raise TypeError(f"{cls.__qualname__}.{name} must be an async def")
+    return True
 
 
 def _signature(fn: Callable[..., Any]) -> inspect.Signature:

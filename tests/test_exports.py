@@ -23,6 +23,7 @@ PUBLIC = {
     "InvalidArgumentsError",
     "InvalidKeyError",
     "KV",
+    "LifecycleEvent",
     "MessageFailedError",
     "MessageTooLargeError",
     "Ref",
