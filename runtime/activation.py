@@ -129,6 +129,9 @@ class Activation:
         self.waiting = False  # the loop waits for work
         self.queries = 0  # @query handlers running now
         self.wake_started: float | None = None
+        self.wake_hint: float | None = None  # directory.db's wake_at for this actor, as written
+        self.timers_due = False  # the supervisor saw a timer due: fire it before more work
+        self.timers_changed = False  # a turn set or cancelled timers: rewrite the hint
         self._reader: Any = None
 
     # -- opening and closing ---------------------------------------------------------------
@@ -316,7 +319,14 @@ class Activation:
                 return
         if self.spec.has_on_wake:
             await self._hook("on_wake")
+        due = self.data.next_due()
+        if due is not None and due <= self.runtime.clock():
+            self.timers_due = True
         while not self.closing and self.failed is None:
+            if self.timers_due:
+                self._fire_timers()
+            if self.timers_changed:
+                self._rewrite_wake_hint()
             if self.outbox_dirty and self.outbox_retry_delay == 0:
                 await self._deliver_outbox()
             if not self.queue and self.backlog:
@@ -327,6 +337,8 @@ class Activation:
                 if self.closing:
                     break
                 self._record_wake_latency()
+                if self.timers_due or self.timers_changed:
+                    continue
                 self.waiting = True
                 if self.queries == 0 and not self.outbox_dirty:
                     self.runtime._idle(self)
@@ -343,6 +355,40 @@ class Activation:
             await self._run_batch()
         if self.hibernating and self.failed is None and self.spec.has_on_hibernate:
             await self._hook("on_hibernate")
+
+    def _fire_timers(self) -> None:
+        """Turn every due timer into an outbox message to this actor, in one transaction with
+        the timers' next due times: each due instant is delivered once."""
+        from . import timers
+
+        self.timers_due = False
+        now = self.runtime.clock()
+        data = self.data
+        data.begin()
+        try:
+            for name, method, payload, due_at, every, cron in data.timers(due_before=now):
+                data.add_outbox(self.spec.name, self.key, method, payload)
+                following = timers.due_again(due_at, now, every, cron)
+                if following is None:
+                    data.delete_timer(name)
+                else:
+                    data.set_timer(name, method, payload, following, every, cron)
+            data.commit()
+        except BaseException:
+            data.rollback()
+            raise
+        self.outbox_dirty = True
+        self.timers_changed = True
+        self.runtime.stats_timers_fired += 1
+
+    def _rewrite_wake_hint(self) -> None:
+        """After a commit that changed timers: the directory's hint becomes the exact next due."""
+        self.timers_changed = False
+        due = self.data.next_due()
+        if due != self.wake_hint:
+            self.runtime.directory.set_wake_at(self.aid, due)
+            self.wake_hint = due
+            self.runtime._timer_hint(due)
 
     def _record_wake_latency(self) -> None:
         if self.wake_started is not None:

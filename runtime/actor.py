@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from . import context
 from .spec import QUERY_MARK, Retry, build_type_spec
+from .timers import Schedule
 
 if TYPE_CHECKING:
     from .datastore import KV, Sql
@@ -98,6 +100,48 @@ class Actor:
         """
         ctx = context.current_turn(self, "self.send")
         ctx.activation.runtime._outbox_send(ctx, target, method, args, kwargs)
+
+    # -- durable timers -------------------------------------------------------------------
+
+    def schedule(
+        self,
+        name: str,
+        method: Callable[..., Awaitable[Any]] | str,
+        /,
+        *args: Any,
+        at: float | datetime.datetime | None = None,
+        after: float | None = None,
+        every: float | None = None,
+        cron: str | None = None,
+        **kwargs: Any,
+    ) -> Schedule:
+        """Set (or replace) the durable timer ``name``: it sends ``method(*args, **kwargs)`` to
+        this actor when due, waking it if it hibernates.
+
+        ``at``: an aware datetime or epoch seconds. ``after``: seconds from now. ``every``:
+        repeat every so many seconds (first after ``every``, or at ``at``/``after``). ``cron``:
+        a cron expression, in UTC. The timer commits with the turn; it fires at least once and
+        never early. Missed firings while the process was down collapse into one.
+        """
+        ctx = context.current_turn(self, "self.schedule")
+        return ctx.activation.runtime._schedule(
+            ctx, name, method, args, kwargs, at=at, after=after, every=every, cron=cron
+        )
+
+    def cancel_schedule(self, name: str) -> bool:
+        """Delete timer ``name`` (with the turn); return whether it existed."""
+        ctx = context.current_turn(self, "self.cancel_schedule")
+        existed = ctx.activation.data.delete_timer(name)
+        ctx.activation.timers_changed = True
+        return existed
+
+    def schedules(self) -> list[Schedule]:
+        """This actor's timers, soonest first."""
+        ctx = context.current(self, "self.schedules")
+        rows = ctx.sql.query(
+            "SELECT name, method, due_at, every, cron FROM _torpor_timers ORDER BY due_at, name"
+        )
+        return [Schedule(*row) for row in rows]
 
     # -- lifecycle hooks ------------------------------------------------------------------
 

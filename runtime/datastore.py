@@ -47,6 +47,17 @@ _RUNTIME_MIGRATIONS = (
     );
     CREATE INDEX _torpor_results_age ON _torpor_results(created_at);
     """,
+    """
+    CREATE TABLE _torpor_timers(
+        name TEXT PRIMARY KEY,
+        method TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        due_at REAL NOT NULL,
+        every REAL,
+        cron TEXT
+    ) WITHOUT ROWID;
+    CREATE INDEX _torpor_timers_due ON _torpor_timers(due_at);
+    """,
 )
 
 _DENIED_ALWAYS = frozenset(
@@ -245,6 +256,42 @@ class DataStore:
         ):
             return bool(ok), payload
         return None
+
+    # -- timers ----------------------------------------------------------------------------
+
+    def set_timer(
+        self,
+        name: str,
+        method: str,
+        payload: bytes,
+        due_at: float,
+        every: float | None,
+        cron: str | None,
+    ) -> None:
+        self._exec(
+            "INSERT OR REPLACE INTO _torpor_timers(name, method, payload, due_at, every, cron) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (name, method, payload, due_at, every, cron),
+        )
+
+    def delete_timer(self, name: str) -> bool:
+        return bool(
+            self._exec("DELETE FROM _torpor_timers WHERE name = ? RETURNING 1", (name,)).fetchall()
+        )
+
+    def timers(self, due_before: float | None = None) -> list[tuple[Any, ...]]:
+        params: tuple[Any, ...] = ()
+        if due_before is None:
+            sql = "SELECT * FROM _torpor_timers ORDER BY due_at, name"
+        else:
+            sql = "SELECT * FROM _torpor_timers WHERE due_at <= ? ORDER BY due_at, name"
+            params = (due_before,)
+        rows: list[tuple[Any, ...]] = self._exec(sql, params).fetchall()
+        return rows
+
+    def next_due(self) -> float | None:
+        value = db.scalar(self.conn, "SELECT min(due_at) FROM _torpor_timers")
+        return None if value is None else float(value)
 
     def housekeeping(self, outbox_delivered_upto: int, results_before: float) -> None:
         """Between turns: drop delivered outbox rows and expired idempotent results."""

@@ -7,6 +7,7 @@ only when the actor is seen with an empty inbox and an empty outbox.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +34,7 @@ _MIGRATIONS = (
     CREATE INDEX actors_pending ON actors(pending) WHERE pending = 1;
     CREATE INDEX actors_type_key ON actors(type, key);
     """,
+    "CREATE INDEX actors_wake ON actors(wake_at) WHERE wake_at IS NOT NULL;",
 )
 
 
@@ -43,6 +45,7 @@ class Entry:
     key: str
     pending: bool
     init: bytes | None
+    wake_at: float | None = None
 
 
 class Directory:
@@ -63,9 +66,16 @@ class Directory:
     def get(self, aid: str) -> Entry | None:
         row: Any
         for row in self.conn.execute(
-            "SELECT id, type, key, pending, init FROM actors WHERE id = ?", (aid,)
+            "SELECT id, type, key, pending, init, wake_at FROM actors WHERE id = ?", (aid,)
         ):
-            return Entry(id=row[0], type=row[1], key=row[2], pending=bool(row[3]), init=row[4])
+            return Entry(
+                id=row[0],
+                type=row[1],
+                key=row[2],
+                pending=bool(row[3]),
+                init=row[4],
+                wake_at=row[5],
+            )
         return None
 
     def create(self, aid: str, type_name: str, key: str, init: bytes | None) -> None:
@@ -86,6 +96,37 @@ class Directory:
             "ON CONFLICT(id) DO UPDATE SET pending = 1 WHERE pending = 0",
             (aid, type_name, key, time.time()),
         )
+
+    def lower_wake_at(self, aid: str, at: float) -> None:
+        """Make the wake-up hint no later than ``at`` (set before the timer's turn commits)."""
+        self.conn.execute(
+            "UPDATE actors SET wake_at = ? WHERE id = ? AND (wake_at IS NULL OR wake_at > ?)",
+            (at, aid, at),
+        )
+
+    def set_wake_at(self, aid: str, at: float | None) -> None:
+        """The exact next due timer, written after the turn that changed timers committed."""
+        self.conn.execute("UPDATE actors SET wake_at = ? WHERE id = ?", (at, aid))
+
+    def next_wake_at(self, after: float | None = None) -> float | None:
+        """The earliest wake-up hint (later than ``after``, if given)."""
+        value = db.scalar(
+            self.conn,
+            "SELECT min(wake_at) FROM actors WHERE wake_at IS NOT NULL AND wake_at > ?",
+            (-math.inf if after is None else after,),
+        )
+        return None if value is None else float(value)
+
+    def due(self, now: float) -> list[tuple[str, str, str]]:
+        rows: list[Any] = self.conn.execute(
+            "SELECT id, type, key FROM actors WHERE wake_at IS NOT NULL AND wake_at <= ? "
+            "ORDER BY wake_at",
+            (now,),
+        ).fetchall()
+        return [(row[0], row[1], row[2]) for row in rows]
+
+    def with_timers(self) -> int:
+        return int(db.scalar(self.conn, "SELECT count(*) FROM actors WHERE wake_at IS NOT NULL"))
 
     def forget(self, aid: str) -> None:
         self.conn.execute("DELETE FROM actors WHERE id = ?", (aid,))

@@ -23,7 +23,7 @@ import anyio
 import anyio.lowlevel
 import attrs
 
-from . import context
+from . import context, timers
 from .activation import Activation, Waiter, check_payload
 from .codec import Codec
 from .datastore import KV, Sql
@@ -39,6 +39,7 @@ from .layout import DIRECTORY_FILE, LOCK_FILE, actor_id
 from .lifecycle import Event, State, next_state
 from .mailbox import Message
 from .spec import DEFAULT_MAX_KEY_BYTES, TypeSpec, check_key, index_types
+from .timers import Schedule
 
 A = TypeVar("A")
 R = TypeVar("R")
@@ -108,6 +109,7 @@ class RuntimeStatistics:
     dead_letters: int
     wakes: int
     hibernations: int
+    timers_fired: int
     wake_latency_p50: float | None
     wake_latency_p99: float | None
     unknown_types: tuple[str, ...]
@@ -210,6 +212,7 @@ class Runtime:
         shutdown_grace: float,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         max_awake: int | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         specs = []
         for cls in types:
@@ -240,6 +243,9 @@ class Runtime:
         self.stats_retries = 0
         self.stats_dead_letters = 0
         self.stats_wakes = 0
+        self.stats_timers_fired = 0
+        self.clock = clock
+        self.next_wake_at: float | None = None  # earliest timer hint in directory.db
         self.stats_hibernations = 0
         self.wake_latencies: collections.deque[float] = collections.deque(maxlen=1000)
         if max_awake is None:
@@ -328,6 +334,7 @@ class Runtime:
             failed=len(self.failed),
             max_awake=self.max_awake,
             wakes=self.stats_wakes,
+            timers_fired=self.stats_timers_fired,
             hibernations=self.stats_hibernations,
             wake_latency_p50=_quantile(latencies, 0.50),
             wake_latency_p99=_quantile(latencies, 0.99),
@@ -544,6 +551,7 @@ class Runtime:
             raise _not_found(spec, key)
         started = anyio.current_time()
         act = Activation(self, spec, key, aid, Ref(self, spec, key), entry.init if entry else None)
+        act.wake_hint = entry.wake_at if entry else None
         self.awake[aid] = act  # reserve: a concurrent caller waits on act.opened
         previous = State.FAILED if aid in self.failed else State.HIBERNATED
         try:
@@ -628,7 +636,8 @@ class Runtime:
         self.idle.pop(act.aid, None)
 
     async def _supervise(self) -> None:
-        """Hibernate actors idle for ``idle_timeout``; sleeps until the next deadline."""
+        """Hibernate actors idle for ``idle_timeout`` and wake actors whose timers are due;
+        sleeps until the next of those deadlines (or until poked)."""
         while True:
             now = anyio.current_time()
             while self.idle:
@@ -637,12 +646,73 @@ class Runtime:
                     break
                 await self._hibernate(self.awake[aid])
                 now = anyio.current_time()
+            if self.next_wake_at is not None and self.clock() >= self.next_wake_at:
+                await self._wake_due()
             deadline = math.inf
             if self.idle:
-                deadline = next(iter(self.idle.values())) + self.idle_timeout
+                deadline = next(iter(self.idle.values())) + self.idle_timeout - now
+            if self.next_wake_at is not None:
+                deadline = min(deadline, max(0.0, self.next_wake_at - self.clock()))
             self._poke = anyio.Event()
-            with anyio.move_on_after(deadline - now):
+            with anyio.move_on_after(deadline):
                 await self._poke.wait()
+
+    async def _wake_due(self) -> None:
+        """Wake every actor with a due timer hint and have it fire its due timers."""
+        now = self.clock()
+        self.next_wake_at = self.directory.next_wake_at(after=now)
+        for _aid, type_name, key in self.directory.due(now):
+            spec = self.specs.get(type_name)
+            if spec is None:
+                self.unknown_types.add(type_name)
+                continue
+            try:
+                act = await self._activate(spec, key)
+            except RuntimeClosedError:
+                return
+            except Exception as exc:
+                self._report(f"could not wake {type_name} {key!r} for a timer: {exc!r}")
+                continue
+            act.timers_due = True
+            act.work.set()
+            if act.waiting:
+                self._busy(act)
+
+    def _timer_hint(self, due: float | None) -> None:
+        """An actor's next timer changed: wake the supervisor if it is now the soonest."""
+        if due is not None and (self.next_wake_at is None or due < self.next_wake_at):
+            self.next_wake_at = due
+            self._poke.set()
+
+    def _schedule(
+        self,
+        ctx: context.HandlerContext,
+        name: str,
+        method: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        at: Any,
+        after: float | None,
+        every: float | None,
+        cron: str | None,
+    ) -> Schedule:
+        """``self.schedule`` inside a turn: validate, store with the turn, lower the hint now."""
+        act = ctx.activation
+        timer_name = timers.check_name(name)
+        handler_name, payload, is_query = self._encode_call(act.spec, method, args, kwargs)
+        if is_query:
+            raise TypeError(f"{act.spec.name}.{handler_name} is a @query: a timer cannot send it")
+        due = timers.first_due(self.clock(), at=at, after=after, every=every, cron=cron)
+        act.data.set_timer(timer_name, handler_name, payload, due, every, cron)
+        act.timers_changed = True
+        if act.wake_hint is None or due < act.wake_hint:
+            # Early, never late: the hint is written before the turn commits. If the turn
+            # rolls back, the actor wakes for nothing, which is harmless.
+            self.directory.lower_wake_at(act.aid, due)
+            act.wake_hint = due
+        self._timer_hint(due)
+        return Schedule(timer_name, handler_name, due, every, cron)
 
     def _transition(
         self, act: Activation, state: State, event: Event, detail: str | None = None
@@ -707,6 +777,7 @@ class Runtime:
     def _open_files(self) -> None:
         self._open_lock_and_directory()
         self.known_actors = self.directory.count()
+        self.next_wake_at = self.directory.next_wake_at()
 
     def _open_lock_and_directory(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -797,12 +868,16 @@ async def open_runtime(
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
     max_awake: int | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> AsyncIterator[Runtime]:
     """Open (creating if needed) the runtime stored under ``path``; resume pending actors.
 
     An actor hibernates after ``idle_timeout`` seconds without work; at most ``max_awake`` are
     awake at once (by default, as many as this process's file-descriptor limit allows, see
     ``default_max_awake``), the least recently used idle ones hibernating to make room.
+
+    ``clock`` gives epoch seconds for durable timers (``time.time``; tests pass a virtual one,
+    e.g. ``lambda: start + trio.current_time()`` under a ``MockClock``).
 
     On exit, turns in progress get ``shutdown_grace`` seconds to finish; then they are cancelled
     and rolled back. Queued messages stay in their mailboxes and run when the runtime is next
@@ -819,6 +894,7 @@ async def open_runtime(
         shutdown_grace=shutdown_grace,
         idle_timeout=idle_timeout,
         max_awake=max_awake,
+        clock=clock,
     )
     rt._open_files()
     body_error: BaseException | None = None

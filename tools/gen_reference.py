@@ -98,9 +98,16 @@ def render_lifecycle() -> str:
 def main() -> int:
     pages = {OUT: render(), LIFECYCLE: render_lifecycle()}
     if "--check" in sys.argv:
-        stale = [str(path) for path, text in pages.items() if not path.exists() or path.read_text() != text]
+        stale = [
+            str(path)
+            for path, text in pages.items()
+            if not path.exists() or path.read_text() != text
+        ]
         if stale:
-            print(f"out of date: {', '.join(stale)}; run python tools/gen_reference.py", file=sys.stderr)
+            print(
+                f"out of date: {', '.join(stale)}; run python tools/gen_reference.py",
+                file=sys.stderr,
+            )
             return 1
         return 0
     for path, text in pages.items():
