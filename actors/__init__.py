@@ -19,6 +19,7 @@ from runtime.errors import (
     ActorExistsError,
     ActorFailedError,
     ActorNotFoundError,
+    ActorStoppedError,
     CorruptFileError,
     DecodingError,
     EncodingError,
@@ -36,7 +37,8 @@ from runtime.errors import (
     UnknownActorTypeError,
     UnknownHandlerError,
 )
-from runtime.spec import Retry
+from runtime.spec import RestartIntensity, Retry
+from runtime.timers import Schedule
 
 __all__ = [
     "KV",
@@ -45,6 +47,7 @@ __all__ = [
     "ActorExistsError",
     "ActorFailedError",
     "ActorNotFoundError",
+    "ActorStoppedError",
     "CorruptFileError",
     "DeadLetter",
     "DecodingError",
@@ -56,12 +59,14 @@ __all__ = [
     "MessageFailedError",
     "MessageTooLargeError",
     "Ref",
+    "RestartIntensity",
     "Retry",
     "Runtime",
     "RuntimeClosedError",
     "RuntimeInternalError",
     "RuntimeLockedError",
     "RuntimeStatistics",
+    "Schedule",
     "SchemaError",
     "Sql",
     "StorageError",

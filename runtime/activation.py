@@ -28,6 +28,7 @@ from .datastore import KV, DataStore, Sql, read_only_authorizer
 from .errors import (
     ActorError,
     ActorFailedError,
+    ActorStoppedError,
     DecodingError,
     EncodingError,
     MessageFailedError,
@@ -57,6 +58,9 @@ CLEANUP_EVERY = 256
 #: Backoff bounds for retrying an outbox delivery that failed (target unopenable, EMFILE).
 OUTBOX_RETRY_MIN = 0.05
 OUTBOX_RETRY_MAX = 30.0
+
+#: Sender of the durable notice a parent gets when a child is stopped.
+CHILD_SENDER = "child:"
 
 #: Failures that cannot succeed on a retry: dead-letter at once.
 _DETERMINISTIC = (DecodingError, UnknownHandlerError, EncodingError, MessageTooLargeError)
@@ -131,6 +135,8 @@ class Activation:
         self.wake_started: float | None = None
         self.wake_hint: float | None = None  # directory.db's wake_at for this actor, as written
         self.timers_due = False  # the supervisor saw a timer due: fire it before more work
+        self.failure_times: collections.deque[float] = collections.deque()
+        self.gave_up: BaseException | None = None  # restart intensity exceeded: stop
         self.timers_changed = False  # a turn set or cancelled timers: rewrite the hint
         self._reader: Any = None
 
@@ -466,6 +472,12 @@ class Activation:
                 self.outbox_deleted_upto = self.outbox_delivered_upto
             for message in batch:
                 handler = handlers.get(message.method)
+                if (
+                    handler is None
+                    and message.method == "on_child_failed"
+                    and (message.sender or "").startswith(CHILD_SENDER)
+                ):
+                    handler = self.spec.on_child_failed
                 if handler is None or handler.is_query:
                     failure = (
                         message,
@@ -527,6 +539,28 @@ class Activation:
         if failure is not None:
             await self._fail(*failure)
 
+    def _intensity_exceeded(self, error: BaseException) -> bool:
+        """Count a failed turn; past the type's restart intensity, stop the actor (its
+        messages, this one included, stay in the mailbox)."""
+        policy = self.spec.restart_intensity
+        now = anyio.current_time()
+        times = self.failure_times
+        times.append(now)
+        while times and times[0] < now - policy.period:
+            times.popleft()
+        if len(times) <= policy.max_failures:
+            return False
+        self.gave_up = error
+        self.closing = True
+        stopped = ActorStoppedError(
+            f"{self.spec.name} {self.key!r} failed {len(times)} turns within "
+            f"{policy.period:g} s (restart intensity {policy.max_failures}) and was stopped; "
+            "its messages are kept until Runtime.resume"
+        )
+        stopped.__cause__ = error
+        self._fail_waiters(stopped)
+        return True
+
     def _lost_at(
         self, done: list[tuple[Message, bytes]], message: Message, cause: BaseException | None
     ) -> tuple[Message, BaseException] | None:
@@ -548,6 +582,8 @@ class Activation:
         if error is not None:
             attempts = self.mailbox.record_failure(message.seq)
             message.attempts = attempts
+            if self._intensity_exceeded(error):
+                return
             retryable = not isinstance(error, (*_DETERMINISTIC, _ProcessDied))
             if retryable and attempts < self.spec.retry.max_attempts:
                 rt.stats_retries += 1
@@ -609,6 +645,8 @@ class Activation:
                 return
             except Exception as exc:
                 self.data.rollback()
+                if self._intensity_exceeded(exc):
+                    return
                 if attempt >= self.spec.retry.max_attempts:
                     self._stop_failed(exc)
                     return

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from . import context
-from .spec import QUERY_MARK, Retry, build_type_spec
+from .spec import QUERY_MARK, RestartIntensity, Retry, build_type_spec
 from .timers import Schedule
 
 if TYPE_CHECKING:
@@ -41,12 +41,14 @@ class Actor:
             async def post(self, text: str) -> int: ...
 
     Class attributes configure the type: ``retry`` (an :class:`actors.Retry` for failing
-    messages) and ``migrations`` (SQL strings or callables, applied in order by
-    ``pragma user_version``; only ever append to it).
+    messages), ``restart_intensity`` (an :class:`actors.RestartIntensity`: how many failed
+    turns in a period stop the actor) and ``migrations`` (SQL strings or callables, applied in
+    order by ``pragma user_version``; only ever append to it).
     """
 
     __torpor_spec__: ClassVar[TypeSpec]
     retry: ClassVar[Retry] = Retry()
+    restart_intensity: ClassVar[RestartIntensity] = RestartIntensity()
     migrations: ClassVar[tuple[str | Callable[[Sql], None], ...]] = ()
 
     _torpor_key: str
@@ -101,6 +103,17 @@ class Actor:
         ctx = context.current_turn(self, "self.send")
         ctx.activation.runtime._outbox_send(ctx, target, method, args, kwargs)
 
+    def spawn(
+        self, actor_type: type[A], /, *args: Any, key: str | None = None, **kwargs: Any
+    ) -> Ref[A]:
+        """Create a child actor when this turn commits; return its ref at once.
+
+        The child runs ``on_create(*args, **kwargs)`` first. If it is ever stopped (its restart
+        intensity exceeded), this actor gets a durable ``on_child_failed(child, reason)``.
+        """
+        ctx = context.current_turn(self, "self.spawn")
+        return ctx.activation.runtime._outbox_spawn(ctx, actor_type, args, kwargs, key)
+
     # -- durable timers -------------------------------------------------------------------
 
     def schedule(
@@ -147,6 +160,10 @@ class Actor:
 
     async def on_create(self) -> None:
         """Runs once, as the actor's first turn, with the arguments given to ``spawn``."""
+
+    async def on_child_failed(self, child: Ref[Any], reason: str) -> None:
+        """Runs, as a turn, when a child made with ``self.spawn`` was stopped for failing too
+        often. ``rt.resume(child)`` would start it again. The default does nothing."""
 
     async def on_wake(self) -> None:
         """Runs each time the actor wakes (after ``on_create`` the first time), before messages.

@@ -35,6 +35,7 @@ _MIGRATIONS = (
     CREATE INDEX actors_type_key ON actors(type, key);
     """,
     "CREATE INDEX actors_wake ON actors(wake_at) WHERE wake_at IS NOT NULL;",
+    "ALTER TABLE actors ADD COLUMN stopped TEXT; ALTER TABLE actors ADD COLUMN notice INTEGER;",
 )
 
 
@@ -46,6 +47,8 @@ class Entry:
     pending: bool
     init: bytes | None
     wake_at: float | None = None
+    stopped: str | None = None
+    parent: str | None = None
 
 
 class Directory:
@@ -66,7 +69,9 @@ class Directory:
     def get(self, aid: str) -> Entry | None:
         row: Any
         for row in self.conn.execute(
-            "SELECT id, type, key, pending, init, wake_at FROM actors WHERE id = ?", (aid,)
+            "SELECT id, type, key, pending, init, wake_at, stopped, parent FROM actors "
+            "WHERE id = ?",
+            (aid,),
         ):
             return Entry(
                 id=row[0],
@@ -75,16 +80,20 @@ class Directory:
                 pending=bool(row[3]),
                 init=row[4],
                 wake_at=row[5],
+                stopped=row[6],
+                parent=row[7],
             )
         return None
 
-    def create(self, aid: str, type_name: str, key: str, init: bytes | None) -> None:
+    def create(
+        self, aid: str, type_name: str, key: str, init: bytes | None, parent: str | None = None
+    ) -> None:
         """Insert a new actor (``spawn``); :class:`ActorExistsError` if the id is taken."""
         try:
             self.conn.execute(
-                "INSERT INTO actors(id, type, key, pending, init, created_at) "
-                "VALUES (?, ?, ?, 1, ?, ?)",
-                (aid, type_name, key, init, time.time()),
+                "INSERT INTO actors(id, type, key, pending, init, parent, created_at) "
+                "VALUES (?, ?, ?, 1, ?, ?, ?)",
+                (aid, type_name, key, init, parent, time.time()),
             )
         except apsw.ConstraintError:
             raise ActorExistsError(f"actor {type_name} {key!r} already exists") from None
@@ -128,6 +137,25 @@ class Directory:
     def with_timers(self) -> int:
         return int(db.scalar(self.conn, "SELECT count(*) FROM actors WHERE wake_at IS NOT NULL"))
 
+    def set_stopped(self, aid: str, reason: str | None, notice: int | None = None) -> None:
+        """Mark (or unmark) an actor stopped; ``notice`` records a parent notice still owed."""
+        self.conn.execute(
+            "UPDATE actors SET stopped = ?, notice = ? WHERE id = ?", (reason, notice, aid)
+        )
+
+    def owed_notices(self) -> list[tuple[str, str, str, str, int]]:
+        """(child id, child type, child key, parent id, notice) for notices not yet delivered."""
+        rows: list[Any] = self.conn.execute(
+            "SELECT id, type, key, parent, notice FROM actors WHERE notice IS NOT NULL"
+        ).fetchall()
+        return [(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+
+    def clear_notice(self, aid: str) -> None:
+        self.conn.execute("UPDATE actors SET notice = NULL WHERE id = ?", (aid,))
+
+    def stopped_count(self) -> int:
+        return int(db.scalar(self.conn, "SELECT count(*) FROM actors WHERE stopped IS NOT NULL"))
+
     def forget(self, aid: str) -> None:
         self.conn.execute("DELETE FROM actors WHERE id = ?", (aid,))
 
@@ -139,7 +167,7 @@ class Directory:
 
     def pending(self) -> Iterator[Entry]:
         rows: list[Any] = self.conn.execute(
-            "SELECT id, type, key, pending, init FROM actors WHERE pending = 1"
+            "SELECT id, type, key, pending, init FROM actors WHERE pending = 1 AND stopped IS NULL"
         ).fetchall()
         for row in rows:
             yield Entry(id=row[0], type=row[1], key=row[2], pending=True, init=row[4])

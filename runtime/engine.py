@@ -24,13 +24,14 @@ import anyio.lowlevel
 import attrs
 
 from . import context, timers
-from .activation import Activation, Waiter, check_payload
+from .activation import CHILD_SENDER, Activation, Waiter, check_payload
 from .codec import Codec
 from .datastore import KV, Sql
 from .directory import Directory
 from .errors import (
     ActorFailedError,
     ActorNotFoundError,
+    ActorStoppedError,
     RuntimeClosedError,
     RuntimeLockedError,
     UnknownActorTypeError,
@@ -101,6 +102,7 @@ class RuntimeStatistics:
     awake: int
     hibernated: int
     failed: int
+    stopped: int
     max_awake: int
     messages_sent: int
     turns: int
@@ -262,6 +264,7 @@ class Runtime:
         self.idle: collections.OrderedDict[str, float] = collections.OrderedDict()
         self.failed: dict[str, BaseException] = {}
         self.known_actors = 0
+        self.stopped_actors = 0
         self._room = anyio.Event()  # set when an awake slot frees
         self._poke = anyio.Event()  # wakes the supervisor
         self._subscribers: list[Any] = []
@@ -330,8 +333,9 @@ class Runtime:
         latencies = sorted(self.wake_latencies)
         return RuntimeStatistics(
             awake=len(self.awake),
-            hibernated=self.known_actors - len(self.awake),
+            hibernated=self.known_actors - len(self.awake) - self.stopped_actors,
             failed=len(self.failed),
+            stopped=self.stopped_actors,
             max_awake=self.max_awake,
             wakes=self.stats_wakes,
             timers_fired=self.stats_timers_fired,
@@ -414,13 +418,29 @@ class Runtime:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         idempotency_key: str | None,
-    ) -> tuple[Activation, int]:
+        want_reply: bool = False,
+    ) -> tuple[Activation | None, int]:
         self._check_open()
         name, payload, is_query = self._encode_call(spec, method, args, kwargs)
         if is_query:
             raise TypeError(f"{spec.name}.{name} is a @query: ask it, do not send it")
         _check_idempotency_key(idempotency_key)
-        act = await self._activate(spec, key)
+        try:
+            act = await self._activate(spec, key)
+        except ActorStoppedError:
+            if want_reply:
+                raise
+            self._store(
+                spec,
+                key,
+                name,
+                payload,
+                sender=None,
+                sender_seq=None,
+                idempotency_key=idempotency_key,
+            )
+            self.stats_sent += 1
+            return None, 0
         if idempotency_key is None:
             seq = act.mailbox.append(name, payload)
             appended = True
@@ -456,7 +476,8 @@ class Runtime:
                 )
             return await self._run_query(spec, key, handler.name, payload)
         _refuse_inside_turn("ref.ask", "self.send(ref, ...) and a reply message")
-        act, seq = await self._send(spec, key, method, args, kwargs, idempotency_key)
+        act, seq = await self._send(spec, key, method, args, kwargs, idempotency_key, True)
+        assert act is not None
         waiter: Waiter = act.waiter(seq)
         await waiter.event.wait()
         if waiter.error is not None:
@@ -497,7 +518,19 @@ class Runtime:
         self, spec: TypeSpec, key: str, method: str, payload: bytes, sender: str, sender_seq: int
     ) -> None:
         """Deliver one outbox row to its target's mailbox (deduplicated by sender cursor)."""
-        act = await self._activate(spec, key)
+        if method == SPAWN:
+            (init,) = self.codec.decode(payload)
+            aid = actor_id(spec.name, key)
+            if self.directory.get(aid) is None:
+                self.directory.create(aid, spec.name, key, init, parent=sender)
+                self.known_actors += 1
+            await self._activate(spec, key)
+            return
+        try:
+            act = await self._activate(spec, key)
+        except ActorStoppedError:
+            self._store(spec, key, method, payload, sender=sender, sender_seq=sender_seq)
+            return
         seq, appended = act.mailbox.append_deduplicated(
             method, payload, sender=sender, sender_seq=sender_seq, idempotency_key=None
         )
@@ -528,7 +561,7 @@ class Runtime:
 
     # -- activations ----------------------------------------------------------------------
 
-    async def _activate(self, spec: TypeSpec, key: str) -> Activation:
+    async def _activate(self, spec: TypeSpec, key: str, *, resuming: bool = False) -> Activation:
         """The awake activation of an actor, waking it if needed; concurrent callers share one
         wake-up. Makes room under ``max_awake`` by hibernating the least recently used idle
         actors, or waits for one to become idle."""
@@ -549,11 +582,18 @@ class Runtime:
         entry = self.directory.get(aid)
         if entry is None and spec.requires_create_arguments():
             raise _not_found(spec, key)
+        if entry is not None and entry.stopped is not None:
+            raise ActorStoppedError(
+                f"{spec.name} {key!r} is stopped ({entry.stopped}); its messages are kept "
+                "until Runtime.resume"
+            )
         started = anyio.current_time()
         act = Activation(self, spec, key, aid, Ref(self, spec, key), entry.init if entry else None)
         act.wake_hint = entry.wake_at if entry else None
         self.awake[aid] = act  # reserve: a concurrent caller waits on act.opened
         previous = State.FAILED if aid in self.failed else State.HIBERNATED
+        if resuming:
+            previous = State.STOPPED
         try:
             await self._make_room()
             self._check_open()
@@ -570,11 +610,11 @@ class Runtime:
             act.closed.set()
             self._room.set()
             if not isinstance(exc, RuntimeClosedError):
-                self._transition(act, previous, Event.WAKE)
+                self._transition(act, previous, Event.RESUME if resuming else Event.WAKE)
                 self._transition(act, State.WAKING, Event.OPEN_FAILED, repr(exc))
             raise
         self.failed.pop(aid, None)
-        self._transition(act, previous, Event.WAKE)
+        self._transition(act, previous, Event.RESUME if resuming else Event.WAKE)
         self._transition(act, State.WAKING, Event.OPENED)
         act.wake_started = started
         self.stats_wakes += 1
@@ -604,7 +644,9 @@ class Runtime:
                 self._report(f"closing {act.spec.name} {act.key!r}: {exc!r}")
             finally:
                 del self.awake[act.aid]
-                if act.failed is not None:
+                if act.gave_up is not None:
+                    self._stop(act)
+                elif act.failed is not None:
                     self.failed[act.aid] = act.failed
                     self._transition(act, act.state, Event.CRASHED, repr(act.failed))
                 else:
@@ -614,6 +656,113 @@ class Runtime:
                     self.stats_hibernations += 1
                 act.closed.set()
                 self._room.set()
+
+    def _stop(self, act: Activation) -> None:
+        """Record that an actor exceeded its restart intensity, and owe its parent a notice."""
+        reason = f"{type(act.gave_up).__qualname__}: {act.gave_up}"
+        self._transition(act, State.AWAKE, Event.GAVE_UP, reason)
+        self._report(f"{act.spec.name} {act.key!r} stopped: restart intensity exceeded ({reason})")
+        entry = self.directory.get(act.aid)
+        notice = time.time_ns() if entry is not None and entry.parent else None
+        self.directory.set_stopped(act.aid, reason, notice)
+        self.stopped_actors += 1
+        if notice is not None and self._task_group is not None:
+            self._task_group.start_soon(self._deliver_notices)
+
+    async def _deliver_notices(self) -> None:
+        """Tell parents about stopped children: ``on_child_failed(child, reason)`` arrives as a
+        message, deduplicated by the notice's number, so a crash repeats it harmlessly."""
+        for child_id, child_type, child_key, parent_id, notice in self.directory.owed_notices():
+            parent = self.directory.get(parent_id)
+            child_spec = self.specs.get(child_type)
+            parent_spec = self.specs.get(parent.type) if parent is not None else None
+            if parent is None or parent_spec is None or child_spec is None:
+                continue
+            child = self.directory.get(child_id)
+            reason = child.stopped if child is not None and child.stopped else "stopped"
+            payload = self.codec.encode([[Ref(self, child_spec, child_key), reason], {}])
+            try:
+                await self._deliver(
+                    parent_spec,
+                    parent.key,
+                    "on_child_failed",
+                    payload,
+                    f"{CHILD_SENDER}{child_id}",
+                    notice,
+                )
+            except RuntimeClosedError:
+                return
+            except Exception as exc:
+                self._report(f"could not notify {parent.type} {parent.key!r}: {exc!r}")
+                continue
+            self.directory.clear_notice(child_id)
+
+    def _store(
+        self,
+        spec: TypeSpec,
+        key: str,
+        method: str,
+        payload: bytes,
+        *,
+        sender: str | None,
+        sender_seq: int | None,
+        idempotency_key: str | None = None,
+    ) -> None:
+        """Append to an actor's mailbox without waking it (wakes it later if it is running)."""
+        aid = actor_id(spec.name, key)
+        act = self.awake.get(aid)
+        if act is not None and act.state is State.AWAKE:
+            seq, appended = act.mailbox.append_deduplicated(
+                method,
+                payload,
+                sender=sender,
+                sender_seq=sender_seq,
+                idempotency_key=idempotency_key,
+            )
+            if appended and seq is not None:
+                act.accept(_new_message(seq, sender, sender_seq, method, payload, idempotency_key))
+            return
+        from .layout import MAILBOX_FILE, actor_dir
+        from .mailbox import Mailbox
+
+        folder = actor_dir(self.root, aid)
+        folder.mkdir(parents=True, exist_ok=True)
+        entry = self.directory.get(aid)
+        if entry is None or not entry.pending:
+            self.directory.mark_pending(aid, spec.name, key)
+        mailbox = Mailbox(
+            folder / MAILBOX_FILE, synchronous=self.synchronous, type_name=spec.name, key=key
+        )
+        try:
+            mailbox.append_deduplicated(
+                method,
+                payload,
+                sender=sender,
+                sender_seq=sender_seq,
+                idempotency_key=idempotency_key,
+            )
+        finally:
+            mailbox.close()
+        if entry is not None and entry.stopped is None and self._task_group is not None:
+            self._task_group.start_soon(self._wake_quietly, spec, key)
+
+    async def _wake_quietly(self, spec: TypeSpec, key: str) -> None:
+        try:
+            await self._activate(spec, key)
+        except Exception as exc:
+            self._report(f"could not wake {spec.name} {key!r}: {exc!r}")
+
+    async def resume(self, ref: Ref[Any]) -> None:
+        """Start a stopped actor again: it runs its kept messages, oldest first."""
+        await anyio.lowlevel.checkpoint()
+        self._check_open()
+        aid = actor_id(ref.type_name, ref.key)
+        entry = self.directory.get(aid)
+        if entry is None or entry.stopped is None:
+            raise LookupError(f"{ref!r} is not stopped")
+        self.directory.set_stopped(aid, None)
+        self.stopped_actors -= 1
+        await self._activate(ref._spec, ref.key, resuming=True)
 
     async def _hibernate(self, act: Activation) -> None:
         """Hibernate an idle awake actor and wait until its files are closed."""
@@ -764,6 +913,24 @@ class Runtime:
             return None
         return await self._activate(ref._spec, ref.key)
 
+    def _outbox_spawn(
+        self,
+        ctx: context.HandlerContext,
+        actor_type: type[Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        key: str | None,
+    ) -> Ref[Any]:
+        """``self.spawn`` inside a turn: the child is created only if the turn commits."""
+        ref = self.ref(actor_type, uuid.uuid4().hex if key is None else key)
+        spec = ref._spec
+        spec.on_create.check_arguments(spec.name, args, kwargs)
+        init = self.codec.encode([list(args), kwargs]) if (args or kwargs) else None
+        payload = self.codec.encode([init])
+        check_payload(self, payload, f"{spec.name}.on_create arguments")
+        ctx.activation.outbox_add(ref, SPAWN, payload)
+        return ref
+
     def _check_open(self) -> None:
         if self.closed or self.closing.is_set():
             raise RuntimeClosedError("the runtime is closed")
@@ -777,6 +944,7 @@ class Runtime:
     def _open_files(self) -> None:
         self._open_lock_and_directory()
         self.known_actors = self.directory.count()
+        self.stopped_actors = self.directory.stopped_count()
         self.next_wake_at = self.directory.next_wake_at()
 
     def _open_lock_and_directory(self) -> None:
@@ -815,6 +983,7 @@ class Runtime:
 
     async def _recover(self, pending: list[tuple[TypeSpec, str]]) -> None:
         """Wake every actor with pending work, at most ``max_awake`` at a time."""
+        await self._deliver_notices()
         for spec, key in pending:
             if self.closing.is_set():
                 return
@@ -926,6 +1095,11 @@ async def open_runtime(
         rt._close_files()
     if body_error is not None:
         raise body_error
+
+
+#: The outbox method name of a child's creation (never a handler name: those cannot start
+#: with an underscore).
+SPAWN = "__spawn__"
 
 
 def _quantile(ordered: list[float], q: float) -> float | None:

@@ -113,6 +113,14 @@ class ActorFailedError(ActorError):
     """
 
 
+class ActorStoppedError(ActorError):
+    """The actor failed more turns than its ``restart_intensity`` allows and was stopped.
+
+    Its messages are kept, and ``send`` still stores new ones; nothing runs until
+    ``Runtime.resume(ref)``. ``ask`` and queries raise this error instead of waiting.
+    """
+
+
 class CorruptFileError(ActorError):
     """A database file of an actor or of the runtime is not a valid SQLite database.
 

@@ -23,7 +23,7 @@ HOOKS = frozenset({"on_create", "on_wake", "on_hibernate", "on_child_failed"})
 DEFAULT_MAX_KEY_BYTES = 1024
 
 #: Class attributes that subclasses set to configure their type.
-_CONFIGURATION = frozenset({"retry", "migrations"})
+_CONFIGURATION = frozenset({"retry", "migrations", "restart_intensity"})
 
 #: Marker attribute set by ``@actors.query``.
 QUERY_MARK = "__torpor_query__"
@@ -73,6 +73,21 @@ class Retry:
 
 
 @attrs.frozen
+class RestartIntensity:
+    """OTP-style restart intensity: more than ``max_failures`` failed turns within ``period``
+    seconds stop the actor (its messages are kept; ``Runtime.resume`` starts it again)."""
+
+    max_failures: int = 10
+    period: float = 60.0
+
+    def __attrs_post_init__(self) -> None:
+        if not isinstance(self.max_failures, int) or self.max_failures < 1:
+            raise ValueError(f"max_failures must be an int >= 1 (got {self.max_failures!r})")
+        if not isinstance(self.period, int | float) or self.period <= 0:
+            raise ValueError(f"period must be a number of seconds > 0 (got {self.period!r})")
+
+
+@attrs.frozen
 class HandlerSpec:
     name: str
     fn: Callable[..., Any]
@@ -103,6 +118,8 @@ class TypeSpec:
     migrations: tuple[str | Callable[..., Any], ...]
     has_on_wake: bool = False
     has_on_hibernate: bool = False
+    restart_intensity: RestartIntensity = RestartIntensity()
+    on_child_failed: HandlerSpec | None = None
 
     def handler(self, method: Callable[..., Any] | str) -> HandlerSpec:
         """The handler that ``method`` (a function like ``Counter.incr``, or a name) refers to."""
@@ -163,6 +180,15 @@ def build_type_spec(cls: type, name: str | None, base: type) -> TypeSpec:
     on_create = inspect.getattr_static(cls, "on_create")
     if not inspect.iscoroutinefunction(on_create):
         raise TypeError(f"{cls.__qualname__}.on_create must be an async def")
+    intensity = getattr(cls, "restart_intensity", RestartIntensity())
+    if not isinstance(intensity, RestartIntensity):
+        raise TypeError(
+            f"{cls.__qualname__}.restart_intensity must be an actors.RestartIntensity "
+            f"(got {intensity!r})"
+        )
+    child_hook = inspect.getattr_static(cls, "on_child_failed")
+    if not inspect.iscoroutinefunction(child_hook):
+        raise TypeError(f"{cls.__qualname__}.on_child_failed must be an async def")
     retry = getattr(cls, "retry", Retry())
     if not isinstance(retry, Retry):
         raise TypeError(f"{cls.__qualname__}.retry must be an actors.Retry (got {retry!r})")
@@ -191,6 +217,13 @@ def build_type_spec(cls: type, name: str | None, base: type) -> TypeSpec:
         ),
         retry=retry,
         migrations=migrations,
+        restart_intensity=intensity,
+        on_child_failed=HandlerSpec(
+            name="on_child_failed",
+            fn=child_hook,
+            signature=_signature(child_hook),
+            is_query=False,
+        ),
         has_on_wake=_overrides(cls, base, "on_wake"),
         has_on_hibernate=_overrides(cls, base, "on_hibernate"),
     )

@@ -19,7 +19,7 @@ LIFECYCLE = DOCS / "explanation" / "lifecycle.md"
 
 SECTIONS = [
     ("Opening a runtime", ["open_runtime", "Runtime", "RuntimeStatistics", "LifecycleEvent"]),
-    ("Actors", ["Actor", "query", "Retry", "Sql", "KV"]),
+    ("Actors", ["Actor", "query", "Retry", "RestartIntensity", "Schedule", "Sql", "KV"]),
     ("Messages", ["Ref", "DeadLetter"]),
 ]
 
