@@ -577,7 +577,7 @@ class Activation:
         ``error`` is ``None`` for a message already copied to the dead letters before a crash.
         """
         rt = self.runtime
-        if isinstance(error, RuntimeClosedError):
+        if isinstance(error, RuntimeClosedError) and rt.closing.is_set():
             return  # not the message's fault: it stays queued and runs at the next open
         if error is not None:
             attempts = self.mailbox.record_failure(message.seq)
@@ -640,11 +640,10 @@ class Activation:
                 self.data.set_created()
                 self.data.commit()
                 break
-            except RuntimeClosedError:
-                self.data.rollback()
-                return
             except Exception as exc:
                 self.data.rollback()
+                if isinstance(exc, RuntimeClosedError) and rt.closing.is_set():
+                    return  # not on_create's fault: it runs again at the next open
                 if self._intensity_exceeded(exc):
                     return
                 if attempt >= self.spec.retry.max_attempts:
