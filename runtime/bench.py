@@ -203,12 +203,13 @@ def run(
 def format_table(figures: list[Figure], synchronous: str) -> str:
     lines = [
         f"torpor bench (synchronous={synchronous}); raw = apsw loop doing the same SQL, same run",
-        f"{'measure':<38} {'torpor':>12} {'raw apsw':>12} {'ratio':>7}",
+        f"{'measure':<42} {'torpor':>16} {'raw apsw':>16} {'ratio':>7}",
     ]
     for fig in figures:
+        ratio = f"{fig.ratio:>6.2f}x" if fig.raw else "      -"
         lines.append(
-            f"{fig.name:<38} {fig.torpor:>10.0f} {fig.unit:<1} {fig.raw:>10.0f} {fig.unit:<1} "
-            f"{fig.ratio:>6.2f}x"
+            f"{fig.name:<42} {fig.torpor:>10.1f} {fig.unit:<5} {fig.raw:>10.1f} {fig.unit:<5} "
+            f"{ratio}"
         )
     return "\n".join(lines)
 

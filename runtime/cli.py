@@ -18,6 +18,15 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--synchronous", choices=["NORMAL", "FULL"], default="NORMAL")
     bench.add_argument("--backend", choices=["trio", "asyncio"], default="trio")
     bench.add_argument("--json", action="store_true", help="machine-readable output")
+    bench.add_argument(
+        "suite",
+        nargs="?",
+        choices=["core", "supervisor"],
+        default="core",
+        help="core: messages and asks (default); supervisor: wake-ups, hibernation, recovery",
+    )
+    bench.add_argument("--actors", type=int, default=10_000, help="supervisor: actors to create")
+    bench.add_argument("--awake", type=int, default=1_000, help="supervisor: actors to wake")
 
     args = parser.parse_args(argv)
     if args.command == "bench":
@@ -27,9 +36,21 @@ def main(argv: list[str] | None = None) -> int:
             if not args.json:
                 print(f"... {text}", file=sys.stderr, flush=True)
 
-        figures = bench_module.run(
-            quick=args.quick, synchronous=args.synchronous, backend=args.backend, progress=progress
-        )
+        if args.suite == "supervisor":
+            from . import bench_supervisor
+
+            actors = 500 if args.quick else args.actors
+            awake = 200 if args.quick else args.awake
+            figures = bench_supervisor.run(
+                actors=actors, awake=awake, backend=args.backend, progress=progress
+            )
+        else:
+            figures = bench_module.run(
+                quick=args.quick,
+                synchronous=args.synchronous,
+                backend=args.backend,
+                progress=progress,
+            )
         if args.json:
             print(json.dumps(bench_module.as_json(figures, args.synchronous), indent=2))
         else:
