@@ -213,7 +213,21 @@ class Activation:
         return self._reader
 
     def close_files(self) -> None:
-        """Tidy the files (batched cleanup) and close every connection. Sync; loop has ended."""
+        """Tidy the files and close every connection, on this thread. The loop has ended."""
+        try:
+            self.tidy()
+        finally:
+            self.close_connections()
+
+    def close_connections(self) -> None:
+        """Close every connection (closing the last one to a WAL file checkpoints it)."""
+        if self._reader is not None:
+            self._reader.close()
+        self.data.close()
+        self.mailbox.close()
+
+    def tidy(self) -> None:
+        """The batched cleanup, the pending hint, the waiters. Sync; the loop has ended."""
         try:
             if not self.data.in_transaction:
                 self._cleanup(force=True)
@@ -226,10 +240,6 @@ class Activation:
                     self.runtime.directory.clear_pending(self.aid)
         finally:
             self._fail_waiters(RuntimeClosedError("the runtime closed before this was applied"))
-            if self._reader is not None:
-                self._reader.close()
-            self.data.close()
-            self.mailbox.close()
 
     def _fail_waiters(self, error: BaseException) -> None:
         for waiter in self.waiters.values():
@@ -393,6 +403,7 @@ class Activation:
         due = self.data.next_due()
         if due != self.wake_hint:
             self.runtime.directory.set_wake_at(self.aid, due)
+            self.runtime.actors_with_timers += (due is not None) - (self.wake_hint is not None)
             self.wake_hint = due
             self.runtime._timer_hint(due)
 

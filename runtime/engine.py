@@ -112,6 +112,7 @@ class RuntimeStatistics:
     wakes: int
     hibernations: int
     timers_fired: int
+    actors_with_timers: int
     wake_latency_p50: float | None
     wake_latency_p99: float | None
     unknown_types: tuple[str, ...]
@@ -265,6 +266,7 @@ class Runtime:
         self.failed: dict[str, BaseException] = {}
         self.known_actors = 0
         self.stopped_actors = 0
+        self.actors_with_timers = 0
         self._room = anyio.Event()  # set when an awake slot frees
         self._poke = anyio.Event()  # wakes the supervisor
         self._subscribers: list[Any] = []
@@ -339,6 +341,7 @@ class Runtime:
             max_awake=self.max_awake,
             wakes=self.stats_wakes,
             timers_fired=self.stats_timers_fired,
+            actors_with_timers=self.actors_with_timers,
             hibernations=self.stats_hibernations,
             wake_latency_p50=_quantile(latencies, 0.50),
             wake_latency_p99=_quantile(latencies, 0.99),
@@ -639,6 +642,9 @@ class Runtime:
         finally:
             self.idle.pop(act.aid, None)
             try:
+                # Closing checkpoints each WAL (fsyncs) on the loop's thread. A worker thread
+                # would overlap those fsyncs with other actors' turns, but it would also let a
+                # test's MockClock jump while the thread works; not yet.
                 act.close_files()
             except Exception as exc:
                 self._report(f"closing {act.spec.name} {act.key!r}: {exc!r}")
@@ -859,6 +865,7 @@ class Runtime:
             # Early, never late: the hint is written before the turn commits. If the turn
             # rolls back, the actor wakes for nothing, which is harmless.
             self.directory.lower_wake_at(act.aid, due)
+            self.actors_with_timers += act.wake_hint is None
             act.wake_hint = due
         self._timer_hint(due)
         return Schedule(timer_name, handler_name, due, every, cron)
@@ -945,6 +952,7 @@ class Runtime:
         self._open_lock_and_directory()
         self.known_actors = self.directory.count()
         self.stopped_actors = self.directory.stopped_count()
+        self.actors_with_timers = self.directory.with_timers()
         self.next_wake_at = self.directory.next_wake_at()
 
     def _open_lock_and_directory(self) -> None:

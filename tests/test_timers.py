@@ -65,6 +65,7 @@ async def test_timer_fires_once_and_never_early(root: Path) -> None:
         alarm = rt.ref(Alarm, "a")
         due = clock() + 90
         await alarm.ask(Alarm.set_after, "tea", 90)
+        assert rt.statistics().actors_with_timers == 1
         await trio.sleep(89)
         assert fired == []
         await trio.sleep(2)
@@ -73,6 +74,7 @@ async def test_timer_fires_once_and_never_early(root: Path) -> None:
         await trio.sleep(1000)
         assert len(fired) == 1
         assert await alarm.ask(Alarm.listing) == []
+        assert rt.statistics().actors_with_timers == 0
 
 
 async def test_timer_a_year_ahead_wakes_a_hibernated_actor(root: Path) -> None:
