@@ -269,6 +269,7 @@ class Runtime:
         self.actors_with_timers = 0
         self._room = anyio.Event()  # set when an awake slot frees
         self._poke = anyio.Event()  # wakes the supervisor
+        self._supervisor_wakes_at = -math.inf  # when the sleeping supervisor wakes by itself
         self._subscribers: list[Any] = []
         self.events_dropped = 0
         self._task_group: Any = None
@@ -780,11 +781,11 @@ class Runtime:
         await act.closed.wait()
 
     def _idle(self, act: Activation) -> None:
-        was_empty = not self.idle
-        self.idle[act.aid] = anyio.current_time()
+        now = anyio.current_time()
+        self.idle[act.aid] = now
         self.idle.move_to_end(act.aid)
-        if was_empty:
-            self._poke.set()  # the supervisor may be sleeping with no deadline
+        if now + self.idle_timeout < self._supervisor_wakes_at:
+            self._poke.set()  # the supervisor sleeps past this actor's deadline: wake it
         self._room.set()  # a caller waiting for an awake slot may now evict this one
 
     def _busy(self, act: Activation) -> None:
@@ -809,8 +810,10 @@ class Runtime:
             if self.next_wake_at is not None:
                 deadline = min(deadline, max(0.0, self.next_wake_at - self.clock()))
             self._poke = anyio.Event()
+            self._supervisor_wakes_at = anyio.current_time() + deadline
             with anyio.move_on_after(deadline):
                 await self._poke.wait()
+            self._supervisor_wakes_at = -math.inf  # awake: nobody needs to poke it
 
     async def _wake_due(self) -> None:
         """Wake every actor with a due timer hint and have it fire its due timers."""

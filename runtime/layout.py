@@ -14,6 +14,7 @@ about fifteen per folder. The type and key are kept inside the files themselves.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from pathlib import Path
 
@@ -24,6 +25,7 @@ DATA_FILE = "data.db"
 MAILBOX_FILE = "mailbox.db"
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def actor_id(type_name: str, key: str) -> str:
     """The stable file-system id of an actor: 32 hex digits (128 bits) of SHA-256."""
     digest = hashlib.sha256(type_name.encode() + b"\0" + key.encode())
