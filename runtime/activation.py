@@ -728,8 +728,8 @@ class _ProcessDied(Exception):
 
     def __init__(self, deaths: int) -> None:
         super().__init__(
-            f"the process died {deaths} time(s) while this message was running; it was "
-            "dead-lettered so that the actor can go on"
+            f"the process died at least {deaths} time(s) while this message was running; it "
+            "was dead-lettered so that the actor can go on"
         )
 
 

@@ -42,7 +42,9 @@ class Retry:
     max_delay: float = 30.0
     multiplier: float = 2.0
     jitter: float = 0.2
-    #: How many times the process may die while a message runs before it is dead-lettered.
+    #: How many process deaths while a message runs alone after a restart dead-letter it. The
+    #: death that made it suspect (in an ordinary batch) is not counted, so the process dies at
+    #: most ``max_crashes + 1`` times on one message.
     max_crashes: int = attrs.field(default=5)
 
     @max_attempts.validator

@@ -25,6 +25,9 @@ from runtime.layout import DIRECTORY_FILE, actor_dir, actor_id
 from runtime.mailbox import Mailbox
 from tests.agents import Counter
 
+#: Virtual seconds after which a test that waits on the engine fails instead of hanging.
+HANG_LIMIT = 3600
+
 # -- helpers ---------------------------------------------------------------------------------
 
 
@@ -161,22 +164,23 @@ async def test_insert_or_rollback_rolls_back_whole_turn_and_retries(root: Path) 
                 self.kv.get("culprit"),
             )
 
-    async with actors.open_runtime(root, types=[Inventory]) as rt:
-        ref = rt.ref(Inventory, "i")
-        await ref.send(Inventory.hold)
-        await entered.wait()
-        for i in range(5):
-            await ref.send(Inventory.add, i)
-        await ref.send(Inventory.culprit)
-        await ref.send(Inventory.add, 5)
-        gate.set()
-        await ref.ask(Inventory.add, 99)  # applied after the culprit was dead-lettered
-        assert await ref.ask(Inventory.state) == ([0, 1, 2, 3, 4, 5, 99], 1, None)
-        letters = await rt.dead_letters(ref)
-        assert [(d.method, d.attempts) for d in letters] == [("culprit", 2)]
-        assert "TransactionLostError" in letters[0].error_type
-        assert rt.statistics().retries >= 1
-        assert culprit_errors  # the later writes failed rather than autocommitting
+    with trio.fail_after(HANG_LIMIT):
+        async with actors.open_runtime(root, types=[Inventory]) as rt:
+            ref = rt.ref(Inventory, "i")
+            await ref.send(Inventory.hold)
+            await entered.wait()
+            for i in range(5):
+                await ref.send(Inventory.add, i)
+            await ref.send(Inventory.culprit)
+            await ref.send(Inventory.add, 5)
+            gate.set()
+            await ref.ask(Inventory.add, 99)  # applied after the culprit was dead-lettered
+            assert await ref.ask(Inventory.state) == ([0, 1, 2, 3, 4, 5, 99], 1, None)
+            letters = await rt.dead_letters(ref)
+            assert [(d.method, d.attempts) for d in letters] == [("culprit", 2)]
+            assert "TransactionLostError" in letters[0].error_type
+            assert rt.statistics().retries >= 1
+            assert culprit_errors  # the later writes failed rather than autocommitting
     # Durable, too: nothing of the culprit reached data.db.
     rows = query_all(root, "Inventory", "i", "data.db", "SELECT i FROM log ORDER BY rowid")
     assert [r[0] for r in rows] == [0, 1, 2, 3, 4, 5, 99]
@@ -232,17 +236,19 @@ async def test_idempotency_key_of_queued_message_survives_close(root: Path) -> N
             return int(self.kv.get("charged", 0))
 
     options: dict[str, Any] = {"types": [Pay], "idempotency_ttl": 0.0, "shutdown_grace": 1}
-    async with actors.open_runtime(root, **options) as rt:
-        ref = rt.ref(Pay, "p")
-        await ref.ask(Pay.charge, 1)  # something applied, so closing runs the cleanup
-        await ref.send(Pay.slow)
-        await entered.wait()
-        await ref.send(Pay.charge, 500, idempotency_key="order-1")  # queued behind slow
+    with trio.fail_after(HANG_LIMIT):
+        async with actors.open_runtime(root, **options) as rt:
+            ref = rt.ref(Pay, "p")
+            await ref.ask(Pay.charge, 1)  # something applied, so closing runs the cleanup
+            await ref.send(Pay.slow)
+            await entered.wait()
+            await ref.send(Pay.charge, 500, idempotency_key="order-1")  # queued behind slow
     blocking["on"] = False
-    async with actors.open_runtime(root, **options) as rt:
-        ref = rt.ref(Pay, "p")
-        await ref.ask(Pay.charge, 500, idempotency_key="order-1")  # the client's retry
-        assert await ref.ask(Pay.charged) == 501
+    with trio.fail_after(HANG_LIMIT):
+        async with actors.open_runtime(root, **options) as rt:
+            ref = rt.ref(Pay, "p")
+            await ref.ask(Pay.charge, 500, idempotency_key="order-1")  # the client's retry
+            assert await ref.ask(Pay.charged) == 501
 
 
 # -- 4. RuntimeClosedError from a handler -----------------------------------------------------
@@ -269,22 +275,24 @@ async def test_runtime_closed_error_in_handler_keeps_message_queued(root: Path) 
         async def runs(self) -> int:
             return int(self.kv.get("runs", 0))
 
-    async with actors.open_runtime(root, types=[Job]) as rt:
-        ref = rt.ref(Job, "j")
-        await ref.send(Job.run)
-        await entered.wait()
+    with trio.fail_after(HANG_LIMIT):
+        async with actors.open_runtime(root, types=[Job]) as rt:
+            ref = rt.ref(Job, "j")
+            await ref.send(Job.run)
+            await entered.wait()
     assert query_all(root, "Job", "j", "mailbox.db", "SELECT method, attempts FROM inbox") == [
         ("run", 0)
     ]
     assert query_all(root, "Job", "j", "mailbox.db", "SELECT seq FROM dead_letters") == []
     assert query_all(root, "Job", "j", "data.db", "SELECT key FROM _torpor_kv") == []
 
-    async with actors.open_runtime(root, types=[Job]) as rt:
-        ref = rt.ref(Job, "j")
-        await ref.ask(Job.run)  # queued behind the first one, which now succeeds
-        assert await ref.ask(Job.runs) == 2
-        assert await rt.dead_letters(ref) == []
-        assert rt.statistics().dead_letters == 0
+    with trio.fail_after(HANG_LIMIT):
+        async with actors.open_runtime(root, types=[Job]) as rt:
+            ref = rt.ref(Job, "j")
+            await ref.ask(Job.run)  # queued behind the first one, which now succeeds
+            assert await ref.ask(Job.runs) == 2
+            assert await rt.dead_letters(ref) == []
+            assert rt.statistics().dead_letters == 0
 
 
 async def test_runtime_closed_error_while_open_does_not_spin(root: Path) -> None:
@@ -357,7 +365,7 @@ async def test_shutdown_grace_cancels_a_stuck_turn(root: Path) -> None:
         async def written(self) -> int:
             return int(self.kv.get("written", 0))
 
-    with trio.fail_after(600):  # virtual seconds: a hang fails the test instead of blocking
+    with trio.fail_after(HANG_LIMIT):
         async with actors.open_runtime(root, types=[Hang], shutdown_grace=5) as rt:
             await rt.ref(Hang, "h").send(Hang.work)
             await entered.wait()
@@ -537,20 +545,21 @@ async def test_in_memory_queue_is_bounded(root: Path) -> None:
             return [row[0] for row in self.sql.execute("SELECT i FROM log ORDER BY rowid")]
 
     total = 3000
-    async with actors.open_runtime(root, types=[Slow]) as rt:
-        ref = rt.ref(Slow, "s")
-        await ref.send(Slow.work, 0)
-        await entered.wait()
-        activation = rt.awake[actor_id("Slow", "s")]
-        peak = 0
-        for i in range(1, total):
-            await ref.send(Slow.work, i)
-            peak = max(peak, len(activation.queue))
-        assert 0 < peak <= QUEUE_CAP
-        assert len(activation.queue) <= QUEUE_CAP
-        gate.set()
-        await ref.ask(Slow.work, total)
-        assert await ref.ask(Slow.log) == list(range(total + 1))
+    with trio.fail_after(HANG_LIMIT):
+        async with actors.open_runtime(root, types=[Slow]) as rt:
+            ref = rt.ref(Slow, "s")
+            await ref.send(Slow.work, 0)
+            await entered.wait()
+            activation = rt.awake[actor_id("Slow", "s")]
+            peak = 0
+            for i in range(1, total):
+                await ref.send(Slow.work, i)
+                peak = max(peak, len(activation.queue))
+            assert 0 < peak <= QUEUE_CAP
+            assert len(activation.queue) <= QUEUE_CAP
+            gate.set()
+            await ref.ask(Slow.work, total)
+            assert await ref.ask(Slow.log) == list(range(total + 1))
 
 
 # -- 10. attrs message types ------------------------------------------------------------------
@@ -666,18 +675,19 @@ async def test_task_outliving_handler_cannot_touch_state(root: Path) -> None:
             tables = self.sql.query("SELECT name FROM sqlite_schema WHERE name = 'late'")
             return sorted(self.kv), tables
 
-    async with trio.open_nursery() as nursery:
-        shared["nursery"] = nursery
-        async with actors.open_runtime(root, types=[Leaky]) as rt:
-            ref = rt.ref(Leaky, "l")
-            await ref.ask(Leaky.start)
-            await ref.send(Leaky.hold)  # a later turn is in progress while the task tries
-            await hold_entered.wait()
-            go.set()
-            await tried.wait()
-            hold_gate.set()
-            await ref.ask(Leaky.hold)
-            assert await ref.ask(Leaky.state) == (["held"], [])
+    with trio.fail_after(HANG_LIMIT):
+        async with trio.open_nursery() as nursery:
+            shared["nursery"] = nursery
+            async with actors.open_runtime(root, types=[Leaky]) as rt:
+                ref = rt.ref(Leaky, "l")
+                await ref.ask(Leaky.start)
+                await ref.send(Leaky.hold)  # a later turn is in progress while the task tries
+                await hold_entered.wait()
+                go.set()
+                await tried.wait()
+                hold_gate.set()
+                await ref.ask(Leaky.hold)
+                assert await ref.ask(Leaky.state) == (["held"], [])
     assert len(outcomes) == 2
     for outcome in outcomes:
         assert isinstance(outcome, RuntimeError), outcome
