@@ -131,6 +131,7 @@ class Activation:
         self.open_error: BaseException | None = None
         self.closed = anyio.Event()  # set once the files are closed again
         self.waiting = False  # the loop waits for work
+        self.files_open = False
         self.queries = 0  # @query handlers running now
         self.wake_started: float | None = None
         self.wake_hint: float | None = None  # directory.db's wake_at for this actor, as written
@@ -187,6 +188,7 @@ class Activation:
         except BaseException:
             self.mailbox.close()
             raise
+        self.files_open = True
         self.applied_seq = self.loaded_upto = self.cleaned_upto = self.data.applied_seq
         last = db.scalar(self.mailbox.conn, "SELECT max(seq) FROM inbox")
         self.recovered_upto = int(last) if last is not None else 0
@@ -221,6 +223,7 @@ class Activation:
 
     def close_connections(self) -> None:
         """Close every connection (closing the last one to a WAL file checkpoints it)."""
+        self.files_open = False
         if self._reader is not None:
             self._reader.close()
         self.data.close()
@@ -367,10 +370,25 @@ class Activation:
                         await self.work.wait()
                 finally:
                     self.waiting = False
+                    self.runtime._busy(self)
                 continue
             await self._run_batch()
-        if self.hibernating and self.failed is None and self.spec.has_on_hibernate:
-            await self._hook("on_hibernate")
+        if self.hibernating and self.failed is None and self.gave_up is None:
+            if self.spec.has_on_hibernate:
+                await self._hook("on_hibernate")
+            if self.outbox_dirty:  # sends made by on_hibernate
+                await self._deliver_outbox()
+
+    def is_idle(self) -> bool:
+        """Waiting for work with nothing to do: the only state in which it may hibernate."""
+        return (
+            self.waiting
+            and not self.work.is_set()
+            and not self.queue
+            and not self.outbox_dirty
+            and self.queries == 0
+            and self.state is State.AWAKE
+        )
 
     def _fire_timers(self) -> None:
         """Turn every due timer into an outbox message to this actor, in one transaction with
@@ -384,6 +402,7 @@ class Activation:
         try:
             for name, method, payload, due_at, every, cron in data.timers(due_before=now):
                 data.add_outbox(self.spec.name, self.key, method, payload)
+                self.runtime.stats_timers_fired += 1
                 following = timers.due_again(due_at, now, every, cron)
                 if following is None:
                     data.delete_timer(name)
@@ -395,7 +414,6 @@ class Activation:
             raise
         self.outbox_dirty = True
         self.timers_changed = True
-        self.runtime.stats_timers_fired += 1
 
     def _rewrite_wake_hint(self) -> None:
         """After a commit that changed timers: the directory's hint becomes the exact next due."""

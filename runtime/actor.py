@@ -173,7 +173,8 @@ class Actor:
         """
 
     async def on_hibernate(self) -> None:
-        """Runs before the actor hibernates (idle, evicted, or the runtime closing).
+        """Runs before the actor hibernates (idle, evicted, or the runtime closing; within
+        ``shutdown_grace``).
 
         Its writes commit in a transaction of their own. It is not called after a crash, so
         never rely on it for durability: every turn is already durable when it commits.

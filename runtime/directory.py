@@ -150,8 +150,11 @@ class Directory:
         ).fetchall()
         return [(r[0], r[1], r[2], r[3], r[4]) for r in rows]
 
-    def clear_notice(self, aid: str) -> None:
-        self.conn.execute("UPDATE actors SET notice = NULL WHERE id = ?", (aid,))
+    def clear_notice(self, aid: str, notice: int) -> None:
+        """Mark notice number ``notice`` delivered (a newer one owed meanwhile stays)."""
+        self.conn.execute(
+            "UPDATE actors SET notice = NULL WHERE id = ? AND notice = ?", (aid, notice)
+        )
 
     def stopped_count(self) -> int:
         return int(db.scalar(self.conn, "SELECT count(*) FROM actors WHERE stopped IS NOT NULL"))

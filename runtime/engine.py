@@ -267,7 +267,8 @@ class Runtime:
         self.known_actors = 0
         self.stopped_actors = 0
         self.actors_with_timers = 0
-        self._room = anyio.Event()  # set when an awake slot frees
+        self._room = anyio.Event()  # set (and replaced) whenever an awake slot may have freed
+        self.resident = 0  # activations with open files (what max_awake bounds)
         self._poke = anyio.Event()  # wakes the supervisor
         self._supervisor_wakes_at = -math.inf  # when the sleeping supervisor wakes by itself
         self._subscribers: list[Any] = []
@@ -443,7 +444,6 @@ class Runtime:
                 sender_seq=None,
                 idempotency_key=idempotency_key,
             )
-            self.stats_sent += 1
             return None, 0
         if idempotency_key is None:
             seq = act.mailbox.append(name, payload)
@@ -497,7 +497,7 @@ class Runtime:
             return await self._query(act, spec, name, payload)
         finally:
             act.queries -= 1
-            if act.queries == 0 and act.waiting and act.state is State.AWAKE:
+            if act.queries == 0 and act.is_idle():
                 self._idle(act)
 
     async def _query(self, act: Activation, spec: TypeSpec, name: str, payload: bytes) -> Any:
@@ -522,18 +522,31 @@ class Runtime:
         self, spec: TypeSpec, key: str, method: str, payload: bytes, sender: str, sender_seq: int
     ) -> None:
         """Deliver one outbox row to its target's mailbox (deduplicated by sender cursor)."""
+        aid = actor_id(spec.name, key)
         if method == SPAWN:
             (init,) = self.codec.decode(payload)
-            aid = actor_id(spec.name, key)
             if self.directory.get(aid) is None:
                 self.directory.create(aid, spec.name, key, init, parent=sender)
                 self.known_actors += 1
-            await self._activate(spec, key)
-            return
-        try:
-            act = await self._activate(spec, key)
-        except ActorStoppedError:
+                self._wake_later(spec, key)
+            return  # an existing child (a redelivery, or stopped since) needs nothing
+        # A delivering actor is busy, so it must never wait for an awake slot: if the target
+        # is not awake and no slot is free now, append to its file and wake it later.
+        while True:
+            act = self.awake.get(aid)
+            if act is None or act.state is State.AWAKE:
+                break
+            if act.state is State.WAKING and not act.files_open:
+                break  # its files are not open yet: append to them directly
+            await act.closed.wait() if act.state is State.HIBERNATING else act.opened.wait()
+        if act is None and (self.resident < self.max_awake or self.idle):
+            try:
+                act = await self._activate(spec, key)
+            except ActorStoppedError:
+                act = None
+        if act is None or act.state is not State.AWAKE:
             self._store(spec, key, method, payload, sender=sender, sender_seq=sender_seq)
+            await anyio.lowlevel.checkpoint()
             return
         seq, appended = act.mailbox.append_deduplicated(
             method, payload, sender=sender, sender_seq=sender_seq, idempotency_key=None
@@ -578,8 +591,9 @@ class Runtime:
                 return act
             if act.state is State.WAKING:
                 await act.opened.wait()
-                if act.open_error is not None:
-                    raise act.open_error
+                error = act.open_error
+                if error is not None and not isinstance(error, anyio.get_cancelled_exc_class()):
+                    raise error  # (the opener's own cancellation is not ours: try again)
                 continue
             await act.closed.wait()  # hibernating: wake it again once it is closed
         self._check_open()
@@ -607,12 +621,13 @@ class Runtime:
             elif not entry.pending:
                 self.directory.mark_pending(aid, spec.name, key)
             act.open()
+            self.resident += 1
         except BaseException as exc:
             del self.awake[aid]
             act.open_error = exc
             act.opened.set()
             act.closed.set()
-            self._room.set()
+            self._room_changed()
             if not isinstance(exc, RuntimeClosedError):
                 self._transition(act, previous, Event.RESUME if resuming else Event.WAKE)
                 self._transition(act, State.WAKING, Event.OPEN_FAILED, repr(exc))
@@ -627,14 +642,21 @@ class Runtime:
         return act
 
     async def _make_room(self) -> None:
-        while len(self.awake) > self.max_awake:
+        """Return once an actor may open its files without exceeding ``max_awake``: hibernate
+        the least recently used idle actor, or wait until one becomes idle or closes."""
+        while self.resident >= self.max_awake:
             victim = next(iter(self.idle), None)
             if victim is not None:
                 await self._hibernate(self.awake[victim])
             else:
-                self._room = anyio.Event()
-                await self._room.wait()
-                self._check_open()
+                room = self._room
+                await room.wait()
+            self._check_open()
+
+    def _room_changed(self) -> None:
+        """Wake every task waiting for a slot; each re-checks (a broadcast, never lost)."""
+        self._room.set()
+        self._room = anyio.Event()
 
     async def _run_activation(self, act: Activation) -> None:
         """Run an actor's turn loop; when it ends (idle, closing, failed), close its files."""
@@ -650,6 +672,7 @@ class Runtime:
             except Exception as exc:
                 self._report(f"closing {act.spec.name} {act.key!r}: {exc!r}")
             finally:
+                self.resident -= 1
                 del self.awake[act.aid]
                 if act.gave_up is not None:
                     self._stop(act)
@@ -662,12 +685,17 @@ class Runtime:
                     self._transition(act, State.HIBERNATING, Event.CLOSED)
                     self.stats_hibernations += 1
                 act.closed.set()
-                self._room.set()
+                self._room_changed()
 
     def _stop(self, act: Activation) -> None:
         """Record that an actor exceeded its restart intensity, and owe its parent a notice."""
         reason = f"{type(act.gave_up).__qualname__}: {act.gave_up}"
-        self._transition(act, State.AWAKE, Event.GAVE_UP, reason)
+        self._transition(
+            act,
+            act.state if act.state is not State.HIBERNATING else State.AWAKE,
+            Event.GAVE_UP,
+            reason,
+        )
         self._report(f"{act.spec.name} {act.key!r} stopped: restart intensity exceeded ({reason})")
         entry = self.directory.get(act.aid)
         notice = time.time_ns() if entry is not None and entry.parent else None
@@ -702,7 +730,7 @@ class Runtime:
             except Exception as exc:
                 self._report(f"could not notify {parent.type} {parent.key!r}: {exc!r}")
                 continue
-            self.directory.clear_notice(child_id)
+            self.directory.clear_notice(child_id, notice)
 
     def _store(
         self,
@@ -715,33 +743,27 @@ class Runtime:
         sender_seq: int | None,
         idempotency_key: str | None = None,
     ) -> None:
-        """Append to an actor's mailbox without waking it (wakes it later if it is running)."""
-        aid = actor_id(spec.name, key)
-        act = self.awake.get(aid)
-        if act is not None and act.state is State.AWAKE:
-            seq, appended = act.mailbox.append_deduplicated(
-                method,
-                payload,
-                sender=sender,
-                sender_seq=sender_seq,
-                idempotency_key=idempotency_key,
-            )
-            if appended and seq is not None:
-                act.accept(_new_message(seq, sender, sender_seq, method, payload, idempotency_key))
-            return
+        """Append to the mailbox of an actor whose files are not open (hibernated, stopped, or
+        waiting for a slot), then have it woken later unless it is stopped. Sync: nothing can
+        open its files meanwhile."""
         from .layout import MAILBOX_FILE, actor_dir
         from .mailbox import Mailbox
 
+        aid = actor_id(spec.name, key)
         folder = actor_dir(self.root, aid)
         folder.mkdir(parents=True, exist_ok=True)
         entry = self.directory.get(aid)
+        if entry is None:
+            if spec.requires_create_arguments():
+                raise _not_found(spec, key)
+            self.known_actors += 1
         if entry is None or not entry.pending:
             self.directory.mark_pending(aid, spec.name, key)
         mailbox = Mailbox(
             folder / MAILBOX_FILE, synchronous=self.synchronous, type_name=spec.name, key=key
         )
         try:
-            mailbox.append_deduplicated(
+            _, appended = mailbox.append_deduplicated(
                 method,
                 payload,
                 sender=sender,
@@ -750,7 +772,13 @@ class Runtime:
             )
         finally:
             mailbox.close()
-        if entry is not None and entry.stopped is None and self._task_group is not None:
+        if appended:
+            self.stats_sent += 1
+        if (entry is None or entry.stopped is None) and aid not in self.awake:
+            self._wake_later(spec, key)
+
+    def _wake_later(self, spec: TypeSpec, key: str) -> None:
+        if self._task_group is not None and not self.closing.is_set():
             self._task_group.start_soon(self._wake_quietly, spec, key)
 
     async def _wake_quietly(self, spec: TypeSpec, key: str) -> None:
@@ -773,12 +801,16 @@ class Runtime:
 
     async def _hibernate(self, act: Activation) -> None:
         """Hibernate an idle awake actor and wait until its files are closed."""
+        self._begin_hibernation(act)
+        await act.closed.wait()
+
+    def _begin_hibernation(self, act: Activation) -> None:
+        """Tell an idle awake actor's loop to run on_hibernate and end; do not wait for it."""
         if act.state is State.AWAKE and act.aid in self.idle:
             self.idle.pop(act.aid)
             self._transition(act, State.AWAKE, Event.IDLE)
             act.hibernating = act.closing = True
             act.work.set()
-        await act.closed.wait()
 
     def _idle(self, act: Activation) -> None:
         now = anyio.current_time()
@@ -786,7 +818,7 @@ class Runtime:
         self.idle.move_to_end(act.aid)
         if now + self.idle_timeout < self._supervisor_wakes_at:
             self._poke.set()  # the supervisor sleeps past this actor's deadline: wake it
-        self._room.set()  # a caller waiting for an awake slot may now evict this one
+        self._room_changed()  # a caller waiting for an awake slot may now evict this one
 
     def _busy(self, act: Activation) -> None:
         self.idle.pop(act.aid, None)
@@ -800,8 +832,7 @@ class Runtime:
                 aid, since = next(iter(self.idle.items()))
                 if since + self.idle_timeout > now:
                     break
-                await self._hibernate(self.awake[aid])
-                now = anyio.current_time()
+                self._begin_hibernation(self.awake[aid])
             if self.next_wake_at is not None and self.clock() >= self.next_wake_at:
                 await self._wake_due()
             deadline = math.inf
@@ -828,8 +859,13 @@ class Runtime:
                 act = await self._activate(spec, key)
             except RuntimeClosedError:
                 return
+            except ActorStoppedError:
+                continue  # its timers wait for resume
             except Exception as exc:
                 self._report(f"could not wake {type_name} {key!r} for a timer: {exc!r}")
+                retry = now + TIMER_WAKE_RETRY
+                if self.next_wake_at is None or retry < self.next_wake_at:
+                    self.next_wake_at = retry
                 continue
             act.timers_due = True
             act.work.set()
@@ -1010,9 +1046,9 @@ class Runtime:
         (they roll back, and run again at the next open)."""
         self.closing.set()
         for act in list(self.awake.values()):
-            act.closing = True
+            act.closing = act.hibernating = True
             act.work.set()
-        self._room.set()
+        self._room_changed()
         with anyio.move_on_after(self.shutdown_grace):
             for act in list(self.awake.values()):
                 await act.closed.wait()
@@ -1107,6 +1143,9 @@ async def open_runtime(
     if body_error is not None:
         raise body_error
 
+
+#: Seconds before a timer wake-up that failed (a file briefly unopenable) is tried again.
+TIMER_WAKE_RETRY = 1.0
 
 #: The outbox method name of a child's creation (never a handler name: those cannot start
 #: with an underscore).

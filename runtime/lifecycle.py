@@ -15,8 +15,7 @@
 - **failed**: it cannot run (``on_create`` kept failing, a file is corrupt, an internal error).
   Its messages are kept; the next wake (a new message, a restart) tries again.
 - **stopped**: it failed more often than its restart intensity allows. Messages are kept but
-  nothing runs until ``Runtime.resume``. Persisted: a restart does not undo it. (Restart
-  intensity is not enforced yet: no actor reaches this state in this version.)
+  nothing runs until ``Runtime.resume``. Persisted: a restart does not undo it.
 
 The docs' diagram is generated from :data:`TRANSITIONS` (``mermaid()``).
 """
