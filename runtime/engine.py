@@ -538,7 +538,20 @@ class Runtime:
                 break
             if act.state is State.WAKING and not act.files_open:
                 break  # its files are not open yet: append to them directly
-            await act.closed.wait() if act.state is State.HIBERNATING else act.opened.wait()
+            if act.state is State.HIBERNATING and act.files_open:
+                # Closing (on_hibernate may be sending this very message, to itself or to an
+                # actor that is sending to it): append through its open mailbox, keep it
+                # pending, and wake it again once closed. Never wait for the close here.
+                seq, appended = act.mailbox.append_deduplicated(
+                    method, payload, sender=sender, sender_seq=sender_seq, idempotency_key=None
+                )
+                if appended:
+                    self.stats_sent += 1
+                    act.backlog = True
+                    self._wake_later(spec, key)
+                await anyio.lowlevel.checkpoint()
+                return
+            await act.opened.wait()
         if act is None and (self.resident < self.max_awake or self.idle):
             try:
                 act = await self._activate(spec, key)
