@@ -1,0 +1,628 @@
+"""Crash harness for timers under hibernation churn: DESIGN §7 invariant 4, and 1-2 beside it.
+
+The child program is ``tests/crash_timers_workload.py``. Three senders send acknowledged,
+idempotent messages to ten actors that run with ``idle_timeout=0.05`` and ``max_awake=3``, so
+that they hibernate and wake constantly. Each message's turn sets zero to three one-shot timers
+due up to three seconds of real time later, and sometimes an interval timer, and records in the
+same transaction each timer's requested due time (``time.time() + after`` read before
+``self.schedule``) and the due time the engine stored. Every ring logs ``(name, time.time())``
+in the actor's own table, which has no unique constraint. The parent SIGKILLs the child at
+random instants (while it starts, opens and recovers, sends, or waits for its timers), restarts
+it where each sender's acknowledgements stopped, and finally lets one run finish: it waits until
+every recorded timer has rung. Then it reads every actor's logs and checks:
+
+1. every acknowledged send is applied, exactly once, and each sender's messages in order;
+2. every timer recorded by a committed turn rang at least once, and no ring came before the
+   timer's due time (no slack: both sides read ``time.time()`` on this machine); an interval
+   timer's first ring is not before its first due time;
+3. no timer rang that no committed turn set, and no timer is left scheduled that should be gone.
+
+Repeated rings are allowed (at-least-once) and only counted. The seed is fixed and printed on
+failure; set ``TORPOR_CRASH_SEED`` to try another one. Timing is not deterministic, so a seed
+reproduces the kill schedule, not the exact kill instants.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+
+from tests import crash_timers_workload as workload
+
+WORKLOAD = Path(__file__).resolve().parent / "crash_timers_workload.py"
+REPO = WORKLOAD.parent.parent
+DEFAULT_SEED = 20_261_124
+DEFAULT_KILLS = 30
+#: A run that is not killed must print DONE and exit within this many seconds.
+RUN_TIMEOUT = 45.0
+#: Waiting for a killed child to be reaped and its stdout to reach end of file.
+REAP_TIMEOUT = 10.0
+#: A timer due while a runtime was up, this long before it was killed, and first rung this
+#: much after its due time, is reported as late (not a violation: only "never early" and "at
+#: least once" are promised).
+LATE = 1.0
+
+
+@attrs.define
+class Run:
+    """What one child run did, for the failure message and the lateness report."""
+
+    number: int
+    mode: str
+    end: int
+    starts: list[int]
+    acks: int = 0
+    ready: bool = False
+    done: bool = False
+    killed: bool = False
+    returncode: int | None = None
+    seconds: float = 0.0
+    phase: str = ""  # where the kill landed: startup, opening, sending, waiting, closing
+    opened_at: float | None = None  # monotonic time of OPEN
+    open_to_ready: float | None = None  # seconds from OPEN to READY
+    up_from: float | None = None  # wall time of READY
+    up_to: float | None = None  # wall time of the kill or the exit
+
+    def __str__(self) -> str:
+        fate = f"killed while {self.phase}" if self.killed else f"exit {self.returncode}"
+        return (
+            f"run {self.number}: mode={self.mode} end={self.end} starts={self.starts} "
+            f"ready={self.ready} acks={self.acks} done={self.done} {fate} {self.seconds:.2f}s"
+        )
+
+
+@attrs.define
+class Model:
+    """The parent's plain-Python model: what was acknowledged, and by which run."""
+
+    end: int = 0
+    acked: list[int] = attrs.Factory(lambda: [0] * workload.SENDERS)
+    acked_in: dict[tuple[int, int], int] = attrs.Factory(dict)
+
+
+class Child:
+    """One child process; its stdout lines arrive on a queue from a reader thread."""
+
+    def __init__(self, args: list[str], stderr_path: Path) -> None:
+        self.stderr_path = stderr_path
+        self._stderr = stderr_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, str(WORKLOAD), *args],
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            stdin=subprocess.DEVNULL,
+            cwd=REPO,
+        )
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            if raw.endswith(b"\n"):  # a line cut by the kill was never printed whole: drop it
+                self.lines.put(raw.decode().rstrip("\n"))
+        self.lines.put(None)
+
+    def kill(self) -> bool:
+        """SIGKILL the child if it has not exited; True if the kill landed on a live process."""
+        if self.proc.poll() is not None:
+            return False
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=REAP_TIMEOUT)
+        return self.proc.returncode == -signal.SIGKILL
+
+    def finish(self) -> None:
+        """Reap the child (killing it if still alive) and close its pipes; always safe."""
+        try:
+            if self.proc.poll() is None:
+                os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=REAP_TIMEOUT)
+            self._reader.join(timeout=REAP_TIMEOUT)
+        finally:
+            assert self.proc.stdout is not None
+            self.proc.stdout.close()
+            self._stderr.close()
+
+    def stderr_text(self) -> str:
+        return self.stderr_path.read_text(errors="replace")[-4000:]
+
+
+def plan_kill(rng: random.Random, history: list[Run]) -> tuple[str, float | int | None]:
+    """Pick when to kill the next run: a mode and its parameter."""
+    roll = rng.random()
+    if roll < 0.05:
+        return "startup", rng.uniform(0.05, 0.3)  # seconds after spawn: mostly imports
+    if roll < 0.15:
+        # Seconds after OPEN: opening the files, the recovery scan, the overdue timers.
+        seen = sorted(r.open_to_ready for r in history[-10:] if r.open_to_ready is not None)
+        typical = seen[len(seen) // 2] if seen else 0.01
+        return "open", rng.uniform(0.0, typical * 1.5)
+    if roll < 0.3:
+        return "ready", rng.uniform(0.0, 0.05)  # recovery, overdue timers, first wake-ups
+    if roll < 0.65:
+        return "ready", rng.uniform(0.0, 1.2)  # sending, timers firing, hibernation churn
+    if roll < 0.85:
+        return "acks", rng.randint(1, 120)  # after this many ACK lines
+    return "ready", rng.uniform(1.0, 2.5)  # often after the sends: only timers and churn
+
+
+def run_child(
+    tmp: Path, root: Path, model: Model, number: int, plan: tuple[str, Any], history: list[Run]
+) -> Run:
+    """Start one ``run`` child, kill it per ``plan`` (mode "final": never); update the model."""
+    mode, param = plan
+    starts = [a + 1 for a in model.acked]
+    run = Run(number, mode, model.end, starts)
+    history.append(run)
+    child = Child(
+        ["run", str(root), str(model.end), *map(str, starts)], tmp / f"stderr-{number}.txt"
+    )
+    began = time.monotonic()
+    kill_at = began + param if mode == "startup" else None
+    limit = began + RUN_TIMEOUT
+    pending = {s for s in range(workload.SENDERS) if model.acked[s] < model.end}
+
+    def kill() -> None:
+        if run.done:
+            run.phase = "closing"
+        elif run.ready:
+            run.phase = "sending" if pending else "waiting"
+        else:
+            run.phase = "startup" if run.opened_at is None else "opening"
+        run.killed = child.kill()
+
+    try:
+        while True:
+            now = time.monotonic()
+            if kill_at is not None and now >= kill_at and not run.killed:
+                kill()
+                kill_at = None
+            if now >= limit:
+                raise AssertionError(
+                    f"child run {number} did not finish in {RUN_TIMEOUT}s (hung?); stderr:\n"
+                    f"{child.stderr_text()}"
+                )
+            wait = limit - now if kill_at is None else max(0.0, kill_at - now)
+            try:
+                line = child.lines.get(timeout=min(wait, 1.0))
+            except queue.Empty:
+                continue
+            if line is None:
+                break
+            now = time.monotonic()
+            if line == "OPEN":
+                run.opened_at = now
+                if mode == "open":
+                    kill_at = now + param
+            elif line == "READY":
+                run.ready = True
+                run.up_from = time.time()
+                if run.opened_at is not None:
+                    run.open_to_ready = now - run.opened_at
+                if mode == "ready":
+                    kill_at = now + param
+            elif line.startswith("ACK "):
+                _, s_text, i_text = line.split()
+                s, i = int(s_text), int(i_text)
+                assert i == model.acked[s] + 1, f"harness: ACK {s} {i} after {model.acked[s]}"
+                model.acked[s] = i
+                model.acked_in[(s, i)] = number
+                run.acks += 1
+                if i >= model.end:
+                    pending.discard(s)
+                if mode == "acks" and run.acks == param and not run.killed:
+                    kill()
+            elif line == "DONE":
+                run.done = True
+            else:
+                raise AssertionError(f"child run {number} printed {line!r}")
+        child.proc.wait(timeout=REAP_TIMEOUT)
+    finally:
+        run.up_to = time.time()
+        child.finish()
+    run.returncode = child.proc.returncode
+    run.seconds = time.monotonic() - began
+    if not run.killed and (run.returncode != 0 or not run.done):
+        raise AssertionError(
+            f"child run {number} exited {run.returncode} without being killed "
+            f"(done={run.done}); stderr:\n{child.stderr_text()}"
+        )
+    return run
+
+
+def read_state(tmp: Path, root: Path) -> dict[str, Any]:
+    child = Child(["verify", str(root)], tmp / "stderr-verify.txt")
+    lines = []
+    try:
+        deadline = time.monotonic() + RUN_TIMEOUT
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"verify did not finish in {RUN_TIMEOUT}s")
+            try:
+                line = child.lines.get(timeout=min(remaining, 1.0))
+            except queue.Empty:
+                continue
+            if line is None:
+                break
+            lines.append(line)
+        child.proc.wait(timeout=REAP_TIMEOUT)
+    finally:
+        child.finish()
+    states = [line[len("STATE ") :] for line in lines if line.startswith("STATE ")]
+    assert child.proc.returncode == 0 and len(states) == 1, (
+        f"verify exited {child.proc.returncode}; stdout {lines[:3]!r}; stderr:\n"
+        f"{child.stderr_text()}"
+    )
+    state: dict[str, Any] = json.loads(states[0])
+    return state
+
+
+@attrs.define
+class Findings:
+    """What the checker found: violations, and counts that are allowed but worth reporting."""
+
+    errors: list[str] = attrs.Factory(list)
+    one_shots: int = 0
+    intervals: int = 0
+    rings: int = 0
+    rang_twice: int = 0  # one-shots rung more than once (allowed: at-least-once)
+    extra_interval_rings: int = 0  # interval rings beyond INTERVAL_RINGS (after the cancel)
+    lateness: list[float] = attrs.Factory(list)  # first ring minus due, one-shots
+    late_while_up: list[str] = attrs.Factory(list)
+    wakes: int = 0
+
+    def summary(self) -> str:
+        ordered = sorted(self.lateness)
+
+        def q(p: float) -> str:
+            return (
+                f"{ordered[min(len(ordered) - 1, int(p * len(ordered)))]:.3f}s" if ordered else "-"
+            )
+
+        return (
+            f"{self.one_shots} one-shot and {self.intervals} interval timers, {self.rings} rings, "
+            f"{self.rang_twice} one-shots rang more than once, {self.extra_interval_rings} "
+            f"interval rings after the cancelling one; lateness p50 {q(0.5)} p99 {q(0.99)} "
+            f"max {q(1.0)}; {len(self.late_while_up)} rang over {LATE}s late although due "
+            f"while a runtime was up; {self.wakes} on_wake calls"
+        )
+
+
+def check_state(state: dict[str, Any], model: Model, runs: list[Run]) -> Findings:
+    """Compare the actors' logs with the model; every violation found goes to ``errors``."""
+    found = Findings()
+    errors = found.errors
+    where: dict[tuple[int, int], list[str]] = {}
+    windows = [(r.up_from, r.up_to) for r in runs if r.up_from is not None and r.up_to is not None]
+    for a in range(workload.ACTORS):
+        key = workload.actor_key(a)
+        log = state["actors"].get(key)
+        if log is None:
+            errors.append(f"actor {key} missing from the state")
+            continue
+        found.wakes += log["wakes"]
+        applied = log["applied"]
+        if log["n"] != len(applied):
+            errors.append(f"{key}: kv counter n={log['n']} but {len(applied)} applied rows")
+        last: dict[int, int] = {}
+        for _, s, i in applied:
+            where.setdefault((s, i), []).append(key)
+            if not (0 <= s < workload.SENDERS and 1 <= i <= model.end):
+                errors.append(f"{key}: applied unknown message ({s}, {i})")
+                continue
+            if workload.plan(s, i)[0] != a:
+                errors.append(f"{key}: applied ({s}, {i}), which was sent to another actor")
+            if s in last and i < last[s]:
+                errors.append(f"invariant 3 (order): {key} applied ({s}, {i}) after {last[s]}")
+            last[s] = max(i, last.get(s, 0))
+        errors.extend(_check_timers(key, log, windows, found))
+    for s in range(workload.SENDERS):
+        for i in range(1, model.end + 1):
+            at = where.get((s, i), [])
+            if len(at) > 1:
+                errors.append(f"invariant 2 (exactly once): ({s}, {i}) applied {len(at)} times")
+            elif not at:
+                run = model.acked_in.get((s, i))
+                if run is None:
+                    errors.append(f"({s}, {i}) was never acknowledged nor applied (harness?)")
+                else:
+                    errors.append(
+                        f"invariant 1 (no loss): ({s}, {i}) acknowledged in run {run} but never "
+                        "applied"
+                    )
+        if model.acked[s] != model.end:
+            errors.append(f"sender {s} ended at ACK {model.acked[s]}, not {model.end}")
+    for key, letters in state["dead_letters"].items():
+        if letters:
+            errors.append(f"{key} has {len(letters)} dead letters: {letters[:3]}")
+    if state["reports"]:
+        errors.append(f"runtime reports: {state['reports'][:3]}")
+    errors.sort(key=lambda e: not e.startswith("invariant"))
+    return found
+
+
+def _check_timers(
+    key: str, log: dict[str, Any], windows: list[tuple[float, float]], found: Findings
+) -> list[str]:
+    errors: list[str] = []
+    armed: dict[str, list[Any]] = {}
+    by_message: dict[tuple[int, int], list[list[Any]]] = {}
+    for row in log["armed"]:
+        name, s, i, after, every, requested, stored = row
+        if name in armed:
+            errors.append(f"invariant 2 (exactly once): {key} armed timer {name} twice")
+        armed[name] = row
+        by_message.setdefault((s, i), []).append([name, after, every])
+        if stored < requested:
+            errors.append(
+                f"invariant 4 (never early): {key} timer {name} stored due {stored:.6f}, "
+                f"{requested - stored:.6f}s before the requested {requested:.6f}"
+            )
+    applied = {(s, i) for _, s, i in log["applied"]}
+    for message in applied | set(by_message):
+        expected = workload.plan(*message)[1] if message in applied else []
+        if by_message.get(message, []) != expected:
+            errors.append(
+                f"{key}: message {message} recorded timers {by_message.get(message, [])}, "
+                f"expected {expected} (applied: {message in applied})"
+            )
+    rings: dict[str, list[float]] = {}
+    for name, at in log["rings"]:
+        rings.setdefault(name, []).append(at)
+        found.rings += 1
+    for name in sorted(set(rings) - set(armed)):
+        errors.append(
+            f"invariant 4: {key} timer {name} rang {len(rings[name])} time(s) but no committed "
+            "turn set it"
+        )
+    for name, (_, s, i, _after, every, requested, stored) in armed.items():
+        due = max(requested, stored)
+        times = rings.get(name, [])
+        if every is None:
+            found.one_shots += 1
+        else:
+            found.intervals += 1
+        if not times:
+            errors.append(
+                f"invariant 4 (at least once): {key} timer {name} (message ({s}, {i}), due "
+                f"{due:.3f}) never rang"
+            )
+            continue
+        early = [t for t in times if t < due]
+        if early:
+            errors.append(
+                f"invariant 4 (never early): {key} timer {name} rang at {min(early):.6f}, "
+                f"{due - min(early):.6f}s before its due time {due:.6f} ({len(early)} early "
+                f"ring(s) of {len(times)})"
+            )
+        if every is None:
+            found.rang_twice += len(times) > 1
+            first = min(times)
+            found.lateness.append(first - due)
+            up = any(start <= due <= stop - LATE for start, stop in windows)
+            if up and first - due > LATE:
+                found.late_while_up.append(f"{key} {name}: {first - due:.2f}s")
+        else:
+            if len(times) < workload.INTERVAL_RINGS:
+                errors.append(
+                    f"{key} interval timer {name} rang {len(times)} times, fewer than "
+                    f"{workload.INTERVAL_RINGS}"
+                )
+            found.extra_interval_rings += max(0, len(times) - workload.INTERVAL_RINGS)
+    for name, next_at, _every in log["schedules"]:
+        errors.append(
+            f"{key} timer {name} is still scheduled (next at {next_at:.3f}) after it rang "
+            f"{len(rings.get(name, []))} time(s) (armed: {name in armed})"
+        )
+    return errors
+
+
+def crash_and_check(tmp: Path, kills: int, seed: int) -> str:
+    """Run the workload until ``kills`` SIGKILLs landed, then once more to completion, and check.
+
+    Returns a one-line summary. Raises AssertionError with the seed on any violation.
+    """
+    rng = random.Random(seed)
+    root = tmp / "rt"
+    model = Model()
+    history: list[Run] = []
+    landed = 0
+    number = 0
+    began = time.monotonic()
+
+    def context() -> str:
+        recent = "\n".join(str(r) for r in history[-8:])
+        return (
+            f"seed={seed} (TORPOR_CRASH_SEED), kills={landed}, runs={number}, end={model.end}, "
+            f"runtime dir {root}\nlast runs:\n{recent}"
+        )
+
+    try:
+        while landed < kills:
+            number += 1
+            if rng.random() < 0.8 or model.end == 0:
+                model.end = max(model.end, max(model.acked) + rng.randint(10, 50))
+            run = run_child(tmp, root, model, number, plan_kill(rng, history), history)
+            landed += run.killed
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{context()}") from None
+    errors = []
+    number += 1
+    try:
+        run_child(tmp, root, model, number, ("final", None), history)
+    except AssertionError as exc:
+        errors.append(f"the final, unkilled run failed: {exc}")
+    found = Findings()
+    try:
+        found = check_state(read_state(tmp, root), model, history)
+        errors.extend(found.errors)
+    except AssertionError as exc:
+        errors.append(str(exc))
+    if errors:
+        raise AssertionError(
+            f"{len(errors)} failure(s):\n" + "\n".join(errors[:30]) + f"\n{found.summary()}\n"
+            f"{context()}"
+        )
+    assert landed >= kills
+    phases: dict[str, int] = {}
+    for r in history:
+        if r.killed:
+            phases[r.phase] = phases.get(r.phase, 0) + 1
+    late = f" (late: {found.late_while_up[:5]})" if found.late_while_up else ""
+    return (
+        f"seed {seed}: {landed} kills {phases} in {number} runs, "
+        f"{model.end * workload.SENDERS} messages, {found.summary()}{late}; "
+        f"{time.monotonic() - began:.1f}s"
+    )
+
+
+def _seed() -> int:
+    return int(os.environ.get("TORPOR_CRASH_SEED", DEFAULT_SEED))
+
+
+def _children_of_this_process() -> list[int]:
+    """PIDs of live (or unreaped) processes whose parent is this test process."""
+    me = os.getpid()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == me:
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture
+def no_orphans() -> Iterator[None]:
+    before = set(_children_of_this_process())
+    yield
+    left = set(_children_of_this_process()) - before
+    assert not left, f"child processes left behind: {sorted(left)}"
+
+
+def test_crash_kills_never_lose_or_hasten_a_timer(
+    tmp_path: Path, request: pytest.FixtureRequest, no_orphans: None
+) -> None:
+    """SIGKILLs amid timers and hibernation churn: every timer rings, never early; sends hold."""
+    kills = request.config.getoption("--crash-kills") or DEFAULT_KILLS
+    print(crash_and_check(tmp_path, kills, _seed()))
+
+
+@pytest.mark.slow
+def test_crash_timers_200_kills(tmp_path: Path, no_orphans: None) -> None:
+    """Two hundred SIGKILLs in a row leave no timer lost or early, no send lost or doubled."""
+    print(crash_and_check(tmp_path, 200, _seed() + 1))
+
+
+def _clean_state(model: Model, base: float = 1_800_000_000.0) -> dict[str, Any]:
+    """A state that satisfies every check for ``model`` (for testing the checker)."""
+    actors: dict[str, dict[str, Any]] = {
+        workload.actor_key(a): {
+            "n": 0,
+            "wakes": 1,
+            "applied": [],
+            "armed": [],
+            "rings": [],
+            "schedules": [],
+        }
+        for a in range(workload.ACTORS)
+    }
+    for i in range(1, model.end + 1):
+        for s in range(workload.SENDERS):
+            a, timers = workload.plan(s, i)
+            log = actors[workload.actor_key(a)]
+            log["n"] += 1
+            log["applied"].append([log["n"], s, i])
+            for name, after, every in timers:
+                due = base + (after if every is None else every)
+                log["armed"].append([name, s, i, after, every, due - 1e-6, due])
+                for k in range(1 if every is None else workload.INTERVAL_RINGS):
+                    log["rings"].append([name, due + 0.001 + k * (every or 0)])
+    return {
+        "actors": actors,
+        "dead_letters": {key: [] for key in actors},
+        "reports": [],
+    }
+
+
+def test_checker_catches_timer_violations() -> None:
+    """The checker reports an early, a lost, a phantom and a stuck timer, and bad messages."""
+    model = Model(end=30, acked=[30] * workload.SENDERS)
+    model.acked_in = {(s, i): 1 for s in range(workload.SENDERS) for i in range(1, 31)}
+    clean = _clean_state(model)
+    assert check_state(clean, model, []).errors == []
+
+    def with_ring_of(state: dict[str, Any], every: bool) -> tuple[dict[str, Any], str, Any]:
+        for key, log in state["actors"].items():
+            for row in log["armed"]:
+                if (row[4] is not None) == every:
+                    return log, key, row
+        raise AssertionError("no such timer in the clean state")
+
+    early = _clean_state(model)
+    log, _, row = with_ring_of(early, every=False)
+    ring = next(r for r in log["rings"] if r[0] == row[0])
+    ring[1] = row[6] - 0.0005  # half a millisecond before the stored due time
+    assert any("invariant 4 (never early)" in e for e in check_state(early, model, []).errors)
+
+    early_interval = _clean_state(model)
+    log, _, row = with_ring_of(early_interval, every=True)
+    next(r for r in log["rings"] if r[0] == row[0])[1] = row[5] - 0.01
+    assert any(
+        "invariant 4 (never early)" in e for e in check_state(early_interval, model, []).errors
+    )
+
+    lost = _clean_state(model)
+    log, _, row = with_ring_of(lost, every=False)
+    log["rings"] = [r for r in log["rings"] if r[0] != row[0]]
+    assert any("invariant 4 (at least once)" in e for e in check_state(lost, model, []).errors)
+
+    phantom = _clean_state(model)
+    log, _, _ = with_ring_of(phantom, every=False)
+    log["rings"].append(["t9.9.9", 1_800_000_001.0])
+    assert any("no committed turn set it" in e for e in check_state(phantom, model, []).errors)
+
+    stuck = _clean_state(model)
+    log, _, row = with_ring_of(stuck, every=True)
+    log["schedules"].append([row[0], row[6] + 10, row[4]])
+    assert any("still scheduled" in e for e in check_state(stuck, model, []).errors)
+
+    twice = _clean_state(model)
+    log, _, row = with_ring_of(twice, every=False)
+    log["rings"].append([row[0], row[6] + 0.5])
+    found = check_state(twice, model, [])
+    assert found.errors == [] and found.rang_twice == 1
+
+    applied_twice = _clean_state(model)
+    log, _, row = with_ring_of(applied_twice, every=False)
+    s, i = row[1], row[2]
+    log["applied"].append([len(log["applied"]) + 1, s, i])
+    log["n"] += 1
+    log["armed"].extend(r for r in list(log["armed"]) if (r[1], r[2]) == (s, i))
+    assert any("invariant 2" in e for e in check_state(applied_twice, model, []).errors)
+
+    message_lost = _clean_state(model)
+    log, _, row = with_ring_of(message_lost, every=False)
+    s, i = row[1], row[2]
+    log["applied"] = [r for r in log["applied"] if (r[1], r[2]) != (s, i)]
+    log["n"] = len(log["applied"])
+    assert any("invariant 1" in e for e in check_state(message_lost, model, []).errors)
