@@ -27,15 +27,17 @@ Lines on stdout: ``OPEN``, ``READY``, ``ACK s i``, ``DONE``, ``STATE ...``.
 
 from __future__ import annotations
 
-import json
 import random
 import sys
 import time
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import trio
 
 import actors
+from tests import crash_child
+from tests.crash_child import emit
 
 #: Sender tasks and timer actors of the workload.
 SENDERS = 3
@@ -151,12 +153,7 @@ class Timed(actors.Actor, name="crash_timed"):
         }
 
 
-def emit(line: str) -> None:
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
-
-
-def open_runtime(root: str) -> Any:
+def open_runtime(root: str) -> AbstractAsyncContextManager[actors.Runtime]:
     return actors.open_runtime(root, types=[Timed], idle_timeout=IDLE_TIMEOUT, max_awake=MAX_AWAKE)
 
 
@@ -190,61 +187,39 @@ async def wait_for_rings(refs: list[actors.Ref[Timed]], progress: list[str]) -> 
         await trio.sleep(0.1)
 
 
-async def run(root: str, end: int, starts: list[int]) -> int:
-    emit("OPEN")
-    async with open_runtime(root) as rt:
-        emit("READY")
-        async with trio.open_nursery() as nursery:
-            for sender, start in enumerate(starts):
-                nursery.start_soon(sender_task, rt, sender, start, end)
-        refs = [rt.ref(Timed, actor_key(a)) for a in range(ACTORS)]
-        progress: list[str] = []
-        with trio.move_on_after(DRAIN_TIMEOUT) as scope:
-            for ref in refs:
-                progress[:] = [f"waiting for {ref.key}.sync"]
-                await ref.ask(Timed.sync)
-        if scope.cancelled_caught:
-            print(f"drain timed out: {progress}; reports: {list(rt.reports)}", file=sys.stderr)
-            return 3
-        if not await wait_for_rings(refs, progress):
-            print(f"timers still pending: {progress}; reports: {list(rt.reports)}", file=sys.stderr)
-            return 3
-        print(f"statistics: {rt.statistics()}", file=sys.stderr)
-        for report in rt.reports:
-            print(f"report: {report}", file=sys.stderr)
-        emit("DONE")
-    return 0
+async def settle(rt: actors.Runtime) -> bool:
+    refs = [rt.ref(Timed, actor_key(a)) for a in range(ACTORS)]
+    progress: list[str] = []
+    with trio.move_on_after(DRAIN_TIMEOUT) as scope:
+        await crash_child.sync_all(refs, Timed.sync, progress)
+    if scope.cancelled_caught:
+        print(f"drain timed out: {progress}; reports: {list(rt.reports)}", file=sys.stderr)
+        return False
+    if not await wait_for_rings(refs, progress):
+        print(f"timers still pending: {progress}; reports: {list(rt.reports)}", file=sys.stderr)
+        return False
+    print(f"statistics: {rt.statistics()}", file=sys.stderr)
+    return True
 
 
-async def verify(root: str) -> int:
-    async with open_runtime(root) as rt:
-        refs = [rt.ref(Timed, actor_key(a)) for a in range(ACTORS)]
-        state = {
-            "actors": {ref.key: await ref.ask(Timed.dump) for ref in refs},
-            "dead_letters": {
-                ref.key: [
-                    f"{d.method}{d.args}: {d.error_type}: {d.error_message}"
-                    for d in await rt.dead_letters(ref)
-                ]
-                for ref in refs
-            },
-            "reports": list(rt.reports),
-        }
-        emit("STATE " + json.dumps(state))
-    return 0
+async def collect(rt: actors.Runtime) -> dict[str, Any]:
+    refs = [rt.ref(Timed, actor_key(a)) for a in range(ACTORS)]
+    return {
+        "actors": {ref.key: await ref.ask(Timed.dump) for ref in refs},
+        "dead_letters": await crash_child.dead_letters(rt, refs),
+        "reports": list(rt.reports),
+    }
 
 
 def main(argv: list[str]) -> int:
-    mode, root = argv[1], argv[2]
-    if mode == "run":
-        end = int(argv[3])
-        starts = [int(a) for a in argv[4:]]
-        if len(starts) != SENDERS:
-            raise SystemExit(f"need {SENDERS} start values, got {len(starts)}")
-        return trio.run(run, root, end, starts)
-    if mode == "verify":
-        return trio.run(verify, root)
-    raise SystemExit(f"unknown mode {mode!r}")
+    return crash_child.main(
+        argv,
+        senders=SENDERS,
+        open_runtime=open_runtime,
+        sender_task=sender_task,
+        settle=settle,
+        collect=collect,
+    )
 
 
 if __name__ == "__main__":

@@ -24,13 +24,15 @@ started), ``ACK s i``, ``DONE``, ``STATE ...``.
 
 from __future__ import annotations
 
-import json
 import sys
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import trio
 
 import actors
+from tests import crash_child
+from tests.crash_child import emit
 
 #: Sender tasks and worker actors of the workload.
 SENDERS = 3
@@ -110,9 +112,8 @@ class Sink(actors.Actor, name="crash_sink"):
         return self.sql.query("SELECT origin, idx, sender, i FROM got ORDER BY rowid")
 
 
-def emit(line: str) -> None:
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
+def open_runtime(root: str) -> AbstractAsyncContextManager[actors.Runtime]:
+    return actors.open_runtime(root, types=[Worker, Sink])
 
 
 async def sender_task(rt: actors.Runtime, sender: int, start: int, end: int) -> None:
@@ -134,10 +135,7 @@ async def drain(rt: actors.Runtime, progress: list[str]) -> None:
     """
     workers = [rt.ref(Worker, worker_key(w)) for w in range(WORKERS)]
     sink = rt.ref(Sink, SINK_KEY)
-    applied = []
-    for ref in workers:
-        progress[:] = [f"waiting for {ref.key}.sync"]
-        applied.append(await ref.ask(Worker.sync))
+    applied = await crash_child.sync_all(workers, Worker.sync, progress)
     while True:
         complete = True
         progress.clear()
@@ -154,57 +152,38 @@ async def drain(rt: actors.Runtime, progress: list[str]) -> None:
         await trio.sleep(0.005)
 
 
-async def run(root: str, end: int, starts: list[int]) -> int:
-    emit("OPEN")
-    async with actors.open_runtime(root, types=[Worker, Sink]) as rt:
-        emit("READY")
-        async with trio.open_nursery() as nursery:
-            for sender, start in enumerate(starts):
-                nursery.start_soon(sender_task, rt, sender, start, end)
-        progress: list[str] = []
-        with trio.move_on_after(DRAIN_TIMEOUT) as scope:
-            await drain(rt, progress)
-        if scope.cancelled_caught:
-            print(f"drain timed out: {progress}; reports: {rt.reports}", file=sys.stderr)
-            return 3
-        for report in rt.reports:
-            print(f"report: {report}", file=sys.stderr)
-        emit("DONE")
-    return 0
+async def settle(rt: actors.Runtime) -> bool:
+    progress: list[str] = []
+    with trio.move_on_after(DRAIN_TIMEOUT) as scope:
+        await drain(rt, progress)
+    if scope.cancelled_caught:
+        print(f"drain timed out: {progress}; reports: {rt.reports}", file=sys.stderr)
+        return False
+    return True
 
 
-async def verify(root: str) -> int:
-    async with actors.open_runtime(root, types=[Worker, Sink]) as rt:
-        workers = [rt.ref(Worker, worker_key(w)) for w in range(WORKERS)]
-        sink = rt.ref(Sink, SINK_KEY)
-        dead_letters: dict[str, list[str]] = {}
-        everyone: list[actors.Ref[Any]] = [*workers, sink]
-        for ref in everyone:
-            dead_letters[ref.key] = [
-                f"{d.method}{d.args}: {d.error_type}: {d.error_message}"
-                for d in await rt.dead_letters(ref)
-            ]
-        state = {
-            "workers": {ref.key: await ref.ask(Worker.dump) for ref in workers},
-            "sink": await sink.ask(Sink.dump),
-            "dead_letters": dead_letters,
-            "reports": list(rt.reports),
-        }
-        emit("STATE " + json.dumps(state))
-    return 0
+async def collect(rt: actors.Runtime) -> dict[str, Any]:
+    workers = [rt.ref(Worker, worker_key(w)) for w in range(WORKERS)]
+    sink = rt.ref(Sink, SINK_KEY)
+    everyone: list[actors.Ref[Any]] = [*workers, sink]
+    dead_letters = await crash_child.dead_letters(rt, everyone)
+    return {
+        "workers": {ref.key: await ref.ask(Worker.dump) for ref in workers},
+        "sink": await sink.ask(Sink.dump),
+        "dead_letters": dead_letters,
+        "reports": list(rt.reports),
+    }
 
 
 def main(argv: list[str]) -> int:
-    mode, root = argv[1], argv[2]
-    if mode == "run":
-        end = int(argv[3])
-        starts = [int(a) for a in argv[4:]]
-        if len(starts) != SENDERS:
-            raise SystemExit(f"need {SENDERS} start values, got {len(starts)}")
-        return trio.run(run, root, end, starts)
-    if mode == "verify":
-        return trio.run(verify, root)
-    raise SystemExit(f"unknown mode {mode!r}")
+    return crash_child.main(
+        argv,
+        senders=SENDERS,
+        open_runtime=open_runtime,
+        sender_task=sender_task,
+        settle=settle,
+        collect=collect,
+    )
 
 
 if __name__ == "__main__":
