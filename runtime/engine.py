@@ -60,8 +60,9 @@ DEFAULT_SHUTDOWN_GRACE = 30.0
 #: calls (re-waking costs about a millisecond and a few file opens); short enough that a
 #: million mostly idle agents hold no descriptors and no memory.
 DEFAULT_IDLE_TIMEOUT = 30.0
-#: File descriptors an awake actor may hold: data.db and mailbox.db (each the file, its -wal
-#: and its -shm), and a read-only connection for @query handlers (three more).
+#: File descriptors budgeted per awake actor. Measured: five (data.db, its -wal and -shm;
+#: mailbox.db and its -wal, exclusive so without -shm), seven once a @query opened its
+#: read-only connection. Nine leaves room for SQLite's temporary files.
 FDS_PER_AWAKE_ACTOR = 9
 
 

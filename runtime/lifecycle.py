@@ -8,6 +8,8 @@
                                               |                |
                           waking <--wake------+           gave_up --> stopped --resume--> waking
 
+(``Runtime.resume`` is for stopped actors; a failed one runs again at its next wake.)
+
 - **hibernated**: no object, no open file, no task; a row in ``directory.db`` and files on disk.
 - **waking**: its files are being opened, migrations run, the object built.
 - **awake**: its turn loop runs (or waits for work); it may have a query connection open.
@@ -57,7 +59,6 @@ TRANSITIONS: dict[tuple[State, Event], State] = {
     (State.AWAKE, Event.CRASHED): State.FAILED,
     (State.AWAKE, Event.GAVE_UP): State.STOPPED,
     (State.STOPPED, Event.RESUME): State.WAKING,
-    (State.FAILED, Event.RESUME): State.WAKING,
 }
 
 #: States in which the actor holds open files and a live object.
