@@ -359,7 +359,7 @@ class Activation:
                 if self.timers_due or self.timers_changed:
                     continue
                 self.waiting = True
-                if self.queries == 0 and not self.outbox_dirty:
+                if self.is_idle():
                     self.runtime._idle(self)
                 try:
                     if self.outbox_retry_delay:

@@ -36,9 +36,9 @@ from .errors import (
     RuntimeLockedError,
     UnknownActorTypeError,
 )
-from .layout import DIRECTORY_FILE, LOCK_FILE, actor_id
+from .layout import DIRECTORY_FILE, LOCK_FILE, MAILBOX_FILE, actor_dir, actor_id
 from .lifecycle import Event, State, next_state
-from .mailbox import Message
+from .mailbox import Mailbox, Message
 from .spec import DEFAULT_MAX_KEY_BYTES, TypeSpec, check_key, index_types
 from .timers import Schedule
 
@@ -760,9 +760,6 @@ class Runtime:
         """Append to the mailbox of an actor whose files are not open (hibernated, stopped, or
         waiting for a slot), then have it woken later unless it is stopped. Sync: nothing can
         open its files meanwhile."""
-        from .layout import MAILBOX_FILE, actor_dir
-        from .mailbox import Mailbox
-
         aid = actor_id(spec.name, key)
         folder = actor_dir(self.root, aid)
         folder.mkdir(parents=True, exist_ok=True)

@@ -204,15 +204,6 @@ class Mailbox:
                     "INSERT INTO sqlite_sequence(name, seq) VALUES ('inbox', ?)", (applied_seq,)
                 )
 
-    def seq_for_key(self, idempotency_key: str) -> int | None:
-        for (seq,) in self.conn.execute(
-            "SELECT seq FROM idempotency WHERE key = ?", (idempotency_key,)
-        ):
-            return int(seq)
-        return None
-
-    # -- consuming ------------------------------------------------------------------------
-
     def load(self, after_seq: int, limit: int, *, recovered: bool) -> list[Message]:
         rows: list[Any] = self.conn.execute(
             f"SELECT {_MESSAGE_COLUMNS} FROM inbox WHERE seq > ? ORDER BY seq LIMIT ?",
@@ -283,11 +274,6 @@ class Mailbox:
         self.conn.execute(
             "DELETE FROM idempotency WHERE created_at < ? AND seq <= ?", (before, applied_seq)
         )
-
-    def pending_count(self, after_seq: int) -> int:
-        return int(db.scalar(self.conn, "SELECT count(*) FROM inbox WHERE seq > ?", (after_seq,)))
-
-    # -- dead letters ---------------------------------------------------------------------
 
     def dead_letters(self) -> list[StoredDeadLetter]:
         return [
