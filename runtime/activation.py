@@ -25,6 +25,7 @@ import anyio
 
 from . import context, db
 from .datastore import KV, DataStore, Sql, read_only_authorizer
+from .datastore import image as data_image
 from .errors import (
     ActorError,
     ActorFailedError,
@@ -39,9 +40,10 @@ from .errors import (
     StoredError,
     UnknownHandlerError,
 )
-from .layout import DATA_FILE, MAILBOX_FILE, actor_dir
+from .layout import DATA_FILE, MAILBOX_FILE, actor_dir, make_actor_dir
 from .lifecycle import State
 from .mailbox import Mailbox, Message
+from .mailbox import image as mailbox_image
 
 if TYPE_CHECKING:
     from .engine import Ref, Runtime
@@ -147,7 +149,7 @@ class Activation:
         rt = self.runtime
         folder = actor_dir(rt.root, self.aid)
         try:
-            folder.mkdir(parents=True, exist_ok=True)
+            make_actor_dir(folder)
         except OSError as exc:
             from .errors import StorageError
 
@@ -157,6 +159,7 @@ class Activation:
             synchronous=rt.synchronous,
             type_name=self.spec.name,
             key=self.key,
+            image=mailbox_image(),
         )
         try:
             self.data = DataStore(
@@ -164,6 +167,7 @@ class Activation:
                 synchronous=rt.synchronous,
                 type_name=self.spec.name,
                 key=self.key,
+                image=data_image(),
             )
             try:
                 self.sql = Sql(self.data.conn)
@@ -208,7 +212,7 @@ class Activation:
         """A read-only connection for ``@query`` handlers, opened on first use."""
         if self._reader is None:
             reader = db.connect(
-                self.data.path, synchronous=self.runtime.synchronous, query_only=True
+                self.data.path, synchronous=self.runtime.synchronous, query_only=True, private=True
             )
             reader.authorizer = read_only_authorizer
             self._reader = reader

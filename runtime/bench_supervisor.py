@@ -48,7 +48,9 @@ def _types() -> Any:
     return Agent
 
 
-async def _create(folder: Path, agent: Any, count: int, max_awake: int) -> tuple[float, float]:
+async def _create(
+    folder: Path, agent: Any, count: int, max_awake: int, progress: Any = None
+) -> tuple[float, float]:
     """Seconds to create and hibernate ``count`` actors, and RSS bytes gained per actor
     between the first tenth and the end (the slope, free of start-up costs)."""
     from .engine import open_runtime
@@ -60,6 +62,11 @@ async def _create(folder: Path, agent: Any, count: int, max_awake: int) -> tuple
         for i in range(count):
             if i == tenth:
                 rss_at_tenth = _rss()
+            if i and i % tenth == 0 and progress is not None:
+                progress(
+                    f"  {i} created, {time.perf_counter() - start:.0f} s, "
+                    f"RSS {_rss() / 2**20:.1f} MiB"
+                )
             await rt.ref(agent, f"a{i}").send(agent.hi)
         await rt.ref(agent, f"a{count - 1}").ask(agent.hi, 0)
         slope = (_rss() - rss_at_tenth) / max(1, count - tenth)
@@ -107,16 +114,19 @@ def _leave_pending_work(folder: Path, agent_name: str, count: int) -> None:
     from .codec import Codec
 
     payload = Codec().encode([[1], {}])
+    ids = []
     for i in range(count):
-        path = actor_dir(folder, actor_id(agent_name, f"a{i}")) / MAILBOX_FILE
-        conn = apsw.Connection(str(path))
+        aid = actor_id(agent_name, f"a{i}")
+        ids.append((aid,))
+        conn = apsw.Connection(str(actor_dir(folder, aid) / MAILBOX_FILE))
         conn.pragma("locking_mode", "exclusive")
         conn.execute(
             "INSERT INTO inbox(method, payload, enqueued_at) VALUES ('hi', ?, 0)", (payload,)
         )
         conn.close()
     directory = apsw.Connection(str(folder / "directory.db"))
-    directory.execute("UPDATE actors SET pending = 1")
+    with directory:
+        directory.executemany("UPDATE actors SET pending = 1 WHERE id = ?", ids)
     directory.close()
 
 
@@ -165,10 +175,22 @@ def _raw_create(folder: Path, count: int) -> float:
 
 
 def _disk(folder: Path) -> int:
-    return sum(p.stat().st_blocks * 512 for p in folder.rglob("*") if p.is_file())
+    """Bytes allocated to the files and folders under ``folder`` (what ``du`` counts)."""
+    total = 0
+    for parent, dirs, files in os.walk(folder):
+        for name in (*dirs, *files):
+            total += os.lstat(os.path.join(parent, name)).st_blocks * 512
+    return total
 
 
-def run(*, actors: int, awake: int, backend: str = "trio", progress: Any = print) -> list[Figure]:
+def run(
+    *,
+    actors: int,
+    awake: int,
+    resume: int = 10_000,
+    backend: str = "trio",
+    progress: Any = print,
+) -> list[Figure]:
     agent = _types()
     figures = []
     with tempfile.TemporaryDirectory(prefix="torpor-bench-") as tmp:
@@ -176,7 +198,9 @@ def run(*, actors: int, awake: int, backend: str = "trio", progress: Any = print
         (root / "raw").mkdir()
 
         progress(f"creating and hibernating {actors} actors")
-        seconds, slope = anyio.run(_create, root / "rt", agent, actors, 64, backend=backend)
+        seconds, slope = anyio.run(
+            _create, root / "rt", agent, actors, 64, progress, backend=backend
+        )
         raw_seconds = _raw_create(root / "raw", min(actors, 2000)) / min(actors, 2000)
         figures.append(
             Figure(
@@ -218,14 +242,15 @@ def run(*, actors: int, awake: int, backend: str = "trio", progress: Any = print
             Figure("SQLite memory per awake actor", sqlite / 1024, raw_sqlite / 1024, "KiB", False)
         )
 
-        progress(f"recovering {actors} actors with pending work")
-        _leave_pending_work(root / "rt", agent.__torpor_spec__.name, actors)
-        seconds = anyio.run(_recover, root / "rt", agent, actors, backend=backend)
+        resume = min(resume, actors)
+        progress(f"recovering {resume} actors with pending work")
+        _leave_pending_work(root / "rt", agent.__torpor_spec__.name, resume)
+        seconds = anyio.run(_recover, root / "rt", agent, resume, backend=backend)
         figures.append(
             Figure(
-                f"resume {actors} actors with pending work",
+                f"resume {resume} actors with pending work",
                 seconds,
-                raw_seconds * actors,
+                raw_seconds * resume,
                 "s",
                 False,
             )

@@ -27,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     bench.add_argument("--actors", type=int, default=10_000, help="supervisor: actors to create")
     bench.add_argument("--awake", type=int, default=1_000, help="supervisor: actors to wake")
+    bench.add_argument(
+        "--resume", type=int, default=10_000, help="supervisor: actors to recover after a kill"
+    )
 
     args = parser.parse_args(argv)
     if args.command == "bench":
@@ -42,7 +45,11 @@ def main(argv: list[str] | None = None) -> int:
             actors = 500 if args.quick else args.actors
             awake = 200 if args.quick else args.awake
             figures = bench_supervisor.run(
-                actors=actors, awake=awake, backend=args.backend, progress=progress
+                actors=actors,
+                awake=awake,
+                resume=500 if args.quick else args.resume,
+                backend=args.backend,
+                progress=progress,
             )
         else:
             figures = bench_module.run(

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,16 +39,22 @@ def connect(
     query_only: bool = False,
     exclusive: bool = False,
     persist_wal: bool = False,
+    private: bool = False,
 ) -> apsw.Connection:
     """Open ``path`` in WAL mode with the given ``synchronous`` level, creating it if absent.
 
     ``exclusive``: this connection is the file's only user (no ``-shm`` file, two descriptors
     instead of three). ``persist_wal``: closing leaves an empty ``-wal`` behind, which saves
-    re-creating it (about 350 µs here) on the first write after the next open.
+    re-creating it (about 350 µs here) on the first write after the next open. ``private``:
+    only this process opens the file while it is open, through any number of connections
+    (SQLite's ``unix-excl`` VFS: the WAL index lives in memory, so there is no ``-shm`` file
+    to create, map and keep on disk; other processes get ``SQLITE_BUSY`` meanwhile).
     """
     level = SYNCHRONOUS_LEVELS[synchronous]
     try:
-        conn = apsw.Connection(str(path))
+        conn = (
+            apsw.Connection(str(path), vfs="unix-excl") if private else apsw.Connection(str(path))
+        )
         conn.set_busy_timeout(BUSY_TIMEOUT_MS)
         if persist_wal:
             flag = ctypes.c_int(1)
@@ -86,6 +94,75 @@ def corruption_as_error(path: Path) -> Iterator[None]:
         raise CorruptFileError(
             f"{path} is corrupt ({exc}); restore it from a replica or backup", path=str(path)
         ) from exc
+
+
+def image(build: Callable[[apsw.Connection], None], *, page_size: int = 4096) -> bytes:
+    """The bytes of a new WAL-mode database built by ``build``, to copy when creating files.
+
+    Copying an image costs a small write; building each new file instead (switching it to WAL,
+    then creating its tables) costs a rollback-journal commit with its fsyncs, then the DDL.
+    """
+    with tempfile.TemporaryDirectory(prefix="torpor-image-") as tmp:
+        path = Path(tmp) / "image.db"
+        conn = apsw.Connection(str(path))
+        conn.pragma("page_size", page_size)
+        conn.pragma("journal_mode", "wal")
+        build(conn)
+        conn.close()  # checkpoints everything into the file and removes the WAL
+        return path.read_bytes()
+
+
+def create_from_image(path: Path, data: bytes, *, durable: bool) -> bool:
+    """Create ``path`` as a copy of ``data`` unless it exists; return whether it was created.
+
+    Written under a temporary name and renamed, so a crash never leaves half a file. A ``-wal``
+    or ``-shm`` left by an earlier file of that name is removed first: its frames would
+    otherwise be replayed onto the new file. ``durable``: fsync the file and its folder.
+    """
+    if path.exists():
+        return False
+    partial = path.with_name(path.name + ".new")
+    try:
+        for suffix in ("-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{path}{suffix}")
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, data)
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(partial, path)
+        if durable:
+            folder = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(folder)
+            finally:
+                os.close(folder)
+    except OSError as exc:
+        raise StorageError(
+            f"cannot create {path} ({exc!r}): disk full, or no permission", path=str(path)
+        ) from exc
+    return True
+
+
+def close(conn: apsw.Connection, path: Path, *, keep_wal: bool) -> None:
+    """Close ``conn`` (closing the last connection checkpoints the file).
+
+    ``keep_wal`` (for a connection opened with ``persist_wal``): leave the ``-wal`` at its size
+    when it is at most :data:`WAL_SIZE_KEPT`, so that the first commit after the next open
+    writes into allocated space instead of re-creating the log and syncing its header (about
+    200 µs here); a larger log is truncated to nothing.
+    """
+    if keep_wal:
+        try:
+            size = os.stat(f"{path}-wal").st_size
+        except FileNotFoundError:
+            size = 0
+        if size <= WAL_SIZE_KEPT:
+            conn.pragma("journal_size_limit", -1)
+    conn.close()
 
 
 def migrate(

@@ -36,9 +36,10 @@ from .errors import (
     RuntimeLockedError,
     UnknownActorTypeError,
 )
-from .layout import DIRECTORY_FILE, LOCK_FILE, MAILBOX_FILE, actor_dir, actor_id
+from .layout import DIRECTORY_FILE, LOCK_FILE, MAILBOX_FILE, actor_dir, actor_id, make_actor_dir
 from .lifecycle import Event, State, next_state
 from .mailbox import Mailbox, Message
+from .mailbox import image as mailbox_image
 from .spec import DEFAULT_MAX_KEY_BYTES, TypeSpec, check_key, index_types
 from .timers import Schedule
 
@@ -762,7 +763,7 @@ class Runtime:
         open its files meanwhile."""
         aid = actor_id(spec.name, key)
         folder = actor_dir(self.root, aid)
-        folder.mkdir(parents=True, exist_ok=True)
+        make_actor_dir(folder)
         entry = self.directory.get(aid)
         if entry is None:
             if spec.requires_create_arguments():
@@ -771,7 +772,11 @@ class Runtime:
         if entry is None or not entry.pending:
             self.directory.mark_pending(aid, spec.name, key)
         mailbox = Mailbox(
-            folder / MAILBOX_FILE, synchronous=self.synchronous, type_name=spec.name, key=key
+            folder / MAILBOX_FILE,
+            synchronous=self.synchronous,
+            type_name=spec.name,
+            key=key,
+            image=mailbox_image(),
         )
         try:
             _, appended = mailbox.append_deduplicated(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 from pathlib import Path
 
 DIRECTORY_FILE = "directory.db"
@@ -34,3 +35,14 @@ def actor_id(type_name: str, key: str) -> str:
 
 def actor_dir(root: Path, aid: str) -> Path:
     return root / ACTORS_DIR / aid[0:2] / aid[2:4] / aid
+
+
+def make_actor_dir(folder: Path) -> None:
+    """Create an actor's folder if absent: one ``mkdir`` when its shard exists (the common
+    case), which is cheaper than ``mkdir(parents=True)`` walking up first."""
+    try:
+        os.mkdir(folder)
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        folder.mkdir(parents=True, exist_ok=True)

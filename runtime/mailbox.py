@@ -8,6 +8,7 @@ cursor are garbage, removed in batches.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 import traceback as _traceback
@@ -98,25 +99,60 @@ class StoredDeadLetter:
     failed_at: float
 
 
+#: Page size of new mailboxes: their rows are small and short-lived, so small pages keep a
+#: hibernated mailbox at about 8 KiB and each append's WAL frames small.
+PAGE_SIZE = 1024
+
+
+@functools.cache
+def image() -> bytes:
+    """A new, empty mailbox file (without its ``meta`` rows): new mailboxes are copies of it."""
+
+    def build(conn: Any) -> None:
+        db.migrate(conn, _MIGRATIONS, lambda sql: db.execute_script(conn, sql), what="image")
+
+    return db.image(build, page_size=PAGE_SIZE)
+
+
 class Mailbox:
-    def __init__(self, path: Path, *, synchronous: str, type_name: str, key: str) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        synchronous: str,
+        type_name: str,
+        key: str,
+        image: bytes | None = None,
+    ) -> None:
+        """Open (creating if absent) an actor's mailbox; ``image``: create it as a copy."""
         self.path = path
+        created = image is not None and db.create_from_image(
+            path, image, durable=synchronous == "FULL"
+        )
         # Only this runtime's own connection ever opens a mailbox while the actor is awake.
-        self.conn = db.connect(path, synchronous=synchronous, exclusive=True, persist_wal=True)
-        with db.corruption_as_error(path):
+        self.conn = db.connect(path, synchronous=synchronous, private=True, persist_wal=True)
+        try:
+            with db.corruption_as_error(path):
 
-            def create(sql: str) -> None:
-                db.execute_script(self.conn, sql)
-                if sql is _MIGRATIONS[0]:
-                    self.conn.execute(
-                        "INSERT INTO meta(name, value) VALUES ('type', ?), ('key', ?)",
-                        (type_name, key),
-                    )
+                def create(sql: str) -> None:
+                    db.execute_script(self.conn, sql)
+                    if sql is _MIGRATIONS[0]:
+                        self._identify(type_name, key)
 
-            db.migrate(self.conn, _MIGRATIONS, create, what=str(path))
+                db.migrate(self.conn, _MIGRATIONS, create, what=str(path))
+                if created:
+                    self._identify(type_name, key)
+        except BaseException:
+            self.conn.close()
+            raise
+
+    def _identify(self, type_name: str, key: str) -> None:
+        self.conn.execute(
+            "INSERT INTO meta(name, value) VALUES ('type', ?), ('key', ?)", (type_name, key)
+        )
 
     def close(self) -> None:
-        self.conn.close()
+        db.close(self.conn, self.path, keep_wal=True)
 
     # -- appending ------------------------------------------------------------------------
 
