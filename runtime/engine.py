@@ -58,13 +58,13 @@ DEFAULT_IDEMPOTENCY_TTL = 24 * 3600.0
 DEFAULT_SHUTDOWN_GRACE = 30.0
 #: Seconds without a turn, a query or a queued message before an actor hibernates. Long enough
 #: to keep an agent awake through one run's burst of messages and the seconds between its LLM
-#: calls (re-waking costs about a millisecond and a few file opens); short enough that a
+#: calls (re-waking costs about a millisecond: two file opens); short enough that a
 #: million mostly idle agents hold no descriptors and no memory.
 DEFAULT_IDLE_TIMEOUT = 30.0
-#: File descriptors budgeted per awake actor. Measured: five (data.db, its -wal and -shm;
-#: mailbox.db and its -wal, exclusive so without -shm), seven once a @query opened its
-#: read-only connection. Nine leaves room for SQLite's temporary files.
-FDS_PER_AWAKE_ACTOR = 9
+#: File descriptors budgeted per awake actor. Measured: four (data.db and mailbox.db with their
+#: -wal files; the unix-excl VFS keeps the WAL index in memory, so no -shm), six once a @query
+#: opened its read-only connection. Eight leaves room for SQLite's temporary files.
+FDS_PER_AWAKE_ACTOR = 8
 
 
 def default_max_awake() -> int:
