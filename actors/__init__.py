@@ -12,6 +12,8 @@ from runtime.engine import (
     Ref,
     Runtime,
     RuntimeStatistics,
+    StepRecord,
+    TurnInfo,
     open_runtime,
 )
 from runtime.errors import (
@@ -28,16 +30,22 @@ from runtime.errors import (
     InvalidKeyError,
     MessageFailedError,
     MessageTooLargeError,
+    NondeterminismError,
+    NonRetryable,
     RuntimeClosedError,
     RuntimeInternalError,
     RuntimeLockedError,
     SchemaError,
+    StepFailedError,
     StorageError,
     StoredError,
+    TurnCancelledError,
     UnknownActorTypeError,
     UnknownHandlerError,
+    WaitTimeoutError,
 )
 from runtime.spec import RestartIntensity, Retry
+from runtime.steps import StepInfo, current_step
 from runtime.timers import Schedule
 
 __all__ = [
@@ -58,6 +66,8 @@ __all__ = [
     "LifecycleEvent",
     "MessageFailedError",
     "MessageTooLargeError",
+    "NonRetryable",
+    "NondeterminismError",
     "Ref",
     "RestartIntensity",
     "Retry",
@@ -69,10 +79,17 @@ __all__ = [
     "Schedule",
     "SchemaError",
     "Sql",
+    "StepFailedError",
+    "StepInfo",
+    "StepRecord",
     "StorageError",
     "StoredError",
+    "TurnCancelledError",
+    "TurnInfo",
     "UnknownActorTypeError",
     "UnknownHandlerError",
+    "WaitTimeoutError",
+    "current_step",
     "open_runtime",
     "query",
 ]

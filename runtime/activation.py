@@ -34,16 +34,19 @@ from .errors import (
     EncodingError,
     MessageFailedError,
     MessageTooLargeError,
+    NondeterminismError,
     RuntimeClosedError,
     RuntimeInternalError,
     SchemaError,
     StoredError,
+    TurnCancelledError,
     UnknownHandlerError,
 )
 from .layout import DATA_FILE, MAILBOX_FILE, actor_dir, make_actor_dir
 from .lifecycle import State
 from .mailbox import Mailbox, Message
 from .mailbox import image as mailbox_image
+from .steps import Interrupted, SplitBatch, Suspended, TurnState
 
 if TYPE_CHECKING:
     from .engine import Ref, Runtime
@@ -65,7 +68,13 @@ OUTBOX_RETRY_MAX = 30.0
 CHILD_SENDER = "child:"
 
 #: Failures that cannot succeed on a retry: dead-letter at once.
-_DETERMINISTIC = (DecodingError, UnknownHandlerError, EncodingError, MessageTooLargeError)
+_DETERMINISTIC = (
+    DecodingError,
+    UnknownHandlerError,
+    EncodingError,
+    MessageTooLargeError,
+    TurnCancelledError,
+)
 
 
 class TransactionLostError(RuntimeError):
@@ -119,7 +128,8 @@ class Activation:
         self.outbox_dirty = True  # rows may wait in the outbox (true at wake: recovery)
         self.outbox_retry_delay = 0.0
         self.batch_limit = MAX_BATCH
-        self.waiters: dict[int, Waiter] = {}
+        # Askers of messages not applied yet; kept by the runtime while the actor hibernates.
+        self.waiters: dict[int, Waiter] = runtime.parked_waiters.pop(aid, {})
         self.work = anyio.Event()
         self.created = anyio.Event()
         self.settled = anyio.Event()  # set once created, or once it can no longer be
@@ -142,6 +152,9 @@ class Activation:
         self.gave_up: BaseException | None = None  # restart intensity exceeded: stop
         self.timers_changed = False  # a turn set or cancelled timers: rewrite the hint
         self._reader: Any = None
+        self.turn: TurnState | None = None  # the durable state of the message running now
+        self.suspended_seq: int | None = None  # a turn rolled back in a durable wait
+        self.arrivals: dict[str, anyio.Event] = {}  # event name -> set when one arrives
 
     # -- opening and closing ---------------------------------------------------------------
 
@@ -245,8 +258,29 @@ class Activation:
                     and self.failed is None
                 ):
                     self.runtime.directory.clear_pending(self.aid)
+                elif (
+                    self.suspended_seq is not None
+                    and self.queue
+                    and self.queue[0].seq == self.suspended_seq
+                    and not self.outbox_dirty
+                    and self.failed is None
+                ):
+                    # Nothing can run before its durable wait ends: the wake-up hint (the
+                    # wait's deadline) or an event wakes it, not every reopening of the runtime.
+                    self._rewrite_wake_hint()
+                    self.runtime.directory.clear_pending(self.aid)
         finally:
-            self._fail_waiters(RuntimeClosedError("the runtime closed before this was applied"))
+            self._park_waiters()
+
+    def _park_waiters(self) -> None:
+        """Closing: askers keep waiting while the actor hibernates (a turn in a durable wait
+        resumes later), and fail only if the runtime closes or the actor cannot run."""
+        rt = self.runtime
+        if self.waiters and not rt.closing.is_set() and self.failed is None and not self.gave_up:
+            rt.parked_waiters.setdefault(self.aid, {}).update(self.waiters)
+            self.waiters.clear()
+            return
+        self._fail_waiters(RuntimeClosedError("the runtime closed before this was applied"))
 
     def _fail_waiters(self, error: BaseException) -> None:
         for waiter in self.waiters.values():
@@ -323,7 +357,7 @@ class Activation:
         finally:
             self.data.rollback()
             self.settled.set()
-            self._fail_waiters(RuntimeClosedError("the runtime closed before this was applied"))
+            self._park_waiters()
             self.stopped.set()
 
     def _stop_failed(self, error: BaseException) -> None:
@@ -384,15 +418,46 @@ class Activation:
                 await self._deliver_outbox()
 
     def is_idle(self) -> bool:
-        """Waiting for work with nothing to do: the only state in which it may hibernate."""
-        return (
-            self.waiting
-            and not self.work.is_set()
-            and not self.queue
-            and not self.outbox_dirty
-            and self.queries == 0
-            and self.state is State.AWAKE
-        )
+        """Waiting for work with nothing to do, or with a turn in durable waits only: the only
+        states in which it may hibernate."""
+        if self.queries or self.state is not State.AWAKE:
+            return False
+        if self.turn is not None:
+            return self.turn.idle
+        return self.waiting and not self.work.is_set() and not self.queue and not self.outbox_dirty
+
+    # -- durable steps (runtime/steps.py calls these) -------------------------------------
+
+    def turn_maybe_idle(self) -> None:
+        if self.turn is not None and self.is_idle():
+            self.runtime._idle(self)
+
+    def turn_busy(self) -> None:
+        self.runtime._busy(self)
+
+    def wait_changed(self, until: float | None) -> None:
+        """A durable wait began: the wake-up hint must be no later than its deadline."""
+        if until is not None and (self.wake_hint is None or until < self.wake_hint):
+            self.runtime.directory.lower_wake_at(self.aid, until)
+            self.runtime.actors_with_timers += self.wake_hint is None
+            self.wake_hint = until
+            self.runtime._timer_hint(until)
+
+    def event_arrival(self, name: str) -> anyio.Event:
+        arrival = self.arrivals.get(name)
+        if arrival is None:
+            arrival = self.arrivals[name] = anyio.Event()
+        return arrival
+
+    def event_arrived(self, name: str) -> None:
+        arrival = self.arrivals.pop(name, None)
+        if arrival is not None:
+            arrival.set()
+
+    def suspend_turn(self) -> None:
+        """Hibernating or closing: a turn in durable waits rolls back, to replay later."""
+        if self.turn is not None:
+            self.turn.suspend()
 
     def _fire_timers(self) -> None:
         """Turn every due timer into an outbox message to this actor, in one transaction with
@@ -423,6 +488,9 @@ class Activation:
         """After a commit that changed timers: the directory's hint becomes the exact next due."""
         self.timers_changed = False
         due = self.data.next_due()
+        wait = self.mailbox.next_wait()
+        if wait is not None and (due is None or wait < due):
+            due = wait
         if due != self.wake_hint:
             self.runtime.directory.set_wake_at(self.aid, due)
             self.runtime.actors_with_timers += (due is not None) - (self.wake_hint is not None)
@@ -496,8 +564,12 @@ class Activation:
             if first.started > self.spec.retry.max_crashes:
                 await self._fail(first, _ProcessDied(first.started - 1))
                 return
+        if first.cancelled is not None:
+            await self._fail(first, _cancelled(first))
+            return
         done: list[tuple[Message, bytes]] = []
         failure: tuple[Message, BaseException] | None = None
+        stop: BaseException | None = None
         data.begin()
         try:
             if self.outbox_delivered_upto > self.outbox_deleted_upto:
@@ -520,6 +592,8 @@ class Activation:
                         ),
                     )
                     break
+                if message.cancelled is not None:
+                    break  # it runs first in the next batch, where it is dead-lettered
                 # The first message needs no savepoint: if it fails, the whole (so far empty)
                 # transaction rolls back. Most batches hold one message, so this saves two
                 # statements per turn.
@@ -527,17 +601,58 @@ class Activation:
                 if nested:
                     data.savepoint()
                 ctx = context.HandlerContext(self, context.TURN, message, self.sql, self.kv)
+                turn = ctx.turn = self.turn = TurnState(self, message, not nested)
                 token = context.CURRENT.set(ctx)
                 try:
                     args, kwargs = codec.decode(message.payload)
-                    result = await handler.fn(instance, *args, **kwargs)
+                    with anyio.CancelScope() as turn_scope:
+                        turn.scope = turn_scope
+                        result = await handler.fn(instance, *args, **kwargs)
+                    if turn.interrupt is not None:
+                        raise Interrupted
+                    if turn.broken is not None:
+                        raise turn.broken  # the handler swallowed a NondeterminismError
                     reply = codec.encode(result)
                     if len(reply) > rt.max_message_bytes:
                         raise MessageTooLargeError(
                             f"the reply of {self.spec.name}.{handler.name} is {len(reply)} bytes, "
                             f"over max_message_bytes={rt.max_message_bytes}"
                         )
+                except SplitBatch:
+                    # A batched message made its first durable call: commit the ones before it;
+                    # it runs again first in a transaction of its own.
+                    data.rollback_to_savepoint()
+                    self.batch_limit = 1
+                    break
+                except Suspended:
+                    data.rollback()  # (only a batch's first message makes durable calls)
+                    self.mailbox.reset_start(message.seq)
+                    self.suspended_seq = message.seq
+                    self.timers_changed = True
+                    break
+                except Interrupted:
+                    data.rollback()
+                    if turn.interrupt == "cancel":
+                        failure = (message, _cancelled(message))
+                    else:  # restarted: its journal was cut; run it again now
+                        self.batch_limit = 1
+                    break
+                except NondeterminismError as exc:
+                    data.rollback()
+                    stop = exc
+                    break
                 except Exception as exc:
+                    if turn.interrupt is not None:  # cancelled inside a step or a wait
+                        data.rollback()
+                        if turn.interrupt == "cancel":
+                            failure = (message, _cancelled(message))
+                        else:
+                            self.batch_limit = 1
+                        break
+                    if turn.broken is not None:
+                        data.rollback()
+                        stop = turn.broken
+                        break
                     if not data.in_transaction:
                         failure = self._lost_at(done, message, exc)
                         done = []  # the whole transaction is gone, earlier messages included
@@ -550,6 +665,7 @@ class Activation:
                     break
                 finally:
                     ctx.active = False
+                    self.turn = None
                     context.CURRENT.reset(token)
                 if not data.in_transaction:
                     failure = self._lost_at(done, message, None)
@@ -563,10 +679,13 @@ class Activation:
             if data.in_transaction:
                 if done:
                     data.set_applied(done[-1][0].seq)
+                    rt._crash_point("before commit", None, done[-1][0].seq)
                 data.commit()
         except BaseException:
             data.rollback()
             raise
+        if done:
+            rt._crash_point("after commit", None, done[-1][0].seq)
         if done:
             queue = self.queue
             waiters = self.waiters
@@ -578,7 +697,9 @@ class Activation:
             self.applied_seq = done[-1][0].seq
             rt.stats_turns += 1
             rt.stats_applied += len(done)
-        if failure is not None:
+        if stop is not None:
+            self._stop_nondeterministic(stop)
+        elif failure is not None:
             await self._fail(*failure)
 
     def _intensity_exceeded(self, error: BaseException) -> bool:
@@ -602,6 +723,18 @@ class Activation:
         stopped.__cause__ = error
         self._fail_waiters(stopped)
         return True
+
+    def _stop_nondeterministic(self, error: BaseException) -> None:
+        """A replay diverged from its journal: retrying cannot help until the code changes.
+        Stop the actor (its messages and journals stay) until ``Runtime.resume``."""
+        self.gave_up = error
+        self.closing = True
+        stopped = ActorStoppedError(
+            f"{self.spec.name} {self.key!r} was stopped: {error}; its messages and journals "
+            "are kept until Runtime.resume"
+        )
+        stopped.__cause__ = error
+        self._fail_waiters(stopped)
 
     def _lost_at(
         self, done: list[tuple[Message, bytes]], message: Message, cause: BaseException | None
@@ -772,6 +905,12 @@ def _lost(cause: BaseException | None) -> TransactionLostError:
     )
     error.__cause__ = cause
     return error
+
+
+def _cancelled(message: Message) -> TurnCancelledError:
+    return TurnCancelledError(
+        f"message {message.seq} ({message.method}) was cancelled: {message.cancelled}"
+    )
 
 
 def _error_info(error: BaseException | None, message: Message) -> list[Any]:

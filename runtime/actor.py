@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime
+import uuid as _uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from . import context
 from .spec import QUERY_MARK, RestartIntensity, Retry, build_type_spec
+from .steps import DEFAULT_STEP_RETRY, StepCall, gather, new_random, new_uuid
 from .timers import Schedule
 
 if TYPE_CHECKING:
@@ -156,6 +158,110 @@ class Actor:
         )
         return [Schedule(*row) for row in rows]
 
+    # -- durable steps (message handlers only) --------------------------------------------
+
+    def step(
+        self,
+        name: str,
+        fn: Callable[..., Any],
+        /,
+        *args: Any,
+        retry: Retry | None = None,
+        **kwargs: Any,
+    ) -> StepCall[Any]:
+        """A journaled effect: ``await self.step("llm", call_llm, prompt)``.
+
+        ``fn(*args, **kwargs)`` runs once; its result (or its final error, raised as
+        :class:`actors.StepFailedError`) is journaled in ``mailbox.db`` before the turn goes
+        on. When the turn runs again (a crash, a retry, a durable wait), the step returns its
+        journaled result without running. An async ``fn`` runs in the event loop, a sync one in
+        a worker thread. ``retry``: attempts, exponential backoff with jitter and a per-attempt
+        ``deadline`` (default: 3 attempts); raise :class:`actors.NonRetryable` to stop.
+        ``actors.current_step().idempotency_key`` inside ``fn`` is stable across attempts and
+        replays. The step is numbered when this method is called, so steps started together
+        (``self.gather``) are journaled in the order the code wrote them.
+        """
+        turn = context.current_durable(self, "self.step")
+        return turn.step(name, fn, args, kwargs, retry or DEFAULT_STEP_RETRY)
+
+    def ask(
+        self,
+        target: Ref[A],
+        method: Callable[..., Awaitable[Any]] | str,
+        /,
+        *args: Any,
+        **kwargs: Any,
+    ) -> StepCall[Any]:
+        """Ask another actor, as a step: the request is sent exactly once (an idempotency key
+        derived from this step), and the reply is journaled. The asking turn waits for the
+        reply, so two actors asking each other wait forever: send one way instead."""
+        from .engine import Ref
+
+        turn = context.current_durable(self, "self.ask")
+        runtime = self._torpor_ref._runtime
+        if not isinstance(target, Ref) or target._runtime is not runtime:
+            raise TypeError(f"ask needs a ref of this runtime (got {target!r})")
+        return turn.ask(target, method, args, kwargs)
+
+    def gather(self, *awaitables: Awaitable[Any]) -> Awaitable[list[Any]]:
+        """Await several steps at once (fan-out); results in argument order. Each runs to its
+        end, then the first error in argument order is raised."""
+        context.current_durable(self, "self.gather")
+        return gather(*awaitables)
+
+    def now(self) -> datetime.datetime:
+        """The current time (an aware UTC datetime), journaled: a replay sees the same value."""
+        turn = context.current_durable(self, "self.now")
+        clock = self._torpor_ref._runtime.clock
+        return turn.value(  # type: ignore[no-any-return]
+            "now", lambda: datetime.datetime.fromtimestamp(clock(), datetime.UTC)
+        )
+
+    def random(self) -> float:
+        """A random float in [0, 1), journaled: a replay sees the same value."""
+        return context.current_durable(self, "self.random").value("random", new_random)  # type: ignore[no-any-return]
+
+    def uuid(self) -> _uuid.UUID:
+        """A random UUID (version 4), journaled: a replay sees the same value."""
+        return context.current_durable(self, "self.uuid").value("uuid", new_uuid)  # type: ignore[no-any-return]
+
+    def sleep(self, seconds: float) -> StepCall[None]:
+        """Sleep durably: the deadline is journaled, and while the turn waits the actor may
+        hibernate (after ``idle_timeout``); the turn then replays when the deadline passes.
+        Later messages of this actor wait behind the sleeping turn; queries and events do not."""
+        if not isinstance(seconds, int | float) or not seconds >= 0:
+            raise ValueError(f"sleep takes a number of seconds >= 0 (got {seconds!r})")
+        turn = context.current_durable(self, "self.sleep")
+        until = self._torpor_ref._runtime.clock() + seconds
+        return turn.wait("sleep", "sleep", until, None)
+
+    def sleep_until(self, when: datetime.datetime | float) -> StepCall[None]:
+        """Sleep durably until ``when`` (an aware datetime, or seconds since the epoch)."""
+        turn = context.current_durable(self, "self.sleep_until")
+        return turn.wait("sleep", "sleep", _epoch(when, "sleep_until"), None)
+
+    def wait_for_event(self, name: str, *, timeout: float | None = None) -> StepCall[Any]:
+        """Wait durably for event ``name`` (sent with ``ref.signal(name, payload)``) and return
+        its payload. Events that arrived before the wait are taken oldest first. With
+        ``timeout`` (seconds, journaled as a deadline), raise :class:`actors.WaitTimeoutError`
+        when it passes first. The actor may hibernate while it waits."""
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"an event name must be a non-empty string (got {name!r})")
+        if timeout is not None and not (isinstance(timeout, int | float) and timeout >= 0):
+            raise ValueError(f"timeout must be a number of seconds >= 0 or None (got {timeout!r})")
+        turn = context.current_durable(self, "self.wait_for_event")
+        until = None if timeout is None else self._torpor_ref._runtime.clock() + timeout
+        return turn.wait("event", name, until, name)
+
+    def patched(self, change_id: str) -> bool:
+        """Versioning, in the style of Temporal: ``if self.patched("use-new-model"): ...``.
+
+        True when this turn runs the new code: a new turn, or one that recorded this marker.
+        False when replaying a turn whose journal was written by code without this change, so
+        it keeps the old path. Remove the old branch once no such turn is in flight.
+        """
+        return context.current_durable(self, "self.patched").patched(change_id)
+
     # -- lifecycle hooks ------------------------------------------------------------------
 
     async def on_create(self) -> None:
@@ -179,3 +285,13 @@ class Actor:
         Its writes commit in a transaction of their own. It is not called after a crash, so
         never rely on it for durability: every turn is already durable when it commits.
         """
+
+
+def _epoch(when: datetime.datetime | float, what: str) -> float:
+    if isinstance(when, datetime.datetime):
+        if when.tzinfo is None:
+            raise ValueError(f"{what} needs an aware datetime (with a tzinfo), got {when!r}")
+        return when.timestamp()
+    if isinstance(when, int | float) and not isinstance(when, bool):
+        return float(when)
+    raise TypeError(f"{what} takes an aware datetime or seconds since the epoch (got {when!r})")

@@ -14,13 +14,14 @@ from .datastore import KV, Sql
 if TYPE_CHECKING:
     from .activation import Activation
     from .mailbox import Message
+    from .steps import TurnState
 
 TURN = "turn"
 QUERY = "query"
 
 
 class HandlerContext:
-    __slots__ = ("activation", "active", "instance", "kv", "message", "mode", "sql")
+    __slots__ = ("activation", "active", "instance", "kv", "message", "mode", "sql", "turn")
 
     def __init__(
         self,
@@ -37,6 +38,7 @@ class HandlerContext:
         self.sql = sql
         self.kv = kv
         self.active = True  # false once the handler returned (tasks it started keep the var)
+        self.turn: TurnState | None = None  # durable steps of a message handler
 
 
 CURRENT: ContextVar[HandlerContext | None] = ContextVar("torpor_handler", default=None)
@@ -58,3 +60,14 @@ def current_turn(instance: Any, what: str) -> HandlerContext:
     if ctx.mode != TURN:
         raise RuntimeError(f"{what} is not allowed inside a @query handler: queries are read-only")
     return ctx
+
+
+def current_durable(instance: Any, what: str) -> TurnState:
+    """The durable-step state of the message handler of ``instance`` running now."""
+    ctx = current_turn(instance, what)
+    if ctx.turn is None:
+        raise RuntimeError(
+            f"{what} is available in message handlers only (not in on_create, on_wake or "
+            "on_hibernate, which have no message to journal against)"
+        )
+    return ctx.turn

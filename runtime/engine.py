@@ -23,7 +23,7 @@ import anyio
 import anyio.lowlevel
 import attrs
 
-from . import context, timers
+from . import context, db, timers
 from .activation import CHILD_SENDER, Activation, Waiter, check_payload
 from .codec import Codec
 from .datastore import KV, Sql
@@ -36,7 +36,15 @@ from .errors import (
     RuntimeLockedError,
     UnknownActorTypeError,
 )
-from .layout import DIRECTORY_FILE, LOCK_FILE, MAILBOX_FILE, actor_dir, actor_id, make_actor_dir
+from .layout import (
+    DATA_FILE,
+    DIRECTORY_FILE,
+    LOCK_FILE,
+    MAILBOX_FILE,
+    actor_dir,
+    actor_id,
+    make_actor_dir,
+)
 from .lifecycle import Event, State, next_state
 from .mailbox import Mailbox, Message
 from .mailbox import image as mailbox_image
@@ -115,6 +123,8 @@ class RuntimeStatistics:
     hibernations: int
     timers_fired: int
     actors_with_timers: int
+    steps: int
+    step_retries: int
     wake_latency_p50: float | None
     wake_latency_p99: float | None
     unknown_types: tuple[str, ...]
@@ -135,6 +145,40 @@ class DeadLetter:
     error_message: str
     traceback: str
     failed_at: float
+
+
+@attrs.frozen
+class StepRecord:
+    """One journaled step of a turn in flight (``Runtime.turns``).
+
+    ``kind``: step, ask, sleep, event, now, random, uuid or patch. ``status``: done, failed, or
+    waiting (a durable wait not over yet; ``until`` is its deadline, seconds since the epoch).
+    """
+
+    number: int
+    kind: str
+    name: str
+    status: str
+    attempts: int
+    until: float | None
+    recorded_at: float
+
+
+@attrs.frozen
+class TurnInfo:
+    """A message whose turn has started and not committed (``Runtime.turns``).
+
+    ``status``: ``running`` (its handler runs now), ``waiting`` (in a durable wait; the actor
+    may be hibernated) or ``interrupted`` (it ran before a crash, a restart or a hibernation and
+    resumes from its journal when the actor next runs).
+    """
+
+    seq: int
+    method: str
+    status: str
+    attempts: int
+    cancelled: str | None
+    steps: tuple[StepRecord, ...]
 
 
 class Ref(Generic[A]):
@@ -183,6 +227,15 @@ class Ref(Generic[A]):
         _refuse_inside_turn("ref.send", "self.send(ref, ...)")
         await self._runtime._send(self._spec, self.key, method, args, kwargs, idempotency_key)
         await anyio.lowlevel.cancel_shielded_checkpoint()
+
+    async def signal(
+        self, name: str, payload: Any = None, *, idempotency_key: str | None = None
+    ) -> bool:
+        """Deliver event ``name`` to this actor: a turn waiting in
+        ``self.wait_for_event(name)`` gets ``payload``; with no such turn, the event waits
+        (oldest first) for the next one. Events never queue behind turns. Returns ``False``
+        if ``idempotency_key`` was used already (the event was not stored twice)."""
+        return await self._runtime.signal(self, name, payload, idempotency_key=idempotency_key)
 
     async def ask(
         self,
@@ -249,6 +302,11 @@ class Runtime:
         self.stats_dead_letters = 0
         self.stats_wakes = 0
         self.stats_timers_fired = 0
+        self.stats_steps = 0
+        self.parked_waiters: dict[str, dict[int, Waiter]] = {}  # askers of hibernated actors
+        self.stats_step_retries = 0
+        #: Test kit hook (actors.testing): called at each crash point of a turn.
+        self.crash_hook: Callable[[str, Any, int], None] | None = None
         self.clock = clock
         self.next_wake_at: float | None = None  # earliest timer hint in directory.db
         self.stats_hibernations = 0
@@ -346,6 +404,8 @@ class Runtime:
             wakes=self.stats_wakes,
             timers_fired=self.stats_timers_fired,
             actors_with_timers=self.actors_with_timers,
+            steps=self.stats_steps,
+            step_retries=self.stats_step_retries,
             hibernations=self.stats_hibernations,
             wake_latency_p50=_quantile(latencies, 0.50),
             wake_latency_p99=_quantile(latencies, 0.99),
@@ -469,6 +529,8 @@ class Runtime:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         idempotency_key: str | None,
+        *,
+        from_turn: bool = False,
     ) -> Any:
         await anyio.lowlevel.checkpoint_if_cancelled()
         handler = spec.handler(method)
@@ -481,7 +543,8 @@ class Runtime:
                     "idempotency_key does not apply"
                 )
             return await self._run_query(spec, key, handler.name, payload)
-        _refuse_inside_turn("ref.ask", "self.send(ref, ...) and a reply message")
+        if not from_turn:
+            _refuse_inside_turn("ref.ask", "await self.ask(ref, ...), a journaled step")
         act, seq = await self._send(spec, key, method, args, kwargs, idempotency_key, True)
         assert act is not None
         waiter: Waiter = act.waiter(seq)
@@ -815,6 +878,155 @@ class Runtime:
         self.stopped_actors -= 1
         await self._activate(ref._spec, ref.key, resuming=True)
 
+    # -- durable steps: events and turns in flight ----------------------------------------
+
+    async def signal(
+        self, ref: Ref[Any], name: str, payload: Any = None, *, idempotency_key: str | None = None
+    ) -> bool:
+        """``ref.signal``: store an event durably in the actor's mailbox and wake it."""
+        self._check_open()
+        _refuse_inside_turn("ref.signal", "a step that signals (or self.send a message)")
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"an event name must be a non-empty string (got {name!r})")
+        _check_idempotency_key(idempotency_key)
+        encoded = self.codec.encode(payload)
+        check_payload(self, encoded, f"the payload of event {name!r}")
+        spec, key = ref._spec, ref.key
+        aid = actor_id(spec.name, key)
+        if aid not in self.awake and self.directory.get(aid) is None:
+            raise _not_found(spec, key)
+        try:
+            act = await self._activate(spec, key)
+        except ActorStoppedError:
+            return bool(
+                self._with_mailbox(
+                    spec, key, lambda mb, _act: mb.add_event(name, encoded, idempotency_key)
+                )
+            )
+        added = act.mailbox.add_event(name, encoded, idempotency_key)
+        if added:
+            act.event_arrived(name)
+        return added
+
+    async def turns(self, ref: Ref[Any]) -> list[TurnInfo]:
+        """The actor's turns in flight with their journaled steps, without waking it."""
+        await anyio.lowlevel.checkpoint()
+        self._check_open()
+        spec, key = ref._spec, ref.key
+
+        def read(mailbox: Mailbox | None, act: Activation | None) -> list[TurnInfo]:
+            if mailbox is None:
+                return []
+            applied = act.applied_seq if act is not None else self._applied_seq(spec, key)
+            running = act.turn.seq if act is not None and act.turn is not None else None
+            out = []
+            for seq, method, attempts, cancelled, _at in mailbox.unapplied(applied):
+                journal = mailbox.journal(seq)
+                if not journal and seq != running:
+                    continue
+                steps = tuple(
+                    StepRecord(r.n, r.kind, r.name, r.status, r.attempts, r.until, r.recorded_at)
+                    for r in journal.values()
+                )
+                if seq == running:
+                    status = "running"
+                    if act is not None and act.turn is not None and act.turn.idle:
+                        status = "waiting"
+                elif any(step.status == "waiting" for step in steps):
+                    status = "waiting"
+                else:
+                    status = "interrupted"
+                out.append(TurnInfo(seq, method, status, attempts, cancelled, steps))
+            return out
+
+        return self._with_mailbox(spec, key, read)  # type: ignore[no-any-return]
+
+    async def cancel_turn(self, ref: Ref[Any], seq: int, reason: str = "cancelled") -> None:
+        """Cancel message ``seq``: its turn (running, waiting or not started) rolls back, the
+        message is dead-lettered with :class:`TurnCancelledError`, and the actor moves on."""
+        await anyio.lowlevel.checkpoint()
+        self._check_open()
+        spec, key = ref._spec, ref.key
+
+        def mark(mailbox: Mailbox | None, act: Activation | None) -> bool:
+            if mailbox is None or not mailbox.cancel(seq, reason):
+                return False
+            if act is not None:
+                for message in act.queue:
+                    if message.seq == seq:
+                        message.cancelled = reason
+                if act.turn is not None and act.turn.seq == seq:
+                    act.turn.interrupt_with("cancel")
+                act.work.set()
+            return True
+
+        if not self._with_mailbox(spec, key, mark):
+            raise LookupError(f"{ref!r} has no message {seq} waiting to be applied")
+        if actor_id(spec.name, key) not in self.awake:
+            self.directory.mark_pending(actor_id(spec.name, key), spec.name, key)
+            self._wake_later(spec, key)
+
+    async def restart_turn(self, ref: Ref[Any], seq: int, from_step: int = 0) -> int:
+        """Run message ``seq``'s turn again from step number ``from_step``: journaled steps
+        before it keep their results, later ones run again (Cloudflare Workflows' restart
+        from a step). Returns how many journal rows were removed."""
+        await anyio.lowlevel.checkpoint()
+        self._check_open()
+        if not isinstance(from_step, int) or from_step < 0:
+            raise ValueError(f"from_step must be an int >= 0 (got {from_step!r})")
+        spec, key = ref._spec, ref.key
+
+        def rewind(mailbox: Mailbox | None, act: Activation | None) -> int | None:
+            if mailbox is None:
+                return None
+            applied = act.applied_seq if act is not None else self._applied_seq(spec, key)
+            if all(row[0] != seq for row in mailbox.unapplied(applied)):
+                return None
+            removed = mailbox.rewind(seq, from_step)
+            if act is not None and act.turn is not None and act.turn.seq == seq:
+                act.turn.interrupt_with("restart")
+            return removed
+
+        removed = self._with_mailbox(spec, key, rewind)
+        if removed is None:
+            raise LookupError(f"{ref!r} has no message {seq} waiting to be applied")
+        aid = actor_id(spec.name, key)
+        if aid not in self.awake:
+            self.directory.mark_pending(aid, spec.name, key)
+            self._wake_later(spec, key)
+        return int(removed)
+
+    def _with_mailbox(self, spec: TypeSpec, key: str, fn: Callable[[Any, Any], Any]) -> Any:
+        """Run ``fn(mailbox, activation)`` on the actor's open mailbox, or on its file opened
+        for the call (``fn(None, None)`` if it has none). Sync: nothing opens it meanwhile."""
+        aid = actor_id(spec.name, key)
+        act = self.awake.get(aid)
+        if act is not None and act.files_open:
+            return fn(act.mailbox, act)
+        path = actor_dir(self.root, aid) / MAILBOX_FILE
+        if not path.exists():
+            return fn(None, None)
+        mailbox = Mailbox(path, synchronous=self.synchronous, type_name=spec.name, key=key)
+        try:
+            return fn(mailbox, None)
+        finally:
+            mailbox.close()
+
+    def _applied_seq(self, spec: TypeSpec, key: str) -> int:
+        """The applied-message cursor of a hibernated actor, read from its ``data.db``."""
+        path = actor_dir(self.root, actor_id(spec.name, key)) / DATA_FILE
+        if not path.exists():
+            return 0
+        conn = db.connect(path, synchronous=self.synchronous, private=True, persist_wal=True)
+        try:
+            return int(db.scalar(conn, "SELECT applied_seq FROM _torpor_state") or 0)
+        finally:
+            db.close(conn, path, keep_wal=False)
+
+    def _crash_point(self, where: str, turn: Any, number: int) -> None:
+        if self.crash_hook is not None:
+            self.crash_hook(where, turn, number)
+
     async def _hibernate(self, act: Activation) -> None:
         """Hibernate an idle awake actor and wait until its files are closed."""
         self._begin_hibernation(act)
@@ -826,6 +1038,7 @@ class Runtime:
             self.idle.pop(act.aid)
             self._transition(act, State.AWAKE, Event.IDLE)
             act.hibernating = act.closing = True
+            act.suspend_turn()
             act.work.set()
 
     def _idle(self, act: Activation) -> None:
@@ -1063,6 +1276,7 @@ class Runtime:
         self.closing.set()
         for act in list(self.awake.values()):
             act.closing = act.hibernating = True
+            act.suspend_turn()
             act.work.set()
         self._room_changed()
         with anyio.move_on_after(self.shutdown_grace):
@@ -1075,6 +1289,10 @@ class Runtime:
 
     def _close_files(self) -> None:
         self.closed = True
+        for waiters in self.parked_waiters.values():
+            for waiter in waiters.values():
+                waiter.set_error(RuntimeClosedError("the runtime closed before this was applied"))
+        self.parked_waiters.clear()
         try:
             for act in self.awake.values():
                 try:

@@ -170,3 +170,52 @@ class RuntimeLockedError(ActorError):
 
 class RuntimeInternalError(Exception):
     """A bug in torpor itself, not in your code. Please file an issue with the traceback."""
+
+
+class NonRetryable(Exception):
+    """Raise it (or a subclass) inside a step's function to stop retrying: the step fails at
+    once with this error, which is journaled as the step's final error."""
+
+
+class StepFailedError(ActorError):
+    """A step failed on every attempt allowed (or raised :class:`NonRetryable`).
+
+    The failure is journaled, so a replay of the turn raises this same error again without
+    running the step. ``error_type`` and ``error_message`` name the step's last exception, which
+    is the ``__cause__`` (a :class:`StoredError` when the failure is read back from the journal).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        step: str,
+        number: int,
+        error_type: str,
+        error_message: str,
+        attempts: int,
+    ) -> None:
+        super().__init__(message)
+        self.step = step
+        self.number = number
+        self.error_type = error_type
+        self.error_message = error_message
+        self.attempts = attempts
+
+
+class NondeterminismError(ActorError):
+    """A replayed turn called a different step than its journal recorded at that position.
+
+    Code between steps must be deterministic given the actor's state, the message and the step
+    results. The actor is stopped (its messages and journals are kept); deploy a fix, for
+    example the new code behind ``if self.patched("change-id"):``, then ``Runtime.resume``.
+    """
+
+
+class WaitTimeoutError(ActorError, TimeoutError):
+    """``wait_for_event`` reached its durable deadline before the event arrived."""
+
+
+class TurnCancelledError(ActorError):
+    """The turn was cancelled through ``Runtime.cancel_turn``: its writes were rolled back and
+    its message was dead-lettered (``Runtime.replay_dead_letter`` sends it again)."""

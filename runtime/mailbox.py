@@ -56,12 +56,54 @@ _MIGRATIONS = (
         failed_at REAL NOT NULL
     );
     """,
+    # Durable steps (DESIGN §4): the journal of the turns in flight, keyed by (message, step
+    # number), the events (signals) delivered to the actor, and a turn cancelled through the API.
+    """
+    CREATE TABLE journal(
+        seq INTEGER NOT NULL,
+        n INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        name TEXT NOT NULL,
+        status TEXT NOT NULL,
+        value BLOB,
+        until REAL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        recorded_at REAL NOT NULL,
+        PRIMARY KEY (seq, n)
+    );
+    CREATE INDEX journal_waits ON journal(until) WHERE status = 'waiting';
+    CREATE TABLE events(
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        idempotency_key TEXT UNIQUE,
+        consumed_seq INTEGER,
+        consumed_n INTEGER,
+        sent_at REAL NOT NULL
+    );
+    CREATE INDEX events_unconsumed ON events(name, id) WHERE consumed_seq IS NULL;
+    ALTER TABLE inbox ADD COLUMN cancelled TEXT;
+    """,
 )
 
 _MESSAGE_COLUMNS = (
     "seq, sender, sender_seq, method, payload, idempotency_key, attempts, started, "
-    "EXISTS (SELECT 1 FROM dead_letters d WHERE d.seq = inbox.seq)"
+    "EXISTS (SELECT 1 FROM dead_letters d WHERE d.seq = inbox.seq), cancelled"
 )
+
+
+@attrs.define(slots=True)
+class JournalRow:
+    """One journaled step of a turn: its result, final error, wait deadline or marker."""
+
+    n: int
+    kind: str
+    name: str
+    status: str  # done | failed | waiting
+    value: bytes | None
+    until: float | None
+    attempts: int
+    recorded_at: float
 
 
 @attrs.define(slots=True)
@@ -83,6 +125,7 @@ class Message:
     started: int = 0
     dead_lettered: bool = False
     recovered: bool = False
+    cancelled: str | None = None
 
 
 @attrs.frozen
@@ -257,6 +300,7 @@ class Mailbox:
                 started=row[7],
                 dead_lettered=bool(row[8]),
                 recovered=recovered,
+                cancelled=row[9],
             )
             for row in rows
         ]
@@ -302,8 +346,135 @@ class Mailbox:
         )
 
     def remove_applied(self, upto_seq: int) -> None:
-        """Delete inbox rows whose effects ``data.db`` has committed."""
-        self.conn.execute("DELETE FROM inbox WHERE seq <= ?", (upto_seq,))
+        """Delete inbox rows whose effects ``data.db`` has committed, with their journals and
+        the events their turns consumed."""
+        with self.conn:
+            self.conn.execute("DELETE FROM inbox WHERE seq <= ?", (upto_seq,))
+            self.conn.execute("DELETE FROM journal WHERE seq <= ?", (upto_seq,))
+            self.conn.execute("DELETE FROM events WHERE consumed_seq <= ?", (upto_seq,))
+
+    # -- the step journal -----------------------------------------------------------------
+
+    def journal(self, seq: int) -> dict[int, JournalRow]:
+        """The journal of message ``seq``: step number -> row."""
+        return {
+            row[0]: JournalRow(*row)
+            for row in self.conn.execute(
+                "SELECT n, kind, name, status, value, until, attempts, recorded_at FROM journal "
+                "WHERE seq = ? ORDER BY n",
+                (seq,),
+            )
+        }
+
+    def record(self, seq: int, rows: list[JournalRow]) -> None:
+        """Write journal rows (new, or replacing a waiting row) in one transaction."""
+        with self.conn:
+            self.conn.executemany(
+                "INSERT OR REPLACE INTO journal(seq, n, kind, name, status, value, until, "
+                "attempts, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        seq,
+                        r.n,
+                        r.kind,
+                        r.name,
+                        r.status,
+                        r.value,
+                        r.until,
+                        r.attempts,
+                        r.recorded_at,
+                    )
+                    for r in rows
+                ],
+            )
+
+    def consume_event(self, seq: int, row: JournalRow, name: str) -> bytes | None:
+        """Take the oldest unconsumed event called ``name`` for step ``row`` of message
+        ``seq`` and journal it as the step's result, in one transaction; ``None`` if none."""
+        conn = self.conn
+        with conn:
+            found: list[Any] = conn.execute(
+                "SELECT id, payload FROM events WHERE name = ? AND consumed_seq IS NULL "
+                "ORDER BY id LIMIT 1",
+                (name,),
+            ).fetchall()
+            for event_id, payload in found:
+                conn.execute(
+                    "UPDATE events SET consumed_seq = ?, consumed_n = ? WHERE id = ?",
+                    (seq, row.n, event_id),
+                )
+                row.status, row.value = "done", payload
+                conn.execute(
+                    "INSERT OR REPLACE INTO journal(seq, n, kind, name, status, value, until, "
+                    "attempts, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        seq,
+                        row.n,
+                        row.kind,
+                        row.name,
+                        row.status,
+                        row.value,
+                        row.until,
+                        row.attempts,
+                        time.time(),
+                    ),
+                )
+                return bytes(payload)
+        return None
+
+    def add_event(self, name: str, payload: bytes, idempotency_key: str | None) -> bool:
+        """Store an event (a signal); ``False`` if its idempotency key was seen already."""
+        cursor = self.conn.execute(
+            "INSERT INTO events(name, payload, idempotency_key, sent_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(idempotency_key) DO NOTHING RETURNING id",
+            (name, payload, idempotency_key, time.time()),
+        )
+        return bool(cursor.fetchall())
+
+    def rewind(self, seq: int, from_n: int) -> int:
+        """Forget the journal of message ``seq`` from step ``from_n`` on (events those steps
+        consumed become unconsumed again); return the rows removed."""
+        conn = self.conn
+        with conn:
+            conn.execute(
+                "UPDATE events SET consumed_seq = NULL, consumed_n = NULL "
+                "WHERE consumed_seq = ? AND consumed_n >= ?",
+                (seq, from_n),
+            )
+            removed = conn.execute(
+                "DELETE FROM journal WHERE seq = ? AND n >= ? RETURNING n", (seq, from_n)
+            ).fetchall()
+            conn.execute("UPDATE inbox SET started = 0, attempts = 0 WHERE seq = ?", (seq,))
+        return len(removed)
+
+    def cancel(self, seq: int, reason: str) -> bool:
+        """Mark message ``seq`` cancelled (durably); ``False`` if it is not in the inbox."""
+        return bool(
+            self.conn.execute(
+                "UPDATE inbox SET cancelled = ? WHERE seq = ? RETURNING seq", (reason, seq)
+            ).fetchall()
+        )
+
+    def reset_start(self, seq: int) -> None:
+        """A turn suspended in a durable wait did not kill the process: forget its starts."""
+        self.conn.execute("UPDATE inbox SET started = 0 WHERE seq = ? AND started > 0", (seq,))
+
+    def next_wait(self) -> float | None:
+        """The earliest deadline of a journaled durable wait (sleep, or an event's timeout)."""
+        value = db.scalar(self.conn, "SELECT min(until) FROM journal WHERE status = 'waiting'")
+        return None if value is None else float(value)
+
+    def unapplied(self, applied_seq: int) -> list[tuple[int, str, int, str | None, float]]:
+        """``(seq, method, attempts, cancelled, enqueued_at)`` of messages not yet applied."""
+        return [
+            (int(r[0]), r[1], int(r[2]), r[3], float(r[4]))
+            for r in self.conn.execute(
+                "SELECT seq, method, attempts, cancelled, enqueued_at FROM inbox WHERE seq > ? "
+                "AND NOT EXISTS (SELECT 1 FROM dead_letters d WHERE d.seq = inbox.seq) "
+                "ORDER BY seq",
+                (applied_seq,),
+            )
+        ]
 
     def prune_idempotency(self, before: float, applied_seq: int) -> None:
         """Forget keys older than ``before`` whose message was applied (never a pending one)."""

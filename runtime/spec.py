@@ -33,8 +33,9 @@ QUERY_MARK = "__torpor_query__"
 class Retry:
     """A retry policy: how many attempts, and the exponential backoff between them.
 
-    Used for failing messages (``Actor.retry``). The delay before attempt ``n + 1`` is
-    ``min(max_delay, initial_delay * multiplier ** (n - 1))``, spread by ``±jitter`` of itself.
+    Used for failing messages (``Actor.retry``) and for steps (``self.step(..., retry=)``). The
+    delay before attempt ``n + 1`` is ``min(max_delay, initial_delay * multiplier ** (n - 1))``,
+    spread by ``±jitter`` of itself.
     """
 
     max_attempts: int = attrs.field(default=3)
@@ -46,6 +47,9 @@ class Retry:
     #: death that made it suspect (in an ordinary batch) is not counted, so the process dies at
     #: most ``max_crashes + 1`` times on one message.
     max_crashes: int = attrs.field(default=5)
+    #: Steps only: seconds one attempt may take before it counts as failed (``None``: no limit).
+    #: A synchronous function cannot be interrupted: its worker thread is abandoned, and runs on.
+    deadline: float | None = None
 
     @max_attempts.validator
     def _check_attempts(self, _attribute: Any, value: int) -> None:
@@ -62,6 +66,12 @@ class Retry:
             value = getattr(self, name)
             if not isinstance(value, int | float) or value < 0:
                 raise ValueError(f"{name} must be a number of seconds >= 0 (got {value!r})")
+        if self.deadline is not None and not (
+            isinstance(self.deadline, int | float) and self.deadline > 0
+        ):
+            raise ValueError(
+                f"deadline must be a number of seconds > 0 or None (got {self.deadline!r})"
+            )
         if self.multiplier < 1:
             raise ValueError(f"multiplier must be >= 1 (got {self.multiplier!r})")
         if not 0 <= self.jitter <= 1:

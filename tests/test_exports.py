@@ -44,6 +44,16 @@ PUBLIC = {
     "UnknownHandlerError",
     "open_runtime",
     "query",
+    # durable steps
+    "NondeterminismError",
+    "NonRetryable",
+    "StepFailedError",
+    "StepInfo",
+    "StepRecord",
+    "TurnCancelledError",
+    "TurnInfo",
+    "WaitTimeoutError",
+    "current_step",
 }
 
 
@@ -74,5 +84,5 @@ def test_every_error_has_a_docstring_and_a_root() -> None:
         obj = getattr(actors, name)
         if isinstance(obj, type) and issubclass(obj, BaseException):
             assert obj.__doc__, name
-            if name not in ("RuntimeInternalError", "StoredError"):
+            if name not in ("RuntimeInternalError", "StoredError", "NonRetryable"):
                 assert issubclass(obj, actors.ActorError), name

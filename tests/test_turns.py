@@ -472,7 +472,7 @@ async def test_ref_calls_inside_a_turn_are_refused(root: Path) -> None:
         with pytest.raises(actors.MessageFailedError) as info:
             await rt.ref(Selfish, "s").ask(Selfish.loop)
         assert isinstance(info.value.__cause__, RuntimeError)
-        assert "self.send" in str(info.value.__cause__)
+        assert "self.ask" in str(info.value.__cause__)
 
 
 async def test_failed_on_create_is_reported_and_keeps_messages(root: Path) -> None:

@@ -21,6 +21,7 @@ SECTIONS = [
     ("Opening a runtime", ["open_runtime", "Runtime", "RuntimeStatistics", "LifecycleEvent"]),
     ("Actors", ["Actor", "query", "Retry", "RestartIntensity", "Schedule", "Sql", "KV"]),
     ("Messages", ["Ref", "DeadLetter"]),
+    ("Durable steps", ["current_step", "StepInfo", "TurnInfo", "StepRecord", "NonRetryable"]),
 ]
 
 

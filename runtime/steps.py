@@ -1,0 +1,525 @@
+"""Durable steps inside a turn (DESIGN §4): journaled effects, values, waits and asks.
+
+Every durable call of a handler (``self.step``, ``self.now``, ``self.sleep``, ``self.ask``, ...)
+gets the next *step number* of its turn when it is called, not when it is awaited, so that steps
+started together (``self.gather``) are numbered in the order the code wrote them. The journal in
+``mailbox.db`` is keyed by (message, step number). A turn that runs again (after a crash, a
+retry, a durable wait that let the actor hibernate, or a restart through the API) replays from
+its start: ``data.db`` writes were rolled back, and journaled steps return their recorded
+results without running again.
+
+Journal writes are committed before the step's result is used, except for values
+(``now``/``random``/``uuid``/``patched`` markers): those are written with the next journal write,
+before any effect that could have observed them leaves the turn. If the turn commits first, the
+message is applied and never replayed, so they need no write at all.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+import random
+import traceback
+import uuid
+from collections.abc import Awaitable, Callable, Generator
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio
+import attrs
+
+from .errors import (
+    ActorError,
+    NondeterminismError,
+    NonRetryable,
+    StepFailedError,
+    StoredError,
+    WaitTimeoutError,
+)
+from .mailbox import JournalRow
+from .spec import Retry
+
+if TYPE_CHECKING:
+    from .activation import Activation
+    from .mailbox import Message
+
+T = TypeVar("T")
+
+#: The retry policy of a step that names none.
+DEFAULT_STEP_RETRY = Retry(max_attempts=3)
+
+
+@attrs.frozen
+class StepInfo:
+    """What a step's function may know about itself (``actors.current_step()``).
+
+    ``idempotency_key`` is the same on every attempt and every replay of this step, and
+    different for every other step: pass it to external APIs that de-duplicate (payments,
+    e-mail, LLM providers' request ids).
+    """
+
+    name: str
+    number: int
+    attempt: int
+    idempotency_key: str
+
+
+CURRENT_STEP: ContextVar[StepInfo | None] = ContextVar("torpor_step", default=None)
+
+
+def current_step() -> StepInfo:
+    """The step whose function is running in this task or worker thread."""
+    info = CURRENT_STEP.get()
+    if info is None:
+        raise RuntimeError("current_step() is available only inside a step's function")
+    return info
+
+
+class SplitBatch(BaseException):
+    """A message batched behind others made its first durable call: the runtime commits the
+    messages before it and runs this one again, first in a transaction of its own (so that a
+    long step never holds the replies of messages that already finished)."""
+
+
+class Suspended(BaseException):
+    """The turn waits durably and the actor hibernates (or the runtime closes): the turn's
+    transaction rolls back and the turn replays once the wait can end."""
+
+
+class Interrupted(BaseException):
+    """The turn was cancelled or restarted through the API."""
+
+
+@attrs.define(eq=False)
+class TurnState:
+    """The durable-execution state of the message a handler runs."""
+
+    activation: Activation
+    message: Message
+    first: bool  # first message of its transaction (only such a message may make steps)
+    next_n: int = 0
+    journal: dict[int, JournalRow] | None = None
+    pending: list[JournalRow] = attrs.Factory(list)  # value records not yet written
+    running: int = 0  # steps and asks executing now
+    waits: int = 0  # durable waits in progress
+    scopes: set[anyio.CancelScope] = attrs.Factory(set)
+    suspending: bool = False
+    interrupt: str | None = None  # "cancel" or "restart", set through the API
+    scope: anyio.CancelScope | None = None  # around the handler, for interrupts
+    broken: NondeterminismError | None = None  # raised once: the turn cannot go on
+
+    @property
+    def seq(self) -> int:
+        return self.message.seq
+
+    def rows(self) -> dict[int, JournalRow]:
+        if self.journal is None:
+            self.journal = self.activation.mailbox.journal(self.seq)
+        return self.journal
+
+    def describe(self) -> str:
+        act = self.activation
+        return f"{act.spec.name} {act.key!r}, message {self.seq} ({self.message.method})"
+
+    def claim(self, kind: str, name: str) -> tuple[int, JournalRow | None]:
+        """The next step number, and its journal row if a previous run recorded it."""
+        if not self.first:
+            raise SplitBatch
+        n = self.next_n
+        self.next_n += 1
+        row = self.rows().get(n)
+        if row is not None and (row.kind != kind or row.name != name):
+            self.broken = NondeterminismError(
+                f"{self.describe()}: step {n} was recorded as {row.kind} {row.name!r}, but this "
+                f"run called {kind} {name!r} at that position. Code between steps must be "
+                "deterministic (same state, message and step results -> same steps in the same "
+                "order). Put the change behind `if self.patched('<change-id>'):` so that turns "
+                "already in flight keep their old path, or cancel or restart those turns "
+                "(Runtime.cancel_turn, Runtime.restart_turn); then Runtime.resume the actor"
+            )
+            raise self.broken
+        return n, row
+
+    def write(self, *rows: JournalRow) -> None:
+        """Journal ``rows`` now, with any value records still pending before them."""
+        batch = [*self.pending, *rows]
+        self.pending.clear()
+        if batch:
+            self.activation.mailbox.record(self.seq, batch)
+            journal = self.rows()
+            for row in batch:
+                journal[row.n] = row
+
+    def _clock(self) -> float:
+        return self.activation.runtime.clock()
+
+    def idempotency_key(self, n: int) -> str:
+        return f"torpor:{self.activation.aid}:{self.seq}:{n}"
+
+    # -- values ---------------------------------------------------------------------------
+
+    def value(self, kind: str, make: Callable[[], Any]) -> Any:
+        n, row = self.claim(kind, kind)
+        codec = self.activation.runtime.codec
+        if row is not None:
+            assert row.value is not None
+            return codec.decode(row.value)
+        value = make()
+        self.pending.append(
+            JournalRow(n, kind, kind, "done", codec.encode(value), None, 0, self._clock())
+        )
+        return value
+
+    def patched(self, change_id: str) -> bool:
+        if not isinstance(change_id, str) or not change_id:
+            raise TypeError(f"patched() takes a non-empty change id string (got {change_id!r})")
+        if not self.first:
+            raise SplitBatch
+        row = self.rows().get(self.next_n)
+        if row is None:  # new ground: record that this turn runs the patched code
+            n = self.next_n
+            self.next_n += 1
+            self.pending.append(
+                JournalRow(n, "patch", change_id, "done", None, None, 0, self._clock())
+            )
+            return True
+        if row.kind == "patch" and row.name == change_id:
+            self.next_n += 1
+            return True
+        return False  # a turn recorded by code without this change: keep the old path
+
+    # -- steps ----------------------------------------------------------------------------
+
+    def step(
+        self,
+        name: str,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        retry: Retry,
+    ) -> StepCall[Any]:
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"a step needs a non-empty name string (got {name!r})")
+        if not callable(fn):
+            raise TypeError(f"step {name!r}: fn must be callable (got {fn!r})")
+        n, row = self.claim("step", name)
+        return StepCall(functools.partial(self.run_step, n, row, name, fn, args, kwargs, retry))
+
+    async def run_step(
+        self,
+        n: int,
+        row: JournalRow | None,
+        name: str,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        retry: Retry,
+    ) -> Any:
+        act = self.activation
+        rt = act.runtime
+        if row is not None:
+            return self._replayed(row)
+        self.write()
+        rt._crash_point("before step", self, n)
+        self.running += 1
+        act.turn_busy()
+        try:
+            attempt = 0
+            is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+                getattr(fn, "__call__", None)  # noqa: B004 (an async callable object)
+            )
+            while True:
+                attempt += 1
+                info = StepInfo(name, n, attempt, self.idempotency_key(n))
+                token = CURRENT_STEP.set(info)
+                try:
+                    with _deadline(retry.deadline):
+                        if is_async:
+                            result = await fn(*args, **kwargs)
+                        else:
+                            result = await anyio.to_thread.run_sync(
+                                functools.partial(fn, *args, **kwargs), abandon_on_cancel=True
+                            )
+                    payload = rt.codec.encode(result)
+                except Exception as exc:
+                    final = isinstance(exc, NonRetryable | ActorError) and not isinstance(
+                        exc, StepDeadlineError
+                    )
+                    if attempt >= retry.max_attempts or final:
+                        record = JournalRow(
+                            n,
+                            "step",
+                            name,
+                            "failed",
+                            rt.codec.encode(_error_info(exc)),
+                            None,
+                            attempt,
+                            self._clock(),
+                        )
+                        self.write(record)
+                        rt.stats_steps += 1
+                        rt._crash_point("after step", self, n)
+                        raise _step_failed(self, record, exc) from exc
+                    rt.stats_step_retries += 1
+                    await anyio.sleep(retry.delay(attempt))
+                    continue
+                finally:
+                    CURRENT_STEP.reset(token)
+                self.write(
+                    JournalRow(n, "step", name, "done", payload, None, attempt, self._clock())
+                )
+                rt.stats_steps += 1
+                rt._crash_point("after step", self, n)
+                return rt.codec.decode(payload)
+        finally:
+            self.running -= 1
+            act.turn_maybe_idle()
+
+    def _replayed(self, row: JournalRow) -> Any:
+        codec = self.activation.runtime.codec
+        assert row.value is not None
+        if row.status == "done":
+            return codec.decode(row.value)
+        type_name, message, text = codec.decode(row.value)
+        raise _step_failed(self, row, None) from StoredError(type_name, message, text)
+
+    # -- durable waits --------------------------------------------------------------------
+
+    def wait(self, kind: str, name: str, until: float | None, event: str | None) -> StepCall[Any]:
+        """A durable sleep (``event`` None) or event wait: numbered and journaled now, waited
+        for when awaited. A new wait's deadline is journaled, so a replay keeps it."""
+        n, row = self.claim(kind, name)
+        if row is None:
+            row = JournalRow(n, kind, name, "waiting", None, until, 0, self._clock())
+            self.write(row)
+            self.activation.runtime._crash_point("before wait", self, n)
+            self.activation.wait_changed(until)
+        return StepCall(functools.partial(self._wait, row, event))
+
+    async def _wait(self, row: JournalRow, event: str | None) -> Any:
+        act = self.activation
+        rt = act.runtime
+        codec = rt.codec
+        n = row.n
+        if row.status == "failed":
+            raise WaitTimeoutError(f"{self.describe()}: no {event!r} event before the deadline")
+        if row.status == "done":
+            return None if row.value is None else codec.decode(row.value)
+        until = row.until
+        while True:
+            if event is not None:
+                payload = act.mailbox.consume_event(self.seq, row, event)
+                if payload is not None:
+                    rt._crash_point("after wait", self, n)
+                    return codec.decode(payload)
+            now = rt.clock()
+            if until is not None and now >= until:
+                row.status = "done" if event is None else "failed"
+                self.write(row)
+                rt._crash_point("after wait", self, n)
+                if event is not None:
+                    raise WaitTimeoutError(
+                        f"{self.describe()}: no {event!r} event before the deadline"
+                    )
+                return None
+            arrived = act.event_arrival(event) if event is not None else None
+            self.waits += 1
+            act.turn_maybe_idle()
+            try:
+                with anyio.CancelScope() as scope:
+                    self.scopes.add(scope)
+                    if self.suspending:
+                        scope.cancel()
+                    delay = math.inf if until is None else until - now
+                    with anyio.move_on_after(delay):
+                        if arrived is not None:
+                            await arrived.wait()
+                        else:
+                            await anyio.sleep_forever()
+            finally:
+                self.scopes.discard(scope)
+                self.waits -= 1
+                act.turn_busy()
+            if self.suspending:
+                raise Suspended
+
+    def suspend(self) -> None:
+        """Make every durable wait of this turn end in :class:`Suspended`."""
+        self.suspending = True
+        for scope in self.scopes:
+            scope.cancel()
+
+    def interrupt_with(self, what: str) -> None:
+        """Cancel the handler (``"cancel"``) or run it again (``"restart"``): API requests."""
+        self.interrupt = what
+        if self.scope is not None:
+            self.scope.cancel()
+
+    @property
+    def idle(self) -> bool:
+        """Only durable waits are in progress: the actor may hibernate meanwhile."""
+        return self.waits > 0 and self.running == 0
+
+    # -- asks -----------------------------------------------------------------------------
+
+    def ask(
+        self, target: Any, method: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> StepCall[Any]:
+        act = self.activation
+        handler = target._spec.handler(method)
+        name = f"{target.type_name}.{handler.name}"
+        n, row = self.claim("ask", name)
+        if row is not None:
+            return StepCall(functools.partial(_returning, self._replayed, row))
+        if target._spec is act.spec and target.key == act.key:
+            raise RuntimeError(
+                f"{self.describe()}: self.ask to the actor itself would wait for a turn that "
+                "can only start after this one ends; call the method directly instead"
+            )
+        return StepCall(functools.partial(self._ask, n, name, target, method, args, kwargs))
+
+    async def _ask(
+        self,
+        n: int,
+        name: str,
+        target: Any,
+        method: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        act = self.activation
+        rt = act.runtime
+        self.write()
+        rt._crash_point("before step", self, n)
+        self.running += 1
+        act.turn_busy()
+        try:
+            try:
+                result = await rt._ask(
+                    target._spec,
+                    target.key,
+                    method,
+                    args,
+                    kwargs,
+                    self.idempotency_key(n),
+                    from_turn=True,
+                )
+                payload = rt.codec.encode(result)
+            except ActorError as exc:
+                record = JournalRow(
+                    n,
+                    "ask",
+                    name,
+                    "failed",
+                    rt.codec.encode(_error_info(exc)),
+                    None,
+                    1,
+                    self._clock(),
+                )
+                self.write(record)
+                rt._crash_point("after step", self, n)
+                raise _step_failed(self, record, exc) from exc
+            self.write(JournalRow(n, "ask", name, "done", payload, None, 1, self._clock()))
+            rt.stats_steps += 1
+            rt._crash_point("after step", self, n)
+            return result
+        finally:
+            self.running -= 1
+            act.turn_maybe_idle()
+
+
+async def _returning(fn: Callable[[JournalRow], Any], row: JournalRow) -> Any:
+    return fn(row)
+
+
+class StepDeadlineError(TimeoutError):
+    """One attempt of a step took longer than its ``Retry.deadline`` (it is retried)."""
+
+
+class _deadline:
+    """``anyio.fail_after`` raising :class:`StepDeadlineError`, or nothing for ``None``."""
+
+    def __init__(self, seconds: float | None) -> None:
+        self.seconds = seconds
+        self.scope: anyio.CancelScope | None = None
+
+    def __enter__(self) -> None:
+        if self.seconds is not None:
+            self.scope = anyio.move_on_after(self.seconds)
+            self.scope.__enter__()
+
+    def __exit__(self, *exc: Any) -> bool:
+        if self.scope is None:
+            return False
+        swallowed = bool(self.scope.__exit__(*exc))
+        if self.scope.cancelled_caught:
+            raise StepDeadlineError(f"the attempt took longer than {self.seconds} s")
+        return swallowed
+
+
+class StepCall(Awaitable[T]):
+    """A step, numbered when created; await it (alone, or in ``self.gather``) to run it."""
+
+    __slots__ = ("_run",)
+
+    def __init__(self, run: Callable[[], Awaitable[T]]) -> None:
+        self._run = run
+
+    def __await__(self) -> Generator[Any, None, T]:
+        return self._run().__await__()
+
+
+async def gather(*awaitables: Awaitable[Any]) -> list[Any]:
+    """Await several steps (or any awaitables) at once; results in argument order. Every one
+    runs to its end; then the first error, in argument order, is raised."""
+    results: list[Any] = [None] * len(awaitables)
+    errors: list[BaseException | None] = [None] * len(awaitables)
+
+    async def one(i: int, awaitable: Awaitable[Any]) -> None:
+        try:
+            results[i] = await awaitable
+        except (Exception, Suspended, Interrupted) as exc:
+            errors[i] = exc
+
+    async with anyio.create_task_group() as tg:
+        for i, awaitable in enumerate(awaitables):
+            tg.start_soon(one, i, awaitable)
+    for error in errors:  # the runtime's own control flow first
+        if isinstance(error, Suspended | Interrupted):
+            raise error
+    for error in errors:
+        if error is not None:
+            raise error
+    return results
+
+
+def _error_info(exc: BaseException) -> list[str]:
+    return [
+        type(exc).__qualname__,
+        str(exc),
+        "".join(traceback.format_exception(exc)),
+    ]
+
+
+def _step_failed(turn: TurnState, row: JournalRow, exc: BaseException | None) -> StepFailedError:
+    codec = turn.activation.runtime.codec
+    assert row.value is not None
+    type_name, message, _text = codec.decode(row.value)
+    return StepFailedError(
+        f"{turn.describe()}: step {row.n} ({row.kind} {row.name!r}) failed after "
+        f"{row.attempts} attempt(s): {type_name}: {message}",
+        step=row.name,
+        number=row.n,
+        error_type=type_name,
+        error_message=message,
+        attempts=row.attempts,
+    )
+
+
+def new_random() -> float:
+    return random.random()
+
+
+def new_uuid() -> uuid.UUID:
+    return uuid.uuid4()
