@@ -1,0 +1,645 @@
+"""Durable steps inside handlers (DESIGN §4): journaled effects, values, waits, asks, fan-out,
+versioning and the management of turns in flight. Virtual time throughout (MockClock)."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+import actors
+
+START = 1_800_000_000.0
+
+
+def clock() -> float:
+    return START + trio.current_time()
+
+
+def runtime(root: Path, *types: type, **options: Any) -> Any:
+    options.setdefault("clock", clock)
+    return actors.open_runtime(root, types=list(types), **options)
+
+
+# -- steps ------------------------------------------------------------------------------------
+
+
+async def test_a_completed_step_does_not_run_again_when_its_turn_is_retried(root: Path) -> None:
+    calls: list[str] = []
+    failures = [1]
+
+    async def charge(amount: int) -> str:
+        calls.append(f"charge {amount}")
+        return f"receipt-{amount}"
+
+    class Shop(actors.Actor, name="Shop"):
+        retry = actors.Retry(max_attempts=3, initial_delay=1)
+
+        async def buy(self, amount: int) -> str:
+            receipt: str = await self.step("charge", charge, amount)
+            self.kv["receipt"] = receipt
+            if failures:
+                failures.pop()
+                raise RuntimeError("the turn fails after the charge")
+            return receipt
+
+    async with runtime(root, Shop) as rt:
+        assert await rt.ref(Shop, "s").ask(Shop.buy, 30) == "receipt-30"
+    assert calls == ["charge 30"]
+
+
+async def test_sync_steps_run_in_a_worker_thread_and_async_ones_in_the_loop(root: Path) -> None:
+    loop_thread = threading.get_ident()
+    seen: dict[str, int] = {}
+
+    def sync_fn() -> int:
+        seen["sync"] = threading.get_ident()
+        return 1
+
+    async def async_fn() -> int:
+        seen["async"] = threading.get_ident()
+        return 2
+
+    class Worker(actors.Actor, name="Worker"):
+        async def go(self) -> int:
+            return int(await self.step("s", sync_fn)) + int(await self.step("a", async_fn))
+
+    async with runtime(root, Worker) as rt:
+        assert await rt.ref(Worker, "w").ask(Worker.go) == 3
+    assert seen["async"] == loop_thread
+    assert seen["sync"] != loop_thread
+
+
+async def test_step_retries_with_backoff_then_fails_with_a_typed_error(root: Path) -> None:
+    attempts: list[float] = []
+
+    async def flaky() -> str:
+        attempts.append(trio.current_time())
+        if len(attempts) < 3:
+            raise ConnectionError("try again")
+        return "ok"
+
+    async def broken() -> str:
+        attempts.append(trio.current_time())
+        raise ValueError("always")
+
+    policy = actors.Retry(max_attempts=3, initial_delay=10, multiplier=2, jitter=0)
+
+    class Caller(actors.Actor, name="Caller"):
+        async def flaky(self) -> str:
+            return str(await self.step("flaky", flaky, retry=policy))
+
+        async def broken(self) -> str:
+            try:
+                await self.step("broken", broken, retry=policy)
+            except actors.StepFailedError as exc:
+                return f"{exc.step} {exc.error_type} {exc.error_message} {exc.attempts}"
+            return "unreachable"
+
+    async with runtime(root, Caller) as rt:
+        ref = rt.ref(Caller, "c")
+        assert await ref.ask(Caller.flaky) == "ok"
+        gaps = [round(b - a) for a, b in itertools.pairwise(attempts)]
+        assert gaps == [10, 20]  # exponential backoff, jitter 0
+        attempts.clear()
+        assert await ref.ask(Caller.broken) == "broken ValueError always 3"
+        assert len(attempts) == 3
+        assert rt.statistics().step_retries == 4
+
+
+async def test_non_retryable_stops_at_once_and_the_failure_is_journaled(root: Path) -> None:
+    calls: list[int] = []
+    turn_failures = [1]
+
+    async def refuse() -> None:
+        calls.append(1)
+        raise actors.NonRetryable("card declined")
+
+    class Payer(actors.Actor, name="Payer"):
+        retry = actors.Retry(max_attempts=2, initial_delay=1)
+
+        async def pay(self) -> str:
+            try:
+                await self.step("pay", refuse, retry=actors.Retry(max_attempts=5))
+            except actors.StepFailedError as exc:
+                if turn_failures:
+                    turn_failures.pop()
+                    raise RuntimeError("fail the turn after the journaled failure") from exc
+                return exc.error_message
+            return "paid"
+
+    async with runtime(root, Payer) as rt:
+        assert await rt.ref(Payer, "p").ask(Payer.pay) == "card declined"
+    assert calls == [1]  # one attempt, and the retried turn read the failure from the journal
+
+
+async def test_a_step_attempt_past_its_deadline_is_retried(root: Path) -> None:
+    durations = [100.0, 1.0]
+
+    async def slow() -> str:
+        await trio.sleep(durations.pop(0))
+        return "done"
+
+    class Agent(actors.Actor, name="Agent"):
+        async def go(self) -> str:
+            policy = actors.Retry(max_attempts=2, initial_delay=1, deadline=5)
+            return str(await self.step("slow", slow, retry=policy))
+
+    async with runtime(root, Agent) as rt:
+        start = trio.current_time()
+        assert await rt.ref(Agent, "a").ask(Agent.go) == "done"
+        assert trio.current_time() - start < 10  # the first attempt was cut at 5 s
+    assert durations == []
+
+
+async def test_the_step_idempotency_key_is_stable_across_attempts_and_replays(root: Path) -> None:
+    keys: list[tuple[str, int, str]] = []
+    fail = [1]
+
+    async def call() -> None:
+        info = actors.current_step()
+        keys.append((info.name, info.attempt, info.idempotency_key))
+        if fail and info.name == "b":
+            fail.pop()
+            raise ConnectionError("retry")
+
+    class Agent(actors.Actor, name="Agent"):
+        async def go(self) -> None:
+            await self.step("a", call)
+            await self.step("b", call, retry=actors.Retry(max_attempts=2, initial_delay=1))
+            await self.wait_for_event("end")
+
+    async with runtime(root, Agent) as rt:
+        ref = rt.ref(Agent, "k")
+        await ref.send(Agent.go)
+        await trio.sleep(10)
+        (turn,) = await rt.turns(ref)
+        await rt.restart_turn(ref, turn.seq, from_step=1)  # b runs again, as after a crash
+        await trio.sleep(10)
+    assert [(name, attempt) for name, attempt, _ in keys] == [
+        ("a", 1),
+        ("b", 1),
+        ("b", 2),
+        ("b", 1),
+    ]
+    a_keys = {key for name, _, key in keys if name == "a"}
+    b_keys = {key for name, _, key in keys if name == "b"}
+    assert len(a_keys) == 1 and len(b_keys) == 1 and a_keys != b_keys
+    with pytest.raises(RuntimeError):
+        actors.current_step()
+
+
+async def test_large_step_results_stay_in_the_actor_files(root: Path) -> None:
+    blob = bytes(range(256)) * (5 * 4096)  # 5 MiB
+    calls: list[int] = []
+    fail = [1]
+
+    async def download() -> bytes:
+        calls.append(1)
+        return blob
+
+    class Agent(actors.Actor, name="Agent"):
+        retry = actors.Retry(max_attempts=2, initial_delay=1)
+
+        async def go(self) -> int:
+            data: bytes = await self.step("download", download)
+            if fail:
+                fail.pop()
+                raise RuntimeError("replay from the journal")
+            return len(data) if data == blob else -1
+
+    async with runtime(root, Agent) as rt:
+        assert await rt.ref(Agent, "a").ask(Agent.go) == len(blob)
+    assert calls == [1]
+
+
+async def test_durable_calls_outside_message_handlers_are_refused(root: Path) -> None:
+    class Agent(actors.Actor, name="Agent"):
+        async def on_create(self) -> None:
+            try:
+                await self.step("x", trio.sleep, 0)
+            except RuntimeError as exc:
+                self.kv["error"] = str(exc)
+
+        @actors.query
+        async def error(self) -> str:
+            return str(self.kv["error"])
+
+    async with runtime(root, Agent) as rt:
+        assert "message handlers only" in await rt.ref(Agent, "a").ask(Agent.error)
+
+
+# -- journaled values -------------------------------------------------------------------------
+
+
+async def test_now_random_and_uuid_replay_the_same_values(root: Path) -> None:
+    seen: list[tuple[Any, ...]] = []
+    fail = [1]
+
+    async def noop() -> None:
+        return None
+
+    class Agent(actors.Actor, name="Agent"):
+        retry = actors.Retry(max_attempts=2, initial_delay=60)
+
+        async def go(self) -> str:
+            values = (self.now(), self.random(), self.uuid())
+            await self.step("flush", noop)  # the values are journaled before any step runs
+            seen.append(values)
+            if fail:
+                fail.pop()
+                raise RuntimeError("retry a minute later")
+            return "ok"
+
+    async with runtime(root, Agent) as rt:
+        await rt.ref(Agent, "a").ask(Agent.go)
+    assert len(seen) == 2 and seen[0] == seen[1]
+    assert seen[0][0].tzinfo is not None
+    assert seen[0][0].timestamp() == pytest.approx(START, abs=1)
+
+
+# -- durable waits ----------------------------------------------------------------------------
+
+
+async def test_a_long_sleep_hibernates_the_actor_and_the_turn_resumes_on_time(root: Path) -> None:
+    log: list[tuple[str, float]] = []
+
+    async def record(what: str) -> None:
+        log.append((what, clock()))
+
+    class Agent(actors.Actor, name="Agent"):
+        async def remind(self) -> str:
+            await self.step("before", record, "before")
+            await self.sleep(3600)
+            await self.step("after", record, "after")
+            return "reminded"
+
+    async with runtime(root, Agent, idle_timeout=30) as rt:
+        ref = rt.ref(Agent, "a")
+        async with trio.open_nursery() as nursery:
+            result: list[str] = []
+
+            async def ask() -> None:
+                result.append(await ref.ask(Agent.remind))
+
+            nursery.start_soon(ask)
+            await trio.sleep(60)
+            assert rt.statistics().awake == 0  # hibernated while it sleeps
+            (turn,) = await rt.turns(ref)
+            assert turn.status == "waiting"
+            assert [s.kind for s in turn.steps] == ["step", "sleep"]
+            assert turn.steps[1].until == pytest.approx(START + 3600, abs=1)
+        assert result == ["reminded"]
+    assert [what for what, _ in log] == ["before", "after"]
+    assert log[1][1] >= START + 3600  # never early
+
+
+async def test_a_sleep_survives_closing_and_reopening_the_runtime(root: Path) -> None:
+    calls: list[str] = []
+
+    async def record(what: str) -> None:
+        calls.append(what)
+
+    class Agent(actors.Actor, name="Agent"):
+        async def go(self) -> None:
+            await self.step("a", record, "a")
+            await self.sleep(86400)
+            await self.step("b", record, "b")
+            self.kv["done"] = True
+
+        @actors.query
+        async def done(self) -> bool:
+            return bool(self.kv.get("done", False))
+
+    async with runtime(root, Agent) as rt:
+        await rt.ref(Agent, "a").send(Agent.go)
+        await trio.sleep(10)
+    assert calls == ["a"]
+    await trio.sleep(86400)  # the process is down past the deadline
+    async with runtime(root, Agent) as rt:
+        ref = rt.ref(Agent, "a")
+        while not await ref.ask(Agent.done):  # noqa: ASYNC110 (virtual time)
+            await trio.sleep(1)
+    assert calls == ["a", "b"]
+
+
+async def test_an_event_wakes_the_waiting_turn_and_does_not_queue_behind_it(root: Path) -> None:
+    class Approval(actors.Actor, name="Approval"):
+        async def request(self, what: str) -> str:
+            decision: dict[str, str] = await self.wait_for_event("decision")
+            self.kv.setdefault("log", [])
+            self.kv["log"] = [*self.kv["log"], f"{what}: {decision['verdict']}"]
+            return decision["verdict"]
+
+        async def note(self, text: str) -> None:
+            self.kv["log"] = [*self.kv.get("log", []), text]
+
+        @actors.query
+        async def log(self) -> list[str]:
+            return list(self.kv.get("log", []))
+
+    async with runtime(root, Approval, idle_timeout=30) as rt:
+        ref = rt.ref(Approval, "a")
+        async with trio.open_nursery() as nursery:
+            verdicts: list[str] = []
+
+            async def request() -> None:
+                verdicts.append(await ref.ask(Approval.request, "deploy"))
+
+            nursery.start_soon(request)
+            await trio.sleep(1)
+            await ref.send(Approval.note, "later message")  # queues behind the waiting turn
+            await trio.sleep(300)  # hibernated meanwhile
+            assert await ref.ask(Approval.log) == []
+            assert await ref.signal("decision", {"verdict": "approved"})
+        assert verdicts == ["approved"]
+        assert await ref.ask(Approval.log) == ["deploy: approved", "later message"]
+
+
+async def test_an_event_sent_before_the_wait_is_kept_and_signals_are_idempotent(
+    root: Path,
+) -> None:
+    class Agent(actors.Actor, name="Agent"):
+        async def hello(self) -> None:
+            pass
+
+        async def take(self) -> list[Any]:
+            return [
+                await self.wait_for_event("e"),
+                await self.wait_for_event("e", timeout=5),
+            ]
+
+    async with runtime(root, Agent) as rt:
+        ref = rt.ref(Agent, "a")
+        await ref.ask(Agent.hello)
+        assert await ref.signal("e", 1, idempotency_key="k1")
+        assert not await ref.signal("e", 1, idempotency_key="k1")  # a retried webhook
+        with pytest.raises(actors.MessageFailedError) as info:
+            await ref.ask(Agent.take)
+        assert isinstance(info.value.__cause__, actors.WaitTimeoutError)
+        assert await ref.signal("e", "first")
+        assert await ref.signal("e", "second")
+        assert await ref.ask(Agent.take) == ["first", "second"]
+
+
+async def test_signals_to_unknown_actors_are_refused(root: Path) -> None:
+    class Agent(actors.Actor, name="Agent"):
+        async def hello(self) -> None:
+            pass
+
+    async with runtime(root, Agent) as rt:
+        with pytest.raises(actors.ActorNotFoundError):
+            await rt.ref(Agent, "nobody").signal("e")
+        with pytest.raises(TypeError):
+            await rt.ref(Agent, "nobody").signal("")
+
+
+# -- asks and fan-out -------------------------------------------------------------------------
+
+
+async def test_ask_is_a_step_sent_once_even_when_the_asking_turn_is_retried(root: Path) -> None:
+    fail = [1]
+
+    class Worker(actors.Actor, name="Worker"):
+        async def work(self, item: int) -> int:
+            self.kv["runs"] = self.kv.get("runs", 0) + 1
+            return item * 10
+
+        @actors.query
+        async def runs(self) -> int:
+            return int(self.kv.get("runs", 0))
+
+    class Planner(actors.Actor, name="Planner"):
+        retry = actors.Retry(max_attempts=2, initial_delay=1)
+
+        async def plan(self, items: list[int]) -> list[int]:
+            workers = [self.ref_to(Worker, f"w{i}") for i in items]
+            results = await self.gather(
+                *[self.ask(w, Worker.work, i) for w, i in zip(workers, items, strict=True)]
+            )
+            if fail:
+                fail.pop()
+                raise RuntimeError("retry: the asks replay from the journal")
+            return results
+
+    async with runtime(root, Worker, Planner) as rt:
+        assert await rt.ref(Planner, "p").ask(Planner.plan, [1, 2, 3]) == [10, 20, 30]
+        for i in (1, 2, 3):
+            assert await rt.ref(Worker, f"w{i}").ask(Worker.runs) == 1
+
+
+async def test_gathered_steps_are_numbered_in_the_order_the_code_wrote_them(root: Path) -> None:
+    delays = {"slow": 30.0, "fast": 1.0, "medium": 10.0}
+
+    async def work(name: str) -> str:
+        await trio.sleep(delays[name])
+        return name
+
+    class Agent(actors.Actor, name="Agent"):
+        async def fan(self) -> list[str]:
+            results: list[str] = await self.gather(
+                *[self.step(name, work, name) for name in delays]
+            )
+            await self.wait_for_event("never", timeout=60)
+            return results
+
+    async with runtime(root, Agent) as rt:
+        ref = rt.ref(Agent, "a")
+        await ref.send(Agent.fan)
+        await trio.sleep(40)
+        (turn,) = await rt.turns(ref)
+        assert [(s.number, s.name) for s in turn.steps] == [
+            (0, "slow"),
+            (1, "fast"),
+            (2, "medium"),
+            (3, "never"),
+        ]
+
+
+async def test_an_ask_to_itself_is_refused(root: Path) -> None:
+    class Agent(actors.Actor, name="Agent"):
+        async def loop(self) -> str:
+            try:
+                await self.ask(self.ref, Agent.loop)
+            except RuntimeError as exc:
+                return str(exc)
+            return "no"
+
+    async with runtime(root, Agent) as rt:
+        assert "itself" in await rt.ref(Agent, "a").ask(Agent.loop)
+
+
+# -- determinism and versioning ---------------------------------------------------------------
+
+
+async def test_a_diverging_replay_stops_the_actor_with_nondeterminism_error(root: Path) -> None:
+    code = {"first": "fetch"}
+
+    async def noop() -> None:
+        return None
+
+    class Agent(actors.Actor, name="Agent"):
+        async def go(self) -> str:
+            await self.step(code["first"], noop)
+            await self.wait_for_event("go-on")
+            return "done"
+
+    async with runtime(root, Agent) as rt:
+        ref = rt.ref(Agent, "a")
+        await ref.send(Agent.go)
+        await trio.sleep(5)
+    code["first"] = "search"  # a deploy changed the step while the turn was waiting
+    async with runtime(root, Agent) as rt:
+        ref = rt.ref(Agent, "a")
+        await ref.signal("go-on")
+        await trio.sleep(5)
+        assert rt.statistics().stopped == 1
+        assert any("step 0 was recorded as step 'fetch'" in r for r in rt.reports)
+        assert any("'search'" in r and "patched" in r for r in rt.reports)
+        (turn,) = await rt.turns(ref)
+        assert turn.steps[0].name == "fetch"  # the journal is kept
+        code["first"] = "fetch"  # the fix
+        await rt.resume(ref)
+        await trio.sleep(5)
+        assert await rt.turns(ref) == []
+
+
+async def test_patched_keeps_turns_in_flight_on_the_old_path(root: Path) -> None:
+    version = {"new": False}
+    calls: list[str] = []
+
+    async def record(what: str) -> None:
+        calls.append(what)
+
+    class Agent(actors.Actor, name="Agent"):
+        async def go(self, tag: str) -> None:
+            await self.step("a", record, f"{tag}:a")
+            if version["new"] and self.patched("add-check"):
+                await self.step("check", record, f"{tag}:check")
+            await self.wait_for_event(f"go-{tag}")
+            await self.step("b", record, f"{tag}:b")
+
+    async with runtime(root, Agent) as rt:
+        await rt.ref(Agent, "old").send(Agent.go, "old")
+        await trio.sleep(5)
+    version["new"] = True
+    async with runtime(root, Agent) as rt:
+        await rt.ref(Agent, "new").send(Agent.go, "new")
+        await trio.sleep(5)
+        await rt.ref(Agent, "old").signal("go-old")
+        await rt.ref(Agent, "new").signal("go-new")
+        await trio.sleep(5)
+        assert rt.statistics().stopped == 0
+    assert sorted(calls) == sorted(["old:a", "old:b", "new:a", "new:check", "new:b"])
+
+
+# -- turns in flight --------------------------------------------------------------------------
+
+
+async def test_cancel_a_waiting_turn_dead_letters_it_and_the_actor_moves_on(root: Path) -> None:
+    class Agent(actors.Actor, name="Agent"):
+        async def wait(self) -> str:
+            self.kv["wrote"] = True
+            await self.wait_for_event("never")
+            return "no"
+
+        async def next(self) -> str:
+            return f"next ran, wrote={self.kv.get('wrote', False)}"
+
+    async with runtime(root, Agent, idle_timeout=10) as rt:
+        ref = rt.ref(Agent, "a")
+        async with trio.open_nursery() as nursery:
+            errors: list[BaseException] = []
+
+            async def ask() -> None:
+                try:
+                    await ref.ask(Agent.wait)
+                except actors.MessageFailedError as exc:
+                    errors.append(exc)
+
+            nursery.start_soon(ask)
+            await trio.sleep(60)  # hibernated
+            (turn,) = await rt.turns(ref)
+            await rt.cancel_turn(ref, turn.seq, "the user gave up")
+        assert isinstance(errors[0].__cause__, actors.TurnCancelledError)
+        assert "the user gave up" in str(errors[0].__cause__)
+        assert await ref.ask(Agent.next) == "next ran, wrote=False"
+        (dead,) = await rt.dead_letters(ref)
+        assert dead.error_type.endswith("TurnCancelledError")
+        with pytest.raises(LookupError):
+            await rt.cancel_turn(ref, 999)
+
+
+async def test_restart_a_turn_from_a_step_reruns_the_later_steps_only(root: Path) -> None:
+    calls: list[str] = []
+
+    async def record(what: str) -> str:
+        calls.append(what)
+        return what
+
+    class Agent(actors.Actor, name="Agent"):
+        async def go(self) -> list[str]:
+            a = await self.step("a", record, "a")
+            b = await self.step("b", record, "b")
+            await self.wait_for_event("finish")
+            return [a, b]
+
+    async with runtime(root, Agent) as rt:
+        ref = rt.ref(Agent, "a")
+        async with trio.open_nursery() as nursery:
+            results: list[list[str]] = []
+
+            async def ask() -> None:
+                results.append(await ref.ask(Agent.go))
+
+            nursery.start_soon(ask)
+            await trio.sleep(5)
+            (turn,) = await rt.turns(ref)
+            assert await rt.restart_turn(ref, turn.seq, from_step=1) == 2  # b and the wait
+            await trio.sleep(5)
+            assert calls == ["a", "b", "b"]
+            await ref.signal("finish")
+        assert results == [["a", "b"]]
+
+
+# -- batching ---------------------------------------------------------------------------------
+
+
+async def test_a_quick_message_batched_before_a_long_step_is_answered_first(root: Path) -> None:
+    gate = trio.Event()
+
+    async def hold() -> None:
+        await gate.wait()
+
+    async def think() -> str:
+        await trio.sleep(3600)
+        return "thought"
+
+    class Agent(actors.Actor, name="Agent"):
+        async def hold(self) -> None:
+            await self.step("hold", hold)
+
+        async def quick(self) -> None:
+            self.kv["quick"] = True
+
+        async def slow(self) -> str:
+            return str(await self.step("think", think))
+
+        @actors.query
+        async def quick_committed(self) -> bool:
+            return bool(self.kv.get("quick", False))
+
+    async with runtime(root, Agent) as rt:
+        ref = rt.ref(Agent, "a")
+        await ref.send(Agent.hold)
+        await trio.sleep(1)
+        await ref.send(Agent.quick)  # both queue behind hold: one batch of [quick, slow]
+        await ref.send(Agent.slow)
+        gate.set()
+        await trio.sleep(1)
+        assert await ref.ask(Agent.quick_committed)  # not held for the hour of the slow step
+        assert [t.method for t in await rt.turns(ref)] == ["slow"]
