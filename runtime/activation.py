@@ -246,10 +246,13 @@ class Activation:
         self.data.close()
         self.mailbox.close()
 
+    def describe(self) -> str:
+        return f"{self.spec.name} {self.key!r}"
+
     def tidy(self) -> None:
         """The batched cleanup, the pending hint, the waiters. Sync; the loop has ended."""
         try:
-            if not self.data.in_transaction:
+            if not self.data.in_transaction and not self.runtime.crashed:
                 self._cleanup(force=True)
                 if (
                     not self.queue
@@ -679,13 +682,13 @@ class Activation:
             if data.in_transaction:
                 if done:
                     data.set_applied(done[-1][0].seq)
-                    rt._crash_point("before commit", None, done[-1][0].seq)
+                    rt._crash_point("before commit", None, done[-1][0].seq, self.describe())
                 data.commit()
         except BaseException:
             data.rollback()
             raise
         if done:
-            rt._crash_point("after commit", None, done[-1][0].seq)
+            rt._crash_point("after commit", None, done[-1][0].seq, self.describe())
         if done:
             queue = self.queue
             waiters = self.waiters

@@ -306,7 +306,8 @@ class Runtime:
         self.parked_waiters: dict[str, dict[int, Waiter]] = {}  # askers of hibernated actors
         self.stats_step_retries = 0
         #: Test kit hook (actors.testing): called at each crash point of a turn.
-        self.crash_hook: Callable[[str, Any, int], None] | None = None
+        self.crash_hook: Callable[[str, Any, int, str], None] | None = None
+        self.crashed = False
         self.clock = clock
         self.next_wake_at: float | None = None  # earliest timer hint in directory.db
         self.stats_hibernations = 0
@@ -1023,9 +1024,13 @@ class Runtime:
         finally:
             db.close(conn, path, keep_wal=False)
 
-    def _crash_point(self, where: str, turn: Any, number: int) -> None:
+    def _crash_point(self, where: str, turn: Any, number: int, name: str = "") -> None:
         if self.crash_hook is not None:
-            self.crash_hook(where, turn, number)
+            try:
+                self.crash_hook(where, turn, number, name)
+            except BaseException:
+                self.crashed = True  # as after kill -9: nothing more is written
+                raise
 
     async def _hibernate(self, act: Activation) -> None:
         """Hibernate an idle awake actor and wait until its files are closed."""

@@ -221,7 +221,7 @@ class TurnState:
         if row is not None:
             return self._replayed(row)
         self.write()
-        rt._crash_point("before step", self, n)
+        rt._crash_point("before step", self, n, name)
         self.running += 1
         act.turn_busy()
         try:
@@ -232,6 +232,7 @@ class TurnState:
             while True:
                 attempt += 1
                 info = StepInfo(name, n, attempt, self.idempotency_key(n))
+                rt._crash_point("step called", self, n, name)
                 token = CURRENT_STEP.set(info)
                 try:
                     with _deadline(retry.deadline):
@@ -259,7 +260,7 @@ class TurnState:
                         )
                         self.write(record)
                         rt.stats_steps += 1
-                        rt._crash_point("after step", self, n)
+                        rt._crash_point("after step", self, n, name)
                         raise _step_failed(self, record, exc) from exc
                     rt.stats_step_retries += 1
                     await anyio.sleep(retry.delay(attempt))
@@ -270,7 +271,7 @@ class TurnState:
                     JournalRow(n, "step", name, "done", payload, None, attempt, self._clock())
                 )
                 rt.stats_steps += 1
-                rt._crash_point("after step", self, n)
+                rt._crash_point("after step", self, n, name)
                 return rt.codec.decode(payload)
         finally:
             self.running -= 1
@@ -293,7 +294,7 @@ class TurnState:
         if row is None:
             row = JournalRow(n, kind, name, "waiting", None, until, 0, self._clock())
             self.write(row)
-            self.activation.runtime._crash_point("before wait", self, n)
+            self.activation.runtime._crash_point("before wait", self, n, name)
             self.activation.wait_changed(until)
         return StepCall(functools.partial(self._wait, row, event))
 
@@ -311,13 +312,13 @@ class TurnState:
             if event is not None:
                 payload = act.mailbox.consume_event(self.seq, row, event)
                 if payload is not None:
-                    rt._crash_point("after wait", self, n)
+                    rt._crash_point("after wait", self, n, row.name)
                     return codec.decode(payload)
             now = rt.clock()
             if until is not None and now >= until:
                 row.status = "done" if event is None else "failed"
                 self.write(row)
-                rt._crash_point("after wait", self, n)
+                rt._crash_point("after wait", self, n, row.name)
                 if event is not None:
                     raise WaitTimeoutError(
                         f"{self.describe()}: no {event!r} event before the deadline"
@@ -391,7 +392,7 @@ class TurnState:
         act = self.activation
         rt = act.runtime
         self.write()
-        rt._crash_point("before step", self, n)
+        rt._crash_point("before step", self, n, name)
         self.running += 1
         act.turn_busy()
         try:
@@ -418,11 +419,11 @@ class TurnState:
                     self._clock(),
                 )
                 self.write(record)
-                rt._crash_point("after step", self, n)
+                rt._crash_point("after step", self, n, name)
                 raise _step_failed(self, record, exc) from exc
             self.write(JournalRow(n, "ask", name, "done", payload, None, 1, self._clock()))
             rt.stats_steps += 1
-            rt._crash_point("after step", self, n)
+            rt._crash_point("after step", self, n, name)
             return result
         finally:
             self.running -= 1

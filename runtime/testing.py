@@ -1,0 +1,205 @@
+"""Deterministic crash testing of users' actors (``actors.testing``).
+
+:func:`check_crashes` runs a scenario under trio's virtual clock once without crashes, counting
+the crash points it passes: before and after every step and ask, before and after every durable
+wait, before and after every turn's commit. Then, for each point, it runs the scenario again in
+a fresh directory, crashes the runtime at that point (in process: the turn's transaction rolls
+back, nothing else commits, every in-memory object is dropped, as after ``kill -9``), reopens
+the runtime and runs the scenario again from the top, as a client retrying would. Each run must
+end with the same actor state and the same calls of step functions as the crash-free run.
+
+The scenario runs again after a crash, so it must be safe to repeat: give its sends, asks and
+signals an ``idempotency_key``, as a real client retrying after a failure would.
+"""
+
+from __future__ import annotations
+
+import collections
+import tempfile
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import apsw
+import attrs
+import trio
+import trio.testing
+
+from .engine import Runtime, open_runtime
+from .layout import DATA_FILE, DIRECTORY_FILE, actor_dir
+
+#: Virtual epoch seconds at which every run starts.
+START = 1_800_000_000.0
+
+
+class SimulatedCrash(BaseException):
+    """Raised at a crash point: the runtime stops as if its process had been killed."""
+
+
+@attrs.frozen
+class CrashReport:
+    """What :func:`check_crashes` checked.
+
+    ``points``: the crash points of the crash-free run, each described as
+    ``"<where> <actor type> <key> message <seq> step <n>"``; every one was crashed at once.
+    ``calls``: the step functions called in the crash-free run, as
+    ``(actor type, key, step name) -> count``. ``state``: the final state compared.
+    """
+
+    points: tuple[str, ...]
+    calls: dict[tuple[str, str, str], int]
+    state: Any
+
+
+def check_crashes(
+    scenario: Callable[[Runtime], Awaitable[Any]],
+    *,
+    types: Sequence[type],
+    state: Callable[[Path], Any] | None = None,
+    settle: float = 3600.0,
+    points: Sequence[int] | None = None,
+    **options: Any,
+) -> CrashReport:
+    """Crash ``scenario`` at every crash point and compare each run with a crash-free one.
+
+    ``scenario(rt)`` drives the actors (sends, asks, signals; each with an idempotency key).
+    After it returns, the runtime runs for ``settle`` more virtual seconds (timers, outbox
+    deliveries), then closes. ``state(root)`` reads the final state from the runtime directory;
+    the default is every actor's tables and key-value map. ``points``: crash only at these
+    1-based point numbers (default: all). Other keyword arguments go to ``open_runtime``
+    (``clock`` is the virtual clock, starting at :data:`START`).
+
+    Raises ``AssertionError`` naming the crash point, with both states or call counts, at the
+    first difference. Returns a :class:`CrashReport` of the crash-free run.
+    """
+    read_state = state or actor_state
+    baseline = _run(scenario, types, None, settle, options)
+    wanted = points if points is not None else range(1, len(baseline.points) + 1)
+    for point in wanted:
+        if not 1 <= point <= len(baseline.points):
+            raise ValueError(f"there are {len(baseline.points)} crash points (got {point})")
+        run = _run(scenario, types, point, settle, options)
+        where = baseline.points[point - 1]
+        if not run.crashed:
+            raise AssertionError(f"crash point {point} ({where}) was not reached again")
+        if run.calls != baseline.calls:
+            raise AssertionError(
+                f"after a crash at point {point} ({where}), the step functions were called "
+                f"{_counts(run.calls)} instead of {_counts(baseline.calls)}"
+            )
+        if read_state(run.root) != read_state(baseline.root):
+            raise AssertionError(
+                f"after a crash at point {point} ({where}), the final state differs:\n"
+                f"  crash-free: {read_state(baseline.root)!r}\n"
+                f"  crashed:    {read_state(run.root)!r}"
+            )
+    return CrashReport(tuple(baseline.points), dict(baseline.calls), read_state(baseline.root))
+
+
+@attrs.define
+class _Run:
+    root: Path
+    points: list[str]
+    calls: collections.Counter[tuple[str, str, str]]
+    crashed: bool
+
+
+_DIRS: list[tempfile.TemporaryDirectory[str]] = []  # kept until the process exits
+
+
+def _run(
+    scenario: Callable[[Runtime], Awaitable[Any]],
+    types: Sequence[type],
+    crash_at: int | None,
+    settle: float,
+    options: dict[str, Any],
+) -> _Run:
+    holder = tempfile.TemporaryDirectory(prefix="torpor-crashtest-")
+    _DIRS.append(holder)
+    run = _Run(Path(holder.name) / "rt", [], collections.Counter(), False)
+
+    def hook(where: str, turn: Any, number: int, name: str) -> None:
+        if where == "step called":
+            act = turn.activation
+            run.calls[(act.spec.name, act.key, name)] += 1
+            return
+        if turn is None:
+            what = f"{where} ({name}, message {number})"
+        else:
+            act = turn.activation
+            what = (
+                f"{where} {name!r} ({act.spec.name} {act.key!r}, message {turn.seq}, step {number})"
+            )
+        run.points.append(what)
+        if crash_at is not None and not run.crashed and len(run.points) == crash_at:
+            run.crashed = True
+            raise SimulatedCrash(what)
+
+    async def main() -> None:
+        clock = options.pop("clock", None) or (lambda: START + trio.current_time())
+        for attempt in range(2):
+            try:
+                async with open_runtime(run.root, types=types, clock=clock, **options) as rt:
+                    rt.crash_hook = hook
+                    await scenario(rt)
+                    await trio.sleep(settle)
+                return
+            except BaseException as exc:
+                if attempt == 0 and _is_crash(exc):
+                    continue  # the process "restarts": run the scenario again
+                raise
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    return run
+
+
+def _is_crash(exc: BaseException) -> bool:
+    if isinstance(exc, SimulatedCrash):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_is_crash(e) for e in exc.exceptions)
+    return False
+
+
+def actor_state(root: Path) -> dict[tuple[str, str], dict[str, list[tuple[Any, ...]]]]:
+    """Every actor's own tables and its key-value map, read from the closed runtime directory:
+    ``(type, key) -> {table: sorted rows}``."""
+    out: dict[tuple[str, str], dict[str, list[tuple[Any, ...]]]] = {}
+    directory = _read_only(root / DIRECTORY_FILE)
+    try:
+        actors = list(directory.execute("SELECT id, type, key FROM actors ORDER BY type, key"))
+    finally:
+        directory.close()
+    for aid, type_name, key in actors:
+        path = actor_dir(root, aid) / DATA_FILE
+        if not path.exists():
+            continue
+        conn = _read_only(path)
+        try:
+            tables = [
+                name
+                for (name,) in conn.execute(
+                    "SELECT name FROM sqlite_schema WHERE type = 'table' AND "
+                    "(name NOT LIKE '\\_torpor\\_%' ESCAPE '\\' OR name = '_torpor_kv') "
+                    "AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name"
+                )
+            ]
+            out[(type_name, key)] = {
+                table: sorted(
+                    (tuple(row) for row in conn.execute(f'SELECT * FROM "{table}"')),
+                    key=repr,
+                )
+                for table in tables
+            }
+        finally:
+            conn.close()
+    return out
+
+
+def _read_only(path: Path) -> apsw.Connection:
+    # unix-excl: the WAL index in memory, so reading leaves no -shm file behind
+    return apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY, vfs="unix-excl")
+
+
+def _counts(calls: collections.Counter[tuple[str, str, str]]) -> str:
+    return repr(dict(sorted(calls.items())))
