@@ -38,9 +38,11 @@ from .errors import (
     RuntimeClosedError,
     RuntimeInternalError,
     SchemaError,
+    StepFailedError,
     StoredError,
     TurnCancelledError,
     UnknownHandlerError,
+    WaitTimeoutError,
 )
 from .layout import DATA_FILE, MAILBOX_FILE, actor_dir, make_actor_dir
 from .lifecycle import State
@@ -68,12 +70,15 @@ OUTBOX_RETRY_MAX = 30.0
 CHILD_SENDER = "child:"
 
 #: Failures that cannot succeed on a retry: dead-letter at once.
+#: A step's journaled failure (or a wait's timeout) is raised again by every replay.
 _DETERMINISTIC = (
     DecodingError,
     UnknownHandlerError,
     EncodingError,
     MessageTooLargeError,
     TurnCancelledError,
+    StepFailedError,
+    WaitTimeoutError,
 )
 
 

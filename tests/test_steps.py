@@ -643,3 +643,26 @@ async def test_a_quick_message_batched_before_a_long_step_is_answered_first(root
         await trio.sleep(1)
         assert await ref.ask(Agent.quick_committed)  # not held for the hour of the slow step
         assert [t.method for t in await rt.turns(ref)] == ["slow"]
+
+
+async def test_a_step_failure_escaping_the_handler_is_dead_lettered_without_retries(
+    root: Path,
+) -> None:
+    async def refuse() -> None:
+        raise actors.NonRetryable("quota exceeded")
+
+    class Agent(actors.Actor, name="Agent"):
+        retry = actors.Retry(max_attempts=5, initial_delay=60)
+
+        async def go(self) -> None:
+            await self.step("call", refuse)
+
+    async with runtime(root, Agent) as rt:
+        ref = rt.ref(Agent, "a")
+        start = trio.current_time()
+        with pytest.raises(actors.MessageFailedError) as info:
+            await ref.ask(Agent.go)
+        assert isinstance(info.value.__cause__, actors.StepFailedError)
+        assert info.value.attempts == 1  # a replay would only raise the journaled failure again
+        assert trio.current_time() - start < 1
+        assert rt.statistics().retries == 0
