@@ -133,8 +133,7 @@ class Activation:
         self.outbox_dirty = True  # rows may wait in the outbox (true at wake: recovery)
         self.outbox_retry_delay = 0.0
         self.batch_limit = MAX_BATCH
-        # Askers of messages not applied yet; kept by the runtime while the actor hibernates.
-        self.waiters: dict[int, Waiter] = runtime.parked_waiters.pop(aid, {})
+        self.waiters: dict[int, Waiter] = {}
         self.work = anyio.Event()
         self.created = anyio.Event()
         self.settled = anyio.Event()  # set once created, or once it can no longer be
@@ -211,6 +210,8 @@ class Activation:
             self.mailbox.close()
             raise
         self.files_open = True
+        # Askers of messages not applied yet, kept by the runtime while the actor hibernated.
+        self.waiters.update(rt.parked_waiters.pop(self.aid, {}))
         self.applied_seq = self.loaded_upto = self.cleaned_upto = self.data.applied_seq
         last = db.scalar(self.mailbox.conn, "SELECT max(seq) FROM inbox")
         self.recovered_upto = int(last) if last is not None else 0
@@ -615,7 +616,13 @@ class Activation:
                     args, kwargs = codec.decode(message.payload)
                     with anyio.CancelScope() as turn_scope:
                         turn.scope = turn_scope
-                        result = await handler.fn(instance, *args, **kwargs)
+                        try:
+                            result = await handler.fn(instance, *args, **kwargs)
+                        except BaseExceptionGroup as group:
+                            control = _control_flow(group)
+                            if control is None:
+                                raise
+                            raise control from None
                     if turn.interrupt is not None:
                         raise Interrupted
                     if turn.broken is not None:
@@ -639,11 +646,7 @@ class Activation:
                     self.timers_changed = True
                     break
                 except Interrupted:
-                    data.rollback()
-                    if turn.interrupt == "cancel":
-                        failure = (message, _cancelled(message))
-                    else:  # restarted: its journal was cut; run it again now
-                        self.batch_limit = 1
+                    failure = self._interrupted(message, nested)
                     break
                 except NondeterminismError as exc:
                     data.rollback()
@@ -651,11 +654,7 @@ class Activation:
                     break
                 except Exception as exc:
                     if turn.interrupt is not None:  # cancelled inside a step or a wait
-                        data.rollback()
-                        if turn.interrupt == "cancel":
-                            failure = (message, _cancelled(message))
-                        else:
-                            self.batch_limit = 1
+                        failure = self._interrupted(message, nested)
                         break
                     if turn.broken is not None:
                         data.rollback()
@@ -691,6 +690,8 @@ class Activation:
                 data.commit()
         except BaseException:
             data.rollback()
+            if rt.closing.is_set() and not rt.crashed:
+                self.mailbox.reset_start(first.seq)  # cut short by a graceful close, not a death
             raise
         if done:
             rt._crash_point("after commit", None, done[-1][0].seq, self.describe())
@@ -732,6 +733,20 @@ class Activation:
         self._fail_waiters(stopped)
         return True
 
+    def _interrupted(self, message: Message, nested: bool) -> tuple[Message, BaseException] | None:
+        """A turn cancelled or restarted through the API: roll it back (only it: messages
+        before it in the batch still commit). A first message that was cancelled fails now;
+        otherwise the message runs first in the next batch (dead-lettered there if cancelled)."""
+        if nested:
+            self.data.rollback_to_savepoint()
+            self.batch_limit = 1
+            return None
+        self.data.rollback()
+        if message.cancelled is not None:
+            return (message, _cancelled(message))
+        self.batch_limit = 1
+        return None
+
     def _stop_nondeterministic(self, error: BaseException) -> None:
         """A replay diverged from its journal: retrying cannot help until the code changes.
         Stop the actor (its messages and journals stay) until ``Runtime.resume``."""
@@ -765,7 +780,7 @@ class Activation:
         if error is not None:
             attempts = self.mailbox.record_failure(message.seq)
             message.attempts = attempts
-            if self._intensity_exceeded(error):
+            if not isinstance(error, TurnCancelledError) and self._intensity_exceeded(error):
                 return
             retryable = not isinstance(error, (*_DETERMINISTIC, _ProcessDied))
             if retryable and attempts < self.spec.retry.max_attempts:
@@ -913,6 +928,19 @@ def _lost(cause: BaseException | None) -> TransactionLostError:
     )
     error.__cause__ = cause
     return error
+
+
+def _control_flow(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The runtime's own control flow (a durable wait suspended, a batch split, an interrupt)
+    raised inside a task group of the handler, which wraps it in an exception group."""
+    for kind in (Suspended, Interrupted, SplitBatch, NondeterminismError):
+        found, _rest = group.split(kind)
+        if found is not None:
+            first: BaseException = found
+            while isinstance(first, BaseExceptionGroup):
+                first = first.exceptions[0]
+            return first
+    return None
 
 
 def _cancelled(message: Message) -> TurnCancelledError:

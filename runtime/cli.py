@@ -21,9 +21,10 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument(
         "suite",
         nargs="?",
-        choices=["core", "supervisor"],
+        choices=["core", "supervisor", "steps"],
         default="core",
-        help="core: messages and asks (default); supervisor: wake-ups, hibernation, recovery",
+        help="core: messages and asks (default); supervisor: wake-ups, hibernation, recovery; "
+        "steps: journaled step overhead, resumption after a kill -9",
     )
     bench.add_argument("--actors", type=int, default=10_000, help="supervisor: actors to create")
     bench.add_argument("--awake", type=int, default=1_000, help="supervisor: actors to wake")
@@ -48,6 +49,15 @@ def main(argv: list[str] | None = None) -> int:
                 actors=actors,
                 awake=awake,
                 resume=500 if args.quick else args.resume,
+                backend=args.backend,
+                progress=progress,
+            )
+        elif args.suite == "steps":
+            from . import bench_steps
+
+            figures = bench_steps.run(
+                quick=args.quick,
+                synchronous=args.synchronous,
                 backend=args.backend,
                 progress=progress,
             )

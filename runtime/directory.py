@@ -36,6 +36,13 @@ _MIGRATIONS = (
     """,
     "CREATE INDEX actors_wake ON actors(wake_at) WHERE wake_at IS NOT NULL;",
     "ALTER TABLE actors ADD COLUMN stopped TEXT; ALTER TABLE actors ADD COLUMN notice INTEGER;",
+    # This runtime's identity, mixed into step idempotency keys: two runtimes holding an actor
+    # of the same type and key must never send an external API the same key for different
+    # requests.
+    """
+    CREATE TABLE runtime(id INTEGER PRIMARY KEY CHECK (id = 1), runtime_id TEXT NOT NULL);
+    INSERT INTO runtime(id, runtime_id) VALUES (1, lower(hex(randomblob(8))));
+    """,
 )
 
 
@@ -65,6 +72,9 @@ class Directory:
 
     def close(self) -> None:
         self.conn.close()
+
+    def runtime_id(self) -> str:
+        return str(db.scalar(self.conn, "SELECT runtime_id FROM runtime"))
 
     def get(self, aid: str) -> Entry | None:
         row: Any

@@ -27,11 +27,13 @@ from . import context, db, timers
 from .activation import CHILD_SENDER, Activation, Waiter, check_payload
 from .codec import Codec
 from .datastore import KV, Sql
+from .datastore import image as data_image
 from .directory import Directory
 from .errors import (
     ActorFailedError,
     ActorNotFoundError,
     ActorStoppedError,
+    NondeterminismError,
     RuntimeClosedError,
     RuntimeLockedError,
     UnknownActorTypeError,
@@ -308,6 +310,7 @@ class Runtime:
         #: Test kit hook (actors.testing): called at each crash point of a turn.
         self.crash_hook: Callable[[str, Any, int, str], None] | None = None
         self.crashed = False
+        self.runtime_id = ""  # from directory.db, at open
         self.clock = clock
         self.next_wake_at: float | None = None  # earliest timer hint in directory.db
         self.stats_hibernations = 0
@@ -775,7 +778,12 @@ class Runtime:
             Event.GAVE_UP,
             reason,
         )
-        self._report(f"{act.spec.name} {act.key!r} stopped: restart intensity exceeded ({reason})")
+        why = (
+            "a replay diverged from its journal"
+            if isinstance(act.gave_up, NondeterminismError)
+            else "restart intensity exceeded"
+        )
+        self._report(f"{act.spec.name} {act.key!r} stopped: {why} ({reason})")
         entry = self.directory.get(act.aid)
         notice = time.time_ns() if entry is not None and entry.parent else None
         self.directory.set_stopped(act.aid, reason, notice)
@@ -895,7 +903,10 @@ class Runtime:
         spec, key = ref._spec, ref.key
         aid = actor_id(spec.name, key)
         if aid not in self.awake and self.directory.get(aid) is None:
-            raise _not_found(spec, key)
+            raise ActorNotFoundError(
+                f"{spec.name} {key!r} does not exist: an event goes to an actor created "
+                "before (by a message or spawn), where a turn can wait for it"
+            )
         try:
             act = await self._activate(spec, key)
         except ActorStoppedError:
@@ -949,8 +960,14 @@ class Runtime:
         self._check_open()
         spec, key = ref._spec, ref.key
 
+        aid = actor_id(spec.name, key)
+        self.directory.mark_pending(aid, spec.name, key)  # first: a crash must not lose it
+
         def mark(mailbox: Mailbox | None, act: Activation | None) -> bool:
-            if mailbox is None or not mailbox.cancel(seq, reason):
+            if mailbox is None:
+                return False
+            applied = act.applied_seq if act is not None else self._applied_seq(spec, key)
+            if seq <= applied or not mailbox.cancel(seq, reason):
                 return False
             if act is not None:
                 for message in act.queue:
@@ -963,9 +980,7 @@ class Runtime:
 
         if not self._with_mailbox(spec, key, mark):
             raise LookupError(f"{ref!r} has no message {seq} waiting to be applied")
-        if actor_id(spec.name, key) not in self.awake:
-            self.directory.mark_pending(actor_id(spec.name, key), spec.name, key)
-            self._wake_later(spec, key)
+        self._wake_to_act(spec, key)
 
     async def restart_turn(self, ref: Ref[Any], seq: int, from_step: int = 0) -> int:
         """Run message ``seq``'s turn again from step number ``from_step``: journaled steps
@@ -976,6 +991,8 @@ class Runtime:
         if not isinstance(from_step, int) or from_step < 0:
             raise ValueError(f"from_step must be an int >= 0 (got {from_step!r})")
         spec, key = ref._spec, ref.key
+        aid = actor_id(spec.name, key)
+        self.directory.mark_pending(aid, spec.name, key)  # first: a crash must not lose it
 
         def rewind(mailbox: Mailbox | None, act: Activation | None) -> int | None:
             if mailbox is None:
@@ -984,18 +1001,29 @@ class Runtime:
             if all(row[0] != seq for row in mailbox.unapplied(applied)):
                 return None
             removed = mailbox.rewind(seq, from_step)
-            if act is not None and act.turn is not None and act.turn.seq == seq:
-                act.turn.interrupt_with("restart")
+            if act is not None:
+                for message in act.queue:
+                    if message.seq == seq:
+                        message.restarts += 1
+                if act.turn is not None and act.turn.seq == seq:
+                    act.turn.interrupt_with("restart")
             return removed
 
         removed = self._with_mailbox(spec, key, rewind)
         if removed is None:
             raise LookupError(f"{ref!r} has no message {seq} waiting to be applied")
-        aid = actor_id(spec.name, key)
-        if aid not in self.awake:
-            self.directory.mark_pending(aid, spec.name, key)
-            self._wake_later(spec, key)
+        self._wake_to_act(spec, key)
         return int(removed)
+
+    def _wake_to_act(self, spec: TypeSpec, key: str) -> None:
+        """After a cancel or restart request: an actor that is not running its turn loop
+        (hibernated, or closing now) is woken (again) to act on it."""
+        aid = actor_id(spec.name, key)
+        act = self.awake.get(aid)
+        if act is None or act.closing or act.state is not State.AWAKE:
+            entry = self.directory.get(aid)
+            if entry is None or entry.stopped is None:  # a stopped one acts at resume
+                self._wake_later(spec, key)
 
     def _with_mailbox(self, spec: TypeSpec, key: str, fn: Callable[[Any, Any], Any]) -> Any:
         """Run ``fn(mailbox, activation)`` on the actor's open mailbox, or on its file opened
@@ -1223,6 +1251,9 @@ class Runtime:
 
     def _open_files(self) -> None:
         self._open_lock_and_directory()
+        mailbox_image()  # built once per process (cached), here rather than on a first wake-up
+        data_image()
+        self.runtime_id = self.directory.runtime_id()
         self.known_actors = self.directory.count()
         self.stopped_actors = self.directory.stopped_count()
         self.actors_with_timers = self.directory.with_timers()

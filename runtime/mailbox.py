@@ -83,12 +83,13 @@ _MIGRATIONS = (
     );
     CREATE INDEX events_unconsumed ON events(name, id) WHERE consumed_seq IS NULL;
     ALTER TABLE inbox ADD COLUMN cancelled TEXT;
+    ALTER TABLE inbox ADD COLUMN restarts INTEGER NOT NULL DEFAULT 0;
     """,
 )
 
 _MESSAGE_COLUMNS = (
     "seq, sender, sender_seq, method, payload, idempotency_key, attempts, started, "
-    "EXISTS (SELECT 1 FROM dead_letters d WHERE d.seq = inbox.seq), cancelled"
+    "EXISTS (SELECT 1 FROM dead_letters d WHERE d.seq = inbox.seq), cancelled, restarts"
 )
 
 
@@ -126,6 +127,7 @@ class Message:
     dead_lettered: bool = False
     recovered: bool = False
     cancelled: str | None = None
+    restarts: int = 0  # Runtime.restart_turn calls: part of the steps' idempotency keys
 
 
 @attrs.frozen
@@ -301,6 +303,7 @@ class Mailbox:
                 dead_lettered=bool(row[8]),
                 recovered=recovered,
                 cancelled=row[9],
+                restarts=row[10],
             )
             for row in rows
         ]
@@ -351,7 +354,16 @@ class Mailbox:
         with self.conn:
             self.conn.execute("DELETE FROM inbox WHERE seq <= ?", (upto_seq,))
             self.conn.execute("DELETE FROM journal WHERE seq <= ?", (upto_seq,))
-            self.conn.execute("DELETE FROM events WHERE consumed_seq <= ?", (upto_seq,))
+            # A consumed event's idempotency key stays (without its payload) until
+            # prune_idempotency, so that a retried signal is still recognised.
+            self.conn.execute(
+                "DELETE FROM events WHERE consumed_seq <= ? AND idempotency_key IS NULL",
+                (upto_seq,),
+            )
+            self.conn.execute(
+                "UPDATE events SET payload = x'' WHERE consumed_seq <= ? AND payload != x''",
+                (upto_seq,),
+            )
 
     # -- the step journal -----------------------------------------------------------------
 
@@ -366,9 +378,12 @@ class Mailbox:
             )
         }
 
-    def record(self, seq: int, rows: list[JournalRow]) -> None:
-        """Write journal rows (new, or replacing a waiting row) in one transaction."""
+    def record(self, seq: int, rows: list[JournalRow], *, reset_start: bool = False) -> None:
+        """Write journal rows (new, or replacing a waiting row) in one transaction;
+        ``reset_start``: also forget the message's counted starts (it made progress)."""
         with self.conn:
+            if reset_start:
+                self.conn.execute("UPDATE inbox SET started = 0 WHERE seq = ?", (seq,))
             self.conn.executemany(
                 "INSERT OR REPLACE INTO journal(seq, n, kind, name, status, value, until, "
                 "attempts, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -444,7 +459,10 @@ class Mailbox:
             removed = conn.execute(
                 "DELETE FROM journal WHERE seq = ? AND n >= ? RETURNING n", (seq, from_n)
             ).fetchall()
-            conn.execute("UPDATE inbox SET started = 0, attempts = 0 WHERE seq = ?", (seq,))
+            conn.execute(
+                "UPDATE inbox SET started = 0, attempts = 0, restarts = restarts + 1 WHERE seq = ?",
+                (seq,),
+            )
         return len(removed)
 
     def cancel(self, seq: int, reason: str) -> bool:
@@ -480,6 +498,9 @@ class Mailbox:
         """Forget keys older than ``before`` whose message was applied (never a pending one)."""
         self.conn.execute(
             "DELETE FROM idempotency WHERE created_at < ? AND seq <= ?", (before, applied_seq)
+        )
+        self.conn.execute(
+            "DELETE FROM events WHERE sent_at < ? AND consumed_seq <= ?", (before, applied_seq)
         )
 
     def dead_letters(self) -> list[StoredDeadLetter]:

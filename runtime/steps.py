@@ -29,11 +29,16 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import anyio
 import attrs
 
+from . import context
 from .errors import (
     ActorError,
+    ActorFailedError,
+    ActorStoppedError,
     NondeterminismError,
     NonRetryable,
+    RuntimeClosedError,
     StepFailedError,
+    StorageError,
     StoredError,
     WaitTimeoutError,
 )
@@ -66,6 +71,8 @@ class StepInfo:
 
 
 CURRENT_STEP: ContextVar[StepInfo | None] = ContextVar("torpor_step", default=None)
+#: Set in the tasks of ``self.gather`` that run something else than a step.
+GATHER_CHILD: ContextVar[bool] = ContextVar("torpor_gather_child", default=False)
 
 
 def current_step() -> StepInfo:
@@ -124,6 +131,14 @@ class TurnState:
 
     def claim(self, kind: str, name: str) -> tuple[int, JournalRow | None]:
         """The next step number, and its journal row if a previous run recorded it."""
+        self.check_can_continue()
+        if GATHER_CHILD.get():
+            raise RuntimeError(
+                f"{self.describe()}: {kind} {name!r} was called inside a coroutine run by "
+                "self.gather; its number would depend on the scheduling order. Create the "
+                "steps in the handler and gather them (self.gather(self.step(...), "
+                "self.ask(...), ...)), or await the helper coroutines one after another"
+            )
         if not self.first:
             raise SplitBatch
         n = self.next_n
@@ -141,12 +156,26 @@ class TurnState:
             raise self.broken
         return n, row
 
+    def check_can_continue(self) -> None:
+        """After a suspension, an interrupt or a divergence, no durable call may go on (a
+        ``finally`` block calling a step would run it for real, at a shifted number)."""
+        if self.broken is not None:
+            raise self.broken
+        if self.suspending:
+            raise Suspended
+        if self.interrupt is not None:
+            raise Interrupted
+
     def write(self, *rows: JournalRow) -> None:
         """Journal ``rows`` now, with any value records still pending before them."""
         batch = [*self.pending, *rows]
         self.pending.clear()
         if batch:
-            self.activation.mailbox.record(self.seq, batch)
+            # Journaling progress proves the turn is not what kills the process: forget its
+            # starts, so that a long turn is not dead-lettered by unrelated crashes.
+            progress = self.message.started > 0
+            self.activation.mailbox.record(self.seq, batch, reset_start=progress)
+            self.message.started = 0
             journal = self.rows()
             for row in batch:
                 journal[row.n] = row
@@ -155,7 +184,11 @@ class TurnState:
         return self.activation.runtime.clock()
 
     def idempotency_key(self, n: int) -> str:
-        return f"torpor:{self.activation.aid}:{self.seq}:{n}"
+        """Unique to this runtime, actor, message, restart of the turn and step."""
+        act = self.activation
+        key = f"torpor:{act.runtime.runtime_id}:{act.aid}:{self.seq}:{n}"
+        restarts = self.message.restarts
+        return key if not restarts else f"{key}:r{restarts}"
 
     # -- values ---------------------------------------------------------------------------
 
@@ -234,6 +267,9 @@ class TurnState:
                 info = StepInfo(name, n, attempt, self.idempotency_key(n))
                 rt._crash_point("step called", self, n, name)
                 token = CURRENT_STEP.set(info)
+                # The handler's context is not the step's: self.kv, self.sql, sends and durable
+                # calls inside fn would be lost (or renumbered) when the step replays.
+                handler = context.CURRENT.set(None)
                 try:
                     with _deadline(retry.deadline):
                         if is_async:
@@ -266,6 +302,7 @@ class TurnState:
                     await anyio.sleep(retry.delay(attempt))
                     continue
                 finally:
+                    context.CURRENT.reset(handler)
                     CURRENT_STEP.reset(token)
                 self.write(
                     JournalRow(n, "step", name, "done", payload, None, attempt, self._clock())
@@ -407,6 +444,8 @@ class TurnState:
                     from_turn=True,
                 )
                 payload = rt.codec.encode(result)
+            except (RuntimeClosedError, StorageError, ActorStoppedError, ActorFailedError):
+                raise  # not the request's outcome: the turn rolls back and asks again later
             except ActorError as exc:
                 record = JournalRow(
                     n,
@@ -460,14 +499,18 @@ class _deadline:
 
 
 class StepCall(Awaitable[T]):
-    """A step, numbered when created; await it (alone, or in ``self.gather``) to run it."""
+    """A step, numbered when created; await it once (alone, or in ``self.gather``)."""
 
-    __slots__ = ("_run",)
+    __slots__ = ("_awaited", "_run")
 
     def __init__(self, run: Callable[[], Awaitable[T]]) -> None:
         self._run = run
+        self._awaited = False
 
     def __await__(self) -> Generator[Any, None, T]:
+        if self._awaited:
+            raise RuntimeError("a step can be awaited once; keep its result instead")
+        self._awaited = True
         return self._run().__await__()
 
 
@@ -478,6 +521,8 @@ async def gather(*awaitables: Awaitable[Any]) -> list[Any]:
     errors: list[BaseException | None] = [None] * len(awaitables)
 
     async def one(i: int, awaitable: Awaitable[Any]) -> None:
+        if not isinstance(awaitable, StepCall):
+            GATHER_CHILD.set(True)  # (this task's own context)
         try:
             results[i] = await awaitable
         except (Exception, Suspended, Interrupted) as exc:

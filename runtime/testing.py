@@ -136,10 +136,11 @@ def _run(
             raise SimulatedCrash(what)
 
     async def main() -> None:
-        clock = options.pop("clock", None) or (lambda: START + trio.current_time())
+        settings = dict(options)
+        clock = settings.pop("clock", None) or (lambda: START + trio.current_time())
         for attempt in range(2):
             try:
-                async with open_runtime(run.root, types=types, clock=clock, **options) as rt:
+                async with open_runtime(run.root, types=types, clock=clock, **settings) as rt:
                     rt.crash_hook = hook
                     await scenario(rt)
                     await trio.sleep(settle)

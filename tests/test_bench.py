@@ -10,7 +10,7 @@ import sys
 import pytest
 
 
-@pytest.mark.parametrize("suite", ["core", "supervisor"])
+@pytest.mark.parametrize("suite", ["core", "supervisor", "steps"])
 def test_bench_quick_reports_every_figure(suite: str) -> None:
     """The quick bench prints JSON with a finite value for each figure (positive for times)."""
     done = subprocess.run(

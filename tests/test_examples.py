@@ -1,0 +1,195 @@
+"""The examples in examples/ run end to end and do what their output claims."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+
+
+def run_example(name: str, *args: str, env: dict[str, str] | None = None) -> str:
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / name), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert done.returncode == 0, f"{name} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def load_example(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def line_after(output: str, prefix: str) -> str:
+    """The rest of the one output line that starts (after indentation) with ``prefix``."""
+    lines = [line.strip() for line in output.splitlines()]
+    found = [line[len(prefix) :].strip() for line in lines if line.startswith(prefix)]
+    assert len(found) == 1, f"expected one line starting with {prefix!r} in:\n{output}"
+    return found[0]
+
+
+def test_research_agent_survives_kill_and_bills_once(tmp_path: Path) -> None:
+    """research_agent: after a kill -9 mid-wait, no step runs again and approvals are honoured."""
+    out = run_example("research_agent.py", str(tmp_path))
+    calls = [json.loads(line) for line in (tmp_path / "outside.jsonl").read_text().splitlines()]
+    llm = [call for call in calls if call["call"] == "llm"]
+
+    # The child really waited for approval, with every step journaled, and was killed.
+    assert "waiting for approval; message 1 (research) waiting" in out
+    assert "exit status -9" in out
+    # The reopened runtime replayed the turn (it woke and hibernated) without calling anything.
+    woke = re.search(r"the agent woke (\d+) time", out)
+    assert woke is not None and int(woke[1]) >= 1
+    assert line_after(out, "calls the replay made outside:") == "0"
+    # One LLM call per draft (three agents), each with its own idempotency key.
+    assert len(llm) == 3 and len({call["idempotency_key"] for call in llm}) == 3
+    first = llm[0]["tokens"]
+    billed = re.search(r"tokens billed by the provider: (\d+) before the kill, (\d+) now", out)
+    assert billed is not None and int(billed[1]) == int(billed[2]) == first
+    assert int(line_after(out, "tokens the agent accounted for:")) == first
+    # Each agent sent one review request; search and fetch ran once per agent.
+    assert sorted(c["agent"] for c in calls if c["call"] == "review request") == [
+        "agent-1",
+        "agent-2",
+        "agent-3",
+    ]
+    assert [c["call"] for c in calls].count("search") == 3
+    assert [c["call"] for c in calls].count("fetch") == 6
+    # The approval was honoured once (a repeated signal is refused), the rejection and the
+    # missed deadline discarded their drafts.
+    assert "approval signalled: True; the same signal again (a double click): False" in out
+    assert [c["agent"] for c in calls if c["call"] == "publish"] == ["agent-1"]
+    approved = ast.literal_eval(line_after(out, "result:"))
+    assert approved["status"] == "published" and approved["by"] == "ann"
+    rejected = ast.literal_eval(line_after(out, "agent-2:"))
+    assert rejected["status"] == "discarded" and rejected["by"] == "bob"
+    unanswered = ast.literal_eval(line_after(out, "agent-3:"))
+    assert unanswered["status"] == "discarded" and "deadline" in unanswered["note"]
+    assert "turns in flight: none" in out  # the research turn committed
+
+
+def test_planner_fans_out_and_each_worker_runs_once(tmp_path: Path) -> None:
+    """planner: the combined result covers every section, in order, and each worker ran once."""
+    sections = load_example("planner").SECTIONS
+    out = run_example("planner.py", str(tmp_path / "torpor"))
+    first, second = (
+        ast.literal_eval(line.strip().removeprefix("combined:").strip())
+        for line in out.splitlines()
+        if line.strip().startswith("combined:")
+    )
+    assert first["outline"] == [section.split()[0].capitalize() for section in sections]
+    assert first["words"] == sum(len(section.split()) for section in sections)
+    assert len(set(first["by"])) == len(sections)
+    for worker in first["by"]:
+        assert f"{worker} ran 1 time(s)" in out
+    assert f"analyse() calls: {len(sections)};" in out
+    # Asked again after a reopen with the same idempotency key: same result, nothing re-run.
+    assert second == first
+    assert f"worker runs: {[1] * len(sections)}; analyse() calls: {len(sections)}" in out
+
+
+def unconfigured_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+
+
+def test_openai_agent_without_configuration_exits_cleanly() -> None:
+    """openai_agent with no OPENAI_* variables says it is not configured and exits with 0."""
+    out = run_example("openai_agent.py", env=unconfigured_env())
+    assert "not configured" in out and "OPENAI_API_KEY" in out
+
+
+class FakeCompletions(BaseHTTPRequestHandler):
+    """An OpenAI-compatible endpoint that fails the first request with 503, then answers."""
+
+    requests: list[dict[str, Any]]
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
+        if len(self.requests) == 1:
+            self.send_response(503)
+            self.end_headers()
+            return
+        reply = json.dumps(
+            {
+                "model": body["model"],
+                "choices": [{"message": {"role": "assistant", "content": "An actor is a box."}}],
+                "usage": {"total_tokens": 21},
+            }
+        ).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(reply)))
+        self.end_headers()
+        self.wfile.write(reply)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def fake_api() -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    requests: list[dict[str, Any]] = []
+    handler = type("Handler", (FakeCompletions,), {"requests": requests})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1", requests
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_openai_agent_retries_with_one_idempotency_key(
+    fake_api: tuple[str, list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    """openai_agent against a local endpoint: a 503 is retried with the same Idempotency-Key."""
+    base_url, requests = fake_api
+    env = {
+        **unconfigured_env(),
+        "OPENAI_BASE_URL": base_url,
+        "OPENAI_API_KEY": "sk-test",
+        "OPENAI_MODEL": "test-model",
+    }
+    out = run_example("openai_agent.py", "What is an actor?", str(tmp_path / "torpor"), env=env)
+    assert "answer (test-model, 21 tokens): An actor is a box." in out
+    assert "step retries: 1" in out
+    assert len(requests) == 2
+    keys = {request["headers"]["Idempotency-Key"] for request in requests}
+    assert len(keys) == 1 and keys.pop().startswith("torpor:")
+    for request in requests:
+        assert request["path"] == "/v1/chat/completions"
+        assert request["headers"]["Authorization"] == "Bearer sk-test"
+        assert request["body"]["model"] == "test-model"
+        assert request["body"]["messages"][-1] == {"role": "user", "content": "What is an actor?"}
+
+
+@pytest.mark.skipif(not os.environ.get("OPENAI_BASE_URL"), reason="OPENAI_BASE_URL is not set")
+def test_openai_agent_against_configured_api(tmp_path: Path) -> None:
+    """openai_agent answers a question through the API named by OPENAI_BASE_URL."""
+    out = run_example("openai_agent.py", "Reply with one word: hello.", str(tmp_path / "torpor"))
+    assert line_after(out, "answer (")
