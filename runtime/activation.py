@@ -176,7 +176,7 @@ class Activation:
             synchronous=rt.synchronous,
             type_name=self.spec.name,
             key=self.key,
-            image=mailbox_image(),
+            image=mailbox_image,
         )
         try:
             self.data = DataStore(
@@ -184,7 +184,7 @@ class Activation:
                 synchronous=rt.synchronous,
                 type_name=self.spec.name,
                 key=self.key,
-                image=data_image(),
+                image=data_image,
             )
             try:
                 self.sql = Sql(self.data.conn)
@@ -614,15 +614,13 @@ class Activation:
                 token = context.CURRENT.set(ctx)
                 try:
                     args, kwargs = codec.decode(message.payload)
-                    with anyio.CancelScope() as turn_scope:
-                        turn.scope = turn_scope
-                        try:
-                            result = await handler.fn(instance, *args, **kwargs)
-                        except BaseExceptionGroup as group:
-                            control = _control_flow(group)
-                            if control is None:
-                                raise
-                            raise control from None
+                    try:
+                        result = await handler.fn(instance, *args, **kwargs)
+                    except BaseExceptionGroup as group:
+                        control = _control_flow(group)
+                        if control is None:
+                            raise
+                        raise control from None
                     if turn.interrupt is not None:
                         raise Interrupted
                     if turn.broken is not None:

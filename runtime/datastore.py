@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -131,9 +131,10 @@ class DataStore:
         synchronous: str,
         type_name: str,
         key: str,
-        image: bytes | None = None,
+        image: Callable[[], bytes] | None = None,
     ) -> None:
-        """Open (creating if absent) an actor's ``data.db``; ``image``: create it as a copy.
+        """Open (creating if absent) an actor's ``data.db``; ``image``: create it as a copy
+        of ``image()`` (called only when the file is absent).
 
         Private to this process while open (no ``-shm``: ``db.connect``), with a persistent
         ``-wal`` emptied at close: a hibernated actor's database is one file and an empty log.

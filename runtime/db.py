@@ -112,8 +112,9 @@ def image(build: Callable[[apsw.Connection], None], *, page_size: int = 4096) ->
         return path.read_bytes()
 
 
-def create_from_image(path: Path, data: bytes, *, durable: bool) -> bool:
-    """Create ``path`` as a copy of ``data`` unless it exists; return whether it was created.
+def create_from_image(path: Path, image: Callable[[], bytes], *, durable: bool) -> bool:
+    """Create ``path`` as a copy of ``image()`` unless it exists; return whether it was
+    created (``image`` is called only then: recovering an existing actor builds nothing).
 
     Written under a temporary name and renamed, so a crash never leaves half a file. A ``-wal``
     or ``-shm`` left by an earlier file of that name is removed first: its frames would
@@ -121,6 +122,7 @@ def create_from_image(path: Path, data: bytes, *, durable: bool) -> bool:
     """
     if path.exists():
         return False
+    data = image()
     partial = path.with_name(path.name + ".new")
     try:
         for suffix in ("-wal", "-shm"):

@@ -27,7 +27,6 @@ from . import context, db, timers
 from .activation import CHILD_SENDER, Activation, Waiter, check_payload
 from .codec import Codec
 from .datastore import KV, Sql
-from .datastore import image as data_image
 from .directory import Directory
 from .errors import (
     ActorFailedError,
@@ -848,7 +847,7 @@ class Runtime:
             synchronous=self.synchronous,
             type_name=spec.name,
             key=key,
-            image=mailbox_image(),
+            image=mailbox_image,
         )
         try:
             _, appended = mailbox.append_deduplicated(
@@ -1251,8 +1250,6 @@ class Runtime:
 
     def _open_files(self) -> None:
         self._open_lock_and_directory()
-        mailbox_image()  # built once per process (cached), here rather than on a first wake-up
-        data_image()
         self.runtime_id = self.directory.runtime_id()
         self.known_actors = self.directory.count()
         self.stopped_actors = self.directory.stopped_count()

@@ -12,6 +12,7 @@ import functools
 import hashlib
 import time
 import traceback as _traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -167,9 +168,10 @@ class Mailbox:
         synchronous: str,
         type_name: str,
         key: str,
-        image: bytes | None = None,
+        image: Callable[[], bytes] | None = None,
     ) -> None:
-        """Open (creating if absent) an actor's mailbox; ``image``: create it as a copy."""
+        """Open (creating if absent) an actor's mailbox; ``image``: create it as a copy
+        of ``image()`` (called only when the file is absent)."""
         self.path = path
         created = image is not None and db.create_from_image(
             path, image, durable=synchronous == "FULL"

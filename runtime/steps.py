@@ -16,13 +16,14 @@ message is applied and never replayed, so they need no write at all.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import math
 import random
 import traceback
 import uuid
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable, Generator, Iterator
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -110,10 +111,10 @@ class TurnState:
     pending: list[JournalRow] = attrs.Factory(list)  # value records not yet written
     running: int = 0  # steps and asks executing now
     waits: int = 0  # durable waits in progress
-    scopes: set[anyio.CancelScope] = attrs.Factory(set)
+    scopes: set[anyio.CancelScope] = attrs.Factory(set)  # durable waits in progress
+    busy_scopes: set[anyio.CancelScope] = attrs.Factory(set)  # steps and asks in progress
     suspending: bool = False
     interrupt: str | None = None  # "cancel" or "restart", set through the API
-    scope: anyio.CancelScope | None = None  # around the handler, for interrupts
     broken: NondeterminismError | None = None  # raised once: the turn cannot go on
 
     @property
@@ -258,61 +259,72 @@ class TurnState:
         self.running += 1
         act.turn_busy()
         try:
-            attempt = 0
-            is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-                getattr(fn, "__call__", None)  # noqa: B004 (an async callable object)
-            )
-            while True:
-                attempt += 1
-                info = StepInfo(name, n, attempt, self.idempotency_key(n))
-                rt._crash_point("step called", self, n, name)
-                token = CURRENT_STEP.set(info)
-                # The handler's context is not the step's: self.kv, self.sql, sends and durable
-                # calls inside fn would be lost (or renumbered) when the step replays.
-                handler = context.CURRENT.set(None)
-                try:
-                    with _deadline(retry.deadline):
-                        if is_async:
-                            result = await fn(*args, **kwargs)
-                        else:
-                            result = await anyio.to_thread.run_sync(
-                                functools.partial(fn, *args, **kwargs), abandon_on_cancel=True
-                            )
-                    payload = rt.codec.encode(result)
-                except Exception as exc:
-                    final = isinstance(exc, NonRetryable | ActorError) and not isinstance(
-                        exc, StepDeadlineError
-                    )
-                    if attempt >= retry.max_attempts or final:
-                        record = JournalRow(
-                            n,
-                            "step",
-                            name,
-                            "failed",
-                            rt.codec.encode(_error_info(exc)),
-                            None,
-                            attempt,
-                            self._clock(),
-                        )
-                        self.write(record)
-                        rt.stats_steps += 1
-                        rt._crash_point("after step", self, n, name)
-                        raise _step_failed(self, record, exc) from exc
-                    rt.stats_step_retries += 1
-                    await anyio.sleep(retry.delay(attempt))
-                    continue
-                finally:
-                    context.CURRENT.reset(handler)
-                    CURRENT_STEP.reset(token)
-                self.write(
-                    JournalRow(n, "step", name, "done", payload, None, attempt, self._clock())
-                )
-                rt.stats_steps += 1
-                rt._crash_point("after step", self, n, name)
-                return rt.codec.decode(payload)
+            with self.interruptible():
+                return await self._attempts(n, name, fn, args, kwargs, retry)
         finally:
             self.running -= 1
             act.turn_maybe_idle()
+
+    async def _attempts(
+        self,
+        n: int,
+        name: str,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        retry: Retry,
+    ) -> Any:
+        rt = self.activation.runtime
+        attempt = 0
+        is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+            getattr(fn, "__call__", None)  # noqa: B004 (an async callable object)
+        )
+        while True:
+            attempt += 1
+            info = StepInfo(name, n, attempt, self.idempotency_key(n))
+            rt._crash_point("step called", self, n, name)
+            token = CURRENT_STEP.set(info)
+            # The handler's context is not the step's: self.kv, self.sql, sends and durable
+            # calls inside fn would be lost (or renumbered) when the step replays.
+            handler = context.CURRENT.set(None)
+            try:
+                with _deadline(retry.deadline):
+                    if is_async:
+                        result = await fn(*args, **kwargs)
+                    else:
+                        result = await anyio.to_thread.run_sync(
+                            functools.partial(fn, *args, **kwargs), abandon_on_cancel=True
+                        )
+                payload = rt.codec.encode(result)
+            except Exception as exc:
+                final = isinstance(exc, NonRetryable | ActorError) and not isinstance(
+                    exc, StepDeadlineError
+                )
+                if attempt >= retry.max_attempts or final:
+                    record = JournalRow(
+                        n,
+                        "step",
+                        name,
+                        "failed",
+                        rt.codec.encode(_error_info(exc)),
+                        None,
+                        attempt,
+                        self._clock(),
+                    )
+                    self.write(record)
+                    rt.stats_steps += 1
+                    rt._crash_point("after step", self, n, name)
+                    raise _step_failed(self, record, exc) from exc
+                rt.stats_step_retries += 1
+                await anyio.sleep(retry.delay(attempt))
+                continue
+            finally:
+                context.CURRENT.reset(handler)
+                CURRENT_STEP.reset(token)
+            self.write(JournalRow(n, "step", name, "done", payload, None, attempt, self._clock()))
+            rt.stats_steps += 1
+            rt._crash_point("after step", self, n, name)
+            return rt.codec.decode(payload)
 
     def _replayed(self, row: JournalRow) -> Any:
         codec = self.activation.runtime.codec
@@ -381,6 +393,8 @@ class TurnState:
                 act.turn_busy()
             if self.suspending:
                 raise Suspended
+            if self.interrupt is not None:
+                raise Interrupted
 
     def suspend(self) -> None:
         """Make every durable wait of this turn end in :class:`Suspended`."""
@@ -389,10 +403,25 @@ class TurnState:
             scope.cancel()
 
     def interrupt_with(self, what: str) -> None:
-        """Cancel the handler (``"cancel"``) or run it again (``"restart"``): API requests."""
+        """Cancel the turn (``"cancel"``) or run it again (``"restart"``): API requests. Its
+        steps, asks and waits in progress are cancelled; otherwise it stops at its next
+        durable call, or when its handler returns."""
         self.interrupt = what
-        if self.scope is not None:
-            self.scope.cancel()
+        for scope in (*self.scopes, *self.busy_scopes):
+            scope.cancel()
+
+    @contextlib.contextmanager
+    def interruptible(self) -> Iterator[None]:
+        """Around a step or an ask: an interrupt cancels it and raises :class:`Interrupted`.
+        (A scope per step, not per message: messages without steps pay nothing.)"""
+        with anyio.CancelScope() as scope:
+            self.busy_scopes.add(scope)
+            try:
+                yield
+            finally:
+                self.busy_scopes.discard(scope)
+        if scope.cancelled_caught:
+            raise Interrupted
 
     @property
     def idle(self) -> bool:
@@ -434,15 +463,16 @@ class TurnState:
         act.turn_busy()
         try:
             try:
-                result = await rt._ask(
-                    target._spec,
-                    target.key,
-                    method,
-                    args,
-                    kwargs,
-                    self.idempotency_key(n),
-                    from_turn=True,
-                )
+                with self.interruptible():
+                    result = await rt._ask(
+                        target._spec,
+                        target.key,
+                        method,
+                        args,
+                        kwargs,
+                        self.idempotency_key(n),
+                        from_turn=True,
+                    )
                 payload = rt.codec.encode(result)
             except (RuntimeClosedError, StorageError, ActorStoppedError, ActorFailedError):
                 raise  # not the request's outcome: the turn rolls back and asks again later

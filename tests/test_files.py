@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 from pathlib import Path
 
 import apsw
@@ -89,3 +90,25 @@ def test_any_valid_key_round_trips(tmp_path_factory: pytest.TempPathFactory, key
             assert await rt.ref(Counter, key).ask(Counter.value) == 3
 
     trio.run(main)
+
+
+async def test_a_file_recreated_from_the_image_ignores_a_stale_log(root: Path) -> None:
+    """A mailbox deleted by hand leaves its -wal (with valid frames of the old file) behind; the
+    new mailbox, a copy of the prebuilt image, must not have those frames replayed onto it."""
+
+    class Agent(actors.Actor, name="Agent"):
+        async def note(self, text: str) -> int:
+            notes: list[str] = [*self.kv.get("notes", []), text]
+            self.kv["notes"] = notes
+            return len(notes)
+
+    async with actors.open_runtime(root, types=[Agent], idle_timeout=0) as rt:
+        for i in range(3):
+            await rt.ref(Agent, "a").ask(Agent.note, f"n{i}")
+    mailbox = next(root.rglob("mailbox.db"))
+    stale = mailbox.with_name("mailbox.db-wal")
+    assert stale.stat().st_size > 0  # the kept log holds the old file's frames
+    mailbox.unlink()
+    async with actors.open_runtime(root, types=[Agent]) as rt:
+        assert await rt.ref(Agent, "a").ask(Agent.note, "after") == 4
+        assert rt.reports == collections.deque()
