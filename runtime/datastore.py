@@ -144,9 +144,8 @@ class DataStore:
         16 KiB per hibernated actor.
         """
         self.path = path
-        created = image is not None and db.create_from_image(
-            path, image, durable=synchronous == "FULL"
-        )
+        if image is not None:
+            db.create_from_image(path, image, durable=synchronous == "FULL")
         self.conn = conn = db.connect(path, synchronous=synchronous, persist_wal=True, private=True)
         self._trusted = True
         conn.authorizer = self._authorize
@@ -158,14 +157,17 @@ class DataStore:
         conn.set_commit_hook(self._commit_hook)
         try:
             with db.corruption_as_error(path):
-                if created:
-                    conn.execute(
-                        "UPDATE _torpor_state SET type = ?, key = ? WHERE id = 1", (type_name, key)
-                    )
                 self._migrate_runtime(type_name, key)
                 row: Any = conn.execute(
                     "SELECT type, key, applied_seq, created FROM _torpor_state WHERE id = 1"
                 ).fetchall()[0]
+                if (row[0], row[1]) == ("", ""):
+                    # A copy of the image not yet given its identity: just created, or created
+                    # right before a crash. Only this actor's path could hold it.
+                    conn.execute(
+                        "UPDATE _torpor_state SET type = ?, key = ? WHERE id = 1", (type_name, key)
+                    )
+                    row = (type_name, key, row[2], row[3])
         except BaseException:
             conn.close()
             raise

@@ -187,7 +187,8 @@ class Mailbox:
                         self._identify(type_name, key)
 
                 db.migrate(self.conn, _MIGRATIONS, create, what=str(path))
-                if created:
+                if created or db.scalar(self.conn, "SELECT count(*) FROM meta") == 0:
+                    # A copy of the image not yet identified (a crash may fall in between).
                     self._identify(type_name, key)
         except BaseException:
             self.conn.close()

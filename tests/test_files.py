@@ -105,10 +105,36 @@ async def test_a_file_recreated_from_the_image_ignores_a_stale_log(root: Path) -
     async with actors.open_runtime(root, types=[Agent], idle_timeout=0) as rt:
         for i in range(3):
             await rt.ref(Agent, "a").ask(Agent.note, f"n{i}")
-    mailbox = next(root.rglob("mailbox.db"))
+    mailbox = next(root.rglob("mailbox.db"))  # noqa: ASYNC240 (between two runtimes)
     stale = mailbox.with_name("mailbox.db-wal")
     assert stale.stat().st_size > 0  # the kept log holds the old file's frames
     mailbox.unlink()
     async with actors.open_runtime(root, types=[Agent]) as rt:
         assert await rt.ref(Agent, "a").ask(Agent.note, "after") == 4
         assert rt.reports == collections.deque()
+
+
+async def test_a_crash_between_copying_the_image_and_naming_the_actor_is_harmless(
+    root: Path,
+) -> None:
+    """A new actor's files are copies of an anonymous image, given the actor's type and key just
+    after; a kill -9 in between leaves anonymous files, which the next open identifies."""
+    from runtime.datastore import image as data_image
+    from runtime.mailbox import image as mailbox_image
+
+    async with actors.open_runtime(root, types=[Counter]):
+        pass
+    folder = actor_dir(root, actor_id(Counter.__torpor_spec__.name, "c1"))
+    folder.mkdir(parents=True)
+    (folder / "data.db").write_bytes(data_image())
+    (folder / "mailbox.db").write_bytes(mailbox_image())
+    async with actors.open_runtime(root, types=[Counter]) as rt:
+        assert await rt.ref(Counter, "c1").ask(Counter.incr, 2) == 2
+    conn = apsw.Connection(str(folder / "mailbox.db"))
+    try:
+        assert dict(conn.execute("SELECT name, value FROM meta")) == {
+            "type": Counter.__torpor_spec__.name,
+            "key": "c1",
+        }
+    finally:
+        conn.close()
