@@ -44,6 +44,15 @@ from runtime.errors import (
     UnknownHandlerError,
     WaitTimeoutError,
 )
+from runtime.replica import (
+    DirectoryStore,
+    PreconditionFailedError,
+    ReplicaError,
+    ReplicaStatistics,
+    ReplicaStore,
+    ReplicaUnavailableError,
+    S3Store,
+)
 from runtime.spec import RestartIntensity, Retry
 from runtime.steps import StepInfo, current_step
 from runtime.timers import Schedule
@@ -59,6 +68,7 @@ __all__ = [
     "CorruptFileError",
     "DeadLetter",
     "DecodingError",
+    "DirectoryStore",
     "EncodingError",
     "IdempotencyKeyReusedError",
     "InvalidArgumentsError",
@@ -68,7 +78,12 @@ __all__ = [
     "MessageTooLargeError",
     "NonRetryable",
     "NondeterminismError",
+    "PreconditionFailedError",
     "Ref",
+    "ReplicaError",
+    "ReplicaStatistics",
+    "ReplicaStore",
+    "ReplicaUnavailableError",
     "RestartIntensity",
     "Retry",
     "Runtime",
@@ -76,6 +91,7 @@ __all__ = [
     "RuntimeInternalError",
     "RuntimeLockedError",
     "RuntimeStatistics",
+    "S3Store",
     "Schedule",
     "SchemaError",
     "Sql",

@@ -16,6 +16,8 @@ import pytest
 import trio
 import trio.testing
 
+pytest_plugins = ["tests.conftest_s3"]
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--run-slow", action="store_true", help="run the long crash runs too")

@@ -54,6 +54,14 @@ PUBLIC = {
     "TurnInfo",
     "WaitTimeoutError",
     "current_step",
+    # replication
+    "DirectoryStore",
+    "PreconditionFailedError",
+    "ReplicaError",
+    "ReplicaStatistics",
+    "ReplicaStore",
+    "ReplicaUnavailableError",
+    "S3Store",
 }
 
 

@@ -22,6 +22,7 @@ SECTIONS = [
     ("Actors", ["Actor", "query", "Retry", "RestartIntensity", "Schedule", "Sql", "KV"]),
     ("Messages", ["Ref", "DeadLetter"]),
     ("Durable steps", ["current_step", "StepInfo", "TurnInfo", "StepRecord", "NonRetryable"]),
+    ("Replication", ["ReplicaStore", "DirectoryStore", "S3Store", "ReplicaStatistics"]),
 ]
 
 
@@ -35,7 +36,7 @@ def _signature(obj: object) -> str:
             text = str(inspect.signature(obj, eval_str=resolve))  # type: ignore[arg-type]
         except Exception:
             continue
-        return re.sub(r"\b(runtime\.\w+|typing|collections\.abc)\.|~", "", text)
+        return re.sub(r"\b(runtime\.(\w+\.)+|typing\.|collections\.abc\.)|~", "", text)
     return ""
 
 

@@ -1,0 +1,25 @@
+"""Replica stores: where replication (DESIGN §6) keeps snapshots, segments and manifests.
+
+One small interface (:class:`ReplicaStore`) and two implementations, a local directory and S3,
+that pass one conformance suite (``tests/test_replica_store.py``).
+"""
+
+from .directory_store import DirectoryStore
+from .s3_store import S3Store
+from .store import (
+    PreconditionFailedError,
+    ReplicaError,
+    ReplicaStatistics,
+    ReplicaStore,
+    ReplicaUnavailableError,
+)
+
+__all__ = [
+    "DirectoryStore",
+    "PreconditionFailedError",
+    "ReplicaError",
+    "ReplicaStatistics",
+    "ReplicaStore",
+    "ReplicaUnavailableError",
+    "S3Store",
+]

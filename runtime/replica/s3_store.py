@@ -1,0 +1,342 @@
+"""A replica store in an S3 bucket, through boto3: AWS S3 or any S3-compatible store.
+
+Conditional writes use S3's ``If-None-Match: *`` and ``If-Match: <etag>`` headers (botocore's
+``IfNoneMatch`` / ``IfMatch`` parameters of ``PutObject``). Requests are counted as they are
+sent (a ``before-send`` hook), so retries count: that is what the provider bills.
+
+boto3 is imported when the first :class:`S3Store` is made, not when ``actors`` is imported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from .store import (
+    Data,
+    PreconditionFailedError,
+    ReplicaError,
+    ReplicaStore,
+    ReplicaUnavailableError,
+    check_condition,
+    check_data,
+    check_key,
+    check_list_prefix,
+    check_prefix,
+)
+
+#: Attempts per request, the first included, in botocore's ``standard`` retry mode (exponential
+#: backoff with jitter, on connection errors, throttling and 5xx). Few: the replicator has its own,
+#: slower, retry loop, and a turn held for a durable reply should learn of an outage in seconds.
+S3_MAX_ATTEMPTS = 3
+
+#: Seconds to open a connection. A reachable endpoint answers in milliseconds.
+S3_CONNECT_TIMEOUT = 5.0
+
+#: Seconds to wait for bytes of an answer. Large enough for a big segment on a slow link.
+S3_READ_TIMEOUT = 60.0
+
+#: Connections kept per store: one per worker thread that may call it at once (botocore's
+#: default of 10 makes the 11th concurrent request wait, and warn).
+S3_MAX_POOL_CONNECTIONS = 32
+
+SSE_MODES = ("AES256", "aws:kms")
+
+#: Error codes that mean the request may succeed later.
+_TRANSIENT_CODES = frozenset(
+    {
+        "RequestTimeout",
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "ServiceUnavailable",
+        "InternalError",
+        "RequestLimitExceeded",
+    }
+)
+
+_HINTS = {
+    "NoSuchBucket": "create the bucket, or fix the bucket name",
+    "AccessDenied": "grant s3:GetObject, s3:PutObject, s3:DeleteObject and s3:ListBucket "
+    "on the bucket and prefix to these credentials",
+    "InvalidAccessKeyId": "the credentials found by boto3's chain are not known to this "
+    "endpoint: check AWS_ACCESS_KEY_ID / AWS_PROFILE",
+    "SignatureDoesNotMatch": "the secret key does not match the access key: check "
+    "AWS_SECRET_ACCESS_KEY / the profile",
+    "PermanentRedirect": "the bucket is in another region: pass region=",
+    "AuthorizationHeaderMalformed": "the bucket is in another region: pass region=",
+    "NotImplemented": "this S3-compatible store lacks the feature (conditional writes, or "
+    "the server-side encryption asked for)",
+}
+
+
+class S3Store(ReplicaStore):
+    """A replica store in an S3 bucket under ``prefix``: AWS S3 or an S3-compatible store.
+
+    Credentials come from boto3's standard chain (environment, shared config and credentials
+    files with ``AWS_PROFILE``, container and instance roles); nothing secret is passed here.
+    ``endpoint_url`` points at an S3-compatible store (MinIO, SeaweedFS, R2, ...);
+    ``path_style=True`` addresses buckets as ``endpoint/bucket/key`` for stores that lack
+    virtual-host addressing. ``sse="AES256"`` or ``sse="aws:kms"`` (with ``sse_kms_key_id`` for a
+    key other than the account's default) asks for server-side encryption of every object
+    written. ``client`` uses a ready boto3 S3 client instead of making one (its own endpoint,
+    region and retry settings then apply).
+
+    Conditional writes need a store that supports ``If-Match`` and ``If-None-Match`` on
+    ``PutObject`` (AWS S3 since 2024). The credentials need ``s3:GetObject``, ``s3:PutObject``,
+    ``s3:DeleteObject`` and ``s3:ListBucket`` (without the latter, a missing key answers 403
+    instead of 404). A request makes up to 3 attempts (botocore's standard retry mode) before
+    :class:`ReplicaUnavailableError`. ETags are S3's, quoted as S3 sends them.
+    """
+
+    def __init__(
+        self,
+        bucket: str,
+        *,
+        prefix: str = "",
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        path_style: bool = False,
+        sse: str | None = None,
+        sse_kms_key_id: str | None = None,
+        client: Any = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(bucket, str) or not bucket:
+            raise ValueError(f"bucket must be a non-empty str (got {bucket!r})")
+        if sse not in (None, *SSE_MODES):
+            raise ValueError(f"sse must be None, 'AES256' or 'aws:kms' (got {sse!r})")
+        if sse_kms_key_id is not None and sse != "aws:kms":
+            raise ValueError(f"sse_kms_key_id needs sse='aws:kms' (got sse={sse!r})")
+        if client is not None and (endpoint_url or region or path_style):
+            raise ValueError(
+                "pass either client= or endpoint_url=/region=/path_style=, not both: "
+                "a ready client keeps its own settings"
+            )
+        self.bucket = bucket
+        self.prefix = check_prefix(prefix)
+        self._key_prefix = f"{self.prefix}/" if self.prefix else ""
+        self._prefix_bytes = len(self._key_prefix.encode())
+        self._sse: dict[str, str] = {}
+        if sse is not None:
+            self._sse["ServerSideEncryption"] = sse
+        if sse_kms_key_id is not None:
+            self._sse["SSEKMSKeyId"] = sse_kms_key_id
+
+        import botocore.exceptions
+
+        self._botocore_errors = botocore.exceptions
+        self._owns_client = client is None
+        if client is None:
+            client = _make_client(endpoint_url, region, path_style=path_style)
+        self.client = client
+        self._local = threading.local()
+        client.meta.events.register("before-send.s3", self._on_send)
+
+    def __repr__(self) -> str:
+        return f"S3Store({self.bucket!r}, prefix={self.prefix!r})"
+
+    def get(self, key: str) -> tuple[bytes, str] | None:
+        """Return ``(data, etag)`` for ``key``, or ``None`` if there is no such key."""
+        full = self._full(key)
+        try:
+            with self._request("gets"):
+                response = self.client.get_object(Bucket=self.bucket, Key=full)
+                data = response["Body"].read()
+        except self._botocore_errors.ClientError as exc:
+            if _status(exc) == 404 and _code(exc) in ("NoSuchKey", "404", "NotFound"):
+                return None
+            raise self._error(exc, "GET", key) from exc
+        except self._botocore_errors.BotoCoreError as exc:
+            raise self._error(exc, "GET", key) from exc
+        return data, str(response["ETag"])
+
+    def put(
+        self, key: str, data: Data, *, if_match: str | None = None, if_none_match: bool = False
+    ) -> str:
+        """Store ``data`` under ``key`` and return the ETag S3 gives it.
+
+        ``if_none_match=True`` sends ``If-None-Match: *``, ``if_match=etag`` sends
+        ``If-Match``; when the condition fails, :class:`PreconditionFailedError`. A condition
+        that fails only on a retry (the first attempt's answer was lost) is checked with a GET:
+        if the object holds exactly ``data``, the first attempt won and its ETag is returned.
+        """
+        full = self._full(key)
+        check_data(data)
+        check_condition(if_match, if_none_match)
+        body = bytes(data) if isinstance(data, memoryview) else data
+        params: dict[str, Any] = {"Bucket": self.bucket, "Key": full, "Body": body, **self._sse}
+        if if_none_match:
+            params["IfNoneMatch"] = "*"
+        if if_match is not None:
+            params["IfMatch"] = if_match
+        conditional = if_none_match or if_match is not None
+        try:
+            with self._request("puts"):
+                response = self.client.put_object(**params)
+        except self._botocore_errors.ClientError as exc:
+            error = self._error(exc, "PUT", key, conditional=conditional)
+            if isinstance(error, PreconditionFailedError) and _retried(exc):
+                current = self.get(key)
+                if current is not None and current[0] == body:
+                    return current[1]
+            raise error from exc
+        except self._botocore_errors.BotoCoreError as exc:
+            raise self._error(exc, "PUT", key) from exc
+        return str(response["ETag"])
+
+    def delete(self, key: str) -> None:
+        """Remove ``key``; removing a missing key is not an error."""
+        full = self._full(key)
+        try:
+            with self._request("deletes"):
+                self.client.delete_object(Bucket=self.bucket, Key=full)
+        except (self._botocore_errors.ClientError, self._botocore_errors.BotoCoreError) as exc:
+            raise self._error(exc, "DELETE", key) from exc
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        """Yield the keys starting with ``prefix``, in UTF-8 byte order (admin tools only).
+
+        Pages are requested as the iteration reaches them (one LIST per 1,000 keys).
+        """
+        check_list_prefix(prefix)
+        return self._pages(self._key_prefix + prefix)
+
+    def close(self) -> None:
+        """Close the connections of the client this store made (a passed ``client`` stays open)."""
+        self.client.meta.events.unregister("before-send.s3", self._on_send)
+        if self._owns_client:
+            self.client.close()
+
+    def _pages(self, full_prefix: str) -> Iterator[str]:
+        params: dict[str, Any] = {"Bucket": self.bucket, "Prefix": full_prefix}
+        while True:
+            try:
+                with self._request("lists"):
+                    response = self.client.list_objects_v2(**params)
+            except (self._botocore_errors.ClientError, self._botocore_errors.BotoCoreError) as exc:
+                raise self._error(exc, "LIST", full_prefix) from exc
+            for item in response.get("Contents", ()):
+                yield str(item["Key"])[len(self._key_prefix) :]
+            if not response.get("IsTruncated"):
+                return
+            params["ContinuationToken"] = response["NextContinuationToken"]
+
+    def _full(self, key: str) -> str:
+        return self._key_prefix + check_key(key, prefix_bytes=self._prefix_bytes)
+
+    @contextlib.contextmanager
+    def _request(self, kind: str) -> Iterator[None]:
+        outer = getattr(self._local, "kind", None)
+        self._local.kind = kind
+        try:
+            yield
+        finally:
+            self._local.kind = outer
+
+    def _on_send(self, **kwargs: Any) -> None:
+        # Called by botocore for every HTTP attempt, on the calling thread. Another store
+        # sharing the client sees no kind set on its own thread-local, and does not count it.
+        kind = getattr(self._local, "kind", None)
+        if kind is not None:
+            self._count(kind)
+
+    def _error(
+        self, exc: Exception, request: str, key: str, *, conditional: bool = False
+    ) -> ReplicaError:
+        where = f"{request} {key!r} in s3://{self.bucket}/{self._key_prefix}"
+        errors = self._botocore_errors
+        if isinstance(exc, errors.ClientError):
+            status, code = _status(exc), _code(exc)
+            message = exc.response.get("Error", {}).get("Message", "")
+            answer = f"{status} {code}" + (f": {message}" if message else "")
+            if conditional and (
+                status == 412
+                or code in ("PreconditionFailed", "ConditionalRequestConflict")
+                or (status == 404 and code == "NoSuchKey")
+            ):
+                return PreconditionFailedError(
+                    f"{where}: the condition did not hold ({answer}); nothing was written", key=key
+                )
+            if (status is not None and status >= 500) or code in _TRANSIENT_CODES:
+                return ReplicaUnavailableError(
+                    f"{where} failed after {_retries(exc) + 1} attempt(s) ({answer}); "
+                    "retry later, and read the key back before trusting a write"
+                )
+            hint = _HINTS.get(code, "see the store's error code")
+            return ReplicaError(f"{where} was refused ({answer}): {hint}")
+        transient = (
+            errors.ConnectionError,
+            errors.HTTPClientError,
+            errors.IncompleteReadError,
+            errors.ChecksumError,
+            errors.FlexibleChecksumError,
+        )
+        if isinstance(exc, transient):
+            return ReplicaUnavailableError(
+                f"{where} failed ({exc}); the endpoint is unreachable or cut the connection: "
+                "retry later, and read the key back before trusting a write"
+            )
+        if isinstance(exc, errors.NoCredentialsError | errors.PartialCredentialsError):
+            return ReplicaError(
+                f"{where}: {exc}; boto3 found no complete credentials in its standard chain "
+                "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, ~/.aws/credentials, "
+                "or a container or instance role)"
+            )
+        return ReplicaError(f"{where} failed ({type(exc).__name__}: {exc})")
+
+
+_loader_lock = threading.Lock()
+_loader: Any = None
+
+
+def _shared_loader() -> Any:
+    """botocore's reader of service models, shared by the stores' sessions: each session would
+    otherwise parse the S3 model again (about 0.1 s a store)."""
+    global _loader
+    with _loader_lock:
+        if _loader is None:
+            import botocore.loaders
+
+            _loader = botocore.loaders.create_loader()
+        return _loader
+
+
+def _make_client(endpoint_url: str | None, region: str | None, *, path_style: bool) -> Any:
+    import boto3.session
+    import botocore.config
+    import botocore.session
+
+    config = botocore.config.Config(
+        region_name=region,
+        retries={"mode": "standard", "total_max_attempts": S3_MAX_ATTEMPTS},
+        s3={"addressing_style": "path" if path_style else "auto"},
+        connect_timeout=S3_CONNECT_TIMEOUT,
+        read_timeout=S3_READ_TIMEOUT,
+        max_pool_connections=S3_MAX_POOL_CONNECTIONS,
+    )
+    # A session per store: boto3's default session is shared module state and not thread-safe,
+    # and each store resolves credentials from the chain when it is made.
+    core = botocore.session.Session()
+    core.register_component("data_loader", _shared_loader())
+    session = boto3.session.Session(botocore_session=core)
+    return session.client("s3", endpoint_url=endpoint_url, config=config)
+
+
+def _status(exc: Any) -> int | None:
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return int(status) if status is not None else None
+
+
+def _code(exc: Any) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _retries(exc: Any) -> int:
+    return int(exc.response.get("ResponseMetadata", {}).get("RetryAttempts", 0))
+
+
+def _retried(exc: Any) -> bool:
+    return _retries(exc) > 0
