@@ -1259,14 +1259,25 @@ class Runtime:
     def _open_lock_and_directory(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise RuntimeLockedError(
-                f"{self.root} is open in another process; one runtime directory belongs to one "
-                "process at a time"
-            ) from None
+        # Inspection tools (torpor status, ls) take a shared lock for an instant to see whether
+        # the runtime is open: retry briefly before concluding another runtime holds it.
+        deadline = time.monotonic() + LOCK_WAIT
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(0.005)
+                    continue
+                holder = _lock_holder(fd)
+                os.close(fd)
+                raise RuntimeLockedError(
+                    f"{self.root} is open in another process{holder}; one runtime directory "
+                    "belongs to one process at a time"
+                ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)  # who holds it, for error messages
         self._lock_fd = fd
         try:
             self.directory = Directory(self.root / DIRECTORY_FILE, synchronous=self.synchronous)
@@ -1417,6 +1428,18 @@ TIMER_WAKE_RETRY = 1.0
 #: The outbox method name of a child's creation (never a handler name: those cannot start
 #: with an underscore).
 SPAWN = "__spawn__"
+
+
+#: Seconds to retry taking the runtime's LOCK before reporting it held.
+LOCK_WAIT = 0.2
+
+
+def _lock_holder(fd: int) -> str:
+    try:
+        pid = os.pread(fd, 32, 0).decode().strip()
+    except (OSError, UnicodeDecodeError):
+        return ""
+    return f" (pid {pid})" if pid.isdigit() else ""
 
 
 def _quantile(ordered: list[float], q: float) -> float | None:

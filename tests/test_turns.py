@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -446,7 +447,7 @@ async def test_refs_travel_in_messages(root: Path) -> None:
 async def test_second_process_is_locked_out(root: Path) -> None:
     """A runtime directory open in one runtime cannot be opened by another."""
     async with actors.open_runtime(root, types=[Counter]):
-        with pytest.raises(actors.RuntimeLockedError):
+        with pytest.raises(actors.RuntimeLockedError, match=f"pid {os.getpid()}"):
             async with actors.open_runtime(root, types=[Counter]):
                 pass
 
