@@ -361,6 +361,7 @@ class TurnState:
             if event is not None:
                 payload = act.mailbox.consume_event(self.seq, row, event)
                 if payload is not None:
+                    act.timers_changed = until is not None  # its deadline no longer wakes it
                     rt._crash_point("after wait", self, n, row.name)
                     return codec.decode(payload)
             now = rt.clock()

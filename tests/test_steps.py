@@ -672,3 +672,19 @@ async def test_a_step_failure_escaping_the_handler_is_dead_lettered_without_retr
         assert info.value.attempts == 1  # a replay would only raise the journaled failure again
         assert trio.current_time() - start < 1
         assert rt.statistics().retries == 0
+
+
+async def test_an_event_that_ends_a_wait_early_clears_its_wake_up_hint(root: Path) -> None:
+    class Agent(actors.Actor, name="Agent"):
+        async def go(self) -> str:
+            return str(await self.wait_for_event("e", timeout=3600))
+
+    async with runtime(root, Agent) as rt:
+        ref = rt.ref(Agent, "a")
+        await ref.send(Agent.go)
+        await trio.sleep(1)
+        assert rt.statistics().actors_with_timers == 1  # the deadline is a wake-up hint
+        await ref.signal("e", "early")
+        await trio.sleep(1)
+        assert rt.statistics().actors_with_timers == 0
+        assert rt.directory.next_wake_at() is None
