@@ -74,37 +74,49 @@ def check_crashes(
     """
     read_state = state or actor_state
     baseline = _run(scenario, types, None, settle, options)
-    wanted = points if points is not None else range(1, len(baseline.points) + 1)
-    for point in wanted:
-        if not 1 <= point <= len(baseline.points):
-            raise ValueError(f"there are {len(baseline.points)} crash points (got {point})")
-        run = _run(scenario, types, point, settle, options)
-        where = baseline.points[point - 1]
-        if not run.crashed:
-            raise AssertionError(f"crash point {point} ({where}) was not reached again")
-        if run.calls != baseline.calls:
-            raise AssertionError(
-                f"after a crash at point {point} ({where}), the step functions were called "
-                f"{_counts(run.calls)} instead of {_counts(baseline.calls)}"
-            )
-        if read_state(run.root) != read_state(baseline.root):
-            raise AssertionError(
-                f"after a crash at point {point} ({where}), the final state differs:\n"
-                f"  crash-free: {read_state(baseline.root)!r}\n"
-                f"  crashed:    {read_state(run.root)!r}"
-            )
-    return CrashReport(tuple(baseline.points), dict(baseline.calls), read_state(baseline.root))
+    try:
+        expected = read_state(baseline.root)
+        wanted = points if points is not None else range(1, len(baseline.points) + 1)
+        for point in wanted:
+            if not 1 <= point <= len(baseline.points):
+                raise ValueError(f"there are {len(baseline.points)} crash points (got {point})")
+            run = _run(scenario, types, point, settle, options)
+            try:
+                _compare(run, baseline, point, read_state, expected)
+            finally:
+                run.holder.cleanup()
+    finally:
+        baseline.holder.cleanup()
+    return CrashReport(tuple(baseline.points), dict(baseline.calls), expected)
+
+
+def _compare(
+    run: _Run, baseline: _Run, point: int, read_state: Callable[[Path], Any], expected: Any
+) -> None:
+    where = baseline.points[point - 1]
+    if not run.crashed:
+        raise AssertionError(f"crash point {point} ({where}) was not reached again")
+    if run.calls != baseline.calls:
+        raise AssertionError(
+            f"after a crash at point {point} ({where}), the step functions were called "
+            f"{_counts(run.calls)} instead of {_counts(baseline.calls)}"
+        )
+    got = read_state(run.root)
+    if got != expected:
+        raise AssertionError(
+            f"after a crash at point {point} ({where}), the final state differs:\n"
+            f"  crash-free: {expected!r}\n"
+            f"  crashed:    {got!r}"
+        )
 
 
 @attrs.define
 class _Run:
+    holder: tempfile.TemporaryDirectory[str]
     root: Path
     points: list[str]
     calls: collections.Counter[tuple[str, str, str]]
     crashed: bool
-
-
-_DIRS: list[tempfile.TemporaryDirectory[str]] = []  # kept until the process exits
 
 
 def _run(
@@ -115,8 +127,7 @@ def _run(
     options: dict[str, Any],
 ) -> _Run:
     holder = tempfile.TemporaryDirectory(prefix="torpor-crashtest-")
-    _DIRS.append(holder)
-    run = _Run(Path(holder.name) / "rt", [], collections.Counter(), False)
+    run = _Run(holder, Path(holder.name) / "rt", [], collections.Counter(), False)
 
     def hook(where: str, turn: Any, number: int, name: str) -> None:
         if where == "step called":
@@ -150,7 +161,11 @@ def _run(
                     continue  # the process "restarts": run the scenario again
                 raise
 
-    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    try:
+        trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    except BaseException:
+        holder.cleanup()
+        raise
     return run
 
 
