@@ -44,6 +44,7 @@ from runtime.errors import (
     UnknownHandlerError,
     WaitTimeoutError,
 )
+from runtime.observe import MetricsEndpoint, log_lifecycle, render_metrics, serve_metrics
 from runtime.replica import (
     DirectoryStore,
     PreconditionFailedError,
@@ -76,6 +77,7 @@ __all__ = [
     "LifecycleEvent",
     "MessageFailedError",
     "MessageTooLargeError",
+    "MetricsEndpoint",
     "NonRetryable",
     "NondeterminismError",
     "PreconditionFailedError",
@@ -106,6 +108,9 @@ __all__ = [
     "UnknownHandlerError",
     "WaitTimeoutError",
     "current_step",
+    "log_lifecycle",
     "open_runtime",
     "query",
+    "render_metrics",
+    "serve_metrics",
 ]

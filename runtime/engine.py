@@ -400,7 +400,10 @@ class Runtime:
         latencies = sorted(self.wake_latencies)
         return RuntimeStatistics(
             awake=len(self.awake),
-            hibernated=self.known_actors - len(self.awake) - self.stopped_actors,
+            hibernated=self.known_actors
+            - len(self.awake)
+            - self.stopped_actors
+            - len(self.failed.keys() - self.awake.keys()),
             failed=len(self.failed),
             stopped=self.stopped_actors,
             max_awake=self.max_awake,
@@ -1183,7 +1186,7 @@ class Runtime:
             previous=state.value,
             state=new.value,
             event=event.value,
-            at=time.time(),
+            at=self.clock(),
             detail=detail,
         )
         for stream in list(self._subscribers):
@@ -1333,6 +1336,9 @@ class Runtime:
 
     def _close_files(self) -> None:
         self.closed = True
+        for stream in self._subscribers:  # subscribers' loops end once they have read the rest
+            stream.close()
+        self._subscribers.clear()
         for waiters in self.parked_waiters.values():
             for waiter in waiters.values():
                 waiter.set_error(RuntimeClosedError("the runtime closed before this was applied"))

@@ -62,6 +62,11 @@ PUBLIC = {
     "ReplicaStore",
     "ReplicaUnavailableError",
     "S3Store",
+    # observability
+    "MetricsEndpoint",
+    "log_lifecycle",
+    "render_metrics",
+    "serve_metrics",
 }
 
 

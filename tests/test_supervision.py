@@ -189,3 +189,20 @@ def test_bad_restart_intensity_is_refused_at_definition() -> None:
 
     with pytest.raises(ValueError, match="max_failures"):
         actors.RestartIntensity(max_failures=0)
+
+
+async def test_a_failed_actor_is_counted_failed_and_not_hibernated(root: Path) -> None:
+    class Broken(actors.Actor, name="Broken"):
+        retry = actors.Retry(max_attempts=1)
+
+        async def on_create(self) -> None:
+            raise RuntimeError("cannot start")
+
+        async def hi(self) -> None:
+            pass
+
+    async with actors.open_runtime(root, types=[Broken]) as rt:
+        with pytest.raises(actors.ActorFailedError):
+            await rt.ref(Broken, "b").ask(Broken.hi)
+        stats = rt.statistics()
+        assert (stats.awake, stats.hibernated, stats.failed) == (0, 0, 1)

@@ -23,6 +23,7 @@ SECTIONS = [
     ("Messages", ["Ref", "DeadLetter"]),
     ("Durable steps", ["current_step", "StepInfo", "TurnInfo", "StepRecord", "NonRetryable"]),
     ("Replication", ["ReplicaStore", "DirectoryStore", "S3Store", "ReplicaStatistics"]),
+    ("Observability", ["serve_metrics", "MetricsEndpoint", "render_metrics", "log_lifecycle"]),
 ]
 
 
@@ -36,7 +37,11 @@ def _signature(obj: object) -> str:
             text = str(inspect.signature(obj, eval_str=resolve))  # type: ignore[arg-type]
         except Exception:
             continue
-        return re.sub(r"\b(runtime\.(\w+\.)+|typing\.|collections\.abc\.)|~", "", text)
+        text = re.sub(
+            r"<[\w.]*IgnoredTaskStatus object at 0x[0-9a-f]+>", "TASK_STATUS_IGNORED", text
+        )
+        text = re.sub(r" object at 0x[0-9a-f]+>", ">", text)  # no addresses: stable output
+        return re.sub(r"\b(runtime\.(\w+\.)+|typing\.|collections\.abc\.|anyio\.abc\.)|~", "", text)
     return ""
 
 
