@@ -1,0 +1,844 @@
+"""One database file replicated to a store: a fenced manifest, a snapshot, ordered segments.
+
+Standalone for now (not wired into the runtime): a :class:`FileReplica` ships the committed WAL
+frames of one SQLite file in WAL mode (DESIGN §6), and :func:`restore` rebuilds the file, byte
+for byte, at any retained flush.
+
+**Objects in the store**, under the file's ``name`` (e.g. ``actors/<id>/data.db``)::
+
+    <name>/manifest                    JSON, rewritten only with If-Match (or If-None-Match)
+    <name>/snapshots/<epoch>-<seq>     the whole checkpointed database, zlib, checksummed
+    <name>/segments/<epoch>-<seq>      one flush: committed frames as a segment (``wal.py``)
+
+Snapshots and segments are immutable and written with ``if_none_match=True`` under keys no other
+writer can use (the epoch is the writer's own, the sequence counts its uploads). The manifest
+names the one snapshot and the ordered segments after it, each with its ``txid`` (one per
+flush: the snapshot's, then one more per segment), checksums and flush time. It also holds the
+WAL position after the last segment, so that a writer that takes over continues the chain when
+its WAL is the same one (salts and checksum chain verify), and takes a snapshot otherwise.
+
+**Fencing.** :meth:`FileReplica.claim` bumps the manifest's epoch with a conditional write. Every
+later manifest write is conditional on the ETag this writer last wrote, so once another writer
+has claimed, the old one's next write fails its condition: :class:`FencedError`, and that
+replica refuses every later call. The segment it had just uploaded is deleted (it is not named
+by any manifest), so the history in the manifest is one writer's after a takeover, never a
+merge.
+
+**Requests.** A flush with nothing new makes no request at all (it reads only the local WAL).
+A flush with new commits makes two PUTs (segment, manifest); a snapshot two PUTs and one DELETE
+per object it retires. Nothing ever lists.
+
+**Checkpoints.** The caller turns SQLite's auto-checkpoint off and calls
+:meth:`FileReplica.checkpoint`, which ships first and checks that SQLite's checkpoint copied
+exactly the shipped frames; then the next generation of the WAL is shipped from its frame 0.
+Any other restart of the WAL (a checkpoint by someone else) costs a new snapshot.
+
+Concurrency: a :class:`FileReplica` is not thread-safe, and the caller serialises commits on the
+file with :meth:`~FileReplica.checkpoint` and :meth:`~FileReplica.snapshot` (the runtime's one
+connection per actor file does): a commit by another connection between the last ship and a
+``TRUNCATE`` checkpoint would be folded into the file without being shipped. It is detected for
+``PASSIVE`` and ``RESTART`` checkpoints (the next restart then takes a snapshot), not for
+``TRUNCATE``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import struct
+import time
+import uuid
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import apsw
+import attrs
+
+from .store import (
+    PreconditionFailedError,
+    ReplicaError,
+    ReplicaStore,
+    ReplicaUnavailableError,
+    check_key,
+)
+from .wal import (
+    DEFAULT_CODEC,
+    Segment,
+    SegmentError,
+    WalBatch,
+    WalFormatError,
+    WalPosition,
+    WalRestartedError,
+    apply_segment,
+    committed_frames,
+    decode_segment,
+    encode_segment,
+    read_header,
+)
+
+#: Version of the manifest's JSON layout; a reader refuses other versions instead of guessing.
+MANIFEST_VERSION = 1
+
+#: zlib level of snapshots: level 1, as for segments (``wal.py`` has the measurements); a
+#: snapshot is taken rarely, but it is on the path of a flush that found the WAL restarted.
+SNAPSHOT_ZLIB_LEVEL = 1
+
+#: Digest of snapshots and of stored objects in the manifest: BLAKE2b of this many bytes.
+DIGEST_BYTES = 16
+
+_MANIFEST = "manifest"
+_MASK = 0xFFFFFFFF
+_PASSIVE = apsw.SQLITE_CHECKPOINT_PASSIVE
+_RESTART = apsw.SQLITE_CHECKPOINT_RESTART
+_TRUNCATE = apsw.SQLITE_CHECKPOINT_TRUNCATE
+_NOOP = apsw.SQLITE_CHECKPOINT_NOOP
+_CHECKPOINT_MODES = {_PASSIVE: "PASSIVE", _RESTART: "RESTART", _TRUNCATE: "TRUNCATE"}
+
+
+class FencedError(ReplicaError):
+    """Another writer has claimed this file's replica: this one must stop writing it.
+
+    Raised when a manifest write fails its condition because a later epoch was claimed (or when
+    a claim loses a race). Nothing this writer uploaded is named by the manifest; the replica
+    refuses every later call. Unlike :class:`PreconditionFailedError`, which is one refused
+    request, this is a verdict on the writer: to write the file again, restore it from the
+    replica and :meth:`FileReplica.claim` anew. ``epoch`` is this writer's, ``current_epoch``
+    the manifest's (``None`` if unknown).
+    """
+
+    def __init__(self, message: str, *, epoch: int, current_epoch: int | None) -> None:
+        super().__init__(message)
+        self.epoch = epoch
+        self.current_epoch = current_epoch
+
+
+class CorruptReplicaError(ReplicaError, ValueError):
+    """An object of the replica is missing, damaged, or contradicts the manifest: restore stops.
+
+    Raised by :func:`restore` before the destination is touched. ``key`` names the object. A
+    damaged segment breaks the history from that segment on: restore an earlier ``at_txid``,
+    and take a new snapshot of the source if it is alive. Unlike
+    :class:`~runtime.replica.wal.SegmentError` (bytes that are not a valid segment), this also
+    covers a valid segment that is not the one the manifest names.
+    """
+
+    def __init__(self, message: str, *, key: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class RestorePointError(ReplicaError, LookupError):
+    """There is no replica under that name, or the requested point is not retained.
+
+    Retention keeps the latest snapshot and the segments after it: ``at_txid`` and ``at_time``
+    must fall in that range (:class:`RestoreResult` of a plain restore tells the latest txid).
+    """
+
+
+@attrs.frozen
+class FlushResult:
+    """What one call shipped, from :meth:`FileReplica.flush` and friends."""
+
+    #: WAL frames shipped in a segment (0 when only a snapshot was taken, or nothing).
+    frames: int
+    #: Distinct pages in that segment.
+    pages: int
+    #: Bytes uploaded (segment and snapshot objects, and the manifest).
+    bytes: int
+    #: Requests made to the store (GET, PUT, DELETE).
+    requests: int
+    #: The txid the replica is at afterwards.
+    txid: int
+    #: Whether a snapshot was taken.
+    snapshot: bool
+
+
+@attrs.frozen
+class RestoreResult:
+    """What :func:`restore` wrote."""
+
+    txid: int
+    #: Segments applied onto the snapshot.
+    segments: int
+    #: Bytes of the restored file.
+    bytes: int
+
+
+# -- The manifest ------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class SnapshotEntry:
+    """The manifest's snapshot: a whole database file, zlib-compressed."""
+
+    key: str
+    txid: int
+    #: BLAKE2b of the stored (compressed) bytes, hex.
+    checksum: str
+    #: BLAKE2b of the database image, hex.
+    image_checksum: str
+    page_size: int
+    #: Bytes of the database image.
+    image_bytes: int
+    created_at: float
+
+
+@attrs.frozen
+class SegmentEntry:
+    """One segment named by the manifest, in order."""
+
+    key: str
+    txid: int
+    #: BLAKE2b of the stored segment bytes, hex.
+    checksum: str
+    stored_bytes: int
+    salt1: int
+    salt2: int
+    first_frame: int
+    end_frame: int
+    #: Database size in pages after the segment.
+    db_size: int
+    #: When the flush that shipped it ran: every commit in it happened at or before this time.
+    flushed_at: float
+
+
+@attrs.frozen
+class Manifest:
+    """The state of one file's replica; only ever replaced with a conditional write."""
+
+    name: str
+    epoch: int
+    writer: str
+    snapshot: SnapshotEntry | None
+    segments: tuple[SegmentEntry, ...]
+    #: The WAL position after the last shipped frame, ``None`` right after a snapshot (the next
+    #: frames are frame 0 of whatever generation follows).
+    position: WalPosition | None
+
+    @property
+    def txid(self) -> int:
+        """The txid of the latest state (0 before the first snapshot)."""
+        if self.segments:
+            return self.segments[-1].txid
+        return self.snapshot.txid if self.snapshot else 0
+
+    def encode(self) -> bytes:
+        """The manifest as compact JSON."""
+        doc: dict[str, Any] = {
+            "version": MANIFEST_VERSION,
+            "name": self.name,
+            "epoch": self.epoch,
+            "writer": self.writer,
+            "snapshot": attrs.asdict(self.snapshot) if self.snapshot else None,
+            "segments": [attrs.asdict(s) for s in self.segments],
+            "position": (
+                {
+                    "salt1": self.position.salt1,
+                    "salt2": self.position.salt2,
+                    "frame_count": self.position.frame_count,
+                    "checksum": list(self.position.checksum),
+                }
+                if self.position
+                else None
+            ),
+        }
+        return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
+
+    @classmethod
+    def decode(cls, data: bytes, *, key: str) -> Manifest:
+        """Parse a manifest; :class:`CorruptReplicaError` if it is not one."""
+        try:
+            doc = json.loads(data)
+            if doc["version"] != MANIFEST_VERSION:
+                raise CorruptReplicaError(
+                    f"manifest {key!r} has format version {doc['version']!r} "
+                    f"(this version reads {MANIFEST_VERSION})",
+                    key=key,
+                )
+            pos = doc["position"]
+            return cls(
+                name=doc["name"],
+                epoch=int(doc["epoch"]),
+                writer=doc["writer"],
+                snapshot=SnapshotEntry(**doc["snapshot"]) if doc["snapshot"] else None,
+                segments=tuple(SegmentEntry(**s) for s in doc["segments"]),
+                position=(
+                    WalPosition(
+                        pos["salt1"], pos["salt2"], pos["frame_count"], tuple(pos["checksum"])
+                    )
+                    if pos
+                    else None
+                ),
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            if isinstance(exc, CorruptReplicaError):
+                raise
+            raise CorruptReplicaError(f"manifest {key!r} is not valid ({exc!r})", key=key) from exc
+
+
+def manifest_key(name: str) -> str:
+    """The store key of the manifest of the file replicated under ``name``."""
+    return check_key(f"{name}/{_MANIFEST}")
+
+
+def _digest(data: bytes | memoryview) -> str:
+    return hashlib.blake2b(data, digest_size=DIGEST_BYTES).hexdigest()
+
+
+# -- The writer --------------------------------------------------------------------------------
+
+
+class FileReplica:
+    """The writer of one file's replica in ``store`` under ``name`` (a key prefix).
+
+    Call :meth:`claim` once, then :meth:`flush` after commits (with the database connection and
+    the file's path), :meth:`checkpoint` instead of SQLite's auto-checkpoint, and
+    :meth:`snapshot` to start a new chain (retention). ``clock`` gives the flush times recorded
+    for point-in-time restore (``time.time`` by default); ``writer`` names this writer in the
+    manifest (a random id by default).
+    """
+
+    def __init__(
+        self,
+        store: ReplicaStore,
+        name: str,
+        *,
+        writer: str | None = None,
+        clock: Callable[[], float] = time.time,
+        codec: int = DEFAULT_CODEC,
+    ) -> None:
+        self.store = store
+        self.name = name
+        self._manifest_key = manifest_key(name)
+        self.writer = writer if writer is not None else uuid.uuid4().hex
+        self._clock = clock
+        self._codec = codec
+        self._manifest: Manifest | None = None
+        self._etag: str | None = None
+        self._sequence = 0
+        self._fenced: FencedError | None = None
+        #: After a snapshot (the manifest's position is ``None``): the salt-1 the WAL's next
+        #: generation must have for its frames to follow the snapshot; ``None`` if unknown.
+        self._next_salt1: int | None = None
+        #: The frame count the last checkpoint was checked to have copied, all shipped: when
+        #: the WAL restarts from there, shipping goes on at frame 0 of the new generation.
+        self._checkpointed_frame: int | None = None
+        #: A manifest write may or may not have happened (unavailable store): read it back.
+        self._uncertain = False
+        self._requests = 0
+
+    def __repr__(self) -> str:
+        return f"FileReplica({self.store!r}, {self.name!r}, epoch={self.epoch})"
+
+    @property
+    def epoch(self) -> int | None:
+        """The epoch this writer claimed, ``None`` before :meth:`claim`."""
+        return self._manifest.epoch if self._manifest else None
+
+    @property
+    def txid(self) -> int:
+        """The txid of the latest state in the replica, as this writer knows it."""
+        return self._manifest.txid if self._manifest else 0
+
+    @property
+    def manifest(self) -> Manifest | None:
+        """The manifest as this writer last wrote or read it."""
+        return self._manifest
+
+    def claim(self, epoch: int | None = None) -> int:
+        """Take ownership of the replica: write the manifest with a higher epoch; return it.
+
+        ``epoch`` defaults to one more than the manifest's (1 for a new replica); one not above
+        the manifest's raises :class:`FencedError`, as does losing a race with another claim.
+        The chain in the manifest is kept: the first :meth:`flush` continues it if the WAL is
+        the one it came from, and takes a snapshot otherwise.
+        """
+        self._check_not_fenced()
+        if epoch is not None and (not isinstance(epoch, int) or epoch < 1):
+            raise ValueError(f"epoch must be an int of at least 1 (got {epoch!r})")
+        got = self._get(self._manifest_key)
+        current = Manifest.decode(got[0], key=self._manifest_key) if got else None
+        current_epoch = current.epoch if current else 0
+        new_epoch = current_epoch + 1 if epoch is None else epoch
+        if new_epoch <= current_epoch:
+            raise FencedError(
+                f"cannot claim {self.name!r} at epoch {new_epoch}: the replica is at epoch "
+                f"{current_epoch} already; claim a higher one",
+                epoch=new_epoch,
+                current_epoch=current_epoch,
+            )
+        if current is None:
+            manifest = Manifest(self.name, new_epoch, self.writer, None, (), None)
+        else:
+            manifest = attrs.evolve(current, epoch=new_epoch, writer=self.writer)
+        try:
+            self._etag = self._put(
+                self._manifest_key,
+                manifest.encode(),
+                if_match=got[1] if got else None,
+                if_none_match=got is None,
+            )
+        except PreconditionFailedError as exc:
+            raise FencedError(
+                f"another writer claimed {self.name!r} at the same time; this one did not",
+                epoch=new_epoch,
+                current_epoch=None,
+            ) from exc
+        self._manifest = manifest
+        self._sequence = 0
+        self._next_salt1 = None
+        self._checkpointed_frame = None
+        self._uncertain = False
+        return new_epoch
+
+    def flush(self, conn: apsw.Connection, path: str | os.PathLike[str]) -> FlushResult:
+        """Ship the frames committed since the last flush as one segment, then the manifest.
+
+        ``conn`` is a connection to the database at ``path`` in WAL mode, with auto-checkpoint
+        off; the committed end is the frame count of a ``NOOP`` checkpoint. Nothing new: no
+        request. A snapshot is taken instead when the replica has none, when the WAL was
+        restarted by a checkpoint other than :meth:`checkpoint`'s, or when the WAL cannot
+        continue the chain. Raises :class:`FencedError` once another writer has claimed.
+        """
+        manifest = self._writable()
+        self._requests = 0
+        if manifest.snapshot is None:
+            return self._snapshot(conn, path)
+        end = self._committed_end(conn)
+        since = manifest.position
+        wal: str | bytes = f"{os.fspath(path)}-wal"
+        if not os.path.exists(wal):
+            wal = b""  # never written, or deleted when the last connection closed
+        try:
+            batch = self._batch(wal, end, since)
+        except (WalFormatError, ValueError):
+            # The WAL does not continue the chain (restarted by someone else's checkpoint, a
+            # writer's file that is not the chain's, damage): start a new chain.
+            return self._snapshot(conn, path)
+        if batch is None:
+            return FlushResult(0, 0, 0, self._requests, manifest.txid, snapshot=False)
+        segment = batch.segment()
+        data = encode_segment(segment, codec=self._codec)
+        key = self._object_key("segments")
+        self._put(key, data, if_none_match=True)
+        entry = SegmentEntry(
+            key=key,
+            txid=manifest.txid + 1,
+            checksum=_digest(data),
+            stored_bytes=len(data),
+            salt1=segment.salt1,
+            salt2=segment.salt2,
+            first_frame=segment.first_frame,
+            end_frame=segment.end_frame,
+            db_size=segment.db_size,
+            flushed_at=self._clock(),
+        )
+        new = attrs.evolve(manifest, segments=(*manifest.segments, entry), position=batch.end)
+        sent = self._write_manifest(new, orphans=[key])
+        self._checkpointed_frame = None
+        return FlushResult(
+            frames=len(batch.frames),
+            pages=len(segment.pages),
+            bytes=len(data) + sent,
+            requests=self._requests,
+            txid=entry.txid,
+            snapshot=False,
+        )
+
+    def checkpoint(
+        self, conn: apsw.Connection, path: str | os.PathLike[str], *, mode: int = _TRUNCATE
+    ) -> FlushResult:
+        """Ship everything committed, then checkpoint (``mode`` is ``apsw``'s ``PASSIVE``,
+        ``RESTART`` or ``TRUNCATE``), and remember that the checkpoint copied only shipped
+        frames, so the next :meth:`flush` ships the WAL's next generation from its frame 0.
+
+        Returns what the shipping flush did. If the checkpoint copied frames that were not
+        shipped (a commit slipped in), or did not finish, nothing is remembered and a restart
+        of the WAL will cost a snapshot. SQLite's ``BusyError`` (readers in the way of a
+        ``RESTART`` or ``TRUNCATE``) propagates.
+
+        ``TRUNCATE`` (the default) is the safest: the WAL restarts at once, so a restart by
+        anyone else afterwards shows as a salt-1 more than one ahead, and costs a snapshot
+        instead of a gap. After a ``PASSIVE`` one, readers may keep the WAL from restarting
+        and new commits are appended to the old generation: they are shipped by the next
+        flush as usual, but if someone else checkpoints them and restarts the WAL before that
+        flush, the gap cannot be seen. The runtime owns checkpoints, so that someone else is
+        a bug (auto-checkpoint left on, another process).
+        """
+        if mode not in _CHECKPOINT_MODES:
+            raise ValueError(
+                f"mode must be apsw.SQLITE_CHECKPOINT_PASSIVE, _RESTART or _TRUNCATE (got {mode!r})"
+            )
+        result = self.flush(conn, path)
+        manifest = self._writable()
+        position = manifest.position
+        if position is None or self._committed_end(conn) != position.frame_count:
+            # Nothing shipped since the snapshot (so nothing to copy: a TRUNCATE would only
+            # restart the WAL once more), an emptied WAL, or a commit that slipped in after the
+            # flush (the next flush ships it): leave the WAL alone.
+            return result
+        shipped = position.frame_count
+        self._checkpointed_frame = None
+        log, done = conn.wal_checkpoint(mode=mode)
+        expected = 0 if mode == _TRUNCATE else shipped  # TRUNCATE reports the emptied log
+        if log == done == expected:
+            self._checkpointed_frame = shipped
+        return result
+
+    def snapshot(self, conn: apsw.Connection, path: str | os.PathLike[str]) -> FlushResult:
+        """Checkpoint the whole WAL into the file (``TRUNCATE``), upload the file as a new
+        snapshot, make it the start of the manifest's chain, and delete the objects of the old
+        chain. Commits not shipped yet are in the snapshot.
+        """
+        self._writable()
+        self._requests = 0
+        return self._snapshot(conn, path)
+
+    def _snapshot(self, conn: apsw.Connection, path: str | os.PathLike[str]) -> FlushResult:
+        manifest = self._writable()
+        wal = f"{os.fspath(path)}-wal"
+        try:
+            before = read_header(wal) if os.path.exists(wal) else None
+        except WalFormatError:
+            before = None
+        # The TRUNCATE below restarts the WAL (even an empty one): salt-1 goes one up from the
+        # WAL's current salt-1, or from the one an empty WAL's next write would have used.
+        # Never guess high (a later generation could then pass for the next one): unknown is
+        # None, and the first generation seen will cost one more snapshot.
+        position = manifest.position
+        current: int | None = None
+        if before is not None:
+            current = before.salt1
+        elif position is None:
+            current = self._next_salt1  # ours, unless someone restarted it since: then low
+        elif self._checkpointed_frame == position.frame_count:
+            current = position.salt1 + 1  # emptied by a TRUNCATE since: at least this
+        next_salt1 = None if current is None else (current + 1) & _MASK
+        log, done = conn.wal_checkpoint(mode=_TRUNCATE)
+        if (log, done) != (0, 0):
+            raise ReplicaError(
+                f"the TRUNCATE checkpoint of {os.fspath(path)!r} did not finish "
+                f"({done} of {log} frames): cannot snapshot"
+            )
+        image = Path(path).read_bytes()
+        if len(image) < 100 or not image.startswith(b"SQLite format 3\0"):
+            raise ReplicaError(f"{os.fspath(path)!r} is not a SQLite database: cannot snapshot")
+        (raw_page_size,) = struct.unpack_from(">H", image, 16)
+        page_size = 65536 if raw_page_size == 1 else raw_page_size
+        data = zlib.compress(image, SNAPSHOT_ZLIB_LEVEL)
+        key = self._object_key("snapshots")
+        self._put(key, data, if_none_match=True)
+        entry = SnapshotEntry(
+            key=key,
+            txid=manifest.txid + 1,
+            checksum=_digest(data),
+            image_checksum=_digest(image),
+            page_size=page_size,
+            image_bytes=len(image),
+            created_at=self._clock(),
+        )
+        new = attrs.evolve(manifest, snapshot=entry, segments=(), position=None)
+        sent = self._write_manifest(new, orphans=[key])
+        self._next_salt1 = next_salt1
+        self._checkpointed_frame = None
+        retired = [s.key for s in manifest.segments]
+        if manifest.snapshot is not None:
+            retired.append(manifest.snapshot.key)
+        for old in retired:
+            with contextlib.suppress(ReplicaUnavailableError):
+                self._requests += 1
+                self.store.delete(old)
+        return FlushResult(0, 0, len(data) + sent, self._requests, entry.txid, snapshot=True)
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _batch(self, wal: str | bytes, end: int, since: WalPosition | None) -> WalBatch | None:
+        """The committed frames after the chain's end, or an error if the WAL does not continue
+        the chain. A new generation of the WAL continues it only from frame 0, and only when
+        its salt-1 is the one expected: SQLite adds one at each restart, so a restart by
+        someone else in between (which may have folded unshipped frames into the file) shows.
+        """
+        if since is None:
+            header = read_header(wal)
+            if header is None:
+                if end:
+                    raise WalFormatError(f"the WAL is empty but SQLite reported {end} frames")
+                return None
+            if header.salt1 != self._next_salt1:
+                raise WalRestartedError(
+                    f"the WAL generation after the snapshot has salt-1 {header.salt1:08x}, "
+                    f"expected {self._next_salt1!r}",
+                    header=header,
+                )
+            return committed_frames(wal, end)
+        try:
+            return committed_frames(wal, end, since=since)
+        except WalRestartedError as exc:
+            restarted_once = exc.header is None or exc.header.salt1 == (since.salt1 + 1) & _MASK
+            if self._checkpointed_frame != since.frame_count or not restarted_once:
+                raise
+            # Our own checkpoint copied exactly the shipped frames: a new generation.
+            return committed_frames(wal, end)
+
+    def _check_not_fenced(self) -> None:
+        if self._fenced is not None:
+            raise FencedError(
+                f"{self.name!r}: this writer was fenced out at epoch {self._fenced.epoch} "
+                f"(the replica is at epoch {self._fenced.current_epoch}); it writes no more",
+                epoch=self._fenced.epoch,
+                current_epoch=self._fenced.current_epoch,
+            )
+
+    def _writable(self) -> Manifest:
+        self._check_not_fenced()
+        if self._manifest is None:
+            raise RuntimeError(f"call claim() before writing the replica of {self.name!r}")
+        if self._uncertain:
+            self._resync()
+        assert self._manifest is not None
+        return self._manifest
+
+    def _resync(self) -> None:
+        """Read back the manifest after a write of unknown outcome, and adopt it if ours."""
+        assert self._manifest is not None
+        got = self._get(self._manifest_key)
+        current = Manifest.decode(got[0], key=self._manifest_key) if got else None
+        if (
+            got is None
+            or current is None
+            or (current.epoch, current.writer)
+            != (
+                self._manifest.epoch,
+                self.writer,
+            )
+        ):
+            self._fence(current.epoch if current else None)
+        assert got is not None and current is not None
+        self._manifest, self._etag = current, got[1]
+        self._checkpointed_frame = None
+        self._uncertain = False
+
+    def _fence(self, current_epoch: int | None) -> None:
+        epoch = self._manifest.epoch if self._manifest else 0
+        self._fenced = FencedError(
+            f"{self.name!r}: another writer claimed the replica (epoch {current_epoch}, this "
+            f"writer's {epoch}); this writer must stop: restore and claim to write again",
+            epoch=epoch,
+            current_epoch=current_epoch,
+        )
+        raise self._fenced
+
+    def _write_manifest(self, new: Manifest, *, orphans: list[str]) -> int:
+        """Replace the manifest if nobody else did since our last write; return its bytes."""
+        data = new.encode()
+        try:
+            self._etag = self._put(self._manifest_key, data, if_match=self._etag)
+        except PreconditionFailedError:
+            got = self._get(self._manifest_key)
+            if got is not None and got[0] == data:
+                # Our own put, applied by an attempt whose answer was lost (S3 retries).
+                self._etag = got[1]
+                self._manifest = new
+                return len(data)
+            current = Manifest.decode(got[0], key=self._manifest_key) if got else None
+            for key in orphans:  # named by no manifest: ours failed, and keys are ours alone
+                with contextlib.suppress(ReplicaUnavailableError):
+                    self._requests += 1
+                    self.store.delete(key)
+            if current is not None and (current.epoch, current.writer) == (
+                new.epoch,
+                self.writer,
+            ):
+                # An earlier write of ours with an unknown outcome: read it back next call.
+                self._uncertain = True
+                raise ReplicaUnavailableError(
+                    f"the manifest of {self.name!r} changed under this writer's own epoch "
+                    "(an earlier write of unknown outcome landed): call again"
+                ) from None
+            self._fence(current.epoch if current else None)
+        except ReplicaUnavailableError:
+            self._uncertain = True
+            raise
+        self._manifest = new
+        return len(data)
+
+    def _committed_end(self, conn: apsw.Connection) -> int:
+        log, _ = conn.wal_checkpoint(mode=_NOOP)
+        if log < 0:
+            raise ValueError(f"the database of {self.name!r} is not in WAL mode")
+        return int(log)
+
+    def _object_key(self, kind: str) -> str:
+        assert self._manifest is not None
+        self._sequence += 1
+        return check_key(f"{self.name}/{kind}/{self._manifest.epoch:010d}-{self._sequence:010d}")
+
+    def _get(self, key: str) -> tuple[bytes, str] | None:
+        self._requests += 1
+        return self.store.get(key)
+
+    def _put(
+        self, key: str, data: bytes, *, if_match: str | None = None, if_none_match: bool = False
+    ) -> str:
+        self._requests += 1
+        return self.store.put(key, data, if_match=if_match, if_none_match=if_none_match)
+
+
+# -- Restore -----------------------------------------------------------------------------------
+
+
+def restore(
+    store: ReplicaStore,
+    name: str,
+    dest_path: str | os.PathLike[str],
+    *,
+    at_txid: int | None = None,
+    at_time: float | None = None,
+) -> RestoreResult:
+    """Rebuild the file replicated under ``name`` at ``dest_path``, atomically.
+
+    The latest state by default; ``at_txid`` picks a flush by txid, ``at_time`` the last flush
+    at or before that time (as the writer's clock recorded it). Every object is checked against
+    the manifest's checksums and the segments' chain before the file is renamed into place:
+    :class:`CorruptReplicaError` if one fails, :class:`RestorePointError` if there is no replica
+    or the point is not retained. ``dest_path`` must not have a ``-wal`` file beside it.
+    """
+    if at_txid is not None and at_time is not None:
+        raise ValueError("pass at most one of at_txid= and at_time=")
+    key = manifest_key(name)
+    got = store.get(key)
+    if got is None:
+        raise RestorePointError(f"there is no replica of {name!r} in {store!r}")
+    manifest = Manifest.decode(got[0], key=key)
+    snap = manifest.snapshot
+    if snap is None:
+        raise RestorePointError(f"the replica of {name!r} has no snapshot yet: nothing to restore")
+    segments = list(manifest.segments)
+    if at_txid is not None:
+        if not snap.txid <= at_txid <= manifest.txid:
+            raise RestorePointError(
+                f"txid {at_txid} of {name!r} is not retained (retained: {snap.txid} to "
+                f"{manifest.txid})"
+            )
+        segments = [s for s in segments if s.txid <= at_txid]
+    elif at_time is not None:
+        if snap.created_at > at_time:
+            raise RestorePointError(
+                f"no retained state of {name!r} at or before time {at_time} (the snapshot is "
+                f"from {snap.created_at})"
+            )
+        kept = []
+        for s in segments:
+            if s.flushed_at > at_time:
+                break
+            kept.append(s)
+        segments = kept
+    dest = Path(dest_path)
+    if Path(f"{dest}-wal").exists():
+        raise FileExistsError(f"{dest}-wal exists: remove it before restoring over {dest}")
+    image = _fetch_snapshot(store, snap)
+    tmp = dest.with_name(f".{dest.name}.restore-{uuid.uuid4().hex[:8]}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(image)
+        previous: SegmentEntry | None = None
+        for entry in segments:
+            segment = _fetch_segment(store, entry, snap.page_size, previous)
+            apply_segment(tmp, segment)
+            previous = entry
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+            size = f.seek(0, os.SEEK_END)
+        os.replace(tmp, dest)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    fd = os.open(dest.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    txid = segments[-1].txid if segments else snap.txid
+    return RestoreResult(txid=txid, segments=len(segments), bytes=size)
+
+
+def _fetch_snapshot(store: ReplicaStore, snap: SnapshotEntry) -> bytes:
+    got = store.get(snap.key)
+    if got is None:
+        raise CorruptReplicaError(
+            f"snapshot {snap.key!r} named by the manifest is missing", key=snap.key
+        )
+    data = got[0]
+    if _digest(data) != snap.checksum:
+        raise CorruptReplicaError(
+            f"snapshot {snap.key!r} fails its checksum: damaged in the store or on the way",
+            key=snap.key,
+        )
+    try:
+        image = zlib.decompress(data)
+    except zlib.error as exc:
+        raise CorruptReplicaError(
+            f"snapshot {snap.key!r} does not decompress ({exc})", key=snap.key
+        ) from exc
+    if len(image) != snap.image_bytes or _digest(image) != snap.image_checksum:
+        raise CorruptReplicaError(
+            f"snapshot {snap.key!r} decompresses to another database than the manifest's",
+            key=snap.key,
+        )
+    return image
+
+
+def _fetch_segment(
+    store: ReplicaStore, entry: SegmentEntry, page_size: int, previous: SegmentEntry | None
+) -> Segment:
+    key = entry.key
+    got = store.get(key)
+    if got is None:
+        raise CorruptReplicaError(f"segment {key!r} named by the manifest is missing", key=key)
+    data = got[0]
+    if len(data) != entry.stored_bytes or _digest(data) != entry.checksum:
+        raise CorruptReplicaError(
+            f"segment {key!r} (txid {entry.txid}) fails its checksum: damaged in the store or on "
+            f"the way; restore at_txid={entry.txid - 1} or earlier",
+            key=key,
+        )
+    try:
+        segment = decode_segment(data)
+    except SegmentError as exc:
+        raise CorruptReplicaError(f"segment {key!r} (txid {entry.txid}): {exc}", key=key) from exc
+    described = (
+        entry.salt1,
+        entry.salt2,
+        entry.first_frame,
+        entry.end_frame,
+        entry.db_size,
+        page_size,
+    )
+    actual = (
+        segment.salt1,
+        segment.salt2,
+        segment.first_frame,
+        segment.end_frame,
+        segment.db_size,
+        segment.page_size,
+    )
+    if described != actual:
+        raise CorruptReplicaError(
+            f"segment {key!r} is not the one the manifest names ({actual} != {described})",
+            key=key,
+        )
+    if previous is None or (previous.salt1, previous.salt2) != (entry.salt1, entry.salt2):
+        expected_first = 0  # after the snapshot, or in a new generation of the WAL
+    else:
+        expected_first = previous.end_frame
+    if entry.first_frame != expected_first:
+        raise CorruptReplicaError(
+            f"segment {key!r} starts at WAL frame {entry.first_frame}, expected "
+            f"{expected_first}: the chain is broken",
+            key=key,
+        )
+    return segment
