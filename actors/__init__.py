@@ -54,6 +54,8 @@ from runtime.replica import (
     ReplicaUnavailableError,
     S3Store,
 )
+from runtime.replica.replicator import CorruptReplicaError, FencedError, RestorePointError
+from runtime.replication import ReplicaConflictError, Replication, ReplicationStatistics
 from runtime.spec import RestartIntensity, Retry
 from runtime.steps import StepInfo, current_step
 from runtime.timers import Schedule
@@ -67,10 +69,12 @@ __all__ = [
     "ActorNotFoundError",
     "ActorStoppedError",
     "CorruptFileError",
+    "CorruptReplicaError",
     "DeadLetter",
     "DecodingError",
     "DirectoryStore",
     "EncodingError",
+    "FencedError",
     "IdempotencyKeyReusedError",
     "InvalidArgumentsError",
     "InvalidKeyError",
@@ -82,11 +86,15 @@ __all__ = [
     "NondeterminismError",
     "PreconditionFailedError",
     "Ref",
+    "ReplicaConflictError",
     "ReplicaError",
     "ReplicaStatistics",
     "ReplicaStore",
     "ReplicaUnavailableError",
+    "Replication",
+    "ReplicationStatistics",
     "RestartIntensity",
+    "RestorePointError",
     "Retry",
     "Runtime",
     "RuntimeClosedError",

@@ -159,6 +159,13 @@ class Activation:
         self.turn: TurnState | None = None  # the durable state of the message running now
         self.suspended_seq: int | None = None  # a turn rolled back in a durable wait
         self.arrivals: dict[str, anyio.Event] = {}  # event name -> set when one arrives
+        # Replication (runtime/replication.py): the tracked files, and what waking or
+        # hibernating hands over.
+        self.replication_due = False  # a snapshot or checkpoint waits for a gap between turns
+        self.replica_files: list[Any] = []
+        self.replica_claimed: Any = None
+        self.replica_state: Any = None
+        self.replica_saved: Any = None
 
     # -- opening and closing ---------------------------------------------------------------
 
@@ -369,6 +376,13 @@ class Activation:
             self._park_waiters()
             self.stopped.set()
 
+    def fence(self, error: BaseException) -> None:
+        """Another runtime took this actor's replica over: stop, keep the files, report."""
+        if self.gave_up is None:
+            self.gave_up = error
+        self.closing = True
+        self.work.set()
+
     def _stop_failed(self, error: BaseException) -> None:
         self.failed = error
         self.settled.set()
@@ -379,6 +393,7 @@ class Activation:
         self._fail_waiters(failure)
 
     async def _turn_loop(self) -> None:
+        rt = self.runtime
         if not self.created.is_set():
             await self._create()
             if self.failed is not None or self.closing:
@@ -389,6 +404,8 @@ class Activation:
         if due is not None and due <= self.runtime.clock():
             self.timers_due = True
         while not self.closing and self.failed is None:
+            if self.replication_due and rt.replication is not None:
+                rt.replication.capture_due(self)
             if self.timers_due:
                 self._fire_timers()
             if self.timers_changed:
@@ -693,6 +710,8 @@ class Activation:
             raise
         if done:
             rt._crash_point("after commit", None, done[-1][0].seq, self.describe())
+        if done and self.spec.durable and rt.replication is not None:
+            await rt.replication.wait_replicated(self)  # the output gate
         if done:
             queue = self.queue
             waiters = self.waiters

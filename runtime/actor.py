@@ -45,13 +45,16 @@ class Actor:
     Class attributes configure the type: ``retry`` (an :class:`actors.Retry` for failing
     messages), ``restart_intensity`` (an :class:`actors.RestartIntensity`: how many failed
     turns in a period stop the actor) and ``migrations`` (SQL strings or callables, applied in
-    order by ``pragma user_version``; only ever append to it).
+    order by ``pragma user_version``; only ever append to it), and ``durable`` (with a
+    replica: a reply or a send's acknowledgement waits until the commits behind it are in the
+    replica, so nothing acknowledged can be lost with the machine).
     """
 
     __torpor_spec__: ClassVar[TypeSpec]
     retry: ClassVar[Retry] = Retry()
     restart_intensity: ClassVar[RestartIntensity] = RestartIntensity()
     migrations: ClassVar[tuple[str | Callable[[Sql], None], ...]] = ()
+    durable: ClassVar[bool] = False
 
     _torpor_key: str
     _torpor_ref: Ref[Any]

@@ -49,6 +49,9 @@ from .layout import (
 from .lifecycle import Event, State, next_state
 from .mailbox import Mailbox, Message
 from .mailbox import image as mailbox_image
+from .replica.replicator import FencedError
+from .replica.store import ReplicaStore
+from .replication import Replication, ReplicationEngine, ReplicationStatistics
 from .spec import DEFAULT_MAX_KEY_BYTES, TypeSpec, check_key, index_types
 from .timers import Schedule
 
@@ -129,6 +132,8 @@ class RuntimeStatistics:
     wake_latency_p50: float | None
     wake_latency_p99: float | None
     unknown_types: tuple[str, ...]
+    #: Replication's counters and lag; ``None`` without a replica.
+    replication: ReplicationStatistics | None = None
 
 
 @attrs.frozen
@@ -272,6 +277,8 @@ class Runtime:
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         max_awake: int | None = None,
         clock: Callable[[], float] = time.time,
+        replica: ReplicaStore | None = None,
+        replication: Replication | None = None,
     ) -> None:
         specs = []
         for cls in types:
@@ -338,6 +345,17 @@ class Runtime:
         self.events_dropped = 0
         self._task_group: Any = None
         self._lock_fd: int | None = None
+        if replica is not None and not isinstance(replica, ReplicaStore):
+            raise TypeError(
+                f"replica must be an actors.DirectoryStore or actors.S3Store (got {replica!r})"
+            )
+        if replication is not None and not isinstance(replication, Replication):
+            raise TypeError(f"replication must be an actors.Replication (got {replication!r})")
+        self.replication: ReplicationEngine | None = (
+            ReplicationEngine(self, replica, replication or Replication())
+            if replica is not None
+            else None
+        )
 
     # -- public API -----------------------------------------------------------------------
 
@@ -421,6 +439,7 @@ class Runtime:
             retries=self.stats_retries,
             dead_letters=self.stats_dead_letters,
             unknown_types=tuple(sorted(self.unknown_types)),
+            replication=self.replication.statistics() if self.replication else None,
         )
 
     async def dead_letters(self, ref: Ref[Any]) -> list[DeadLetter]:
@@ -704,8 +723,18 @@ class Runtime:
                 self.known_actors += 1
             elif not entry.pending:
                 self.directory.mark_pending(aid, spec.name, key)
+            if self.replication is not None:
+                await self.replication.prepare_files(act, known=entry is not None)
+                self._check_open()
             act.open()
             self.resident += 1
+            if self.replication is not None:
+                try:
+                    self.replication.attach(act)
+                except BaseException:
+                    self.resident -= 1
+                    act.close_connections()
+                    raise
         except BaseException as exc:
             del self.awake[aid]
             act.open_error = exc
@@ -752,7 +781,16 @@ class Runtime:
                 # Closing checkpoints each WAL (fsyncs) on the loop's thread. A worker thread
                 # would overlap those fsyncs with other actors' turns, but it would also let a
                 # test's MockClock jump while the thread works; not yet.
-                act.close_files()
+                if self.replication is None:
+                    act.close_files()
+                else:
+                    try:
+                        act.tidy()
+                        if not self.crashed:
+                            await self.replication.detach(act)
+                    finally:
+                        act.close_connections()
+                        self.replication.after_close(act)
             except Exception as exc:
                 self._report(f"closing {act.spec.name} {act.key!r}: {exc!r}")
             finally:
@@ -783,6 +821,8 @@ class Runtime:
         why = (
             "a replay diverged from its journal"
             if isinstance(act.gave_up, NondeterminismError)
+            else "another runtime took its replica over"
+            if isinstance(act.gave_up, FencedError)
             else "restart intensity exceeded"
         )
         self._report(f"{act.spec.name} {act.key!r} stopped: {why} ({reason})")
@@ -1283,6 +1323,8 @@ class Runtime:
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)  # who holds it, for error messages
         self._lock_fd = fd
         try:
+            if self.replication is not None:
+                self.replication.restore_directory_if_missing(self.root)
             self.directory = Directory(self.root / DIRECTORY_FILE, synchronous=self.synchronous)
         except BaseException:
             self._release_lock()
@@ -1369,6 +1411,8 @@ async def open_runtime(
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
     max_awake: int | None = None,
     clock: Callable[[], float] = time.time,
+    replica: ReplicaStore | None = None,
+    replication: Replication | None = None,
 ) -> AsyncIterator[Runtime]:
     """Open (creating if needed) the runtime stored under ``path``; resume pending actors.
 
@@ -1395,8 +1439,16 @@ async def open_runtime(
         idle_timeout=idle_timeout,
         max_awake=max_awake,
         clock=clock,
+        replica=replica,
+        replication=replication,
     )
     rt._open_files()
+    if rt.replication is not None:
+        try:
+            rt.replication.start()
+        except BaseException:
+            rt._close_files()
+            raise
     body_error: BaseException | None = None
     try:
         async with anyio.create_task_group() as tg:
@@ -1408,6 +1460,15 @@ async def open_runtime(
                     await rt._supervise()
 
             tg.start_soon(supervise, name="torpor supervisor")
+            replicator = anyio.CancelScope()
+            if rt.replication is not None:
+                engine = rt.replication
+
+                async def replicate() -> None:
+                    with replicator:
+                        await engine.run()
+
+                tg.start_soon(replicate, name="torpor replication")
             tg.start_soon(rt._recover, rt._pending_work(), name="torpor recovery")
             try:
                 yield rt
@@ -1422,6 +1483,10 @@ async def open_runtime(
                 # at once, the task group cancels the turns, and they roll back.
                 supervisor.cancel()
                 await rt._shutdown()
+                if rt.replication is not None:
+                    if not rt.crashed:
+                        await rt.replication.close()
+                    replicator.cancel()
     finally:
         rt._close_files()
     if body_error is not None:

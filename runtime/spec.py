@@ -23,7 +23,7 @@ HOOKS = frozenset({"on_create", "on_wake", "on_hibernate", "on_child_failed"})
 DEFAULT_MAX_KEY_BYTES = 1024
 
 #: Class attributes that subclasses set to configure their type.
-_CONFIGURATION = frozenset({"retry", "migrations", "restart_intensity"})
+_CONFIGURATION = frozenset({"retry", "migrations", "restart_intensity", "durable"})
 
 #: Marker attribute set by ``@actors.query``.
 QUERY_MARK = "__torpor_query__"
@@ -149,6 +149,8 @@ class TypeSpec:
     has_on_wake: bool = False
     has_on_hibernate: bool = False
     restart_intensity: RestartIntensity = RestartIntensity()
+    #: Replies and acknowledgements wait until the turn's commits are in the replica.
+    durable: bool = False
     on_child_failed: HandlerSpec | None = None
 
     def handler(self, method: Callable[..., Any] | str) -> HandlerSpec:
@@ -219,6 +221,9 @@ def build_type_spec(cls: type, name: str | None, base: type) -> TypeSpec:
     child_hook = inspect.getattr_static(cls, "on_child_failed")
     if not inspect.iscoroutinefunction(child_hook):
         raise TypeError(f"{cls.__qualname__}.on_child_failed must be an async def")
+    durable = getattr(cls, "durable", False)
+    if not isinstance(durable, bool):
+        raise TypeError(f"{cls.__qualname__}.durable must be True or False (got {durable!r})")
     retry = getattr(cls, "retry", Retry())
     if not isinstance(retry, Retry):
         raise TypeError(f"{cls.__qualname__}.retry must be an actors.Retry (got {retry!r})")
@@ -248,6 +253,7 @@ def build_type_spec(cls: type, name: str | None, base: type) -> TypeSpec:
         retry=retry,
         migrations=migrations,
         restart_intensity=intensity,
+        durable=durable,
         on_child_failed=HandlerSpec(
             name="on_child_failed",
             fn=child_hook,

@@ -67,6 +67,12 @@ PUBLIC = {
     "log_lifecycle",
     "render_metrics",
     "serve_metrics",
+    "CorruptReplicaError",
+    "FencedError",
+    "RestorePointError",
+    "ReplicaConflictError",
+    "Replication",
+    "ReplicationStatistics",
 }
 
 

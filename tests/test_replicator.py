@@ -179,7 +179,7 @@ def run_program(store: ReplicaStore, folder: Path, seed: int, steps: int) -> dic
     rng = random.Random(seed)
     source = Source(folder / "src" / "data.db", page_size=rng.choice([512, 1024]))
     clock = Clock()
-    replica = FileReplica(store, NAME, clock=clock)
+    replica = FileReplica(store, NAME, keep_generations=0, clock=clock)
     replica.claim()
     images: dict[int, bytes] = {}
     times: dict[int, float] = {}
@@ -252,7 +252,7 @@ def test_checkpoint_after_shipping_continues_in_a_new_generation(
     for mode in (PASSIVE, RESTART, TRUNCATE):
         source = Source(tmp_path / f"m{mode}" / "data.db")
         name = f"actors/m{mode}/data.db"
-        replica = FileReplica(store, name)
+        replica = FileReplica(store, name, keep_generations=0)
         replica.claim()
         assert replica.flush(source.conn, source.path).snapshot
         source.insert(1)
@@ -280,7 +280,7 @@ def test_a_checkpoint_by_someone_else_costs_a_snapshot(
     """A WAL restarted by a checkpoint the replicator did not run is answered by a snapshot."""
     rng = random.Random(8)
     source = Source(tmp_path / "data.db")
-    replica = FileReplica(store, NAME)
+    replica = FileReplica(store, NAME, keep_generations=0)
     replica.claim()
     replica.flush(source.conn, source.path)
     source.commit(rng)
@@ -302,7 +302,7 @@ def test_an_idle_file_makes_no_request(any_store: ReplicaStore, tmp_path: Path) 
     """flush() with no new commit makes zero requests, also after each kind of checkpoint."""
     rng = random.Random(3)
     source = Source(tmp_path / "data.db")
-    replica = FileReplica(any_store, NAME)
+    replica = FileReplica(any_store, NAME, keep_generations=0)
     replica.claim()
     replica.flush(source.conn, source.path)
 
@@ -340,7 +340,7 @@ def test_a_zombie_writer_is_fenced(any_store: ReplicaStore, tmp_path: Path) -> N
     """A second writer claims a higher epoch; the first's next flush raises FencedError."""
     rng = random.Random(5)
     a_src = Source(tmp_path / "a" / "data.db")
-    a = FileReplica(any_store, NAME, writer="a")
+    a = FileReplica(any_store, NAME, keep_generations=0, writer="a")
     assert a.claim() == 1
     a.flush(a_src.conn, a_src.path)
     a_src.commit(rng)
@@ -351,7 +351,7 @@ def test_a_zombie_writer_is_fenced(any_store: ReplicaStore, tmp_path: Path) -> N
     b_path.parent.mkdir()
     restore(any_store, NAME, b_path)
     b_src = Source(b_path, create=False)
-    b = FileReplica(any_store, NAME, writer="b")
+    b = FileReplica(any_store, NAME, keep_generations=0, writer="b")
     assert b.claim() == 2
     b_src.commit(rng)
     assert b.flush(b_src.conn, b_src.path).snapshot  # its WAL is not the chain's
@@ -389,12 +389,12 @@ def test_a_takeover_on_the_same_wal_continues_the_chain(
     """A new writer on the same file continues the chain; the old one's history stops there."""
     rng = random.Random(6)
     source = Source(tmp_path / "data.db")
-    a = FileReplica(store, NAME, writer="a")
+    a = FileReplica(store, NAME, keep_generations=0, writer="a")
     a.claim()
     a.flush(source.conn, source.path)
     source.commit(rng)
     a.flush(source.conn, source.path)
-    b = FileReplica(store, NAME, writer="b")
+    b = FileReplica(store, NAME, keep_generations=0, writer="b")
     b.claim()
     taken_at = b.txid
     source.commit(rng)
@@ -417,10 +417,10 @@ def test_a_takeover_on_the_same_wal_continues_the_chain(
 
 def test_claim_refuses_an_epoch_not_above_the_manifest(store: DirectoryStore) -> None:
     """claim(epoch) at or below the current epoch raises FencedError; a higher one wins."""
-    FileReplica(store, NAME).claim(5)
+    FileReplica(store, NAME, keep_generations=0).claim(5)
     with pytest.raises(FencedError, match="at epoch 5 already"):
-        FileReplica(store, NAME).claim(5)
-    assert FileReplica(store, NAME).claim() == 6
+        FileReplica(store, NAME, keep_generations=0).claim(5)
+    assert FileReplica(store, NAME, keep_generations=0).claim() == 6
     with pytest.raises(RuntimeError, match="claim"):
         FileReplica(store, "other").flush(None, "x")  # type: ignore[arg-type]
 
@@ -431,7 +431,7 @@ def test_claim_refuses_an_epoch_not_above_the_manifest(store: DirectoryStore) ->
 def shipped_replica(store: ReplicaStore, tmp_path: Path) -> tuple[Manifest, dict[int, bytes]]:
     rng = random.Random(9)
     source = Source(tmp_path / "src" / "data.db")
-    replica = FileReplica(store, NAME)
+    replica = FileReplica(store, NAME, keep_generations=0)
     replica.claim()
     images = {}
     for _ in range(4):
@@ -504,7 +504,7 @@ def test_restore_points_out_of_range(store: DirectoryStore, tmp_path: Path) -> N
 def test_snapshot_retires_the_old_chain(store: DirectoryStore, tmp_path: Path) -> None:
     """snapshot() starts a new chain and deletes the objects of the old one, without listing."""
     source = Source(tmp_path / "data.db")
-    replica = FileReplica(store, NAME)
+    replica = FileReplica(store, NAME, keep_generations=0)
     replica.claim()
     for key in range(3):
         source.insert(key)
@@ -528,7 +528,7 @@ def test_a_restart_by_someone_else_after_our_checkpoint_costs_a_snapshot(
 ) -> None:
     """After checkpoint(), a second restart by someone else (salt-1 two ahead) is not trusted."""
     source = Source(tmp_path / "data.db")
-    replica = FileReplica(store, NAME)
+    replica = FileReplica(store, NAME, keep_generations=0)
     replica.claim()
     replica.flush(source.conn, source.path)
     source.insert(1)
@@ -567,7 +567,7 @@ def test_a_manifest_write_with_a_lost_answer_is_read_back(tmp_path: Path) -> Non
     """A manifest put whose answer was lost (or retried after landing) is adopted, not fenced."""
     store = LostAnswers(tmp_path / "replica")
     source = Source(tmp_path / "data.db")
-    replica = FileReplica(store, NAME)
+    replica = FileReplica(store, NAME, keep_generations=0)
     replica.claim()
     replica.flush(source.conn, source.path)
     source.insert(1)
@@ -594,7 +594,7 @@ def test_racing_claims_get_distinct_epochs(store: DirectoryStore) -> None:
     def claim(i: int) -> int | None:
         barrier.wait()
         try:
-            return FileReplica(store, NAME, writer=str(i)).claim()
+            return FileReplica(store, NAME, keep_generations=0, writer=str(i)).claim()
         except FencedError:
             return None
 
@@ -609,7 +609,7 @@ def test_racing_claims_get_distinct_epochs(store: DirectoryStore) -> None:
 def test_an_uncommitted_spill_is_never_shipped(store: DirectoryStore, tmp_path: Path) -> None:
     """Frames spilled by another connection's open transaction are not shipped nor restored."""
     source = Source(tmp_path / "data.db")
-    replica = FileReplica(store, NAME)
+    replica = FileReplica(store, NAME, keep_generations=0)
     replica.claim()
     replica.flush(source.conn, source.path)
     source.insert(1)

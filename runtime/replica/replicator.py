@@ -46,6 +46,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import struct
 import time
@@ -58,6 +59,7 @@ from typing import Any
 import apsw
 import attrs
 
+from .log import LogFormatError, decode_log, log_key
 from .store import (
     PreconditionFailedError,
     ReplicaError,
@@ -81,11 +83,18 @@ from .wal import (
 )
 
 #: Version of the manifest's JSON layout; a reader refuses other versions instead of guessing.
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
 
 #: zlib level of snapshots: level 1, as for segments (``wal.py`` has the measurements); a
 #: snapshot is taken rarely, but it is on the path of a flush that found the WAL restarted.
 SNAPSHOT_ZLIB_LEVEL = 1
+
+#: Seconds of history kept for point-in-time restore (older generations are dropped, and the
+#: log objects holding their segments may be deleted).
+DEFAULT_RETENTION = 24 * 3600.0
+
+#: Earlier generations (snapshot and segments) kept in a manifest at most.
+DEFAULT_KEEP_GENERATIONS = 8
 
 #: Digest of snapshots and of stored objects in the manifest: BLAKE2b of this many bytes.
 DIGEST_BYTES = 16
@@ -157,6 +166,37 @@ class FlushResult:
     snapshot: bool
 
 
+class SnapshotNeeded(ReplicaError):
+    """The chain cannot go on from the local WAL: the caller takes a snapshot
+    (:meth:`FileReplica.capture` then :meth:`FileReplica.upload`)."""
+
+
+@attrs.frozen
+class Prepared:
+    """A segment ready to ship, from :meth:`FileReplica.prepare`."""
+
+    name: str
+    #: The log entry's description (without offset and length).
+    meta: dict[str, Any]
+    data: bytes
+    start: WalPosition | None
+    end: WalPosition
+    frames: int
+    pages: int
+
+
+@attrs.frozen
+class Captured:
+    """A snapshot read and compressed, to upload, from :meth:`FileReplica.capture`."""
+
+    data: bytes
+    image_checksum: str
+    image_bytes: int
+    page_size: int
+    next_salt1: int | None
+    created_at: float
+
+
 @attrs.frozen
 class RestoreResult:
     """What :func:`restore` wrote."""
@@ -204,6 +244,21 @@ class SegmentEntry:
     db_size: int
     #: When the flush that shipped it ran: every commit in it happened at or before this time.
     flushed_at: float
+    #: Where the segment's bytes are in the object ``key`` (a log object holds many files'
+    #: segments); ``length`` -1 means the whole object.
+    offset: int = 0
+    length: int = -1
+
+
+@attrs.frozen
+class Generation:
+    """An earlier snapshot and the segments after it, kept for point-in-time restore."""
+
+    snapshot: SnapshotEntry
+    segments: tuple[SegmentEntry, ...]
+    #: After this time the segments' log objects may be deleted (retention): the generation
+    #: can then be restored at its snapshot only.
+    segments_expire_at: float
 
 
 @attrs.frozen
@@ -218,6 +273,12 @@ class Manifest:
     #: The WAL position after the last shipped frame, ``None`` right after a snapshot (the next
     #: frames are frame 0 of whatever generation follows).
     position: WalPosition | None
+    #: Earlier generations, oldest first (retention bounds them).
+    history: tuple[Generation, ...] = ()
+    #: The writer's log (``log.py`` session prefix) where the chain may continue after the
+    #: listed segments, from log object ``tail_from`` on; ``None`` when it does not.
+    tail: str | None = None
+    tail_from: int = 0
 
     @property
     def txid(self) -> int:
@@ -235,6 +296,9 @@ class Manifest:
             "writer": self.writer,
             "snapshot": attrs.asdict(self.snapshot) if self.snapshot else None,
             "segments": [attrs.asdict(s) for s in self.segments],
+            "history": [attrs.asdict(g) for g in self.history],
+            "tail": self.tail,
+            "tail_from": self.tail_from,
             "position": (
                 {
                     "salt1": self.position.salt1,
@@ -273,6 +337,16 @@ class Manifest:
                     if pos
                     else None
                 ),
+                history=tuple(
+                    Generation(
+                        snapshot=SnapshotEntry(**g["snapshot"]),
+                        segments=tuple(SegmentEntry(**s) for s in g["segments"]),
+                        segments_expire_at=float(g["segments_expire_at"]),
+                    )
+                    for g in doc["history"]
+                ),
+                tail=doc["tail"],
+                tail_from=int(doc["tail_from"]),
             )
         except (ValueError, KeyError, TypeError) as exc:
             if isinstance(exc, CorruptReplicaError):
@@ -310,8 +384,16 @@ class FileReplica:
         writer: str | None = None,
         clock: Callable[[], float] = time.time,
         codec: int = DEFAULT_CODEC,
+        retention: float = DEFAULT_RETENTION,
+        keep_generations: int = DEFAULT_KEEP_GENERATIONS,
     ) -> None:
         self.store = store
+        self.retention = retention
+        self.keep_generations = keep_generations
+        #: A snapshot was captured and is being uploaded: nothing is prepared meanwhile.
+        self._capture_pending = False
+        #: Segments shipped through the log since the manifest was last written.
+        self.unfolded = 0
         self.name = name
         self._manifest_key = manifest_key(name)
         self.writer = writer if writer is not None else uuid.uuid4().hex
@@ -499,6 +581,150 @@ class FileReplica:
         return self._snapshot(conn, path)
 
     def _snapshot(self, conn: apsw.Connection, path: str | os.PathLike[str]) -> FlushResult:
+        captured = self.capture(conn, path)
+        return self.upload(captured)
+
+    # -- the runtime's split operations (log shipping) -------------------------------------------
+
+    def adopt(
+        self,
+        manifest: Manifest,
+        etag: str,
+        *,
+        next_salt1: int | None = None,
+        checkpointed_frame: int | None = None,
+        sequence: int = 0,
+    ) -> None:
+        """Take up a manifest this writer claimed or wrote earlier (a saved state), without a
+        request; a wrong ``etag`` shows at the next manifest write (:class:`FencedError`)."""
+        self._manifest, self._etag = manifest, etag
+        self._next_salt1 = next_salt1
+        self._checkpointed_frame = checkpointed_frame
+        self._sequence = sequence
+        self._uncertain = False
+        self.unfolded = 0
+
+    def saved_state(self) -> dict[str, Any] | None:
+        """What :meth:`adopt` needs to go on later without a request (``None`` if unsafe:
+        unfolded segments, an upload in flight, an uncertain manifest, fenced)."""
+        if (
+            self._manifest is None
+            or self._etag is None
+            or self.unfolded
+            or self._capture_pending
+            or self._uncertain
+            or self._fenced is not None
+        ):
+            return None
+        return {
+            "manifest": json.loads(self._manifest.encode()),
+            "etag": self._etag,
+            "next_salt1": self._next_salt1,
+            "checkpointed_frame": self._checkpointed_frame,
+            "sequence": self._sequence,
+        }
+
+    @property
+    def needs_snapshot(self) -> bool:
+        """No snapshot yet: :meth:`prepare` would raise :class:`SnapshotNeeded`."""
+        return self._manifest is not None and self._manifest.snapshot is None
+
+    @property
+    def fenced(self) -> FencedError | None:
+        return self._fenced
+
+    def prepare(self, path: str | os.PathLike[str], end: int) -> Prepared | None:
+        """The committed frames up to ``end`` (the WAL hook's frame count) not shipped yet, as
+        an encoded segment; ``None`` if there are none. No request. Raises
+        :class:`SnapshotNeeded` when the chain cannot go on without a snapshot."""
+        manifest = self._writable()
+        if self._capture_pending:
+            return None
+        if manifest.snapshot is None:
+            raise SnapshotNeeded(f"{self.name!r} has no snapshot yet")
+        wal: str | bytes = f"{os.fspath(path)}-wal"
+        if not os.path.exists(wal):
+            wal = b""
+        try:
+            batch = self._batch(wal, end, manifest.position)
+        except (WalFormatError, ValueError) as exc:
+            raise SnapshotNeeded(
+                f"the WAL of {self.name!r} does not continue the chain: {exc}"
+            ) from exc
+        if batch is None:
+            return None
+        segment = batch.segment()
+        data = encode_segment(segment, codec=self._codec)
+        meta = {
+            "name": self.name,
+            "epoch": manifest.epoch,
+            "checksum": _digest(data),
+            "salt1": segment.salt1,
+            "salt2": segment.salt2,
+            "first_frame": segment.first_frame,
+            "end_frame": segment.end_frame,
+            "db_size": segment.db_size,
+        }
+        return Prepared(
+            name=self.name,
+            meta=meta,
+            data=data,
+            start=manifest.position,
+            end=batch.end,
+            frames=len(batch.frames),
+            pages=len(segment.pages),
+        )
+
+    def shipped(self, prepared: Prepared, key: str, offset: int, flushed_at: float) -> int:
+        """Record that ``prepared`` is in the store at ``key`` (from ``offset``); return the
+        txid it makes. The manifest is written later (:meth:`fold`)."""
+        manifest = self._writable()
+        if manifest.position != prepared.start:
+            raise RuntimeError(f"{self.name!r}: a segment was shipped out of order")
+        meta = prepared.meta
+        entry = SegmentEntry(
+            key=key,
+            txid=manifest.txid + 1,
+            checksum=meta["checksum"],
+            stored_bytes=len(prepared.data),
+            salt1=meta["salt1"],
+            salt2=meta["salt2"],
+            first_frame=meta["first_frame"],
+            end_frame=meta["end_frame"],
+            db_size=meta["db_size"],
+            flushed_at=flushed_at,
+            offset=offset,
+            length=len(prepared.data),
+        )
+        self._manifest = attrs.evolve(
+            manifest, segments=(*manifest.segments, entry), position=prepared.end
+        )
+        self._checkpointed_frame = None
+        self.unfolded += 1
+        return entry.txid
+
+    def fold(self, *, tail: str | None, tail_from: int) -> int:
+        """Write the manifest with every shipped segment, its chain continuing in the log
+        ``tail`` from object ``tail_from``; return the requests made. :class:`FencedError`
+        if another writer claimed the file."""
+        manifest = self._writable()
+        self._requests = 0
+        new = attrs.evolve(manifest, tail=tail, tail_from=tail_from)
+        self._write_manifest(new, orphans=[])
+        self.unfolded = 0
+        return self._requests
+
+    def mark_checkpointed(self, frame: int) -> None:
+        """The runtime's own ``TRUNCATE`` checkpoint copied exactly the shipped frames, up to
+        ``frame``: the WAL's next generation is shipped from its frame 0."""
+        manifest = self._writable()
+        if manifest.position is not None and manifest.position.frame_count == frame:
+            self._checkpointed_frame = frame
+
+    def capture(self, conn: apsw.Connection, path: str | os.PathLike[str]) -> Captured:
+        """The local half of a snapshot: checkpoint the whole WAL into the file (``TRUNCATE``),
+        read and compress the file. No request; commits may go on once this returns (they are
+        shipped after :meth:`upload`, from frame 0 of the WAL's next generation)."""
         manifest = self._writable()
         wal = f"{os.fspath(path)}-wal"
         try:
@@ -530,29 +756,74 @@ class FileReplica:
         (raw_page_size,) = struct.unpack_from(">H", image, 16)
         page_size = 65536 if raw_page_size == 1 else raw_page_size
         data = zlib.compress(image, SNAPSHOT_ZLIB_LEVEL)
+        self._capture_pending = True
+        return Captured(
+            data=data,
+            image_checksum=_digest(image),
+            image_bytes=len(image),
+            page_size=page_size,
+            next_salt1=next_salt1,
+            created_at=self._clock(),
+        )
+
+    def upload(self, captured: Captured) -> FlushResult:
+        """The remote half of a snapshot: upload it, make it the start of a new generation in
+        the manifest (the shipped chain becomes history), drop what retention no longer
+        keeps. Raises like :meth:`flush`; after :class:`ReplicaUnavailableError`, call again
+        with the same ``captured``."""
+        manifest = self._writable()
+        self._requests = 0
+        data = captured.data
         key = self._object_key("snapshots")
         self._put(key, data, if_none_match=True)
         entry = SnapshotEntry(
             key=key,
             txid=manifest.txid + 1,
             checksum=_digest(data),
-            image_checksum=_digest(image),
-            page_size=page_size,
-            image_bytes=len(image),
-            created_at=self._clock(),
+            image_checksum=captured.image_checksum,
+            page_size=captured.page_size,
+            image_bytes=captured.image_bytes,
+            created_at=captured.created_at,
         )
-        new = attrs.evolve(manifest, snapshot=entry, segments=(), position=None)
-        sent = self._write_manifest(new, orphans=[key])
-        self._next_salt1 = next_salt1
-        self._checkpointed_frame = None
-        retired = [s.key for s in manifest.segments]
+        history = list(manifest.history)
         if manifest.snapshot is not None:
-            retired.append(manifest.snapshot.key)
+            history.append(
+                Generation(
+                    manifest.snapshot,
+                    manifest.segments,
+                    segments_expire_at=captured.created_at + self.retention,
+                )
+            )
+        horizon = captured.created_at - self.retention
+        kept = [g for g in history if g.snapshot.created_at >= horizon]
+        kept = kept[-self.keep_generations :] if self.keep_generations > 0 else []
+        dropped = [g for g in history if g not in kept]
+        new = attrs.evolve(
+            manifest, snapshot=entry, segments=(), position=None, history=tuple(kept)
+        )
+        sent = self._write_manifest(new, orphans=[key])
+        self._next_salt1 = captured.next_salt1
+        self._checkpointed_frame = None
+        self._capture_pending = False
+        self.unfolded = 0
+        retired = []
+        for g in dropped:
+            retired.append(g.snapshot.key)
+            # Segments of their own (standalone flushes) go with it; log objects are shared
+            # by many files and deleted by their writer by age.
+            retired.extend(s.key for s in g.segments if s.length < 0)
         for old in retired:
             with contextlib.suppress(ReplicaUnavailableError):
                 self._requests += 1
                 self.store.delete(old)
         return FlushResult(0, 0, len(data) + sent, self._requests, entry.txid, snapshot=True)
+
+    def abandon_capture(self) -> None:
+        """Give up an upload of a capture (the next prepare asks for a new snapshot)."""
+        if self._capture_pending and self._manifest is not None:
+            self._capture_pending = False
+            self._manifest = attrs.evolve(self._manifest, position=None)
+            self._next_salt1 = None
 
     # -- internals -----------------------------------------------------------------------------
 
@@ -698,45 +969,67 @@ def restore(
     *,
     at_txid: int | None = None,
     at_time: float | None = None,
+    manifest: Manifest | None = None,
+    now: float | None = None,
 ) -> RestoreResult:
     """Rebuild the file replicated under ``name`` at ``dest_path``, atomically.
 
-    The latest state by default; ``at_txid`` picks a flush by txid, ``at_time`` the last flush
-    at or before that time (as the writer's clock recorded it). Every object is checked against
-    the manifest's checksums and the segments' chain before the file is renamed into place:
-    :class:`CorruptReplicaError` if one fails, :class:`RestorePointError` if there is no replica
-    or the point is not retained. ``dest_path`` must not have a ``-wal`` file beside it.
+    The latest state by default (the manifest's chain, then its tail in the writer's log);
+    ``at_txid`` picks a flush by txid, ``at_time`` the last flush at or before that time (as
+    the writer's clock recorded it), in the current generation or a retained earlier one.
+    Every object is checked against the manifest's checksums and the segments' chain before
+    the file is renamed into place: :class:`CorruptReplicaError` if one fails,
+    :class:`RestorePointError` if there is no replica or the point is not retained.
+    ``dest_path`` must not have a ``-wal`` file beside it. ``manifest``: use this one (read
+    already, e.g. by a takeover) instead of reading it.
     """
     if at_txid is not None and at_time is not None:
         raise ValueError("pass at most one of at_txid= and at_time=")
     key = manifest_key(name)
-    got = store.get(key)
-    if got is None:
-        raise RestorePointError(f"there is no replica of {name!r} in {store!r}")
-    manifest = Manifest.decode(got[0], key=key)
-    snap = manifest.snapshot
-    if snap is None:
+    if manifest is None:
+        got = store.get(key)
+        if got is None:
+            raise RestorePointError(f"there is no replica of {name!r} in {store!r}")
+        manifest = Manifest.decode(got[0], key=key)
+    if manifest.snapshot is None:
         raise RestorePointError(f"the replica of {name!r} has no snapshot yet: nothing to restore")
-    segments = list(manifest.segments)
+    objects: dict[str, bytes] = {}
+    current = list(manifest.segments)
+    current.extend(read_tail(store, manifest, objects))
+    generations = [(g.snapshot, list(g.segments), g.segments_expire_at) for g in manifest.history]
+    generations.append((manifest.snapshot, current, math.inf))
+    latest = current[-1].txid if current else manifest.snapshot.txid
+    when = time.time() if now is None else now
     if at_txid is not None:
-        if not snap.txid <= at_txid <= manifest.txid:
+        chosen = [g for g in generations if g[0].txid <= at_txid]
+        if not chosen or at_txid > latest:
             raise RestorePointError(
-                f"txid {at_txid} of {name!r} is not retained (retained: {snap.txid} to "
-                f"{manifest.txid})"
+                f"txid {at_txid} of {name!r} is not retained (retained: "
+                f"{generations[0][0].txid} to {latest})"
             )
+        snap, segments, expire = chosen[-1]
         segments = [s for s in segments if s.txid <= at_txid]
     elif at_time is not None:
-        if snap.created_at > at_time:
+        chosen = [g for g in generations if g[0].created_at <= at_time]
+        if not chosen:
             raise RestorePointError(
-                f"no retained state of {name!r} at or before time {at_time} (the snapshot is "
-                f"from {snap.created_at})"
+                f"no retained state of {name!r} at or before time {at_time} (the oldest "
+                f"snapshot is from {generations[0][0].created_at})"
             )
+        snap, segments, expire = chosen[-1]
         kept = []
         for s in segments:
             if s.flushed_at > at_time:
                 break
             kept.append(s)
         segments = kept
+    else:
+        snap, segments, expire = generations[-1]
+    if segments and expire <= when:
+        raise RestorePointError(
+            f"that point of {name!r} is in a generation whose segments are past retention "
+            f"(since {expire}); its snapshot (txid {snap.txid}) is still restorable"
+        )
     dest = Path(dest_path)
     if Path(f"{dest}-wal").exists():
         raise FileExistsError(f"{dest}-wal exists: remove it before restoring over {dest}")
@@ -747,7 +1040,7 @@ def restore(
             f.write(image)
         previous: SegmentEntry | None = None
         for entry in segments:
-            segment = _fetch_segment(store, entry, snap.page_size, previous)
+            segment = _fetch_segment(store, entry, snap.page_size, previous, objects)
             apply_segment(tmp, segment)
             previous = entry
         with open(tmp, "rb+") as f:
@@ -764,6 +1057,62 @@ def restore(
         os.close(fd)
     txid = segments[-1].txid if segments else snap.txid
     return RestoreResult(txid=txid, segments=len(segments), bytes=size)
+
+
+def read_tail(
+    store: ReplicaStore,
+    manifest: Manifest,
+    objects: dict[str, bytes] | None = None,
+    *,
+    limit: int | None = None,
+) -> list[SegmentEntry]:
+    """The segments of ``manifest``'s file in its writer's log after the listed ones: log
+    objects ``tail_from``, ``tail_from + 1``, ... until one is missing (no LIST), entries of
+    the manifest's epoch only (a writer fenced out wrote under an older one). Fetched objects
+    are kept in ``objects`` for the restore that follows."""
+    if manifest.tail is None:
+        return []
+    found: list[SegmentEntry] = []
+    txid = (
+        manifest.segments[-1].txid
+        if manifest.segments
+        else (manifest.snapshot.txid if manifest.snapshot else 0)
+    )
+    seq = manifest.tail_from
+    while limit is None or seq < manifest.tail_from + limit:
+        lkey = log_key(manifest.tail, seq)
+        got = store.get(lkey)
+        if got is None:
+            break
+        data = got[0]
+        try:
+            index = decode_log(data)
+        except LogFormatError as exc:
+            raise CorruptReplicaError(f"log object {lkey!r}: {exc}", key=lkey) from exc
+        for e in index.entries:
+            if e.name != manifest.name or e.epoch != manifest.epoch:
+                continue
+            txid += 1
+            found.append(
+                SegmentEntry(
+                    key=lkey,
+                    txid=txid,
+                    checksum=e.checksum,
+                    stored_bytes=e.length,
+                    salt1=e.salt1,
+                    salt2=e.salt2,
+                    first_frame=e.first_frame,
+                    end_frame=e.end_frame,
+                    db_size=e.db_size,
+                    flushed_at=index.at,
+                    offset=e.offset,
+                    length=e.length,
+                )
+            )
+            if objects is not None:
+                objects[lkey] = data
+        seq += 1
+    return found
 
 
 def _fetch_snapshot(store: ReplicaStore, snap: SnapshotEntry) -> bytes:
@@ -793,13 +1142,22 @@ def _fetch_snapshot(store: ReplicaStore, snap: SnapshotEntry) -> bytes:
 
 
 def _fetch_segment(
-    store: ReplicaStore, entry: SegmentEntry, page_size: int, previous: SegmentEntry | None
+    store: ReplicaStore,
+    entry: SegmentEntry,
+    page_size: int,
+    previous: SegmentEntry | None,
+    objects: dict[str, bytes] | None = None,
 ) -> Segment:
     key = entry.key
-    got = store.get(key)
-    if got is None:
-        raise CorruptReplicaError(f"segment {key!r} named by the manifest is missing", key=key)
-    data = got[0]
+    whole = objects.get(key) if objects is not None else None
+    if whole is None:
+        got = store.get(key)
+        if got is None:
+            raise CorruptReplicaError(f"segment {key!r} named by the manifest is missing", key=key)
+        whole = got[0]
+        if objects is not None and entry.length >= 0:
+            objects[key] = whole  # a log object: other segments may be in it
+    data = whole if entry.length < 0 else whole[entry.offset : entry.offset + entry.length]
     if len(data) != entry.stored_bytes or _digest(data) != entry.checksum:
         raise CorruptReplicaError(
             f"segment {key!r} (txid {entry.txid}) fails its checksum: damaged in the store or on "

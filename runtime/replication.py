@@ -1,0 +1,1102 @@
+"""Replication of a runtime's files to a replica store, wired into the runtime (DESIGN §6).
+
+One :class:`Replication` per open runtime, when ``open_runtime(replica=...)`` is given:
+
+- **Tracking.** Every open actor file (``data.db``, ``mailbox.db``) and ``directory.db`` gets
+  a WAL hook: it turns SQLite's auto-checkpoint off and reports each commit's frame count,
+  which marks the file dirty. Closed files are not tracked (a hibernated actor costs nothing).
+- **Rounds.** One task ships all dirty files together: their committed frames, de-duplicated
+  and compressed per file (``wal.py``), go into one log object (``log.py``): one PUT per round
+  however many actors changed, then one GET of the session's fences. The delay before a round
+  adapts to load (short when commits are rare, up to ``max_delay`` when they are many), and
+  a durable turn or a checkpoint asks for a round at once.
+- **Manifests** (``replicator.py``) are written only when ownership is taken, when a snapshot
+  starts a new generation, when a file's first segment after a wake-up is shipped (so that its
+  manifest points at this session's log) and every ``fold_segments`` segments.
+- **Checkpoints** run between turns, only once every committed frame is shipped.
+- **Hibernation** snapshots each changed file (a checkpoint, then the whole file), writes the
+  manifest without a log tail, and keeps what the next wake-up needs in ``replica.json`` in
+  the actor's folder, so that waking again in this process costs no request.
+- **Waking** an actor for the first time in this process takes ownership of its files (a higher
+  epoch, the previous writer fenced, its log tail closed), and restores the files from the
+  replica when they are missing here or were last written by another runtime.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.to_thread
+import apsw
+import attrs
+
+from .errors import ActorError
+from .layout import DATA_FILE, DIRECTORY_FILE, MAILBOX_FILE, actor_dir
+from .replica.log import add_fence, encode_log, log_key, read_fences, session_prefix
+from .replica.replicator import (
+    Captured,
+    CorruptReplicaError,
+    FencedError,
+    FileReplica,
+    Manifest,
+    Prepared,
+    RestorePointError,
+    SnapshotNeeded,
+    manifest_key,
+    read_tail,
+    restore,
+)
+from .replica.store import (
+    PreconditionFailedError,
+    ReplicaError,
+    ReplicaStore,
+    ReplicaUnavailableError,
+)
+from .replica.wal import WalPosition
+
+if TYPE_CHECKING:
+    from .activation import Activation
+    from .engine import Runtime
+
+#: The file in an actor's folder that lets a later wake-up in the same process go on without
+#: a request (not replicated; ignored by another process).
+STATE_FILE = "replica.json"
+
+#: Store names of the replicated files.
+ACTORS_PREFIX = "actors"
+
+
+class ReplicaConflictError(ActorError):
+    """The replica prefix holds another runtime's files and this runtime has files of its own.
+
+    Point each runtime at its own prefix, or restore from that replica into an empty directory
+    (``torpor restore``) to take it over.
+    """
+
+
+@attrs.frozen
+class Replication:
+    """How the runtime replicates (``open_runtime(replica=..., replication=...)``).
+
+    ``max_delay``: the longest a commit waits before the round that ships it starts (the lag
+    is about this plus one PUT); ``min_delay``: the delay when commits are rare;
+    ``busy_rate``: commits per second at which the delay reaches ``max_delay`` (the delay
+    grows linearly with the observed rate up to there, so rounds batch more commits under
+    load). ``checkpoint_frames``: WAL frames after which a file is checkpointed (between
+    turns, once shipped). ``fold_segments``: segments after which a file's manifest is
+    rewritten. ``compact_segments``: segments after which a file gets a new snapshot.
+    ``retention``: seconds of history kept for point-in-time restore; ``keep_generations``:
+    earlier snapshots kept at most. ``hibernate_timeout``: how long hibernation waits for the
+    store before leaving the files to be replicated at the next wake-up.
+    """
+
+    max_delay: float = 0.75
+    min_delay: float = 0.02
+    busy_rate: float = 100.0
+    checkpoint_frames: int = 1000
+    fold_segments: int = 256
+    compact_segments: int = 1024
+    retention: float = 24 * 3600.0
+    keep_generations: int = 8
+    hibernate_timeout: float = 2.0
+
+    def __attrs_post_init__(self) -> None:
+        for name in ("max_delay", "min_delay", "busy_rate", "retention", "hibernate_timeout"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or value < 0 or math.isnan(value):
+                raise ValueError(f"Replication.{name} must be a number >= 0 (got {value!r})")
+        for name in ("checkpoint_frames", "fold_segments", "compact_segments"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"Replication.{name} must be an int >= 1 (got {value!r})")
+        if not isinstance(self.keep_generations, int) or self.keep_generations < 0:
+            raise ValueError(
+                f"Replication.keep_generations must be an int >= 0 (got {self.keep_generations!r})"
+            )
+        if self.min_delay > self.max_delay:
+            raise ValueError("Replication.min_delay must not be above max_delay")
+
+
+@attrs.frozen
+class ReplicationStatistics:
+    """Replication's counters, in :attr:`RuntimeStatistics.replication`."""
+
+    #: Files with commits not acknowledged by the replica yet.
+    files_behind: int
+    #: Seconds since the oldest commit not acknowledged yet was made (0 when none).
+    lag: float
+    #: Commit-to-acknowledgement seconds over the last 1,000 rounds' commits.
+    lag_p50: float | None
+    lag_p99: float | None
+    rounds: int
+    segments: int
+    snapshots: int
+    manifests: int
+    requests: int
+    puts: int
+    bytes_uploaded: int
+    errors: int
+    #: The last error from the store, ``None`` once a round succeeded since.
+    last_error: str | None
+    fenced: int
+    restores: int
+
+
+class _File:
+    """A tracked file: its replica writer and what the WAL hook reported."""
+
+    def __init__(
+        self,
+        name: str,
+        path: Path,
+        conn: apsw.Connection,
+        replica: FileReplica,
+        act: Activation | None,
+    ) -> None:
+        self.name = name
+        self.path = path
+        self.conn = conn
+        self.replica = replica
+        self.act = act
+        self.claimed = True
+        self.end = 0  # committed frames in the WAL (the hook's last count)
+        self.commits = 0  # commits seen (monotonic)
+        self.acked = 0  # commits known to be in the replica, fences checked
+        self.first_unacked_at: float | None = None  # when the oldest unacked commit happened
+        self.commit_times: list[tuple[int, float]] = []  # (commit number, time), unacked
+        self.reading = False  # a round is preparing or shipping it
+        self.capture: Captured | None = None  # a snapshot waiting for its upload
+        self.capture_commits = 0
+        self.uploading = False
+        self.want_snapshot = False
+        self.changed_since_snapshot = False
+        self.tail_set = False  # the stored manifest points at this session's log
+        self.fenced: FencedError | None = None
+        self.acked_event = anyio.Event()
+        self.quiet_event = anyio.Event()
+
+    async def quiet(self) -> None:
+        """Return once no round reads the file and no snapshot of it is uploading."""
+        while self.reading or self.uploading:
+            await self.quiet_event.wait()
+
+    def settle(self) -> None:
+        """A round or an upload let go of the file."""
+        self.quiet_event.set()
+        self.quiet_event = anyio.Event()
+
+    def committed(self, frames: int) -> None:
+        self.end = frames
+        self.commits += 1
+        self.changed_since_snapshot = True
+        now = time.monotonic()
+        if self.first_unacked_at is None:
+            self.first_unacked_at = now
+        self.commit_times.append((self.commits, now))
+
+    def ack(self, upto: int, lags: Any) -> None:
+        if upto <= self.acked:
+            return
+        self.acked = upto
+        now = time.monotonic()
+        keep = []
+        for n, at in self.commit_times:
+            if n <= upto:
+                lags.append(now - at)
+            else:
+                keep.append((n, at))
+        self.commit_times = keep
+        self.first_unacked_at = keep[0][1] if keep else None
+        self.acked_event.set()
+        self.acked_event = anyio.Event()
+
+
+class ReplicationEngine:
+    """The replication of one open runtime (see the module docstring)."""
+
+    def __init__(self, runtime: Runtime, store: ReplicaStore, options: Replication) -> None:
+        self.rt = runtime
+        self.store = store
+        self.options = options
+        self.session = uuid.uuid4().hex[:16]
+        self.prefix = ""  # set at start (needs the runtime id)
+        self.writer = ""
+        self.seq = 0  # the last log object written
+        self.files: dict[str, _File] = {}
+        self.dirty: dict[str, _File] = {}
+        self.urgent = anyio.Event()
+        self.dirty_event = anyio.Event()
+        self.log_times: list[tuple[int, float]] = []  # (seq, wall time), for retention
+        self.lags: Any = None
+        self.rate = 0.0  # commits per second, smoothed
+        self.rate_at = time.monotonic()
+        self.rate_commits = 0
+        self.behind: dict[str, tuple[Any, str]] = {}  # hibernated with unreplicated commits
+        self.stats = {
+            "rounds": 0,
+            "segments": 0,
+            "snapshots": 0,
+            "manifests": 0,
+            "requests": 0,
+            "puts": 0,
+            "bytes": 0,
+            "errors": 0,
+            "fenced": 0,
+            "restores": 0,
+        }
+        self.last_error: str | None = None
+        self.limiter = anyio.CapacityLimiter(8)
+        import collections
+
+        self.lags = collections.deque(maxlen=1000)
+
+    # -- names -------------------------------------------------------------------------------
+
+    @staticmethod
+    def actor_name(aid: str, file: str) -> str:
+        return f"{ACTORS_PREFIX}/{aid}/{file}"
+
+    def _replica(self, name: str) -> FileReplica:
+        return FileReplica(
+            self.store,
+            name,
+            writer=self.writer,
+            clock=self.rt.clock,
+            retention=self.options.retention,
+            keep_generations=self.options.keep_generations,
+        )
+
+    # -- opening -----------------------------------------------------------------------------
+
+    def restore_directory_if_missing(self, root: Path) -> bool:
+        """Before the directory is opened: restore it from the replica when it is missing
+        here (a fresh machine). Returns whether it was restored."""
+        path = root / DIRECTORY_FILE
+        if path.exists():
+            return False
+        try:
+            got = self.store.get(manifest_key(DIRECTORY_FILE))
+        except ReplicaUnavailableError:
+            return False  # a new runtime, or the store is down: a claim later will tell
+        if got is None:
+            return False
+        manifest = Manifest.decode(got[0], key=manifest_key(DIRECTORY_FILE))
+        if manifest.snapshot is None:
+            return False
+        for suffix in ("-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{path}{suffix}")
+        restore(self.store, DIRECTORY_FILE, path, manifest=manifest)
+        self.stats["restores"] += 1
+        return True
+
+    def start(self) -> None:
+        """After the directory is open: take ownership of its replica and track it."""
+        rt = self.rt
+        self.prefix = session_prefix(rt.runtime_id, self.session)
+        self.writer = f"{rt.runtime_id}/{self.session}"
+        conn = rt.directory.conn
+        replica = self._replica(DIRECTORY_FILE)
+        tracked = _File(DIRECTORY_FILE, rt.root / DIRECTORY_FILE, conn, replica, None)
+        try:
+            previous = self._takeover(replica)
+        except ReplicaUnavailableError as exc:
+            self._error(exc)
+            tracked.claimed = False
+            previous = None
+        if previous is not None and previous.snapshot is not None:
+            owner = previous.writer.split("/")[0]
+            if owner != rt.runtime_id and rt.directory.count() > 0:
+                raise ReplicaConflictError(
+                    f"the replica prefix holds the files of runtime {owner}, and this runtime "
+                    f"({rt.runtime_id}) has actors of its own: use another prefix, or restore "
+                    "from that replica into an empty directory"
+                )
+        self._track(tracked)
+        self._want_snapshot(tracked)
+
+    def _track(self, tracked: _File) -> None:
+        self.files[tracked.name] = tracked
+
+        def hook(conn: apsw.Connection, name: str, frames: int) -> int:
+            tracked.committed(frames)
+            self.rate_commits += 1
+            if tracked.name not in self.dirty:
+                self.dirty[tracked.name] = tracked
+            self.dirty_event.set()
+            if tracked.end >= self.options.checkpoint_frames and tracked.act is not None:
+                tracked.act.replication_due = True
+            return apsw.SQLITE_OK
+
+        tracked.conn.set_wal_hook(hook)
+
+    def _untrack(self, tracked: _File) -> None:
+        with contextlib.suppress(Exception):
+            tracked.conn.set_wal_hook(None)
+        self.files.pop(tracked.name, None)
+        self.dirty.pop(tracked.name, None)
+
+    # -- ownership ---------------------------------------------------------------------------
+
+    def _takeover(self, replica: FileReplica) -> Manifest | None:
+        """Take ownership of a file's replica (blocking: run in a thread). Returns the
+        manifest as it was before (``None`` if there was none): the previous writer is fenced
+        out, its log tail read to its end and folded into the new manifest."""
+        name = replica.name
+        key = manifest_key(name)
+        for _ in range(10):
+            got = self._get(key)
+            if got is None:
+                manifest = Manifest(
+                    name, 1, self.writer, None, (), None, tail=self.prefix, tail_from=self.seq + 1
+                )
+                try:
+                    etag = self._put(key, manifest.encode(), if_none_match=True)
+                except PreconditionFailedError:
+                    continue
+                replica.adopt(manifest, etag)
+                self.stats["manifests"] += 1
+                return None
+            before = Manifest.decode(got[0], key=key)
+            current = before
+            if before.tail is not None:
+                if before.tail != self.prefix:
+                    add_fence(self.store, before.tail, name, before.epoch + 1)
+                    self.stats["requests"] += 2
+                    self.stats["puts"] += 1
+                tail = read_tail(self.store, before)
+                self.stats["requests"] += len(tail) + 1
+                if tail:
+                    last = tail[-1]
+                    position = WalPosition(last.salt1, last.salt2, last.end_frame, (0, 0))
+                    current = attrs.evolve(
+                        before, segments=(*before.segments, *tail), position=position
+                    )
+            claimed = attrs.evolve(
+                current,
+                epoch=before.epoch + 1,
+                writer=self.writer,
+                tail=self.prefix,
+                tail_from=self.seq + 1,
+            )
+            try:
+                etag = self._put(key, claimed.encode(), if_match=got[1])
+            except PreconditionFailedError:
+                continue  # the previous writer folded, or another claim: read it again
+            # The position's checksum chain is unknown after a tail read: continuing the WAL
+            # is verified by salts and frames only when the position is exact, so start over
+            # with a snapshot in that case (prepare raises SnapshotNeeded).
+            if claimed.position is not None and claimed.position.checksum == (0, 0):
+                claimed = attrs.evolve(claimed, position=None)
+            replica.adopt(claimed, etag)
+            self.stats["manifests"] += 1
+            return before
+        raise FencedError(
+            f"could not take ownership of {name!r}: other writers keep changing its manifest",
+            epoch=0,
+            current_epoch=None,
+        )
+
+    def _get(self, key: str) -> tuple[bytes, str] | None:
+        self.stats["requests"] += 1
+        return self.store.get(key)
+
+    def _put(self, key: str, data: bytes, **kw: Any) -> str:
+        self.stats["requests"] += 1
+        self.stats["puts"] += 1
+        self.stats["bytes"] += len(data)
+        return self.store.put(key, data, **kw)
+
+    # -- actors: waking ----------------------------------------------------------------------
+
+    async def prepare_files(self, act: Activation, known: bool) -> None:
+        """Before an actor's files are opened: take up its saved state, or take ownership of
+        its replica (restoring the files when missing here or last written elsewhere)."""
+        folder = actor_dir(self.rt.root, act.aid)
+        state = _read_state(folder / STATE_FILE)
+        act.replica_state = None
+        if state is not None and state.get("session") == self.session and _unchanged(folder, state):
+            act.replica_state = state
+            return
+        names = [self.actor_name(act.aid, f) for f in (DATA_FILE, MAILBOX_FILE)]
+        replicas = [self._replica(n) for n in names]
+        local = (folder / DATA_FILE).exists()
+
+        def claim_all() -> list[Manifest | None]:
+            return [self._takeover(r) for r in replicas]
+
+        try:
+            async with self.limiter:
+                previous = await anyio.to_thread.run_sync(claim_all)
+        except ReplicaUnavailableError as exc:
+            self._error(exc)
+            if not local and known:
+                raise ReplicaUnavailableError(
+                    f"{act.describe()} has no files here and the replica cannot be reached to "
+                    f"restore them ({exc}); it is retried at the next message"
+                ) from exc
+            act.replica_claimed = None  # unclaimed: claimed before the first ship
+            return
+        restore_needed = any(
+            p is not None
+            and p.snapshot is not None
+            and (not local or p.writer.split("/")[0] != self.rt.runtime_id)
+            for p in previous
+        )
+        if restore_needed:
+            if local:
+                _move_aside(folder)
+            folder.mkdir(parents=True, exist_ok=True)
+
+            def restore_all() -> None:
+                for r, name, file in zip(replicas, names, (DATA_FILE, MAILBOX_FILE), strict=True):
+                    manifest = r.manifest
+                    assert manifest is not None
+                    if manifest.snapshot is None:
+                        continue
+                    restore(self.store, name, folder / file, manifest=manifest)
+
+            async with self.limiter:
+                await anyio.to_thread.run_sync(restore_all)
+            self.stats["restores"] += 1
+        act.replica_claimed = replicas
+
+    def attach(self, act: Activation) -> None:
+        """After an actor's files are opened: track them (snapshot when the chain cannot go
+        on from the local files)."""
+        folder = actor_dir(self.rt.root, act.aid)
+        pairs = [
+            (self.actor_name(act.aid, DATA_FILE), act.data.path, act.data.conn),
+            (self.actor_name(act.aid, MAILBOX_FILE), act.mailbox.path, act.mailbox.conn),
+        ]
+        claimed = getattr(act, "replica_claimed", None)
+        state = getattr(act, "replica_state", None)
+        act.replica_files = []
+        for i, (name, path, conn) in enumerate(pairs):
+            if state is not None:
+                replica = self._replica(name)
+                saved = state["files"][name]
+                replica.adopt(
+                    Manifest.decode(json.dumps(saved["manifest"]).encode(), key=name),
+                    saved["etag"],
+                    next_salt1=saved["next_salt1"],
+                    checkpointed_frame=saved["checkpointed_frame"],
+                    sequence=saved["sequence"],
+                )
+                tracked = _File(name, path, conn, replica, act)
+            elif claimed is not None:
+                tracked = _File(name, path, conn, claimed[i], act)
+            else:
+                tracked = _File(name, path, conn, self._replica(name), act)
+                tracked.claimed = False
+            act.replica_files.append(tracked)
+            self._track(tracked)
+            if tracked.claimed and tracked.replica.needs_snapshot:
+                self._want_snapshot(tracked)
+            elif state is None:
+                self._want_snapshot(tracked)  # a new session: the WAL cannot be trusted to go on
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(folder / STATE_FILE)
+        act.replica_claimed = None
+        act.replica_state = None
+        self.capture_due(act)
+
+    def _want_snapshot(self, tracked: _File) -> None:
+        tracked.want_snapshot = True
+        if tracked.act is not None:
+            tracked.act.replication_due = True
+        else:
+            self.dirty[tracked.name] = tracked
+            self.dirty_event.set()
+
+    # -- actors: between turns ---------------------------------------------------------------
+
+    def capture_due(self, act: Activation) -> None:
+        """Between turns (no transaction open): take the snapshots and checkpoints due."""
+        act.replication_due = False
+        for tracked in act.replica_files:
+            if tracked.fenced is not None or not tracked.claimed:
+                continue
+            if tracked.want_snapshot and not tracked.reading and tracked.capture is None:
+                self._capture(tracked)
+            elif (
+                tracked.end >= self.options.checkpoint_frames
+                and tracked.capture is None
+                and not tracked.reading
+            ):
+                if tracked.acked == tracked.commits and not tracked.uploading:
+                    self._checkpoint(tracked)
+                else:
+                    act.replication_due = True  # after the round that ships it
+                    self.urgent.set()
+                    self.dirty_event.set()
+
+    def _capture(self, tracked: _File) -> None:
+        try:
+            tracked.capture = tracked.replica.capture(tracked.conn, tracked.path)
+        except (ReplicaError, apsw.Error) as exc:
+            self._error(exc)
+            return
+        tracked.capture_commits = tracked.commits
+        tracked.want_snapshot = False
+        tracked.changed_since_snapshot = False
+        tracked.end = 0
+        self.dirty.pop(tracked.name, None)
+        if self.rt._task_group is not None:
+            self.rt._task_group.start_soon(self._upload, tracked)
+
+    def _checkpoint(self, tracked: _File) -> None:
+        frame = tracked.end
+        try:
+            log, done = tracked.conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
+        except apsw.BusyError:
+            return
+        if (log, done) == (0, 0):
+            tracked.replica.mark_checkpointed(frame)
+            tracked.end = 0
+
+    async def _upload(self, tracked: _File) -> None:
+        captured = tracked.capture
+        if captured is None or tracked.uploading:
+            return
+        tracked.uploading = True
+        delay = 0.05
+        try:
+            while tracked.capture is captured and tracked.fenced is None:
+                try:
+                    async with self.limiter:
+                        result = await anyio.to_thread.run_sync(tracked.replica.upload, captured)
+                except ReplicaUnavailableError as exc:
+                    self._error(exc)
+                    await anyio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+                    continue
+                except FencedError as exc:
+                    self._fenced(tracked, exc)
+                    return
+                self.stats["snapshots"] += 1
+                self.stats["manifests"] += 1
+                self.stats["requests"] += result.requests
+                self.stats["puts"] += 2
+                self.stats["bytes"] += result.bytes
+                self.last_error = None
+                tracked.capture = None
+                tracked.tail_set = False  # the new manifest is written; tail set at next fold
+                tracked.ack(tracked.capture_commits, self.lags)
+                if tracked.end:
+                    self.dirty[tracked.name] = tracked
+                    self.dirty_event.set()
+        finally:
+            tracked.uploading = False
+            tracked.settle()
+
+    # -- the rounds --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Ship dirty files, round after round, until cancelled."""
+        while True:
+            await self.dirty_event.wait()
+            self.dirty_event = anyio.Event()
+            if not self.urgent.is_set():
+                with anyio.move_on_after(self._delay()):
+                    await self.urgent.wait()
+            self.urgent = anyio.Event()
+            await self.round()
+
+    def _delay(self) -> float:
+        now = time.monotonic()
+        span = now - self.rate_at
+        if span > 0.05:
+            self.rate = 0.5 * self.rate + 0.5 * (self.rate_commits / span)
+            self.rate_at, self.rate_commits = now, 0
+        o = self.options
+        if any(
+            t.act is not None and t.act.spec.durable and t.commits > t.acked
+            for t in self.dirty.values()
+        ):
+            return o.min_delay
+        share = min(1.0, self.rate / o.busy_rate) if o.busy_rate else 1.0
+        return o.min_delay + (o.max_delay - o.min_delay) * share
+
+    async def round(self) -> None:
+        """One round: claim what is unclaimed, prepare every dirty file, PUT one log object,
+        check the fences, acknowledge."""
+        files = [t for t in self.dirty.values() if t.fenced is None]
+        self.dirty.clear()
+        for tracked in [t for t in files if not t.claimed]:
+            await self._claim_later(tracked)
+        ready = []
+        for tracked in files:
+            if not tracked.claimed or tracked.fenced is not None:
+                continue
+            if tracked.capture is not None or tracked.reading:
+                continue  # shipped after its snapshot's upload, which marks it dirty again
+            if tracked.act is None and tracked.want_snapshot:
+                self._capture(tracked)  # the directory: between its (synchronous) commits
+                continue
+            ready.append(tracked)
+        if not ready:
+            return
+        work = [(t, t.end, t.commits) for t in ready]
+        for t in ready:
+            t.reading = True
+        try:
+            prepared = await anyio.to_thread.run_sync(_prepare_all, work)
+            shipping: list[tuple[_File, Prepared, int]] = []
+            for (tracked, _, commits), outcome in zip(work, prepared, strict=True):
+                if isinstance(outcome, SnapshotNeeded):
+                    self._want_snapshot(tracked)
+                elif isinstance(outcome, FencedError):
+                    self._fenced(tracked, outcome)
+                elif isinstance(outcome, BaseException):
+                    self._error(outcome)
+                    self.dirty[tracked.name] = tracked
+                elif outcome is None:
+                    tracked.ack(commits, self.lags)
+                else:
+                    shipping.append((tracked, outcome, commits))
+            if not shipping:
+                return
+            seq = self.seq + 1
+            at = self.rt.clock()
+            data, entries = encode_log(
+                self.session, seq, at, [(p.meta, p.data) for _, p, _ in shipping]
+            )
+            key = log_key(self.prefix, seq)
+            await self._put_log(key, data)
+            self.seq = seq
+            self.log_times.append((seq, at))
+            self.stats["rounds"] += 1
+            self.stats["segments"] += len(shipping)
+            for (tracked, p, _), entry in zip(shipping, entries, strict=True):
+                tracked.replica.shipped(p, key, entry.offset, at)
+            fences = await self._fences()
+            for tracked, _, commits in shipping:
+                if tracked.name in fences and fences[tracked.name] > (tracked.replica.epoch or 0):
+                    self._fenced(
+                        tracked,
+                        FencedError(
+                            f"{tracked.name!r} was taken over by another runtime (epoch "
+                            f"{fences[tracked.name]})",
+                            epoch=tracked.replica.epoch or 0,
+                            current_epoch=fences[tracked.name],
+                        ),
+                    )
+                    continue
+                fold = (
+                    not tracked.tail_set or tracked.replica.unfolded >= self.options.fold_segments
+                )
+                if fold and not await self._fold(tracked, tail=self.prefix, tail_from=seq + 1):
+                    continue
+                tracked.ack(commits, self.lags)
+                if tracked.act is not None and self._needs_compaction(tracked):
+                    self._want_snapshot(tracked)
+        finally:
+            for t in ready:
+                t.reading = False
+                t.settle()
+        self.last_error = None
+        self._wake_behind()
+        await self._expire_logs()
+        directory = self.files.get(DIRECTORY_FILE)
+        if (
+            directory is not None
+            and directory.end >= self.options.checkpoint_frames
+            and directory.acked == directory.commits
+            and directory.capture is None
+        ):
+            self._checkpoint(directory)
+
+    def _needs_compaction(self, tracked: _File) -> bool:
+        manifest = tracked.replica.manifest
+        if manifest is None or not manifest.segments:
+            return False
+        if len(manifest.segments) >= self.options.compact_segments:
+            return True
+        return manifest.segments[0].flushed_at < self.rt.clock() - self.options.retention / 2
+
+    async def _put_log(self, key: str, data: bytes) -> None:
+        """PUT a log object, retrying until its outcome is known (never another body under
+        the same key: a reader would then see two histories)."""
+        delay = 0.05
+        while True:
+            try:
+                await anyio.to_thread.run_sync(
+                    lambda: self._put(key, data, if_none_match=True), limiter=self.limiter
+                )
+                self.stats["bytes"] += 0
+                return
+            except PreconditionFailedError:
+                got = await anyio.to_thread.run_sync(self._get, key, limiter=self.limiter)
+                if got is not None and got[0] == data:
+                    return  # an earlier attempt landed
+                raise ReplicaError(f"log object {key!r} exists with other contents") from None
+            except ReplicaUnavailableError as exc:
+                self._error(exc)
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _fences(self) -> dict[str, int]:
+        delay = 0.05
+        while True:
+            try:
+                self.stats["requests"] += 1
+                return await anyio.to_thread.run_sync(
+                    read_fences, self.store, self.prefix, limiter=self.limiter
+                )
+            except ReplicaUnavailableError as exc:
+                self._error(exc)
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _fold(self, tracked: _File, *, tail: str | None, tail_from: int) -> bool:
+        delay = 0.05
+        while tracked.fenced is None:
+            try:
+                requests = await anyio.to_thread.run_sync(
+                    lambda: tracked.replica.fold(tail=tail, tail_from=tail_from),
+                    limiter=self.limiter,
+                )
+            except ReplicaUnavailableError as exc:
+                self._error(exc)
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            except FencedError as exc:
+                self._fenced(tracked, exc)
+                return False
+            self.stats["requests"] += requests
+            self.stats["puts"] += 1
+            self.stats["manifests"] += 1
+            tracked.tail_set = tail is not None
+            return True
+        return False
+
+    async def _claim_later(self, tracked: _File) -> None:
+        try:
+            previous = await anyio.to_thread.run_sync(
+                self._takeover, tracked.replica, limiter=self.limiter
+            )
+        except ReplicaUnavailableError as exc:
+            self._error(exc)
+            self.dirty[tracked.name] = tracked
+            return
+        except FencedError as exc:
+            self._fenced(tracked, exc)
+            return
+        tracked.claimed = True
+        if (
+            previous is not None
+            and previous.snapshot is not None
+            and previous.writer.split("/")[0] != self.rt.runtime_id
+        ):
+            self._fenced(
+                tracked,
+                FencedError(
+                    f"{tracked.name!r} was written by runtime {previous.writer} while this one "
+                    "could not reach the store: this runtime's copy diverged and is not "
+                    "replicated; restore it from the replica to go on",
+                    epoch=0,
+                    current_epoch=previous.epoch,
+                ),
+            )
+            return
+        self._want_snapshot(tracked)
+
+    def _fenced(self, tracked: _File, error: FencedError) -> None:
+        if tracked.fenced is not None:
+            return
+        tracked.fenced = error
+        self.stats["fenced"] += 1
+        self.dirty.pop(tracked.name, None)
+        tracked.acked_event.set()
+        act = tracked.act
+        if act is None:
+            self.rt._report(f"directory.db is no longer replicated: {error}")
+            return
+        self.rt._report(f"{act.describe()} stopped: another runtime owns it now ({error})")
+        act.fence(error)
+
+    def _error(self, exc: BaseException) -> None:
+        self.stats["errors"] += 1
+        self.last_error = f"{type(exc).__name__}: {exc}"
+
+    def _wake_behind(self) -> None:
+        if not self.behind:
+            return
+        behind, self.behind = self.behind, {}
+        for spec, key in behind.values():
+            self.rt._wake_later(spec, key)
+
+    async def _expire_logs(self) -> None:
+        horizon = self.rt.clock() - self.options.retention
+        while self.log_times and self.log_times[0][1] < horizon:
+            seq, _ = self.log_times.pop(0)
+            with contextlib.suppress(ReplicaUnavailableError):
+                self.stats["requests"] += 1
+                await anyio.to_thread.run_sync(
+                    self.store.delete, log_key(self.prefix, seq), limiter=self.limiter
+                )
+
+    # -- durable mode ------------------------------------------------------------------------
+
+    async def wait_replicated(self, act: Activation) -> None:
+        """Return once every commit of the actor's files so far is in the replica (durable
+        mode: replies and acknowledgements wait for this)."""
+        for tracked in list(act.replica_files):
+            target = tracked.commits
+            while tracked.acked < target and tracked.fenced is None:
+                self.urgent.set()
+                self.dirty_event.set()
+                event = tracked.acked_event
+                await event.wait()
+            if tracked.fenced is not None:
+                raise tracked.fenced
+
+    # -- actors: hibernating -----------------------------------------------------------------
+
+    async def detach(self, act: Activation) -> None:
+        """Before an actor's connections close: snapshot each changed file, write its manifest
+        without a tail; give up after ``hibernate_timeout`` (the next wake-up replicates)."""
+        files = list(getattr(act, "replica_files", ()))
+        if not files:
+            return
+        complete = True
+        with anyio.move_on_after(self.options.hibernate_timeout) as scope:
+            scope.shield = True
+            for tracked in files:
+                await tracked.quiet()
+                if tracked.fenced is not None:
+                    continue
+                if not tracked.claimed:
+                    await self._claim_later(tracked)
+                    if not tracked.claimed or tracked.fenced is not None:
+                        complete = False
+                        continue
+                if tracked.capture is None and (
+                    tracked.changed_since_snapshot or tracked.want_snapshot
+                ):
+                    self._capture(tracked)
+                if tracked.capture is not None:
+                    await self._upload(tracked)
+                if tracked.capture is not None:
+                    complete = False
+                    continue
+                if tracked.tail_set or tracked.replica.unfolded:
+                    await self._fold(tracked, tail=None, tail_from=0)
+        if scope.cancelled_caught:
+            complete = False
+        for tracked in files:
+            self._untrack(tracked)
+        if not complete:
+            for tracked in files:
+                tracked.replica.abandon_capture()
+            act.replica_saved = None
+            self.behind[act.aid] = (act.spec, act.key)
+            return
+        saved = {}
+        for tracked in files:
+            state = tracked.replica.saved_state()
+            if state is None or tracked.fenced is not None:
+                act.replica_saved = None
+                return
+            saved[tracked.name] = state
+        act.replica_saved = {"session": self.session, "files": saved}
+
+    def after_close(self, act: Activation) -> None:
+        """After an actor's connections closed: save what the next wake-up needs."""
+        saved = getattr(act, "replica_saved", None)
+        act.replica_files = []
+        if saved is None:
+            return
+        folder = actor_dir(self.rt.root, act.aid)
+        saved["stat"] = _stat(folder)
+        tmp = folder / f".{STATE_FILE}.new"
+        with contextlib.suppress(OSError):
+            tmp.write_text(json.dumps(saved, separators=(",", ":")))
+            os.replace(tmp, folder / STATE_FILE)
+
+    # -- closing -----------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """At runtime close, after the actors closed: ship the directory's last commits."""
+        directory = self.files.get(DIRECTORY_FILE)
+        if directory is None:
+            return
+        with anyio.move_on_after(self.options.hibernate_timeout) as scope:
+            scope.shield = True
+            if directory.commits > directory.acked and directory.fenced is None:
+                self.dirty[DIRECTORY_FILE] = directory
+                await self.round()
+            await directory.quiet()
+            if directory.tail_set:
+                await self._fold(directory, tail=self.prefix, tail_from=self.seq + 1)
+        self._untrack(directory)
+
+    # -- statistics --------------------------------------------------------------------------
+
+    def statistics(self) -> ReplicationStatistics:
+        now = time.monotonic()
+        behind = [t for t in self.files.values() if t.commits > t.acked and t.fenced is None]
+        oldest = min((t.first_unacked_at for t in behind if t.first_unacked_at), default=None)
+        lags = sorted(self.lags)
+        return ReplicationStatistics(
+            files_behind=len(behind) + len(self.behind),
+            lag=0.0 if oldest is None else now - oldest,
+            lag_p50=_quantile(lags, 0.5),
+            lag_p99=_quantile(lags, 0.99),
+            rounds=self.stats["rounds"],
+            segments=self.stats["segments"],
+            snapshots=self.stats["snapshots"],
+            manifests=self.stats["manifests"],
+            requests=self.stats["requests"],
+            puts=self.stats["puts"],
+            bytes_uploaded=self.stats["bytes"],
+            errors=self.stats["errors"],
+            last_error=self.last_error,
+            fenced=self.stats["fenced"],
+            restores=self.stats["restores"],
+        )
+
+
+def _prepare_all(work: list[tuple[_File, int, int]]) -> list[Any]:
+    out: list[Any] = []
+    for tracked, end, _ in work:
+        try:
+            out.append(tracked.replica.prepare(tracked.path, end))
+        except (SnapshotNeeded, FencedError) as exc:
+            out.append(exc)
+        except Exception as exc:
+            out.append(exc)
+    return out
+
+
+def _quantile(ordered: list[float], q: float) -> float | None:
+    if not ordered:
+        return None
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _read_state(path: Path) -> dict[str, Any] | None:
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) else None
+
+
+def _stat(folder: Path) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in (DATA_FILE, MAILBOX_FILE):
+        try:
+            st = os.stat(folder / name)
+            out[name] = [st.st_size, st.st_mtime_ns]
+        except FileNotFoundError:
+            out[name] = None
+        try:
+            out[name + "-wal"] = os.stat(folder / f"{name}-wal").st_size
+        except FileNotFoundError:
+            out[name + "-wal"] = 0
+    return out
+
+
+def _unchanged(folder: Path, state: dict[str, Any]) -> bool:
+    """Whether the files are as hibernation left them (nothing wrote them since: a message
+    appended to a hibernated actor's mailbox makes its next wake-up take a snapshot)."""
+    return bool(state.get("stat")) and _stat(folder) == state["stat"]
+
+
+def _move_aside(folder: Path) -> None:
+    """Keep local files that the replica superseded, for inspection, out of the way."""
+    aside = folder / f"superseded-{int(time.time())}-{uuid.uuid4().hex[:6]}"
+    aside.mkdir()
+    for name in os.listdir(folder):
+        if name.startswith("superseded-"):
+            continue
+        shutil.move(str(folder / name), str(aside / name))
+
+
+def restore_runtime(
+    store: ReplicaStore,
+    root: Path,
+    *,
+    at_time: float | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """``torpor restore``: rebuild a whole runtime directory from the replica (``root`` must
+    not hold one). Restores directory.db, then every actor it lists, at ``at_time`` or the
+    latest. Returns counts."""
+    from .directory import Directory
+
+    root.mkdir(parents=True, exist_ok=True)
+    if (root / DIRECTORY_FILE).exists():
+        raise FileExistsError(f"{root} already holds a runtime: restore into an empty directory")
+    restore(store, DIRECTORY_FILE, root / DIRECTORY_FILE, at_time=at_time)
+    directory = Directory(root / DIRECTORY_FILE, synchronous="NORMAL")
+    try:
+        aids = [row[0] for row in directory.conn.execute("SELECT aid FROM actors")]
+    finally:
+        directory.close()
+    restored = missing = 0
+    for i, aid in enumerate(aids):
+        folder = actor_dir(root, aid)
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            for file in (DATA_FILE, MAILBOX_FILE):
+                restore(
+                    store, ReplicationEngine.actor_name(aid, file), folder / file, at_time=at_time
+                )
+            restored += 1
+        except RestorePointError:
+            missing += 1  # never replicated (or not at that time): it wakes empty, or not at all
+            for file in (DATA_FILE, MAILBOX_FILE):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(folder / file)
+        if progress is not None:
+            progress(i + 1, len(aids))
+    return {"actors": len(aids), "restored": restored, "not_replicated": missing}
+
+
+def restore_actor_files(
+    store: ReplicaStore,
+    aid: str,
+    folder: Path,
+    *,
+    at_time: float | None = None,
+    at_txid: int | None = None,
+) -> None:
+    """Restore one actor's two files into ``folder`` (for ``torpor restore --actor`` and
+    ``torpor fork``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for file in (DATA_FILE, MAILBOX_FILE):
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(folder / f"{file}{suffix}")
+        restore(
+            store,
+            ReplicationEngine.actor_name(aid, file),
+            folder / file,
+            at_time=at_time,
+            at_txid=at_txid if file == DATA_FILE else None,
+        )
+
+
+__all__ = [
+    "CorruptReplicaError",
+    "ReplicaConflictError",
+    "Replication",
+    "ReplicationEngine",
+    "ReplicationStatistics",
+    "restore_actor_files",
+    "restore_runtime",
+]
