@@ -163,8 +163,7 @@ class Activation:
         # hibernating hands over.
         self.replication_due = False  # a snapshot or checkpoint waits for a gap between turns
         self.replica_files: list[Any] = []
-        self.replica_claimed: Any = None
-        self.replica_state: Any = None
+        self.replica_plan: Any = None
         self.replica_saved: Any = None
 
     # -- opening and closing ---------------------------------------------------------------

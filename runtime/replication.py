@@ -25,6 +25,7 @@ One :class:`Replication` per open runtime, when ``open_runtime(replica=...)`` is
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -44,6 +45,7 @@ from .errors import ActorError
 from .layout import DATA_FILE, DIRECTORY_FILE, MAILBOX_FILE, actor_dir
 from .replica.log import add_fence, encode_log, log_key, read_fences, session_prefix
 from .replica.replicator import (
+    ANY_SALT,
     Captured,
     CorruptReplicaError,
     FencedError,
@@ -256,6 +258,7 @@ class ReplicationEngine:
         }
         self.last_error: str | None = None
         self.limiter = anyio.CapacityLimiter(8)
+        self.round_lock = anyio.Lock()
         import collections
 
         self.lags = collections.deque(maxlen=1000)
@@ -419,96 +422,122 @@ class ReplicationEngine:
 
     # -- actors: waking ----------------------------------------------------------------------
 
-    async def prepare_files(self, act: Activation, known: bool) -> None:
-        """Before an actor's files are opened: take up its saved state, or take ownership of
-        its replica (restoring the files when missing here or last written elsewhere)."""
+    async def prepare_files(
+        self, act: Activation, known: bool, *, force_restore: bool = False
+    ) -> None:
+        """Before an actor's files are opened: take up the state saved at its last hibernation
+        in this process (per file, when nothing touched the file since: no request), or take
+        ownership of its replica, restoring the files when they are missing here, were last
+        written by another runtime, or ``force_restore`` (a corrupt local file)."""
         folder = actor_dir(self.rt.root, act.aid)
         state = _read_state(folder / STATE_FILE)
-        act.replica_state = None
-        if state is not None and state.get("session") == self.session and _unchanged(folder, state):
-            act.replica_state = state
+        if state is None or state.get("session") != self.session or force_restore:
+            state = None
+        now = _stat(folder)
+        plan: list[tuple[str, str, Any]] = []
+        to_claim: list[FileReplica] = []
+        for file in (DATA_FILE, MAILBOX_FILE):
+            name = self.actor_name(act.aid, file)
+            saved = state["files"].get(name) if state is not None else None
+            if saved is not None and state is not None and _unchanged(file, now, state["stat"]):
+                plan.append((name, "state", saved))
+            else:
+                replica = self._replica(name)
+                to_claim.append(replica)
+                plan.append((name, "claimed", replica))
+        act.replica_plan = plan
+        if not to_claim:
             return
-        names = [self.actor_name(act.aid, f) for f in (DATA_FILE, MAILBOX_FILE)]
-        replicas = [self._replica(n) for n in names]
-        local = (folder / DATA_FILE).exists()
+        local = (folder / DATA_FILE).exists() and not force_restore
 
         def claim_all() -> list[Manifest | None]:
-            return [self._takeover(r) for r in replicas]
+            return [self._takeover(r) for r in to_claim]
 
         try:
             async with self.limiter:
                 previous = await anyio.to_thread.run_sync(claim_all)
         except ReplicaUnavailableError as exc:
             self._error(exc)
-            if not local and known:
+            if force_restore or (not local and known):
                 raise ReplicaUnavailableError(
-                    f"{act.describe()} has no files here and the replica cannot be reached to "
-                    f"restore them ({exc}); it is retried at the next message"
+                    f"{act.describe()} has no usable files here and the replica cannot be "
+                    f"reached to restore them ({exc}); it is tried again at the next message"
                 ) from exc
-            act.replica_claimed = None  # unclaimed: claimed before the first ship
+            act.replica_plan = [(name, "unclaimed", None) for name, _, _ in plan]
             return
-        restore_needed = any(
+        restore_needed = force_restore or any(
             p is not None
             and p.snapshot is not None
             and (not local or p.writer.split("/")[0] != self.rt.runtime_id)
             for p in previous
         )
-        if restore_needed:
-            if local:
-                _move_aside(folder)
-            folder.mkdir(parents=True, exist_ok=True)
-
-            def restore_all() -> None:
-                for r, name, file in zip(replicas, names, (DATA_FILE, MAILBOX_FILE), strict=True):
-                    manifest = r.manifest
-                    assert manifest is not None
-                    if manifest.snapshot is None:
-                        continue
-                    restore(self.store, name, folder / file, manifest=manifest)
-
+        if not restore_needed:
+            return
+        # Every file comes from the replica (a mix of local and restored files would not be
+        # one state): claim the ones taken up from state too.
+        rest = [self._replica(name) for name, mode, _ in plan if mode == "state"]
+        if rest:
             async with self.limiter:
-                await anyio.to_thread.run_sync(restore_all)
-            self.stats["restores"] += 1
-        act.replica_claimed = replicas
+                await anyio.to_thread.run_sync(lambda: [self._takeover(r) for r in rest])
+        replicas = [*to_claim, *rest]
+        if folder.exists() and any(
+            (folder / f).exists() for f in (DATA_FILE, MAILBOX_FILE, STATE_FILE)
+        ):
+            _move_aside(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+
+        def restore_all() -> None:
+            for r in replicas:
+                manifest = r.manifest
+                assert manifest is not None
+                if manifest.snapshot is None:
+                    continue
+                restore(self.store, r.name, folder / r.name.rsplit("/", 1)[1], manifest=manifest)
+
+        async with self.limiter:
+            await anyio.to_thread.run_sync(restore_all)
+        self.stats["restores"] += 1
+        by_name = {r.name: r for r in replicas}
+        act.replica_plan = [(name, "claimed", by_name[name]) for name, _, _ in plan]
 
     def attach(self, act: Activation) -> None:
-        """After an actor's files are opened: track them (snapshot when the chain cannot go
-        on from the local files)."""
+        """After an actor's files are opened: track them (a snapshot is taken when the chain
+        cannot go on from the local files)."""
         folder = actor_dir(self.rt.root, act.aid)
-        pairs = [
-            (self.actor_name(act.aid, DATA_FILE), act.data.path, act.data.conn),
-            (self.actor_name(act.aid, MAILBOX_FILE), act.mailbox.path, act.mailbox.conn),
-        ]
-        claimed = getattr(act, "replica_claimed", None)
-        state = getattr(act, "replica_state", None)
+        conns = {
+            self.actor_name(act.aid, DATA_FILE): (act.data.path, act.data.conn),
+            self.actor_name(act.aid, MAILBOX_FILE): (act.mailbox.path, act.mailbox.conn),
+        }
+        plan = act.replica_plan or [(name, "unclaimed", None) for name in conns]
         act.replica_files = []
-        for i, (name, path, conn) in enumerate(pairs):
-            if state is not None:
+        for name, mode, payload in plan:
+            path, conn = conns[name]
+            if mode == "state":
                 replica = self._replica(name)
-                saved = state["files"][name]
                 replica.adopt(
-                    Manifest.decode(json.dumps(saved["manifest"]).encode(), key=name),
-                    saved["etag"],
-                    next_salt1=saved["next_salt1"],
-                    checkpointed_frame=saved["checkpointed_frame"],
-                    sequence=saved["sequence"],
+                    Manifest.decode(json.dumps(payload["manifest"]).encode(), key=name),
+                    payload["etag"],
+                    # Nothing touched the file since it was checkpointed and closed.
+                    next_salt1=ANY_SALT,
+                    checkpointed_frame=payload["checkpointed_frame"],
+                    sequence=payload["sequence"],
                 )
                 tracked = _File(name, path, conn, replica, act)
-            elif claimed is not None:
-                tracked = _File(name, path, conn, claimed[i], act)
+                snapshot = replica.needs_snapshot
+            elif mode == "claimed":
+                tracked = _File(name, path, conn, payload, act)
+                snapshot = True  # a new session: the WAL cannot be trusted to go on
             else:
                 tracked = _File(name, path, conn, self._replica(name), act)
                 tracked.claimed = False
+                snapshot = False  # decided once claimed
             act.replica_files.append(tracked)
             self._track(tracked)
-            if tracked.claimed and tracked.replica.needs_snapshot:
+            if snapshot:
                 self._want_snapshot(tracked)
-            elif state is None:
-                self._want_snapshot(tracked)  # a new session: the WAL cannot be trusted to go on
         with contextlib.suppress(FileNotFoundError):
             os.unlink(folder / STATE_FILE)
-        act.replica_claimed = None
-        act.replica_state = None
+        act.replica_plan = None
         self.capture_due(act)
 
     def _want_snapshot(self, tracked: _File) -> None:
@@ -565,7 +594,9 @@ class ReplicationEngine:
             tracked.replica.mark_checkpointed(frame)
             tracked.end = 0
 
-    async def _upload(self, tracked: _File) -> None:
+    async def _upload(self, tracked: _File, *, final: bool = False) -> None:
+        """Upload a captured snapshot (retrying while the store is unavailable); ``final``:
+        the file is closing, so its manifest names no log tail."""
         captured = tracked.capture
         if captured is None or tracked.uploading:
             return
@@ -574,8 +605,14 @@ class ReplicationEngine:
         try:
             while tracked.capture is captured and tracked.fenced is None:
                 try:
+                    tail = None if final else self.prefix
+                    tail_from = 0 if final else self.seq + 1
                     async with self.limiter:
-                        result = await anyio.to_thread.run_sync(tracked.replica.upload, captured)
+                        result = await anyio.to_thread.run_sync(
+                            functools.partial(
+                                tracked.replica.upload, captured, tail=tail, tail_from=tail_from
+                            )
+                        )
                 except ReplicaUnavailableError as exc:
                     self._error(exc)
                     await anyio.sleep(delay)
@@ -591,7 +628,7 @@ class ReplicationEngine:
                 self.stats["bytes"] += result.bytes
                 self.last_error = None
                 tracked.capture = None
-                tracked.tail_set = False  # the new manifest is written; tail set at next fold
+                tracked.tail_set = not final
                 tracked.ack(tracked.capture_commits, self.lags)
                 if tracked.end:
                     self.dirty[tracked.name] = tracked
@@ -630,7 +667,11 @@ class ReplicationEngine:
 
     async def round(self) -> None:
         """One round: claim what is unclaimed, prepare every dirty file, PUT one log object,
-        check the fences, acknowledge."""
+        check the fences, acknowledge. Rounds never overlap."""
+        async with self.round_lock:
+            await self._round()
+
+    async def _round(self) -> None:
         files = [t for t in self.dirty.values() if t.fenced is None]
         self.dirty.clear()
         for tracked in [t for t in files if not t.claimed]:
@@ -639,7 +680,7 @@ class ReplicationEngine:
         for tracked in files:
             if not tracked.claimed or tracked.fenced is not None:
                 continue
-            if tracked.capture is not None or tracked.reading:
+            if tracked.capture is not None:
                 continue  # shipped after its snapshot's upload, which marks it dirty again
             if tracked.act is None and tracked.want_snapshot:
                 self._capture(tracked)  # the directory: between its (synchronous) commits
@@ -856,9 +897,13 @@ class ReplicationEngine:
         for tracked in list(act.replica_files):
             target = tracked.commits
             while tracked.acked < target and tracked.fenced is None:
+                event = tracked.acked_event
+                if act.replication_due:
+                    self.capture_due(act)  # no transaction is open here: a snapshot may run
+                if tracked.capture is None and tracked.name not in self.dirty:
+                    self.dirty[tracked.name] = tracked
                 self.urgent.set()
                 self.dirty_event.set()
-                event = tracked.acked_event
                 await event.wait()
             if tracked.fenced is not None:
                 raise tracked.fenced
@@ -888,7 +933,7 @@ class ReplicationEngine:
                 ):
                     self._capture(tracked)
                 if tracked.capture is not None:
-                    await self._upload(tracked)
+                    await self._upload(tracked, final=True)
                 if tracked.capture is not None:
                     complete = False
                     continue
@@ -1010,10 +1055,15 @@ def _stat(folder: Path) -> dict[str, Any]:
     return out
 
 
-def _unchanged(folder: Path, state: dict[str, Any]) -> bool:
-    """Whether the files are as hibernation left them (nothing wrote them since: a message
-    appended to a hibernated actor's mailbox makes its next wake-up take a snapshot)."""
-    return bool(state.get("stat")) and _stat(folder) == state["stat"]
+def _unchanged(file: str, now: dict[str, Any], then: dict[str, Any] | None) -> bool:
+    """Whether ``file`` is as hibernation left it, its WAL empty (nothing wrote it since: a
+    message appended to a hibernated actor's mailbox makes its next wake-up claim and
+    snapshot the mailbox)."""
+    if not then or then.get(file) is None:
+        return False
+    return (
+        now.get(file) == then.get(file) and now.get(f"{file}-wal") == then.get(f"{file}-wal") == 0
+    )
 
 
 def _move_aside(folder: Path) -> None:
@@ -1044,7 +1094,7 @@ def restore_runtime(
     restore(store, DIRECTORY_FILE, root / DIRECTORY_FILE, at_time=at_time)
     directory = Directory(root / DIRECTORY_FILE, synchronous="NORMAL")
     try:
-        aids = [row[0] for row in directory.conn.execute("SELECT aid FROM actors")]
+        aids = [row[0] for row in directory.conn.execute("SELECT id FROM actors")]
     finally:
         directory.close()
     restored = missing = 0

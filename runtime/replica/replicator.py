@@ -89,6 +89,13 @@ MANIFEST_VERSION = 2
 #: snapshot is taken rarely, but it is on the path of a flush that found the WAL restarted.
 SNAPSHOT_ZLIB_LEVEL = 1
 
+#: ``next_salt1`` for :meth:`FileReplica.adopt` when the caller verified that the database file
+#: is the snapshot's image and its WAL is empty (nothing touched them since): the WAL's next
+#: generation, whatever its salts, continues the chain from its frame 0. (A connection that
+#: reopens an emptied WAL picks new random salts, so the "one more than before" rule cannot
+#: be used across a close.)
+ANY_SALT = -1
+
 #: Seconds of history kept for point-in-time restore (older generations are dropped, and the
 #: log objects holding their segments may be deleted).
 DEFAULT_RETENTION = 24 * 3600.0
@@ -740,7 +747,8 @@ class FileReplica:
         if before is not None:
             current = before.salt1
         elif position is None:
-            current = self._next_salt1  # ours, unless someone restarted it since: then low
+            # ours, unless someone restarted it since: then low (ANY_SALT: unknown)
+            current = None if self._next_salt1 == ANY_SALT else self._next_salt1
         elif self._checkpointed_frame == position.frame_count:
             current = position.salt1 + 1  # emptied by a TRUNCATE since: at least this
         next_salt1 = None if current is None else (current + 1) & _MASK
@@ -766,11 +774,15 @@ class FileReplica:
             created_at=self._clock(),
         )
 
-    def upload(self, captured: Captured) -> FlushResult:
+    def upload(
+        self, captured: Captured, *, tail: str | None = None, tail_from: int = 0
+    ) -> FlushResult:
         """The remote half of a snapshot: upload it, make it the start of a new generation in
         the manifest (the shipped chain becomes history), drop what retention no longer
         keeps. Raises like :meth:`flush`; after :class:`ReplicaUnavailableError`, call again
-        with the same ``captured``."""
+        with the same ``captured``. ``tail``/``tail_from``: where the new chain goes on (the
+        writer's log, from the next object: what it shipped before is in the snapshot), or
+        ``None`` when nothing follows (hibernation, standalone use)."""
         manifest = self._writable()
         self._requests = 0
         data = captured.data
@@ -799,7 +811,13 @@ class FileReplica:
         kept = kept[-self.keep_generations :] if self.keep_generations > 0 else []
         dropped = [g for g in history if g not in kept]
         new = attrs.evolve(
-            manifest, snapshot=entry, segments=(), position=None, history=tuple(kept)
+            manifest,
+            snapshot=entry,
+            segments=(),
+            position=None,
+            history=tuple(kept),
+            tail=tail,
+            tail_from=tail_from,
         )
         sent = self._write_manifest(new, orphans=[key])
         self._next_salt1 = captured.next_salt1
@@ -839,7 +857,7 @@ class FileReplica:
                 if end:
                     raise WalFormatError(f"the WAL is empty but SQLite reported {end} frames")
                 return None
-            if header.salt1 != self._next_salt1:
+            if self._next_salt1 != ANY_SALT and header.salt1 != self._next_salt1:
                 raise WalRestartedError(
                     f"the WAL generation after the snapshot has salt-1 {header.salt1:08x}, "
                     f"expected {self._next_salt1!r}",
