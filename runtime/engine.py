@@ -32,6 +32,7 @@ from .errors import (
     ActorFailedError,
     ActorNotFoundError,
     ActorStoppedError,
+    CorruptFileError,
     NondeterminismError,
     RuntimeClosedError,
     RuntimeLockedError,
@@ -724,9 +725,21 @@ class Runtime:
             elif not entry.pending:
                 self.directory.mark_pending(aid, spec.name, key)
             if self.replication is not None:
-                await self.replication.prepare_files(act, known=entry is not None)
+                corrupt = self.replication.corrupt.pop(aid, None)
+                await self.replication.prepare_files(
+                    act, known=entry is not None, force_restore=corrupt is not None
+                )
                 self._check_open()
-            act.open()
+                try:
+                    act.open()
+                except CorruptFileError as exc:
+                    # Detected at open: the replica has the last replicated state.
+                    self._report(f"{spec.name} {key!r}: {exc}; restoring it from the replica")
+                    await self.replication.prepare_files(act, known=True, force_restore=True)
+                    self._check_open()
+                    act.open()
+            else:
+                act.open()
             self.resident += 1
             if self.replication is not None:
                 try:
@@ -800,6 +813,11 @@ class Runtime:
                     self._stop(act)
                 elif act.failed is not None:
                     self.failed[act.aid] = act.failed
+                    if self.replication is not None and isinstance(
+                        act.failed.__cause__ or act.failed, CorruptFileError
+                    ):
+                        # Found corrupt in a turn: the next wake-up restores it.
+                        self.replication.corrupt[act.aid] = act.failed
                     self._transition(act, act.state, Event.CRASHED, repr(act.failed))
                 else:
                     if act.state is State.AWAKE:

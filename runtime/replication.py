@@ -244,6 +244,8 @@ class ReplicationEngine:
         self.rate_at = time.monotonic()
         self.rate_commits = 0
         self.behind: dict[str, tuple[Any, str]] = {}  # hibernated with unreplicated commits
+        #: Actors whose files were found corrupt: the next wake-up restores them.
+        self.corrupt: dict[str, BaseException] = {}
         self.stats = {
             "rounds": 0,
             "segments": 0,
