@@ -443,6 +443,15 @@ class Runtime:
             replication=self.replication.statistics() if self.replication else None,
         )
 
+    async def replicated(self) -> None:
+        """Return once every commit made so far is in the replica (``open_runtime(replica=)``):
+        a barrier for tests, deployments and shutdown scripts. While the store cannot be
+        reached this waits (bound it with ``anyio.move_on_after``); actors keep working."""
+        self._check_open()
+        if self.replication is None:
+            raise RuntimeError("this runtime has no replica: open_runtime(replica=...)")
+        await self.replication.wait_all()
+
     async def dead_letters(self, ref: Ref[Any]) -> list[DeadLetter]:
         """The dead letters kept in ``ref``'s mailbox, oldest first."""
         await anyio.lowlevel.checkpoint()

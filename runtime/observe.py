@@ -177,6 +177,45 @@ def render_metrics(stats: RuntimeStatistics) -> str:
             ),
         ],
     )
+    rep = stats.replication
+    if rep is not None:
+        family(
+            "torpor_replication_lag_seconds",
+            "gauge",
+            "Seconds since the oldest commit not yet in the replica was made (0 when none).",
+            [("", rep.lag)],
+        )
+        family(
+            "torpor_replication_files_behind",
+            "gauge",
+            "Files with commits not yet in the replica (awake ones, and hibernated ones left "
+            "behind while the store was unreachable).",
+            [("", rep.files_behind)],
+        )
+        family(
+            "torpor_replication_ack_seconds",
+            "summary",
+            "Seconds from a commit to its acknowledgement by the replica, over the last 1,000.",
+            [
+                ('{quantile="0.5"}', nan if rep.lag_p50 is None else rep.lag_p50),
+                ('{quantile="0.99"}', nan if rep.lag_p99 is None else rep.lag_p99),
+            ],
+        )
+        for metric, text, count in (
+            ("torpor_replica_requests_total", "Requests made to the replica store.", rep.requests),
+            ("torpor_replica_puts_total", "PUT requests made to the replica store.", rep.puts),
+            ("torpor_replica_uploaded_bytes_total", "Bytes uploaded.", rep.bytes_uploaded),
+            ("torpor_replication_rounds_total", "Log objects written.", rep.rounds),
+            ("torpor_replication_snapshots_total", "Snapshots uploaded.", rep.snapshots),
+            ("torpor_replication_errors_total", "Failed store requests.", rep.errors),
+            ("torpor_replication_fenced_total", "Files taken over by another runtime.", rep.fenced),
+            (
+                "torpor_replication_restores_total",
+                "Actors restored from the replica.",
+                rep.restores,
+            ),
+        ):
+            family(metric, "counter", text, [("", count)])
     return "\n".join(out) + "\n"
 
 

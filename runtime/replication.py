@@ -98,8 +98,7 @@ class Replication:
     turns, once shipped). ``fold_segments``: segments after which a file's manifest is
     rewritten. ``compact_segments``: segments after which a file gets a new snapshot.
     ``retention``: seconds of history kept for point-in-time restore; ``keep_generations``:
-    earlier snapshots kept at most. ``hibernate_timeout``: how long hibernation waits for the
-    store before leaving the files to be replicated at the next wake-up.
+    earlier snapshots kept at most.
     """
 
     max_delay: float = 0.75
@@ -110,10 +109,9 @@ class Replication:
     compact_segments: int = 1024
     retention: float = 24 * 3600.0
     keep_generations: int = 8
-    hibernate_timeout: float = 2.0
 
     def __attrs_post_init__(self) -> None:
-        for name in ("max_delay", "min_delay", "busy_rate", "retention", "hibernate_timeout"):
+        for name in ("max_delay", "min_delay", "busy_rate", "retention"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or value < 0 or math.isnan(value):
                 raise ValueError(f"Replication.{name} must be a number >= 0 (got {value!r})")
@@ -184,6 +182,8 @@ class _File:
         self.changed_since_snapshot = False
         self.tail_set = False  # the stored manifest points at this session's log
         self.fenced: FencedError | None = None
+        self.in_pending = False  # its segment is in a log object not stored yet
+        self.closing = False  # hibernating: a background upload stops retrying
         self.acked_event = anyio.Event()
         self.quiet_event = anyio.Event()
 
@@ -221,6 +221,22 @@ class _File:
         self.first_unacked_at = keep[0][1] if keep else None
         self.acked_event.set()
         self.acked_event = anyio.Event()
+
+
+@attrs.define
+class _Pending:
+    """A log object built by a round, until it is in the store."""
+
+    key: str
+    seq: int
+    at: float
+    data: bytes
+    shipping: list[tuple[_File, Prepared, int]]
+    entries: list[Any]
+
+
+#: Longest wait between rounds while the store cannot be reached.
+MAX_BACKOFF = 5.0
 
 
 class ReplicationEngine:
@@ -261,6 +277,11 @@ class ReplicationEngine:
         self.last_error: str | None = None
         self.limiter = anyio.CapacityLimiter(8)
         self.round_lock = anyio.Lock()
+        #: A log object that could not be PUT yet: retried, byte for byte, before anything else.
+        self.pending: _Pending | None = None
+        #: Files whose shipped commits wait for a fences read: name -> (file, commits).
+        self.awaiting: dict[str, tuple[_File, int]] = {}
+        self.backoff = 0.0
         import collections
 
         self.lags = collections.deque(maxlen=1000)
@@ -350,6 +371,8 @@ class ReplicationEngine:
             tracked.conn.set_wal_hook(None)
         self.files.pop(tracked.name, None)
         self.dirty.pop(tracked.name, None)
+        self.awaiting.pop(tracked.name, None)
+        tracked.acked_event.set()  # waiters look again (the file is gone)
 
     # -- ownership ---------------------------------------------------------------------------
 
@@ -572,7 +595,7 @@ class ReplicationEngine:
                     self.urgent.set()
                     self.dirty_event.set()
 
-    def _capture(self, tracked: _File) -> None:
+    def _capture(self, tracked: _File, *, upload: bool = True) -> None:
         try:
             tracked.capture = tracked.replica.capture(tracked.conn, tracked.path)
         except (ReplicaError, apsw.Error) as exc:
@@ -583,7 +606,8 @@ class ReplicationEngine:
         tracked.changed_since_snapshot = False
         tracked.end = 0
         self.dirty.pop(tracked.name, None)
-        if self.rt._task_group is not None:
+        self.awaiting.pop(tracked.name, None)  # (acknowledged by the snapshot's upload)
+        if upload and self.rt._task_group is not None:
             self.rt._task_group.start_soon(self._upload, tracked)
 
     def _checkpoint(self, tracked: _File) -> None:
@@ -606,6 +630,8 @@ class ReplicationEngine:
         delay = 0.05
         try:
             while tracked.capture is captured and tracked.fenced is None:
+                if tracked.closing and not final:
+                    return  # hibernation makes its own, last attempt
                 try:
                     tail = None if final else self.prefix
                     tail_from = 0 if final else self.seq + 1
@@ -617,8 +643,10 @@ class ReplicationEngine:
                         )
                 except ReplicaUnavailableError as exc:
                     self._error(exc)
+                    if final:
+                        return
                     await anyio.sleep(delay)
-                    delay = min(delay * 2, 5.0)
+                    delay = min(delay * 2, MAX_BACKOFF)
                     continue
                 except FencedError as exc:
                     self._fenced(tracked, exc)
@@ -642,7 +670,8 @@ class ReplicationEngine:
     # -- the rounds --------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Ship dirty files, round after round, until cancelled."""
+        """Ship dirty files, round after round, until cancelled. After a failed round (the
+        store unreachable), wait with exponential backoff, then try again."""
         while True:
             await self.dirty_event.wait()
             self.dirty_event = anyio.Event()
@@ -650,7 +679,12 @@ class ReplicationEngine:
                 with anyio.move_on_after(self._delay()):
                     await self.urgent.wait()
             self.urgent = anyio.Event()
-            await self.round()
+            if await self.round():
+                self.backoff = 0.0
+            else:
+                self.backoff = min(max(0.05, self.backoff * 2), MAX_BACKOFF)
+                await anyio.sleep(self.backoff)
+                self.dirty_event.set()
 
     def _delay(self) -> float:
         now = time.monotonic()
@@ -667,87 +701,46 @@ class ReplicationEngine:
         share = min(1.0, self.rate / o.busy_rate) if o.busy_rate else 1.0
         return o.min_delay + (o.max_delay - o.min_delay) * share
 
-    async def round(self) -> None:
-        """One round: claim what is unclaimed, prepare every dirty file, PUT one log object,
-        check the fences, acknowledge. Rounds never overlap."""
+    async def round(self) -> bool:
+        """One round; ``False`` if the store could not be reached (retry later). Rounds never
+        overlap. A round: claim what is unclaimed; PUT the log object an earlier round could
+        not (the same bytes under the same key: a log object never has two versions); prepare
+        every dirty file and PUT one log object; read the fences; write the manifests that
+        must point at this session's log; acknowledge."""
         async with self.round_lock:
-            await self._round()
+            try:
+                return await self._round()
+            except ReplicaUnavailableError as exc:
+                self._error(exc)
+                return False
 
-    async def _round(self) -> None:
-        files = [t for t in self.dirty.values() if t.fenced is None]
-        self.dirty.clear()
-        for tracked in [t for t in files if not t.claimed]:
+    async def _round(self) -> bool:
+        for tracked in [t for t in self.dirty.values() if not t.claimed and t.fenced is None]:
             await self._claim_later(tracked)
+        if self.pending is not None:
+            if not await self._try_put_log(self.pending):
+                return False
+            self._landed(self.pending)
+            self.pending = None
+        files = [
+            t
+            for t in self.dirty.values()
+            if t.fenced is None and t.claimed and t.capture is None and not t.in_pending
+        ]
+        for t in files:
+            del self.dirty[t.name]
         ready = []
         for tracked in files:
-            if not tracked.claimed or tracked.fenced is not None:
-                continue
-            if tracked.capture is not None:
-                continue  # shipped after its snapshot's upload, which marks it dirty again
             if tracked.act is None and tracked.want_snapshot:
                 self._capture(tracked)  # the directory: between its (synchronous) commits
                 continue
             ready.append(tracked)
-        if not ready:
-            return
-        work = [(t, t.end, t.commits) for t in ready]
-        for t in ready:
-            t.reading = True
-        try:
-            prepared = await anyio.to_thread.run_sync(_prepare_all, work)
-            shipping: list[tuple[_File, Prepared, int]] = []
-            for (tracked, _, commits), outcome in zip(work, prepared, strict=True):
-                if isinstance(outcome, SnapshotNeeded):
-                    self._want_snapshot(tracked)
-                elif isinstance(outcome, FencedError):
-                    self._fenced(tracked, outcome)
-                elif isinstance(outcome, BaseException):
-                    self._error(outcome)
-                    self.dirty[tracked.name] = tracked
-                elif outcome is None:
-                    tracked.ack(commits, self.lags)
-                else:
-                    shipping.append((tracked, outcome, commits))
-            if not shipping:
-                return
-            seq = self.seq + 1
-            at = self.rt.clock()
-            data, entries = encode_log(
-                self.session, seq, at, [(p.meta, p.data) for _, p, _ in shipping]
-            )
-            key = log_key(self.prefix, seq)
-            await self._put_log(key, data)
-            self.seq = seq
-            self.log_times.append((seq, at))
-            self.stats["rounds"] += 1
-            self.stats["segments"] += len(shipping)
-            for (tracked, p, _), entry in zip(shipping, entries, strict=True):
-                tracked.replica.shipped(p, key, entry.offset, at)
-            fences = await self._fences()
-            for tracked, _, commits in shipping:
-                if tracked.name in fences and fences[tracked.name] > (tracked.replica.epoch or 0):
-                    self._fenced(
-                        tracked,
-                        FencedError(
-                            f"{tracked.name!r} was taken over by another runtime (epoch "
-                            f"{fences[tracked.name]})",
-                            epoch=tracked.replica.epoch or 0,
-                            current_epoch=fences[tracked.name],
-                        ),
-                    )
-                    continue
-                fold = (
-                    not tracked.tail_set or tracked.replica.unfolded >= self.options.fold_segments
-                )
-                if fold and not await self._fold(tracked, tail=self.prefix, tail_from=seq + 1):
-                    continue
-                tracked.ack(commits, self.lags)
-                if tracked.act is not None and self._needs_compaction(tracked):
-                    self._want_snapshot(tracked)
-        finally:
-            for t in ready:
-                t.reading = False
-                t.settle()
+        if ready:
+            await self._ship(ready)
+            if self.pending is not None:
+                return False  # not landed: tried again next round
+        if self.awaiting and not await self._acknowledge():
+            return False
         self.last_error = None
         self._wake_behind()
         await self._expire_logs()
@@ -759,6 +752,101 @@ class ReplicationEngine:
             and directory.capture is None
         ):
             self._checkpoint(directory)
+        return True
+
+    async def _ship(self, ready: list[_File]) -> None:
+        work = [(t, t.end, t.commits) for t in ready]
+        for t in ready:
+            t.reading = True
+        try:
+            prepared = await anyio.to_thread.run_sync(_prepare_all, work)
+        finally:
+            for t in ready:
+                t.reading = False
+                t.settle()
+        shipping: list[tuple[_File, Prepared, int]] = []
+        for (tracked, _, commits), outcome in zip(work, prepared, strict=True):
+            if isinstance(outcome, SnapshotNeeded):
+                self._want_snapshot(tracked)
+            elif isinstance(outcome, FencedError):
+                self._fenced(tracked, outcome)
+            elif isinstance(outcome, BaseException):
+                self._error(outcome)
+                self.dirty[tracked.name] = tracked
+            elif outcome is None:
+                self._await_ack(tracked, commits)
+            else:
+                shipping.append((tracked, outcome, commits))
+        if not shipping:
+            return
+        self.seq += 1
+        at = self.rt.clock()
+        data, entries = encode_log(
+            self.session, self.seq, at, [(p.meta, p.data) for _, p, _ in shipping]
+        )
+        pending = _Pending(log_key(self.prefix, self.seq), self.seq, at, data, shipping, entries)
+        for tracked, _, _ in shipping:
+            tracked.in_pending = True
+        self.pending = pending
+        if await self._try_put_log(pending):
+            self._landed(pending)
+            self.pending = None
+
+    def _landed(self, pending: _Pending) -> None:
+        """A log object is in the store: record its segments, and await their acks."""
+        self.log_times.append((pending.seq, pending.at))
+        self.stats["rounds"] += 1
+        for (tracked, p, commits), entry in zip(pending.shipping, pending.entries, strict=True):
+            tracked.in_pending = False
+            if tracked.fenced is not None:
+                continue
+            if tracked.replica.shipped(p, pending.key, entry.offset, pending.at) is None:
+                continue  # a snapshot captured since holds these frames
+            self.stats["segments"] += 1
+            self._await_ack(tracked, commits)
+
+    def _await_ack(self, tracked: _File, commits: int) -> None:
+        previous = self.awaiting.get(tracked.name)
+        self.awaiting[tracked.name] = (tracked, max(commits, previous[1] if previous else 0))
+
+    async def _acknowledge(self) -> bool:
+        """Read the fences, write the manifests due, acknowledge: only commits shipped before
+        a fences read that does not name their file are acknowledged (DESIGN §6, log.py)."""
+        try:
+            self.stats["requests"] += 1
+            fences = await anyio.to_thread.run_sync(
+                read_fences, self.store, self.prefix, limiter=self.limiter
+            )
+        except ReplicaUnavailableError as exc:
+            self._error(exc)
+            return False
+        awaiting, self.awaiting = self.awaiting, {}
+        ok = True
+        for tracked, target in awaiting.values():
+            if tracked.fenced is not None:
+                continue
+            claimed_by = fences.get(tracked.name, 0)
+            if claimed_by > (tracked.replica.epoch or 0):
+                self._fenced(
+                    tracked,
+                    FencedError(
+                        f"{tracked.name!r} was taken over by another runtime (epoch {claimed_by})",
+                        epoch=tracked.replica.epoch or 0,
+                        current_epoch=claimed_by,
+                    ),
+                )
+                continue
+            unfolded = tracked.replica.unfolded
+            due = unfolded and (not tracked.tail_set or unfolded >= self.options.fold_segments)
+            if due and not await self._fold(tracked, tail=self.prefix, tail_from=self.seq + 1):
+                if tracked.fenced is None:
+                    self._await_ack(tracked, target)
+                    ok = False
+                continue
+            tracked.ack(target, self.lags)
+            if tracked.act is not None and self._needs_compaction(tracked):
+                self._want_snapshot(tracked)
+        return ok
 
     def _needs_compaction(self, tracked: _File) -> bool:
         manifest = tracked.replica.manifest
@@ -768,62 +856,52 @@ class ReplicationEngine:
             return True
         return manifest.segments[0].flushed_at < self.rt.clock() - self.options.retention / 2
 
-    async def _put_log(self, key: str, data: bytes) -> None:
-        """PUT a log object, retrying until its outcome is known (never another body under
-        the same key: a reader would then see two histories)."""
-        delay = 0.05
-        while True:
+    async def _try_put_log(self, pending: _Pending) -> bool:
+        """PUT a log object once; ``False`` if the store could not be reached (the caller
+        tries again later with the same bytes: a log object never has two versions)."""
+        key, data = pending.key, pending.data
+        for t, _, _ in pending.shipping:
+            t.reading = True
+        try:
             try:
                 await anyio.to_thread.run_sync(
-                    lambda: self._put(key, data, if_none_match=True), limiter=self.limiter
+                    functools.partial(self._put, key, data, if_none_match=True),
+                    limiter=self.limiter,
                 )
-                self.stats["bytes"] += 0
-                return
+                return True
             except PreconditionFailedError:
                 got = await anyio.to_thread.run_sync(self._get, key, limiter=self.limiter)
                 if got is not None and got[0] == data:
-                    return  # an earlier attempt landed
+                    return True  # an earlier attempt landed
                 raise ReplicaError(f"log object {key!r} exists with other contents") from None
             except ReplicaUnavailableError as exc:
                 self._error(exc)
-                await anyio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-
-    async def _fences(self) -> dict[str, int]:
-        delay = 0.05
-        while True:
-            try:
-                self.stats["requests"] += 1
-                return await anyio.to_thread.run_sync(
-                    read_fences, self.store, self.prefix, limiter=self.limiter
-                )
-            except ReplicaUnavailableError as exc:
-                self._error(exc)
-                await anyio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                return False
+        finally:
+            for t, _, _ in pending.shipping:
+                t.reading = False
+                t.settle()
 
     async def _fold(self, tracked: _File, *, tail: str | None, tail_from: int) -> bool:
-        delay = 0.05
-        while tracked.fenced is None:
-            try:
-                requests = await anyio.to_thread.run_sync(
-                    lambda: tracked.replica.fold(tail=tail, tail_from=tail_from),
-                    limiter=self.limiter,
-                )
-            except ReplicaUnavailableError as exc:
-                self._error(exc)
-                await anyio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            except FencedError as exc:
-                self._fenced(tracked, exc)
-                return False
-            self.stats["requests"] += requests
-            self.stats["puts"] += 1
-            self.stats["manifests"] += 1
-            tracked.tail_set = tail is not None
-            return True
-        return False
+        """Write a file's manifest once; ``False`` if that failed (unreachable, or fenced)."""
+        if tracked.fenced is not None:
+            return False
+        try:
+            requests = await anyio.to_thread.run_sync(
+                functools.partial(tracked.replica.fold, tail=tail, tail_from=tail_from),
+                limiter=self.limiter,
+            )
+        except ReplicaUnavailableError as exc:
+            self._error(exc)
+            return False
+        except FencedError as exc:
+            self._fenced(tracked, exc)
+            return False
+        self.stats["requests"] += requests
+        self.stats["puts"] += 1
+        self.stats["manifests"] += 1
+        tracked.tail_set = tail is not None
+        return True
 
     async def _claim_later(self, tracked: _File) -> None:
         try:
@@ -896,9 +974,14 @@ class ReplicationEngine:
     async def wait_replicated(self, act: Activation) -> None:
         """Return once every commit of the actor's files so far is in the replica (durable
         mode: replies and acknowledgements wait for this)."""
-        for tracked in list(act.replica_files):
+        files: list[_File] = list(act.replica_files)
+        for tracked in files:
             target = tracked.commits
-            while tracked.acked < target and tracked.fenced is None:
+            while (
+                tracked.acked < target
+                and tracked.fenced is None
+                and self.files.get(tracked.name) is tracked
+            ):
                 event = tracked.acked_event
                 if act.replication_due:
                     self.capture_due(act)  # no transaction is open here: a snapshot may run
@@ -910,17 +993,40 @@ class ReplicationEngine:
             if tracked.fenced is not None:
                 raise tracked.fenced
 
+    async def wait_all(self) -> None:
+        """Return once every commit made so far, in every tracked file, is in the replica (or
+        its file was fenced out); hibernated actors left behind count too."""
+        targets = [(t, t.commits) for t in self.files.values()]
+        for tracked, target in targets:
+            while (
+                tracked.acked < target
+                and tracked.fenced is None
+                and self.files.get(tracked.name) is tracked
+            ):
+                event = tracked.acked_event
+                act = tracked.act
+                if act is not None and act.replication_due and act.waiting:
+                    self.capture_due(act)
+                if tracked.capture is None and tracked.name not in self.dirty:
+                    self.dirty[tracked.name] = tracked
+                self.urgent.set()
+                self.dirty_event.set()
+                await event.wait()
+
     # -- actors: hibernating -----------------------------------------------------------------
 
     async def detach(self, act: Activation) -> None:
-        """Before an actor's connections close: snapshot each changed file, write its manifest
-        without a tail; give up after ``hibernate_timeout`` (the next wake-up replicates)."""
-        files = list(getattr(act, "replica_files", ()))
+        """Before an actor's connections close: snapshot each changed file and write its
+        manifest without a log tail, one attempt each (the store client retries inside); if
+        the store cannot be reached, the actor is left behind and woken to catch up once a
+        round succeeds."""
+        files = list(act.replica_files)
         if not files:
             return
         complete = True
-        with anyio.move_on_after(self.options.hibernate_timeout) as scope:
-            scope.shield = True
+        with anyio.CancelScope(shield=True):
+            for tracked in files:
+                tracked.closing = True
             for tracked in files:
                 await tracked.quiet()
                 if tracked.fenced is not None:
@@ -933,23 +1039,24 @@ class ReplicationEngine:
                 if tracked.capture is None and (
                     tracked.changed_since_snapshot or tracked.want_snapshot
                 ):
-                    self._capture(tracked)
+                    self._capture(tracked, upload=False)
                 if tracked.capture is not None:
                     await self._upload(tracked, final=True)
                 if tracked.capture is not None:
                     complete = False
                     continue
-                if tracked.tail_set or tracked.replica.unfolded:
-                    await self._fold(tracked, tail=None, tail_from=0)
-        if scope.cancelled_caught:
-            complete = False
+                if (tracked.tail_set or tracked.replica.unfolded) and not await self._fold(
+                    tracked, tail=None, tail_from=0
+                ):
+                    complete = False
         for tracked in files:
             self._untrack(tracked)
-        if not complete:
+        if not complete and not any(t.fenced for t in files):
             for tracked in files:
                 tracked.replica.abandon_capture()
             act.replica_saved = None
             self.behind[act.aid] = (act.spec, act.key)
+            self.rt.directory.mark_pending(act.aid, act.spec.name, act.key)
             return
         saved = {}
         for tracked in files:
@@ -976,18 +1083,19 @@ class ReplicationEngine:
     # -- closing -----------------------------------------------------------------------------
 
     async def close(self) -> None:
-        """At runtime close, after the actors closed: ship the directory's last commits."""
+        """At runtime close, after the actors closed: one last round for the directory."""
         directory = self.files.get(DIRECTORY_FILE)
         if directory is None:
             return
-        with anyio.move_on_after(self.options.hibernate_timeout) as scope:
-            scope.shield = True
-            if directory.commits > directory.acked and directory.fenced is None:
-                self.dirty[DIRECTORY_FILE] = directory
-                await self.round()
+        with anyio.CancelScope(shield=True):
+            directory.closing = True
             await directory.quiet()
-            if directory.tail_set:
-                await self._fold(directory, tail=self.prefix, tail_from=self.seq + 1)
+            if directory.fenced is None and (
+                directory.commits > directory.acked or self.pending or self.awaiting
+            ):
+                if directory.capture is None:
+                    self.dirty[DIRECTORY_FILE] = directory
+                await self.round()
         self._untrack(directory)
 
     # -- statistics --------------------------------------------------------------------------

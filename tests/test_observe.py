@@ -450,3 +450,18 @@ async def test_log_lifecycle_logs_what_was_delivered_before_cancellation(
             )
         nursery.cancel_scope.cancel()  # no checkpoint since the sends
     assert [r.key for r in caplog.records] == ["a", "b", "c"]  # type: ignore[attr-defined]
+
+
+async def test_replication_metrics_appear_with_a_replica(tmp_path: Path) -> None:
+    """With a replica, lag, files behind and store requests are exported; without, not."""
+    store = actors.DirectoryStore(tmp_path / "replica")
+    async with actors.open_runtime(tmp_path / "rt", types=[Worker], replica=store) as rt:
+        await rt.ref(Worker, "w").ask(Worker.incr)
+        await rt.replicated()
+        types, samples = parse(actors.render_metrics(rt.statistics()))
+    assert types["torpor_replication_lag_seconds"] == "gauge"
+    assert types["torpor_replica_puts_total"] == "counter"
+    values = {name: value for (name, labels), value in samples.items() if not labels}
+    assert values["torpor_replica_puts_total"] >= 1
+    assert values["torpor_replication_files_behind"] == 0
+    assert values["torpor_replication_rounds_total"] >= 1

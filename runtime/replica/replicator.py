@@ -183,6 +183,8 @@ class Prepared:
     """A segment ready to ship, from :meth:`FileReplica.prepare`."""
 
     name: str
+    #: The writer's chain counter when prepared (a capture since makes it stale).
+    chain: int
     #: The log entry's description (without offset and length).
     meta: dict[str, Any]
     data: bytes
@@ -401,6 +403,8 @@ class FileReplica:
         self._capture_pending = False
         #: Segments shipped through the log since the manifest was last written.
         self.unfolded = 0
+        #: Bumped by every capture: a segment prepared before it is stale.
+        self.chain = 0
         self.name = name
         self._manifest_key = manifest_key(name)
         self.writer = writer if writer is not None else uuid.uuid4().hex
@@ -674,6 +678,7 @@ class FileReplica:
         }
         return Prepared(
             name=self.name,
+            chain=self.chain,
             meta=meta,
             data=data,
             start=manifest.position,
@@ -682,10 +687,14 @@ class FileReplica:
             pages=len(segment.pages),
         )
 
-    def shipped(self, prepared: Prepared, key: str, offset: int, flushed_at: float) -> int:
+    def shipped(self, prepared: Prepared, key: str, offset: int, flushed_at: float) -> int | None:
         """Record that ``prepared`` is in the store at ``key`` (from ``offset``); return the
-        txid it makes. The manifest is written later (:meth:`fold`)."""
+        txid it makes, or ``None`` if a snapshot was captured since it was prepared (its
+        frames are in the snapshot; the entry stays unused in the log). The manifest is
+        written later (:meth:`fold`)."""
         manifest = self._writable()
+        if prepared.chain != self.chain or self._capture_pending:
+            return None
         if manifest.position != prepared.start:
             raise RuntimeError(f"{self.name!r}: a segment was shipped out of order")
         meta = prepared.meta
@@ -765,6 +774,7 @@ class FileReplica:
         page_size = 65536 if raw_page_size == 1 else raw_page_size
         data = zlib.compress(image, SNAPSHOT_ZLIB_LEVEL)
         self._capture_pending = True
+        self.chain += 1
         return Captured(
             data=data,
             image_checksum=_digest(image),
