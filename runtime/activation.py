@@ -130,6 +130,9 @@ class Activation:
         self.cleaned_upto = 0
         self.outbox_delivered_upto = 0
         self.outbox_deleted_upto = 0
+        # With a replica: delivered rows wait here until their delivery is in the replica.
+        self.outbox_tokens: collections.deque[tuple[int, Any]] = collections.deque()
+        self.outbox_safe_upto = 0
         self.outbox_dirty = True  # rows may wait in the outbox (true at wake: recovery)
         self.outbox_retry_delay = 0.0
         self.batch_limit = MAX_BATCH
@@ -597,9 +600,10 @@ class Activation:
         stop: BaseException | None = None
         data.begin()
         try:
-            if self.outbox_delivered_upto > self.outbox_deleted_upto:
-                data.delete_outbox(self.outbox_delivered_upto)
-                self.outbox_deleted_upto = self.outbox_delivered_upto
+            deletable = self._outbox_deletable()
+            if deletable > self.outbox_deleted_upto:
+                data.delete_outbox(deletable)
+                self.outbox_deleted_upto = deletable
             for message in batch:
                 handler = handlers.get(message.method)
                 if (
@@ -897,7 +901,9 @@ class Activation:
             try:
                 if spec is None:
                     raise LookupError(f"type {row.target_type!r} is not registered")
-                await rt._deliver(spec, row.target_key, row.method, row.payload, self.aid, row.id)
+                token = await rt._deliver(
+                    spec, row.target_key, row.method, row.payload, self.aid, row.id
+                )
             except RuntimeClosedError:
                 return
             except Exception as exc:
@@ -910,8 +916,20 @@ class Activation:
                 )
                 return
             self.outbox_delivered_upto = row.id
+            if token is not None:
+                self.outbox_tokens.append((row.id, token))
         self.outbox_dirty = False
         self.outbox_retry_delay = 0.0
+
+    def _outbox_deletable(self) -> int:
+        """The last outbox row that may be deleted: delivered and, with a replica, delivered
+        into the replica (a row deleted earlier could be lost by a restore from it)."""
+        tokens = self.outbox_tokens
+        while tokens and tokens[0][1].done():
+            self.outbox_safe_upto = tokens.popleft()[0]
+        if not tokens:
+            return self.outbox_delivered_upto
+        return self.outbox_safe_upto
 
     # -- batched housekeeping -------------------------------------------------------------
 
@@ -922,8 +940,9 @@ class Activation:
         self.cleaned_upto = self.applied_seq
         cutoff = time.time() - self.runtime.idempotency_ttl
         self.mailbox.prune_idempotency(cutoff, self.applied_seq)
-        self.data.housekeeping(self.outbox_delivered_upto, cutoff)
-        self.outbox_deleted_upto = self.outbox_delivered_upto
+        deletable = self._outbox_deletable()
+        self.data.housekeeping(deletable, cutoff)
+        self.outbox_deleted_upto = deletable
 
 
 class _ProcessDied(Exception):

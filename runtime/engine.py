@@ -554,6 +554,9 @@ class Runtime:
         if appended:
             self.stats_sent += 1
             act.accept(_new_message(seq, None, None, name, payload, idempotency_key))
+        if not want_reply and spec.durable and self.replication is not None:
+            # Durable mode: the acknowledgement of a send means "in the replica".
+            await self.replication.wait_token(self.replication.append_token(act.aid))
         return act, seq
 
     async def _ask(
@@ -620,8 +623,12 @@ class Runtime:
 
     async def _deliver(
         self, spec: TypeSpec, key: str, method: str, payload: bytes, sender: str, sender_seq: int
-    ) -> None:
-        """Deliver one outbox row to its target's mailbox (deduplicated by sender cursor)."""
+    ) -> Any:
+        """Deliver one outbox row to its target's mailbox (deduplicated by sender cursor).
+
+        With a replica, returns a token whose ``done()`` tells when the delivery is in the
+        replica: only then may the sender delete the row (else a restore could lose it)."""
+        rep = self.replication
         aid = actor_id(spec.name, key)
         if method == SPAWN:
             (init,) = self.codec.decode(payload)
@@ -629,7 +636,9 @@ class Runtime:
                 self.directory.create(aid, spec.name, key, init, parent=sender)
                 self.known_actors += 1
                 self._wake_later(spec, key)
-            return  # an existing child (a redelivery, or stopped since) needs nothing
+            return (
+                rep.directory_token() if rep else None
+            )  # an existing child (a redelivery, or stopped since) needs nothing
         # A delivering actor is busy, so it must never wait for an awake slot: if the target
         # is not awake and no slot is free now, append to its file and wake it later.
         while True:
@@ -650,7 +659,7 @@ class Runtime:
                     act.backlog = True
                     self._wake_later(spec, key)
                 await anyio.lowlevel.checkpoint()
-                return
+                return rep.append_token(aid) if rep else None
             await act.opened.wait()
         if act is None and (self.resident < self.max_awake or self.idle):
             try:
@@ -660,7 +669,7 @@ class Runtime:
         if act is None or act.state is not State.AWAKE:
             self._store(spec, key, method, payload, sender=sender, sender_seq=sender_seq)
             await anyio.lowlevel.checkpoint()
-            return
+            return rep.append_token(aid) if rep else None
         seq, appended = act.mailbox.append_deduplicated(
             method, payload, sender=sender, sender_seq=sender_seq, idempotency_key=None
         )
@@ -668,6 +677,7 @@ class Runtime:
             self.stats_sent += 1
             act.accept(_new_message(seq, sender, sender_seq, method, payload, None))
         await anyio.lowlevel.checkpoint()
+        return rep.append_token(aid) if rep else None
 
     def _outbox_send(
         self,

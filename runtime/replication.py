@@ -183,6 +183,9 @@ class _File:
         self.tail_set = False  # the stored manifest points at this session's log
         self.fenced: FencedError | None = None
         self.in_pending = False  # its segment is in a log object not stored yet
+        self.abandoned = False  # closed with commits not in the store (left behind)
+        self.final_commits = -1  # commits when hibernation's last snapshot was taken
+        self.snapshots_done = 0
         self.closing = False  # hibernating: a background upload stops retrying
         self.acked_event = anyio.Event()
         self.quiet_event = anyio.Event()
@@ -223,6 +226,36 @@ class _File:
         self.acked_event = anyio.Event()
 
 
+class AppendToken:
+    """Whether a delivery into an actor's mailbox is in the replica yet (``done()``): the
+    sender deletes its outbox row only then, so a restore never loses the message."""
+
+    __slots__ = ("after_snapshot", "aid", "engine", "file", "target")
+
+    def __init__(
+        self, engine: ReplicationEngine, aid: str, file: _File | None, target: int
+    ) -> None:
+        self.engine = engine
+        self.aid = aid
+        self.file = file
+        self.target = target
+        self.after_snapshot = False
+
+    def done(self) -> bool:
+        f = self.file
+        if f is None:
+            return False
+        if f.fenced is not None:
+            return True  # another runtime owns that actor now: nothing more to wait for here
+        if f.abandoned:  # hibernated before its last commits reached the store
+            self.file = None
+            self.engine.waiting_appends.setdefault(self.aid, []).append(self)
+            return False
+        if self.after_snapshot:
+            return f.snapshots_done > 0
+        return f.acked >= self.target
+
+
 @attrs.define
 class _Pending:
     """A log object built by a round, until it is in the store."""
@@ -260,6 +293,8 @@ class ReplicationEngine:
         self.rate_at = time.monotonic()
         self.rate_commits = 0
         self.behind: dict[str, tuple[Any, str]] = {}  # hibernated with unreplicated commits
+        #: Deliveries into closed mailboxes: done once the mailbox is next snapshotted awake.
+        self.waiting_appends: dict[str, list[AppendToken]] = {}
         #: Actors whose files were found corrupt: the next wake-up restores them.
         self.corrupt: dict[str, BaseException] = {}
         self.stats = {
@@ -445,6 +480,22 @@ class ReplicationEngine:
         self.stats["bytes"] += len(data)
         return self.store.put(key, data, **kw)
 
+    # -- deliveries ----------------------------------------------------------------------------
+
+    def append_token(self, aid: str) -> AppendToken:
+        """After appending to ``aid``'s mailbox (open or closed)."""
+        tracked = self.files.get(self.actor_name(aid, MAILBOX_FILE))
+        if tracked is not None and not tracked.closing:
+            return AppendToken(self, aid, tracked, tracked.commits)
+        token = AppendToken(self, aid, None, 0)
+        self.waiting_appends.setdefault(aid, []).append(token)
+        return token
+
+    def directory_token(self) -> AppendToken:
+        """After a change to the directory (a child created by ``spawn``)."""
+        tracked = self.files.get(DIRECTORY_FILE)
+        return AppendToken(self, "", tracked, tracked.commits if tracked else 0)
+
     # -- actors: waking ----------------------------------------------------------------------
 
     async def prepare_files(
@@ -558,6 +609,9 @@ class ReplicationEngine:
                 snapshot = False  # decided once claimed
             act.replica_files.append(tracked)
             self._track(tracked)
+            if name.endswith(MAILBOX_FILE):
+                for token in self.waiting_appends.pop(act.aid, ()):
+                    token.file, token.after_snapshot = tracked, True
             if snapshot:
                 self._want_snapshot(tracked)
         with contextlib.suppress(FileNotFoundError):
@@ -651,6 +705,7 @@ class ReplicationEngine:
                 except FencedError as exc:
                     self._fenced(tracked, exc)
                     return
+                tracked.snapshots_done += 1
                 self.stats["snapshots"] += 1
                 self.stats["manifests"] += 1
                 self.stats["requests"] += result.requests
@@ -993,6 +1048,24 @@ class ReplicationEngine:
             if tracked.fenced is not None:
                 raise tracked.fenced
 
+    async def wait_token(self, token: AppendToken) -> None:
+        """Return once a delivery is in the replica (durable mode's acknowledgement of a
+        send); raises :class:`FencedError` if another runtime took the actor over."""
+        while not token.done():
+            f = token.file
+            if f is None:
+                return  # delivered into a closed mailbox: replicated when it wakes
+            event = f.acked_event
+            if f.capture is None and f.name not in self.dirty:
+                self.dirty[f.name] = f
+            self.urgent.set()
+            self.dirty_event.set()
+            await event.wait()
+            if self.files.get(f.name) is not f and not token.done():
+                return  # closed meanwhile: its hibernation snapshot holds it, or it is behind
+        if token.file is not None and token.file.fenced is not None:
+            raise token.file.fenced
+
     async def wait_all(self) -> None:
         """Return once every commit made so far, in every tracked file, is in the replica (or
         its file was fenced out); hibernated actors left behind count too."""
@@ -1050,10 +1123,11 @@ class ReplicationEngine:
                 ):
                     complete = False
         for tracked in files:
-            self._untrack(tracked)
+            tracked.final_commits = tracked.commits
         if not complete and not any(t.fenced for t in files):
             for tracked in files:
                 tracked.replica.abandon_capture()
+                tracked.abandoned = True
             act.replica_saved = None
             self.behind[act.aid] = (act.spec, act.key)
             self.rt.directory.mark_pending(act.aid, act.spec.name, act.key)
@@ -1068,9 +1142,15 @@ class ReplicationEngine:
         act.replica_saved = {"session": self.session, "files": saved}
 
     def after_close(self, act: Activation) -> None:
-        """After an actor's connections closed: save what the next wake-up needs."""
-        saved = getattr(act, "replica_saved", None)
+        """After an actor's connections closed: save what the next wake-up needs (unless a
+        commit came after the final snapshot: a delivery while it closed)."""
+        saved = act.replica_saved
+        files: list[_File] = act.replica_files
         act.replica_files = []
+        for tracked in files:
+            self._untrack(tracked)
+            if tracked.commits != tracked.final_commits:
+                saved = None
         if saved is None:
             return
         folder = actor_dir(self.rt.root, act.aid)
