@@ -7,6 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 import actors
 from runtime.layout import actor_id
 
@@ -89,10 +91,12 @@ class Flaky(actors.ReplicaStore):
 
 
 def outbox_rows(rt: actors.Runtime, ref: actors.Ref[Any]) -> int:
-    act = rt.awake[actor_id(ref.type_name, ref.key)]
+    act = rt.awake.get(actor_id(ref.type_name, ref.key))
+    assert act is not None, (list(rt.reports), rt.statistics())
     return int(act.data.conn.execute("SELECT count(*) FROM _torpor_outbox").fetchall()[0][0])
 
 
+@pytest.mark.real_clock
 async def test_an_outbox_row_stays_until_its_delivery_is_replicated(tmp_path: Path) -> None:
     store = Flaky(tmp_path / "replica")
     async with actors.open_runtime(
