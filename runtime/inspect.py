@@ -21,6 +21,7 @@ import contextlib
 import datetime as _dt
 import fcntl
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -426,7 +427,8 @@ class Summary:
     disk_bytes: int
     directory_bytes: int
     actor_folders: int
-    replication: str = "not configured"
+    #: What the folder says of replication: the state the last hibernation saved.
+    replication: str = "no state saved"
 
 
 def summary(root: Path) -> Summary:
@@ -565,7 +567,8 @@ class ActorReport:
     events: tuple[EventView, ...]
     timers: tuple[TimerView, ...]
     dead_letters: tuple[DeadLetterView, ...]
-    replication: str = "not configured"
+    #: What the folder says of replication: the state the last hibernation saved.
+    replication: str = "no state saved"
 
 
 def inspect_actor(root: Path, type_name: str, key: str, *, rows: int = 5) -> ActorReport:
@@ -681,7 +684,41 @@ def inspect_actor(root: Path, type_name: str, key: str, *, rows: int = 5) -> Act
         events=tuple(events),
         timers=tuple(timers),
         dead_letters=letters,
+        replication=_replication_status(folder),
     )
+
+
+def _replication_status(folder: Path) -> str:
+    """What the actor's folder says of its replication (no request to the store): the state
+    its last hibernation saved, and copies superseded by a restore."""
+    import json
+
+    parts = []
+    try:
+        state = json.loads((folder / "replica.json").read_text())
+    except (OSError, ValueError):
+        state = None
+    if isinstance(state, dict) and isinstance(state.get("files"), dict):
+        for name, saved in sorted(state["files"].items()):
+            manifest = saved.get("manifest") or {}
+            snap = manifest.get("snapshot") or {}
+            when = snap.get("created_at")
+            stamp = (
+                time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(when)) + "Z"
+                if isinstance(when, int | float)
+                else "?"
+            )
+            parts.append(
+                f"{name.rsplit('/', 1)[-1]}: epoch {manifest.get('epoch')}, snapshot txid "
+                f"{snap.get('txid')} at {stamp}, {len(manifest.get('history') or [])} earlier "
+                "generation(s)"
+            )
+    superseded = sorted(p.name for p in folder.glob("superseded-*"))
+    if superseded:
+        parts.append(f"{len(superseded)} superseded local copy(ies) kept: {', '.join(superseded)}")
+    if not parts:
+        return "no state saved"  # not replicated, or not by this process since it woke
+    return "; ".join(parts)
 
 
 def _step_value(status: str, value: bytes | None) -> Any:

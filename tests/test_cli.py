@@ -196,7 +196,7 @@ def test_inspect_shows_tables_kv_and_dead_letters(made: Path) -> None:
     assert text.splitlines()[0] == "Counter 'alice'  hibernated"
     assert "log: 2 rows" in text
     assert re.search(r"^KV \(1\)\n  KEY  VALUE\n  n    7$", text, re.M)
-    assert "replication   not configured" in text
+    assert "replication   no state saved" in text
     report = json.loads(ok(torpor("inspect", made, "Counter", "alice", "--json")))
     assert report["tables"] == [
         {"name": "log", "rows": 2, "columns": ["by"], "first_rows": [[5], [2]]}
@@ -360,7 +360,7 @@ def test_status_counts(made: Path) -> None:
     s = json.loads(ok(torpor("status", made, "--json")))
     assert (s["actors"], s["pending"], s["stopped"], s["with_timers"]) == (5, 0, 0, 1)
     assert s["open"] is False
-    assert s["replication"] == "not configured"
+    assert s["replication"] == "no state saved"
     assert [(t["type"], t["actors"]) for t in s["by_type"]] == [
         ("Counter", 3),
         ("Picky", 1),
