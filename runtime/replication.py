@@ -24,6 +24,7 @@ One :class:`Replication` per open runtime, when ``open_runtime(replica=...)`` is
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import json
@@ -287,7 +288,7 @@ class ReplicationEngine:
         self.dirty: dict[str, _File] = {}
         self.urgent = anyio.Event()
         self.dirty_event = anyio.Event()
-        self.log_times: list[tuple[int, float]] = []  # (seq, wall time), for retention
+        self.log_times: collections.deque[tuple[int, float]] = collections.deque()
         self.lags: Any = None
         self.rate = 0.0  # commits per second, smoothed
         self.rate_at = time.monotonic()
@@ -317,8 +318,6 @@ class ReplicationEngine:
         #: Files whose shipped commits wait for a fences read: name -> (file, commits).
         self.awaiting: dict[str, tuple[_File, int]] = {}
         self.backoff = 0.0
-        import collections
-
         self.lags = collections.deque(maxlen=1000)
 
     # -- names -------------------------------------------------------------------------------
@@ -1017,7 +1016,7 @@ class ReplicationEngine:
     async def _expire_logs(self) -> None:
         horizon = self.rt.clock() - self.options.retention
         while self.log_times and self.log_times[0][1] < horizon:
-            seq, _ = self.log_times.pop(0)
+            seq, _ = self.log_times.popleft()
             with contextlib.suppress(ReplicaUnavailableError):
                 self.stats["requests"] += 1
                 await anyio.to_thread.run_sync(

@@ -813,7 +813,13 @@ class FileReplica:
                 Generation(
                     manifest.snapshot,
                     manifest.segments,
-                    segments_expire_at=captured.created_at + self.retention,
+                    # Log objects are deleted by age: the first segment's goes first.
+                    segments_expire_at=(
+                        manifest.segments[0].flushed_at
+                        if manifest.segments
+                        else captured.created_at
+                    )
+                    + self.retention,
                 )
             )
         horizon = captured.created_at - self.retention
