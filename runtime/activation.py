@@ -22,6 +22,7 @@ import traceback
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import apsw
 
 from . import context, db
 from .datastore import KV, DataStore, Sql, read_only_authorizer
@@ -39,6 +40,7 @@ from .errors import (
     RuntimeInternalError,
     SchemaError,
     StepFailedError,
+    StorageError,
     StoredError,
     TurnCancelledError,
     UnknownHandlerError,
@@ -363,6 +365,18 @@ class Activation:
         except ActorError as exc:  # e.g. a file found corrupt mid-turn
             self.runtime._report(f"{self.spec.name} {self.key!r} stopped: {exc!r}")
             self._stop_failed(exc)
+        except (apsw.FullError, apsw.IOError) as exc:
+            # Disk full (or failing, or a file-size limit): the transaction rolled back, the
+            # message stays in the mailbox, and the next message wakes the actor to retry.
+            full = StorageError(
+                f"{self.spec.name} {self.key!r}: cannot write its files ({exc}): disk full or "
+                "failing; nothing was applied, its messages are kept and run again at the next "
+                "message once space is free",
+                path=str(self.data.path),
+            )
+            full.__cause__ = exc
+            self.runtime._report(str(full))
+            self._stop_failed(full)
         except Exception as exc:
             # A bug in torpor: stop this actor (its messages stay), keep the others running.
             error = RuntimeInternalError(
