@@ -208,7 +208,8 @@ class _File:
         now = time.monotonic()
         if self.first_unacked_at is None:
             self.first_unacked_at = now
-        self.commit_times.append((self.commits, now))
+        if len(self.commit_times) < MAX_TIMED_COMMITS:  # (bounded while the store is down)
+            self.commit_times.append((self.commits, now))
 
     def ack(self, upto: int, lags: Any) -> None:
         if upto <= self.acked:
@@ -268,6 +269,9 @@ class _Pending:
     shipping: list[tuple[_File, Prepared, int]]
     entries: list[Any]
 
+
+#: Unacknowledged commits per file whose time is kept for the lag quantiles.
+MAX_TIMED_COMMITS = 10_000
 
 #: Longest wait between rounds while the store cannot be reached.
 MAX_BACKOFF = 5.0
