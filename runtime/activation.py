@@ -31,6 +31,7 @@ from .errors import (
     ActorError,
     ActorFailedError,
     ActorStoppedError,
+    CorruptFileError,
     DecodingError,
     EncodingError,
     MessageFailedError,
@@ -392,6 +393,13 @@ class Activation:
             self._park_waiters()
             self.stopped.set()
 
+    def fail_from_outside(self, error: BaseException) -> None:
+        """Stop the turn loop with ``error`` (a corrupt file found while snapshotting)."""
+        if self.failed is None:
+            self._stop_failed(error)
+        self.closing = True
+        self.work.set()
+
     def fence(self, error: BaseException) -> None:
         """Another runtime took this actor's replica over: stop, keep the files, report."""
         if self.gave_up is None:
@@ -685,6 +693,13 @@ class Activation:
                     stop = exc
                     break
                 except Exception as exc:
+                    if isinstance(exc, apsw.CorruptError | apsw.NotADBError):
+                        # Not the message's fault: stop the actor (its messages are kept); with
+                        # a replica, the next wake-up restores the files.
+                        data.rollback()
+                        raise CorruptFileError(
+                            f"{self.describe()}: {exc}; its messages are kept", path=str(data.path)
+                        ) from exc
                     if turn.interrupt is not None:  # cancelled inside a step or a wait
                         failure = self._interrupted(message, nested)
                         break

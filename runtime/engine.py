@@ -21,6 +21,7 @@ from typing import Any, Generic, TypeVar
 
 import anyio
 import anyio.lowlevel
+import apsw
 import attrs
 
 from . import context, db, timers
@@ -616,6 +617,16 @@ class Runtime:
         token = context.CURRENT.set(ctx)
         try:
             result = await spec.handlers[name].fn(act.instance, *args, **kwargs)
+        except (apsw.CorruptError, apsw.NotADBError) as exc:
+            restored = "; it is restored from the replica at its next wake-up"
+            corrupt = CorruptFileError(
+                f"{spec.name} {act.key!r}: {exc}; its messages are kept"
+                + (restored if self.replication else ""),
+                path=str(act.data.path),
+            )
+            corrupt.__cause__ = exc
+            act.fail_from_outside(corrupt)
+            raise corrupt from exc
         finally:
             ctx.active = False
             context.CURRENT.reset(token)
@@ -832,8 +843,9 @@ class Runtime:
                     self._stop(act)
                 elif act.failed is not None:
                     self.failed[act.aid] = act.failed
-                    if self.replication is not None and isinstance(
-                        act.failed.__cause__ or act.failed, CorruptFileError
+                    if self.replication is not None and (
+                        isinstance(act.failed, CorruptFileError)
+                        or isinstance(act.failed.__cause__, CorruptFileError)
                     ):
                         # Found corrupt in a turn: the next wake-up restores it.
                         self.replication.corrupt[act.aid] = act.failed

@@ -42,13 +42,14 @@ import anyio.to_thread
 import apsw
 import attrs
 
-from .errors import ActorError
+from .errors import ActorError, CorruptFileError
 from .layout import DATA_FILE, DIRECTORY_FILE, MAILBOX_FILE, actor_dir
 from .replica.log import add_fence, encode_log, log_key, read_fences, session_prefix
 from .replica.replicator import (
     ANY_SALT,
     Captured,
     CorruptReplicaError,
+    CorruptSnapshotError,
     FencedError,
     FileReplica,
     Manifest,
@@ -190,6 +191,7 @@ class _File:
         self.closing = False  # hibernating: a background upload stops retrying
         self.acked_event = anyio.Event()
         self.quiet_event = anyio.Event()
+        self.claim_lock = anyio.Lock()
 
     async def quiet(self) -> None:
         """Return once no round reads the file and no snapshot of it is uploading."""
@@ -200,6 +202,11 @@ class _File:
         """A round or an upload let go of the file."""
         self.quiet_event.set()
         self.quiet_event = anyio.Event()
+
+    def poke(self) -> None:
+        """Wake whoever waits on this file's acknowledgements, to look again."""
+        self.acked_event.set()
+        self.acked_event = anyio.Event()
 
     def committed(self, frames: int) -> None:
         self.end = frames
@@ -286,6 +293,8 @@ class ReplicationEngine:
         self.options = options
         self.session = uuid.uuid4().hex[:16]
         self.prefix = ""  # set at start (needs the runtime id)
+        #: The runtime this directory was restored from, and the point (REPLICA_ORIGIN).
+        self.origin: dict[str, Any] = {}
         self.writer = ""
         self.seq = 0  # the last log object written
         self.files: dict[str, _File] = {}
@@ -361,6 +370,7 @@ class ReplicationEngine:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(f"{path}{suffix}")
         restore(self.store, DIRECTORY_FILE, path, manifest=manifest)
+        become_restored_runtime(root, manifest.writer.split("/")[0], at_time=None)
         self.stats["restores"] += 1
         return True
 
@@ -378,9 +388,13 @@ class ReplicationEngine:
             self._error(exc)
             tracked.claimed = False
             previous = None
+        self.origin = _read_origin(rt.root)
         if previous is not None and previous.snapshot is not None:
             owner = previous.writer.split("/")[0]
-            if owner != rt.runtime_id and rt.directory.count() > 0:
+            if (
+                owner not in (rt.runtime_id, self.origin.get("runtime"))
+                and rt.directory.count() > 0
+            ):
                 raise ReplicaConflictError(
                     f"the replica prefix holds the files of runtime {owner}, and this runtime "
                     f"({rt.runtime_id}) has actors of its own: use another prefix, or restore "
@@ -473,6 +487,16 @@ class ReplicationEngine:
             current_epoch=None,
         )
 
+    def _ours(self, manifest: Manifest) -> bool:
+        """Whether local files are at least as new as what ``manifest``'s writer shipped:
+        it is this runtime (an earlier process), or the runtime this directory was restored
+        from at a point in time (restoring the past is the point: it goes on from there). A
+        runtime restored at the latest state fetches again what its origin wrote since."""
+        writer = manifest.writer.split("/")[0]
+        if writer == self.rt.runtime_id:
+            return True
+        return writer == self.origin.get("runtime") and self.origin.get("at") is not None
+
     def _get(self, key: str) -> tuple[bytes, str] | None:
         self.stats["requests"] += 1
         return self.store.get(key)
@@ -545,9 +569,7 @@ class ReplicationEngine:
             act.replica_plan = [(name, "unclaimed", None) for name, _, _ in plan]
             return
         restore_needed = force_restore or any(
-            p is not None
-            and p.snapshot is not None
-            and (not local or p.writer.split("/")[0] != self.rt.runtime_id)
+            p is not None and p.snapshot is not None and (not local or not self._ours(p))
             for p in previous
         )
         if not restore_needed:
@@ -619,6 +641,7 @@ class ReplicationEngine:
                 self._want_snapshot(tracked)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(folder / STATE_FILE)
+        self.behind.pop(act.aid, None)  # tracked again: counted through its files
         act.replica_plan = None
         self.capture_due(act)
 
@@ -626,6 +649,8 @@ class ReplicationEngine:
         tracked.want_snapshot = True
         if tracked.act is not None:
             tracked.act.replication_due = True
+            tracked.act.work.set()  # an idle turn loop takes it now
+            tracked.poke()  # a durable turn waiting for this file takes it now
         else:
             self.dirty[tracked.name] = tracked
             self.dirty_event.set()
@@ -654,7 +679,7 @@ class ReplicationEngine:
 
     def _capture(self, tracked: _File, *, upload: bool = True) -> None:
         try:
-            tracked.capture = tracked.replica.capture(tracked.conn, tracked.path)
+            tracked.capture = tracked.replica.capture(tracked.conn, tracked.path, owned=True)
         except (ReplicaError, apsw.Error) as exc:
             self._error(exc)
             return
@@ -695,7 +720,11 @@ class ReplicationEngine:
                     async with self.limiter:
                         result = await anyio.to_thread.run_sync(
                             functools.partial(
-                                tracked.replica.upload, captured, tail=tail, tail_from=tail_from
+                                tracked.replica.upload,
+                                captured,
+                                tail=tail,
+                                tail_from=tail_from,
+                                verify=True,
                             )
                         )
                 except ReplicaUnavailableError as exc:
@@ -708,6 +737,9 @@ class ReplicationEngine:
                 except FencedError as exc:
                     self._fenced(tracked, exc)
                     return
+                except CorruptSnapshotError as exc:
+                    self._corrupt(tracked, exc)
+                    return
                 tracked.snapshots_done += 1
                 self.stats["snapshots"] += 1
                 self.stats["manifests"] += 1
@@ -718,6 +750,7 @@ class ReplicationEngine:
                 tracked.capture = None
                 tracked.tail_set = not final
                 tracked.ack(tracked.capture_commits, self.lags)
+                tracked.poke()
                 if tracked.end:
                     self.dirty[tracked.name] = tracked
                     self.dirty_event.set()
@@ -962,6 +995,13 @@ class ReplicationEngine:
         return True
 
     async def _claim_later(self, tracked: _File) -> None:
+        """Take ownership of a file opened while the store was unreachable (one claim at a
+        time per file: a round and a hibernation may both try)."""
+        async with tracked.claim_lock:
+            if not tracked.claimed and tracked.fenced is None:
+                await self._claim_once(tracked)
+
+    async def _claim_once(self, tracked: _File) -> None:
         try:
             previous = await anyio.to_thread.run_sync(
                 self._takeover, tracked.replica, limiter=self.limiter
@@ -974,11 +1014,7 @@ class ReplicationEngine:
             self._fenced(tracked, exc)
             return
         tracked.claimed = True
-        if (
-            previous is not None
-            and previous.snapshot is not None
-            and previous.writer.split("/")[0] != self.rt.runtime_id
-        ):
+        if previous is not None and previous.snapshot is not None and not self._ours(previous):
             self._fenced(
                 tracked,
                 FencedError(
@@ -992,13 +1028,15 @@ class ReplicationEngine:
             return
         self._want_snapshot(tracked)
 
-    def _fenced(self, tracked: _File, error: FencedError) -> None:
+    def _fenced(self, tracked: _File, error: FencedError, *, report: bool = True) -> None:
         if tracked.fenced is not None:
             return
         tracked.fenced = error
-        self.stats["fenced"] += 1
         self.dirty.pop(tracked.name, None)
         tracked.acked_event.set()
+        if not report:
+            return
+        self.stats["fenced"] += 1
         act = tracked.act
         if act is None:
             self.rt._report(f"directory.db is no longer replicated: {error}")
@@ -1006,16 +1044,38 @@ class ReplicationEngine:
         self.rt._report(f"{act.describe()} stopped: another runtime owns it now ({error})")
         act.fence(error)
 
+    def _corrupt(self, tracked: _File, error: CorruptSnapshotError) -> None:
+        """A file to snapshot is corrupt: it is not uploaded; it stops being replicated, and
+        its actor stops (restored from the replica at its next wake-up)."""
+        tracked.capture = None
+        tracked.replica.abandon_capture()
+        self._fenced(
+            tracked,
+            FencedError(str(error), epoch=tracked.replica.epoch or 0, current_epoch=None),
+            report=False,
+        )
+        act = tracked.act
+        if act is None:
+            self.rt._report(f"directory.db is no longer replicated: {error}")
+            return
+        corrupt = CorruptFileError(
+            f"{act.describe()}: {error}; it is restored from the replica at its next wake-up",
+            path=str(tracked.path),
+        )
+        corrupt.__cause__ = error
+        self.rt._report(str(corrupt))
+        act.fail_from_outside(corrupt)
+
     def _error(self, exc: BaseException) -> None:
         self.stats["errors"] += 1
         self.last_error = f"{type(exc).__name__}: {exc}"
 
     def _wake_behind(self) -> None:
-        if not self.behind:
-            return
-        behind, self.behind = self.behind, {}
-        for spec, key in behind.values():
-            self.rt._wake_later(spec, key)
+        """Wake the actors that hibernated while the store was unreachable: waking takes their
+        snapshots (they stay counted as behind until they are tracked again)."""
+        for aid, (spec, key) in list(self.behind.items()):
+            if aid not in self.rt.awake and not self.rt.closing.is_set():
+                self.rt._wake_later(spec, key)
 
     async def _expire_logs(self) -> None:
         horizon = self.rt.clock() - self.options.retention
@@ -1071,11 +1131,22 @@ class ReplicationEngine:
 
     async def wait_all(self) -> None:
         """Return once every commit made so far, in every tracked file, is in the replica (or
-        its file was fenced out); hibernated actors left behind count too."""
+        its file was fenced out); actors that hibernated while the store was unreachable are
+        woken to catch up, and waited for."""
+        while True:
+            await self._wait_tracked()
+            if not self.behind or self.rt.closing.is_set():
+                return
+            self._wake_behind()
+            self.urgent.set()
+            self.dirty_event.set()
+            await anyio.sleep(0.01)  # (bounded by the actors' wake-ups, not by this timing)
+
+    async def _wait_tracked(self) -> None:
         targets = [(t, t.commits) for t in self.files.values()]
         for tracked, target in targets:
             while (
-                tracked.acked < target
+                (tracked.acked < target or tracked.capture is not None)
                 and tracked.fenced is None
                 and self.files.get(tracked.name) is tracked
             ):
@@ -1185,11 +1256,15 @@ class ReplicationEngine:
 
     def statistics(self) -> ReplicationStatistics:
         now = time.monotonic()
-        behind = [t for t in self.files.values() if t.commits > t.acked and t.fenced is None]
+        behind = [
+            t
+            for t in self.files.values()
+            if t.fenced is None and (t.commits > t.acked or t.capture is not None)
+        ]
         oldest = min((t.first_unacked_at for t in behind if t.first_unacked_at), default=None)
         lags = sorted(self.lags)
         return ReplicationStatistics(
-            files_behind=len(behind) + len(self.behind),
+            files_behind=len(behind) + 2 * len(self.behind),
             lag=0.0 if oldest is None else now - oldest,
             lag_p50=_quantile(lags, 0.5),
             lag_p99=_quantile(lags, 0.99),
@@ -1284,7 +1359,12 @@ def restore_runtime(
     root.mkdir(parents=True, exist_ok=True)
     if (root / DIRECTORY_FILE).exists():
         raise FileExistsError(f"{root} already holds a runtime: restore into an empty directory")
-    restore(store, DIRECTORY_FILE, root / DIRECTORY_FILE, at_time=at_time)
+    got = store.get(manifest_key(DIRECTORY_FILE))
+    if got is None:
+        raise RestorePointError(f"there is no replica of {DIRECTORY_FILE!r} in {store!r}")
+    manifest = Manifest.decode(got[0], key=manifest_key(DIRECTORY_FILE))
+    restore(store, DIRECTORY_FILE, root / DIRECTORY_FILE, at_time=at_time, manifest=manifest)
+    become_restored_runtime(root, manifest.writer.split("/")[0], at_time=at_time)
     directory = Directory(root / DIRECTORY_FILE, synchronous="NORMAL")
     try:
         aids = [row[0] for row in directory.conn.execute("SELECT id FROM actors")]
@@ -1308,6 +1388,32 @@ def restore_runtime(
         if progress is not None:
             progress(i + 1, len(aids))
     return {"actors": len(aids), "restored": restored, "not_replicated": missing}
+
+
+#: A runtime directory restored from a replica records where from (JSON: runtime, at).
+ORIGIN_FILE = "REPLICA_ORIGIN"
+
+
+def become_restored_runtime(root: Path, origin: str, *, at_time: float | None) -> None:
+    """Give a restored ``directory.db`` a runtime id of its own: a restored runtime is another
+    writer than the one it came from (which may still run, or come back), so their histories
+    are told apart and fenced, never merged. Record the origin for the ownership rules."""
+    conn = apsw.Connection(str(root / DIRECTORY_FILE))
+    try:
+        conn.execute("UPDATE runtime SET runtime_id = lower(hex(randomblob(8))) WHERE id = 1")
+    finally:
+        conn.close()
+    tmp = root / f".{ORIGIN_FILE}.new"
+    tmp.write_text(json.dumps({"runtime": origin, "at": at_time}))
+    os.replace(tmp, root / ORIGIN_FILE)
+
+
+def _read_origin(root: Path) -> dict[str, Any]:
+    try:
+        origin = json.loads((root / ORIGIN_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return origin if isinstance(origin, dict) else {}
 
 
 def restore_actor_files(

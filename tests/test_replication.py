@@ -49,7 +49,7 @@ FAST = actors.Replication(min_delay=0.005, max_delay=0.05)
 #: after an outage, the round backoff adds up to about a second).
 CATCH_UP = 10.0
 
-#: How long the tests of known bugs (xfail) wait for what never comes.
+#: How long the tests of once-known bugs wait before they call it a hang.
 BUG_WAIT = 3.0
 
 
@@ -369,12 +369,6 @@ async def test_zombie_writer_is_fenced(make_store: MakeStore, tmp_path: Path, a_
         assert await xc.ask(Counter.value) == 33
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runtime bug: a runtime directory restored elsewhere keeps the runtime id, so the "
-    "old directory reopened later takes the replica back with its stale local files "
-    "(replication.py prepare_files restores only when the writer's runtime id differs)",
-)
 @real_time
 async def test_an_old_directory_reopened_does_not_override_newer_replica(
     store: actors.DirectoryStore, tmp_path: Path
@@ -406,12 +400,6 @@ async def test_an_old_directory_reopened_does_not_override_newer_replica(
         pytest.param(
             60.0,
             id="awake",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="runtime bug: an actor first woken during the outage (unclaimed) needs a "
-                "snapshot once the store is back, taken only at its next message or "
-                "hibernation: its writes stay behind while it is idle and awake",
-            ),
         ),
         pytest.param(0.2, id="hibernating"),
     ],
@@ -498,12 +486,6 @@ async def test_durable_reply_waits_for_the_replica(
         assert await rt.ref(Durable, "d").ask(Durable.value) == 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runtime bug: a snapshot that a round asks for (SnapshotNeeded) is taken only "
-    "between turns, and a durable turn waiting for its ack never lets it run: the reply "
-    "never comes",
-)
 @pytest.mark.parametrize("how", ["restarted", "woken while down"])
 @real_time
 async def test_durable_reply_comes_after_a_restart_or_outage(
@@ -528,11 +510,6 @@ async def test_durable_reply_comes_after_a_restart_or_outage(
         assert not scope.cancelled_caught, "the durable reply never came"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runtime bug: same cause: a restored actor's first commits wait for a snapshot "
-    "that is taken only at its next message or hibernation",
-)
 @real_time
 async def test_writes_after_a_restore_replicate_while_the_actor_stays_awake(
     store: actors.DirectoryStore, tmp_path: Path
@@ -622,12 +599,6 @@ async def test_corrupt_local_file(store: actors.DirectoryStore, tmp_path: Path, 
         assert await x.ask(Counter.value) == sum(last)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runtime bug: corruption met after open surfaces as a raw apsw.CorruptError (a "
-    "message is retried and dead-lettered), and the wake snapshot uploads the corrupt file "
-    "over the good replica",
-)
 @real_time
 async def test_corruption_found_by_a_handler(store: actors.DirectoryStore, tmp_path: Path) -> None:
     """Corruption in a page that only a handler reads: the handler's caller gets a typed

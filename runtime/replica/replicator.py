@@ -194,16 +194,18 @@ class Prepared:
     pages: int
 
 
-@attrs.frozen
+@attrs.define
 class Captured:
-    """A snapshot read and compressed, to upload, from :meth:`FileReplica.capture`."""
+    """A snapshot read, to upload, from :meth:`FileReplica.capture`; compressed and checked on
+    the first :meth:`FileReplica.upload` attempt."""
 
-    data: bytes
-    image_checksum: str
+    image: bytes
     image_bytes: int
     page_size: int
     next_salt1: int | None
     created_at: float
+    data: bytes | None = None
+    image_checksum: str = ""
 
 
 @attrs.frozen
@@ -361,6 +363,29 @@ class Manifest:
             if isinstance(exc, CorruptReplicaError):
                 raise
             raise CorruptReplicaError(f"manifest {key!r} is not valid ({exc!r})", key=key) from exc
+
+
+class CorruptSnapshotError(ReplicaError, ValueError):
+    """The local file to snapshot fails SQLite's ``quick_check``: it was not uploaded (the
+    replica keeps its last good state, to restore from)."""
+
+
+def _quick_check(image: bytes, name: str) -> None:
+    conn = apsw.Connection(":memory:")
+    copy = bytearray(image)
+    copy[18:20] = b"\x01\x01"  # a WAL-mode header cannot be opened in memory: read it as legacy
+    try:
+        conn.deserialize("main", bytes(copy))
+        rows = conn.execute("pragma quick_check").fetchall()
+    except apsw.Error as exc:
+        raise CorruptSnapshotError(f"{name!r} cannot be checked ({exc}): not uploaded") from exc
+    finally:
+        conn.close()
+    if rows != [("ok",)]:
+        raise CorruptSnapshotError(
+            f"{name!r} fails quick_check ({rows[:3]}): not uploaded; the replica keeps its last "
+            "good state"
+        )
 
 
 def manifest_key(name: str) -> str:
@@ -737,10 +762,16 @@ class FileReplica:
         if manifest.position is not None and manifest.position.frame_count == frame:
             self._checkpointed_frame = frame
 
-    def capture(self, conn: apsw.Connection, path: str | os.PathLike[str]) -> Captured:
-        """The local half of a snapshot: checkpoint the whole WAL into the file (``TRUNCATE``),
-        read and compress the file. No request; commits may go on once this returns (they are
-        shipped after :meth:`upload`, from frame 0 of the WAL's next generation)."""
+    def capture(
+        self, conn: apsw.Connection, path: str | os.PathLike[str], *, owned: bool = False
+    ) -> Captured:
+        """The local half of a snapshot: checkpoint the whole WAL into the file (``TRUNCATE``)
+        and read the file (compressed by :meth:`upload`, off the caller's thread). No request;
+        commits may go on once this returns (they are shipped after :meth:`upload`, from frame
+        0 of the WAL's next generation). ``owned``: the caller's connection is the only writer
+        and nothing else checkpoints the file (the runtime, whose WAL hook sees every commit):
+        any next generation continues the chain from its frame 0, even one whose salts cannot
+        be predicted (a WAL that was empty on a fresh connection gets random ones)."""
         manifest = self._writable()
         wal = f"{os.fspath(path)}-wal"
         try:
@@ -761,6 +792,8 @@ class FileReplica:
         elif self._checkpointed_frame == position.frame_count:
             current = position.salt1 + 1  # emptied by a TRUNCATE since: at least this
         next_salt1 = None if current is None else (current + 1) & _MASK
+        if owned and next_salt1 is None:
+            next_salt1 = ANY_SALT
         log, done = conn.wal_checkpoint(mode=_TRUNCATE)
         if (log, done) != (0, 0):
             raise ReplicaError(
@@ -772,12 +805,10 @@ class FileReplica:
             raise ReplicaError(f"{os.fspath(path)!r} is not a SQLite database: cannot snapshot")
         (raw_page_size,) = struct.unpack_from(">H", image, 16)
         page_size = 65536 if raw_page_size == 1 else raw_page_size
-        data = zlib.compress(image, SNAPSHOT_ZLIB_LEVEL)
         self._capture_pending = True
         self.chain += 1
         return Captured(
-            data=data,
-            image_checksum=_digest(image),
+            image=image,
             image_bytes=len(image),
             page_size=page_size,
             next_salt1=next_salt1,
@@ -785,16 +816,28 @@ class FileReplica:
         )
 
     def upload(
-        self, captured: Captured, *, tail: str | None = None, tail_from: int = 0
+        self,
+        captured: Captured,
+        *,
+        tail: str | None = None,
+        tail_from: int = 0,
+        verify: bool = False,
     ) -> FlushResult:
         """The remote half of a snapshot: upload it, make it the start of a new generation in
         the manifest (the shipped chain becomes history), drop what retention no longer
         keeps. Raises like :meth:`flush`; after :class:`ReplicaUnavailableError`, call again
         with the same ``captured``. ``tail``/``tail_from``: where the new chain goes on (the
         writer's log, from the next object: what it shipped before is in the snapshot), or
-        ``None`` when nothing follows (hibernation, standalone use)."""
+        ``None`` when nothing follows (hibernation, standalone use). ``verify``: run SQLite's
+        ``quick_check`` on the image first (:class:`CorruptSnapshotError` if it fails: a corrupt
+        local file is never uploaded over a good replica)."""
         manifest = self._writable()
         self._requests = 0
+        if captured.data is None:
+            if verify:
+                _quick_check(captured.image, self.name)
+            captured.image_checksum = _digest(captured.image)
+            captured.data = zlib.compress(captured.image, SNAPSHOT_ZLIB_LEVEL)
         data = captured.data
         key = self._object_key("snapshots")
         self._put(key, data, if_none_match=True)
