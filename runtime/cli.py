@@ -5,6 +5,10 @@ the user's classes (see :mod:`runtime.inspect`). Replaying and dropping dead let
 actor's mailbox, so they take the runtime's ``LOCK`` as ``open_runtime`` does, and refuse
 while a process has the runtime open.
 
+``restore`` and ``fork`` read a replica (``--replica DIR`` or ``--s3-bucket``): ``restore``
+rebuilds a whole runtime directory, or one actor's files (``--actor``, runtime closed);
+``fork`` copies an actor's state, at a past time or its latest, into a new actor.
+
 Exit status: 0 on success, 1 for an error met in the runtime directory (missing, an unknown
 actor, an actor awake in a running process, a runtime open elsewhere), 2 for a usage error.
 """
@@ -17,7 +21,11 @@ import datetime as _dt
 import fcntl
 import json
 import os
+import shlex
+import shutil
 import sys
+import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,11 +33,21 @@ from typing import Any
 import apsw
 import attrs
 
+from . import db as _db
 from . import inspect as _inspect
 from .directory import Directory
-from .errors import ActorError, RuntimeLockedError
-from .layout import DIRECTORY_FILE, LOCK_FILE, MAILBOX_FILE, actor_dir, actor_id
+from .errors import ActorError, ActorExistsError, RuntimeLockedError
+from .layout import DATA_FILE, DIRECTORY_FILE, LOCK_FILE, MAILBOX_FILE, actor_dir, actor_id
 from .mailbox import Mailbox
+from .replica import DirectoryStore, ReplicaStore, S3Store
+from .replica.replicator import Manifest, RestorePointError, manifest_key
+from .replication import (
+    ORIGIN_FILE,
+    STATE_FILE,
+    ReplicationEngine,
+    restore_actor_files,
+    restore_runtime,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,6 +193,8 @@ def _add_operator_commands(commands: Any) -> None:
 
     status = command("status", _status, "counts, whether the runtime is open, disk usage")
     status.add_argument("--json", action="store_true", help="machine-readable output")
+
+    _add_replica_commands(command)
 
 
 def _print_json(value: Any) -> None:
@@ -651,9 +671,11 @@ def _open_mailbox(root: Path, type_name: str, key: str, fn: Callable[[Mailbox], 
 
 
 @contextlib.contextmanager
-def _runtime_lock(root: Path, what: str) -> Iterator[None]:
-    """Hold the runtime's ``LOCK`` as ``open_runtime`` does (so no runtime opens meanwhile)."""
-    _inspect.check_root(root)
+def _runtime_lock(root: Path, what: str, *, check: bool = True) -> Iterator[None]:
+    """Hold the runtime's ``LOCK`` as ``open_runtime`` does (so no runtime opens meanwhile);
+    ``check``: the directory must hold a runtime already."""
+    if check:
+        _inspect.check_root(root)
     fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
@@ -666,6 +688,544 @@ def _runtime_lock(root: Path, what: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+# -- restore and fork: from a replica ------------------------------------------------------------
+
+
+def _add_replica_commands(command: Callable[..., Any]) -> None:
+    restore = command(
+        "restore",
+        _restore,
+        "rebuild a runtime directory from its replica (or one actor's files, with --actor)",
+    )
+    restore.add_argument(
+        "--actor",
+        nargs=2,
+        metavar=("TYPE", "KEY"),
+        help="restore only this actor's files into the existing runtime DIR (closed)",
+    )
+    restore.add_argument("--at", type=_point_in_time, metavar="TIME", help=_AT_HELP)
+    restore.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_replica_options(restore)
+
+    fork = command(
+        "fork",
+        _fork,
+        "copy an actor's state (at a past time, or its latest) into a new actor of its type",
+    )
+    fork.add_argument("type_name", metavar="TYPE")
+    fork.add_argument("key", metavar="KEY")
+    fork.add_argument(
+        "--as", dest="new_key", metavar="NEWKEY", required=True, help="the new actor's key"
+    )
+    fork.add_argument("--at", type=_point_in_time, metavar="TIME", help=_AT_HELP)
+    fork.add_argument(
+        "--keep-timers",
+        action="store_true",
+        help="keep the actor's timers in the fork (they fire for it, one past due at once)",
+    )
+    fork.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_replica_options(fork)
+
+
+_AT_HELP = (
+    "the point in time: ISO-8601 with a zone (2026-11-25T10:00:00Z) or epoch seconds "
+    "(default: the latest state)"
+)
+
+
+def _point_in_time(text: str) -> float:
+    """``--at``: epoch seconds, or an ISO-8601 date and time with its zone."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        when = _dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither epoch seconds nor an ISO-8601 time (2026-11-25T10:00:00Z)"
+        ) from None
+    if when.tzinfo is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} has no time zone: add Z for UTC (2026-11-25T10:00:00Z) or an offset"
+        )
+    return when.timestamp()
+
+
+def _add_replica_options(sub: Any) -> None:
+    """The options naming a replica store, shared by the commands that read one."""
+    group = sub.add_argument_group(
+        "replica", "where the replica is: --replica DIR, or --s3-bucket with its options"
+    )
+    group.add_argument("--replica", type=Path, metavar="DIR", help="a DirectoryStore's folder")
+    group.add_argument("--s3-bucket", metavar="BUCKET", help="an S3Store's bucket")
+    group.add_argument("--s3-prefix", metavar="PREFIX", default="", help="key prefix in it")
+    group.add_argument(
+        "--s3-endpoint-url", metavar="URL", help="an S3-compatible store (MinIO, R2, ...)"
+    )
+    group.add_argument("--s3-region", metavar="REGION", help="the bucket's region")
+    group.add_argument(
+        "--s3-path-style", action="store_true", help="address buckets as endpoint/bucket/key"
+    )
+    sub.set_defaults(replica_parser=sub)
+
+
+def _replica_store(args: argparse.Namespace) -> ReplicaStore:
+    """The store named by the replica options (a usage error, exit status 2, if none or both).
+
+    Credentials for S3 come from boto3's chain (``AWS_PROFILE``, ``AWS_ACCESS_KEY_ID``, ...),
+    never from the command line."""
+    parser: argparse.ArgumentParser = args.replica_parser
+    s3_only = [
+        flag
+        for flag, value in (
+            ("--s3-prefix", args.s3_prefix),
+            ("--s3-endpoint-url", args.s3_endpoint_url),
+            ("--s3-region", args.s3_region),
+            ("--s3-path-style", args.s3_path_style),
+        )
+        if value
+    ]
+    if args.replica is not None and args.s3_bucket is not None:
+        parser.error("give either --replica DIR or --s3-bucket BUCKET, not both")
+    if args.replica is not None:
+        if s3_only:
+            parser.error(f"{s3_only[0]} goes with --s3-bucket, not with --replica")
+        if not args.replica.is_dir():
+            raise FileNotFoundError(f"replica {args.replica} is not a directory")
+        return DirectoryStore(args.replica)
+    if args.s3_bucket is None:
+        parser.error("say where the replica is: --replica DIR or --s3-bucket BUCKET")
+    try:
+        return S3Store(
+            args.s3_bucket,
+            prefix=args.s3_prefix,
+            endpoint_url=args.s3_endpoint_url,
+            region=args.s3_region,
+            path_style=args.s3_path_style,
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+
+
+def _at_text(at: float | None) -> str:
+    if at is None:
+        return "the latest state"
+    when = _dt.datetime.fromtimestamp(at, _dt.UTC)
+    return f"the state at {when.strftime('%Y-%m-%d %H:%M:%S')}.{when.microsecond // 1000:03d}Z"
+
+
+class _Progress:
+    """A progress bar on stderr, redrawn in place with ``\\r``, only when stderr is a terminal."""
+
+    WIDTH = 30
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.tty = sys.stderr.isatty()
+        self.drawn = 0  # characters on the line
+        self.last = 0.0
+
+    def note(self, text: str) -> None:
+        if self.tty:
+            line = f"{self.label}: {text}"
+            sys.stderr.write(f"\r{line.ljust(self.drawn)}")  # spaces cover a longer line
+            sys.stderr.flush()
+            self.drawn = len(line)
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if not self.tty or (done < total and now - self.last < 0.1):
+            return
+        self.last = now
+        filled = self.WIDTH * done // total if total else self.WIDTH
+        self.note(f"[{'#' * filled}{'.' * (self.WIDTH - filled)}] {done}/{total} actors")
+
+    def finish(self) -> None:
+        if self.drawn:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+            self.drawn = 0
+
+
+def _restore(args: argparse.Namespace) -> int:
+    store = _replica_store(args)
+    try:
+        if args.actor is not None:
+            return _restore_actor(args, store, *args.actor)
+        return _restore_runtime(args, store)
+    finally:
+        store.close()
+
+
+def _restore_runtime(args: argparse.Namespace, store: ReplicaStore) -> int:
+    root: Path = args.dir
+    if (root / DIRECTORY_FILE).exists():
+        raise FileExistsError(
+            f"{root} already holds a runtime ({DIRECTORY_FILE}): restore into a new or empty "
+            "directory, or restore one actor into it with --actor TYPE KEY"
+        )
+    if root.exists() and not root.is_dir():
+        raise NotADirectoryError(f"{root} is not a directory")
+    if root.exists() and any(root.iterdir()):
+        raise FileExistsError(f"{root} is not empty: restore into a new or empty directory")
+    created = not root.exists()
+    root.mkdir(parents=True, exist_ok=True)
+    progress = _Progress(f"restoring {root}")
+    started = time.monotonic()
+    try:
+        with _runtime_lock(root, "restore", check=False):
+            progress.note(f"{DIRECTORY_FILE} ...")
+            counts = restore_runtime(store, root, at_time=args.at, progress=progress)
+    except BaseException:
+        progress.finish()
+        # Nothing was there before: leave nothing half restored behind.
+        if created:
+            shutil.rmtree(root, ignore_errors=True)
+        else:
+            for child in root.iterdir():
+                if child.is_dir():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
+        raise
+    progress.finish()
+    seconds = time.monotonic() - started
+    if args.json:
+        _print_json(
+            {
+                "dir": str(root),
+                "at": args.at,
+                "actors": counts["actors"],
+                "restored": counts["restored"],
+                "not_replicated": counts["not_replicated"],
+                "seconds": round(seconds, 3),
+            }
+        )
+        return 0
+    missing = counts["not_replicated"]
+    print(
+        f"restored {root} ({_at_text(args.at)}): {_plural(counts['restored'], 'actor')}"
+        + (f", {missing} without a replica at that point (they start empty)" if missing else "")
+        + f", in {seconds:.1f} s"
+    )
+    return 0
+
+
+def _restore_actor(args: argparse.Namespace, store: ReplicaStore, type_name: str, key: str) -> int:
+    root: Path = args.dir
+    aid = actor_id(type_name, key)
+    folder = actor_dir(root, aid)
+    with _runtime_lock(root, "restore an actor"):
+        if args.at is not None:
+            writer = _other_writer(store, root, aid)
+            if writer is not None:
+                raise RestoreRefusedError(
+                    f"the replica of {type_name} {key!r} was last written by runtime {writer}, "
+                    f"not by this one: when this runtime next wakes {key!r}, it would fetch "
+                    "that writer's latest state over the restored past. Fork it to a new key "
+                    "instead (torpor fork ... --at TIME --as NEWKEY), or restore the whole "
+                    "runtime into a new directory with --at"
+                )
+        superseded = _restore_files(store, aid, folder, type_name, key, args.at)
+        directory = Directory(root / DIRECTORY_FILE, synchronous="FULL")
+        try:
+            # Pending: the restored mailbox may hold work; the next open wakes it to look.
+            directory.mark_pending(aid, type_name, key)
+            entry = directory.get(aid)
+        finally:
+            directory.close()
+    stopped = entry.stopped if entry is not None else None
+    if args.json:
+        _print_json(
+            {
+                "actor": {"type": type_name, "key": key, "id": aid},
+                "at": args.at,
+                "folder": str(folder),
+                "superseded": None if superseded is None else str(superseded),
+                "pending": True,
+                "stopped": stopped,
+            }
+        )
+        return 0
+    print(f"restored {type_name} {key!r} ({_at_text(args.at)}) into {folder}")
+    if superseded is not None:
+        print(f"its previous files are in {superseded} (delete them when no longer needed)")
+    if stopped is not None:
+        print(f"it is stopped ({stopped}): Runtime.resume(ref) lets it run again")
+    else:
+        print("it wakes when the runtime is next opened")
+    return 0
+
+
+def _restore_files(
+    store: ReplicaStore,
+    aid: str,
+    folder: Path,
+    type_name: str,
+    key: str,
+    at: float | None,
+    adjust: Callable[[Path], None] | None = None,
+) -> Path | None:
+    """Restore an actor's two files into ``folder``: first into a staging folder beside them
+    (so that a restore that fails leaves the files here as they were), then ``adjust`` them,
+    then move the files found in ``folder`` aside into ``superseded-*`` and the restored ones
+    in. Returns the folder the previous files went to (``None`` if there were none)."""
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    staging = folder / f".restore-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        try:
+            restore_actor_files(store, aid, staging, at_time=at)
+        except RestorePointError as exc:
+            raise LookupError(f"cannot restore {type_name} {key!r}: {exc}") from None
+        if adjust is not None:
+            adjust(staging)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(folder / STATE_FILE)  # the saved replication state of the old files
+        previous = [
+            name
+            for name in sorted(os.listdir(folder))
+            if not name.startswith((".restore-", "superseded-"))
+        ]
+        superseded = None
+        if previous:
+            stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+            superseded = folder / f"superseded-{stamp}-{uuid.uuid4().hex[:6]}"
+            superseded.mkdir()
+            for name in previous:
+                os.replace(folder / name, superseded / name)
+        for name in (DATA_FILE, MAILBOX_FILE):
+            os.replace(staging / name, folder / name)
+        _fsync_dir(folder)
+        return superseded
+    except BaseException:
+        if created:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+class RestoreRefusedError(ActorError):
+    """A restore that the runtime would undo at the actor's next wake-up."""
+
+
+def _other_writer(store: ReplicaStore, root: Path, aid: str) -> str | None:
+    """The runtime id of the writer of ``aid``'s replica when it is not this runtime's own
+    history, else ``None``. At its next wake-up the runtime keeps local files only when their
+    replica is its own (or its origin's, for a runtime restored at a point in time), and
+    fetches the replica's latest state otherwise (``ReplicationEngine._ours``)."""
+    directory = Directory(root / DIRECTORY_FILE, synchronous="FULL")
+    try:
+        runtime_id = directory.runtime_id()
+    finally:
+        directory.close()
+    try:
+        origin = json.loads((root / ORIGIN_FILE).read_text())
+    except (OSError, ValueError):
+        origin = {}
+    if not isinstance(origin, dict):
+        origin = {}
+    for file in (DATA_FILE, MAILBOX_FILE):
+        key = manifest_key(ReplicationEngine.actor_name(aid, file))
+        got = store.get(key)
+        if got is None:
+            continue
+        writer = Manifest.decode(got[0], key=key).writer.split("/")[0]
+        if writer == runtime_id:
+            continue
+        if writer == origin.get("runtime") and origin.get("at") is not None:
+            continue
+        return writer
+    return None
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# -- fork --------------------------------------------------------------------------------------
+
+#: The error type of a fork's dead letters: messages queued in the original, not run by the fork.
+FORKED_ERROR = "torpor.NotRunInFork"
+
+
+@attrs.define
+class _ForkChanges:
+    """What a fork left out of the original's state (see :func:`_quiet_fork`)."""
+
+    dead_lettered: list[int] = attrs.Factory(list)
+    outbox_dropped: int = 0
+    timers_dropped: list[str] = attrs.Factory(list)
+    timers_kept: list[str] = attrs.Factory(list)
+    next_timer: float | None = None
+
+
+def _fork(args: argparse.Namespace) -> int:
+    root: Path = args.dir
+    type_name, key, new_key = args.type_name, args.key, args.new_key
+    aid, new_aid = actor_id(type_name, key), actor_id(type_name, new_key)
+    folder = actor_dir(root, new_aid)
+    store = _replica_store(args)
+    try:
+        with _runtime_lock(root, "fork an actor"):
+            directory = Directory(root / DIRECTORY_FILE, synchronous="FULL")
+            try:
+                if directory.get(new_aid) is not None:
+                    raise ActorExistsError(f"actor {type_name} {new_key!r} already exists")
+                if (folder / DATA_FILE).exists() or (folder / MAILBOX_FILE).exists():
+                    raise ActorExistsError(
+                        f"{folder} already holds files for {type_name} {new_key!r} (an "
+                        "interrupted fork?): remove that folder, or choose another key"
+                    )
+                writer = _other_writer(store, root, new_aid)
+                if writer is not None:
+                    raise ActorExistsError(
+                        f"the replica holds files of {type_name} {new_key!r}, written by "
+                        f"runtime {writer}: choose another key"
+                    )
+                original = directory.get(aid)
+                changes = _ForkChanges()
+
+                def adjust(staging: Path) -> None:
+                    _rename_actor(staging, type_name, new_key)
+                    _quiet_fork(staging, type_name, key, changes, keep_timers=args.keep_timers)
+
+                _restore_files(store, aid, folder, type_name, key, args.at, adjust)
+                # Not pending: the fork has no queued work (it was made its dead letters), so
+                # nothing wakes it until it is sent a message or a timer it kept falls due.
+                directory.create(
+                    new_aid, type_name, new_key, original.init if original is not None else None
+                )
+                directory.clear_pending(new_aid)
+                if changes.next_timer is not None:
+                    directory.set_wake_at(new_aid, changes.next_timer)
+            finally:
+                directory.close()
+    finally:
+        store.close()
+    if args.json:
+        _print_json(
+            {
+                "from": {"type": type_name, "key": key, "id": aid},
+                "to": {"type": type_name, "key": new_key, "id": new_aid},
+                "at": args.at,
+                "folder": str(folder),
+                "dead_letters": changes.dead_lettered,
+                "outbox_dropped": changes.outbox_dropped,
+                "timers_dropped": changes.timers_dropped,
+                "timers_kept": changes.timers_kept,
+            }
+        )
+        return 0
+    print(f"forked {type_name} {key!r} ({_at_text(args.at)}) into {type_name} {new_key!r}")
+    if changes.dead_lettered:
+        count = len(changes.dead_lettered)
+        print(
+            f"{_plural(count, 'message')} queued in {key!r} did not run: "
+            + ("it is a dead letter" if count == 1 else "they are dead letters")
+            + f" of {new_key!r} (torpor dead-letters {shlex.quote(str(root))} {type_name} "
+            f"{shlex.quote(new_key)} lists them; --replay SEQ runs one)"
+        )
+    if changes.outbox_dropped:
+        print(
+            f"{_plural(changes.outbox_dropped, 'message')} {key!r} had yet to send "
+            f"{'is' if changes.outbox_dropped == 1 else 'are'} left to {key!r}"
+        )
+    if changes.timers_dropped:
+        print(
+            f"{_plural(len(changes.timers_dropped), 'timer')} not kept: "
+            f"{', '.join(changes.timers_dropped)} (--keep-timers keeps them)"
+        )
+    if changes.timers_kept:
+        print(
+            f"{_plural(len(changes.timers_kept), 'timer')} kept: "
+            f"{', '.join(changes.timers_kept)}; the next is due at {_when(changes.next_timer)}"
+        )
+    return 0
+
+
+def _edit(path: Path) -> contextlib.AbstractContextManager[apsw.Connection]:
+    """A connection to a restored (closed, WAL-mode) actor file, closed with the WAL folded."""
+
+    @contextlib.contextmanager
+    def opened() -> Iterator[apsw.Connection]:
+        conn = _db.connect(path, synchronous="FULL", exclusive=True)
+        try:
+            with conn:
+                yield conn
+        finally:
+            _db.close(conn, path, keep_wal=False)
+
+    return opened()
+
+
+def _rename_actor(folder: Path, type_name: str, key: str) -> None:
+    """Give the files in ``folder`` another actor's identity (it is kept inside the files,
+    and checked when they are opened)."""
+    with _edit(folder / DATA_FILE) as conn:
+        conn.execute("UPDATE _torpor_state SET type = ?, key = ? WHERE id = 1", (type_name, key))
+    with _edit(folder / MAILBOX_FILE) as conn:
+        conn.execute("UPDATE meta SET value = ? WHERE name = 'type'", (type_name,))
+        conn.execute("UPDATE meta SET value = ? WHERE name = 'key'", (key,))
+
+
+def _quiet_fork(
+    folder: Path, type_name: str, key: str, changes: _ForkChanges, *, keep_timers: bool
+) -> None:
+    """Leave out of a fork the work the original had queued, so that none of it runs twice by
+    surprise: messages not yet applied become dead letters (with the journals of their turns
+    in flight gone, and the events those turns had consumed given back), messages the original
+    had yet to send stay the original's to send (a timer's firing, addressed to itself, becomes
+    a dead letter too), and timers are dropped unless ``keep_timers``."""
+    with _edit(folder / DATA_FILE) as data:
+        applied = int(_db.scalar(data, "SELECT applied_seq FROM _torpor_state WHERE id = 1"))
+        outbox: list[Any] = data.execute(
+            "SELECT id, target_type, target_key, method, payload FROM _torpor_outbox ORDER BY id"
+        ).fetchall()
+        data.execute("DELETE FROM _torpor_outbox")
+        timers: list[Any] = data.execute(
+            "SELECT name, due_at FROM _torpor_timers ORDER BY due_at, name"
+        ).fetchall()
+        if keep_timers:
+            changes.timers_kept = [name for name, _ in timers]
+            changes.next_timer = timers[0][1] if timers else None
+        else:
+            changes.timers_dropped = [name for name, _ in timers]
+            data.execute("DELETE FROM _torpor_timers")
+    now = time.time()
+    with _edit(folder / MAILBOX_FILE) as mailbox:
+        for _, target_type, target_key, method, payload in outbox:
+            if (target_type, target_key) == (type_name, key):
+                mailbox.execute(
+                    "INSERT INTO inbox(method, payload, enqueued_at) VALUES (?, ?, ?)",
+                    (method, payload, now),
+                )
+            else:
+                changes.outbox_dropped += 1
+        note = f"queued in {key!r} when it was forked; not run (replay it to run it)"
+        rows: list[Any] = mailbox.execute(
+            "INSERT OR IGNORE INTO dead_letters(seq, sender, sender_seq, method, payload, "
+            "idempotency_key, attempts, error_type, error_message, traceback, failed_at) "
+            "SELECT seq, sender, sender_seq, method, payload, idempotency_key, attempts, ?, ?, "
+            "'', ? FROM inbox WHERE seq > ? ORDER BY seq RETURNING seq",
+            (FORKED_ERROR, note, now, applied),
+        ).fetchall()
+        changes.dead_lettered = sorted(int(seq) for (seq,) in rows)
+        mailbox.execute(
+            "UPDATE events SET consumed_seq = NULL, consumed_n = NULL WHERE consumed_seq > ?",
+            (applied,),
+        )
+        mailbox.execute("DELETE FROM journal WHERE seq > ?", (applied,))
+        mailbox.execute("DELETE FROM inbox WHERE seq > ?", (applied,))
 
 
 if __name__ == "__main__":

@@ -193,3 +193,23 @@ def test_openai_agent_against_configured_api(tmp_path: Path) -> None:
     """openai_agent answers a question through the API named by OPENAI_BASE_URL."""
     out = run_example("openai_agent.py", "Reply with one word: hello.", str(tmp_path / "torpor"))
     assert line_after(out, "answer (")
+
+
+def test_replication_restores_on_a_fresh_machine_and_forks_the_past(tmp_path: Path) -> None:
+    """replication: after machine A's directory is lost, machine B opens an empty directory
+    with the same replica and has alice's whole history; the fork made with --at has only
+    the history before that time, and alice keeps hers."""
+    out = run_example("replication.py", str(tmp_path / "demo"))
+    history = ["hello", "plan a trip", "make it Lisbon"]
+    lines = [line.strip() for line in out.splitlines()]
+    alice = [
+        ast.literal_eval(line.removeprefix("alice:").strip())
+        for line in lines
+        if line.startswith("alice:")
+    ]
+    assert alice == [history, history]  # on machine B, before and after the fork
+    assert ast.literal_eval(line_after(out, "alice-before:")) == history[:2]
+    assert line_after(out, "restores from the replica:").startswith("2 ")
+    assert "files behind: 0" in out
+    assert not (tmp_path / "demo" / "machine-a").exists()
+    assert "forked replication.Assistant 'alice' (the state at " in out
