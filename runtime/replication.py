@@ -935,7 +935,7 @@ class ReplicationEngine:
                     ok = False
                 continue
             tracked.ack(target, self.lags)
-            if tracked.act is not None and self._needs_compaction(tracked):
+            if self._needs_compaction(tracked):
                 self._want_snapshot(tracked)
         return ok
 
@@ -1078,9 +1078,30 @@ class ReplicationEngine:
                 self.rt._wake_later(spec, key)
 
     async def _expire_logs(self) -> None:
+        """Delete this session's log objects older than the retention, except those the
+        current chain of a tracked file still names (that file is snapshotted first)."""
         horizon = self.rt.clock() - self.options.retention
+        if not self.log_times or self.log_times[0][1] >= horizon:
+            return
+        protected = math.inf
+        for tracked in self.files.values():
+            manifest = tracked.replica.manifest
+            if manifest is None or tracked.fenced is not None:
+                continue
+            if manifest.tail == self.prefix and tracked.replica.unfolded:
+                protected = min(protected, manifest.tail_from)
+            for segment in manifest.segments:
+                seq = _log_seq(segment.key, self.prefix)
+                if seq is not None:
+                    protected = min(protected, seq)
+                    if self._needs_compaction(tracked):
+                        self._want_snapshot(tracked)
+                    break
         while self.log_times and self.log_times[0][1] < horizon:
-            seq, _ = self.log_times.popleft()
+            seq, _ = self.log_times[0]
+            if seq >= protected:
+                return
+            self.log_times.popleft()
             with contextlib.suppress(ReplicaUnavailableError):
                 self.stats["requests"] += 1
                 await anyio.to_thread.run_sync(
@@ -1282,6 +1303,17 @@ class ReplicationEngine:
         )
 
 
+def _log_seq(key: str, prefix: str) -> int | None:
+    """The sequence number of a log object key of the session ``prefix`` (else ``None``)."""
+    head = f"{prefix}/log/"
+    if not key.startswith(head):
+        return None
+    try:
+        return int(key[len(head) :])
+    except ValueError:
+        return None
+
+
 def _prepare_all(work: list[tuple[_File, int, int]]) -> list[Any]:
     out: list[Any] = []
     for tracked, end, _ in work:
@@ -1425,19 +1457,55 @@ def restore_actor_files(
     at_txid: int | None = None,
 ) -> None:
     """Restore one actor's two files into ``folder`` (for ``torpor restore --actor`` and
-    ``torpor fork``)."""
+    ``torpor fork``), replacing what is there only once both are restored and verified.
+    ``at_txid`` is ``data.db``'s txid; ``mailbox.db`` is restored at that flush's time."""
+    if at_txid is not None and at_time is not None:
+        raise ValueError("pass at most one of at_time= and at_txid=")
+    data_name = ReplicationEngine.actor_name(aid, DATA_FILE)
+    if at_txid is not None:
+        at_time = _flush_time(store, data_name, at_txid)
     folder.mkdir(parents=True, exist_ok=True)
-    for file in (DATA_FILE, MAILBOX_FILE):
-        for suffix in ("", "-wal", "-shm"):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(folder / f"{file}{suffix}")
-        restore(
-            store,
-            ReplicationEngine.actor_name(aid, file),
-            folder / file,
-            at_time=at_time,
-            at_txid=at_txid if file == DATA_FILE else None,
-        )
+    staging = folder / f".restore-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        for file in (DATA_FILE, MAILBOX_FILE):
+            restore(
+                store,
+                ReplicationEngine.actor_name(aid, file),
+                staging / file,
+                at_time=None if file == DATA_FILE and at_txid is not None else at_time,
+                at_txid=at_txid if file == DATA_FILE else None,
+            )
+        for file in (DATA_FILE, MAILBOX_FILE):
+            for suffix in ("-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(folder / f"{file}{suffix}")
+            os.replace(staging / file, folder / file)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(folder / STATE_FILE)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _flush_time(store: ReplicaStore, name: str, txid: int) -> float:
+    """When the flush that made ``txid`` of ``name`` ran (for restoring a second file at the
+    same moment)."""
+    got = store.get(manifest_key(name))
+    if got is None:
+        raise RestorePointError(f"there is no replica of {name!r} in {store!r}")
+    manifest = Manifest.decode(got[0], key=manifest_key(name))
+    chain: list[Any] = []
+    for generation in manifest.history:
+        chain.append(generation.snapshot)
+        chain.extend(generation.segments)
+    if manifest.snapshot is not None:
+        chain.append(manifest.snapshot)
+    chain.extend(manifest.segments)
+    chain.extend(read_tail(store, manifest))
+    for item in chain:
+        if item.txid == txid:
+            return float(getattr(item, "flushed_at", None) or item.created_at)
+    raise RestorePointError(f"txid {txid} of {name!r} is not retained")
 
 
 __all__ = [
