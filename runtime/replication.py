@@ -30,6 +30,7 @@ import functools
 import json
 import math
 import os
+import random
 import shutil
 import time
 import uuid
@@ -97,8 +98,11 @@ class Replication:
     ``busy_rate``: commits per second at which the delay reaches ``max_delay`` (the delay
     grows linearly with the observed rate up to there, so rounds batch more commits under
     load). ``checkpoint_frames``: WAL frames after which a file is checkpointed (between
-    turns, once shipped). ``fold_segments``: segments after which a file's manifest is
-    rewritten. ``compact_segments``: segments after which a file gets a new snapshot.
+    turns, once shipped). ``fold_interval``: seconds after which a file's shipped segments are
+    listed in its manifest (a restore then reads fewer log objects), or after
+    ``fold_segments`` segments; ``compact_segments``: segments after which a file gets a new
+    snapshot (each threshold is spread by a random factor per file, so that many busy files
+    do not all rewrite their manifests in one round).
     ``retention``: seconds of history kept for point-in-time restore; ``keep_generations``:
     earlier snapshots kept at most.
     """
@@ -107,13 +111,14 @@ class Replication:
     min_delay: float = 0.02
     busy_rate: float = 100.0
     checkpoint_frames: int = 1000
-    fold_segments: int = 256
-    compact_segments: int = 1024
+    fold_interval: float = 1800.0
+    fold_segments: int = 2048
+    compact_segments: int = 4096
     retention: float = 24 * 3600.0
     keep_generations: int = 8
 
     def __attrs_post_init__(self) -> None:
-        for name in ("max_delay", "min_delay", "busy_rate", "retention"):
+        for name in ("max_delay", "min_delay", "busy_rate", "retention", "fold_interval"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or value < 0 or math.isnan(value):
                 raise ValueError(f"Replication.{name} must be a number >= 0 (got {value!r})")
@@ -185,6 +190,8 @@ class _File:
         self.tail_set = False  # the stored manifest points at this session's log
         self.fenced: FencedError | None = None
         self.in_pending = False  # its segment is in a log object not stored yet
+        #: Frames read just before a checkpoint, not shipped yet: (segment, commits, frame).
+        self.carry: tuple[Prepared, int, int] | None = None
         self.abandoned = False  # closed with commits not in the store (left behind)
         self.final_commits = -1  # commits when hibernation's last snapshot was taken
         self.snapshots_done = 0
@@ -192,6 +199,12 @@ class _File:
         self.acked_event = anyio.Event()
         self.quiet_event = anyio.Event()
         self.claim_lock = anyio.Lock()
+        self.manifest_lock = anyio.Lock()  # one manifest write at a time (fold, snapshot)
+        self.folding = False  # a background fold is writing the manifest: not shipped meanwhile
+        self.fold_due_at = math.inf  # when its unfolded segments must be listed
+        spread = random.Random(name)
+        self.fold_factor = spread.uniform(0.75, 1.25)
+        self.compact_factor = spread.uniform(0.75, 1.0)
 
     async def quiet(self) -> None:
         """Return once no round reads the file and no snapshot of it is uploading."""
@@ -331,6 +344,7 @@ class ReplicationEngine:
         #: Files whose shipped commits wait for a fences read: name -> (file, commits).
         self.awaiting: dict[str, tuple[_File, int]] = {}
         self.backoff = 0.0
+        self.dirty_since: float | None = None
         self.lags = collections.deque(maxlen=1000)
 
     # -- names -------------------------------------------------------------------------------
@@ -410,6 +424,8 @@ class ReplicationEngine:
             tracked.committed(frames)
             self.rate_commits += 1
             if tracked.name not in self.dirty:
+                if not self.dirty:
+                    self.dirty_since = time.monotonic()
                 self.dirty[tracked.name] = tracked
             self.dirty_event.set()
             if tracked.end >= self.options.checkpoint_frames and tracked.act is not None:
@@ -669,13 +685,11 @@ class ReplicationEngine:
                 tracked.end >= self.options.checkpoint_frames
                 and tracked.capture is None
                 and not tracked.reading
+                and not tracked.folding
             ):
-                if tracked.acked == tracked.commits and not tracked.uploading:
-                    self._checkpoint(tracked)
-                else:
-                    act.replication_due = True  # after the round that ships it
-                    self.urgent.set()
-                    self.dirty_event.set()
+                self._checkpoint(tracked)
+                if tracked.end >= self.options.checkpoint_frames:
+                    act.replication_due = True  # not now (a round reads it): next gap
 
     def _capture(self, tracked: _File, *, upload: bool = True) -> None:
         try:
@@ -684,6 +698,7 @@ class ReplicationEngine:
             self._error(exc)
             return
         tracked.capture_commits = tracked.commits
+        tracked.carry = None  # (its frames are in the snapshot)
         tracked.want_snapshot = False
         tracked.changed_since_snapshot = False
         tracked.end = 0
@@ -693,14 +708,35 @@ class ReplicationEngine:
             self.rt._task_group.start_soon(self._upload, tracked)
 
     def _checkpoint(self, tracked: _File) -> None:
+        """Checkpoint a file (``TRUNCATE``) with no transaction open on it. Frames not shipped
+        yet are read first into a segment carried to the next round (no waiting for the
+        store): the replica then goes on from frame 0 of the WAL's next generation."""
+        if tracked.reading or tracked.in_pending or tracked.carry is not None:
+            return
         frame = tracked.end
+        carry: Prepared | None = None
+        if tracked.acked < tracked.commits or tracked.name in self.dirty:
+            try:
+                carry = tracked.replica.prepare(tracked.path, frame)
+            except SnapshotNeeded:
+                self._want_snapshot(tracked)
+                return
+            except (ReplicaError, OSError) as exc:
+                self._error(exc)
+                return
         try:
             log, done = tracked.conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
         except apsw.BusyError:
             return
-        if (log, done) == (0, 0):
+        if (log, done) != (0, 0):
+            return  # (nothing was lost: the frames stay in the WAL, shipped as usual)
+        tracked.end = 0
+        if carry is None:
             tracked.replica.mark_checkpointed(frame)
-            tracked.end = 0
+        else:
+            tracked.carry = (carry, tracked.commits, frame)
+            self.dirty[tracked.name] = tracked
+            self.dirty_event.set()
 
     async def _upload(self, tracked: _File, *, final: bool = False) -> None:
         """Upload a captured snapshot (retrying while the store is unavailable); ``final``:
@@ -717,7 +753,7 @@ class ReplicationEngine:
                 try:
                     tail = None if final else self.prefix
                     tail_from = 0 if final else self.seq + 1
-                    async with self.limiter:
+                    async with tracked.manifest_lock, self.limiter:
                         result = await anyio.to_thread.run_sync(
                             functools.partial(
                                 tracked.replica.upload,
@@ -767,9 +803,14 @@ class ReplicationEngine:
             await self.dirty_event.wait()
             self.dirty_event = anyio.Event()
             if not self.urgent.is_set():
-                with anyio.move_on_after(self._delay()):
+                # The delay runs from the first commit waiting (not from now: commits made
+                # while the previous round worked would otherwise wait for it and the delay).
+                since = self.dirty_since if self.dirty_since is not None else time.monotonic()
+                wait = since + self._delay() - time.monotonic()
+                with anyio.move_on_after(max(0.0, wait)):
                     await self.urgent.wait()
             self.urgent = anyio.Event()
+            self.dirty_since = None
             if await self.round():
                 self.backoff = 0.0
             else:
@@ -816,7 +857,11 @@ class ReplicationEngine:
         files = [
             t
             for t in self.dirty.values()
-            if t.fenced is None and t.claimed and t.capture is None and not t.in_pending
+            if t.fenced is None
+            and t.claimed
+            and t.capture is None
+            and not t.in_pending
+            and not t.folding
         ]
         for t in files:
             del self.dirty[t.name]
@@ -846,6 +891,15 @@ class ReplicationEngine:
         return True
 
     async def _ship(self, ready: list[_File]) -> None:
+        shipping: list[tuple[_File, Prepared, int]] = []
+        carried = [t for t in ready if t.carry is not None]
+        for tracked in carried:
+            assert tracked.carry is not None
+            prepared_carry, commits_then, _ = tracked.carry
+            shipping.append((tracked, prepared_carry, commits_then))
+            if tracked.end or tracked.commits > commits_then:
+                self.dirty[tracked.name] = tracked  # its next generation: the next round
+        ready = [t for t in ready if t.carry is None]
         work = [(t, t.end, t.commits) for t in ready]
         for t in ready:
             t.reading = True
@@ -855,7 +909,6 @@ class ReplicationEngine:
             for t in ready:
                 t.reading = False
                 t.settle()
-        shipping: list[tuple[_File, Prepared, int]] = []
         for (tracked, _, commits), outcome in zip(work, prepared, strict=True):
             if isinstance(outcome, SnapshotNeeded):
                 self._want_snapshot(tracked)
@@ -889,10 +942,15 @@ class ReplicationEngine:
         self.stats["rounds"] += 1
         for (tracked, p, commits), entry in zip(pending.shipping, pending.entries, strict=True):
             tracked.in_pending = False
+            carry, tracked.carry = tracked.carry, None
             if tracked.fenced is not None:
                 continue
             if tracked.replica.shipped(p, pending.key, entry.offset, pending.at) is None:
                 continue  # a snapshot captured since holds these frames
+            if carry is not None and carry[0] is p:
+                # The checkpoint copied exactly the frames shipped now: the WAL's next
+                # generation goes on from its frame 0.
+                tracked.replica.mark_checkpointed(carry[2])
             self.stats["segments"] += 1
             self._await_ack(tracked, commits)
 
@@ -928,22 +986,68 @@ class ReplicationEngine:
                 )
                 continue
             unfolded = tracked.replica.unfolded
-            due = unfolded and (not tracked.tail_set or unfolded >= self.options.fold_segments)
-            if due and not await self._fold(tracked, tail=self.prefix, tail_from=self.seq + 1):
+            # A first segment since a wake-up or a snapshot: the manifest must point at this
+            # session's log before the commit counts as replicated.
+            if (
+                unfolded
+                and not tracked.tail_set
+                and not await self._fold(tracked, tail=self.prefix, tail_from=self.seq + 1)
+            ):
                 if tracked.fenced is None:
                     self._await_ack(tracked, target)
                     ok = False
                 continue
             tracked.ack(target, self.lags)
+            self._maybe_checkpoint(tracked)
             if self._needs_compaction(tracked):
                 self._want_snapshot(tracked)
+            elif tracked.replica.unfolded:
+                if tracked.fold_due_at == math.inf:
+                    interval = self.options.fold_interval * tracked.fold_factor
+                    tracked.fold_due_at = time.monotonic() + interval
+                if (
+                    time.monotonic() >= tracked.fold_due_at
+                    or tracked.replica.unfolded >= self.options.fold_segments * tracked.fold_factor
+                ) and not tracked.folding:
+                    # Listing the segments is not needed for the acknowledgement (the log
+                    # tail finds them): off the round, so that it does not add to the lag.
+                    tracked.folding = True
+                    if self.rt._task_group is not None:
+                        self.rt._task_group.start_soon(self._fold_later, tracked)
         return ok
+
+    async def _fold_later(self, tracked: _File) -> None:
+        try:
+            await self._fold(tracked, tail=self.prefix, tail_from=self.seq + 1)
+        finally:
+            tracked.folding = False
+            if tracked.commits > tracked.acked and tracked.capture is None:
+                self.dirty[tracked.name] = tracked
+                self.dirty_event.set()
+
+    def _maybe_checkpoint(self, tracked: _File) -> None:
+        """Right after an acknowledgement, while the actor waits for work (no transaction is
+        open): checkpoint a file whose WAL is over ``checkpoint_frames`` and fully shipped.
+        (Between turns this is rarely so for a mailbox that senders keep appending to.)"""
+        act = tracked.act
+        if (
+            act is not None
+            and act.waiting
+            and act.files_open
+            and tracked.end >= self.options.checkpoint_frames
+            and tracked.acked == tracked.commits
+            and tracked.capture is None
+            and not tracked.reading
+            and not tracked.uploading
+            and not tracked.folding
+        ):
+            self._checkpoint(tracked)
 
     def _needs_compaction(self, tracked: _File) -> bool:
         manifest = tracked.replica.manifest
         if manifest is None or not manifest.segments:
             return False
-        if len(manifest.segments) >= self.options.compact_segments:
+        if len(manifest.segments) >= self.options.compact_segments * tracked.compact_factor:
             return True
         return manifest.segments[0].flushed_at < self.rt.clock() - self.options.retention / 2
 
@@ -978,10 +1082,11 @@ class ReplicationEngine:
         if tracked.fenced is not None:
             return False
         try:
-            requests = await anyio.to_thread.run_sync(
-                functools.partial(tracked.replica.fold, tail=tail, tail_from=tail_from),
-                limiter=self.limiter,
-            )
+            async with tracked.manifest_lock:
+                requests = await anyio.to_thread.run_sync(
+                    functools.partial(tracked.replica.fold, tail=tail, tail_from=tail_from),
+                    limiter=self.limiter,
+                )
         except ReplicaUnavailableError as exc:
             self._error(exc)
             return False
@@ -992,6 +1097,7 @@ class ReplicationEngine:
         self.stats["puts"] += 1
         self.stats["manifests"] += 1
         tracked.tail_set = tail is not None
+        tracked.fold_due_at = math.inf
         return True
 
     async def _claim_later(self, tracked: _File) -> None:
