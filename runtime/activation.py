@@ -136,6 +136,10 @@ class Activation:
         # With a replica: delivered rows wait here until their delivery is in the replica.
         self.outbox_tokens: collections.deque[tuple[int, Any]] = collections.deque()
         self.outbox_safe_upto = 0
+        # With a replica: (data.db commits, applied seq) after each turn's commit, and the
+        # last applied message known to be in the replica.
+        self.applied_marks: collections.deque[tuple[int, int]] = collections.deque()
+        self.replicated_applied = 0
         self.outbox_dirty = True  # rows may wait in the outbox (true at wake: recovery)
         self.outbox_retry_delay = 0.0
         self.batch_limit = MAX_BATCH
@@ -225,6 +229,7 @@ class Activation:
         # Askers of messages not applied yet, kept by the runtime while the actor hibernated.
         self.waiters.update(rt.parked_waiters.pop(self.aid, {}))
         self.applied_seq = self.loaded_upto = self.cleaned_upto = self.data.applied_seq
+        self.applied_marks.append((0, self.applied_seq))  # in the replica once attached
         last = db.scalar(self.mailbox.conn, "SELECT max(seq) FROM inbox")
         self.recovered_upto = int(last) if last is not None else 0
         if self.data.created:
@@ -753,6 +758,8 @@ class Activation:
                 if waiter is not None:
                     waiter.set_result(reply)
             self.applied_seq = done[-1][0].seq
+            if self.replica_files:
+                self.applied_marks.append((self.replica_files[0].commits, self.applied_seq))
             rt.stats_turns += 1
             rt.stats_applied += len(done)
         if stop is not None:
@@ -950,6 +957,21 @@ class Activation:
         self.outbox_dirty = False
         self.outbox_retry_delay = 0.0
 
+    def _replicated_applied(self) -> int:
+        """The last applied message whose application is in the replica (without one: the
+        last applied). Applied messages and their journals leave the mailbox only up to it:
+        each file is restored to its own latest state, so a mailbox whose cleanup reached the
+        replica before ``data.db``'s turns did would lose those messages in a restore."""
+        if self.runtime.replication is None or not self.replica_files:
+            return self.applied_seq
+        data = self.replica_files[0]
+        marks = self.applied_marks
+        while marks and data.acked >= marks[0][0] and data.capture is None:
+            if data.want_snapshot:
+                break
+            self.replicated_applied = marks.popleft()[1]
+        return self.replicated_applied
+
     def _outbox_deletable(self) -> int:
         """The last outbox row that may be deleted: delivered and, with a replica, delivered
         into the replica (a row deleted earlier could be lost by a restore from it)."""
@@ -963,12 +985,13 @@ class Activation:
     # -- batched housekeeping -------------------------------------------------------------
 
     def _cleanup(self, *, force: bool) -> None:
-        if self.applied_seq - self.cleaned_upto < (1 if force else CLEANUP_EVERY):
+        upto = self._replicated_applied()
+        if upto - self.cleaned_upto < (1 if force else CLEANUP_EVERY):
             return
-        self.mailbox.remove_applied(self.applied_seq)
-        self.cleaned_upto = self.applied_seq
+        self.mailbox.remove_applied(upto)
+        self.cleaned_upto = upto
         cutoff = time.time() - self.runtime.idempotency_ttl
-        self.mailbox.prune_idempotency(cutoff, self.applied_seq)
+        self.mailbox.prune_idempotency(cutoff, upto)
         deletable = self._outbox_deletable()
         self.data.housekeeping(deletable, cutoff)
         self.outbox_deleted_upto = deletable

