@@ -51,6 +51,12 @@ from .replication import (
 
 
 def main(argv: list[str] | None = None) -> int:
+    args_list = sys.argv[1:] if argv is None else list(argv)
+    if args_list[:2] == ["bench", "replication"]:
+        # Its own options (a store to start or point at, load, phases): see --help.
+        from . import bench_replication
+
+        return bench_replication.main(args_list[2:])
     parser = argparse.ArgumentParser(prog="torpor", description="Durable per-agent actors.")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -64,10 +70,12 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument(
         "suite",
         nargs="?",
-        choices=["core", "supervisor", "steps"],
+        choices=["core", "supervisor", "steps", "replication"],
         default="core",
         help="core: messages and asks (default); supervisor: wake-ups, hibernation, recovery; "
-        "steps: journaled step overhead, resumption after a kill -9",
+        "steps: journaled step overhead, resumption after a kill -9; replication: lag, "
+        "requests and restore time against a local S3 server (own options: "
+        "torpor bench replication --help)",
     )
     bench.add_argument("--actors", type=int, default=10_000, help="supervisor: actors to create")
     bench.add_argument("--awake", type=int, default=1_000, help="supervisor: actors to wake")
@@ -76,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     _add_operator_commands(commands)
 
-    args = parser.parse_args(argv)
+    args = parser.parse_args(args_list)
     if args.command == "bench":
         from . import bench as bench_module
 
