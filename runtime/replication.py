@@ -1,25 +1,35 @@
 """Replication of a runtime's files to a replica store, wired into the runtime (DESIGN §6).
 
-One :class:`Replication` per open runtime, when ``open_runtime(replica=...)`` is given:
+One :class:`ReplicationEngine` per open runtime, when ``open_runtime(replica=...)`` is given:
 
 - **Tracking.** Every open actor file (``data.db``, ``mailbox.db``) and ``directory.db`` gets
   a WAL hook: it turns SQLite's auto-checkpoint off and reports each commit's frame count,
   which marks the file dirty. Closed files are not tracked (a hibernated actor costs nothing).
 - **Rounds.** One task ships all dirty files together: their committed frames, de-duplicated
   and compressed per file (``wal.py``), go into one log object (``log.py``): one PUT per round
-  however many actors changed, then one GET of the session's fences. The delay before a round
-  adapts to load (short when commits are rare, up to ``max_delay`` when they are many), and
-  a durable turn or a checkpoint asks for a round at once.
-- **Manifests** (``replicator.py``) are written only when ownership is taken, when a snapshot
-  starts a new generation, when a file's first segment after a wake-up is shipped (so that its
-  manifest points at this session's log) and every ``fold_segments`` segments.
-- **Checkpoints** run between turns, only once every committed frame is shipped.
-- **Hibernation** snapshots each changed file (a checkpoint, then the whole file), writes the
-  manifest without a log tail, and keeps what the next wake-up needs in ``replica.json`` in
-  the actor's folder, so that waking again in this process costs no request.
+  however many actors changed, then one GET of the session's fences, then the commits are
+  acknowledged (durable replies released). The delay before a round runs from the first
+  waiting commit and adapts to load (short when commits are rare, up to ``max_delay`` when
+  they are many); a durable turn asks for a round at once. A log object that could not be
+  stored is retried byte for byte; nothing is acknowledged without a fences read after it.
+- **Manifests** (``replicator.py``) are written when ownership is taken, when a snapshot
+  starts a new generation, when a file ships its first segment after a wake-up or snapshot
+  (before the acknowledgement: the manifest must point at this session's log), and later by
+  age or count, after the acknowledgement and off the round.
+- **Checkpoints** run between turns (or right after an acknowledgement while the actor waits):
+  frames not shipped yet are read into a segment carried to the next round, then the WAL is
+  truncated; the chain goes on from frame 0 of its next generation.
+- **Hibernation** snapshots each changed file (a checkpoint, then the whole file, checked with
+  ``quick_check`` before upload), writes the manifest without a log tail, and keeps what the
+  next wake-up needs in ``replica.json`` in the actor's folder, so that waking again in this
+  process costs no request. If the store is down, the actor is left behind and woken to catch
+  up once a round succeeds.
 - **Waking** an actor for the first time in this process takes ownership of its files (a higher
   epoch, the previous writer fenced, its log tail closed), and restores the files from the
-  replica when they are missing here or were last written by another runtime.
+  replica when they are missing here, were last written by another runtime, or are corrupt.
+- **Cross-file order.** Each file is restored to its own latest state, so the runtime orders
+  what could contradict: applied messages leave the mailbox, and delivered outbox rows leave
+  the sender, only once what they depend on is in the replica.
 """
 
 from __future__ import annotations
