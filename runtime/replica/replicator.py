@@ -432,6 +432,8 @@ class FileReplica:
         self.unfolded = 0
         #: Bumped by every capture: a segment prepared before it is stale.
         self.chain = 0
+        #: Guards the manifest between a manifest write (a worker thread) and ``shipped``.
+        self._state_lock = threading.RLock()
         self.name = name
         self._manifest_key = manifest_key(name)
         self.writer = writer if writer is not None else uuid.uuid4().hex
@@ -719,11 +721,19 @@ class FileReplica:
         txid it makes, or ``None`` if a snapshot was captured since it was prepared (its
         frames are in the snapshot; the entry stays unused in the log). The manifest is
         written later (:meth:`fold`)."""
+        with self._state_lock:
+            return self._shipped(prepared, key, offset, flushed_at)
+
+    def _shipped(self, prepared: Prepared, key: str, offset: int, flushed_at: float) -> int | None:
         manifest = self._writable()
         if prepared.chain != self.chain or self._capture_pending:
             return None
         if manifest.position != prepared.start:
-            raise RuntimeError(f"{self.name!r}: a segment was shipped out of order")
+            raise RuntimeError(
+                f"{self.name!r}: a segment was shipped out of order (prepared from "
+                f"{prepared.start}, the chain is at {manifest.position}; chain {self.chain}, "
+                f"txid {manifest.txid}, unfolded {self.unfolded})"
+            )
         meta = prepared.meta
         entry = SegmentEntry(
             key=key,
@@ -750,11 +760,20 @@ class FileReplica:
         """Write the manifest with every shipped segment, its chain continuing in the log
         ``tail`` from object ``tail_from``; return the requests made. :class:`FencedError`
         if another writer claimed the file."""
-        manifest = self._writable()
+        with self._state_lock:
+            manifest = self._writable()
+            listed = len(manifest.segments)
         self._requests = 0
         new = attrs.evolve(manifest, tail=tail, tail_from=tail_from)
-        self._write_manifest(new, orphans=[])
-        self.unfolded = 0
+        self._write_manifest(new, orphans=[], adopt=False)
+        # Segments shipped while the manifest was written (by the caller's other thread)
+        # stay in memory, after the listed ones: the written manifest is a prefix of it.
+        with self._state_lock:
+            current = self._manifest
+            assert current is not None
+            if current.snapshot == manifest.snapshot:
+                self._manifest = attrs.evolve(current, tail=tail, tail_from=tail_from)
+                self.unfolded = len(current.segments) - listed
         return self._requests
 
     def mark_checkpointed(self, frame: int) -> None:
@@ -968,8 +987,9 @@ class FileReplica:
         ):
             self._fence(current.epoch if current else None)
         assert got is not None and current is not None
-        self._manifest, self._etag = current, got[1]
-        self._checkpointed_frame = None
+        # Still ours: whether the write landed or not, what this writer holds in memory is
+        # the chain (the stored manifest is the same or a prefix of it); only the ETag moves.
+        self._etag = got[1]
         self._uncertain = False
 
     def _fence(self, current_epoch: int | None) -> None:
@@ -982,7 +1002,7 @@ class FileReplica:
         )
         raise self._fenced
 
-    def _write_manifest(self, new: Manifest, *, orphans: list[str]) -> int:
+    def _write_manifest(self, new: Manifest, *, orphans: list[str], adopt: bool = True) -> int:
         """Replace the manifest if nobody else did since our last write; return its bytes."""
         data = new.encode()
         try:
@@ -992,7 +1012,8 @@ class FileReplica:
             if got is not None and got[0] == data:
                 # Our own put, applied by an attempt whose answer was lost (S3 retries).
                 self._etag = got[1]
-                self._manifest = new
+                if adopt:
+                    self._manifest = new
                 return len(data)
             current = Manifest.decode(got[0], key=self._manifest_key) if got else None
             for key in orphans:  # named by no manifest: ours failed, and keys are ours alone
@@ -1013,7 +1034,8 @@ class FileReplica:
         except ReplicaUnavailableError:
             self._uncertain = True
             raise
-        self._manifest = new
+        if adopt:
+            self._manifest = new
         return len(data)
 
     def _committed_end(self, conn: apsw.Connection) -> int:
