@@ -1232,8 +1232,11 @@ def _quiet_fork(
             "UPDATE events SET consumed_seq = NULL, consumed_n = NULL WHERE consumed_seq > ?",
             (applied,),
         )
-        mailbox.execute("DELETE FROM journal WHERE seq > ?", (applied,))
-        mailbox.execute("DELETE FROM inbox WHERE seq > ?", (applied,))
+        # Everything left in the inbox goes: the unapplied messages are dead letters now, and
+        # applied ones may still be there (they leave the mailbox only once their turn is in
+        # the replica, and the fork copies a moment before that).
+        mailbox.execute("DELETE FROM journal")
+        mailbox.execute("DELETE FROM inbox")
 
 
 if __name__ == "__main__":

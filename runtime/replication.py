@@ -1333,6 +1333,11 @@ class ReplicationEngine:
                     tracked, tail=None, tail_from=0
                 ):
                     complete = False
+                    continue
+                if tracked is files[0] and len(files) > 1 and tracked.acked == tracked.commits:
+                    # data.db is in the replica up to its last turn: the applied messages can
+                    # leave the mailbox before the mailbox's own final snapshot.
+                    act.cleanup_replicated()
         for tracked in files:
             tracked.final_commits = tracked.commits
         if not complete and not any(t.fenced for t in files):
