@@ -13,8 +13,8 @@ snapshot, segment). Measured, each with the issue's target where it has one:
   and ``rt.statistics().replication.lag_p50/_p99`` (its last 1,000 commits) at the end; the
   oldest unacknowledged commit's age, polled. Requests, PUTs and bytes per 1,000 turns, with a
   per-round breakdown (log objects, manifests, snapshots, fences). Manifest folds happen every
-  ``fold_segments`` segments of a file, so a window shorter than that many rounds misses them:
-  the long-run figure adds them from the measured segments per turn.
+  ``fold_interval`` seconds (or ``fold_segments`` segments) of a file, so a short window misses
+  them: the long-run figure adds them, and compactions, at the measured rates.
 - **Durable asks** under the same load: a ``durable = True`` actor's ask latency beside a
   plain actor's, alternating (the difference is the wait for the replica).
 - **Idle.** ``--idle-actors`` actors created and hibernated, then the runtime left open for
@@ -1222,15 +1222,22 @@ def run(args: argparse.Namespace, progress: Callable[[str], None]) -> dict[str, 
 
 
 def long_run_puts(load: dict[str, Any], args: argparse.Namespace) -> float:
-    """PUTs in the window plus those a longer run adds at the same rate: a manifest per file
-    every ``fold_segments`` segments, a snapshot and a manifest every ``compact_segments``
-    (the window's own folds and snapshots, if any, are counted already)."""
+    """PUTs in the window plus those a longer run adds at the same rate (the window's own
+    folds and snapshots, if any, are counted already): a manifest per shipping file every
+    ``fold_interval`` seconds or ``fold_segments`` segments, whichever comes first, and a
+    snapshot and a manifest every ``compact_segments`` segments. The engine spreads each
+    threshold per file by a random factor: 0.75-1.25 for folds (mean 1), 0.75-1 for
+    compactions (mean 0.875)."""
     options = args.replication
     put = load["requests"].get("put", {})
     seen_manifests = put.get("manifest", {}).get("requests", 0)
     seen_snapshots = put.get("snapshot", {}).get("requests", 0)
-    folds = load["segments"] / options.fold_segments
-    compactions = load["segments"] / options.compact_segments
+    seconds = max(1e-9, float(load["seconds"]))
+    files = max(1.0, float(load["segments_per_round"]))  # each busy file ships every round
+    per_file = load["segments"] / files  # segments of one file in the window
+    fold_rate = max(1 / options.fold_interval, per_file / seconds / options.fold_segments)
+    folds = files * seconds * fold_rate
+    compactions = load["segments"] / (options.compact_segments * 0.875)
     extra = max(0.0, folds + compactions - seen_manifests) + max(0.0, compactions - seen_snapshots)
     return float(load["puts"] + extra)
 

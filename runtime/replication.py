@@ -121,9 +121,9 @@ class Replication:
     min_delay: float = 0.02
     busy_rate: float = 100.0
     checkpoint_frames: int = 1000
-    fold_interval: float = 1800.0
+    fold_interval: float = 3600.0
     fold_segments: int = 2048
-    compact_segments: int = 4096
+    compact_segments: int = 6144
     retention: float = 24 * 3600.0
     keep_generations: int = 8
 
