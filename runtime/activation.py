@@ -957,12 +957,6 @@ class Activation:
         self.outbox_dirty = False
         self.outbox_retry_delay = 0.0
 
-    def cleanup_replicated(self) -> None:
-        """At hibernation, once ``data.db`` is in the replica: the last cleanup."""
-        if self.files_open and self.applied_seq > self.cleaned_upto:
-            self.mailbox.remove_applied(self.applied_seq)
-            self.cleaned_upto = self.applied_seq
-
     def _replicated_applied(self) -> int:
         """The last applied message whose application is in the replica (without one: the
         last applied). Applied messages and their journals leave the mailbox only up to it:

@@ -202,6 +202,7 @@ class _File:
         self.in_pending = False  # its segment is in a log object not stored yet
         #: Frames read just before a checkpoint, not shipped yet: (segment, commits, frame).
         self.carry: tuple[Prepared, int, int] | None = None
+        self.mailbox_commits_at_capture = 0  # (data.db) its mailbox's commits at capture
         self.abandoned = False  # closed with commits not in the store (left behind)
         self.final_commits = -1  # commits when hibernation's last snapshot was taken
         self.snapshots_done = 0
@@ -383,8 +384,13 @@ class ReplicationEngine:
             return False
         try:
             got = self.store.get(manifest_key(DIRECTORY_FILE))
-        except ReplicaUnavailableError:
-            return False  # a new runtime, or the store is down: a claim later will tell
+        except ReplicaUnavailableError as exc:
+            # A new runtime, or a lost machine's to restore: starting empty in the second case
+            # would answer from nothing and then be fenced as diverged. Refuse, clearly.
+            raise ReplicaUnavailableError(
+                f"{root} holds no runtime and the replica cannot be reached to find out whether "
+                f"one should be restored from it ({exc}); open again once it is reachable"
+            ) from exc
         if got is None:
             return False
         manifest = Manifest.decode(got[0], key=manifest_key(DIRECTORY_FILE))
@@ -708,6 +714,9 @@ class ReplicationEngine:
             self._error(exc)
             return
         tracked.capture_commits = tracked.commits
+        act = tracked.act
+        if act is not None and len(act.replica_files) > 1 and tracked is act.replica_files[0]:
+            tracked.mailbox_commits_at_capture = act.replica_files[1].commits
         tracked.carry = None  # (its frames are in the snapshot)
         tracked.want_snapshot = False
         tracked.changed_since_snapshot = False
@@ -757,6 +766,8 @@ class ReplicationEngine:
         tracked.uploading = True
         delay = 0.05
         try:
+            if not await self._mailbox_caught_up(tracked, wait=not final):
+                return  # the mailbox could not follow: not uploaded ahead of it
             while tracked.capture is captured and tracked.fenced is None:
                 if tracked.closing and not final:
                     return  # hibernation makes its own, last attempt
@@ -872,6 +883,7 @@ class ReplicationEngine:
             and t.capture is None
             and not t.in_pending
             and not t.folding
+            and not self._mailbox_blocks(t)
         ]
         for t in files:
             del self.dirty[t.name]
@@ -1052,6 +1064,49 @@ class ReplicationEngine:
             and not tracked.folding
         ):
             self._checkpoint(tracked)
+
+    def _mailbox_blocks(self, tracked: _File) -> bool:
+        """Whether ``data.db`` must wait for its mailbox: a turn in the replica whose message's
+        append (with its idempotency key and sender cursor) is not would be applied twice by a
+        retry after a restore. So data.db ships in the same log object as its mailbox, or
+        after it, never before: not while the mailbox cannot ship (a snapshot uploading, a
+        manifest being written, a log object not stored yet)."""
+        act = tracked.act
+        if act is None or len(act.replica_files) < 2 or tracked is not act.replica_files[0]:
+            return False
+        mailbox: _File = act.replica_files[1]
+        if mailbox.fenced is not None:
+            return False
+        return (
+            not mailbox.claimed
+            or mailbox.capture is not None
+            or mailbox.folding
+            or mailbox.in_pending
+        )
+
+    async def _mailbox_caught_up(self, tracked: _File, *, wait: bool = True) -> bool:
+        """Before a ``data.db`` snapshot upload: wait until its mailbox's commits made before
+        the capture are in the replica (same reason as :meth:`_mailbox_blocks`). ``False``
+        if they cannot be (the mailbox fenced, or closed behind)."""
+        act = tracked.act
+        if act is None or len(act.replica_files) < 2 or tracked is not act.replica_files[0]:
+            return True
+        mailbox: _File = act.replica_files[1]
+        target = tracked.mailbox_commits_at_capture
+        while mailbox.acked < target or mailbox.capture is not None:
+            if (
+                not wait
+                or mailbox.fenced is not None
+                or self.files.get(mailbox.name) is not mailbox
+            ):
+                return False
+            event = mailbox.acked_event
+            if mailbox.capture is None and mailbox.name not in self.dirty:
+                self.dirty[mailbox.name] = mailbox
+            self.urgent.set()
+            self.dirty_event.set()
+            await event.wait()
+        return True
 
     def _needs_compaction(self, tracked: _File) -> bool:
         manifest = tracked.replica.manifest
@@ -1311,7 +1366,10 @@ class ReplicationEngine:
         with anyio.CancelScope(shield=True):
             for tracked in files:
                 tracked.closing = True
-            for tracked in files:
+            # The mailbox first: data.db must never be in the replica ahead of it.
+            for tracked in reversed(files):
+                if not complete:
+                    break
                 await tracked.quiet()
                 if tracked.fenced is not None:
                     continue
@@ -1334,10 +1392,6 @@ class ReplicationEngine:
                 ):
                     complete = False
                     continue
-                if tracked is files[0] and len(files) > 1 and tracked.acked == tracked.commits:
-                    # data.db is in the replica up to its last turn: the applied messages can
-                    # leave the mailbox before the mailbox's own final snapshot.
-                    act.cleanup_replicated()
         for tracked in files:
             tracked.final_commits = tracked.commits
         if not complete and not any(t.fenced for t in files):
