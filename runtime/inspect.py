@@ -470,6 +470,7 @@ def summary(root: Path) -> Summary:
         disk_bytes=disk,
         directory_bytes=directory_bytes,
         actor_folders=folders,
+        replication=_runtime_replication(root),
     )
 
 
@@ -686,6 +687,25 @@ def inspect_actor(root: Path, type_name: str, key: str, *, rows: int = 5) -> Act
         dead_letters=letters,
         replication=_replication_status(folder),
     )
+
+
+def _runtime_replication(root: Path) -> str:
+    """What the runtime directory says of replication (no request): where it was restored
+    from, if it was; an actor's state is in ``torpor inspect``."""
+    import json
+
+    try:
+        origin = json.loads((root / "REPLICA_ORIGIN").read_text())
+    except (OSError, ValueError):
+        return "no restore recorded (an actor's state: torpor inspect)"
+    at = origin.get("at") if isinstance(origin, dict) else None
+    when = (
+        time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(at)) + "Z"
+        if isinstance(at, int | float)
+        else "its latest state"
+    )
+    source = origin.get("runtime") if isinstance(origin, dict) else "?"
+    return f"restored from runtime {source} at {when}"
 
 
 def _replication_status(folder: Path) -> str:

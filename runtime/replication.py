@@ -1378,6 +1378,12 @@ class ReplicationEngine:
                     if not tracked.claimed or tracked.fenced is not None:
                         complete = False
                         continue
+                if tracked.capture is not None and tracked.commits > tracked.capture_commits:
+                    # A snapshot taken earlier and not uploaded yet (its upload waited, then
+                    # stopped for the closing): commits came since, so take it again.
+                    tracked.capture = None
+                    tracked.replica.abandon_capture()
+                    tracked.changed_since_snapshot = True
                 if tracked.capture is None and (
                     tracked.changed_since_snapshot or tracked.want_snapshot
                 ):
@@ -1446,6 +1452,16 @@ class ReplicationEngine:
                 if directory.capture is None:
                     self.dirty[DIRECTORY_FILE] = directory
                 await self.round()
+            await directory.quiet()
+            if (
+                directory.fenced is None
+                and directory.acked == directory.commits
+                and directory.capture is None
+                and (directory.tail_set or directory.replica.unfolded)
+            ):
+                # Everything is listed in the manifest: the next open (or a restore) reads
+                # no log tail (it would otherwise read every log object of this session).
+                await self._fold(directory, tail=None, tail_from=0)
         self._untrack(directory)
 
     # -- statistics --------------------------------------------------------------------------
