@@ -710,6 +710,9 @@ class ReplicationEngine:
     def _capture(self, tracked: _File, *, upload: bool = True) -> None:
         try:
             tracked.capture = tracked.replica.capture(tracked.conn, tracked.path, owned=True)
+        except FencedError as exc:
+            self._fenced(tracked, exc)
+            return
         except (ReplicaError, apsw.Error) as exc:
             self._error(exc)
             return
@@ -732,6 +735,8 @@ class ReplicationEngine:
         store): the replica then goes on from frame 0 of the WAL's next generation."""
         if tracked.reading or tracked.in_pending or tracked.carry is not None:
             return
+        if tracked.fenced is not None:
+            return
         frame = tracked.end
         carry: Prepared | None = None
         if tracked.acked < tracked.commits or tracked.name in self.dirty:
@@ -739,6 +744,9 @@ class ReplicationEngine:
                 carry = tracked.replica.prepare(tracked.path, frame)
             except SnapshotNeeded:
                 self._want_snapshot(tracked)
+                return
+            except FencedError as exc:
+                self._fenced(tracked, exc)
                 return
             except (ReplicaError, OSError) as exc:
                 self._error(exc)
@@ -751,7 +759,10 @@ class ReplicationEngine:
             return  # (nothing was lost: the frames stay in the WAL, shipped as usual)
         tracked.end = 0
         if carry is None:
-            tracked.replica.mark_checkpointed(frame)
+            try:
+                tracked.replica.mark_checkpointed(frame)
+            except FencedError as exc:
+                self._fenced(tracked, exc)
         else:
             tracked.carry = (carry, tracked.commits, frame)
             self.dirty[tracked.name] = tracked
@@ -808,7 +819,7 @@ class ReplicationEngine:
                 tracked.tail_set = not final
                 tracked.ack(tracked.capture_commits, self.lags)
                 tracked.poke()
-                if tracked.end:
+                if tracked.end and self.files.get(tracked.name) is tracked:
                     self.dirty[tracked.name] = tracked
                     self.dirty_event.set()
         finally:
@@ -967,12 +978,24 @@ class ReplicationEngine:
             carry, tracked.carry = tracked.carry, None
             if tracked.fenced is not None:
                 continue
-            if tracked.replica.shipped(p, pending.key, entry.offset, pending.at) is None:
-                continue  # a snapshot captured since holds these frames
-            if carry is not None and carry[0] is p:
-                # The checkpoint copied exactly the frames shipped now: the WAL's next
-                # generation goes on from its frame 0.
-                tracked.replica.mark_checkpointed(carry[2])
+            # Each file on its own: the object is stored whatever happens to one file here
+            # (a landed object is never landed twice).
+            try:
+                if tracked.replica.shipped(p, pending.key, entry.offset, pending.at) is None:
+                    continue  # a snapshot captured since holds these frames
+                if carry is not None and carry[0] is p:
+                    # The checkpoint copied exactly the frames shipped now: the WAL's next
+                    # generation goes on from its frame 0.
+                    tracked.replica.mark_checkpointed(carry[2])
+            except FencedError as exc:
+                self._fenced(tracked, exc)
+                continue
+            except Exception as exc:  # (a bug: the chain goes on from a new snapshot)
+                self._error(exc)
+                self.rt._report(f"replication of {tracked.name!r}: {exc!r}; taking a snapshot")
+                tracked.replica.abandon_capture()
+                self._want_snapshot(tracked)
+                continue
             self.stats["segments"] += 1
             self._await_ack(tracked, commits)
 
@@ -1043,7 +1066,11 @@ class ReplicationEngine:
             await self._fold(tracked, tail=self.prefix, tail_from=self.seq + 1)
         finally:
             tracked.folding = False
-            if tracked.commits > tracked.acked and tracked.capture is None:
+            if (
+                tracked.commits > tracked.acked
+                and tracked.capture is None
+                and self.files.get(tracked.name) is tracked
+            ):
                 self.dirty[tracked.name] = tracked
                 self.dirty_event.set()
 

@@ -725,7 +725,7 @@ class FileReplica:
             return self._shipped(prepared, key, offset, flushed_at)
 
     def _shipped(self, prepared: Prepared, key: str, offset: int, flushed_at: float) -> int | None:
-        manifest = self._writable()
+        manifest = self._local()
         if prepared.chain != self.chain or self._capture_pending:
             return None
         if manifest.position != prepared.start:
@@ -778,8 +778,8 @@ class FileReplica:
 
     def mark_checkpointed(self, frame: int) -> None:
         """The runtime's own ``TRUNCATE`` checkpoint copied exactly the shipped frames, up to
-        ``frame``: the WAL's next generation is shipped from its frame 0."""
-        manifest = self._writable()
+        ``frame``: the WAL's next generation is shipped from its frame 0. No request."""
+        manifest = self._local()
         if manifest.position is not None and manifest.position.frame_count == frame:
             self._checkpointed_frame = frame
 
@@ -793,7 +793,7 @@ class FileReplica:
         and nothing else checkpoints the file (the runtime, whose WAL hook sees every commit):
         any next generation continues the chain from its frame 0, even one whose salts cannot
         be predicted (a WAL that was empty on a fresh connection gets random ones)."""
-        manifest = self._writable()
+        manifest = self._local()
         wal = f"{os.fspath(path)}-wal"
         try:
             before = read_header(wal) if os.path.exists(wal) else None
@@ -961,6 +961,15 @@ class FileReplica:
                 epoch=self._fenced.epoch,
                 current_epoch=self._fenced.current_epoch,
             )
+
+    def _local(self) -> Manifest:
+        """The manifest as this writer holds it, without a request (for the calls a caller
+        makes on its event loop: an uncertain manifest is resolved by the next call that
+        talks to the store anyway)."""
+        self._check_not_fenced()
+        if self._manifest is None:
+            raise RuntimeError(f"call claim() before writing the replica of {self.name!r}")
+        return self._manifest
 
     def _writable(self) -> Manifest:
         self._check_not_fenced()
