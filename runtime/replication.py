@@ -103,12 +103,14 @@ class ReplicaConflictError(ActorError):
 class Replication:
     """How the runtime replicates (``open_runtime(replica=..., replication=...)``).
 
-    ``max_delay``: the longest a commit waits before the round that ships it starts (the lag
-    is about this plus one PUT); ``min_delay``: the delay when commits are rare;
-    ``busy_rate``: commits per second at which the delay reaches ``max_delay`` (the delay
-    grows linearly with the observed rate up to there, so rounds batch more commits under
-    load). ``checkpoint_frames``: WAL frames after which a file is checkpointed (between
-    turns, once shipped). ``fold_interval``: seconds after which a file's shipped segments are
+    ``lag_target``: the replication lag aimed at (commit to acknowledgement), seconds: under
+    load the delay before a round is this minus the time recent rounds took (their slowest),
+    so rounds are as few as the target allows, and more frequent when the store is slow;
+    ``max_delay`` bounds that delay; ``min_delay``: the delay when commits are rare;
+    ``busy_rate``: commits per second at which the delay reaches its load value (it grows
+    linearly with the observed rate up to there). A durable turn's commits go at
+    ``min_delay``. ``checkpoint_frames``: WAL frames after which a file is checkpointed
+    (between turns). ``fold_interval``: seconds after which a file's shipped segments are
     listed in its manifest (a restore then reads fewer log objects), or after
     ``fold_segments`` segments; ``compact_segments``: segments after which a file gets a new
     snapshot (each threshold is spread by a random factor per file, so that many busy files
@@ -117,7 +119,8 @@ class Replication:
     earlier snapshots kept at most.
     """
 
-    max_delay: float = 0.75
+    lag_target: float = 0.9
+    max_delay: float = 0.85
     min_delay: float = 0.02
     busy_rate: float = 100.0
     checkpoint_frames: int = 1000
@@ -128,7 +131,14 @@ class Replication:
     keep_generations: int = 8
 
     def __attrs_post_init__(self) -> None:
-        for name in ("max_delay", "min_delay", "busy_rate", "retention", "fold_interval"):
+        for name in (
+            "lag_target",
+            "max_delay",
+            "min_delay",
+            "busy_rate",
+            "retention",
+            "fold_interval",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int | float) or value < 0 or math.isnan(value):
                 raise ValueError(f"Replication.{name} must be a number >= 0 (got {value!r})")
@@ -356,6 +366,8 @@ class ReplicationEngine:
         self.awaiting: dict[str, tuple[_File, int]] = {}
         self.backoff = 0.0
         self.dirty_since: float | None = None
+        #: How long the last rounds took (the delay leaves room for the next one).
+        self.round_times: collections.deque[float] = collections.deque(maxlen=20)
         self.lags = collections.deque(maxlen=1000)
 
     # -- names -------------------------------------------------------------------------------
@@ -863,7 +875,11 @@ class ReplicationEngine:
         ):
             return o.min_delay
         share = min(1.0, self.rate / o.busy_rate) if o.busy_rate else 1.0
-        return o.min_delay + (o.max_delay - o.min_delay) * share
+        # What the lag target leaves once a round's own time is paid: the slowest of the
+        # recent rounds, so a slow store (or a busy machine) shortens the wait.
+        slowest = max(self.round_times, default=0.0)
+        loaded = min(o.max_delay, max(o.min_delay, o.lag_target - slowest))
+        return o.min_delay + (loaded - o.min_delay) * share
 
     async def round(self) -> bool:
         """One round; ``False`` if the store could not be reached (retry later). Rounds never
@@ -872,11 +888,15 @@ class ReplicationEngine:
         every dirty file and PUT one log object; read the fences; write the manifests that
         must point at this session's log; acknowledge."""
         async with self.round_lock:
+            started = time.monotonic()
             try:
-                return await self._round()
+                done = await self._round()
             except ReplicaUnavailableError as exc:
                 self._error(exc)
                 return False
+            if done:  # (failed rounds wait their backoff instead)
+                self.round_times.append(time.monotonic() - started)
+            return done
 
     async def _round(self) -> bool:
         for tracked in [t for t in self.dirty.values() if not t.claimed and t.fenced is None]:
