@@ -125,7 +125,7 @@ class Replication:
     busy_rate: float = 100.0
     checkpoint_frames: int = 1000
     fold_interval: float = 3600.0
-    fold_segments: int = 2048
+    fold_segments: int = 4096
     compact_segments: int = 6144
     retention: float = 24 * 3600.0
     keep_generations: int = 8
