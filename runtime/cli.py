@@ -202,7 +202,103 @@ def _add_operator_commands(commands: Any) -> None:
     status = command("status", _status, "counts, whether the runtime is open, disk usage")
     status.add_argument("--json", action="store_true", help="machine-readable output")
 
+    for name, text in (
+        ("send", "send a message to an actor (the runtime must be closed: this opens it)"),
+        ("ask", "ask an actor and print its reply (the runtime must be closed: this opens it)"),
+    ):
+        call = command(name, _call, text)
+        call.add_argument("type_name", metavar="TYPE")
+        call.add_argument("key", metavar="KEY")
+        call.add_argument("handler", metavar="HANDLER")
+        call.add_argument(
+            "--types",
+            required=True,
+            metavar="MODULE:NAME[,...]",
+            help="your actor classes (a class, or a list of them), e.g. myapp.agents:Chat; "
+            "the current directory is importable",
+        )
+        call.add_argument("--args", default="[]", metavar="JSON", help="positional, a JSON list")
+        call.add_argument("--kwargs", default="{}", metavar="JSON", help="keyword, a JSON object")
+        call.add_argument("--idempotency-key", metavar="KEY", help="a retried call is a no-op")
+        call.add_argument("--json", action="store_true", help="machine-readable output")
+
     _add_replica_commands(command)
+
+
+def _load_types(spec: str) -> list[type]:
+    """``module:Name`` items, comma-separated; a name may be a class or a list of classes."""
+    import importlib
+
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    found: list[type] = []
+    for item in (part.strip() for part in spec.split(",")):
+        module_name, sep, attr = item.partition(":")
+        if not sep or not module_name or not attr:
+            raise LookupError(f"--types: {item!r} is not MODULE:NAME")
+        try:
+            value: Any = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise LookupError(f"--types: cannot import {module_name!r} ({exc})") from exc
+        for part in attr.split("."):
+            if not hasattr(value, part):
+                raise LookupError(f"--types: {module_name} has no {attr!r}")
+            value = getattr(value, part)
+        found.extend(value if isinstance(value, list | tuple) else [value])
+    return found
+
+
+def _call(args: argparse.Namespace) -> int:
+    """``torpor send`` / ``torpor ask``: open the runtime with the user's classes (its pending
+    actors of those types resume, as at any open), make the call, close gracefully."""
+    import anyio
+
+    from .engine import open_runtime
+
+    root = _inspect.check_root(args.dir)
+    try:
+        positional = json.loads(args.args)
+        keywords = json.loads(args.kwargs)
+    except ValueError as exc:
+        raise _inspect.WriteRefusedError(f"--args/--kwargs must be JSON ({exc})") from exc
+    if not isinstance(positional, list) or not isinstance(keywords, dict):
+        raise _inspect.WriteRefusedError("--args must be a JSON list and --kwargs a JSON object")
+    types = _load_types(args.types)
+    by_name: dict[str, type] = {}
+    for t in types:
+        spec = getattr(t, "__torpor_spec__", None)
+        if spec is None:
+            raise LookupError(f"--types: {t!r} is not an actors.Actor class")
+        by_name[spec.name] = t
+    if args.type_name not in by_name:
+        raise LookupError(
+            f"{args.type_name!r} is not among --types ({', '.join(sorted(map(str, by_name)))})"
+        )
+    actor_type = by_name[args.type_name]
+
+    async def run() -> Any:
+        async with open_runtime(root, types=types) as rt:
+            ref: Any = rt.ref(actor_type, args.key)
+            if args.command == "ask":
+                return await ref.ask(args.handler, *positional, **keywords, **_key(args))
+            await ref.send(args.handler, *positional, **keywords, **_key(args))
+            return None
+
+    result = anyio.run(run)
+    if args.command == "ask":
+        if args.json:
+            _print_json({"reply": _inspect.to_json(result)})
+        else:
+            print(json.dumps(_inspect.to_json(result), ensure_ascii=False))
+    elif args.json:
+        _print_json({"sent": True})
+    else:
+        print(f"sent {args.type_name} {args.key!r} {args.handler}")
+    return 0
+
+
+def _key(args: argparse.Namespace) -> dict[str, Any]:
+    return {"idempotency_key": args.idempotency_key} if args.idempotency_key else {}
 
 
 def _print_json(value: Any) -> None:
