@@ -213,3 +213,24 @@ def test_replication_restores_on_a_fresh_machine_and_forks_the_past(tmp_path: Pa
     assert "files behind: 0" in out
     assert not (tmp_path / "demo" / "machine-a").exists()
     assert "forked replication.Assistant 'alice' (the state at " in out
+
+
+def test_asyncio_host_serves_http_and_closes_the_runtime(tmp_path: Path) -> None:
+    """asyncio_host --demo: torpor on asyncio behind a stdlib HTTP endpoint answers JSON, honours
+    an Idempotency-Key, refuses bad routes, and closes the runtime before exiting."""
+    out = run_example("asyncio_host.py", str(tmp_path / "torpor"), "--demo")
+    answers = {
+        line.split(" -> ", 1)[0]: line.split(" -> ", 1)[1]
+        for line in (line.strip() for line in out.splitlines())
+        if " -> " in line
+    }
+    assert answers["POST /agents/alice/note"] == '200 {"result": 1}'
+    retried = "POST /agents/alice/note (Idempotency-Key req-2)"
+    assert answers[retried] == '200 {"result": 2}'  # both requests with the key: applied once
+    status, body = answers["GET /agents/alice/summary"].split(" ", 1)
+    assert status == "200" and json.loads(body) == {"result": {"notes": 2, "words": 11}}
+    assert answers["GET /agents/alice/note"].startswith("405 ")
+    assert answers["POST /agents/alice/nope"].startswith("404 ")
+    assert answers["8 concurrent POSTs to 8 agents"] == "[200]"
+    assert out.index("server closed; closing the runtime") < out.index("runtime closed")
+    assert out.rstrip().endswith("runtime closed")
