@@ -234,3 +234,30 @@ def test_asyncio_host_serves_http_and_closes_the_runtime(tmp_path: Path) -> None
     assert answers["8 concurrent POSTs to 8 agents"] == "[200]"
     assert out.index("server closed; closing the runtime") < out.index("runtime closed")
     assert out.rstrip().endswith("runtime closed")
+
+
+def test_chat_agent_answers_with_tools_and_keeps_its_history(tmp_path: Path) -> None:
+    """chat_agent: the fake LLM calls the weather and calculator tools, each LLM round and
+    tool call runs once, and the history survives a reopen; the same say again with its
+    idempotency key returns the first answer without calling anything."""
+    out = run_example("chat_agent.py", str(tmp_path / "torpor"))
+    answers = [line.strip().removeprefix("agent:").strip() for line in out.splitlines()]
+    assert "Here you go: Lisbon: 22°C, sunny." in answers
+    assert "Here you go: Oslo: -3°C, snow; (22 - -3) * 2 = 50." in answers
+    assert "Here you go: 12 * (3 + 4) / 2 = 42." in answers
+    assert "Here you go: 1 / 0 = error (division by zero)." in answers
+    per_turn = re.findall(r"\(LLM calls: (\d+), tool calls: (\d+)\)", out)
+    assert [(int(llm), int(tools)) for llm, tools in per_turn] == [
+        (1, 0),
+        (2, 1),
+        (3, 2),
+        (2, 1),
+        (1, 0),
+        (2, 1),
+    ]
+    assert "fake LLM calls: 11, tool calls: 5 {" in out
+    assert "ana: 9 messages {'assistant': 3, 'tool': 3, 'user': 3}" in out
+    assert "ben: 8 messages {'assistant': 3, 'tool': 2, 'user': 3}" in out
+    assert "tool> Lisbon: 22°C, sunny" in out
+    assert line_after(out, "calls it made:") == "0"
+    assert out.rstrip().endswith("done: fake LLM calls: 11, tool calls: 5")
