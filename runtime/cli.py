@@ -8,6 +8,8 @@ while a process has the runtime open.
 ``restore`` and ``fork`` read a replica (``--replica DIR`` or ``--s3-bucket``): ``restore``
 rebuilds a whole runtime directory, or one actor's files (``--actor``, runtime closed);
 ``fork`` copies an actor's state, at a past time or its latest, into a new actor.
+``inspect`` and ``sql`` with ``--from-replica`` (and no DIR) read the replica instead of a
+runtime directory, at ``--at TIME`` or its latest, through a temporary directory.
 
 Exit status: 0 on success, 1 for an error met in the runtime directory (missing, an unknown
 actor, an actor awake in a running process, a runtime open elsewhere), 2 for a usage error.
@@ -82,7 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument(
         "--resume", type=int, default=10_000, help="supervisor: actors to recover after a kill"
     )
-    _add_operator_commands(commands)
+    # ``inspect`` and ``sql`` with --from-replica read a replica, not a runtime directory: they
+    # take no DIR. Their local form keeps DIR a plain positional (parsed as it always was).
+    from_replica = args_list[:1] in (["inspect"], ["sql"]) and "--from-replica" in args_list
+    _add_operator_commands(commands, from_replica=from_replica)
 
     args = parser.parse_args(args_list)
     if args.command == "bench":
@@ -157,12 +162,32 @@ def _non_negative(text: str) -> int:
     return value
 
 
-def _add_operator_commands(commands: Any) -> None:
-    def command(name: str, run: Callable[[argparse.Namespace], int], text: str) -> Any:
-        sub = commands.add_parser(name, help=text, description=text)
+_FROM_REPLICA_EPILOG = (
+    "From a replica: %(prog)s ... --from-replica (--replica DIR | --s3-bucket BUCKET ...) "
+    "[--at TIME], and no runtime DIR: the files are restored into a temporary directory, read "
+    "there and deleted; nothing local is read or changed, and no actor wakes."
+)
+
+
+def _add_operator_commands(commands: Any, *, from_replica: bool = False) -> None:
+    def command(
+        name: str, run: Callable[[argparse.Namespace], int], text: str, *, replica: bool = False
+    ) -> Any:
+        epilog = _FROM_REPLICA_EPILOG if replica else None
+        sub = commands.add_parser(name, help=text, description=text, epilog=epilog)
         sub.set_defaults(run=run)
-        sub.add_argument("dir", type=Path, help="the runtime directory (open_runtime's path)")
+        if not (from_replica and replica):
+            sub.add_argument("dir", type=Path, help="the runtime directory (open_runtime's path)")
         return sub
+
+    def replica_source(sub: Any) -> None:
+        sub.add_argument(
+            "--from-replica",
+            action="store_true",
+            help="read the replica (its options below) instead of a runtime DIR (then give none)",
+        )
+        sub.add_argument("--at", type=_point_in_time, metavar="TIME", help=_AT_HELP)
+        _add_replica_options(sub)
 
     ls = command("ls", _ls, "list actors from directory.db, without opening their files")
     ls.add_argument("--type", dest="type_name", metavar="TYPE", help="only this actor type")
@@ -173,17 +198,29 @@ def _add_operator_commands(commands: Any) -> None:
     )
     ls.add_argument("--json", action="store_true", help="machine-readable output")
 
-    ins = command("inspect", _inspect_command, "show one actor's state without waking it")
+    ins = command(
+        "inspect",
+        _inspect_command,
+        "show one actor's state without waking it",
+        replica=True,
+    )
     ins.add_argument("type_name", metavar="TYPE")
     ins.add_argument("key", metavar="KEY")
     ins.add_argument("--rows", type=_non_negative, default=5, help="first rows shown per table (5)")
     ins.add_argument("--json", action="store_true", help="machine-readable output")
+    replica_source(ins)
 
-    sql = command("sql", _sql, "run a read-only query on every hibernated actor of a type")
+    sql = command(
+        "sql",
+        _sql,
+        "run a read-only query on every hibernated actor of a type",
+        replica=True,
+    )
     sql.add_argument("query", metavar="SQL", help='e.g. "SELECT count(*) FROM log"')
     sql.add_argument("--type", dest="type_name", metavar="TYPE", required=True)
     sql.add_argument("--prefix", metavar="KEYPREFIX", help="only keys starting with this")
     sql.add_argument("--json", action="store_true", help="machine-readable output")
+    replica_source(sql)
 
     dead = command(
         "dead-letters",
@@ -408,7 +445,16 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _inspect_command(args: argparse.Namespace) -> int:
-    report = _inspect.inspect_actor(args.dir, args.type_name, args.key, rows=args.rows)
+    if _reads_replica(args):
+        with _from_replica(args, actor=(args.type_name, args.key)) as root:
+            report = _inspect.inspect_actor(root, args.type_name, args.key, rows=args.rows)
+        report = attrs.evolve(
+            report,
+            folder=f"none (read from {_replica_text(args)})",
+            replication=f"read from the replica: {_at_text(args.at)}",
+        )
+    else:
+        report = _inspect.inspect_actor(args.dir, args.type_name, args.key, rows=args.rows)
     if args.json:
         _print_json(_report_json(report))
     else:
@@ -659,13 +705,20 @@ def _short(text: str, width: int = 60) -> str:
 
 
 def _sql(args: argparse.Namespace) -> int:
-    _inspect.check_root(args.dir)
+    if _reads_replica(args):
+        with _from_replica(args, prefix=args.prefix) as root:
+            return _sql_in(args, root)
+    return _sql_in(args, args.dir)
+
+
+def _sql_in(args: argparse.Namespace, root: Path) -> int:
+    _inspect.check_root(root)
     columns: tuple[str, ...] = ()
     rows: list[tuple[str, tuple[Any, ...]]] = []
     skipped: list[tuple[str, str]] = []
     errors: list[tuple[str, str]] = []
     for result in _inspect.query_actors(
-        args.dir, args.query, type_name=args.type_name, prefix=args.prefix
+        root, args.query, type_name=args.type_name, prefix=args.prefix
     ):
         if result.skipped is not None:
             skipped.append((result.key, result.skipped))
@@ -698,6 +751,85 @@ def _sql(args: argparse.Namespace) -> int:
         for key, error in errors:
             print(f"torpor sql: {args.type_name} {key!r}: {error}", file=sys.stderr)
     return 1 if errors else 0
+
+
+# -- inspect and sql --from-replica ---------------------------------------------------------------
+
+
+def _reads_replica(args: argparse.Namespace) -> bool:
+    """Whether ``inspect``/``sql`` read a replica (``--from-replica``); the replica options
+    without it are a usage error rather than silently ignored."""
+    if args.from_replica:
+        return True
+    given = [
+        flag
+        for flag, value in (
+            ("--at", args.at),
+            ("--replica", args.replica),
+            ("--s3-bucket", args.s3_bucket),
+            ("--s3-prefix", args.s3_prefix),
+            ("--s3-endpoint-url", args.s3_endpoint_url),
+            ("--s3-region", args.s3_region),
+            ("--s3-path-style", args.s3_path_style),
+        )
+        if value
+    ]
+    if given:
+        args.replica_parser.error(
+            f"{given[0]} reads a replica: add --from-replica (and give no runtime DIR)"
+        )
+    return False
+
+
+def _replica_text(args: argparse.Namespace) -> str:
+    if args.replica is not None:
+        return f"the replica {args.replica}"
+    return f"the replica s3://{args.s3_bucket}/{args.s3_prefix}"
+
+
+@contextlib.contextmanager
+def _from_replica(
+    args: argparse.Namespace,
+    *,
+    actor: tuple[str, str] | None = None,
+    prefix: str | None = None,
+) -> Iterator[Path]:
+    """A temporary runtime directory holding ``directory.db`` and, from the replica at
+    ``args.at`` (or its latest), the files of ``actor``, or of every actor of
+    ``args.type_name`` whose key starts with ``prefix``; deleted on exit. An actor without a
+    replica at that point is left without files (read as never woken)."""
+    import tempfile
+
+    from .replica.replicator import restore
+
+    store = _replica_store(args)
+    try:
+        with tempfile.TemporaryDirectory(prefix="torpor-from-replica-") as tmp:
+            root = Path(tmp)
+            got = store.get(manifest_key(DIRECTORY_FILE))
+            if got is None:
+                raise RestorePointError(f"there is no replica of {DIRECTORY_FILE!r} in {store!r}")
+            manifest = Manifest.decode(got[0], key=manifest_key(DIRECTORY_FILE))
+            restore(
+                store, DIRECTORY_FILE, root / DIRECTORY_FILE, at_time=args.at, manifest=manifest
+            )
+            if actor is not None:
+                aids = [actor_id(*actor)]
+            else:
+                with _inspect.reading_directory(root) as conn:
+                    aids = [
+                        row[0]
+                        for row in conn.execute(
+                            "SELECT id, key FROM actors WHERE type = ?", (args.type_name,)
+                        )
+                        if prefix is None or str(row[1]).startswith(prefix)
+                    ]
+            for aid in aids:
+                with contextlib.suppress(RestorePointError):
+                    restore_actor_files(store, aid, actor_dir(root, aid), at_time=args.at)
+            yield root
+    finally:
+        store.close()
 
 
 def _cell(value: Any) -> str:
