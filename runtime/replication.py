@@ -252,7 +252,7 @@ class _File:
         if len(self.commit_times) < MAX_TIMED_COMMITS:  # (bounded while the store is down)
             self.commit_times.append((self.commits, now))
 
-    def ack(self, upto: int, lags: Any) -> None:
+    def ack(self, upto: int, lags: collections.deque[float]) -> None:
         if upto <= self.acked:
             return
         self.acked = upto
@@ -336,7 +336,8 @@ class ReplicationEngine:
         self.urgent = anyio.Event()
         self.dirty_event = anyio.Event()
         self.log_times: collections.deque[tuple[int, float]] = collections.deque()
-        self.lags: Any = None
+        #: Commit-to-acknowledgement seconds of the last 1,000 commits (lag quantiles).
+        self.lags: collections.deque[float] = collections.deque(maxlen=1000)
         self.rate = 0.0  # commits per second, smoothed
         self.rate_at = time.monotonic()
         self.rate_commits = 0
@@ -368,7 +369,6 @@ class ReplicationEngine:
         self.dirty_since: float | None = None
         #: How long the last rounds took (the delay leaves room for the next one).
         self.round_times: collections.deque[float] = collections.deque(maxlen=20)
-        self.lags = collections.deque(maxlen=1000)
 
     # -- names -------------------------------------------------------------------------------
 

@@ -374,10 +374,10 @@ class CorruptSnapshotError(ReplicaError, ValueError):
 
 def _quick_check(image: bytes, name: str) -> None:
     conn = apsw.Connection(":memory:")
-    copy = bytearray(image)
-    copy[18:20] = b"\x01\x01"  # a WAL-mode header cannot be opened in memory: read it as legacy
+    # A WAL-mode header cannot be opened in memory: read it as legacy (one copy of the image).
+    copy = image[:18] + b"\x01\x01" + image[20:]
     try:
-        conn.deserialize("main", bytes(copy))
+        conn.deserialize("main", copy)
         rows = conn.execute("pragma quick_check").fetchall()
     except apsw.Error as exc:
         raise CorruptSnapshotError(f"{name!r} cannot be checked ({exc}): not uploaded") from exc
