@@ -334,23 +334,7 @@ class Activation:
             return existing
         waiter = Waiter()
         if seq <= self.applied_seq:
-            stored = self.data.result(seq)
-            if stored is None:
-                waiter.set_error(
-                    RuntimeInternalError(f"no stored result for applied message {seq}")
-                )
-            elif stored[0]:
-                waiter.set_result(stored[1])
-            else:
-                type_name, message, tb, attempts = self.runtime.codec.decode(stored[1])
-                error = MessageFailedError(
-                    f"{self.spec.name} {self.key!r} failed message {seq} after {attempts} "
-                    f"attempts: {type_name}: {message}",
-                    seq=seq,
-                    attempts=attempts,
-                )
-                error.__cause__ = StoredError(type_name, message, tb)
-                waiter.set_error(error)
+            self._fill_from_store(waiter, seq)
             return waiter
         if self.failed is not None:
             failure = ActorFailedError(
@@ -361,6 +345,43 @@ class Activation:
             return waiter
         self.waiters[seq] = waiter
         return waiter
+
+    def _fill_from_store(self, waiter: Waiter, seq: int) -> None:
+        """Answer ``waiter`` with the stored outcome of applied message ``seq``."""
+        stored = self.data.result(seq)
+        if stored is None:
+            waiter.set_error(RuntimeInternalError(f"no stored result for applied message {seq}"))
+        elif stored[0]:
+            waiter.set_result(stored[1])
+        else:
+            type_name, message, tb, attempts = self.runtime.codec.decode(stored[1])
+            error = MessageFailedError(
+                f"{self.spec.name} {self.key!r} failed message {seq} after {attempts} "
+                f"attempts: {type_name}: {message}",
+                seq=seq,
+                attempts=attempts,
+            )
+            error.__cause__ = StoredError(type_name, message, tb)
+            waiter.set_error(error)
+
+    def _applied_before(self, message: Message) -> bool:
+        """Whether ``message`` was applied already under another mailbox seq: a delivery
+        from a sender at or below its cursor in ``data.db``, or a call whose idempotency key
+        ``data.db`` holds an outcome for (the mailbox, restored behind ``data.db`` or lost,
+        accepted it again). Its outcome is copied to its own seq for whoever waits on it."""
+        data = self.data
+        if (
+            message.sender is not None
+            and message.sender_seq is not None
+            and message.sender_seq <= data.sender_cursor(message.sender)
+        ):
+            return True
+        if message.idempotency_key is not None:
+            stored = data.result_by_key(message.idempotency_key)
+            if stored is not None:
+                data.store_result(message.seq, message.idempotency_key, stored[0], stored[1])
+                return True
+        return False
 
     # -- the turn loop --------------------------------------------------------------------
 
@@ -622,7 +643,7 @@ class Activation:
         if first.cancelled is not None:
             await self._fail(first, _cancelled(first))
             return
-        done: list[tuple[Message, bytes]] = []
+        done: list[tuple[Message, bytes | None]] = []
         failure: tuple[Message, BaseException] | None = None
         stop: BaseException | None = None
         data.begin()
@@ -632,6 +653,9 @@ class Activation:
                 data.delete_outbox(deletable)
                 self.outbox_deleted_upto = deletable
             for message in batch:
+                if self._applied_before(message):
+                    done.append((message, None))  # delivered again: not applied twice
+                    continue
                 handler = handlers.get(message.method)
                 if (
                     handler is None
@@ -737,6 +761,13 @@ class Activation:
                 done.append((message, reply))
             if data.in_transaction:
                 if done:
+                    cursors = {
+                        m.sender: m.sender_seq
+                        for m, _ in done
+                        if m.sender is not None and m.sender_seq is not None
+                    }
+                    if cursors:
+                        data.advance_senders(cursors)
                     data.set_applied(done[-1][0].seq)
                     rt._crash_point("before commit", None, done[-1][0].seq, self.describe())
                 data.commit()
@@ -752,12 +783,16 @@ class Activation:
         if done:
             queue = self.queue
             waiters = self.waiters
-            for message, reply in done:
+            self.applied_seq = done[-1][0].seq
+            for message, answer in done:
                 queue.popleft()
                 waiter = waiters.pop(message.seq, None)
-                if waiter is not None:
-                    waiter.set_result(reply)
-            self.applied_seq = done[-1][0].seq
+                if waiter is None:
+                    continue
+                if answer is None:  # a duplicate: the first application's outcome
+                    self._fill_from_store(waiter, message.seq)
+                else:
+                    waiter.set_result(answer)
             if self.replica_files:
                 self.applied_marks.append((self.replica_files[0].commits, self.applied_seq))
             rt.stats_turns += 1
@@ -816,7 +851,10 @@ class Activation:
         self._fail_waiters(stopped)
 
     def _lost_at(
-        self, done: list[tuple[Message, bytes]], message: Message, cause: BaseException | None
+        self,
+        done: list[tuple[Message, bytes | None]],
+        message: Message,
+        cause: BaseException | None,
     ) -> tuple[Message, BaseException] | None:
         """A handler ended the transaction. The culprit's failure counts only once it runs at
         the head of the queue; before that, the messages ahead of it commit on their own."""
@@ -850,6 +888,8 @@ class Activation:
         data = self.data
         data.begin()
         try:
+            if message.sender is not None and message.sender_seq is not None:
+                data.advance_senders({message.sender: message.sender_seq})
             data.set_applied(message.seq)
             if message.idempotency_key is not None:
                 info = _error_info(error, message)

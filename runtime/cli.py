@@ -1409,6 +1409,10 @@ def _rename_actor(folder: Path, type_name: str, key: str) -> None:
     and checked when they are opened)."""
     with _edit(folder / DATA_FILE) as conn:
         conn.execute("UPDATE _torpor_state SET type = ?, key = ? WHERE id = 1", (type_name, key))
+        # A fork is a history of its own: a new lineage (its steps' idempotency keys differ).
+        # (A file from before lineages gets one when it is first opened.)
+        if any(row[1] == "lineage" for row in conn.execute("PRAGMA table_info(_torpor_state)")):
+            conn.execute("UPDATE _torpor_state SET lineage = lower(hex(randomblob(16)))")
     with _edit(folder / MAILBOX_FILE) as conn:
         conn.execute("UPDATE meta SET value = ? WHERE name = 'type'", (type_name,))
         conn.execute("UPDATE meta SET value = ? WHERE name = 'key'", (key,))

@@ -59,7 +59,20 @@ _RUNTIME_MIGRATIONS = (
     ) WITHOUT ROWID;
     CREATE INDEX _torpor_timers_due ON _torpor_timers(due_at);
     """,
+    # Exactly-once whatever the mailbox holds: the last message applied from each sender, and
+    # the idempotency keys of applied messages, commit with the turn (a mailbox restored behind
+    # this file, or a message delivered again, cannot be applied twice). The lineage names the
+    # actor's history: kept by a restore, new for a fork; step idempotency keys derive from it.
+    """
+    CREATE TABLE _torpor_senders(sender TEXT PRIMARY KEY, last_seq INTEGER NOT NULL) WITHOUT ROWID;
+    CREATE INDEX _torpor_results_key ON _torpor_results(idempotency_key);
+    ALTER TABLE _torpor_state ADD COLUMN lineage TEXT NOT NULL DEFAULT '';
+    UPDATE _torpor_state SET lineage = lower(hex(randomblob(16)));
+    """,
 )
+
+#: A new lineage: a random id of 32 hex digits.
+NEW_LINEAGE = "lower(hex(randomblob(16)))"
 
 _DENIED_ALWAYS = frozenset(
     {apsw.SQLITE_TRANSACTION, apsw.SQLITE_SAVEPOINT, apsw.SQLITE_ATTACH, apsw.SQLITE_DETACH}
@@ -159,15 +172,18 @@ class DataStore:
             with db.corruption_as_error(path):
                 self._migrate_runtime(type_name, key)
                 row: Any = conn.execute(
-                    "SELECT type, key, applied_seq, created FROM _torpor_state WHERE id = 1"
+                    "SELECT type, key, applied_seq, created, lineage FROM _torpor_state "
+                    "WHERE id = 1"
                 ).fetchall()[0]
                 if (row[0], row[1]) == ("", ""):
-                    # A copy of the image not yet given its identity: just created, or created
-                    # right before a crash. Only this actor's path could hold it.
-                    conn.execute(
-                        "UPDATE _torpor_state SET type = ?, key = ? WHERE id = 1", (type_name, key)
-                    )
-                    row = (type_name, key, row[2], row[3])
+                    # A copy of the image not yet given its identity (and a lineage of its
+                    # own): just created, or created right before a crash. Only this actor's
+                    # path could hold it.
+                    row = conn.execute(
+                        f"UPDATE _torpor_state SET type = ?, key = ?, lineage = {NEW_LINEAGE} "
+                        "WHERE id = 1 RETURNING type, key, applied_seq, created, lineage",
+                        (type_name, key),
+                    ).fetchall()[0]
         except BaseException:
             conn.close()
             raise
@@ -178,6 +194,8 @@ class DataStore:
             )
         self.applied_seq: int = row[2]
         self.created: bool = bool(row[3])
+        #: The id of this actor's history: the same on every machine it is restored to.
+        self.lineage: str = row[4]
         self._trusted = False
         self._may_commit = False
 
@@ -198,11 +216,18 @@ class DataStore:
             version = 0
             if exists:
                 version = int(db.scalar(conn, "SELECT schema FROM _torpor_state"))
+            if version > len(_RUNTIME_MIGRATIONS):
+                raise SchemaError(
+                    f"{self.path} was written by a newer torpor (runtime schema {version}, this "
+                    f"version knows {len(_RUNTIME_MIGRATIONS)}): upgrade torpor to open it"
+                )
             for sql in _RUNTIME_MIGRATIONS[version:]:
                 db.execute_script(conn, sql)
             if not exists:
                 conn.execute(
-                    "INSERT INTO _torpor_state(id, type, key) VALUES (1, ?, ?)", (type_name, key)
+                    f"INSERT INTO _torpor_state(id, type, key, lineage) VALUES (1, ?, ?, "
+                    f"{NEW_LINEAGE})",
+                    (type_name, key),
                 )
             conn.execute("UPDATE _torpor_state SET schema = ?", (len(_RUNTIME_MIGRATIONS),))
 
@@ -298,6 +323,32 @@ class DataStore:
             " VALUES (?, ?, ?, ?, ?)",
             (seq, idempotency_key, int(ok), payload, time.time()),
         )
+
+    def sender_cursor(self, sender: str) -> int:
+        """The last sequence number applied from ``sender`` (0 if none)."""
+        for (last,) in self._exec(
+            "SELECT last_seq FROM _torpor_senders WHERE sender = ?", (sender,)
+        ):
+            return int(last)
+        return 0
+
+    def advance_senders(self, cursors: dict[str, int]) -> None:
+        """Record, in the turn's transaction, the last message applied from each sender."""
+        for sender, last in cursors.items():
+            self._exec(
+                "INSERT INTO _torpor_senders(sender, last_seq) VALUES (?, ?) "
+                "ON CONFLICT(sender) DO UPDATE SET last_seq = max(last_seq, excluded.last_seq)",
+                (sender, last),
+            )
+
+    def result_by_key(self, idempotency_key: str) -> tuple[bool, bytes] | None:
+        """The stored outcome of the applied message that carried ``idempotency_key``."""
+        for ok, payload in self._exec(
+            "SELECT ok, payload FROM _torpor_results WHERE idempotency_key = ? LIMIT 1",
+            (idempotency_key,),
+        ):
+            return bool(ok), payload
+        return None
 
     def result(self, seq: int) -> tuple[bool, bytes] | None:
         for ok, payload in self._exec(

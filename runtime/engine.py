@@ -556,8 +556,11 @@ class Runtime:
             self.stats_sent += 1
             act.accept(_new_message(seq, None, None, name, payload, idempotency_key))
         if not want_reply and spec.durable and self.replication is not None:
-            # Durable mode: the acknowledgement of a send means "in the replica".
+            # Durable mode: the acknowledgement of a send means "in the replica", with the
+            # directory's record of the actor and its pending work (without it, a fresh machine
+            # restored from the replica would not know the message waits to run).
             await self.replication.wait_token(self.replication.append_token(act.aid))
+            await self.replication.wait_token(self.replication.directory_token())
         return act, seq
 
     async def _ask(

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import inspect
 import math
 import random
@@ -185,9 +186,10 @@ class TurnState:
         return self.activation.runtime.clock()
 
     def idempotency_key(self, n: int) -> str:
-        """Unique to this runtime, actor, message, restart of the turn and step."""
+        """Unique to the actor's history (its lineage: kept by a restore on any machine, new
+        for a fork), the message, a restart of the turn and the step."""
         act = self.activation
-        key = f"torpor:{act.runtime.runtime_id}:{act.aid}:{self.seq}:{n}"
+        key = f"torpor:{act.data.lineage}:{_message_id(self.message)}:{n}"
         restarts = self.message.restarts
         return key if not restarts else f"{key}:r{restarts}"
 
@@ -498,6 +500,19 @@ class TurnState:
         finally:
             self.running -= 1
             act.turn_maybe_idle()
+
+
+def _message_id(message: Message) -> str:
+    """What names a message wherever its actor runs: the caller's idempotency key, or the
+    sending actor's sequence number (a message delivered again after a restore keeps both),
+    else its seq in the mailbox (kept by a restore of the mailbox)."""
+    if message.idempotency_key is not None:
+        digest = hashlib.blake2b(message.idempotency_key.encode(), digest_size=12).hexdigest()
+        return f"k{digest}"
+    if message.sender is not None and message.sender_seq is not None:
+        digest = hashlib.blake2b(message.sender.encode(), digest_size=8).hexdigest()
+        return f"s{digest}.{message.sender_seq}"
+    return f"m{message.seq}"
 
 
 async def _returning(fn: Callable[[JournalRow], Any], row: JournalRow) -> Any:

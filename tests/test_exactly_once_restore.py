@@ -1,0 +1,180 @@
+"""Exactly-once when an actor's mailbox comes back behind its ``data.db`` (a restore from the
+replica, or a mailbox lost alone): a message delivered again, by a sender's outbox or by a
+caller retrying with its idempotency key, is not applied twice, and new messages still are.
+
+``data.db`` holds what decides it, in the turn's transaction: the last message applied from
+each sending actor, and the outcome of each applied idempotent call. The mailbox's own cursors
+only save work; a mailbox behind ``data.db`` accepts the delivery again, and the turn skips it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import trio
+
+import actors
+from runtime.layout import MAILBOX_FILE, actor_dir, actor_id
+
+
+class Inbox(actors.Actor, name="EoInbox"):
+    """Records every message it applies (no unique constraint: a repeat shows)."""
+
+    async def on_create(self) -> None:
+        self.sql.execute("CREATE TABLE IF NOT EXISTS got(n INTEGER NOT NULL)")
+
+    async def record(self, n: int) -> int:
+        self.sql.execute("INSERT INTO got(n) VALUES (?)", (n,))
+        return int(self.sql.query_value("SELECT count(*) FROM got"))
+
+    @actors.query
+    async def got(self) -> list[int]:
+        return [row[0] for row in self.sql.execute("SELECT n FROM got ORDER BY rowid")]
+
+
+class Relay(actors.Actor, name="EoRelay"):
+    """Sends to an inbox from its own turns (through its outbox)."""
+
+    async def fire(self, key: str, n: int) -> None:
+        self.send(self.ref_to(Inbox, key), Inbox.record, n)
+
+
+def _mailbox(root: Path, key: str) -> Path:
+    return actor_dir(root, actor_id("EoInbox", key)) / MAILBOX_FILE
+
+
+def _keep_copy(path: Path, into: Path) -> None:
+    into.mkdir(parents=True, exist_ok=True)
+    for suffix in ("", "-wal"):
+        if Path(f"{path}{suffix}").exists():
+            shutil.copy(f"{path}{suffix}", into / f"{path.name}{suffix}")
+
+
+def _put_back(copy: Path, path: Path) -> None:
+    for suffix in ("", "-wal"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+        if (copy / f"{path.name}{suffix}").exists():
+            shutil.copy(copy / f"{path.name}{suffix}", f"{path}{suffix}")
+
+
+async def _wait_for(inbox: actors.Ref[Inbox], count: int) -> list[int]:
+    """What the inbox applied, once it applied ``count`` messages (a bounded poll, in
+    virtual time)."""
+    for _ in range(1000):
+        got = await inbox.ask(Inbox.got)
+        if len(got) >= count:
+            return got
+        await trio.sleep(0.01)
+    raise AssertionError(f"the inbox applied {got}, not {count} messages")
+
+
+async def test_redelivery_into_a_mailbox_behind_data_is_not_applied_again(
+    root: Path, tmp_path: Path
+) -> None:
+    """A sender's message delivered again into a mailbox that lost its cursor is not reapplied."""
+    async with actors.open_runtime(root, types=[Inbox, Relay]) as rt:
+        await rt.ref(Inbox, "b").ask(Inbox.got)  # created, nothing received
+    _keep_copy(_mailbox(root, "b"), tmp_path / "before")
+    async with actors.open_runtime(root, types=[Inbox, Relay]) as rt:
+        for n in (1, 2, 3):
+            await rt.ref(Relay, "a").ask(Relay.fire, "b", n)
+        assert await _wait_for(rt.ref(Inbox, "b"), 3) == [1, 2, 3]
+    # The mailbox comes back as it was before the deliveries (as a restore behind data.db
+    # would bring it), and the sender's three outbox rows are delivered again.
+    _put_back(tmp_path / "before", _mailbox(root, "b"))
+    async with actors.open_runtime(root, types=[Inbox, Relay]) as rt:
+        spec = rt.specs["EoInbox"]
+        sender = actor_id("EoRelay", "a")
+        for seq, n in enumerate((1, 2, 3), start=1):
+            await rt._deliver(spec, "b", "record", rt.codec.encode([[n], {}]), sender, seq)
+        await rt.ref(Relay, "a").ask(Relay.fire, "b", 4)
+        assert await _wait_for(rt.ref(Inbox, "b"), 4) == [1, 2, 3, 4]
+
+
+async def test_idempotent_retry_into_a_mailbox_behind_data_returns_the_first_outcome(
+    root: Path, tmp_path: Path
+) -> None:
+    """A call retried with its idempotency key after the mailbox lost the key runs once."""
+    async with actors.open_runtime(root, types=[Inbox, Relay]) as rt:
+        await rt.ref(Inbox, "b").ask(Inbox.got)
+    _keep_copy(_mailbox(root, "b"), tmp_path / "before")
+    async with actors.open_runtime(root, types=[Inbox, Relay]) as rt:
+        inbox = rt.ref(Inbox, "b")
+        assert await inbox.ask(Inbox.record, 7, idempotency_key="pay-7") == 1
+    _put_back(tmp_path / "before", _mailbox(root, "b"))
+    async with actors.open_runtime(root, types=[Inbox, Relay]) as rt:
+        inbox = rt.ref(Inbox, "b")
+        assert await inbox.ask(Inbox.record, 7, idempotency_key="pay-7") == 1
+        await inbox.send(Inbox.record, 7, idempotency_key="pay-7")
+        assert await inbox.ask(Inbox.record, 8) == 2
+        assert await inbox.ask(Inbox.got) == [7, 8]
+
+
+#: The child of the step-key test: a durable actor whose step records its idempotency key in
+#: a file, then blocks until the process is killed (a machine lost in the middle of a call).
+_CHILD = """
+import sys, trio, actors
+
+class Payer(actors.Actor, name="EoPayer"):
+    durable = True
+
+    async def pay(self, amount: int) -> str:
+        return await self.step("charge", charge, amount)
+
+async def charge(amount: int) -> str:
+    key = actors.current_step().idempotency_key
+    with open(sys.argv[3], "a") as f:
+        f.write(key + "\\n")
+    if sys.argv[4] == "block":
+        print("CALLED", flush=True)
+        await trio.sleep_forever()
+    return key
+
+async def main() -> None:
+    store = actors.DirectoryStore(sys.argv[2])
+    async with actors.open_runtime(sys.argv[1], types=[Payer], replica=store) as rt:
+        ref = rt.ref(Payer, "alice")
+        if sys.argv[4] == "block":
+            await ref.send(Payer.pay, 5)  # durable: returns once in the replica
+            print("SENT", flush=True)
+            await trio.sleep_forever()
+        # (bounded by the parent's timeout) until the restored turn has made its call again
+        while len(open(sys.argv[3]).read().split()) < 2 or await rt.turns(ref):
+            await trio.sleep(0.01)
+        print("DONE", flush=True)
+
+trio.run(main)
+"""
+
+
+def test_a_step_in_flight_keeps_its_idempotency_key_on_a_restored_machine(tmp_path: Path) -> None:
+    """A call cut by a machine loss runs again elsewhere with the same idempotency key."""
+    child = tmp_path / "child.py"
+    child.write_text(_CHILD)
+    keys = tmp_path / "keys.txt"
+    replica = tmp_path / "replica"
+    proc = subprocess.Popen(
+        [sys.executable, str(child), str(tmp_path / "m1"), str(replica), str(keys), "block"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        # (bounded: the child prints both once the send is acknowledged and the call began)
+        lines = {proc.stdout.readline().strip(), proc.stdout.readline().strip()}
+        assert lines == {"CALLED", "SENT"}, lines
+    finally:
+        proc.kill()  # SIGKILL: the machine is gone, its directory with it
+        proc.communicate()
+    done = subprocess.run(
+        [sys.executable, str(child), str(tmp_path / "m2"), str(replica), str(keys), "finish"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "DONE" in done.stdout, done.stderr
+    first, second = keys.read_text().split()
+    assert first == second
