@@ -37,6 +37,7 @@ from .errors import (
     MessageFailedError,
     MessageTooLargeError,
     NondeterminismError,
+    NotLocalError,
     RuntimeClosedError,
     RuntimeInternalError,
     SchemaError,
@@ -158,6 +159,7 @@ class Activation:
         self.closed = anyio.Event()  # set once the files are closed again
         self.waiting = False  # the loop waits for work
         self.files_open = False
+        self.preparing = False  # its files are being claimed or restored from the replica
         self.queries = 0  # @query handlers running now
         self.wake_started: float | None = None
         self.wake_hint: float | None = None  # directory.db's wake_at for this actor, as written
@@ -295,6 +297,15 @@ class Activation:
                     # wait's deadline) or an event wakes it, not every reopening of the runtime.
                     self._rewrite_wake_hint()
                     self.runtime.directory.clear_pending(self.aid)
+                if (
+                    self.outbox_dirty
+                    and self.failed is None
+                    and not self.runtime.closing.is_set()
+                ):
+                    # Rows its targets could not take yet (being restored, the store down):
+                    # it stays pending, and is woken again to deliver them.
+                    delay = max(self.outbox_retry_delay, OUTBOX_RETRY_MIN)
+                    self.wait_changed(self.runtime.clock() + delay)
         finally:
             self._park_waiters()
 
@@ -500,7 +511,9 @@ class Activation:
             return False
         if self.turn is not None:
             return self.turn.idle
-        return self.waiting and not self.work.is_set() and not self.queue and not self.outbox_dirty
+        # An outbox waiting to retry does not hold the actor awake: it is woken to deliver.
+        outbox_held = self.outbox_dirty and not self.outbox_retry_delay
+        return self.waiting and not self.work.is_set() and not self.queue and not outbox_held
 
     # -- durable steps (runtime/steps.py calls these) -------------------------------------
 
@@ -981,6 +994,11 @@ class Activation:
                     spec, row.target_key, row.method, row.payload, self.aid, row.id
                 )
             except RuntimeClosedError:
+                return
+            except NotLocalError:
+                # Its target is being restored (and was woken for it): try again soon, quietly.
+                delay = self.outbox_retry_delay
+                self.outbox_retry_delay = min(1.0, max(OUTBOX_RETRY_MIN, delay * 2))
                 return
             except Exception as exc:
                 delay = self.outbox_retry_delay

@@ -35,6 +35,7 @@ from .errors import (
     ActorStoppedError,
     CorruptFileError,
     NondeterminismError,
+    NotLocalError,
     RuntimeClosedError,
     RuntimeLockedError,
     UnknownActorTypeError,
@@ -659,8 +660,8 @@ class Runtime:
             act = self.awake.get(aid)
             if act is None or act.state is State.AWAKE:
                 break
-            if act.state is State.WAKING and not act.files_open:
-                break  # its files are not open yet: append to them directly
+            if act.state is State.WAKING and not act.files_open and not act.preparing:
+                break  # waiting for a slot: append to its files directly (if they are here)
             if act.state is State.HIBERNATING and act.files_open:
                 # Closing (on_hibernate may be sending this very message, to itself or to an
                 # actor that is sending to it): append through its open mailbox, keep it
@@ -681,7 +682,11 @@ class Runtime:
             except ActorStoppedError:
                 act = None
         if act is None or act.state is not State.AWAKE:
-            self._store(spec, key, method, payload, sender=sender, sender_seq=sender_seq)
+            try:
+                self._store(spec, key, method, payload, sender=sender, sender_seq=sender_seq)
+            except NotLocalError:
+                await anyio.lowlevel.checkpoint()
+                raise
             await anyio.lowlevel.checkpoint()
             return rep.append_token(aid) if rep else None
         seq, appended = act.mailbox.append_deduplicated(
@@ -759,18 +764,23 @@ class Runtime:
                 self.directory.mark_pending(aid, spec.name, key)
             if self.replication is not None:
                 corrupt = self.replication.corrupt.pop(aid, None)
-                await self.replication.prepare_files(
-                    act, known=entry is not None, force_restore=corrupt is not None
-                )
-                self._check_open()
+                # Deliveries wait for the files from here on (a restore may replace them).
+                act.preparing = True
                 try:
-                    act.open()
-                except CorruptFileError as exc:
-                    # Detected at open: the replica has the last replicated state.
-                    self._report(f"{spec.name} {key!r}: {exc}; restoring it from the replica")
-                    await self.replication.prepare_files(act, known=True, force_restore=True)
+                    await self.replication.prepare_files(
+                        act, known=entry is not None, force_restore=corrupt is not None
+                    )
                     self._check_open()
-                    act.open()
+                    try:
+                        act.open()
+                    except CorruptFileError as exc:
+                        # Detected at open: the replica has the last replicated state.
+                        self._report(f"{spec.name} {key!r}: {exc}; restoring it from the replica")
+                        await self.replication.prepare_files(act, known=True, force_restore=True)
+                        self._check_open()
+                        act.open()
+                finally:
+                    act.preparing = False
             else:
                 act.open()
             self.resident += 1
@@ -929,11 +939,23 @@ class Runtime:
         open its files meanwhile."""
         aid = actor_id(spec.name, key)
         folder = actor_dir(self.root, aid)
-        make_actor_dir(folder)
         entry = self.directory.get(aid)
+        if entry is None and spec.requires_create_arguments():
+            raise _not_found(spec, key)
+        if self.replication is not None and not self.replication.local_files_current(aid):
+            # Its files are in the replica, not here (a fresh machine, or files to restore):
+            # a mailbox written now would be set aside by the restore, and the message lost.
+            # The actor is woken (restored); the delivery is made again after that.
+            if entry is not None and entry.stopped is not None:
+                raise ActorStoppedError(
+                    f"{spec.name} {key!r} is stopped and its files are not restored on this "
+                    "machine yet: Runtime.resume restores it, then send again"
+                )
+            if aid not in self.awake:
+                self._wake_later(spec, key)
+            raise NotLocalError(f"{spec.name} {key!r} is being restored from the replica")
+        make_actor_dir(folder)
         if entry is None:
-            if spec.requires_create_arguments():
-                raise _not_found(spec, key)
             self.known_actors += 1
         if entry is None or not entry.pending:
             self.directory.mark_pending(aid, spec.name, key)

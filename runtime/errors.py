@@ -219,3 +219,8 @@ class WaitTimeoutError(ActorError, TimeoutError):
 class TurnCancelledError(ActorError):
     """The turn was cancelled through ``Runtime.cancel_turn``: its writes were rolled back and
     its message was dead-lettered (``Runtime.replay_dead_letter`` sends it again)."""
+
+
+class NotLocalError(ActorError):
+    """Internal: a delivery found its target's files in the replica, not on this machine (it is
+    being restored); the sender keeps the message and delivers it again after the restore."""

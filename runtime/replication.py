@@ -346,6 +346,9 @@ class ReplicationEngine:
         self.waiting_appends: dict[str, list[AppendToken]] = {}
         #: Actors whose files were found corrupt: the next wake-up restores them.
         self.corrupt: dict[str, BaseException] = {}
+        #: Actors whose files this process took ownership of (a restored runtime's other
+        #: actors may still be restored over their local files at their first wake-up).
+        self.claimed: set[str] = set()
         self.stats = {
             "rounds": 0,
             "segments": 0,
@@ -569,6 +572,17 @@ class ReplicationEngine:
 
     # -- actors: waking ----------------------------------------------------------------------
 
+    def local_files_current(self, aid: str) -> bool:
+        """Whether an actor's local files are the ones its next wake-up opens, so that a
+        message may be appended to its mailbox without waking it: its ``data.db`` is here,
+        not corrupt, and no restore can replace it (this directory was not restored from
+        another runtime, or the actor was claimed since)."""
+        if aid in self.corrupt:
+            return False
+        if not (actor_dir(self.rt.root, aid) / DATA_FILE).exists():
+            return False
+        return not self.origin or aid in self.claimed
+
     async def prepare_files(
         self, act: Activation, known: bool, *, force_restore: bool = False
     ) -> None:
@@ -685,6 +699,8 @@ class ReplicationEngine:
                 self._want_snapshot(tracked)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(folder / STATE_FILE)
+        if self.origin and all(t.claimed for t in act.replica_files):
+            self.claimed.add(act.aid)
         self.behind.pop(act.aid, None)  # tracked again: counted through its files
         act.replica_plan = None
         self.capture_due(act)

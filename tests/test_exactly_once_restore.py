@@ -18,6 +18,10 @@ import trio
 
 import actors
 from runtime.layout import MAILBOX_FILE, actor_dir, actor_id
+from tests.replication_helpers import real_time
+
+#: Rounds start soon after a commit: the tests wait on conditions, never on these delays.
+FAST = actors.Replication(min_delay=0.005, max_delay=0.05)
 
 
 class Inbox(actors.Actor, name="EoInbox"):
@@ -178,3 +182,38 @@ def test_a_step_in_flight_keeps_its_idempotency_key_on_a_restored_machine(tmp_pa
     assert "DONE" in done.stdout, done.stderr
     first, second = keys.read_text().split()
     assert first == second
+
+
+@real_time
+async def test_a_delivery_to_an_actor_not_yet_restored_waits_for_its_files(
+    tmp_path: Path,
+) -> None:
+    """A message sent to an actor whose files are still only in the replica is kept, once."""
+    replica = actors.DirectoryStore(tmp_path / "replica")
+    async with actors.open_runtime(
+        tmp_path / "m1", types=[Inbox, Relay], replica=replica, replication=FAST
+    ) as rt:
+        for n in (1, 2):
+            await rt.ref(Relay, "a").ask(Relay.fire, "b", n)
+        assert await _poll(rt.ref(Inbox, "b"), 2) == [1, 2]
+        await rt.replicated()
+    # A fresh machine, one actor awake at a time: the relay's delivery cannot wake the inbox
+    # (the relay holds the slot), so it meets the inbox's files only in the replica.
+    async with actors.open_runtime(
+        tmp_path / "m2", types=[Inbox, Relay], replica=replica, replication=FAST, max_awake=1
+    ) as rt:
+        await rt.ref(Relay, "a").ask(Relay.fire, "b", 3)
+        assert await _poll(rt.ref(Inbox, "b"), 3) == [1, 2, 3]
+    folder = actor_dir(tmp_path / "m2", actor_id("EoInbox", "b"))
+    assert not list(folder.glob("superseded-*"))  # nothing was written before the restore
+
+
+async def _poll(inbox: actors.Ref[Inbox], count: int, within: float = 10.0) -> list[int]:
+    """What the inbox applied, once it applied ``count`` messages or ``within`` real seconds
+    passed."""
+    deadline = trio.current_time() + within
+    got = await inbox.ask(Inbox.got)
+    while len(got) < count and trio.current_time() < deadline:
+        await trio.sleep(0.02)
+        got = await inbox.ask(Inbox.got)
+    return got
