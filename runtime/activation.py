@@ -177,6 +177,7 @@ class Activation:
         self.replica_files: list[Any] = []
         self.replica_plan: Any = None
         self.replica_saved: Any = None
+        self.clear_pending_when_shipped = False
 
     # -- opening and closing ---------------------------------------------------------------
 
@@ -285,7 +286,7 @@ class Activation:
                     and not self.outbox_dirty
                     and self.failed is None
                 ):
-                    self.runtime.directory.clear_pending(self.aid)
+                    self._clear_pending()
                 elif (
                     self.suspended_seq is not None
                     and self.queue
@@ -296,18 +297,25 @@ class Activation:
                     # Nothing can run before its durable wait ends: the wake-up hint (the
                     # wait's deadline) or an event wakes it, not every reopening of the runtime.
                     self._rewrite_wake_hint()
-                    self.runtime.directory.clear_pending(self.aid)
-                if (
-                    self.outbox_dirty
-                    and self.failed is None
-                    and not self.runtime.closing.is_set()
-                ):
+                    self._clear_pending()
+                if self.outbox_dirty and self.failed is None and not self.runtime.closing.is_set():
                     # Rows its targets could not take yet (being restored, the store down):
                     # it stays pending, and is woken again to deliver them.
                     delay = max(self.outbox_retry_delay, OUTBOX_RETRY_MIN)
                     self.wait_changed(self.runtime.clock() + delay)
         finally:
             self._park_waiters()
+
+    def _clear_pending(self) -> None:
+        """Nothing left to run: clear the directory's pending mark, unless commits of its files
+        are not in the replica yet (then the mark stays until hibernation has shipped them:
+        a process killed meanwhile leaves it pending, so the next one wakes it and ships them)."""
+        if self.replica_files and any(
+            t.commits > t.acked or t.capture is not None for t in self.replica_files
+        ):
+            self.clear_pending_when_shipped = True
+            return
+        self.runtime.directory.clear_pending(self.aid)
 
     def _park_waiters(self) -> None:
         """Closing: askers keep waiting while the actor hibernates (a turn in a durable wait

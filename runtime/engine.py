@@ -1543,7 +1543,12 @@ async def open_runtime(
                         await engine.run()
 
                 tg.start_soon(replicate, name="torpor replication")
-            tg.start_soon(rt._recover, rt._pending_work(), name="torpor recovery")
+            pending = rt._pending_work()
+            if rt.replication is not None:
+                # Pending actors may hold commits an earlier process did not ship (it died while
+                # they hibernated): replicated() waits until they are woken and shipped.
+                rt.replication.note_pending(pending)
+            tg.start_soon(rt._recover, pending, name="torpor recovery")
             try:
                 yield rt
             except anyio.get_cancelled_exc_class():

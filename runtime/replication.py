@@ -54,7 +54,7 @@ import apsw
 import attrs
 
 from .errors import ActorError, CorruptFileError
-from .layout import DATA_FILE, DIRECTORY_FILE, MAILBOX_FILE, actor_dir
+from .layout import DATA_FILE, DIRECTORY_FILE, MAILBOX_FILE, actor_dir, actor_id
 from .replica.log import add_fence, encode_log, log_key, read_fences, session_prefix
 from .replica.replicator import (
     ANY_SALT,
@@ -317,6 +317,10 @@ MAX_TIMED_COMMITS = 10_000
 #: Longest wait between rounds while the store cannot be reached.
 MAX_BACKOFF = 5.0
 
+#: Passes of a hibernation over an actor's files (a delivery into the closing mailbox makes
+#: one more pass: its snapshot again, then data.db's).
+DETACH_PASSES = 3
+
 
 class ReplicationEngine:
     """The replication of one open runtime (see the module docstring)."""
@@ -447,6 +451,13 @@ class ReplicationEngine:
                 )
         self._track(tracked)
         self._want_snapshot(tracked)
+
+    def note_pending(self, pending: list[tuple[Any, str]]) -> None:
+        """At open: the actors the directory marks pending count as behind until they are
+        woken (recovery wakes them) and tracked, so that :meth:`wait_all` covers whatever an
+        earlier process committed in their files and did not ship."""
+        for spec, key in pending:
+            self.behind.setdefault(actor_id(spec.name, key), (spec, key))
 
     def _track(self, tracked: _File) -> None:
         self.files[tracked.name] = tracked
@@ -1425,42 +1436,16 @@ class ReplicationEngine:
         files = list(act.replica_files)
         if not files:
             return
-        complete = True
         with anyio.CancelScope(shield=True):
             for tracked in files:
                 tracked.closing = True
-            # The mailbox first: data.db must never be in the replica ahead of it.
-            for tracked in reversed(files):
-                if not complete:
+            # The mailbox first: data.db must never be in the replica ahead of it. A delivery
+            # into the closing mailbox after its snapshot holds data.db's upload back: the
+            # mailbox is snapshotted again (a few passes at most, then it is left behind).
+            for _ in range(DETACH_PASSES):
+                complete = await self._detach_pass(files)
+                if complete or not _mailbox_moved_on(files):
                     break
-                await tracked.quiet()
-                if tracked.fenced is not None:
-                    continue
-                if not tracked.claimed:
-                    await self._claim_later(tracked)
-                    if not tracked.claimed or tracked.fenced is not None:
-                        complete = False
-                        continue
-                if tracked.capture is not None and tracked.commits > tracked.capture_commits:
-                    # A snapshot taken earlier and not uploaded yet (its upload waited, then
-                    # stopped for the closing): commits came since, so take it again.
-                    tracked.capture = None
-                    tracked.replica.abandon_capture()
-                    tracked.changed_since_snapshot = True
-                if tracked.capture is None and (
-                    tracked.changed_since_snapshot or tracked.want_snapshot
-                ):
-                    self._capture(tracked, upload=False)
-                if tracked.capture is not None:
-                    await self._upload(tracked, final=True)
-                if tracked.capture is not None:
-                    complete = False
-                    continue
-                if (tracked.tail_set or tracked.replica.unfolded) and not await self._fold(
-                    tracked, tail=None, tail_from=0
-                ):
-                    complete = False
-                    continue
         for tracked in files:
             tracked.final_commits = tracked.commits
         if not complete and not any(t.fenced for t in files):
@@ -1471,6 +1456,10 @@ class ReplicationEngine:
             self.behind[act.aid] = (act.spec, act.key)
             self.rt.directory.mark_pending(act.aid, act.spec.name, act.key)
             return
+        if act.clear_pending_when_shipped and not any(t.fenced for t in files):
+            act.clear_pending_when_shipped = False
+            if all(t.commits == t.acked for t in files):
+                self.rt.directory.clear_pending(act.aid)
         saved = {}
         for tracked in files:
             state = tracked.replica.saved_state()
@@ -1479,6 +1468,42 @@ class ReplicationEngine:
                 return
             saved[tracked.name] = state
         act.replica_saved = {"session": self.session, "files": saved}
+
+    async def _detach_pass(self, files: list[_File]) -> bool:
+        """One pass of :meth:`detach` over an actor's files; whether all are in the replica."""
+        complete = True
+        for tracked in reversed(files):
+            if not complete:
+                break
+            await tracked.quiet()
+            if tracked.fenced is not None:
+                continue
+            if not tracked.claimed:
+                await self._claim_later(tracked)
+                if not tracked.claimed or tracked.fenced is not None:
+                    complete = False
+                    continue
+            if tracked.capture is not None and tracked.commits > tracked.capture_commits:
+                # A snapshot taken earlier and not uploaded yet (its upload waited, then
+                # stopped for the closing): commits came since, so take it again.
+                tracked.capture = None
+                tracked.replica.abandon_capture()
+                tracked.changed_since_snapshot = True
+            if tracked.capture is None and (
+                tracked.changed_since_snapshot or tracked.want_snapshot
+            ):
+                self._capture(tracked, upload=False)
+            if tracked.capture is not None:
+                await self._upload(tracked, final=True)
+            if tracked.capture is not None:
+                complete = False
+                continue
+            if (tracked.tail_set or tracked.replica.unfolded) and not await self._fold(
+                tracked, tail=None, tail_from=0
+            ):
+                complete = False
+                continue
+        return complete
 
     def after_close(self, act: Activation) -> None:
         """After an actor's connections closed: save what the next wake-up needs (unless a
@@ -1555,6 +1580,21 @@ class ReplicationEngine:
             fenced=self.stats["fenced"],
             restores=self.stats["restores"],
         )
+
+
+def _mailbox_moved_on(files: list[_File]) -> bool:
+    """Whether a hibernation pass left ``data.db``'s snapshot waiting only because its mailbox
+    took a delivery after the mailbox's own snapshot (another pass then completes)."""
+    if len(files) != 2:
+        return False
+    data, mailbox = files
+    return (
+        data.capture is not None
+        and data.fenced is None
+        and mailbox.capture is None
+        and mailbox.fenced is None
+        and mailbox.commits > mailbox.acked
+    )
 
 
 def _log_seq(key: str, prefix: str) -> int | None:

@@ -9,6 +9,7 @@ only save work; a mailbox behind ``data.db`` accepts the delivery again, and the
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import trio
 
 import actors
 from runtime.layout import MAILBOX_FILE, actor_dir, actor_id
+from tests.agents import Counter
 from tests.replication_helpers import real_time
 
 #: Rounds start soon after a commit: the tests wait on conditions, never on these delays.
@@ -217,3 +219,70 @@ async def _poll(inbox: actors.Ref[Inbox], count: int, within: float = 10.0) -> l
         await trio.sleep(0.02)
         got = await inbox.ask(Inbox.got)
     return got
+
+
+#: The child of the unshipped-commit test: a counter whose hibernation snapshot hangs in the
+#: store (every PUT does, once armed) until the process is killed.
+_HIBERNATING_CHILD = """
+import sys, threading, trio, actors
+from tests.agents import Counter
+from tests.replication_helpers import FlakyStore
+
+class HangingStore(FlakyStore):
+    armed = False
+
+    def put(self, key, data, **kw):
+        if self.armed:
+            print("HANGING", flush=True)
+            threading.Event().wait()  # until SIGKILL
+        return super().put(key, data, **kw)
+
+async def main() -> None:
+    store = HangingStore(actors.DirectoryStore(sys.argv[2]))
+    fast = actors.Replication(min_delay=0.005, max_delay=0.05)
+    async with actors.open_runtime(
+        sys.argv[1], types=[Counter], replica=store, replication=fast, idle_timeout=0.2
+    ) as rt:
+        ref = rt.ref(Counter, "c")
+        await ref.ask(Counter.incr, 1)
+        await rt.replicated()
+        store.armed = True
+        await ref.ask(Counter.incr, 10)  # committed here; its shipping and hibernation hang
+        await trio.sleep_forever()
+
+trio.run(main)
+"""
+
+
+def test_reopening_ships_commits_a_killed_hibernation_left_behind(tmp_path: Path) -> None:
+    """A commit whose hibernation was killed mid-upload is shipped once the runtime reopens."""
+    child = tmp_path / "child.py"
+    child.write_text(_HIBERNATING_CHILD)
+    replica = tmp_path / "replica"
+    proc = subprocess.Popen(
+        [sys.executable, str(child), str(tmp_path / "m1"), str(replica)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "HANGING"  # (bounded: the child prints it)
+    finally:
+        proc.kill()
+        proc.communicate()
+
+    async def reopen_then_lose_the_machine() -> int:
+        store = actors.DirectoryStore(replica)
+        async with actors.open_runtime(
+            tmp_path / "m1", types=[Counter], replica=store, replication=FAST
+        ) as rt:
+            with trio.fail_after(30):
+                await rt.replicated()
+        async with actors.open_runtime(
+            tmp_path / "m2", types=[Counter], replica=store, replication=FAST
+        ) as rt:
+            value: int = await rt.ref(Counter, "c").ask(Counter.value)
+            return value
+
+    assert trio.run(reopen_then_lose_the_machine) == 11
