@@ -46,7 +46,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -82,6 +82,8 @@ from .replica.wal import WalPosition
 if TYPE_CHECKING:
     from .activation import Activation
     from .engine import Runtime
+
+T = TypeVar("T")
 
 #: The file in an actor's folder that lets a later wake-up in the same process go on without
 #: a request (not replicated; ignored by another process).
@@ -402,7 +404,7 @@ class ReplicationEngine:
         if path.exists():
             return False
         try:
-            got = self.store.get(manifest_key(DIRECTORY_FILE))
+            got = _retrying(lambda: self.store.get(manifest_key(DIRECTORY_FILE)))
         except ReplicaUnavailableError as exc:
             # A new runtime, or a lost machine's to restore: starting empty in the second case
             # would answer from nothing and then be fenced as diverged. Refuse, clearly.
@@ -418,7 +420,16 @@ class ReplicationEngine:
         for suffix in ("-wal", "-shm"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(f"{path}{suffix}")
-        restore(self.store, DIRECTORY_FILE, path, manifest=manifest)
+        try:
+            _retrying(lambda: restore(self.store, DIRECTORY_FILE, path, manifest=manifest))
+        except ReplicaUnavailableError as exc:
+            for suffix in ("", "-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(f"{path}{suffix}")
+            raise ReplicaUnavailableError(
+                f"{root} holds no runtime, the replica holds one, and it could not be read "
+                f"to restore it ({exc}); open again once the store is reachable"
+            ) from exc
         become_restored_runtime(root, manifest.writer.split("/")[0], at_time=None)
         self.stats["restores"] += 1
         return True
@@ -432,7 +443,7 @@ class ReplicationEngine:
         replica = self._replica(DIRECTORY_FILE)
         tracked = _File(DIRECTORY_FILE, rt.root / DIRECTORY_FILE, conn, replica, None)
         try:
-            previous = self._takeover(replica)
+            previous = _retrying(lambda: self._takeover(replica))
         except ReplicaUnavailableError as exc:
             self._error(exc)
             tracked.claimed = False
@@ -1580,6 +1591,26 @@ class ReplicationEngine:
             fenced=self.stats["fenced"],
             restores=self.stats["restores"],
         )
+
+
+#: Attempts of a store request made while a runtime opens (a flaky store is tried again,
+#: with a growing pause, before the open gives up): about 3 s in all.
+OPEN_ATTEMPTS = 6
+
+
+def _retrying(fn: Callable[[], T]) -> T:
+    """``fn()``, tried again while the store is unavailable, up to :data:`OPEN_ATTEMPTS`
+    times (blocking: for the opening of a runtime, before its event loop work starts)."""
+    delay = 0.1
+    for attempt in range(OPEN_ATTEMPTS):
+        try:
+            return fn()
+        except ReplicaUnavailableError:
+            if attempt == OPEN_ATTEMPTS - 1:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+    raise AssertionError("unreachable")
 
 
 def _mailbox_moved_on(files: list[_File]) -> bool:

@@ -20,7 +20,7 @@ import trio
 import actors
 from runtime.layout import MAILBOX_FILE, actor_dir, actor_id
 from tests.agents import Counter
-from tests.replication_helpers import real_time
+from tests.replication_helpers import FlakyStore, real_time
 
 #: Rounds start soon after a commit: the tests wait on conditions, never on these delays.
 FAST = actors.Replication(min_delay=0.005, max_delay=0.05)
@@ -286,3 +286,34 @@ def test_reopening_ships_commits_a_killed_hibernation_left_behind(tmp_path: Path
             return value
 
     assert trio.run(reopen_then_lose_the_machine) == 11
+
+
+class _FailingFirst(FlakyStore):
+    """Fails the first ``failures`` requests (a store that is flaky while a machine opens)."""
+
+    def __init__(self, inner: actors.ReplicaStore, failures: int) -> None:
+        super().__init__(inner)
+        self.failures = failures
+
+    def _check(self, kind: str) -> None:
+        self._count(kind)
+        if self.failures > 0:
+            self.failures -= 1
+            raise actors.ReplicaUnavailableError(f"injected: a flaky store ({kind})")
+
+
+@real_time
+async def test_a_fresh_machine_opens_through_a_flaky_store(tmp_path: Path) -> None:
+    """Opening on an empty directory retries a flaky store instead of failing at once."""
+    replica = actors.DirectoryStore(tmp_path / "replica")
+    async with actors.open_runtime(
+        tmp_path / "m1", types=[Counter], replica=replica, replication=FAST
+    ) as rt:
+        await rt.ref(Counter, "c").ask(Counter.incr, 5)
+        await rt.replicated()
+    flaky = _FailingFirst(replica, failures=4)
+    async with actors.open_runtime(
+        tmp_path / "m2", types=[Counter], replica=flaky, replication=FAST
+    ) as rt:
+        assert await rt.ref(Counter, "c").ask(Counter.value) == 5
+    assert flaky.failures == 0
