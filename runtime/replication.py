@@ -89,6 +89,9 @@ T = TypeVar("T")
 #: a request (not replicated; ignored by another process).
 STATE_FILE = "replica.json"
 
+#: Folders in an actor's folder where a restore puts its files before swapping them in.
+STAGING_PREFIX = ".restore-"
+
 #: Store names of the replicated files.
 ACTORS_PREFIX = "actors"
 
@@ -661,19 +664,32 @@ class ReplicationEngine:
             async with self.limiter:
                 await anyio.to_thread.run_sync(lambda: [self._takeover(r) for r in rest])
         replicas = [*to_claim, *rest]
-        if folder.exists() and any(
-            (folder / f).exists() for f in (DATA_FILE, MAILBOX_FILE, STATE_FILE)
-        ):
-            _move_aside(folder)
         folder.mkdir(parents=True, exist_ok=True)
 
         def restore_all() -> None:
-            for r in replicas:
-                manifest = r.manifest
-                assert manifest is not None
-                if manifest.snapshot is None:
-                    continue
-                restore(self.store, r.name, folder / r.name.rsplit("/", 1)[1], manifest=manifest)
+            # Both files, or neither: restored into a staging folder, then swapped in together
+            # (a data.db restored beside a mailbox that is not would lose the mailbox's work).
+            staging = folder / f"{STAGING_PREFIX}{uuid.uuid4().hex[:8]}"
+            staging.mkdir()
+            try:
+                restored = []
+                for r in replicas:
+                    manifest = r.manifest
+                    assert manifest is not None
+                    if manifest.snapshot is None:
+                        continue
+                    file = r.name.rsplit("/", 1)[1]
+                    restore(self.store, r.name, staging / file, manifest=manifest)
+                    restored.append(file)
+                if any(
+                    not name.startswith(("superseded-", STAGING_PREFIX))
+                    for name in os.listdir(folder)
+                ):
+                    _move_aside(folder)  # (a -wal left alone would be replayed onto the copy)
+                for file in restored:
+                    os.replace(staging / file, folder / file)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
 
         async with self.limiter:
             await anyio.to_thread.run_sync(restore_all)
@@ -1696,7 +1712,7 @@ def _move_aside(folder: Path) -> None:
     aside = folder / f"superseded-{int(time.time())}-{uuid.uuid4().hex[:6]}"
     aside.mkdir()
     for name in os.listdir(folder):
-        if name.startswith("superseded-"):
+        if name.startswith(("superseded-", STAGING_PREFIX)):
             continue
         shutil.move(str(folder / name), str(aside / name))
 
