@@ -322,6 +322,10 @@ MAX_TIMED_COMMITS = 10_000
 #: Longest wait between rounds while the store cannot be reached.
 MAX_BACKOFF = 5.0
 
+#: Seconds between looks at the store while it is failing or actors wait to catch up, with
+#: nothing committed meanwhile.
+PROBE_INTERVAL = 1.0
+
 #: Passes of a hibernation over an actor's files (a delivery into the closing mailbox makes
 #: one more pass: its snapshot again, then data.db's).
 DETACH_PASSES = 3
@@ -371,6 +375,9 @@ class ReplicationEngine:
             "restores": 0,
         }
         self.last_error: str | None = None
+        #: The store failed last (a request since has not succeeded): wake-ups do not wait
+        #: for it (they open their local files unclaimed) and hibernations do not try it.
+        self.unavailable = False
         self.limiter = anyio.CapacityLimiter(8)
         self.round_lock = anyio.Lock()
         #: A log object that could not be PUT yet: retried, byte for byte, before anything else.
@@ -635,6 +642,11 @@ class ReplicationEngine:
         if not to_claim:
             return
         local = (folder / DATA_FILE).exists() and not force_restore
+        if self.unavailable and local:
+            # The store is failing: the wake-up does not wait for it. The files open
+            # unclaimed, and a round claims them once the store answers again.
+            act.replica_plan = [(name, "unclaimed", None) for name, _, _ in plan]
+            return
 
         def claim_all() -> list[Manifest | None]:
             return [self._takeover(r) for r in to_claim]
@@ -898,7 +910,16 @@ class ReplicationEngine:
         """Ship dirty files, round after round, until cancelled. After a failed round (the
         store unreachable), wait with exponential backoff, then try again."""
         while True:
-            await self.dirty_event.wait()
+            if self.unavailable or self.behind:
+                # Actors wait to catch up, or the store failed last: look at the store now and
+                # then even when nothing is committed (a round would otherwise never come).
+                with anyio.move_on_after(max(self.backoff, PROBE_INTERVAL)):
+                    await self.dirty_event.wait()
+                if not self.dirty_event.is_set():
+                    await self._probe()
+                    continue
+            else:
+                await self.dirty_event.wait()
             self.dirty_event = anyio.Event()
             if not self.urgent.is_set():
                 # The delay runs from the first commit waiting (not from now: commits made
@@ -915,6 +936,24 @@ class ReplicationEngine:
                 self.backoff = min(max(0.05, self.backoff * 2), MAX_BACKOFF)
                 await anyio.sleep(self.backoff)
                 self.dirty_event.set()
+
+    async def _probe(self) -> None:
+        """One cheap request (the session's fences): once it succeeds after failures, the
+        store counts as reachable again and actors left behind are woken to catch up."""
+        try:
+            self.stats["requests"] += 1
+            await anyio.to_thread.run_sync(
+                read_fences, self.store, self.prefix, limiter=self.limiter
+            )
+        except ReplicaUnavailableError as exc:
+            self._error(exc)
+            self.backoff = min(max(0.05, self.backoff * 2), MAX_BACKOFF)
+            return
+        was_unavailable, self.unavailable = self.unavailable, False
+        self.backoff = 0.0
+        self.last_error = None
+        if was_unavailable:
+            self._wake_behind()
 
     def _delay(self) -> float:
         now = time.monotonic()
@@ -953,6 +992,7 @@ class ReplicationEngine:
             return done
 
     async def _round(self) -> bool:
+        requests_before = self.stats["requests"]
         for tracked in [t for t in self.dirty.values() if not t.claimed and t.fenced is None]:
             await self._claim_later(tracked)
         if self.pending is not None:
@@ -985,6 +1025,8 @@ class ReplicationEngine:
         if self.awaiting and not await self._acknowledge():
             return False
         self.last_error = None
+        if self.stats["requests"] > requests_before:
+            self.unavailable = False  # (a round that asked the store nothing proves nothing)
         self._wake_behind()
         await self._expire_logs()
         directory = self.files.get(DIRECTORY_FILE)
@@ -1341,6 +1383,8 @@ class ReplicationEngine:
     def _error(self, exc: BaseException) -> None:
         self.stats["errors"] += 1
         self.last_error = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, ReplicaUnavailableError):
+            self.unavailable = True
 
     def _wake_behind(self) -> None:
         """Wake the actors that hibernated while the store was unreachable: waking takes their
@@ -1497,7 +1541,10 @@ class ReplicationEngine:
         act.replica_saved = {"session": self.session, "files": saved}
 
     async def _detach_pass(self, files: list[_File]) -> bool:
-        """One pass of :meth:`detach` over an actor's files; whether all are in the replica."""
+        """One pass of :meth:`detach` over an actor's files; whether all are in the replica
+        (not tried while the store is failing: the actor is left behind at once)."""
+        if self.unavailable:
+            return False
         complete = True
         for tracked in reversed(files):
             if not complete:
