@@ -51,7 +51,7 @@ async def test_wakes_and_hibernations_do_not_wait_for_a_failing_store(tmp_path: 
         await rt.ref(Counter, keys[0]).ask(Counter.incr, 1)
         await wait_until(lambda: replication(rt).errors > 0, "a failed round")
         before = _requests(store)
-        for round_ in range(10):
+        for _ in range(10):
             for key in keys:  # two awake at most: each ask wakes one and hibernates another
                 await rt.ref(Counter, key).ask(Counter.incr, 1)
         during = _requests(store) - before
