@@ -116,7 +116,10 @@ def decode_log(data: bytes) -> LogObject:
     if magic != LOG_MAGIC:
         raise LogFormatError("not a torpor log object (bad magic)")
     if version != LOG_VERSION:
-        raise LogFormatError(f"log object version {version} (this version reads {LOG_VERSION})")
+        hint = "upgrade torpor to read it" if version > LOG_VERSION else "an older torpor wrote it"
+        raise LogFormatError(
+            f"log object version {version} (this version reads {LOG_VERSION}): {hint}"
+        )
     start = _HEAD.size + length
     try:
         doc = json.loads(data[_HEAD.size : start])

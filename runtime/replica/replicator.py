@@ -331,9 +331,15 @@ class Manifest:
         try:
             doc = json.loads(data)
             if doc["version"] != MANIFEST_VERSION:
+                newer = isinstance(doc["version"], int) and doc["version"] > MANIFEST_VERSION
+                hint = (
+                    "a newer torpor wrote it: upgrade torpor to read this replica"
+                    if newer
+                    else "restore it with the torpor version that wrote it"
+                )
                 raise CorruptReplicaError(
                     f"manifest {key!r} has format version {doc['version']!r} "
-                    f"(this version reads {MANIFEST_VERSION})",
+                    f"(this version reads {MANIFEST_VERSION}); {hint}",
                     key=key,
                 )
             pos = doc["position"]
