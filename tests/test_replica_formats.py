@@ -26,7 +26,7 @@ async def test_a_replica_from_a_newer_torpor_is_refused_with_a_hint(tmp_path: Pa
     doc = json.loads(got[0])
     doc["version"] = 99
     store.put(key, json.dumps(doc).encode(), if_match=got[1])
-    with pytest.raises(CorruptReplicaError, match="newer torpor.*upgrade torpor"):
+    with pytest.raises(CorruptReplicaError, match=r"newer torpor.*upgrade torpor"):
         async with actors.open_runtime(tmp_path / "m2", types=[Counter], replica=store):
             pass
     assert not (tmp_path / "m2" / "directory.db").exists()
