@@ -232,6 +232,11 @@ class Activation:
         # Askers of messages not applied yet, kept by the runtime while the actor hibernated.
         self.waiters.update(rt.parked_waiters.pop(self.aid, {}))
         self.applied_seq = self.loaded_upto = self.cleaned_upto = self.data.applied_seq
+        #: Who its outbox rows come from, for the receivers' cursors.
+        incarnation = self.data.incarnation
+        self.sender_id = _sender_id(self.aid, incarnation)
+        self.earlier_sender_id = _sender_id(self.aid, incarnation - 1)
+        self.incarnation_from = self.data.incarnation_from
         self.applied_marks.append((0, self.applied_seq))  # in the replica once attached
         last = db.scalar(self.mailbox.conn, "SELECT max(seq) FROM inbox")
         self.recovered_upto = int(last) if last is not None else 0
@@ -999,7 +1004,13 @@ class Activation:
                 if spec is None:
                     raise LookupError(f"type {row.target_type!r} is not registered")
                 token = await rt._deliver(
-                    spec, row.target_key, row.method, row.payload, self.aid, row.id
+                    spec,
+                    row.target_key,
+                    row.method,
+                    row.payload,
+                    # (rows from before a restore to an earlier point go as they were first)
+                    self.sender_id if row.id >= self.incarnation_from else self.earlier_sender_id,
+                    row.id,
                 )
             except RuntimeClosedError:
                 return
@@ -1071,6 +1082,12 @@ class _ProcessDied(Exception):
             f"the process died at least {deaths} time(s) while this message was running; it "
             "was dead-lettered so that the actor can go on"
         )
+
+
+def _sender_id(aid: str, incarnation: int) -> str:
+    """Who an actor's outbox rows come from: its id, and its incarnation once it was
+    restored to an earlier point (its outbox numbers then start again from there)."""
+    return aid if incarnation <= 0 else f"{aid}.{incarnation}"
 
 
 def _lost(cause: BaseException | None) -> TransactionLostError:

@@ -68,6 +68,8 @@ _RUNTIME_MIGRATIONS = (
     CREATE INDEX _torpor_results_key ON _torpor_results(idempotency_key);
     ALTER TABLE _torpor_state ADD COLUMN lineage TEXT NOT NULL DEFAULT '';
     UPDATE _torpor_state SET lineage = lower(hex(randomblob(16)));
+    ALTER TABLE _torpor_state ADD COLUMN incarnation INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE _torpor_state ADD COLUMN incarnation_from INTEGER NOT NULL DEFAULT 0;
     """,
 )
 
@@ -172,8 +174,8 @@ class DataStore:
             with db.corruption_as_error(path):
                 self._migrate_runtime(type_name, key)
                 row: Any = conn.execute(
-                    "SELECT type, key, applied_seq, created, lineage FROM _torpor_state "
-                    "WHERE id = 1"
+                    "SELECT type, key, applied_seq, created, lineage, incarnation, "
+                    "incarnation_from FROM _torpor_state WHERE id = 1"
                 ).fetchall()[0]
                 if (row[0], row[1]) == ("", ""):
                     # A copy of the image not yet given its identity (and a lineage of its
@@ -181,7 +183,8 @@ class DataStore:
                     # path could hold it.
                     row = conn.execute(
                         f"UPDATE _torpor_state SET type = ?, key = ?, lineage = {NEW_LINEAGE} "
-                        "WHERE id = 1 RETURNING type, key, applied_seq, created, lineage",
+                        "WHERE id = 1 RETURNING type, key, applied_seq, created, lineage, "
+                        "incarnation, incarnation_from",
                         (type_name, key),
                     ).fetchall()[0]
         except BaseException:
@@ -196,6 +199,11 @@ class DataStore:
         self.created: bool = bool(row[3])
         #: The id of this actor's history: the same on every machine it is restored to.
         self.lineage: str = row[4]
+        #: Bumped when the actor is restored to an earlier point: its outbox numbers start
+        #: again from there, so it sends as a new sender (receivers would drop the repeats).
+        self.incarnation: int = row[5]
+        #: The first outbox row of this incarnation (earlier rows go as the previous one).
+        self.incarnation_from: int = row[6]
         self._trusted = False
         self._may_commit = False
 

@@ -1864,6 +1864,8 @@ def restore_actor_files(
                 at_time=None if file == DATA_FILE and at_txid is not None else at_time,
                 at_txid=at_txid if file == DATA_FILE else None,
             )
+        if at_time is not None or at_txid is not None:
+            _new_incarnation(staging / DATA_FILE)
         for file in (DATA_FILE, MAILBOX_FILE):
             for suffix in ("-wal", "-shm"):
                 with contextlib.suppress(FileNotFoundError):
@@ -1873,6 +1875,25 @@ def restore_actor_files(
             os.unlink(folder / STATE_FILE)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _new_incarnation(path: Path) -> None:
+    """An actor restored to an earlier point numbers its outbox rows again from there: it
+    sends as a new incarnation, so that receivers, whose cursors saw the later numbers, do
+    not drop its new messages as repeats (a file from before incarnations gets the column
+    when it is next opened: it is then at 0, and this bump is skipped)."""
+    conn = apsw.Connection(str(path))
+    try:
+        columns = [row[1] for row in conn.execute("PRAGMA table_info(_torpor_state)")]
+        if "incarnation" in columns:
+            with conn:
+                conn.execute(
+                    "UPDATE _torpor_state SET incarnation = incarnation + 1, incarnation_from = "
+                    "(SELECT coalesce(max(seq), 0) + 1 FROM sqlite_sequence "
+                    "WHERE name = '_torpor_outbox')"
+                )
+    finally:
+        conn.close()
 
 
 def _flush_time(store: ReplicaStore, name: str, txid: int) -> float:

@@ -13,12 +13,14 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import trio
 
 import actors
 from runtime.layout import MAILBOX_FILE, actor_dir, actor_id
+from runtime.replication import restore_actor_files
 from tests.agents import Counter
 from tests.replication_helpers import FlakyStore, real_time
 
@@ -317,3 +319,30 @@ async def test_a_fresh_machine_opens_through_a_flaky_store(tmp_path: Path) -> No
     ) as rt:
         assert await rt.ref(Counter, "c").ask(Counter.value) == 5
     assert flaky.failures == 0
+
+
+@real_time
+async def test_an_actor_restored_to_an_earlier_point_is_heard_by_its_receivers(
+    tmp_path: Path,
+) -> None:
+    """After restoring a sender to the past, its new messages arrive and old ones do not repeat."""
+    store = actors.DirectoryStore(tmp_path / "replica")
+    root = tmp_path / "rt"
+    async with actors.open_runtime(
+        root, types=[Inbox, Relay], replica=store, replication=FAST
+    ) as rt:
+        await rt.ref(Relay, "a").ask(Relay.fire, "b", 1)
+        assert await _poll(rt.ref(Inbox, "b"), 1) == [1]
+        await rt.replicated()
+        at = time.time()
+        for n in (2, 3):
+            await rt.ref(Relay, "a").ask(Relay.fire, "b", n)
+        assert await _poll(rt.ref(Inbox, "b"), 3) == [1, 2, 3]
+        await rt.replicated()
+    aid = actor_id("EoRelay", "a")
+    restore_actor_files(store, aid, actor_dir(root, aid), at_time=at)
+    async with actors.open_runtime(
+        root, types=[Inbox, Relay], replica=store, replication=FAST
+    ) as rt:
+        await rt.ref(Relay, "a").ask(Relay.fire, "b", 4)  # its outbox numbers start again
+        assert await _poll(rt.ref(Inbox, "b"), 4) == [1, 2, 3, 4]
