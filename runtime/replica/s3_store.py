@@ -4,15 +4,26 @@ Conditional writes use S3's ``If-None-Match: *`` and ``If-Match: <etag>`` header
 ``IfNoneMatch`` / ``IfMatch`` parameters of ``PutObject``). Requests are counted as they are
 sent (a ``before-send`` hook), so retries count: that is what the provider bills.
 
+Every failure on the way (a refused or reset connection, a timeout, an answer cut short, a 5xx
+or throttling answer) is a :class:`ReplicaUnavailableError` once the store's few quick retries
+are spent, never a botocore, urllib3 or socket exception: the runtime retries those itself.
+The store retries, not botocore, so that reading a GET's body is retried like the rest, a call
+is bounded in time, and a conditional write knows whether an earlier attempt may have landed.
+
 boto3 is imported when the first :class:`S3Store` is made, not when ``actors`` is imported.
 """
 
 from __future__ import annotations
 
 import contextlib
+import http.client
+import random
 import threading
-from collections.abc import Iterator
-from typing import Any
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import attrs
 
 from .store import (
     Data,
@@ -27,16 +38,35 @@ from .store import (
     check_prefix,
 )
 
-#: Attempts per request, the first included, in botocore's ``standard`` retry mode (exponential
-#: backoff with jitter, on connection errors, throttling and 5xx). Few: the replicator has its own,
-#: slower, retry loop, and a turn held for a durable reply should learn of an outage in seconds.
+#: Attempts per request, the first included. The store retries (botocore's own retries are off)
+#: a request that failed on the way or got a 5xx or throttling answer, after a short wait. Few
+#: and quick: they ride over a blip (one reset connection, one 500); an outage is for the
+#: runtime's own, slower, retry loop, and a turn held for a durable reply should learn of it in
+#: seconds. A store made on a passed ``client`` makes one attempt: that client's retries apply.
 S3_MAX_ATTEMPTS = 3
 
-#: Seconds to open a connection. A reachable endpoint answers in milliseconds.
-S3_CONNECT_TIMEOUT = 5.0
+#: Seconds of the wait before the first retry, doubled before each next one, with full jitter (a
+#: random wait between 0 and that): at most 0.05 + 0.1 s in all.
+S3_RETRY_DELAY = 0.05
 
-#: Seconds to wait for bytes of an answer. Large enough for a big segment on a slow link.
-S3_READ_TIMEOUT = 60.0
+#: The same after a throttling answer (``503 SlowDown``, ``429``), to spread retries out: at
+#: most 0.5 + 1 s in all. botocore waits up to 1 + 2 s (and more on ``x-amz-retry-after``), and
+#: every wake and hibernation of the runtime would wait with it.
+S3_THROTTLE_RETRY_DELAY = 0.5
+
+#: Seconds after the first attempt started past which a failed request is not retried: an
+#: attempt that ran into a timeout is not repeated. A call thus ends within about this, plus
+#: one attempt's timeouts, plus the waits above.
+S3_RETRY_WINDOW = 5.0
+
+#: Seconds to open a connection. A reachable endpoint answers in milliseconds; an endpoint that
+#: accepts nothing for 2 s is down for our purposes (the AWS SDKs for Java and .NET use 2 s too).
+S3_CONNECT_TIMEOUT = 2.0
+
+#: Seconds to wait for the next bytes of an answer (not for the whole answer): S3 answers a PUT
+#: within a second or two of its last byte, and streams a GET. 30 s, as the AWS SDK for Java;
+#: botocore's 60 s, retried, held a call on a silent connection for minutes.
+S3_READ_TIMEOUT = 30.0
 
 #: Connections kept per store: one per worker thread that may call it at once (botocore's
 #: default of 10 makes the 11th concurrent request wait, and warn).
@@ -54,8 +84,16 @@ _TRANSIENT_CODES = frozenset(
         "ServiceUnavailable",
         "InternalError",
         "RequestLimitExceeded",
+        "TooManyRequests",
     }
 )
+
+#: Error codes (besides the statuses 429 and 503) that ask the client to slow down.
+_THROTTLING_CODES = frozenset(
+    {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests"}
+)
+
+_T = TypeVar("_T")
 
 _HINTS = {
     "NoSuchBucket": "create the bucket, or fix the bucket name",
@@ -82,12 +120,13 @@ class S3Store(ReplicaStore):
     virtual-host addressing. ``sse="AES256"`` or ``sse="aws:kms"`` (with ``sse_kms_key_id`` for a
     key other than the account's default) asks for server-side encryption of every object
     written. ``client`` uses a ready boto3 S3 client instead of making one (its own endpoint,
-    region and retry settings then apply).
+    region, timeouts and retry settings then apply, and this store makes one attempt a request).
 
     Conditional writes need a store that supports ``If-Match`` and ``If-None-Match`` on
     ``PutObject`` (AWS S3 since 2024). The credentials need ``s3:GetObject``, ``s3:PutObject``,
     ``s3:DeleteObject`` and ``s3:ListBucket`` (without the latter, a missing key answers 403
-    instead of 404). A request makes up to 3 attempts (botocore's standard retry mode) before
+    instead of 404). A request that fails on the way (refused, reset, timed out, cut short) or
+    gets a 5xx or throttling answer makes up to 3 attempts, within seconds, before
     :class:`ReplicaUnavailableError`. ETags are S3's, quoted as S3 sends them.
     """
 
@@ -126,9 +165,25 @@ class S3Store(ReplicaStore):
             self._sse["SSEKMSKeyId"] = sse_kms_key_id
 
         import botocore.exceptions
+        import botocore.parsers
+        import urllib3.exceptions
 
         self._botocore_errors = botocore.exceptions
+        # What an attempt can raise: botocore's errors, and besides them urllib3's and
+        # http.client's errors and socket errors that botocore lets through (reading an answer's
+        # body, for one), and a body botocore could not parse (cut short: botocore does not check
+        # its length). All but botocore's mean the answer did not arrive whole.
+        self._failures: tuple[type[Exception], ...] = (
+            botocore.exceptions.ClientError,
+            botocore.exceptions.BotoCoreError,
+            urllib3.exceptions.HTTPError,
+            http.client.HTTPException,
+            OSError,
+            botocore.parsers.ResponseParserError,
+            _BadAnswerError,
+        )
         self._owns_client = client is None
+        self._max_attempts = S3_MAX_ATTEMPTS if client is None else 1
         if client is None:
             client = _make_client(endpoint_url, region, path_style=path_style)
         self.client = client
@@ -141,17 +196,18 @@ class S3Store(ReplicaStore):
     def get(self, key: str) -> tuple[bytes, str] | None:
         """Return ``(data, etag)`` for ``key``, or ``None`` if there is no such key."""
         full = self._full(key)
-        try:
-            with self._request("gets"):
+
+        def attempt() -> tuple[bytes, str] | None:
+            try:
                 response = self.client.get_object(Bucket=self.bucket, Key=full)
-                data = response["Body"].read()
-        except self._botocore_errors.ClientError as exc:
-            if _status(exc) == 404 and _code(exc) in ("NoSuchKey", "404", "NotFound"):
-                return None
-            raise self._error(exc, "GET", key) from exc
-        except self._botocore_errors.BotoCoreError as exc:
-            raise self._error(exc, "GET", key) from exc
-        return data, str(response["ETag"])
+            except self._botocore_errors.ClientError as exc:
+                if _status(exc) == 404 and _code(exc) in ("NoSuchKey", "404", "NotFound"):
+                    return None
+                raise
+            # Inside the attempt: a body cut short or timed out is retried like the request.
+            return response["Body"].read(), _etag(response)
+
+        return self._send("gets", "GET", key, attempt)
 
     def put(
         self, key: str, data: Data, *, if_match: str | None = None, if_none_match: bool = False
@@ -160,8 +216,9 @@ class S3Store(ReplicaStore):
 
         ``if_none_match=True`` sends ``If-None-Match: *``, ``if_match=etag`` sends
         ``If-Match``; when the condition fails, :class:`PreconditionFailedError`. A condition
-        that fails only on a retry (the first attempt's answer was lost) is checked with a GET:
-        if the object holds exactly ``data``, the first attempt won and its ETag is returned.
+        that fails only after an attempt whose outcome is unknown (its answer was lost, or was a
+        5xx) is checked with a GET: if the object holds exactly ``data``, that attempt won and
+        its ETag is returned.
         """
         full = self._full(key)
         check_data(data)
@@ -173,28 +230,32 @@ class S3Store(ReplicaStore):
         if if_match is not None:
             params["IfMatch"] = if_match
         conditional = if_none_match or if_match is not None
+        doubt = _Doubt()
         try:
-            with self._request("puts"):
-                response = self.client.put_object(**params)
-        except self._botocore_errors.ClientError as exc:
-            error = self._error(exc, "PUT", key, conditional=conditional)
-            if isinstance(error, PreconditionFailedError) and _retried(exc):
+            return self._send(
+                "puts",
+                "PUT",
+                key,
+                lambda: _etag(self.client.put_object(**params)),
+                conditional=conditional,
+                doubt=doubt,
+            )
+        except PreconditionFailedError:
+            if doubt.earlier_attempt_may_have_landed:
                 current = self.get(key)
                 if current is not None and current[0] == body:
                     return current[1]
-            raise error from exc
-        except self._botocore_errors.BotoCoreError as exc:
-            raise self._error(exc, "PUT", key) from exc
-        return str(response["ETag"])
+            raise
 
     def delete(self, key: str) -> None:
         """Remove ``key``; removing a missing key is not an error."""
         full = self._full(key)
-        try:
-            with self._request("deletes"):
-                self.client.delete_object(Bucket=self.bucket, Key=full)
-        except (self._botocore_errors.ClientError, self._botocore_errors.BotoCoreError) as exc:
-            raise self._error(exc, "DELETE", key) from exc
+        self._send(
+            "deletes",
+            "DELETE",
+            key,
+            lambda: self.client.delete_object(Bucket=self.bucket, Key=full),
+        )
 
     def list(self, prefix: str = "") -> Iterator[str]:
         """Yield the keys starting with ``prefix``, in UTF-8 byte order (admin tools only).
@@ -213,11 +274,9 @@ class S3Store(ReplicaStore):
     def _pages(self, full_prefix: str) -> Iterator[str]:
         params: dict[str, Any] = {"Bucket": self.bucket, "Prefix": full_prefix}
         while True:
-            try:
-                with self._request("lists"):
-                    response = self.client.list_objects_v2(**params)
-            except (self._botocore_errors.ClientError, self._botocore_errors.BotoCoreError) as exc:
-                raise self._error(exc, "LIST", full_prefix) from exc
+            response: dict[str, Any] = self._send(
+                "lists", "LIST", full_prefix, lambda: self.client.list_objects_v2(**params)
+            )
             for item in response.get("Contents", ()):
                 yield str(item["Key"])[len(self._key_prefix) :]
             if not response.get("IsTruncated"):
@@ -226,6 +285,50 @@ class S3Store(ReplicaStore):
 
     def _full(self, key: str) -> str:
         return self._key_prefix + check_key(key, prefix_bytes=self._prefix_bytes)
+
+    def _send(
+        self,
+        kind: str,
+        request: str,
+        key: str,
+        attempt: Callable[[], _T],
+        *,
+        conditional: bool = False,
+        doubt: _Doubt | None = None,
+    ) -> _T:
+        """Run ``attempt`` (one request, its answer read whole) until it succeeds, fails for
+        good, or its attempts or time run out; raise only :class:`ReplicaError` and subclasses.
+
+        ``doubt`` learns whether an attempt before the last one may have been applied.
+        """
+        started = time.monotonic()
+        attempts = 0
+        may_have_landed = False
+        while True:
+            attempts += 1
+            try:
+                with self._request(kind):
+                    return attempt()
+            except self._failures as exc:
+                failure = self._failure(
+                    exc, request, key, conditional=conditional, attempts=attempts
+                )
+                cause = exc
+            if doubt is not None:
+                # A passed client may have retried inside the attempt, after a lost answer.
+                botocore_retried = isinstance(
+                    cause, self._botocore_errors.ClientError
+                ) and _retried(cause)
+                doubt.earlier_attempt_may_have_landed = may_have_landed or botocore_retried
+            may_have_landed = may_have_landed or failure.may_have_landed
+            if (
+                not failure.retryable
+                or attempts >= self._max_attempts
+                or time.monotonic() - started >= S3_RETRY_WINDOW
+            ):
+                raise failure.error from cause
+            base = S3_THROTTLE_RETRY_DELAY if failure.throttled else S3_RETRY_DELAY
+            time.sleep(random.uniform(0.0, base * 2 ** (attempts - 1)))
 
     @contextlib.contextmanager
     def _request(self, kind: str) -> Iterator[None]:
@@ -243,9 +346,10 @@ class S3Store(ReplicaStore):
         if kind is not None:
             self._count(kind)
 
-    def _error(
-        self, exc: Exception, request: str, key: str, *, conditional: bool = False
-    ) -> ReplicaError:
+    def _failure(
+        self, exc: Exception, request: str, key: str, *, conditional: bool, attempts: int
+    ) -> _Failure:
+        """What a failed attempt means: the error to raise, and whether to try again."""
         where = f"{request} {key!r} in s3://{self.bucket}/{self._key_prefix}"
         errors = self._botocore_errors
         if isinstance(exc, errors.ClientError):
@@ -257,16 +361,32 @@ class S3Store(ReplicaStore):
                 or code in ("PreconditionFailed", "ConditionalRequestConflict")
                 or (status == 404 and code == "NoSuchKey")
             ):
-                return PreconditionFailedError(
-                    f"{where}: the condition did not hold ({answer}); nothing was written", key=key
+                return _Failure(
+                    PreconditionFailedError(
+                        f"{where}: the condition did not hold ({answer}); nothing was written",
+                        key=key,
+                    )
                 )
-            if (status is not None and status >= 500) or code in _TRANSIENT_CODES:
-                return ReplicaUnavailableError(
-                    f"{where} failed after {_retries(exc) + 1} attempt(s) ({answer}); "
-                    "retry later, and read the key back before trusting a write"
+            if (status is not None and status >= 500) or status == 429 or code in _TRANSIENT_CODES:
+                return _Failure(
+                    ReplicaUnavailableError(
+                        f"{where} failed after {attempts + _retries(exc)} attempt(s) ({answer}); "
+                        "retry later, and read the key back before trusting a write"
+                    ),
+                    retryable=True,
+                    throttled=status in (429, 503) or code in _THROTTLING_CODES,
+                    may_have_landed=True,
                 )
             hint = _HINTS.get(code, "see the store's error code")
-            return ReplicaError(f"{where} was refused ({answer}): {hint}")
+            return _Failure(ReplicaError(f"{where} was refused ({answer}): {hint}"))
+        if isinstance(exc, errors.NoCredentialsError | errors.PartialCredentialsError):
+            return _Failure(
+                ReplicaError(
+                    f"{where}: {exc}; boto3 found no complete credentials in its standard chain "
+                    "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, ~/.aws/credentials, "
+                    "or a container or instance role)"
+                )
+            )
         transient = (
             errors.ConnectionError,
             errors.HTTPClientError,
@@ -274,18 +394,47 @@ class S3Store(ReplicaStore):
             errors.ChecksumError,
             errors.FlexibleChecksumError,
         )
-        if isinstance(exc, transient):
-            return ReplicaUnavailableError(
-                f"{where} failed ({exc}); the endpoint is unreachable or cut the connection: "
-                "retry later, and read the key back before trusting a write"
-            )
-        if isinstance(exc, errors.NoCredentialsError | errors.PartialCredentialsError):
-            return ReplicaError(
-                f"{where}: {exc}; boto3 found no complete credentials in its standard chain "
-                "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, ~/.aws/credentials, "
-                "or a container or instance role)"
-            )
-        return ReplicaError(f"{where} failed ({type(exc).__name__}: {exc})")
+        if isinstance(exc, errors.BotoCoreError) and not isinstance(exc, transient):
+            return _Failure(ReplicaError(f"{where} failed ({type(exc).__name__}: {exc})"))
+        # The request did not get through, or its answer did not arrive whole.
+        unsent = isinstance(exc, errors.EndpointConnectionError | errors.ConnectTimeoutError)
+        return _Failure(
+            ReplicaUnavailableError(
+                f"{where} failed after {attempts} attempt(s) ({type(exc).__name__}: {exc}); "
+                "the endpoint is unreachable or cut the connection: retry later, and read the "
+                "key back before trusting a write"
+            ),
+            retryable=True,
+            may_have_landed=not unsent,
+        )
+
+
+@attrs.frozen
+class _Failure:
+    """A failed attempt: the error to raise if it is the last, and whether to retry."""
+
+    error: ReplicaError
+    retryable: bool = False
+    throttled: bool = False
+    may_have_landed: bool = False  # the request may have reached the store and been applied
+
+
+@attrs.define
+class _Doubt:
+    """Filled by :meth:`S3Store._send` for a put: may an attempt before the last have landed?"""
+
+    earlier_attempt_may_have_landed: bool = False
+
+
+class _BadAnswerError(Exception):
+    """An answer that came whole but lacks what S3 always sends (an ETag): a broken hop."""
+
+
+def _etag(response: dict[str, Any]) -> str:
+    etag = response.get("ETag")
+    if not etag:
+        raise _BadAnswerError("the answer has no ETag")
+    return str(etag)
 
 
 _loader_lock = threading.Lock()
@@ -311,7 +460,9 @@ def _make_client(endpoint_url: str | None, region: str | None, *, path_style: bo
 
     config = botocore.config.Config(
         region_name=region,
-        retries={"mode": "standard", "total_max_attempts": S3_MAX_ATTEMPTS},
+        # The store retries (S3Store._send): botocore would not retry reading a GET's body, nor
+        # bound a call's time, nor say whether an earlier attempt of a conditional write landed.
+        retries={"mode": "standard", "total_max_attempts": 1},
         s3={"addressing_style": "path" if path_style else "auto"},
         connect_timeout=S3_CONNECT_TIMEOUT,
         read_timeout=S3_READ_TIMEOUT,
