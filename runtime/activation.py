@@ -330,7 +330,20 @@ class Activation:
             rt.parked_waiters.setdefault(self.aid, {}).update(self.waiters)
             self.waiters.clear()
             return
+        if self.gave_up is not None:
+            self._fail_waiters(self._stopped_error())
+            return
         self._fail_waiters(RuntimeClosedError("the runtime closed before this was applied"))
+
+    def _stopped_error(self) -> ActorStoppedError:
+        """What an asker of a stopped actor gets (its message is kept)."""
+        assert self.gave_up is not None
+        error = ActorStoppedError(
+            f"{self.spec.name} {self.key!r} was stopped ({self.gave_up}); its messages are "
+            "kept until Runtime.resume"
+        )
+        error.__cause__ = self.gave_up
+        return error
 
     def _fail_waiters(self, error: BaseException) -> None:
         for waiter in self.waiters.values():
@@ -359,6 +372,9 @@ class Activation:
         waiter = Waiter()
         if seq <= self.applied_seq:
             self._fill_from_store(waiter, seq)
+            return waiter
+        if self.gave_up is not None:  # stopped (fenced, or too many failures): nobody answers
+            waiter.set_error(self._stopped_error())
             return waiter
         if self.failed is not None:
             failure = ActorFailedError(
@@ -451,11 +467,13 @@ class Activation:
         self.work.set()
 
     def fence(self, error: BaseException) -> None:
-        """Another runtime took this actor's replica over: stop, keep the files, report."""
+        """Another runtime took this actor's replica over: stop, keep the files, report; its
+        askers learn it at once (not when the turn loop ends)."""
         if self.gave_up is None:
             self.gave_up = error
         self.closing = True
         self.work.set()
+        self._fail_waiters(self._stopped_error())
 
     def _stop_failed(self, error: BaseException) -> None:
         self.failed = error

@@ -37,6 +37,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import functools
+import itertools
 import json
 import math
 import os
@@ -222,6 +223,9 @@ class _File:
         self.final_commits = -1  # commits when hibernation's last snapshot was taken
         self.snapshots_done = 0
         self.closing = False  # hibernating: a background upload stops retrying
+        #: Closed and untracked: its background work makes no more requests (a later wake-up
+        #: of the actor has a writer of its own for the file), and a fence it meets is no news.
+        self.retired = False
         self.acked_event = anyio.Event()
         self.quiet_event = anyio.Event()
         self.claim_lock = anyio.Lock()
@@ -343,6 +347,9 @@ class ReplicationEngine:
         #: The runtime this directory was restored from, and the point (REPLICA_ORIGIN).
         self.origin: dict[str, Any] = {}
         self.writer = ""
+        #: Numbers of the snapshot objects this session writes, for all files (a file taken up
+        #: again in this session keeps its epoch, so its keys must not start over).
+        self.object_numbers = itertools.count(1).__next__
         self.seq = 0  # the last log object written
         self.files: dict[str, _File] = {}
         self.dirty: dict[str, _File] = {}
@@ -403,6 +410,7 @@ class ReplicationEngine:
             clock=self.rt.clock,
             retention=self.options.retention,
             keep_generations=self.options.keep_generations,
+            sequence=self.object_numbers,
         )
 
     # -- opening -----------------------------------------------------------------------------
@@ -498,6 +506,7 @@ class ReplicationEngine:
         tracked.conn.set_wal_hook(hook)
 
     def _untrack(self, tracked: _File) -> None:
+        tracked.retired = True
         with contextlib.suppress(Exception):
             tracked.conn.set_wal_hook(None)
         self.files.pop(tracked.name, None)
@@ -527,6 +536,13 @@ class ReplicationEngine:
                 self.stats["manifests"] += 1
                 return None
             before = Manifest.decode(got[0], key=key)
+            if before.writer == self.writer:
+                # Written by this very session (an earlier wake-up of the actor in this
+                # process, or a claim whose answer was lost): ownership does not change, so the
+                # epoch does not either. The chain is taken up from a snapshot (the caller
+                # takes one).
+                replica.adopt(attrs.evolve(before, position=None), got[1])
+                return before
             current = before
             if before.tail is not None:
                 if before.tail != self.prefix:
@@ -858,7 +874,7 @@ class ReplicationEngine:
             if not await self._mailbox_caught_up(tracked, wait=not final):
                 return  # the mailbox could not follow: not uploaded ahead of it
             while tracked.capture is captured and tracked.fenced is None:
-                if tracked.closing and not final:
+                if (tracked.closing and not final) or tracked.retired:
                     return  # hibernation makes its own, last attempt
                 try:
                     tail = None if final else self.prefix
@@ -1287,7 +1303,7 @@ class ReplicationEngine:
 
     async def _fold(self, tracked: _File, *, tail: str | None, tail_from: int) -> bool:
         """Write a file's manifest once; ``False`` if that failed (unreachable, or fenced)."""
-        if tracked.fenced is not None:
+        if tracked.fenced is not None or tracked.retired:
             return False
         try:
             async with tracked.manifest_lock:
@@ -1312,7 +1328,7 @@ class ReplicationEngine:
         """Take ownership of a file opened while the store was unreachable (one claim at a
         time per file: a round and a hibernation may both try)."""
         async with tracked.claim_lock:
-            if not tracked.claimed and tracked.fenced is None:
+            if not tracked.claimed and tracked.fenced is None and not tracked.retired:
                 await self._claim_once(tracked)
 
     async def _claim_once(self, tracked: _File) -> None:
@@ -1346,8 +1362,12 @@ class ReplicationEngine:
         if tracked.fenced is not None:
             return
         tracked.fenced = error
-        self.dirty.pop(tracked.name, None)
         tracked.acked_event.set()
+        if tracked.retired:
+            # A closed file's last background write met the claim of the actor's next
+            # wake-up in this very process: not a rival, nothing to stop.
+            return
+        self.dirty.pop(tracked.name, None)
         if not report:
             return
         self.stats["fenced"] += 1

@@ -428,8 +428,13 @@ class FileReplica:
         codec: int = DEFAULT_CODEC,
         retention: float = DEFAULT_RETENTION,
         keep_generations: int = DEFAULT_KEEP_GENERATIONS,
+        sequence: Callable[[], int] | None = None,
     ) -> None:
         self.store = store
+        #: Numbers the objects it writes (with the epoch); a writer whose files may be taken up
+        #: again under the same epoch (the runtime, within one process) passes one shared
+        #: counter, so that no two of its replicas of a file ever make the same key.
+        self._shared_sequence = sequence
         self.retention = retention
         self.keep_generations = keep_generations
         #: A snapshot was captured and is being uploaded: nothing is prepared meanwhile.
@@ -1061,7 +1066,10 @@ class FileReplica:
 
     def _object_key(self, kind: str) -> str:
         assert self._manifest is not None
-        self._sequence += 1
+        if self._shared_sequence is not None:
+            self._sequence = self._shared_sequence()
+        else:
+            self._sequence += 1
         return check_key(f"{self.name}/{kind}/{self._manifest.epoch:010d}-{self._sequence:010d}")
 
     def _get(self, key: str) -> tuple[bytes, str] | None:
