@@ -4,6 +4,8 @@ This package is the public API. It only re-exports names from the engine (``runt
 whose modules are private: import from ``actors``, never from ``runtime``.
 """
 
+from importlib import metadata as _metadata
+
 from runtime.actor import Actor, query
 from runtime.datastore import KV, Sql
 from runtime.engine import (
@@ -59,6 +61,12 @@ from runtime.replication import ReplicaConflictError, Replication, ReplicationSt
 from runtime.spec import RestartIntensity, Retry
 from runtime.steps import StepInfo, current_step
 from runtime.timers import Schedule
+
+try:
+    #: The installed torpor's version.
+    __version__: str = _metadata.version("torpor")
+except _metadata.PackageNotFoundError:  # (a checkout used without installing it)
+    __version__ = "0+unknown"
 
 __all__ = [
     "KV",

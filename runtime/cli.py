@@ -52,6 +52,15 @@ from .replication import (
 )
 
 
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("torpor")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
 def main(argv: list[str] | None = None) -> int:
     args_list = sys.argv[1:] if argv is None else list(argv)
     if args_list[:2] == ["bench", "replication"]:
@@ -60,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return bench_replication.main(args_list[2:])
     parser = argparse.ArgumentParser(prog="torpor", description="Durable per-agent actors.")
+    parser.add_argument("--version", action="version", version=f"torpor {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     bench = commands.add_parser(

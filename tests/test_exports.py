@@ -105,3 +105,16 @@ def test_every_error_has_a_docstring_and_a_root() -> None:
             assert obj.__doc__, name
             if name not in ("RuntimeInternalError", "StoredError", "NonRetryable"):
                 assert issubclass(obj, actors.ActorError), name
+
+
+def test_the_version_is_the_installed_distributions() -> None:
+    """actors.__version__ and `torpor --version` name the installed torpor's version."""
+    import subprocess
+    import sys
+    from importlib import metadata
+
+    assert actors.__version__ == metadata.version("torpor")
+    done = subprocess.run(
+        [sys.executable, "-m", "runtime.cli", "--version"], capture_output=True, text=True
+    )
+    assert done.stdout.strip() == f"torpor {actors.__version__}", done
