@@ -1489,9 +1489,18 @@ class ReplicationEngine:
     async def wait_all(self) -> None:
         """Return once every commit made so far, in every tracked file, is in the replica (or
         its file was fenced out); actors that hibernated while the store was unreachable are
-        woken to catch up, and waited for."""
+        woken to catch up, and waited for. Hibernations under way when it is called are
+        waited for too (what they commit, to ship the actor's last state, is part of it)."""
+        passes = 0
         while True:
+            hibernations = self.rt.stats_hibernations
             await self._wait_tracked()
+            closing = [act for act in self.rt.awake.values() if act.hibernating]
+            for act in closing:
+                await act.closed.wait()
+            if (closing or self.rt.stats_hibernations != hibernations) and passes < 3:
+                passes += 1  # what those hibernations committed (a pending mark cleared)
+                continue
             if not self.behind or self.rt.closing.is_set():
                 return
             self._wake_behind()
