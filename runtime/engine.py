@@ -676,7 +676,10 @@ class Runtime:
                 await anyio.lowlevel.checkpoint()
                 return rep.append_token(aid) if rep else None
             await act.opened.wait()
-        if act is None and (self.resident < self.max_awake or self.idle):
+        if act is None and self.resident < self.max_awake:
+            # A slot is free now: wake it here. (Not by evicting an idle actor: another wake-up
+            # may take the slot that frees, and this actor would then wait for one while
+            # holding its own; two delivering actors did, for good, with max_awake 2.)
             try:
                 act = await self._activate(spec, key)
             except ActorStoppedError:
