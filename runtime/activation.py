@@ -331,11 +331,11 @@ class Activation:
             self.waiters.clear()
             return
         if self.gave_up is not None:
-            self._fail_waiters(self._stopped_error())
+            self._fail_waiters(self.stopped_error())
             return
         self._fail_waiters(RuntimeClosedError("the runtime closed before this was applied"))
 
-    def _stopped_error(self) -> ActorStoppedError:
+    def stopped_error(self) -> ActorStoppedError:
         """What an asker of a stopped actor gets (its message is kept)."""
         assert self.gave_up is not None
         error = ActorStoppedError(
@@ -374,7 +374,7 @@ class Activation:
             self._fill_from_store(waiter, seq)
             return waiter
         if self.gave_up is not None:  # stopped (fenced, or too many failures): nobody answers
-            waiter.set_error(self._stopped_error())
+            waiter.set_error(self.stopped_error())
             return waiter
         if self.failed is not None:
             failure = ActorFailedError(
@@ -473,7 +473,7 @@ class Activation:
             self.gave_up = error
         self.closing = True
         self.work.set()
-        self._fail_waiters(self._stopped_error())
+        self._fail_waiters(self.stopped_error())
 
     def _stop_failed(self, error: BaseException) -> None:
         self.failed = error

@@ -857,6 +857,9 @@ class Runtime:
                 del self.awake[act.aid]
                 if act.gave_up is not None:
                     self._stop(act)
+                    # Askers parked by tidy() before a fence met during the hibernation.
+                    for waiter in self.parked_waiters.pop(act.aid, {}).values():
+                        waiter.set_error(act.stopped_error())
                 elif act.failed is not None:
                     self.failed[act.aid] = act.failed
                     if self.replication is not None and (

@@ -1009,6 +1009,9 @@ class ReplicationEngine:
 
     async def _round(self) -> bool:
         requests_before = self.stats["requests"]
+        for name, t in list(self.dirty.items()):
+            if t.retired:
+                del self.dirty[name]  # a closed activation's file: its hibernation shipped it
         for tracked in [t for t in self.dirty.values() if not t.claimed and t.fenced is None]:
             await self._claim_later(tracked)
         if self.pending is not None:
@@ -1108,8 +1111,8 @@ class ReplicationEngine:
         for (tracked, p, commits), entry in zip(pending.shipping, pending.entries, strict=True):
             tracked.in_pending = False
             carry, tracked.carry = tracked.carry, None
-            if tracked.fenced is not None:
-                continue
+            if tracked.fenced is not None or tracked.retired:
+                continue  # (retired: closed since, its hibernation snapshot holds the frames)
             # Each file on its own: the object is stored whatever happens to one file here
             # (a landed object is never landed twice).
             try:
@@ -1149,8 +1152,8 @@ class ReplicationEngine:
         awaiting, self.awaiting = self.awaiting, {}
         ok = True
         for tracked, target in awaiting.values():
-            if tracked.fenced is not None:
-                continue
+            if tracked.fenced is not None or tracked.retired:
+                continue  # (checked after each await below: a file may close meanwhile)
             claimed_by = fences.get(tracked.name, 0)
             if claimed_by > (tracked.replica.epoch or 0):
                 self._fenced(
@@ -1170,10 +1173,10 @@ class ReplicationEngine:
                 and not tracked.tail_set
                 and not await self._fold(tracked, tail=self.prefix, tail_from=self.seq + 1)
             ):
-                if tracked.fenced is None:
+                if tracked.fenced is None and not tracked.retired:
                     self._await_ack(tracked, target)
                     ok = False
-                continue
+                continue  # (retired meanwhile: not queued again, the round is not failed)
             tracked.ack(target, self.lags)
             self._maybe_checkpoint(tracked)
             if self._needs_compaction(tracked):
@@ -1307,6 +1310,8 @@ class ReplicationEngine:
             return False
         try:
             async with tracked.manifest_lock:
+                if tracked.retired:
+                    return False  # closed while it waited for the lock: its ETag is old
                 requests = await anyio.to_thread.run_sync(
                     functools.partial(tracked.replica.fold, tail=tail, tail_from=tail_from),
                     limiter=self.limiter,
@@ -1338,12 +1343,16 @@ class ReplicationEngine:
             )
         except ReplicaUnavailableError as exc:
             self._error(exc)
-            self.dirty[tracked.name] = tracked
+            if not tracked.retired:  # (never over the live file of that name)
+                self.dirty[tracked.name] = tracked
             return
         except FencedError as exc:
             self._fenced(tracked, exc)
             return
         tracked.claimed = True
+        act = tracked.act
+        if self.origin and act is not None and all(t.claimed for t in act.replica_files):
+            self.claimed.add(act.aid)
         if previous is not None and previous.snapshot is not None and not self._ours(previous):
             self._fenced(
                 tracked,
