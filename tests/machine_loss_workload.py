@@ -30,7 +30,10 @@ replica) with a replica (``store_json`` as in ``tests/crash_replication_workload
   done (mode ``end`` is ``close``: then the runtime closes cleanly, ``DONE``, exit 0).
 
 With ``end`` ``kill`` the child never closes: it prints ``SENT`` once the clients are done and
-waits to be killed. Lines on stdout: ``OPEN``, ``READY``, ``SENT``, ``DONE``.
+waits to be killed. Lines on stdout: ``OPEN``, ``READY``, ``SENT``, ``DONE``. On stderr, as they
+come: ``report: <text>`` for each of ``rt.reports`` (a killed run's too), and ``unavailable:
+<what>: <error>`` when a send, an ask or an arming failed with ``ReplicaUnavailableError`` (its
+target was not local while the store was down) and is tried again under the same key.
 """
 
 from __future__ import annotations
@@ -78,6 +81,10 @@ REPLICATION = actors.Replication(
 )
 #: A run that nobody kills gives up after this many seconds.
 RUN_LIMIT = 120.0
+#: Seconds between two tries of a message that failed with ReplicaUnavailableError.
+RETRY_EVERY = 0.05
+#: Seconds between two looks at ``rt.reports`` (printed on stderr as they come).
+REPORTS_EVERY = 0.02
 #: Every STEP_EVERY-th message of a client runs a durable step at its entry actor.
 STEP_EVERY = 3
 
@@ -249,6 +256,42 @@ def last_acked(acks: Path) -> dict[str, int]:
     return last
 
 
+async def retrying(what: str, call: Any, *args: Any, **kwargs: Any) -> Any:
+    """``call(*args, **kwargs)``, again under the same idempotency key while it fails with
+    ``ReplicaUnavailableError`` (an actor that is not local cannot be restored while the store
+    is down: the next message tries again). Each failure is a line on stderr."""
+    while True:
+        try:
+            return await call(*args, **kwargs)
+        except actors.ReplicaUnavailableError as exc:
+            print(f"unavailable: {what}: {exc}", file=sys.stderr)
+            await trio.sleep(RETRY_EVERY)
+
+
+class ReportPrinter:
+    """Prints each of ``rt.reports`` on stderr once, as it comes (a killed run has no close to
+    print them at): the test looks there for an actor stopped as fenced."""
+
+    def __init__(self, rt: actors.Runtime) -> None:
+        self.rt = rt
+        self.last: str | None = None
+
+    def flush(self) -> None:
+        reports = list(self.rt.reports)
+        # The reports after the last one printed (each is a str object of its own: found by
+        # identity, however many the bounded deque has dropped since).
+        start = next((i + 1 for i in range(len(reports) - 1, -1, -1) if reports[i] is self.last), 0)
+        for report in reports[start:]:
+            print(f"report: {report}", file=sys.stderr)
+        if reports:
+            self.last = reports[-1]
+
+    async def run(self) -> None:
+        while True:
+            self.flush()
+            await trio.sleep(REPORTS_EVERY)
+
+
 async def client(
     rt: actors.Runtime, src: str, start: int, count: int, log: AckLog, rng: random.Random
 ) -> None:
@@ -257,9 +300,11 @@ async def client(
     ref: Any = rt.ref(kind, key)
     for n in range(start, start + count):
         if n % 2:
-            await ref.send(kind.push, src, n, idempotency_key=f"{src}:{n}")
+            await retrying(f"{src} {n}", ref.send, kind.push, src, n, idempotency_key=f"{src}:{n}")
         else:
-            got = await ref.ask(kind.push, src, n, idempotency_key=f"{src}:{n}")
+            got = await retrying(
+                f"{src} {n}", ref.ask, kind.push, src, n, idempotency_key=f"{src}:{n}"
+            )
             if got != n:
                 raise AssertionError(f"{src}: push({n}) returned {got}")
         log.write(f"acked {src} {n}")
@@ -272,6 +317,53 @@ async def barrier(rt: actors.Runtime, log: AckLog, number: list[int]) -> None:
     log.write(f"barrier {number[0]} begin")
     await rt.replicated()
     log.write(f"barrier {number[0]} end")
+
+
+async def work(
+    rt: actors.Runtime,
+    log: AckLog,
+    rng: random.Random,
+    last: dict[str, int],
+    run_number: int,
+    per_client: int,
+    end: str,
+) -> None:
+    """Arm the tickers, run the clients and the barriers, then a last barrier (and with ``end``
+    ``kill``, wait for the kill)."""
+    number = [0]
+    with trio.move_on_after(RUN_LIMIT):
+        for key in TICKERS:
+            await retrying(
+                f"arm {key}",
+                rt.ref(Ticker, key).send,
+                Ticker.arm,
+                run_number * TICKS,
+                idempotency_key=f"arm:{key}:{run_number}",
+            )
+        async with trio.open_nursery() as nursery:
+
+            async def barriers() -> None:
+                while True:
+                    await trio.sleep(BARRIER_EVERY)
+                    await barrier(rt, log, number)
+
+            nursery.start_soon(barriers)
+            async with trio.open_nursery() as clients:
+                for src in CLIENTS:
+                    clients.start_soon(
+                        client,
+                        rt,
+                        src,
+                        last.get(src, 0) + 1,
+                        per_client,
+                        log,
+                        random.Random(rng.random()),
+                    )
+            nursery.cancel_scope.cancel()
+        await barrier(rt, log, number)
+        if end == "kill":
+            emit("SENT")
+            await trio.sleep_forever()
 
 
 async def run(
@@ -300,39 +392,16 @@ async def run(
         replication=REPLICATION,
     ) as rt:
         emit("READY")
-        number = [0]
-        with trio.move_on_after(RUN_LIMIT):
-            for key in TICKERS:
-                await rt.ref(Ticker, key).send(
-                    Ticker.arm, run_number * TICKS, idempotency_key=f"arm:{key}:{run_number}"
-                )
-            async with trio.open_nursery() as nursery:
-
-                async def barriers() -> None:
-                    while True:
-                        await trio.sleep(BARRIER_EVERY)
-                        await barrier(rt, log, number)
-
-                nursery.start_soon(barriers)
-                async with trio.open_nursery() as clients:
-                    for src in CLIENTS:
-                        clients.start_soon(
-                            client,
-                            rt,
-                            src,
-                            last.get(src, 0) + 1,
-                            per_client,
-                            log,
-                            random.Random(rng.random()),
-                        )
-                nursery.cancel_scope.cancel()
-            await barrier(rt, log, number)
-            if end == "kill":
-                emit("SENT")
-                await trio.sleep_forever()
-        for report in rt.reports:
-            print(f"report: {report}", file=sys.stderr)
+        printer = ReportPrinter(rt)
+        try:
+            async with trio.open_nursery() as watch:
+                watch.start_soon(printer.run)
+                await work(rt, log, rng, last, run_number, per_client, end)
+                watch.cancel_scope.cancel()
+        finally:
+            printer.flush()  # (a client that raised ends the run: what was reported shows)
         print(f"statistics: {rt.statistics()}", file=sys.stderr)
+    printer.flush()  # with what closing reported
     emit("DONE")
     return 0
 

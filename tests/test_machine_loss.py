@@ -22,6 +22,14 @@ queries) until every chain has drained, with a bound. Checks:
   byte for byte, and its restored ``mailbox.db`` holds every message ``data.db`` applied;
 - every file of the fresh machine passes ``integrity_check``; no dead letters, no reports.
 
+Under the fault proxy (``runtime/faultproxy.py``, run by this process so that it outlives the
+children), the children reach SeaweedFS through seeded faults (errors before and after
+forwarding, resets, cut bodies, delays), one outage of 1-2 s and one window of 503 throttling,
+each inside a run; the faults stop before the fresh machine. The same checks, and: no child
+exits but by our SIGKILL or its clean close, no run reports an actor stopped as fenced, the
+clients of non-durable entries get answers during the storms (service from the local disk), and
+the proxy injected faults of every kind configured.
+
 The seed is fixed and printed on failure; ``TORPOR_CRASH_SEED`` tries another.
 """
 
@@ -31,6 +39,8 @@ import collections
 import json
 import queue
 import random
+import signal
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -42,6 +52,7 @@ import pytest
 import trio
 
 import actors
+from runtime.faultproxy import Fault, FaultKind, FaultProxy, FaultStatistics
 from runtime.layout import DATA_FILE, MAILBOX_FILE, actor_dir
 from runtime.replica.replicator import restore
 from runtime.replication import ReplicationEngine
@@ -377,10 +388,35 @@ class Run:
     killed: bool = False
     done: bool = False
     seconds: float = 0.0
+    returncode: int | None = None
 
     def __str__(self) -> str:
         fate = "closed" if self.done else f"killed after {self.kill_after} acks"
-        return f"run {self.number} on {self.root.name}: {fate} in {self.seconds:.1f}s"
+        return (
+            f"run {self.number} on {self.root.name}: {fate} in {self.seconds:.1f}s "
+            f"(exit status {self.returncode})"
+        )
+
+
+class Hooks:
+    """What a campaign lets a variant do around its children (here: nothing)."""
+
+    def started(self, run: Run, acks: Path) -> None:
+        """Run ``run`` is about to start; ``acks`` holds every acknowledgement so far."""
+
+    def ready(self, run: Run) -> None:
+        """Run ``run`` printed READY."""
+
+    def may_kill(self) -> bool:
+        """Whether the child due to be killed may be killed now (else: soon, asked again)."""
+        return True
+
+    def before_fresh(self) -> None:
+        """Every child is done; the fresh machine is next."""
+
+    def check(self, tmp: Path, history: list[Run]) -> tuple[list[str], str]:
+        """Failures of the variant's own checks, and a line for the summary."""
+        return [], ""
 
 
 def run_child(
@@ -391,10 +427,12 @@ def run_child(
     effects: Path,
     seed: int,
     per_client: int,
+    hooks: Hooks,
 ) -> None:
     """One child on ``run.root``: let it close cleanly, or SIGKILL it once it acknowledged
-    ``run.kill_after`` messages (or finished sending)."""
+    ``run.kill_after`` messages (or finished sending) and ``hooks`` let it."""
     offset = acks.stat().st_size if acks.exists() else 0
+    hooks.started(run, acks)
     child = support.Child(
         PROGRAM,
         [
@@ -411,7 +449,7 @@ def run_child(
         tmp / f"stderr-{run.number}.txt",
     )
     began = time.monotonic()
-    ready = False
+    ready = sent = False
     try:
         while True:
             now = time.monotonic()
@@ -421,7 +459,12 @@ def run_child(
                     f"child run {run.number} did not {'finish' if ready else 'get READY'} in "
                     f"time; stderr:\n{child.stderr_text()}"
                 )
-            if run.end == "kill" and ready and _acks_since(acks, offset) >= run.kill_after:
+            if (
+                run.end == "kill"
+                and ready
+                and (sent or _acks_since(acks, offset) >= run.kill_after)
+                and hooks.may_kill()
+            ):
                 run.killed = child.kill()
                 break
             try:
@@ -432,9 +475,9 @@ def run_child(
                 break
             if line == "READY":
                 ready = True
+                hooks.ready(run)
             elif line == "SENT":
-                run.killed = child.kill()
-                break
+                sent = True
             elif line == "DONE":
                 run.done = True
             elif line != "OPEN":
@@ -443,6 +486,7 @@ def run_child(
     finally:
         run.seconds = time.monotonic() - began
         child.finish()
+        run.returncode = child.proc.returncode
     if run.end == "close" and (child.proc.returncode != 0 or not run.done):
         raise AssertionError(
             f"child run {run.number} exited {child.proc.returncode}; stderr:\n{child.stderr_text()}"
@@ -471,9 +515,11 @@ def campaign(
     per_client: int,
     seed: int,
     last_end: str = "close",
+    hooks: Hooks | None = None,
 ) -> str:
     """``kills`` killed children (a lost machine now and then), then one that ends with
     ``last_end``, then the fresh machine and every check; return a summary, raise on failure."""
+    hooks = hooks or Hooks()
     rng = random.Random(seed)
     acks, effects = tmp / "acks.log", tmp / "effects.log"
     history: list[Run] = []
@@ -484,7 +530,8 @@ def campaign(
         end = "kill" if number <= kills else last_end
         run = Run(number, root, end, kill_after=rng.randint(5, per_client * len(workload.CLIENTS)))
         history.append(run)
-        run_child(tmp, run, spec, acks, effects, rng.randrange(1 << 30), per_client)
+        run_child(tmp, run, spec, acks, effects, rng.randrange(1 << 30), per_client, hooks)
+    hooks.before_fresh()
     store = workload.open_store(spec)
     tally = Tally()
     errors: list[str] = []
@@ -496,6 +543,8 @@ def campaign(
         acks_read = read_acks(acks.read_text())
         errors += check_state(state, acks_read, effects, killed=kills > 0, tally=tally)
         errors += check_integrity(fresh, tally)
+        variant_errors, variant_summary = hooks.check(tmp, history)
+        errors += variant_errors
     finally:
         if hasattr(store, "close"):
             store.close()
@@ -505,6 +554,7 @@ def campaign(
         f"{len({r.root for r in history})} machines), {acks_read.count()} acks "
         f"({len(acks_read.covered)} covered, {acks_read.barriers} barriers); {tally}\n"
         f"fresh machine: {state['statistics']}"
+        + (f"\n{variant_summary}" if variant_summary else "")
     )
     if errors:
         raise AssertionError(
@@ -529,6 +579,191 @@ def s3_spec(server: S3Server) -> dict[str, Any]:
         "endpoint_url": server.endpoint_url,
         "region": server.region,
     }
+
+
+# -- under the fault proxy ------------------------------------------------------------------
+
+#: The weather while the children run: each request to the store has a small chance of each of
+#: these faults (tried in order, the first that fires decides).
+WEATHER = (
+    Fault("error_before", probability=0.02),
+    Fault("error_after", probability=0.02),  # the write happened, the client is told it failed
+    Fault("reset", probability=0.02),
+    Fault("reset_after", probability=0.01),
+    Fault("cut_body", probability=0.02),
+    Fault("delay", probability=0.03, delay=0.15),
+)
+#: The storms, one of each per campaign: (kind, shortest and longest seconds it lasts). Under
+#: throttling the first failure takes up to 1.5 s to come (S3Store's waits between attempts
+#: after a 503), and wake-ups wait for the store until one came: the window is longer, so that
+#: local service has a second to show.
+STORMS = ((FaultKind.OUTAGE, 1.0, 2.0), (FaultKind.SLOW_DOWN, 2.5, 3.5))
+#: A storm begins this many seconds after the run's first answer to a client of a non-durable
+#: entry (waited for at most STORM_WAIT seconds after READY): service from the local disk is
+#: under way.
+STORM_AFTER = (0.0, 0.3)
+STORM_WAIT = 5.0
+#: What a report of a runtime that stopped replicating something as fenced says.
+FENCED = ("another runtime owns it", "is no longer replicated")
+
+
+@attrs.define
+class Storm:
+    """One window of refuse-everything (``outage``) or 503-to-everything (``slow_down``) inside
+    a run; a run with a storm is not killed before the storm is over."""
+
+    kind: FaultKind
+    run: int
+    after: float
+    seconds: float
+    #: Acknowledgements during the storm by the clients of entries that are not durable (their
+    #: replies come from the local disk), and whether one of those clients had sends left while
+    #: its entry was known to be local (the run's directory is not new, or it acknowledged in
+    #: this run before the storm).
+    loose_acks: int = 0
+    loose_expected: bool = False
+    faults: int = 0  # faults the proxy injected during the storm
+
+    def __str__(self) -> str:
+        return (
+            f"{self.kind.value} of {self.seconds:.1f}s in run {self.run}: {self.faults} requests "
+            f"refused, {self.loose_acks} non-durable acks meanwhile"
+            + ("" if self.loose_expected else " (none expected)")
+        )
+
+
+def _loose_acks(text: str) -> dict[str, int]:
+    """Per client of a non-durable entry, how many acknowledgements ``text`` holds."""
+    counts: dict[str, int] = collections.Counter()
+    for line in text.splitlines():
+        parts = line.split()
+        if parts[0] == "acked" and workload.entry_of(parts[1]) not in workload.DURABLE_ENTRIES:
+            counts[parts[1]] += 1
+    return counts
+
+
+class FaultWeather(Hooks):
+    """The children reach the store through a fault proxy that lives in this (the parent)
+    process, so it outlives every SIGKILL: :data:`WEATHER` all along, and one storm of each of
+    :data:`STORMS` inside a killed run. The faults stop before the fresh machine opens."""
+
+    def __init__(self, proxy: FaultProxy, rng: random.Random, *, kills: int, per_client: int):
+        self.proxy = proxy
+        self.per_client = per_client
+        runs = rng.sample(range(1, kills + 1), len(STORMS)) if kills >= len(STORMS) else [1, 1]
+        self.storms = [
+            Storm(kind, run, rng.uniform(*STORM_AFTER), rng.uniform(shortest, longest))
+            for (kind, shortest, longest), run in zip(STORMS, runs, strict=True)
+        ]
+        self.threads: list[threading.Thread] = []
+        self.calm = threading.Event()
+        self.calm.set()
+        self.failures: list[str] = []
+        self.acks = Path()
+        self.offset = 0
+        self.roots: set[Path] = set()
+        self.reused = False  # the current run's directory is one an earlier run used
+        self.targets: dict[str, int] = {}  # per client, its last n in the current run
+        self.statistics: FaultStatistics | None = None
+
+    def started(self, run: Run, acks: Path) -> None:
+        self.proxy.set_faults(*WEATHER)
+        self.reused = run.root in self.roots
+        self.roots.add(run.root)
+        self.acks, self.offset = acks, acks.stat().st_size if acks.exists() else 0
+        last = workload.last_acked(acks)
+        self.targets = {src: last.get(src, 0) + self.per_client for src in workload.CLIENTS}
+
+    def ready(self, run: Run) -> None:
+        storms = [storm for storm in self.storms if storm.run == run.number]
+        if storms:
+            self.calm.clear()
+            thread = threading.Thread(target=self._blow, args=(storms,), daemon=True)
+            self.threads.append(thread)
+            thread.start()
+
+    def _this_run(self) -> str:
+        with self.acks.open("rb") as f:
+            f.seek(self.offset)
+            return f.read().decode()
+
+    def _blow(self, storms: list[Storm]) -> None:
+        try:
+            deadline = time.monotonic() + STORM_WAIT
+            while not _loose_acks(self._this_run()) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            for storm in storms:
+                time.sleep(storm.after)
+                before = _loose_acks(self._this_run())
+                last = workload.last_acked(self.acks)
+                storm.loose_expected = any(
+                    (self.reused or before[src]) and last.get(src, 0) < self.targets[src]
+                    for src in self.targets
+                    if workload.entry_of(src) not in workload.DURABLE_ENTRIES
+                )
+                faults = self.proxy.statistics().injected[storm.kind.value]
+                self.proxy.set_faults(Fault(storm.kind))
+                time.sleep(storm.seconds)
+                self.proxy.set_faults(*WEATHER)
+                storm.faults = self.proxy.statistics().injected[storm.kind.value] - faults
+                storm.loose_acks = sum(_loose_acks(self._this_run()).values()) - sum(
+                    before.values()
+                )
+        except Exception as exc:  # a harness failure: reported, and the kill not held back
+            self.failures.append(f"the storm thread failed: {exc!r}")
+        finally:
+            self.calm.set()
+
+    def may_kill(self) -> bool:
+        return self.calm.is_set()
+
+    def before_fresh(self) -> None:
+        for thread in self.threads:
+            thread.join(timeout=STORM_WAIT + sum(s.after + s.seconds for s in self.storms) + 5)
+        self.proxy.clear_faults()
+        self.statistics = self.proxy.statistics()
+
+    def check(self, tmp: Path, history: list[Run]) -> tuple[list[str], str]:
+        errors = list(self.failures)
+        for run in history:
+            if run.returncode != (0 if run.end == "close" else -signal.SIGKILL):
+                errors.append(f"child run {run.number} died on its own: {run}")
+        fenced: list[str] = []
+        unavailable = 0
+        for run in history:
+            for line in (tmp / f"stderr-{run.number}.txt").read_text(errors="replace").splitlines():
+                if line.startswith("report: ") and any(f in line for f in FENCED):
+                    fenced.append(f"run {run.number}: {line}")
+                unavailable += line.startswith("unavailable: ")
+        if fenced:
+            errors.append(f"a runtime fenced itself ({len(fenced)} reports): {fenced[:4]}")
+        assert self.statistics is not None
+        injected = self.statistics.injected
+        configured = {fault.kind.value for fault in WEATHER} | {k.value for k, *_ in STORMS}
+        for kind in sorted(configured):
+            if not injected[kind]:
+                errors.append(f"the proxy injected no {kind!r} fault")
+        for storm in self.storms:
+            if storm.loose_expected and not storm.loose_acks:
+                errors.append(
+                    f"service stopped during a storm ({storm}): no client of a non-durable "
+                    f"entry known to be local, with sends left, got an answer"
+                )
+        summary = (
+            f"proxy: {self.statistics.requests} requests, {self.statistics.faults} faults "
+            f"{dict((k, v) for k, v in injected.items() if v)}; "
+            + "; ".join(map(str, self.storms))
+            + f"; {unavailable} sends tried again after ReplicaUnavailableError"
+        )
+        return errors, summary
+
+
+def weather_campaign(tmp: Path, server: S3Server, *, kills: int, per_client: int, seed: int) -> str:
+    """:func:`campaign` against SeaweedFS through a fault proxy of this process."""
+    with FaultProxy(server.endpoint_url, seed=seed) as proxy:
+        spec = {**s3_spec(server), "endpoint_url": proxy.url}
+        weather = FaultWeather(proxy, random.Random(seed), kills=kills, per_client=per_client)
+        return campaign(tmp, spec, kills=kills, per_client=per_client, seed=seed, hooks=weather)
 
 
 # -- the tests ----------------------------------------------------------------------------------
@@ -572,6 +807,18 @@ def test_fresh_machine_on_s3(tmp_path: Path, s3_credentials: S3Server, no_orphan
     print(campaign(tmp_path, s3_spec(s3_credentials), kills=0, per_client=8, seed=seed))
 
 
+# Fails today, about two runs in three (kept out of the default run until it holds): under
+# faults, with machines lost, a sink applied some messages twice, a few covered messages were
+# lost, and once a data.db restored after a clean close lacked the last turn. Open in issue 11.
+@pytest.mark.slow
+def test_machines_lost_under_s3_faults(
+    tmp_path: Path, s3_credentials: S3Server, no_orphans: None
+) -> None:
+    """S3 faults, an outage and throttling neither stop, kill nor fence a runtime; nothing twice."""
+    seed = support.seed(DEFAULT_SEED) + 6
+    print(weather_campaign(tmp_path, s3_credentials, kills=2, per_client=8, seed=seed))
+
+
 @pytest.mark.slow
 def test_machine_loss_soak(tmp_path: Path, no_orphans: None) -> None:
     """Thirty kills with lost machines in between never apply a message twice nor lose a
@@ -587,3 +834,12 @@ def test_machine_loss_soak_on_s3(
     """Ten kills and lost machines against SeaweedFS, then a fresh machine: nothing twice."""
     seed = support.seed(DEFAULT_SEED) + 5
     print(campaign(tmp_path, s3_spec(s3_credentials), kills=10, per_client=30, seed=seed))
+
+
+@pytest.mark.slow
+def test_machine_loss_soak_under_s3_faults(
+    tmp_path: Path, s3_credentials: S3Server, no_orphans: None
+) -> None:
+    """Ten kills and lost machines under S3 faults and storms: no death, no fence, nothing twice."""
+    seed = support.seed(DEFAULT_SEED) + 7
+    print(weather_campaign(tmp_path, s3_credentials, kills=10, per_client=30, seed=seed))

@@ -26,7 +26,9 @@ FAST = actors.Replication(min_delay=0.005, max_delay=0.05)
 #: (milliseconds of work; the round backoff after an outage is at most 5 s).
 CATCH_UP = 30.0
 
-#: A send that takes longer than this is stuck (a send appends to a file: milliseconds).
+#: A send that takes longer than this is taken for stuck, and traffic stops there (a send
+#: appends to a file, after an eviction at most: milliseconds to a few hundred; a cancelled
+#: send appended nothing, and is not expected).
 SEND_BOUND = 1.0
 
 SENDERS, INBOXES = 4, 6
@@ -153,7 +155,6 @@ async def test_a_restart_during_an_outage_catches_up_once_the_store_is_back(
         )
         assert got >= expected, f"the runtime wedged: {state}"
         assert replicated, f"replicated() did not return: {state}"
-        assert traffic.stuck == 0, f"sends got stuck: {state}"
         # Alone on its replica, it never took its own claims for a rival's.
         own = [r for r in rt.reports if "another runtime" in r]
         assert not own, f"the runtime fenced itself: {own[:3]}"
