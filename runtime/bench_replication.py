@@ -23,6 +23,17 @@ snapshot, segment). Measured, each with the issue's target where it has one:
   ``restore_actor_files`` beside the floor (one GET of the snapshot object, zlib decompress,
   write, fsync), and a fresh machine's ``open_runtime`` + first ask (directory.db restored,
   then the actor restored on wake).
+- **Faults** (``--phases faults``, not by default: about two minutes). The load's paced sends
+  (every ``--relay-every``-th relayed by its receiver to another actor with ``self.send``) and
+  ``--ask-rate`` asks to actors that hibernate between two asks, every message numbered, through
+  a :class:`~runtime.faultproxy.FaultProxy` in front of the S3 server: windows of health, mixed
+  faults (errors before and after forwarding, resets, bodies cut, throttling answers, delays),
+  an outage (every connection refused) and 503 throttling of everything. Reported: the faults
+  injected by kind, whether the runtime died, actors fenced (statistics and reports), the
+  replication's failed rounds and the store calls that raised, the time to catch up after the
+  outage and the throttling (lag back under the target), asks and sends per second in each
+  window, lag and PUTs; then, after ``rt.replicated()``, every acknowledged message's rows
+  exactly once in the runtime and in a fresh directory restored from the replica.
 """
 
 from __future__ import annotations
@@ -33,15 +44,17 @@ import contextlib
 import json
 import os
 import random
+import re
 import shutil
 import statistics
 import sys
 import tempfile
 import threading
 import time
+import traceback
 import uuid
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +65,7 @@ import attrs
 
 from . import s3server
 from .bench import percentile
+from .faultproxy import Fault, FaultProxy
 from .layout import DATA_FILE, actor_id
 from .replica.store import Data, ReplicaStatistics, ReplicaStore
 from .replication import ReplicationStatistics
@@ -66,6 +80,7 @@ TARGET_RESTORE_100MB = 1.0  # seconds
 COUNTER = "torpor.bench.ReplicatedCounter"
 DURABLE = "torpor.bench.DurableCounter"
 BULK = "torpor.bench.Bulk"
+LEDGER = "torpor.bench.Ledger"
 
 #: Longest wait for the replica to catch up (all files acknowledged) before giving up.
 SETTLE_TIMEOUT = 300.0
@@ -107,6 +122,8 @@ class CountingStore(ReplicaStore):
         self._table: dict[tuple[str, str], list[float]] = collections.defaultdict(
             lambda: [0, 0, 0.0]
         )
+        #: "<op> <exception type>" -> calls that raised it (the error, as the runtime saw it)
+        self.failures: collections.Counter[str] = collections.Counter()
 
     def __repr__(self) -> str:
         return f"CountingStore({self.inner!r})"
@@ -119,10 +136,17 @@ class CountingStore(ReplicaStore):
             row[2] += seconds
         self._count({"get": "gets", "put": "puts", "delete": "deletes", "list": "lists"}[op])
 
+    def _failed(self, op: str, exc: Exception) -> None:
+        with self._lock:
+            self.failures[f"{op.upper()} {type(exc).__name__}"] += 1
+
     def get(self, key: str) -> tuple[bytes, str] | None:
         start = time.perf_counter()
         try:
             got = self.inner.get(key)
+        except Exception as exc:
+            self._failed("get", exc)
+            raise
         finally:
             seconds = time.perf_counter() - start
         self._note("get", key, len(got[0]) if got else 0, seconds)
@@ -134,6 +158,9 @@ class CountingStore(ReplicaStore):
         start = time.perf_counter()
         try:
             return self.inner.put(key, data, if_match=if_match, if_none_match=if_none_match)
+        except Exception as exc:
+            self._failed("put", exc)
+            raise
         finally:
             self._note("put", key, len(memoryview(data)), time.perf_counter() - start)
 
@@ -141,6 +168,9 @@ class CountingStore(ReplicaStore):
         start = time.perf_counter()
         try:
             self.inner.delete(key)
+        except Exception as exc:
+            self._failed("delete", exc)
+            raise
         finally:
             self._note("delete", key, 0, time.perf_counter() - start)
 
@@ -193,43 +223,43 @@ def by_kind(counts: dict[tuple[str, str], tuple[int, int, float]]) -> dict[str, 
 # (runtime/s3server.py starts and stops it, as for the tests.)
 
 
-def _client(endpoint_url: str, *, path_style: bool = True, own: S3Server | None = None) -> Any:
-    """A boto3 S3 client with the replica store's settings; the identity of the server we
-    started (``own``), else boto3's standard credential chain."""
-    import boto3.session
-    import botocore.config
-
-    from .replica import s3_store
-
-    config = botocore.config.Config(
-        region_name=own.region if own else None,
-        retries={"mode": "standard", "total_max_attempts": s3_store.S3_MAX_ATTEMPTS},
-        s3={"addressing_style": "path" if path_style else "auto"},
-        connect_timeout=s3_store.S3_CONNECT_TIMEOUT,
-        read_timeout=s3_store.S3_READ_TIMEOUT,
-        max_pool_connections=s3_store.S3_MAX_POOL_CONNECTIONS,
-    )
-    if own:
-        session = boto3.session.Session(
-            aws_access_key_id=own.access_key,
-            aws_secret_access_key=own.secret_key,
-            region_name=own.region,
-        )
-    else:
-        session = boto3.session.Session()
-    return session.client("s3", endpoint_url=endpoint_url, config=config)
+@contextlib.contextmanager
+def _identity(own: S3Server | None) -> Iterator[None]:
+    """While an :class:`S3Store` is made: the identity of the server we started (``own``) in
+    the environment, where boto3's standard chain finds it (the store reads its credentials
+    when it makes its client); with no ``own``, the chain as it is."""
+    if own is None:
+        yield
+        return
+    names = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")
+    saved = {name: os.environ.get(name) for name in names}
+    os.environ["AWS_ACCESS_KEY_ID"] = own.access_key
+    os.environ["AWS_SECRET_ACCESS_KEY"] = own.secret_key
+    os.environ.pop("AWS_SESSION_TOKEN", None)
+    os.environ.pop("AWS_PROFILE", None)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 class Stores:
-    """Makes one fresh counting store per phase (its own prefix or directory)."""
+    """Makes one fresh counting store per phase (its own prefix or directory).
+
+    S3 stores are :class:`S3Store` as the runtime makes them (their own client, timeouts and
+    retries), credentials from boto3's chain, or the identity of the server started here."""
 
     def __init__(self, args: argparse.Namespace, tmp: Path, server: S3Server | None) -> None:
         self.kind = args.store
         self.tmp = tmp
-        self.made: list[CountingStore] = []
-        self.clients: list[Any] = []
+        self.made: list[tuple[CountingStore, bool]] = []  # (store, reaches the bench's endpoint)
         self.prefix = args.prefix or f"torpor-bench/{uuid.uuid4().hex[:12]}"
         self.own: S3Server | None = None
+        self.region: str | None = None
         if self.kind == "directory":
             self.where = f"directory {tmp / 'replica'}"
             self.bucket = ""
@@ -237,13 +267,16 @@ class Stores:
         if server is not None:
             self.endpoint_url, self.bucket, self.own = server.endpoint_url, server.bucket, server
             self.path_style = True
+            self.region = server.region
             self.where = f"SeaweedFS started here at {server.endpoint_url}"
         else:
             self.endpoint_url, self.bucket, self.own = args.endpoint_url, args.bucket, None
             self.path_style = args.path_style
             self.where = f"{args.endpoint_url or 'AWS S3'} bucket {args.bucket}"
 
-    def make(self, phase: str) -> CountingStore:
+    def make(self, phase: str, *, endpoint_url: str | None = None) -> CountingStore:
+        """A store under the phase's prefix (the same prefix for the same phase); S3 requests
+        go to ``endpoint_url`` if given (a fault proxy), else to the bench's endpoint."""
         from .replica.directory_store import DirectoryStore
         from .replica.s3_store import S3Store
 
@@ -251,23 +284,27 @@ class Stores:
         if self.kind == "directory":
             inner = DirectoryStore(self.tmp / "replica" / phase)
         else:
-            client = _client(self.endpoint_url, path_style=self.path_style, own=self.own)
-            self.clients.append(client)
-            inner = S3Store(self.bucket, prefix=f"{self.prefix}/{phase}", client=client)
+            with _identity(self.own):
+                inner = S3Store(
+                    self.bucket,
+                    prefix=f"{self.prefix}/{phase}",
+                    endpoint_url=endpoint_url or self.endpoint_url,
+                    region=self.region,
+                    path_style=self.path_style,
+                )
         store = CountingStore(inner)
-        self.made.append(store)
+        self.made.append((store, endpoint_url is None))
         return store
 
     def clean(self) -> None:
-        """Remove the objects the bench wrote (not counted: the inner stores list and delete)."""
-        for store in self.made:
-            if self.kind == "s3":
+        """Remove the objects the bench wrote (not counted: the inner stores list and delete),
+        through the stores that reach the bench's endpoint (a proxy may be gone by now)."""
+        for store, direct in self.made:
+            if self.kind == "s3" and direct:
                 with contextlib.suppress(Exception):
                     for key in list(store.inner.list()):
                         store.inner.delete(key)
             store.close()
-        for client in self.clients:
-            client.close()
 
 
 # -- actor types --------------------------------------------------------------------------------
@@ -391,6 +428,17 @@ def format_table(report: dict[str, Any]) -> str:
         f"{p['idle_actors']} actors for {p['idle_seconds']:g} s; restore: "
         f"{', '.join(f'{m:g}' for m in p['restore_mb'])} MB x{p['restore_repeats']}",
     ]
+    if "faults" in p:
+        f = p["faults"]
+        relayed = f"every {f['relay_every']}th relayed" if f["relay_every"] else "none relayed"
+        lines.append(
+            f"faults: the load's {p['actors']} actors and {p['rate']:g} msg/s ({relayed}), "
+            f"{f['ask_rate']:g} asks/s over {f['ask_actors']} "
+            f"more actors (each hibernated between asks), through a fault proxy (seed "
+            f"{f['seed']}): healthy "
+            f"{f['healthy_seconds']:g} s, mixed {f['fault_seconds']:g} s, outage "
+            f"{f['outage_seconds']:g} s, throttling {f['throttle_seconds']:g} s"
+        )
     if p["options"]:
         lines.append(f"Replication options overridden: {', '.join(p['options'])}")
     lines += [
@@ -453,7 +501,107 @@ def format_table(report: dict[str, Any]) -> str:
             f"unzip {floor['decompress']:.3f} s, write {floor['write']:.3f} s, "
             f"fsync {floor['fsync']:.3f} s"
         )
+    if report.get("faults"):
+        lines += _fault_lines(report["faults"], p.get("faults", {}))
     return "\n".join(lines)
+
+
+def _fault_lines(f: dict[str, Any], params: dict[str, Any]) -> list[str]:
+    """The fault phase's details, as far as it got."""
+    injected = ", ".join(f"{kind} {n}" for kind, n in f.get("injected", {}).items() if n)
+    lines = [
+        "",
+        f"faults: {f.get('injected_total', 0)} injected ({injected or 'none'}) in "
+        f"{f.get('proxy_requests', 0)} requests to the proxy, "
+        f"{f.get('proxy_forwarded', 0)} forwarded",
+        f"  mixed window's rules: {', '.join(params.get('mixed', ()))}",
+    ]
+    if f["died"]:
+        lines.append(f"  THE RUNTIME DIED: {f['error']}")
+    if f.get("bench_error"):
+        lines.append(f"  the phase stopped early: {f['bench_error']}")
+    if "reports" not in f:
+        return lines
+    rounds = "a round has succeeded since" if f["last_error"] is None else "still failing"
+    alive = "CLOSED by itself" if f["closed_while_running"] else "open all along"
+    lines.append(
+        f"  the runtime: {alive}; fenced {f['fenced']}, stopped {f['stopped']}, "
+        f"failed {f['failed']}; {len(f['reports'])} reports"
+    )
+    for text in f["reports"][:3]:
+        lines.append(f"    report: {_short(text, 300)}")
+    lines.append(
+        f"  replication: {f['replication_errors']} failed rounds ({rounds}); store calls that "
+        "raised: "
+        + (", ".join(f"{k} {n}" for k, n in sorted(f["store_failures"].items())) or "none")
+        + (
+            f"; {f['http_attempts']} HTTP attempts for {f['calls']} calls in the windows"
+            if "calls" in f
+            else ""
+        )
+    )
+    for text, polls in sorted(f["watched_errors"].items(), key=lambda kv: -kv[1])[:5]:
+        lines.append(f"    last_error for {polls * FAULT_POLL:.1f} s: {text}")
+    for after, c in f["catch_up"].items():
+        good, caught = c["first_good_round"], c["lag_under_target"]
+        lines.append(
+            f"  after the {after}: first good round in "
+            + (f"{good:.2f} s" if good is not None else "(none yet)")
+            + f", lag < {TARGET_LAG_P99:g} s in "
+            + (f"{caught:.2f} s" if caught is not None else f"more than {CATCH_UP_LIMIT:g} s")
+        )
+    lines.append(
+        f"  {'window':<11} {'seconds':>7} {'faults':>6} {'asks/s':>7} {'ask p50':>8} "
+        f"{'ask p99':>8} {'sends/s':>8} {'lag max':>8}"
+    )
+    for row in f["windows"]:
+        lines.append(
+            f"  {row['label']:<11} {row['seconds']:7.1f} {row['faults']:>6} "
+            f"{row['asks_per_second']:7.1f} {_ms(row['ask_p50']):>8} {_ms(row['ask_p99']):>8} "
+            f"{row['sends_per_second']:8.0f} {_ms(row['lag_max']):>8}"
+        )
+    if "turns" in f:
+        lines.append(
+            f"  lag, every commit: p50 {_ms(f['lag_p50'])}, p99 {_ms(f['lag_p99'])}, "
+            f"max {_ms(f['lag_max'])}; in the mixed window p50 {_ms(f['mixed_lag_p50'])}, "
+            f"p99 {_ms(f['mixed_lag_p99'])}"
+        )
+        lines.append(f"  {f['turns']} turns ({f['turns_per_second']:.0f}/s), {f['puts']} PUTs")
+    stuck = ", ".join(f"{k} {n}" for k, n in {**f["stuck"], **f["call_failures"]}.items())
+    lines.append(
+        f"  {f['sends_acknowledged']} sends and {f['asks_acknowledged']} asks acknowledged of "
+        f"{f['messages']}; stuck or failed calls: {stuck or 'none'}"
+    )
+    if "drain_seconds" in f:
+        lines.append(
+            f"  drained in {f['drain_seconds']:.1f} s (rt.replicated() returned: "
+            f"{'yes' if f['replicated'] else 'NO'})"
+        )
+    for key, why in list(f["unreadable"].items())[:3]:
+        lines.append(f"  actor {key} unreadable: {why}")
+    lines.append(f"  exactly once, {f['acknowledged_turns']} acknowledged turns:")
+    for name, check in (("in the runtime", f.get("source")), ("restored", f.get("restored"))):
+        if check is None:
+            why = f.get("restore_error") or "the runtime did not close with everything replicated"
+            lines.append(f"    {name}: NOT CHECKED ({why})")
+            continue
+        lines.append(
+            f"    {name}: {check['rows']} rows, missing {check['missing']}, repeated "
+            f"{check['repeated']}, unexpected {check['unexpected']}, unchecked "
+            f"{check['unchecked']}; unacknowledged but applied {check['unacknowledged_applied']}"
+            + (f"; e.g. {'; '.join(check['examples'])}" if check["examples"] else "")
+        )
+        for key, m in list(check.get("missing_by_actor", {}).items())[:3]:
+            lines.append(
+                f"      {key} misses {m['missing']} rows, n {m['n'][0]}-{m['n'][1]}, "
+                f"acknowledged at {m['acked_at'][0]:.1f}-{m['acked_at'][1]:.1f} s"
+            )
+    if f.get("restored") is not None:
+        lines.append(
+            f"    a fresh directory restored in {f['restore_seconds']:.1f} s has the runtime's "
+            f"rows: {'yes' if f['restored_equals_source'] else 'NO'}"
+        )
+    return lines
 
 
 # -- phase 1: steady load and durable asks ------------------------------------------------------
@@ -904,6 +1052,644 @@ def stored_size(store: CountingStore, key: str) -> int:
     return int(cache[key])
 
 
+# -- phase 4: faults ----------------------------------------------------------------------------
+
+#: Seconds after which a send or an ask of the fault phase is given up (counted as stuck; what
+#: it carried may or may not be applied). A send appends to a file, an ask of an awake actor
+#: answers in milliseconds: seconds mean something waits on the store.
+FAULT_CALL_BOUND = 10.0
+
+#: Seconds after which a fresh machine's query of an actor (restored on wake) is given up.
+RESTORE_CALL_BOUND = 60.0
+
+#: Longest wait, after an outage or a throttling window, for the lag to be back under target.
+CATCH_UP_LIMIT = 120.0
+
+#: Longest wait, once the traffic stops, for every acknowledged message (and its relay) to be
+#: applied, and then for the replica to acknowledge every commit.
+DRAIN_LIMIT = 60.0
+
+#: Seconds between polls of the replication's statistics.
+FAULT_POLL = 0.05
+
+
+def fault_idle_timeout(args: argparse.Namespace) -> float:
+    """The fault phase's ``idle_timeout``: half the time between two asks to one actor, so that
+    every ask wakes a hibernated actor (and it hibernates again after); the load's actors,
+    messaged more often by default, stay awake."""
+    return float(args.ask_actors / args.ask_rate / 2)
+
+
+def _mixed_faults() -> tuple[Fault, ...]:
+    """The mixed-fault window's rules, drawn in order for every request (seeded): about one
+    request in five is hit."""
+    return (
+        Fault("error_before", probability=0.04, status=500),
+        Fault("error_after", probability=0.03, status=503),
+        Fault("reset", probability=0.03),
+        Fault("reset_after", probability=0.03),
+        Fault("cut_body", probability=0.04),
+        Fault("slow_down", probability=0.02),
+        Fault("delay", probability=0.05, delay=0.5),
+    )
+
+
+def _ledger_type() -> Any:
+    from .actor import Actor, query
+
+    class Ledger(Actor, name=LEDGER):
+        """Records the number of every message it applies, with no unique constraint (a
+        repeat shows as a second row)."""
+
+        migrations = ("CREATE TABLE got(n INTEGER NOT NULL, hop INTEGER NOT NULL)",)
+
+        async def add(self, n: int, note: str = "", relay: str = "") -> int:
+            self.sql.execute("INSERT INTO got(n, hop) VALUES (?, 0)", (n,))
+            if note:
+                self.kv["note"] = note
+            if relay:
+                self.send(self.ref_to(Ledger, relay), Ledger.relayed, n)
+            return n
+
+        async def relayed(self, n: int) -> None:
+            self.sql.execute("INSERT INTO got(n, hop) VALUES (?, 1)", (n,))
+
+        @query
+        async def seen(self) -> list[list[int]]:
+            rows = self.sql.query("SELECT n, hop, count(*) FROM got GROUP BY n, hop")
+            return [[int(n), int(hop), int(count)] for n, hop, count in rows]
+
+    return Ledger
+
+
+class _Book:
+    """The numbered messages of the fault phase: where each must leave a row (its receiver,
+    hop 0, and its relay's receiver, hop 1), and whether its send or ask was acknowledged."""
+
+    def __init__(self) -> None:
+        self.rows: dict[int, list[tuple[str, int]]] = {}
+        self.acked: set[int] = set()
+        self.kinds: dict[int, str] = {}
+        self.origin = time.perf_counter()  # acknowledgement times are reported from here
+        self.acked_at: dict[int, float] = {}  # (perf_counter)
+
+    def ack(self, n: int) -> None:
+        self.acked.add(n)
+        self.acked_at[n] = time.perf_counter()
+
+    def new(self, kind: str, key: str, relay: str) -> int:
+        n = len(self.rows)
+        self.rows[n] = [(key, 0)] + ([(relay, 1)] if relay else [])
+        self.kinds[n] = kind
+        return n
+
+    def expected_turns(self) -> int:
+        return sum(len(self.rows[n]) for n in self.acked)
+
+
+def _check_once(
+    book: _Book, seen: dict[str, list[list[int]]], unreadable: Iterable[str] = ()
+) -> dict[str, Any]:
+    """Every acknowledged message's rows present exactly once, where they belong; the others
+    at most once; nothing else. Rows due at ``unreadable`` actors are counted as unchecked."""
+    skip = set(unreadable)
+    where: dict[tuple[int, int], tuple[str, int]] = {}
+    unexpected: list[str] = []
+    for key, rows in seen.items():
+        for n, hop, count in rows:
+            if (n, hop) in where or (key, hop) not in book.rows.get(n, ()):
+                unexpected.append(f"{key}: n={n} hop={hop} x{count}")
+                continue
+            where[(n, hop)] = (key, count)
+    missing: list[str] = []
+    repeated: list[str] = []
+    by_actor: dict[str, list[float]] = {}  # key -> [missing, first n, last n, first t, last t]
+    unacked_applied = unchecked = 0
+    for n, places in book.rows.items():
+        for key, hop in places:
+            if key in skip:
+                unchecked += n in book.acked
+                continue
+            count = where.get((n, hop), (key, 0))[1]
+            if count > 1:
+                repeated.append(f"{key}: n={n} hop={hop} x{count}")
+            elif count == 0 and n in book.acked:
+                missing.append(f"{key}: n={n} hop={hop} ({book.kinds[n]})")
+                at = book.acked_at.get(n, book.origin) - book.origin
+                row = by_actor.setdefault(key, [0, n, n, at, at])
+                row[0] += 1
+                row[1], row[2] = min(row[1], n), max(row[2], n)
+                row[3], row[4] = min(row[3], at), max(row[4], at)
+            elif count == 1 and n not in book.acked:
+                unacked_applied += 1
+    return {
+        "rows": sum(count for _, count in where.values()),
+        "missing": len(missing),
+        "repeated": len(repeated),
+        "unexpected": len(unexpected),
+        "unchecked": unchecked,
+        "unreadable": sorted(skip),
+        "unacknowledged_applied": unacked_applied,
+        "examples": (missing + repeated + unexpected)[:5],
+        # The actors with missing rows (most first): how many, their numbers' range, and when
+        # they were acknowledged (seconds from the start of the windows).
+        "missing_by_actor": {
+            key: {"missing": int(m), "n": [int(a), int(b)], "acked_at": [round(t, 2), round(u, 2)]}
+            for key, (m, a, b, t, u) in sorted(by_actor.items(), key=lambda kv: -kv[1][0])[:10]
+        },
+    }
+
+
+async def _seen(
+    rt: Any, ledger: Any, keys: list[str], bound: float = FAULT_CALL_BOUND
+) -> tuple[dict[str, list[list[int]]], dict[str, str]]:
+    """Every actor's rows (a query each, given up after ``bound`` seconds), and the actors
+    that could not be read, with why."""
+    seen: dict[str, list[list[int]]] = {}
+    errors: dict[str, str] = {}
+    for key in keys:
+        try:
+            with anyio.fail_after(bound):
+                seen[key] = await rt.ref(ledger, key).ask(ledger.seen)
+        except Exception as exc:
+            errors[key] = _short(f"{type(exc).__name__}: {exc}", 400)
+    return seen, errors
+
+
+class _FaultTraffic:
+    """The fault phase's traffic, each call bounded by :data:`FAULT_CALL_BOUND`: the load
+    phase's paced sends (round robin over ``keys``, every ``relay_every``-th relayed by its
+    receiver to the next actor with ``self.send``), and paced asks, one at a time, round robin
+    over ``ask_keys`` (an ask late on its schedule is not made up for: no burst after a stall)."""
+
+    def __init__(
+        self, rt: Any, ledger: Any, keys: list[str], ask_keys: list[str], args: argparse.Namespace
+    ) -> None:
+        self.rt, self.ledger, self.keys, self.ask_keys = rt, ledger, keys, ask_keys
+        self.rate, self.ask_rate, self.relay_every = args.rate, args.ask_rate, args.relay_every
+        self.note = "x" * args.note_bytes
+        self.book = _Book()
+        self.sends: list[float] = []  # completion times (perf_counter)
+        self.asks: list[tuple[float, float]] = []  # (completion time, latency)
+        self.stuck: collections.Counter[str] = collections.Counter()
+        self.failures: collections.Counter[str] = collections.Counter()
+        self.scope = anyio.CancelScope()
+
+    async def _call(self, kind: str, n: int, call: Callable[..., Any], *args: Any) -> float | None:
+        """Make one bounded call, ``call(*args)``; its latency if acknowledged, else None."""
+        began = time.perf_counter()
+        try:
+            with anyio.move_on_after(FAULT_CALL_BOUND) as bound:
+                await call(*args)
+        except Exception as exc:
+            self.failures[f"{kind} {type(exc).__name__}"] += 1
+            return None
+        if bound.cancelled_caught:
+            self.stuck[kind] += 1
+            return None
+        self.book.ack(n)
+        return time.perf_counter() - began
+
+    async def run(self) -> None:
+        with self.scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._send_loop)
+                tg.start_soon(self._ask_loop)
+
+    async def _send_loop(self) -> None:
+        start = time.perf_counter()
+        i = 0
+        while True:
+            due = start + i / self.rate
+            now = time.perf_counter()
+            if due > now:
+                await anyio.sleep(due - now)
+            k = i % len(self.keys)
+            relay = ""
+            if self.relay_every and i % self.relay_every == 0 and len(self.keys) > 1:
+                relay = self.keys[(k + 1) % len(self.keys)]
+            n = self.book.new("send", self.keys[k], relay)
+            ref = self.rt.ref(self.ledger, self.keys[k])
+            if await self._call("send", n, ref.send, self.ledger.add, n, self.note, relay):
+                self.sends.append(time.perf_counter())
+            i += 1
+
+    async def _ask_loop(self) -> None:
+        interval = 1 / self.ask_rate
+        due = time.perf_counter()
+        i = 0
+        while True:
+            now = time.perf_counter()
+            if due > now:
+                await anyio.sleep(due - now)
+            key = self.ask_keys[i % len(self.ask_keys)]
+            n = self.book.new("ask", key, "")
+            ref = self.rt.ref(self.ledger, key)
+            latency = await self._call("ask", n, ref.ask, self.ledger.add, n, self.note)
+            if latency is not None:
+                self.asks.append((time.perf_counter(), latency))
+            due = max(due + interval, time.perf_counter())
+            i += 1
+
+
+class _Watch:
+    """Polls the replication's statistics every :data:`FAULT_POLL` seconds: the worst lag per
+    window, the distinct errors it reported, and whether the runtime is still open."""
+
+    def __init__(self, rt: Any, t0: float) -> None:
+        self.rt, self.t0 = rt, t0
+        self.label = "warm-up"
+        self.lag_max: dict[str, float] = collections.defaultdict(float)
+        self.window_lag_max = 0.0  # since the current window started
+        self.errors: dict[str, int] = {}  # distinct last_error texts (shortened) -> polls seen
+        self.closed_while_running = False
+        #: Once a second, from the start of the warm-up: the runtime's and the replication's
+        #: state (in the JSON report only, for diagnosis).
+        self.timeline: list[dict[str, Any]] = []
+
+    async def run(self) -> None:
+        next_second = self.t0
+        while True:
+            await anyio.sleep(FAULT_POLL)
+            if self.rt.closing.is_set():
+                self.closed_while_running = True
+            stats = self.rt.statistics()
+            rep = _of(stats)
+            now = time.perf_counter()
+            if now >= next_second:
+                next_second = now + 1.0
+                self.timeline.append(
+                    {
+                        "t": round(now - self.t0, 2),
+                        "window": self.label,
+                        "lag": round(rep.lag, 3),
+                        "files_behind": rep.files_behind,
+                        "rounds": rep.rounds,
+                        "errors": rep.errors,
+                        "puts": rep.puts,
+                        "applied": stats.messages_applied,
+                        "awake": stats.awake,
+                        "wakes": stats.wakes,
+                        "hibernations": stats.hibernations,
+                        "last_error": _error_kind(rep.last_error) if rep.last_error else None,
+                    }
+                )
+            self.lag_max[self.label] = max(self.lag_max[self.label], rep.lag)
+            self.window_lag_max = max(self.window_lag_max, rep.lag)
+            if rep.last_error:
+                text = _error_kind(rep.last_error)
+                if text in self.errors or len(self.errors) < 20:
+                    self.errors[text] = self.errors.get(text, 0) + 1
+
+
+def _error_kind(text: str) -> str:
+    """An error of the replication without what varies (the key, the prefix, the attempts):
+    ``ReplicaUnavailableError: PUT log failed after 3 attempt(s) (503 SlowDown: ...)``."""
+    found = re.match(r"(\w+): (GET|PUT|DELETE|LIST) '([^']*)' in \S+ (.*)", text, re.S)
+    if found is None:
+        return _short(text)
+    name, op, key, rest = found.groups()
+    return _short(f"{name}: {op} {kind_of(key)} {rest.split('; ')[0]}")
+
+
+def _short(text: str, limit: int = 160) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class _FaultRun:
+    """The fault phase against one open runtime: warm-up, the windows, the drain. Each step
+    leaves what it measured here, so that a failure part-way still reports the rest."""
+
+    def __init__(
+        self,
+        rt: Any,
+        ledger: Any,
+        store: CountingStore,
+        proxy: Any,
+        args: argparse.Namespace,
+        progress: Callable[[str], None],
+    ) -> None:
+        self.rt, self.ledger, self.store, self.proxy = rt, ledger, store, proxy
+        self.args, self.progress = args, progress
+        self.keys = [f"f{i}" for i in range(args.actors)]
+        self.ask_keys = [f"q{i}" for i in range(args.ask_actors)]
+        self.traffic = _FaultTraffic(rt, ledger, self.keys, self.ask_keys, args)
+        self.t0 = time.perf_counter()
+        self.watch = _Watch(rt, self.t0)
+        self.windows: list[dict[str, Any]] = []
+        self.lag_samples: dict[str, list[float]] = collections.defaultdict(list)
+        self.catch_up: dict[str, dict[str, float | None]] = {}
+        self.out: dict[str, Any] = {"replicated": False}
+        self.seen: dict[str, list[list[int]]] = {}
+        self.unreadable: dict[str, str] = {}
+        self.before: tuple[Any, ...] | None = None  # (counts, statistics, HTTP attempts)
+        self.after: tuple[Any, ...] | None = None
+
+    def _mark(self) -> tuple[Any, ...]:
+        return self.store.snapshot(), self.rt.statistics(), self.store.inner.statistics()
+
+    async def drive(self) -> None:
+        rt, ledger, args = self.rt, self.ledger, self.args
+        engine = rt.replication
+        assert engine is not None
+        self.progress(f"  waking {len(self.keys) + len(self.ask_keys)} actors (no faults yet)")
+        for key in self.keys + self.ask_keys:
+            n = self.traffic.book.new("ask", key, "")
+            await rt.ref(ledger, key).ask(ledger.add, n)
+            self.traffic.book.ack(n)
+        await _settle(rt)
+        engine.lags = _Recorder(self.lag_samples["warm-up"])
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self.traffic.run)
+            tg.start_soon(self.watch.run)
+            # Warm-up under the traffic, no faults: at least --warmup seconds, and until the
+            # lag is under target (the asked actors have hibernated, the others woken again).
+            self.progress(f"  warm-up under the traffic ({args.warmup:g} s at least)")
+            began = time.perf_counter()
+            await anyio.sleep(args.warmup)
+            with anyio.move_on_after(CATCH_UP_LIMIT):
+                while True:
+                    if _rep(rt).lag <= TARGET_LAG_P99:
+                        break
+                    await anyio.sleep(FAULT_POLL)
+            self.out["warmup_seconds"] = time.perf_counter() - began
+            self.before = self._mark()
+            self.t0 = self.traffic.book.origin = time.perf_counter()
+            healthy = args.healthy_seconds
+            self.progress(
+                f"  healthy {healthy:g} s, then mixed faults for {args.fault_seconds:g} s"
+            )
+            await self._window("healthy", healthy)
+            await self._window("mixed", args.fault_seconds, *_mixed_faults())
+            await self._window("healthy", healthy)
+            self.progress(f"  outage (every connection refused) for {args.outage_seconds:g} s")
+            await self._window("outage", args.outage_seconds, Fault("outage"))
+            await self._recover("outage")
+            await self._window("healthy", healthy)
+            self.progress(
+                f"  throttling (503 SlowDown to everything) for {args.throttle_seconds:g} s"
+            )
+            await self._window("throttling", args.throttle_seconds, Fault("slow_down"))
+            await self._recover("throttling")
+            await self._window("healthy", healthy)
+            self.traffic.scope.cancel()
+            self.out["seconds"] = time.perf_counter() - self.t0
+            self.after = self._mark()
+
+            # Drain: every acknowledged message and its relay applied, then all replicated.
+            self.progress("  draining: every acknowledged message applied, then rt.replicated()")
+            self.watch.label = "drain"
+            began = time.perf_counter()
+            keys = self.keys + self.ask_keys
+            with anyio.move_on_after(DRAIN_LIMIT):
+                while True:
+                    self.seen, self.unreadable = await _seen(rt, ledger, keys)
+                    if not _check_once(self.traffic.book, self.seen, self.unreadable)["missing"]:
+                        break
+                    await anyio.sleep(0.5)
+            self.out["apply_seconds"] = time.perf_counter() - began
+            with anyio.move_on_after(DRAIN_LIMIT):
+                await rt.replicated()
+                self.out["replicated"] = True
+            self.out["drain_seconds"] = time.perf_counter() - began
+            self.seen, self.unreadable = await _seen(rt, ledger, keys)
+            tg.cancel_scope.cancel()
+
+    async def _window(self, label: str, seconds: float, *faults: Any) -> None:
+        self.watch.label, self.watch.window_lag_max = label, 0.0
+        self._lags_into(label)
+        before = self.proxy.statistics()
+        start = time.perf_counter()
+        self.proxy.set_faults(*faults)
+        try:
+            await anyio.sleep(seconds)
+        finally:
+            self.proxy.clear_faults()
+        self._close_window(label, start, before)
+
+    async def _recover(self, after: str) -> None:
+        """Until the lag is back under target (bounded): the catch-up."""
+        self.watch.label, self.watch.window_lag_max = "recovery", 0.0
+        self._lags_into("recovery")
+        before = self.proxy.statistics()
+        start = time.perf_counter()
+        first_good: float | None = None
+        caught: float | None = None
+        while time.perf_counter() - start < CATCH_UP_LIMIT:
+            rep = _rep(self.rt)
+            now = time.perf_counter()
+            if first_good is None and rep.last_error is None:
+                first_good = now - start
+            if rep.lag <= TARGET_LAG_P99:
+                caught = now - start
+                break
+            await anyio.sleep(FAULT_POLL)
+        self.catch_up[after] = {"first_good_round": first_good, "lag_under_target": caught}
+        self._close_window("recovery", start, before)
+
+    def _lags_into(self, label: str) -> None:
+        engine = self.rt.replication
+        if isinstance(engine.lags, _Recorder):
+            engine.lags.into = self.lag_samples[label]
+
+    def _close_window(self, label: str, start: float, before: Any) -> None:
+        after = self.proxy.statistics()
+        end = time.perf_counter()
+        row = {
+            "label": label,
+            "start": start,
+            "end": end,
+            "seconds": end - start,
+            "faults": after.faults - before.faults,
+            "proxy_requests": after.requests - before.requests,
+            "lag_max": self.watch.window_lag_max,
+        }
+        row.update(_service(self.traffic, row))
+        self.windows.append(row)
+
+    def report(self) -> dict[str, Any]:
+        """What was measured, as far as it got."""
+        rt, out = self.rt, self.out
+        end = rt.statistics()
+        rep_end = _of(end)
+        out.update(
+            reports=list(rt.reports),
+            closed_while_running=self.watch.closed_while_running,
+            watched_errors=self.watch.errors,
+            timeline=self.watch.timeline,
+            windows=self.windows,
+            service=_service_by_label(self.windows),
+            catch_up=self.catch_up,
+            fenced=rep_end.fenced,
+            stopped=end.stopped,
+            failed=end.failed,
+            replication_errors=rep_end.errors,
+            last_error=rep_end.last_error,
+            store_failures=dict(self.store.failures),
+        )
+        out["fence_reports"] = [
+            r for r in out["reports"] if "another runtime" in r or "fenced" in r
+        ]
+        book = self.traffic.book
+        out.update(
+            sends_acknowledged=sum(1 for n in book.acked if book.kinds[n] == "send"),
+            asks_acknowledged=sum(1 for n in book.acked if book.kinds[n] == "ask"),
+            acknowledged_turns=book.expected_turns(),
+            messages=len(book.rows),
+            stuck=dict(self.traffic.stuck),
+            call_failures=dict(self.traffic.failures),
+            unreadable=self.unreadable,
+        )
+        if self.before is not None and self.after is not None:
+            (counts0, stats0, http0), (counts1, stats1, http1) = self.before, self.after
+            counts = diff(counts1, counts0)
+            turns = stats1.messages_applied - stats0.messages_applied
+            every = sorted(
+                x for label, xs in self.lag_samples.items() if label != "warm-up" for x in xs
+            )
+            mixed = sorted(self.lag_samples.get("mixed", []))
+            out.update(
+                turns=turns,
+                turns_per_second=turns / max(1e-9, out["seconds"]),
+                calls=total(counts),
+                http_attempts=_requests(http1) - _requests(http0),
+                requests=by_kind(counts),
+                puts=total(counts, "put"),
+                lag_p50=percentile(every, 50) if every else None,
+                lag_p99=percentile(every, 99) if every else None,
+                lag_max=every[-1] if every else None,
+                mixed_lag_p50=percentile(mixed, 50) if mixed else None,
+                mixed_lag_p99=percentile(mixed, 99) if mixed else None,
+            )
+        return out
+
+
+async def _fault_phase(
+    root: Path,
+    store: CountingStore,
+    direct: CountingStore,
+    proxy: Any,
+    args: argparse.Namespace,
+    progress: Callable[[str], None],
+) -> dict[str, Any]:
+    """The load's workload through the fault proxy (mixed faults, an outage, throttling), then
+    exactly-once checked in the runtime and in a fresh directory restored from the replica.
+
+    ``died``: the runtime ended by itself (an exception out of ``open_runtime``); an exception
+    of the bench's own code (``bench_error``) ends the phase early but is no death."""
+    from .engine import open_runtime
+
+    ledger = _ledger_type()
+    out: dict[str, Any] = {"died": False, "error": None, "bench_error": None}
+    run: _FaultRun | None = None
+    try:
+        async with open_runtime(
+            root,
+            types=[ledger],
+            replica=store,
+            replication=args.replication,
+            max_awake=args.actors + args.ask_actors + 10,
+            idle_timeout=fault_idle_timeout(args),
+        ) as rt:
+            run = _FaultRun(rt, ledger, store, proxy, args, progress)
+            try:
+                await run.drive()
+            except Exception as exc:
+                out["bench_error"] = _short(f"{type(exc).__name__}: {exc}", 400)
+                out["bench_traceback"] = traceback.format_exc()
+            out.update(run.report())
+    except Exception as exc:
+        out["died"] = True
+        out["error"] = _short(f"{type(exc).__name__}: {exc}", 400)
+        out["traceback"] = traceback.format_exc()
+        if run is not None and "reports" not in out:
+            with contextlib.suppress(Exception):
+                out.update(run.report())
+    injected = proxy.statistics()
+    out.update(
+        injected=dict(injected.injected),
+        injected_total=injected.faults,
+        proxy_requests=injected.requests,
+        proxy_forwarded=injected.forwarded,
+        proxy_upstream_failures=injected.upstream_failures,
+    )
+    if run is None or out["died"] or not out["replicated"]:
+        # What it had acknowledged need not all be in the replica: no restore check.
+        out["source"] = _check_once(run.traffic.book, run.seen, run.unreadable) if run else None
+        out["restored"] = None
+        out["restored_equals_source"] = False
+        return out
+    out["source"] = _check_once(run.traffic.book, run.seen, run.unreadable)
+
+    # A fresh machine: an empty directory, the same replica (no proxy), every actor asked.
+    progress("  restoring into a fresh directory (no faults) and checking every row")
+    began = time.perf_counter()
+    restored: dict[str, list[list[int]]] = {}
+    unreadable: dict[str, str] = {}
+    out["restore_error"] = None
+    try:
+        async with open_runtime(
+            root.parent / "faults-fresh", types=[ledger], replica=direct
+        ) as fresh:
+            keys = run.keys + run.ask_keys
+            restored, unreadable = await _seen(fresh, ledger, keys, RESTORE_CALL_BOUND)
+    except Exception as exc:
+        out["restore_error"] = _short(f"{type(exc).__name__}: {exc}", 400)
+    out["restore_seconds"] = time.perf_counter() - began
+    out["restore_unreadable"] = unreadable
+    out["restored"] = (
+        _check_once(run.traffic.book, restored, unreadable)
+        if out["restore_error"] is None
+        else None
+    )
+    out["restored_equals_source"] = (
+        out["restored"] is not None
+        and not unreadable
+        and not run.unreadable
+        and _canonical(restored) == _canonical(run.seen)
+    )
+    return out
+
+
+def _canonical(seen: dict[str, list[list[int]]]) -> dict[str, list[tuple[int, ...]]]:
+    return {key: sorted(tuple(row) for row in rows) for key, rows in seen.items()}
+
+
+def _requests(stats: ReplicaStatistics) -> int:
+    return stats.gets + stats.puts + stats.deletes + stats.lists
+
+
+def _service(traffic: _FaultTraffic, row: dict[str, Any]) -> dict[str, Any]:
+    """Asks and sends completed inside a window, per second; its asks' latencies."""
+    start, end = row["start"], row["end"]
+    latencies = sorted(lat for at, lat in traffic.asks if start <= at < end)
+    sends = sum(1 for at in traffic.sends if start <= at < end)
+    seconds = max(1e-9, end - start)
+    return {
+        "asks": len(latencies),
+        "asks_per_second": len(latencies) / seconds,
+        "ask_p50": percentile(latencies, 50) if latencies else None,
+        "ask_p99": percentile(latencies, 99) if latencies else None,
+        "sends_per_second": sends / seconds,
+    }
+
+
+def _service_by_label(windows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Asks and sends per second over all the windows of each label."""
+    out: dict[str, dict[str, float]] = {}
+    for label in dict.fromkeys(row["label"] for row in windows):
+        rows = [row for row in windows if row["label"] == label]
+        seconds = max(1e-9, sum(row["seconds"] for row in rows))
+        out[label] = {
+            "seconds": seconds,
+            "asks_per_second": sum(row["asks"] for row in rows) / seconds,
+            "sends_per_second": sum(row["sends_per_second"] * row["seconds"] for row in rows)
+            / seconds,
+        }
+    return out
+
+
 # -- the suite ----------------------------------------------------------------------------------
 
 
@@ -1047,6 +1833,31 @@ def run(args: argparse.Namespace, progress: Callable[[str], None]) -> dict[str, 
                     ),
                 ]
             report["phase_seconds"]["restore"] = time.perf_counter() - began
+
+        if "faults" in phases:
+            began = time.perf_counter()
+            progress(
+                f"faults: {args.actors} actors, {args.rate:g} msg/s, through a fault proxy "
+                f"in front of {stores.endpoint_url}"
+            )
+            with FaultProxy(stores.endpoint_url, seed=args.fault_seed) as proxy:
+                through, direct = (
+                    stores.make("faults", endpoint_url=proxy.url),
+                    stores.make("faults"),
+                )
+                faults = anyio.run(
+                    _fault_phase,
+                    tmp / "faults",
+                    through,
+                    direct,
+                    proxy,
+                    args,
+                    progress,
+                    backend=args.backend,
+                )
+            report["faults"] = faults
+            figures += fault_figures(faults, args)
+            report["phase_seconds"]["faults"] = time.perf_counter() - began
     report["figures"] = [
         {
             "name": f.name,
@@ -1073,8 +1884,88 @@ def run(args: argparse.Namespace, progress: Callable[[str], None]) -> dict[str, 
         "options": args.option,
         "replication": attrs.asdict(args.replication),
     }
+    if "faults" in phases:
+        report["parameters"]["faults"] = {
+            "healthy_seconds": args.healthy_seconds,
+            "fault_seconds": args.fault_seconds,
+            "outage_seconds": args.outage_seconds,
+            "throttle_seconds": args.throttle_seconds,
+            "ask_rate": args.ask_rate,
+            "ask_actors": args.ask_actors,
+            "relay_every": args.relay_every,
+            "seed": args.fault_seed,
+            "mixed": [_describe(f) for f in _mixed_faults()],
+        }
     report["targets_met"] = all(f.status != "MISS" for f in figures)
     return report
+
+
+def fault_figures(faults: dict[str, Any], args: argparse.Namespace) -> list[Result]:
+    """The fault phase's figures: what it survived (targets: no death, no actor fenced, every
+    acknowledged turn once), how fast it caught up, how it served meanwhile. Lag and PUTs
+    under faults have no target."""
+    died = bool(faults["died"]) or bool(faults.get("closed_while_running"))
+    out = [
+        Result("faults: injected by the proxy (all kinds)", faults.get("injected_total", 0), ""),
+        Result("faults: runtime deaths", 1 if died else 0, "", target=0),
+    ]
+    if "fenced" in faults:
+        fenced = max(faults["fenced"], len(faults["fence_reports"]))
+        out.append(Result("faults: actors fenced (statistics and reports)", fenced, "", target=0))
+    checks = [c for c in (faults.get("source"), faults.get("restored")) if c is not None]
+    wrong = max(
+        (c["missing"] + c["repeated"] + c["unexpected"] + c["unchecked"] for c in checks),
+        default=0,
+    )
+    if faults.get("restored") is None:  # not restored: nothing vouched for
+        wrong = max(wrong, faults.get("acknowledged_turns", 1))
+    out.append(Result("faults: acknowledged turns lost/repeated/unchecked", wrong, "", target=0))
+    for after, seconds in (("outage", args.outage_seconds), ("throttling", args.throttle_seconds)):
+        if after in faults.get("catch_up", {}):
+            caught = faults["catch_up"][after]["lag_under_target"]
+            out.append(
+                Result(
+                    f"faults: catch-up after {seconds:g} s of {after} (lag < {TARGET_LAG_P99:g} s)",
+                    CATCH_UP_LIMIT if caught is None else caught,
+                    "s",
+                )
+            )
+    service = faults.get("service", {})
+    healthy = service.get("healthy", {}).get("asks_per_second")
+    for label in ("outage", "throttling"):
+        if label in service:
+            out.append(
+                Result(
+                    f"faults: asks/s in the {label} (raw: healthy)",
+                    service[label]["asks_per_second"],
+                    "ask/s",
+                    raw=healthy,
+                )
+            )
+    if "turns" in faults:
+        out += [
+            Result(
+                "faults: replication lag p99, mixed faults",
+                (faults["mixed_lag_p99"] or 0) * 1e3,
+                "ms",
+            ),
+            Result(
+                "faults: PUTs per 1,000 turns, whole phase",
+                faults["puts"] * 1000 / max(1, faults["turns"]),
+                "PUT",
+            ),
+        ]
+    return out
+
+
+def _describe(fault: Any) -> str:
+    """A fault rule in a few words: ``reset p=0.03``."""
+    text = f"{fault.kind.value} p={fault.probability:g}"
+    if fault.kind.value in ("error_before", "error_after"):
+        text += f" {fault.status}"
+    if fault.delay:
+        text += f" {fault.delay:g}s"
+    return text
 
 
 def long_run_puts(load: dict[str, Any], args: argparse.Namespace) -> float:
@@ -1164,15 +2055,50 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--idle-seconds", type=_non_negative(float), default=60.0)
     p.add_argument("--restore-mb", type=_mb_list, default=[10.0, 100.0], help="e.g. 10,100")
     p.add_argument("--restore-repeats", type=_positive(int), default=3)
-    p.add_argument("--phases", default="load,idle,restore", help="which phases (comma-separated)")
+    p.add_argument(
+        "--phases",
+        default="load,idle,restore",
+        help="which phases (comma-separated): load, idle, restore, and faults (not by default: "
+        "the load through a fault proxy, about a minute)",
+    )
     p.add_argument(
         "--option",
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="override a Replication option in the load and idle phases, for profiling "
+        help="override a Replication option in the load, idle and faults phases, for profiling "
         "(e.g. checkpoint_frames=1000000); the targets are for the defaults",
     )
+    f = p.add_argument_group(
+        "faults phase",
+        "--actors, --rate, --note-bytes and --warmup as for the load; windows in this order: "
+        "healthy, mixed faults, healthy, outage, catch-up, healthy, throttling, catch-up, healthy",
+    )
+    f.add_argument(
+        "--healthy-seconds", type=_positive(float), default=5.0, help="each healthy window"
+    )
+    f.add_argument("--fault-seconds", type=_positive(float), default=20.0, help="mixed faults")
+    f.add_argument(
+        "--outage-seconds", type=_positive(float), default=5.0, help="every connection refused"
+    )
+    f.add_argument(
+        "--throttle-seconds", type=_positive(float), default=5.0, help="503 SlowDown to everything"
+    )
+    f.add_argument("--ask-rate", type=_positive(float), default=5.0, help="asks per second")
+    f.add_argument(
+        "--ask-actors",
+        type=_positive(int),
+        default=10,
+        help="actors asked round robin, each hibernated between two asks (idle_timeout: "
+        "half the time between them)",
+    )
+    f.add_argument(
+        "--relay-every",
+        type=_non_negative(int),
+        default=4,
+        help="every Nth send is relayed by its receiver to another actor (0: none)",
+    )
+    f.add_argument("--fault-seed", type=int, default=1, help="seeds the proxy's draws")
     p.add_argument("--backend", choices=["trio", "asyncio"], default="trio")
     p.add_argument("--keep", action="store_true", help="keep the temp directory and objects")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -1190,9 +2116,17 @@ def main(argv: list[str] | None = None) -> int:
         args.replication = _replication(args.option)
     except (ValueError, TypeError) as exc:
         p.error(f"--option: {exc}")
-    unknown = set(args.phases.split(",")) - {"load", "idle", "restore"}
+    phases = set(args.phases.split(","))
+    unknown = phases - {"load", "idle", "restore", "faults"}
     if unknown:
-        p.error(f"unknown phases {sorted(unknown)} (load, idle, restore)")
+        p.error(f"unknown phases {sorted(unknown)} (load, idle, restore, faults)")
+    if "faults" in phases:
+        if args.store != "s3":
+            p.error("the faults phase is for --store s3 (a fault proxy in front of the S3 server)")
+        if args.bucket and not (args.endpoint_url or "").startswith("http://"):
+            p.error(
+                "the faults phase needs an http:// --endpoint-url (the proxy relays plain HTTP)"
+            )
 
     def progress(text: str) -> None:
         if not args.json:

@@ -13,7 +13,8 @@ from urllib.parse import urlsplit
 import pytest
 
 from runtime import bench_replication
-from runtime.bench_replication import CountingStore, kind_of
+from runtime.bench_replication import CountingStore, _Book, _check_once, kind_of
+from runtime.replica.store import PreconditionFailedError
 
 TINY = [
     "--actors",
@@ -39,7 +40,7 @@ TINY = [
 
 
 def _figure(report: dict[str, Any], start: str) -> dict[str, Any]:
-    found = [f for f in report["figures"] if f["name"].startswith(start)]
+    found: list[dict[str, Any]] = [f for f in report["figures"] if f["name"].startswith(start)]
     assert len(found) == 1, (start, [f["name"] for f in report["figures"]])
     return found[0]
 
@@ -47,6 +48,7 @@ def _figure(report: dict[str, Any], start: str) -> dict[str, Any]:
 def test_tiny_run_reports_sane_figures_and_stops_its_server(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
+    """The default phases, tiny: every figure finite, with its target and verdict."""
     assert bench_replication.main(TINY) == 0
     report = json.loads(capsys.readouterr().out)
 
@@ -131,6 +133,7 @@ def test_directory_store_load_and_idle(capsys: pytest.CaptureFixture[str]) -> No
 
 
 def test_kinds_of_keys() -> None:
+    """Replica keys are sorted into log, fences, manifest, snapshot and segment."""
     assert kind_of("runtimes/r1/s1/log/0000000000000007") == "log"
     assert kind_of("runtimes/r1/s1/fences") == "fences"
     assert kind_of("actors/a1/data.db/manifest") == "manifest"
@@ -140,6 +143,7 @@ def test_kinds_of_keys() -> None:
 
 
 def test_counting_store_counts_by_kind(tmp_path: Any) -> None:
+    """The wrapper counts requests, bytes and failures by operation and kind of object."""
     from runtime.replica.directory_store import DirectoryStore
 
     store = CountingStore(DirectoryStore(tmp_path))
@@ -154,3 +158,95 @@ def test_counting_store_counts_by_kind(tmp_path: Any) -> None:
     assert counts[("delete", "manifest")][0] == 1
     stats = store.statistics()
     assert (stats.gets, stats.puts, stats.deletes, stats.lists) == (2, 1, 1, 0)
+    assert not store.failures
+    with pytest.raises(PreconditionFailedError):
+        store.put("x/manifest", b"abc", if_match='"nope"')
+    assert store.failures == {"PUT PreconditionFailedError": 1}
+
+
+FAULTS = [
+    "--phases",
+    "faults",
+    "--actors",
+    "6",
+    "--rate",
+    "40",
+    "--healthy-seconds",
+    "0.5",
+    "--fault-seconds",
+    "2",
+    "--outage-seconds",
+    "1.5",
+    "--throttle-seconds",
+    "1.5",
+    "--ask-rate",
+    "10",
+    "--ask-actors",
+    "6",
+    "--warmup",
+    "0.5",
+    "--json",
+]
+
+
+def test_fault_phase_reports_the_faults_survived(capsys: pytest.CaptureFixture[str]) -> None:
+    """A short fault phase: faults injected by kind, no death, no fencing, exactly once."""
+    assert bench_replication.main(FAULTS) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert "load" not in report and "idle" not in report and "restore" not in report
+    faults = report["faults"]
+    assert faults["died"] is False, faults.get("traceback")
+    assert faults["closed_while_running"] is False
+    # The proxy's statistics, by kind: the outage and the throttling window did hit.
+    assert set(faults["injected"]) >= {"error_before", "error_after", "reset", "cut_body"}
+    assert faults["injected"]["outage"] > 0 and faults["injected"]["slow_down"] > 0
+    assert {row["label"] for row in faults["windows"] if row["faults"]} >= {"outage", "throttling"}
+    assert faults["injected_total"] == sum(faults["injected"].values())
+    assert faults["fenced"] == 0 and faults["fence_reports"] == [], faults["reports"]
+    assert faults["stopped"] == 0
+    assert faults["replication_errors"] > 0  # the replication saw the outage...
+    assert faults["replicated"] is True  # ...and caught up
+    for after in ("outage", "throttling"):
+        assert faults["catch_up"][after]["lag_under_target"] is not None, faults["catch_up"]
+    for label in ("healthy", "mixed", "outage", "recovery", "throttling"):
+        assert faults["service"][label]["seconds"] > 0, faults["service"]
+    assert faults["service"]["healthy"]["asks_per_second"] > 0
+    # Every acknowledged turn exactly once, in the runtime and restored into a fresh directory.
+    assert faults["acknowledged_turns"] > 0
+    for check in (faults["source"], faults["restored"]):
+        assert (check["missing"], check["repeated"], check["unexpected"]) == (0, 0, 0), check
+        assert check["rows"] >= faults["acknowledged_turns"]
+    assert faults["restored_equals_source"] is True
+    for name in ("runtime deaths", "actors fenced", "acknowledged turns lost"):
+        assert _figure(report, f"faults: {name}")["status"] == "PASS"
+    table = bench_replication.format_table(report)
+    assert "faults: " in table and "restored: " in table
+
+
+def test_exactly_once_check_finds_missing_repeated_and_unexpected_rows() -> None:
+    """The exactly-once check tells a lost, a repeated and a stray row apart."""
+    book = _Book()
+    sent = book.new("send", "a", "b")  # a row at a, and its relay's at b
+    asked = book.new("ask", "c", "")
+    lost = book.new("send", "a", "")
+    book.acked.update({sent, asked, lost})
+    unacked = book.new("send", "a", "")
+    good = {"a": [[sent, 0, 1], [unacked, 0, 1]], "b": [[sent, 1, 1]], "c": [[asked, 0, 1]]}
+    check = _check_once(book, good)
+    assert (check["missing"], check["repeated"], check["unexpected"]) == (1, 0, 0)
+    assert check["unacknowledged_applied"] == 1
+    bad = {"a": [[sent, 0, 2], [lost, 0, 1], [99, 0, 1]], "b": [], "c": [[asked, 1, 1]]}
+    check = _check_once(book, bad)
+    assert check["missing"] == 2  # the relay at b, the ask at c (its row is at the wrong hop)
+    assert (check["repeated"], check["unexpected"]) == (1, 2)
+    # An actor that could not be read: its rows are unchecked, not missing.
+    check = _check_once(book, {"a": good["a"], "c": good["c"]}, unreadable=["b"])
+    assert (check["missing"], check["unchecked"]) == (1, 1)
+
+
+def test_fault_phase_needs_an_s3_store() -> None:
+    """The fault proxy goes in front of an http:// S3 endpoint, not a directory store."""
+    with pytest.raises(SystemExit):
+        bench_replication.main(["--phases", "faults", "--store", "directory"])
+    with pytest.raises(SystemExit):
+        bench_replication.main(["--phases", "faults", "--bucket", "b"])
