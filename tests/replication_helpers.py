@@ -109,6 +109,12 @@ class FlakyStore(actors.ReplicaStore):
     each with :class:`actors.ReplicaUnavailableError` while ``down`` is true (as an
     unreachable S3 does after the client's retries)."""
 
+    #: Seconds every request takes (a remote store's latency), and the extra seconds a request
+    #: takes to fail while ``down`` (a client's retries against a throttling store). Both run
+    #: in the replication's worker thread that makes the request.
+    latency = 0.0
+    failing_latency = 0.0
+
     def __init__(self, inner: actors.ReplicaStore) -> None:
         super().__init__()
         self.inner = inner
@@ -118,6 +124,7 @@ class FlakyStore(actors.ReplicaStore):
         return f"FlakyStore({self.inner!r}, down={self.down})"
 
     def _check(self, kind: str) -> None:
+        time.sleep(self.latency + (self.failing_latency if self.down else 0.0))
         self._count(kind)
         if self.down:
             raise actors.ReplicaUnavailableError(f"injected: the store is down ({kind})")

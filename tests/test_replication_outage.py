@@ -37,14 +37,6 @@ SENDERS, INBOXES = 4, 6
 LATENCY = 0.03
 
 
-class RemoteFlakyStore(FlakyStore):
-    """``FlakyStore`` whose requests take ``LATENCY`` seconds, failed ones included."""
-
-    def _check(self, kind: str) -> None:
-        time.sleep(LATENCY)  # (in the worker thread that makes the request)
-        super()._check(kind)
-
-
 class OutageInbox(actors.Actor):
     async def put(self, n: int) -> None:
         self.sql.execute("CREATE TABLE IF NOT EXISTS got(n INTEGER PRIMARY KEY)")
@@ -104,7 +96,8 @@ async def test_a_restart_during_an_outage_catches_up_once_the_store_is_back(
 ) -> None:
     """After a restart during a store outage, with actor-to-actor sends and a small max_awake,
     every acknowledged message is applied and replicated() returns once the store is back."""
-    store = RemoteFlakyStore(actors.DirectoryStore(tmp_path / "replica"))
+    store = FlakyStore(actors.DirectoryStore(tmp_path / "replica"))
+    store.latency = LATENCY
     root = tmp_path / "rt"
     traffic = Traffic()
     async with actors.open_runtime(

@@ -4,7 +4,6 @@ it answers again."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import actors
@@ -12,18 +11,6 @@ from tests.agents import Counter
 from tests.replication_helpers import FlakyStore, real_time, replication, wait_until
 
 FAST = actors.Replication(min_delay=0.005, max_delay=0.05)
-
-
-class SlowFailingStore(FlakyStore):
-    """While ``down``, each request fails after a pause (a client's retries and backoff
-    against a store that answers 503 to everything)."""
-
-    pause = 0.2
-
-    def _check(self, kind: str) -> None:
-        if self.down:
-            time.sleep(self.pause)  # (in the replication's worker thread)
-        super()._check(kind)
 
 
 def _requests(store: actors.ReplicaStore) -> int:
@@ -34,7 +21,8 @@ def _requests(store: actors.ReplicaStore) -> int:
 @real_time
 async def test_wakes_and_hibernations_do_not_wait_for_a_failing_store(tmp_path: Path) -> None:
     """While the store fails, actors keep waking and hibernating without asking it each time."""
-    store = SlowFailingStore(actors.DirectoryStore(tmp_path / "replica"))
+    store = FlakyStore(actors.DirectoryStore(tmp_path / "replica"))
+    store.failing_latency = 0.2  # a failing request takes the client's retries first
     keys = [f"c{i}" for i in range(6)]
     async with actors.open_runtime(
         tmp_path / "rt",
