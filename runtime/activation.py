@@ -143,6 +143,13 @@ class Activation:
         self.replicated_applied = 0
         self.outbox_dirty = True  # rows may wait in the outbox (true at wake: recovery)
         self.outbox_retry_delay = 0.0
+        # With a replica, the output gate: a row leaves only once the commit that wrote it is
+        # in the replica (else a machine lost could restore this actor before a send whose
+        # effects its receiver kept). (data.db commits, last row id) as rows are seen, the
+        # last row that may go, and whether rows wait for the replica now.
+        self.outbox_marks: collections.deque[tuple[int, int]] = collections.deque()
+        self.outbox_gate_upto = 0
+        self.outbox_gated = False
         self.batch_limit = MAX_BATCH
         self.waiters: dict[int, Waiter] = {}
         self.work = anyio.Event()
@@ -542,8 +549,14 @@ class Activation:
             return False
         if self.turn is not None:
             return self.turn.idle
-        # An outbox waiting to retry does not hold the actor awake: it is woken to deliver.
-        outbox_held = self.outbox_dirty and not self.outbox_retry_delay
+        # An outbox waiting to retry, or for a replica that cannot take its commits now, does
+        # not hold the actor awake: it is woken to deliver (after its hibernation shipped
+        # them, or the store came back). Waiting for the next round's acknowledgement does.
+        outbox_held = (
+            self.outbox_dirty
+            and not self.outbox_retry_delay
+            and not (self.outbox_gated and self._gate_stuck())
+        )
         return self.waiting and not self.work.is_set() and not self.queue and not outbox_held
 
     # -- durable steps (runtime/steps.py calls these) -------------------------------------
@@ -1016,7 +1029,19 @@ class Activation:
         Delivery is at-least-once; the receiver's per-sender cursor makes it exactly-once.
         """
         rt = self.runtime
-        for row in self.data.outbox_after(self.outbox_delivered_upto):
+        rows = self.data.outbox_after(self.outbox_delivered_upto)
+        gate = self._outbox_gate(rows[-1].id if rows else 0)
+        self.outbox_gated = False
+        for row in rows:
+            if gate is not None and row.id > gate:
+                gate = self._outbox_gate(0)  # (again: acknowledged while rows were delivered?)
+            if gate is not None and row.id > gate:
+                # Its turn's commit is not in the replica yet: it goes once it is (an
+                # acknowledgement wakes the loop; a hibernation ships it, then a wake-up).
+                self.outbox_gated = True
+                assert rt.replication is not None
+                rt.replication.hurry()
+                return
             spec = rt.specs.get(row.target_type)
             try:
                 if spec is None:
@@ -1051,6 +1076,34 @@ class Activation:
                 self.outbox_tokens.append((row.id, token))
         self.outbox_dirty = False
         self.outbox_retry_delay = 0.0
+
+    def _outbox_gate(self, last_row: int) -> int | None:
+        """The last outbox row whose commit is in the replica (``None``: no replica, no gate).
+        Rows present when the actor woke count as committed before its files were attached:
+        they wait until the files' state then is known to be in the replica."""
+        if self.runtime.replication is None or not self.replica_files:
+            return None
+        data = self.replica_files[0]
+        marks = self.outbox_marks
+        if last_row > (marks[-1][1] if marks else self.outbox_gate_upto):
+            marks.append((data.commits, last_row))  # (written at or before this commit)
+        if data.claimed and data.baseline_shipped and not data.want_snapshot:
+            while marks and data.acked >= marks[0][0]:
+                self.outbox_gate_upto = marks.popleft()[1]
+        return self.outbox_gate_upto
+
+    def _gate_stuck(self) -> bool:
+        """Rows at the output gate cannot expect an acknowledgement soon."""
+        rep = self.runtime.replication
+        if rep is None or rep.unavailable or not self.replica_files:
+            return True
+        data = self.replica_files[0]
+        return not data.claimed or data.fenced is not None
+
+    def replica_acked(self) -> None:
+        """Replication acknowledged commits of its files: rows held at the gate may go."""
+        if self.outbox_gated:
+            self.work.set()
 
     def _replicated_applied(self) -> int:
         """The last applied message whose application is in the replica (without one: the

@@ -591,6 +591,10 @@ class Runtime:
         act, seq = await self._send(spec, key, method, args, kwargs, idempotency_key, True)
         assert act is not None
         waiter: Waiter = act.waiter(seq)
+        if waiter.event.is_set() and spec.durable and self.replication is not None:
+            # Answered from the stored outcome of an earlier application (a retried key): in
+            # durable mode, that too is said only once it is in the replica.
+            await self.replication.wait_replicated(act)
         await waiter.event.wait()
         if waiter.error is not None:
             raise waiter.error

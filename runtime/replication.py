@@ -222,6 +222,9 @@ class _File:
         self.abandoned = False  # closed with commits not in the store (left behind)
         self.final_commits = -1  # commits when hibernation's last snapshot was taken
         self.snapshots_done = 0
+        #: The file's state when it was attached is in the replica (taken up from this
+        #: session's hibernation unchanged, or a snapshot of it uploaded since).
+        self.baseline_shipped = False
         self.closing = False  # hibernating: a background upload stops retrying
         #: Closed and untracked: its background work makes no more requests (a later wake-up
         #: of the actor has a writer of its own for the file), and a fence it meets is no news.
@@ -245,11 +248,16 @@ class _File:
         """A round or an upload let go of the file."""
         self.quiet_event.set()
         self.quiet_event = anyio.Event()
+        if self.want_snapshot and self.act is not None and self.act.replication_due:
+            self.act.work.set()  # the snapshot it could not take while the round read it
+            self.poke()
 
     def poke(self) -> None:
         """Wake whoever waits on this file's acknowledgements, to look again."""
         self.acked_event.set()
         self.acked_event = anyio.Event()
+        if self.act is not None:
+            self.act.replica_acked()
 
     def committed(self, frames: int) -> None:
         self.end = frames
@@ -274,8 +282,7 @@ class _File:
                 keep.append((n, at))
         self.commit_times = keep
         self.first_unacked_at = keep[0][1] if keep else None
-        self.acked_event.set()
-        self.acked_event = anyio.Event()
+        self.poke()
 
 
 class AppendToken:
@@ -305,7 +312,9 @@ class AppendToken:
             return False
         if self.after_snapshot:
             return f.snapshots_done > 0
-        return f.acked >= self.target
+        # (a delivery found already there may be in the file's state from before this
+        # session, which is in the replica only once the file's first snapshot is)
+        return f.acked >= self.target and f.baseline_shipped
 
 
 @attrs.define
@@ -354,6 +363,7 @@ class ReplicationEngine:
         self.files: dict[str, _File] = {}
         self.dirty: dict[str, _File] = {}
         self.urgent = anyio.Event()
+        self.hurrying = False
         self.dirty_event = anyio.Event()
         self.log_times: collections.deque[tuple[int, float]] = collections.deque()
         #: Commit-to-acknowledgement seconds of the last 1,000 commits (lag quantiles).
@@ -672,7 +682,10 @@ class ReplicationEngine:
                 previous = await anyio.to_thread.run_sync(claim_all)
         except ReplicaUnavailableError as exc:
             self._error(exc)
-            if force_restore or (not local and known):
+            # Not here, and known to the directory, or this runtime was restored from the
+            # replica (whose directory may predate the actor): its files may be only in the
+            # replica. Opened empty, it would diverge from them.
+            if force_restore or (not local and (known or bool(self.origin))):
                 raise ReplicaUnavailableError(
                     f"{act.describe()} has no usable files here and the replica cannot be "
                     f"reached to restore them ({exc}); it is tried again at the next message"
@@ -749,6 +762,7 @@ class ReplicationEngine:
                 )
                 tracked = _File(name, path, conn, replica, act)
                 snapshot = replica.needs_snapshot
+                tracked.baseline_shipped = not snapshot
             elif mode == "claimed":
                 tracked = _File(name, path, conn, payload, act)
                 snapshot = True  # a new session: the WAL cannot be trusted to go on
@@ -776,7 +790,8 @@ class ReplicationEngine:
         if tracked.act is not None:
             tracked.act.replication_due = True
             tracked.act.work.set()  # an idle turn loop takes it now
-            tracked.poke()  # a durable turn waiting for this file takes it now
+            for each in tracked.act.replica_files or (tracked,):
+                each.poke()  # a durable turn waiting for any of its files takes it now
         else:
             self.dirty[tracked.name] = tracked
             self.dirty_event.set()
@@ -789,8 +804,11 @@ class ReplicationEngine:
         for tracked in act.replica_files:
             if tracked.fenced is not None or not tracked.claimed:
                 continue
-            if tracked.want_snapshot and not tracked.reading and tracked.capture is None:
-                self._capture(tracked)
+            if tracked.want_snapshot and tracked.capture is None:
+                if tracked.reading:
+                    act.replication_due = True  # a round reads it: at the next gap
+                else:
+                    self._capture(tracked)
             elif (
                 tracked.end >= self.options.checkpoint_frames
                 and tracked.capture is None
@@ -903,6 +921,7 @@ class ReplicationEngine:
                     self._corrupt(tracked, exc)
                     return
                 tracked.snapshots_done += 1
+                tracked.baseline_shipped = True
                 self.stats["snapshots"] += 1
                 self.stats["manifests"] += 1
                 self.stats["requests"] += result.requests
@@ -979,7 +998,7 @@ class ReplicationEngine:
             self.rate_at, self.rate_commits = now, 0
         o = self.options
         if any(
-            t.act is not None and t.act.spec.durable and t.commits > t.acked
+            t.act is not None and (t.act.spec.durable or t.act.outbox_gated) and t.commits > t.acked
             for t in self.dirty.values()
         ):
             return o.min_delay
@@ -989,6 +1008,21 @@ class ReplicationEngine:
         slowest = max(self.round_times, default=0.0)
         loaded = min(o.max_delay, max(o.min_delay, o.lag_target - slowest))
         return o.min_delay + (loaded - o.min_delay) * share
+
+    def hurry(self) -> None:
+        """Someone waits for commits to reach the replica (sends held at an actor's output
+        gate): the next round comes within ``min_delay``, as for a durable actor."""
+        if self.hurrying or self.rt._task_group is None:
+            return
+        self.hurrying = True
+        self.rt._task_group.start_soon(self._hurry)
+
+    async def _hurry(self) -> None:
+        try:
+            await anyio.sleep(self.options.min_delay)
+        finally:
+            self.hurrying = False
+        self.urgent.set()
 
     async def round(self) -> bool:
         """One round; ``False`` if the store could not be reached (retry later). Rounds never
@@ -1012,8 +1046,12 @@ class ReplicationEngine:
         for name, t in list(self.dirty.items()):
             if t.retired:
                 del self.dirty[name]  # a closed activation's file: its hibernation shipped it
-        for tracked in [t for t in self.dirty.values() if not t.claimed and t.fenced is None]:
+        unclaimed = [t for t in self.dirty.values() if not t.claimed and t.fenced is None]
+        for tracked in unclaimed:
             await self._claim_later(tracked)
+        # A claim that failed is tried again after the backoff (its file may commit nothing
+        # more, and sends held at its actor's gate wait for it).
+        claims_failed = any(not t.claimed and t.fenced is None for t in unclaimed)
         if self.pending is not None:
             if not await self._try_put_log(self.pending):
                 return False
@@ -1042,6 +1080,8 @@ class ReplicationEngine:
             if self.pending is not None:
                 return False  # not landed: tried again next round
         if self.awaiting and not await self._acknowledge():
+            return False
+        if claims_failed:
             return False
         self.last_error = None
         if self.stats["requests"] > requests_before:
@@ -1413,6 +1453,12 @@ class ReplicationEngine:
         self.stats["errors"] += 1
         self.last_error = f"{type(exc).__name__}: {exc}"
         if isinstance(exc, ReplicaUnavailableError):
+            if not self.unavailable:
+                # Actors holding sends at their output gate may hibernate meanwhile (their
+                # slot is not held for an acknowledgement that will not come soon).
+                for tracked in list(self.files.values()):
+                    if tracked.act is not None and tracked.act.outbox_gated:
+                        tracked.act.work.set()
             self.unavailable = True
 
     def _wake_behind(self) -> None:
@@ -1462,7 +1508,8 @@ class ReplicationEngine:
         for tracked in files:
             target = tracked.commits
             while (
-                tracked.acked < target
+                # (an answer stored before this session is in the replica with the baseline)
+                (tracked.acked < target or not tracked.baseline_shipped)
                 and tracked.fenced is None
                 and self.files.get(tracked.name) is tracked
             ):

@@ -15,14 +15,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+import pytest
 import trio
 
 import actors
 from runtime.layout import MAILBOX_FILE, actor_dir, actor_id
 from runtime.replication import restore_actor_files
 from tests.agents import Counter
-from tests.replication_helpers import FlakyStore, real_time
+from tests.replication_helpers import FlakyStore, real_time, replication, wait_until
 
 #: Rounds start soon after a commit: the tests wait on conditions, never on these delays.
 FAST = actors.Replication(min_delay=0.005, max_delay=0.05)
@@ -346,3 +348,73 @@ async def test_an_actor_restored_to_an_earlier_point_is_heard_by_its_receivers(
     ) as rt:
         await rt.ref(Relay, "a").ask(Relay.fire, "b", 4)  # its outbox numbers start again
         assert await _poll(rt.ref(Inbox, "b"), 4) == [1, 2, 3, 4]
+
+
+class _StuckFor(FlakyStore):
+    """Every write under the ``stuck`` prefixes fails (those files' snapshots never land)."""
+
+    def __init__(self, inner: actors.ReplicaStore, stuck: set[str]) -> None:
+        super().__init__(inner)
+        self.stuck = stuck
+        self.refused = 0
+
+    def put(self, key: str, data: Any, **kw: Any) -> str:
+        if any(key.startswith(prefix) for prefix in self.stuck):
+            self._count("puts")
+            self.refused += 1
+            raise actors.ReplicaUnavailableError(f"injected: {key} cannot be written")
+        return super().put(key, data, **kw)
+
+
+@real_time
+async def test_a_send_leaves_only_once_its_turn_is_in_the_replica(tmp_path: Path) -> None:
+    """A message an actor sends is delivered only once the turn that sent it is in the replica,
+    so a machine lost meanwhile never leaves a receiver holding a message its sender lost."""
+    replica = actors.DirectoryStore(tmp_path / "replica")
+    lost, late = (f"actors/{actor_id('EoRelay', k)}/data.db" for k in ("a", "c"))
+    store = _StuckFor(replica, {lost, late})  # neither relay's data.db reaches the store
+    async with actors.open_runtime(
+        tmp_path / "m1", types=[Inbox, Relay], replica=store, replication=FAST, shutdown_grace=0.5
+    ) as rt:
+        inbox = rt.ref(Inbox, "b")
+        await inbox.ask(Inbox.got)  # the inbox exists and replicates
+        await rt.ref(Relay, "a").ask(Relay.fire, "b", 1)
+        await rt.ref(Relay, "c").ask(Relay.fire, "b", 2)
+        await wait_until(lambda: store.refused >= 4, "the relays' writes refused")
+        await wait_until(lambda: replication(rt).files_behind <= 2, "only the relays behind")
+        assert await inbox.ask(Inbox.got) == []  # both held at their relay's gate
+        store.stuck.discard(late)  # the store takes the second relay's turn now: 2 goes
+        assert await _poll(inbox, 1) == [2]
+        await wait_until(lambda: replication(rt).files_behind <= 1, "only relay a behind")
+    # The machine is lost: a fresh one restores both from the replica. 1 was sent by a turn
+    # the replica never had: its receiver does not hold it either.
+    async with actors.open_runtime(
+        tmp_path / "m2", types=[Inbox, Relay], replica=replica, replication=FAST
+    ) as rt:
+        assert await rt.ref(Inbox, "b").ask(Inbox.got) == [2]
+
+
+@real_time
+async def test_a_restored_machine_does_not_open_an_unknown_actor_empty_while_the_store_is_down(
+    tmp_path: Path,
+) -> None:
+    """On a machine restored from the replica, an actor that is not here cannot be told apart
+    from one only in the replica while the store is down: its message fails with a typed
+    error, and once the store is back it opens with its replicated state."""
+    replica = actors.DirectoryStore(tmp_path / "replica")
+    async with actors.open_runtime(
+        tmp_path / "m1", types=[Inbox, Relay], replica=replica, replication=FAST
+    ) as rt:
+        assert await rt.ref(Inbox, "b").ask(Inbox.record, 1) == 1
+        await rt.replicated()
+    flaky = FlakyStore(replica)
+    async with actors.open_runtime(
+        tmp_path / "m2", types=[Inbox, Relay], replica=flaky, replication=FAST
+    ) as rt:
+        await rt.replicated()
+        flaky.down = True
+        with pytest.raises(actors.ReplicaUnavailableError):
+            await rt.ref(Inbox, "new").ask(Inbox.record, 7)
+        flaky.down = False
+        assert await rt.ref(Inbox, "new").ask(Inbox.record, 7) == 1
+        assert await rt.ref(Inbox, "b").ask(Inbox.got) == [1]

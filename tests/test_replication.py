@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -508,6 +509,42 @@ async def test_durable_reply_comes_after_a_restart_or_outage(
         with trio.move_on_after(BUG_WAIT) as scope:
             assert await d.ask(Durable.incr) == 2
         assert not scope.cancelled_caught, "the durable reply never came"
+
+
+@pytest.mark.parametrize("call", ["send", "ask"])
+@real_time
+async def test_a_durable_retry_after_a_restart_is_acknowledged_once_replicated(
+    store: actors.DirectoryStore, tmp_path: Path, call: str
+) -> None:
+    """A durable send or ask retried with its idempotency key after the runtime restarted is
+    acknowledged only once the first one is in the replica, not at once from the local files."""
+    flaky = FlakyStore(store)
+    root = tmp_path / "rt"
+
+    async def call_it(rt: actors.Runtime) -> Any:
+        d = rt.ref(Durable, "d")
+        if call == "send":
+            return await d.send(Durable.incr, idempotency_key="k")
+        return await d.ask(Durable.incr, idempotency_key="k")
+
+    async with open_rt(root, flaky, shutdown_grace=0.2) as rt:
+        await rt.replicated()
+        flaky.down = True
+        with trio.move_on_after(0.5) as scope:
+            await call_it(rt)  # applied (or stored) here, not replicated: no acknowledgement
+        assert scope.cancelled_caught
+    async with open_rt(root, flaky, shutdown_grace=0.2) as rt:
+        with trio.move_on_after(0.5) as scope:
+            await call_it(rt)  # the retry: still only on this machine
+        assert scope.cancelled_caught, "acknowledged while nothing was in the replica"
+        flaky.down = False
+        with trio.move_on_after(BUG_WAIT) as scope:
+            answer = await call_it(rt)
+        assert not scope.cancelled_caught, "the retry was never acknowledged"
+        if call == "ask":
+            assert answer == 1
+    async with open_rt(tmp_path / "fresh", store) as rt:
+        assert await rt.ref(Durable, "d").ask(Durable.value) == 1
 
 
 @real_time

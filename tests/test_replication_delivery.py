@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 
 import actors
 from runtime.layout import actor_id
@@ -61,32 +62,27 @@ async def received(rt: actors.Runtime) -> list[int]:
 
 
 class Flaky(actors.ReplicaStore):
-    """A directory store that can be switched off (every request: ReplicaUnavailableError)."""
+    """A directory store whose writes under the ``stuck`` key prefixes fail (those files'
+    claims and snapshots never land) with ReplicaUnavailableError."""
 
     def __init__(self, path: Path) -> None:
         self.inner = actors.DirectoryStore(path)
-        self.down = False
-
-    def _check(self) -> None:
-        if self.down:
-            raise actors.ReplicaUnavailableError("the store is switched off for the test")
+        self.stuck: set[str] = set()
 
     def get(self, key: str) -> tuple[bytes, str] | None:
-        self._check()
         return self.inner.get(key)
 
     def put(
         self, key: str, data: Any, *, if_match: str | None = None, if_none_match: bool = False
     ) -> str:
-        self._check()
+        if any(key.startswith(prefix) for prefix in self.stuck):
+            raise actors.ReplicaUnavailableError(f"{key} is stuck for the test")
         return self.inner.put(key, data, if_match=if_match, if_none_match=if_none_match)
 
     def delete(self, key: str) -> None:
-        self._check()
         self.inner.delete(key)
 
     def list(self, prefix: str = "") -> Iterator[str]:
-        self._check()
         return self.inner.list(prefix)
 
 
@@ -98,21 +94,25 @@ def outbox_rows(rt: actors.Runtime, ref: actors.Ref[Any]) -> int:
 
 @pytest.mark.real_clock
 async def test_an_outbox_row_stays_until_its_delivery_is_replicated(tmp_path: Path) -> None:
+    """A sender keeps a delivered outbox row until the receiver's copy is in the replica, so
+    a restore from the replica then never loses the message."""
     store = Flaky(tmp_path / "replica")
+    # The receivers' files cannot be claimed or snapshotted: what they receive stays local.
+    store.stuck = {f"actors/{actor_id('Inbox', f'in{k}')}/" for k in range(3)}
     async with actors.open_runtime(
         tmp_path / "a", types=[Sender, Inbox], replica=store, idle_timeout=60.0
     ) as rt:
         sender = rt.ref(Sender, "s")
-        for k in range(3):
-            await rt.ref(Inbox, f"in{k}").ask(Inbox.got)  # awake, files claimed
-        await rt.replicated()
-        store.down = True
-        await sender.ask(Sender.fan, 0, 3)  # delivered locally; the receivers' appends are not
+        await sender.ask(Sender.fan, 0, 3)
+        for _ in range(200):  # bounded: until the sender's rows are delivered
+            if len(await received(rt)) == 3:
+                break
+            await trio.sleep(0.01)
         for _ in range(5):  # later turns of the sender would delete delivered rows
             await sender.ask(Sender.fan, 100, 0)
         assert len(await received(rt)) == 3
         assert outbox_rows(rt, sender) == 3  # kept: a restore now must not lose them
-        store.down = False
+        store.stuck = set()
         await rt.replicated()
         for _ in range(5):
             await sender.ask(Sender.fan, 100, 0)
