@@ -363,7 +363,6 @@ class ReplicationEngine:
         self.files: dict[str, _File] = {}
         self.dirty: dict[str, _File] = {}
         self.urgent = anyio.Event()
-        self.hurrying = False
         self.dirty_event = anyio.Event()
         self.log_times: collections.deque[tuple[int, float]] = collections.deque()
         #: Commit-to-acknowledgement seconds of the last 1,000 commits (lag quantiles).
@@ -1011,17 +1010,8 @@ class ReplicationEngine:
 
     def hurry(self) -> None:
         """Someone waits for commits to reach the replica (sends held at an actor's output
-        gate): the next round comes within ``min_delay``, as for a durable actor."""
-        if self.hurrying or self.rt._task_group is None:
-            return
-        self.hurrying = True
-        self.rt._task_group.start_soon(self._hurry)
-
-    async def _hurry(self) -> None:
-        try:
-            await anyio.sleep(self.options.min_delay)
-        finally:
-            self.hurrying = False
+        gate): the next round starts without the load's delay, as for a durable actor (rounds
+        never overlap, so commits made while one runs go together in the next)."""
         self.urgent.set()
 
     async def round(self) -> bool:
