@@ -13,6 +13,9 @@ endpoint on 127.0.0.1 that turns requests into asks:
 
 and answers with JSON. On shutdown the server stops taking connections, the requests in flight
 finish, and then the runtime closes gracefully (turns in progress get ``shutdown_grace``).
+
+DIR may be missing, empty, or a runtime (an earlier run's: its agents keep their state); any other
+folder is refused. Without DIR, a new temporary folder is used.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import argparse
 import asyncio
 import json
 import signal
+import sys
 import tempfile
 import time
 import urllib.error
@@ -211,11 +215,22 @@ async def main(folder: Path, port: int, run_demo: bool) -> None:
     print("runtime closed", flush=True)
 
 
+def runtime_folder(arg: Path | None) -> Path:
+    """DIR, or a new temporary folder. Refuse a folder that holds anything but a runtime."""
+    if arg is None:
+        return Path(tempfile.mkdtemp()) / "torpor"
+    folder = Path(arg)
+    runtime = (folder / "directory.db").is_file()
+    if folder.exists() and not runtime and (not folder.is_dir() or any(folder.iterdir())):
+        sys.exit(f"{folder} is not empty and not a torpor runtime: give a new or empty folder")
+    return folder
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dir", nargs="?", type=Path, help="runtime directory (default: a temp one)")
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: any free one)")
     parser.add_argument("--demo", action="store_true", help="make a few requests, print, exit")
     options = parser.parse_args()
-    folder = options.dir or Path(tempfile.mkdtemp()) / "torpor"
+    folder = runtime_folder(options.dir)
     asyncio.run(main(folder, options.port, options.demo))

@@ -2,6 +2,9 @@
 
     python examples/chat_agent.py [DIR]
 
+DIR must be a new or empty folder (a temporary one if omitted): the demo starts afresh, and
+deletes nothing it did not create.
+
 Each ``Chat`` actor keeps its conversation in its own SQL table. ``say(text)`` runs the usual
 agent loop: ask the LLM what to do; while it asks for a tool (at most ``MAX_TOOL_ROUNDS``
 times), run the tool and show the LLM the result; then store and return the final answer.
@@ -21,7 +24,6 @@ from __future__ import annotations
 import ast
 import operator
 import re
-import shutil
 import sys
 import tempfile
 import threading
@@ -226,9 +228,18 @@ async def second_run(folder: Path) -> None:
         print(f"  calls it made: {sum((CALLS - before).values())}")
 
 
+def new_folder(arg: str | None) -> Path:
+    """DIR, or a new temporary folder. Refuse a folder that is not empty: the demo starts afresh."""
+    if arg is None:
+        return Path(tempfile.mkdtemp()) / "torpor"
+    folder = Path(arg)
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        sys.exit(f"{folder} is not empty: this demo starts afresh; give a new or empty folder")
+    return folder
+
+
 def main() -> None:
-    folder = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp()) / "torpor"
-    shutil.rmtree(folder, ignore_errors=True)
+    folder = new_folder(sys.argv[1] if len(sys.argv) > 1 else None)
     print(f"runtime directory: {folder}")
     print("1. two conversations")
     trio.run(first_run, folder)

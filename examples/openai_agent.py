@@ -3,6 +3,7 @@
     OPENAI_API_KEY=... python examples/openai_agent.py ["your question"] [DIR]
 
 With DIR, the conversation is kept there and goes on at each run; without, it starts afresh.
+DIR may be missing, empty or a runtime; any other folder is refused.
 
 Configuration, from the environment:
 
@@ -115,6 +116,17 @@ async def run(question: str, folder: Path, conversation: str | None) -> None:
         print(f"steps run: {stats.steps}, step retries: {stats.step_retries}")
 
 
+def runtime_folder(arg: str | None) -> Path:
+    """DIR, or a new temporary folder. Refuse a folder that holds anything but a runtime."""
+    if arg is None:
+        return Path(tempfile.mkdtemp()) / "torpor"
+    folder = Path(arg)
+    runtime = (folder / "directory.db").is_file()
+    if folder.exists() and not runtime and (not folder.is_dir() or any(folder.iterdir())):
+        sys.exit(f"{folder} is not empty and not a torpor runtime: give a new or empty folder")
+    return folder
+
+
 def main() -> None:
     if not (os.environ.get("OPENAI_BASE_URL") or os.environ.get("OPENAI_API_KEY")):
         print(
@@ -123,10 +135,9 @@ def main() -> None:
         )
         return
     question = sys.argv[1] if len(sys.argv) > 1 else "In one sentence: what is an actor?"
-    if len(sys.argv) > 2:  # a directory of your own: the conversation goes on at each run
-        trio.run(run, question, Path(sys.argv[2]), "demo")
-    else:
-        trio.run(run, question, Path(tempfile.mkdtemp()) / "torpor", None)
+    folder = runtime_folder(sys.argv[2] if len(sys.argv) > 2 else None)
+    # A directory of your own: the conversation goes on at each run; else a new one each time.
+    trio.run(run, question, folder, "demo" if len(sys.argv) > 2 else None)
 
 
 if __name__ == "__main__":

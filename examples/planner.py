@@ -2,6 +2,9 @@
 
     python examples/planner.py [DIR]
 
+DIR must be a new or empty folder (a temporary one if omitted): the demo starts afresh, and
+deletes nothing it did not create.
+
 The planner's handler asks N workers at once with ``self.gather(*[self.ask(...), ...])``: each
 ask is a step of the planner's turn (the request is sent exactly once, the reply journaled),
 and each worker does its part in a step of its own. The script prints the combined result,
@@ -11,7 +14,6 @@ after reopening the runtime: the stored result comes back and no worker runs aga
 
 from __future__ import annotations
 
-import shutil
 import sys
 import tempfile
 import time
@@ -89,9 +91,18 @@ async def second_run(folder: Path) -> None:
         print(f"  worker runs: {runs}; analyse() calls: {len(CALLS)}")
 
 
+def new_folder(arg: str | None) -> Path:
+    """DIR, or a new temporary folder. Refuse a folder that is not empty: the demo starts afresh."""
+    if arg is None:
+        return Path(tempfile.mkdtemp()) / "torpor"
+    folder = Path(arg)
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        sys.exit(f"{folder} is not empty: this demo starts afresh; give a new or empty folder")
+    return folder
+
+
 def main() -> None:
-    folder = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp()) / "torpor"
-    shutil.rmtree(folder, ignore_errors=True)
+    folder = new_folder(sys.argv[1] if len(sys.argv) > 1 else None)
     print(f"runtime directory: {folder}")
     print(f"1. the planner fans {len(SECTIONS)} sections out to {len(SECTIONS)} workers")
     trio.run(first_run, folder)

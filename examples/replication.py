@@ -2,6 +2,9 @@
 
     python examples/replication.py [DIR]
 
+DIR must be a new or empty folder (a temporary one if omitted): the demo starts afresh, and
+deletes nothing it did not create.
+
 1. runs an agent on "machine A", replicated to a DirectoryStore (a folder standing in for an
    S3 bucket: ``actors.S3Store`` is used the same way);
 2. loses machine A's runtime directory, then opens the runtime on an empty directory on
@@ -86,9 +89,18 @@ def torpor(*args: str | Path) -> None:
         sys.exit(f"torpor failed: {done.stderr}")
 
 
+def new_folder(arg: str | None) -> Path:
+    """DIR, or a new temporary folder. Refuse a folder that is not empty: the demo starts afresh."""
+    if arg is None:
+        return Path(tempfile.mkdtemp()) / "replication"
+    folder = Path(arg)
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        sys.exit(f"{folder} is not empty: this demo starts afresh; give a new or empty folder")
+    return folder
+
+
 def main() -> None:
-    base = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp()) / "replication"
-    shutil.rmtree(base, ignore_errors=True)
+    base = new_folder(sys.argv[1] if len(sys.argv) > 1 else None)
     a, b, bucket = base / "machine-a", base / "machine-b", base / "bucket"
     bucket.mkdir(parents=True)
     replica = actors.DirectoryStore(bucket)
@@ -101,7 +113,7 @@ def main() -> None:
     trio.run(machine_a, a, replica, ["make it Lisbon"])
 
     print("2. machine A is lost; machine B opens an empty directory with the same replica")
-    shutil.rmtree(a)
+    shutil.rmtree(a)  # machine-a, made by this run in a folder that was new or empty
     restores = trio.run(machine_b, b, replica, ["alice"])
     print(f"  restores from the replica: {restores} (directory.db at open, alice when she woke)")
 

@@ -2,6 +2,9 @@
 
     python examples/research_agent.py [DIR]
 
+DIR must be a new or empty folder (a temporary one if omitted): the demo starts afresh, and
+deletes nothing it did not create.
+
 The agent's handler searches the web, fetches two pages, asks an LLM for a draft, sends the
 draft to a reviewer, then waits (durably, for days if need be) for the reviewer's "approval"
 event: approved, it publishes the draft; rejected, or not answered in time, it discards it.
@@ -22,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -257,16 +259,24 @@ async def other_outcomes(workdir: Path) -> None:
             await rejected.signal("approval", decision)
 
 
+def new_folder(arg: str | None) -> Path:
+    """DIR, or a new temporary folder. Refuse a folder that is not empty: the demo starts afresh."""
+    if arg is None:
+        return Path(tempfile.mkdtemp())
+    folder = Path(arg)
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        sys.exit(f"{folder} is not empty: this demo starts afresh; give a new or empty folder")
+    return folder
+
+
 def main() -> None:
     global WORLD
     if len(sys.argv) == 3 and sys.argv[1] == "--child":
         WORLD = OutsideWorld(Path(sys.argv[2]) / "outside.jsonl")
         trio.run(child, Path(sys.argv[2]))
         return
-    workdir = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp())
+    workdir = new_folder(sys.argv[1] if len(sys.argv) > 1 else None)
     workdir.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(workdir / "torpor", ignore_errors=True)
-    (workdir / "outside.jsonl").unlink(missing_ok=True)
     WORLD = OutsideWorld(workdir / "outside.jsonl")
     print(f"runtime directory: {workdir / 'torpor'}; outside calls: {WORLD.path}")
     print("1. start a research in a child process; kill -9 it while the agent waits")

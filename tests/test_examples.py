@@ -22,14 +22,20 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 
 
-def run_example(name: str, *args: str, env: dict[str, str] | None = None) -> str:
-    done = subprocess.run(
+def start_example(
+    name: str, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [sys.executable, str(EXAMPLES / name), *args],
         capture_output=True,
         text=True,
         timeout=120,
         env=env,
     )
+
+
+def run_example(name: str, *args: str, env: dict[str, str] | None = None) -> str:
+    done = start_example(name, *args, env=env)
     assert done.returncode == 0, f"{name} failed:\n{done.stdout}\n{done.stderr}"
     return done.stdout
 
@@ -261,3 +267,69 @@ def test_chat_agent_answers_with_tools_and_keeps_its_history(tmp_path: Path) -> 
     assert "tool> Lisbon: 22°C, sunny" in out
     assert line_after(out, "calls it made:") == "0"
     assert out.rstrip().endswith("done: fake LLM calls: 11, tool calls: 5")
+
+
+def files_under(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def dir_arguments(name: str, folder: Path) -> list[str]:
+    """The command-line arguments that make example ``name`` use ``folder`` as its DIR."""
+    if name == "openai_agent.py":
+        return ["What is an actor?", str(folder)]
+    if name == "asyncio_host.py":
+        return [str(folder), "--demo"]
+    return [str(folder)]
+
+
+@pytest.mark.parametrize("name", sorted(path.name for path in EXAMPLES.glob("[!_]*.py")))
+def test_example_refuses_a_folder_that_is_not_a_runtime_and_deletes_nothing(
+    name: str, tmp_path: Path
+) -> None:
+    """Every example given a non-empty folder that is not a torpor runtime (``python
+    examples/quickstart.py .`` in a checkout) refuses it, says why, and neither deletes nor
+    adds anything there."""
+    folder = tmp_path / "mine"
+    (folder / "src").mkdir(parents=True)
+    (folder / "notes.txt").write_text("keep me")
+    (folder / "src" / "app.py").write_text("print('mine')")
+    before = files_under(folder)
+    env = {
+        **unconfigured_env(),
+        "OPENAI_BASE_URL": "http://127.0.0.1:9/v1",  # never reached: the folder is refused first
+        "OPENAI_API_KEY": "sk-test",
+    }
+    done = start_example(name, *dir_arguments(name, folder), env=env)
+    assert done.returncode != 0, f"{name} did not refuse:\n{done.stdout}\n{done.stderr}"
+    assert f"{folder} is not empty" in done.stderr
+    assert "give a new or empty folder" in done.stderr
+    assert files_under(folder) == before
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt", "src"]
+
+
+def test_quickstart_twice_on_one_folder_goes_on_from_the_first_run(tmp_path: Path) -> None:
+    """The README's demo run twice on one folder: the second run opens the first one's runtime
+    (alice keeps her notes), and nothing acknowledged is lost either time."""
+    folder = tmp_path / "demo"
+    first = run_example("quickstart.py", str(folder))
+    second = run_example("quickstart.py", str(folder))
+    assert "alice: {'persona': 'helpful', 'notes': 2, 'tokens': 11}" in first
+    assert f"runtime directory: {folder} (an earlier run's: its agents keep their state)" in second
+    assert "alice: {'persona': 'helpful', 'notes': 4, 'tokens': 22}" in second
+    for out in first, second:
+        assert out.rstrip().endswith("done: nothing acknowledged was lost")
+        killed = re.search(
+            r"has (\d+) notes from before the kill; (\d+) sends were acknowledged", out
+        )
+        assert killed is not None and int(killed[1]) >= int(killed[2]) > 0
+
+
+def test_planner_twice_on_one_folder_refuses_and_keeps_the_first_run(tmp_path: Path) -> None:
+    """An example that starts afresh refuses the folder its earlier run filled, and keeps it."""
+    folder = tmp_path / "planner"
+    run_example("planner.py", str(folder))
+    before = files_under(folder)
+    assert "directory.db" in before
+    done = start_example("planner.py", str(folder))
+    assert done.returncode != 0 and "give a new or empty folder" in done.stderr
+    assert files_under(folder) == before
