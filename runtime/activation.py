@@ -167,6 +167,7 @@ class Activation:
         self.waiting = False  # the loop waits for work
         self.files_open = False
         self.preparing = False  # its files are being claimed or restored from the replica
+        self.restored = False  # its files were just restored from the replica
         self.queries = 0  # @query handlers running now
         self.wake_started: float | None = None
         self.wake_hint: float | None = None  # directory.db's wake_at for this actor, as written
@@ -188,7 +189,10 @@ class Activation:
 
     # -- opening and closing ---------------------------------------------------------------
 
-    def open(self) -> None:
+    def open(self, *, data_may_be_missing: bool = False) -> None:
+        """Open its files (creating them for a new actor). A ``data.db`` that was created
+        and is gone is a :class:`CorruptFileError`, not a new actor, unless
+        ``data_may_be_missing`` (the replica was just asked for it and had none)."""
         rt = self.runtime
         folder = actor_dir(rt.root, self.aid)
         try:
@@ -205,8 +209,16 @@ class Activation:
             image=mailbox_image,
         )
         try:
+            data_path = folder / DATA_FILE
+            data_known = self.mailbox.data_was_created()
+            if data_known and not data_may_be_missing and not data_path.exists():
+                raise CorruptFileError(
+                    f"{self.describe()}: {data_path} is missing, though the actor's state was "
+                    "created there; restore it from a replica or backup (its messages are kept)",
+                    path=str(data_path),
+                )
             self.data = DataStore(
-                folder / DATA_FILE,
+                data_path,
                 synchronous=rt.synchronous,
                 type_name=self.spec.name,
                 key=self.key,
@@ -228,6 +240,8 @@ class Activation:
                             "nothing was changed"
                         ) from exc
                 self.mailbox.ensure_seq_above(self.data.applied_seq)
+                if not data_known:
+                    self.mailbox.note_data_created()
                 self.instance = self._instantiate()
             except BaseException:
                 self.data.close()
@@ -535,6 +549,18 @@ class Activation:
                     self.waiting = False
                     self.runtime._busy(self)
                 continue
+            if (
+                self.spec.durable
+                and rt.replication is not None
+                and self.replica_files
+                and not self.replica_files[0].baseline_shipped
+            ):
+                # A durable actor's steps are keyed by its lineage, in data.db: that must be
+                # in the replica before a call goes out, or a machine lost now would retry the
+                # acknowledged message elsewhere under another key.
+                await rt.replication.wait_baseline(self)
+                if self.closing or self.failed is not None:
+                    break
             await self._run_batch()
         if self.hibernating and self.failed is None and self.gave_up is None:
             if self.spec.has_on_hibernate:

@@ -120,7 +120,19 @@ def create_from_image(path: Path, image: Callable[[], bytes], *, durable: bool) 
     or ``-shm`` left by an earlier file of that name is removed first: its frames would
     otherwise be replayed onto the new file. ``durable``: fsync the file and its folder.
     """
-    if path.exists():
+    try:
+        size = path.stat().st_size
+    except OSError:
+        pass  # absent (or unreachable: creating it says why)
+    else:
+        if size == 0:
+            # Files are created whole from an image: an empty one lost its contents (a copy
+            # cut short, a disk that lied), and SQLite would take it for a new database.
+            raise CorruptFileError(
+                f"{path} is empty (0 bytes): its contents are lost; restore it from a replica "
+                "or backup",
+                path=str(path),
+            )
         return False
     data = image()
     partial = path.with_name(path.name + ".new")

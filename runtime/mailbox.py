@@ -194,6 +194,14 @@ class Mailbox:
             self.conn.close()
             raise
 
+    def data_was_created(self) -> bool:
+        """Whether the actor's ``data.db`` was created beside this mailbox (from then on, a
+        missing ``data.db`` is a lost file, not a new actor)."""
+        return bool(db.scalar(self.conn, "SELECT count(*) FROM meta WHERE name = 'data'"))
+
+    def note_data_created(self) -> None:
+        self.conn.execute("INSERT OR IGNORE INTO meta(name, value) VALUES ('data', 1)")
+
     def _identify(self, type_name: str, key: str) -> None:
         self.conn.execute(
             "INSERT INTO meta(name, value) VALUES ('type', ?), ('key', ?)", (type_name, key)

@@ -329,6 +329,9 @@ class _Pending:
     entries: list[Any]
 
 
+#: Seconds before a snapshot whose capture failed (the file busy) is tried again.
+CAPTURE_RETRY = 0.2
+
 #: Unacknowledged commits per file whose time is kept for the lag quantiles.
 MAX_TIMED_COMMITS = 10_000
 
@@ -362,6 +365,10 @@ class ReplicationEngine:
         self.seq = 0  # the last log object written
         self.files: dict[str, _File] = {}
         self.dirty: dict[str, _File] = {}
+        #: Tracked files opened while the store was unreachable, not claimed yet: each round
+        #: claims them, whether or not they commit again (a durable turn, or sends held at an
+        #: actor's gate, may wait for them).
+        self.unclaimed: dict[str, _File] = {}
         self.urgent = anyio.Event()
         self.dirty_event = anyio.Event()
         self.log_times: collections.deque[tuple[int, float]] = collections.deque()
@@ -474,6 +481,7 @@ class ReplicationEngine:
         except ReplicaUnavailableError as exc:
             self._error(exc)
             tracked.claimed = False
+            self.unclaimed[DIRECTORY_FILE] = tracked
             previous = None
         self.origin = _read_origin(rt.root)
         if previous is not None and previous.snapshot is not None:
@@ -516,6 +524,8 @@ class ReplicationEngine:
 
     def _untrack(self, tracked: _File) -> None:
         tracked.retired = True
+        if self.unclaimed.get(tracked.name) is tracked:
+            del self.unclaimed[tracked.name]
         with contextlib.suppress(Exception):
             tracked.conn.set_wal_hook(None)
         self.files.pop(tracked.name, None)
@@ -734,6 +744,7 @@ class ReplicationEngine:
         async with self.limiter:
             await anyio.to_thread.run_sync(restore_all)
         self.stats["restores"] += 1
+        act.restored = True  # (what the replica has is the state: a data.db it lacks is new)
         by_name = {r.name: r for r in replicas}
         act.replica_plan = [(name, "claimed", by_name[name]) for name, _, _ in plan]
 
@@ -768,6 +779,7 @@ class ReplicationEngine:
             else:
                 tracked = _File(name, path, conn, self._replica(name), act)
                 tracked.claimed = False
+                self.unclaimed[name] = tracked
                 snapshot = False  # decided once claimed
             act.replica_files.append(tracked)
             self._track(tracked)
@@ -826,6 +838,10 @@ class ReplicationEngine:
             return
         except (ReplicaError, apsw.Error) as exc:
             self._error(exc)
+            if tracked.act is not None and self.rt._task_group is not None:
+                # (a reader holding the file, say): tried again soon, not only at the next
+                # event that happens to ask for it (sends at the actor's gate wait for it)
+                self.rt._task_group.start_soon(self._capture_again, tracked)
             return
         tracked.capture_commits = tracked.commits
         act = tracked.act
@@ -839,6 +855,13 @@ class ReplicationEngine:
         self.awaiting.pop(tracked.name, None)  # (acknowledged by the snapshot's upload)
         if upload and self.rt._task_group is not None:
             self.rt._task_group.start_soon(self._upload, tracked)
+
+    async def _capture_again(self, tracked: _File) -> None:
+        await anyio.sleep(CAPTURE_RETRY)
+        act = tracked.act
+        if act is not None and tracked.want_snapshot and not tracked.retired:
+            act.replication_due = True
+            act.work.set()
 
     def _checkpoint(self, tracked: _File) -> None:
         """Checkpoint a file (``TRUNCATE``) with no transaction open on it. Frames not shipped
@@ -933,6 +956,8 @@ class ReplicationEngine:
                 tracked.poke()
                 if tracked.end and self.files.get(tracked.name) is tracked:
                     self.dirty[tracked.name] = tracked
+                if self.dirty:
+                    # (this file, or a data.db that waited for this mailbox's snapshot)
                     self.dirty_event.set()
         finally:
             tracked.uploading = False
@@ -988,6 +1013,8 @@ class ReplicationEngine:
         self.last_error = None
         if was_unavailable:
             self._wake_behind()
+            if self.unclaimed:
+                self.dirty_event.set()  # a round claims the files opened meanwhile
 
     def _delay(self) -> float:
         now = time.monotonic()
@@ -1036,12 +1063,13 @@ class ReplicationEngine:
         for name, t in list(self.dirty.items()):
             if t.retired:
                 del self.dirty[name]  # a closed activation's file: its hibernation shipped it
-        unclaimed = [t for t in self.dirty.values() if not t.claimed and t.fenced is None]
+        unclaimed = [t for t in self.unclaimed.values() if t.fenced is None and not t.retired]
         for tracked in unclaimed:
             await self._claim_later(tracked)
         # A claim that failed is tried again after the backoff (its file may commit nothing
-        # more, and sends held at its actor's gate wait for it).
-        claims_failed = any(not t.claimed and t.fenced is None for t in unclaimed)
+        # more, and sends held at its actor's gate wait for it). A file closed meanwhile is
+        # claimed by its actor's next wake-up.
+        claims_failed = any(not t.claimed and t.fenced is None and not t.retired for t in unclaimed)
         if self.pending is not None:
             if not await self._try_put_log(self.pending):
                 return False
@@ -1231,6 +1259,8 @@ class ReplicationEngine:
             await self._fold(tracked, tail=self.prefix, tail_from=self.seq + 1)
         finally:
             tracked.folding = False
+            if self.dirty:
+                self.dirty_event.set()  # (a data.db may have waited for this mailbox's fold)
             if (
                 tracked.commits > tracked.acked
                 and tracked.capture is None
@@ -1380,6 +1410,8 @@ class ReplicationEngine:
             self._fenced(tracked, exc)
             return
         tracked.claimed = True
+        if self.unclaimed.get(tracked.name) is tracked:
+            del self.unclaimed[tracked.name]
         act = tracked.act
         if self.origin and act is not None and all(t.claimed for t in act.replica_files):
             self.claimed.add(act.aid)
@@ -1513,6 +1545,24 @@ class ReplicationEngine:
                 await event.wait()
             if tracked.fenced is not None:
                 raise tracked.fenced
+
+    async def wait_baseline(self, act: Activation) -> None:
+        """Return once the actor's ``data.db`` as it was when woken is in the replica (between
+        turns: a snapshot may be taken here). A fence stops the actor; it returns then."""
+        tracked: _File = act.replica_files[0]
+        while (
+            not tracked.baseline_shipped
+            and tracked.fenced is None
+            and self.files.get(tracked.name) is tracked
+            and not act.closing
+        ):
+            event = tracked.acked_event
+            if act.replication_due:
+                self.capture_due(act)
+            self.urgent.set()
+            self.dirty_event.set()
+            with anyio.move_on_after(0.5):  # (and looks at act.closing again)
+                await event.wait()
 
     async def wait_token(self, token: AppendToken) -> None:
         """Return once a delivery is in the replica (durable mode's acknowledgement of a

@@ -57,6 +57,7 @@ async def test_type_and_key_are_kept_inside_the_files(root: Path) -> None:
     assert dict(mailbox.execute("SELECT name, value FROM meta").fetchall()) == {
         "type": "Counter",
         "key": key,
+        "data": 1,  # its data.db was created: from now on, a missing one is a lost file
     }
     directory = apsw.Connection(str(root / "directory.db"))
     assert directory.execute("SELECT type, key FROM actors").fetchall() == [("Counter", key)]
@@ -135,6 +136,7 @@ async def test_a_crash_between_copying_the_image_and_naming_the_actor_is_harmles
         assert dict(conn.execute("SELECT name, value FROM meta")) == {
             "type": Counter.__torpor_spec__.name,
             "key": "c1",
+            "data": 1,
         }
     finally:
         conn.close()
