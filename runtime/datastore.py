@@ -18,7 +18,7 @@ import apsw
 
 from . import db
 from .codec import Codec
-from .errors import CorruptFileError, SchemaError
+from .errors import ActorError, CorruptFileError, SchemaError
 
 # Runtime schema of data.db. Versioned in _torpor_state.schema (user_version belongs to the user).
 _RUNTIME_MIGRATIONS = (
@@ -104,6 +104,31 @@ _GUARDED_PRAGMAS = frozenset(
         "user_version",
     }
 )
+
+
+class SqlRefusedError(ActorError, apsw.AuthError):
+    """A handler's SQL statement was refused before it ran.
+
+    The runtime owns the transaction (a turn is one transaction), so ``BEGIN``, ``COMMIT``,
+    ``SAVEPOINT`` and ``ATTACH`` are refused, as are writes to the runtime's ``_torpor_*``
+    tables and changes to the pragmas its durability depends on. Inside a ``@query`` handler
+    only reads run (schema pragmas such as ``PRAGMA table_info(t)`` included). It is also an
+    ``apsw.AuthError``, the error SQLite's authorizer gives.
+    """
+
+
+_SCHEMA_TABLES = frozenset({"sqlite_master", "sqlite_temp_master", "sqlite_schema"})
+
+
+def _operation(op: int, p1: str | None) -> str:
+    """What a statement refused by the authorizer was doing, in words."""
+    if op == apsw.SQLITE_TRANSACTION and p1:
+        return p1  # BEGIN, COMMIT, ROLLBACK
+    if p1 in _SCHEMA_TABLES:
+        return "changing the schema"
+    name = str(apsw.mapping_authorizer_function.get(op, op)).removeprefix("SQLITE_")
+    name = name.replace("_", " ")
+    return f"{name} {p1}" if p1 else name
 
 
 class OutboxRow:
@@ -244,17 +269,29 @@ class DataStore:
 
     # -- the authorizer -------------------------------------------------------------------
 
+    # It raises SqlRefusedError inside SQLite's authorizer callback: apsw denies the statement
+    # and raises that error from the execute() (or the iteration) that prepared it.
+
     def _authorize(
         self, op: int, p1: str | None, p2: str | None, _db: str | None, _trigger: str | None
     ) -> int:
         if self._trusted:
             return apsw.SQLITE_OK
         if op in _DENIED_ALWAYS:
-            return apsw.SQLITE_DENY
+            raise SqlRefusedError(
+                f"{_operation(op, None)} is refused in a handler: the runtime runs each turn as "
+                "one transaction of the actor's own data.db, and commits it"
+            )
         if op in _TABLE_WRITES and p1 is not None and p1.startswith("_torpor_"):
-            return apsw.SQLITE_DENY
+            raise SqlRefusedError(
+                f"{_operation(op, p1)} is refused: the runtime's _torpor_* tables may be read, "
+                "not changed (Sql.tables() lists your own tables)"
+            )
         if op == apsw.SQLITE_PRAGMA and p1 in _GUARDED_PRAGMAS and p2 is not None:
-            return apsw.SQLITE_DENY
+            how = " (set by the class's migrations)" if p1 == "user_version" else ""
+            raise SqlRefusedError(
+                f"PRAGMA {p1} = {p2} is refused in a handler: the runtime sets it{how}"
+            )
         return apsw.SQLITE_OK
 
     def _exec(self, sql: str, params: tuple[Any, ...] = ()) -> apsw.Cursor:
@@ -456,15 +493,44 @@ class DataStore:
 _READ_ONLY_OPS = frozenset(
     {apsw.SQLITE_SELECT, apsw.SQLITE_READ, apsw.SQLITE_FUNCTION, apsw.SQLITE_RECURSIVE}
 )
+# Pragmas whose argument names what to read (``PRAGMA table_info(t)``, and the table-valued
+# ``pragma_table_info('t')``, which SQLite authorizes as that pragma), not a value to set.
+_SCHEMA_PRAGMAS = frozenset(
+    {
+        "table_info",
+        "table_xinfo",
+        "table_list",
+        "index_list",
+        "index_info",
+        "index_xinfo",
+        "foreign_key_list",
+        "foreign_key_check",
+        "integrity_check",
+        "quick_check",
+    }
+)
+# Pragmas that act on the file even without a value.
+_ACTING_PRAGMAS = frozenset({"incremental_vacuum", "optimize", "wal_checkpoint"})
 
 
 def read_only_authorizer(
-    op: int, _p1: str | None, p2: str | None, _db: str | None, _trigger: str | None
+    op: int, p1: str | None, p2: str | None, _db: str | None, _trigger: str | None
 ) -> int:
-    """For ``@query`` connections: reading is all there is (pragmas only as reads)."""
-    if op in _READ_ONLY_OPS or (op == apsw.SQLITE_PRAGMA and p2 is None):
+    """For ``@query`` connections: reading is all there is. Pragmas run as reads: a setting
+    without a value, or a schema pragma (``table_info``, ``index_list``...) naming what to read.
+    Anything else raises :class:`SqlRefusedError`."""
+    if op in _READ_ONLY_OPS:
         return apsw.SQLITE_OK
-    return apsw.SQLITE_DENY
+    if op == apsw.SQLITE_PRAGMA:
+        name = (p1 or "").lower()
+        if name in _SCHEMA_PRAGMAS or (p2 is None and name not in _ACTING_PRAGMAS):
+            return apsw.SQLITE_OK
+        shown = f"PRAGMA {p1}" if p2 is None else f"PRAGMA {p1} = {p2}"
+        raise SqlRefusedError(f"{shown} is refused in a @query handler, which only reads")
+    raise SqlRefusedError(f"{_operation(op, p1)} is refused in a @query handler, which only reads")
+
+
+_USER_TABLES = "SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name"
 
 
 class Sql:
@@ -473,7 +539,8 @@ class Sql:
     ``execute`` returns an apsw cursor: iterate it for rows. The runtime owns the transaction (a
     turn is one transaction), so ``BEGIN``, ``COMMIT``, ``SAVEPOINT`` and ``ATTACH`` are refused,
     as are writes to the runtime's ``_torpor_*`` tables. Inside a ``@query`` handler the
-    connection is read-only.
+    connection is read-only (schema pragmas such as ``PRAGMA table_info(t)`` run). A refused
+    statement raises ``SqlRefusedError`` (an ``ActorError`` and an ``apsw.AuthError``).
     """
 
     __slots__ = ("_conn",)
@@ -503,6 +570,15 @@ class Sql:
         for row in self._conn.execute(sql, params):
             return row[0]
         return None
+
+    def tables(self) -> list[str]:
+        """The names of the actor's own tables, sorted: those of ``sqlite_schema`` without the
+        runtime's ``_torpor_*`` tables and SQLite's ``sqlite_*`` ones."""
+        return [
+            name
+            for (name,) in self._conn.execute(_USER_TABLES)
+            if not name.startswith(("_torpor_", "sqlite_"))
+        ]
 
     @property
     def changes(self) -> int:

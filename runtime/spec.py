@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import inspect
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import attrs
@@ -316,6 +316,27 @@ def check_key(key: object, max_key_bytes: int = DEFAULT_MAX_KEY_BYTES) -> str:
 def _public_signature(sig: inspect.Signature) -> str:
     params = list(sig.parameters.values())[1:]
     return str(sig.replace(parameters=params, return_annotation=inspect.Signature.empty))
+
+
+def check_durable_types(specs: Iterable[TypeSpec], *, has_replica: bool) -> None:
+    """Refuse ``durable = True`` types in a runtime without a replica.
+
+    ``durable = True`` promises that a reply or an acknowledgement means the turn's commits are
+    in the replica; without one that promise cannot be kept, and running the type as
+    non-durable would break it silently.
+    """
+    if has_replica:
+        return
+    durable = sorted(spec.name for spec in specs if spec.durable)
+    if durable:
+        names = ", ".join(repr(name) for name in durable)
+        raise ValueError(
+            f"actor type{'s' if len(durable) > 1 else ''} {names} "
+            f"{'are' if len(durable) > 1 else 'is'} durable = True (replies wait until the "
+            "turn's commits are in the replica), but open_runtime was given no replica; pass "
+            "replica=actors.DirectoryStore(...) or actors.S3Store(...), or set durable = False "
+            "on the class to answer once commits are on the local disk"
+        )
 
 
 def index_types(specs: Sequence[TypeSpec]) -> dict[str, TypeSpec]:
