@@ -115,6 +115,8 @@ class Actor:
 
         The child runs ``on_create(*args, **kwargs)`` first. If it is ever stopped (its restart
         intensity exceeded), this actor gets a durable ``on_child_failed(child, reason)``.
+        ``self.send`` to it later in the same turn arrives after its creation; ``self.ask`` to it
+        in the same turn creates it at once, as the ask is sent before the turn commits.
         """
         ctx = context.current_turn(self, "self.spawn")
         return ctx.activation.runtime._outbox_spawn(ctx, actor_type, args, kwargs, key)
@@ -217,7 +219,7 @@ class Actor:
         turn = context.current_durable(self, "self.now")
         clock = self._torpor_ref._runtime.clock
         return turn.value(  # type: ignore[no-any-return]
-            "now", lambda: datetime.datetime.fromtimestamp(clock(), datetime.UTC)
+            "now", lambda _rng: datetime.datetime.fromtimestamp(clock(), datetime.UTC)
         )
 
     def random(self) -> float:

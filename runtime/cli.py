@@ -22,7 +22,9 @@ import contextlib
 import datetime as _dt
 import fcntl
 import json
+import math
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -38,18 +40,20 @@ import attrs
 from . import db as _db
 from . import inspect as _inspect
 from .directory import Directory
-from .errors import ActorError, ActorExistsError, RuntimeLockedError
+from .errors import ActorError, ActorExistsError, InvalidKeyError, RuntimeLockedError
 from .layout import DATA_FILE, DIRECTORY_FILE, LOCK_FILE, MAILBOX_FILE, actor_dir, actor_id
 from .mailbox import Mailbox
 from .replica import DirectoryStore, ReplicaStore, S3Store
 from .replica.replicator import Manifest, RestorePointError, manifest_key
 from .replication import (
+    ACTORS_PREFIX,
     ORIGIN_FILE,
     STATE_FILE,
     ReplicationEngine,
     restore_actor_files,
     restore_runtime,
 )
+from .spec import DEFAULT_MAX_KEY_BYTES, check_key
 
 
 def _version() -> str:
@@ -61,13 +65,29 @@ def _version() -> str:
         return "0+unknown"
 
 
+#: The suites of ``torpor bench``.
+BENCH_SUITES = ("core", "supervisor", "steps", "replication")
+#: ``torpor bench replication --quick``: small counts for a smoke run (options given after
+#: them win).
+REPLICATION_QUICK = (
+    *("--actors", "10", "--rate", "50", "--seconds", "2", "--warmup", "0.5"),
+    *("--durable-asks", "5", "--idle-actors", "20", "--idle-seconds", "1"),
+    *("--restore-mb", "1", "--restore-repeats", "1"),
+)
+
+
 def main(argv: list[str] | None = None) -> int:
     args_list = sys.argv[1:] if argv is None else list(argv)
-    if args_list[:2] == ["bench", "replication"]:
-        # Its own options (a store to start or point at, load, phases): see --help.
-        from . import bench_replication
+    if args_list[:1] == ["bench"]:
+        at = _bench_suite_at(args_list)
+        if at is not None and args_list[at] == "replication":
+            # Its own options (a store to start or point at, load, phases): see --help.
+            from . import bench_replication
 
-        return bench_replication.main(args_list[2:])
+            rest = args_list[1:at] + args_list[at + 1 :]
+            if "--quick" in rest:
+                rest = [*REPLICATION_QUICK, *(arg for arg in rest if arg != "--quick")]
+            return bench_replication.main(rest)
     parser = argparse.ArgumentParser(prog="torpor", description="Durable per-agent actors.")
     parser.add_argument("--version", action="version", version=f"torpor {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -75,14 +95,18 @@ def main(argv: list[str] | None = None) -> int:
     bench = commands.add_parser(
         "bench", help="measure torpor beside a raw apsw loop doing the same SQL"
     )
-    bench.add_argument("--quick", action="store_true", help="small counts (a smoke run)")
-    bench.add_argument("--synchronous", choices=["NORMAL", "FULL"], default="NORMAL")
+    bench.add_argument(
+        "--quick", action="store_true", help="small counts (a smoke run), for every suite"
+    )
+    bench.add_argument(
+        "--synchronous", choices=["NORMAL", "FULL"], default="NORMAL", help="core and steps"
+    )
     bench.add_argument("--backend", choices=["trio", "asyncio"], default="trio")
     bench.add_argument("--json", action="store_true", help="machine-readable output")
     bench.add_argument(
         "suite",
         nargs="?",
-        choices=["core", "supervisor", "steps", "replication"],
+        choices=BENCH_SUITES,
         default="core",
         help="core: messages and asks (default); supervisor: wake-ups, hibernation, recovery; "
         "steps: journaled step overhead, resumption after a kill -9; replication: lag, "
@@ -100,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     _add_operator_commands(commands, from_replica=from_replica)
 
     args = parser.parse_args(args_list)
+    # Names in error messages to say in the user's terms (set by the commands that know them):
+    # raw text to replace, and actors by id.
+    args.error_names = {}
+    args.error_actors = {}
     if args.command == "bench":
         from . import bench as bench_module
 
@@ -150,8 +178,85 @@ def main(argv: list[str] | None = None) -> int:
         print(f"torpor {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except (ActorError, LookupError, OSError, apsw.Error) as exc:
-        print(f"torpor {args.command}: {_message(exc)}", file=sys.stderr)
+        text = _user_terms(_message(exc), args.error_names, args.error_actors)
+        print(f"torpor {args.command}: {text}", file=sys.stderr)
         return 1
+
+
+def _bench_suite_at(args: list[str]) -> int | None:
+    """Where the suite is in ``torpor bench ...`` (before or after options), or ``None``: the
+    first suite name that is not the value of an option."""
+    flags = {"-h", "--help", "--quick", "--json"}  # the options that take no value
+    if "replication" in args:
+        from . import bench_replication
+
+        for action in bench_replication.parser()._actions:
+            if action.nargs == 0:
+                flags.update(action.option_strings)
+    for i, arg in enumerate(args[1:], start=1):
+        if arg == "--":
+            following = args[i + 1 : i + 2]
+            return i + 1 if following and following[0] in BENCH_SUITES else None
+        before = args[i - 1]
+        value = before.startswith("-") and "=" not in before and before not in flags
+        if arg in BENCH_SUITES and (i == 1 or not value):
+            return i
+    return None
+
+
+#: An instant as a message from the replica says it, in epoch seconds.
+_EPOCH_SECONDS = re.compile(r"\b(time|from|since) (\d+\.\d+)\b")
+#: A replica's name of an actor's file (or of an object of it), quoted or not.
+_ACTOR_NAME = re.compile(
+    rf"(?P<quote>'?)\b{ACTORS_PREFIX}/(?P<aid>[0-9a-f]{{32}})/(?P<rest>[^'\s]*)(?P=quote)"
+)
+
+
+def _user_terms(text: str, names: dict[str, str], actors: dict[str, str] | None = None) -> str:
+    """``text`` in the user's terms: each raw name in ``names`` (a temporary directory, a
+    store's repr), quoted or not, replaced by what the user knows it as; a replica's names of
+    the files of ``actors`` (by id) by ``data.db of TYPE 'KEY'``; and instants given in epoch
+    seconds written as ISO-8601 times."""
+    for raw in sorted(names, key=len, reverse=True):
+        text = text.replace(repr(raw), names[raw]).replace(raw, names[raw])
+
+    def actor_file(m: re.Match[str]) -> str:
+        said = (actors or {}).get(m["aid"])
+        if said is None:
+            return m[0]
+        return f"{m['rest']} of {said}" if m["rest"] else said
+
+    text = _ACTOR_NAME.sub(actor_file, text)
+    return _EPOCH_SECONDS.sub(lambda m: f"{m[1]} {_iso(float(m[2]))}", text)
+
+
+def _iso(at: float) -> str:
+    """An instant as ISO 8601 in UTC (what ``--at`` takes), to the microsecond, rounded up so
+    that ``--at`` given it back includes that instant."""
+    if not math.isfinite(at):
+        return str(at)
+    micros = math.ceil(at * 1_000_000)
+    when = _dt.datetime(1970, 1, 1, tzinfo=_dt.UTC) + _dt.timedelta(microseconds=micros)
+    spec = "microseconds" if when.microsecond else "seconds"
+    return when.isoformat(timespec=spec).replace("+00:00", "Z")
+
+
+def _actor_names(args: argparse.Namespace, aid: str, type_name: str, key: str) -> None:
+    """Have errors say the replica's names of an actor's files as the user knows the actor."""
+    args.error_actors[aid] = f"{type_name} {key!r}"
+
+
+def _name_actors_in(args: argparse.Namespace, text: str, root: Path) -> None:
+    """:func:`_actor_names` for the actors whose files ``text`` names, found in ``root``'s
+    ``directory.db`` (if there is one to read)."""
+    aids = sorted({m["aid"] for m in _ACTOR_NAME.finditer(text)} - args.error_actors.keys())
+    if not aids:
+        return
+    with contextlib.suppress(Exception), _inspect.reading_directory(root) as conn:
+        for aid, type_name, key in conn.execute(
+            f"SELECT id, type, key FROM actors WHERE id IN ({', '.join('?' * len(aids))})", aids
+        ):
+            _actor_names(args, aid, type_name, key)
 
 
 def _message(exc: BaseException) -> str:
@@ -163,6 +268,16 @@ def _message(exc: BaseException) -> str:
 
 
 # -- the command line ---------------------------------------------------------------------------
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0 (got {text})")
+    return value
 
 
 def _non_negative(text: str) -> int:
@@ -267,6 +382,14 @@ def _add_operator_commands(commands: Any, *, from_replica: bool = False) -> None
         call.add_argument("--args", default="[]", metavar="JSON", help="positional, a JSON list")
         call.add_argument("--kwargs", default="{}", metavar="JSON", help="keyword, a JSON object")
         call.add_argument("--idempotency-key", metavar="KEY", help="a retried call is a no-op")
+        if name == "ask":
+            call.add_argument(
+                "--timeout",
+                type=_positive_seconds,
+                metavar="SECONDS",
+                help="give up waiting for the reply after this long, saying what the actor waits "
+                "for (the message stays queued; default: wait for as long as it takes)",
+            )
         call.add_argument("--json", action="store_true", help="machine-readable output")
 
     _add_replica_commands(command)
@@ -327,9 +450,12 @@ def _call(args: argparse.Namespace) -> int:
         async with open_runtime(root, types=types) as rt:
             ref: Any = rt.ref(actor_type, args.key)
             if args.command == "ask":
-                return await ref.ask(args.handler, *positional, **keywords, **_key(args))
-            await ref.send(args.handler, *positional, **keywords, **_key(args))
-            return None
+                return await _ask(args, rt, ref, positional, keywords)
+            # Ref.send, saying whether the idempotency key made it a repeat (nothing stored).
+            _, seq, stored = await rt._send(
+                ref._spec, ref.key, args.handler, tuple(positional), keywords, args.idempotency_key
+            )
+            return seq, stored
 
     result = anyio.run(run)
     if args.command == "ask":
@@ -337,11 +463,106 @@ def _call(args: argparse.Namespace) -> int:
             _print_json({"reply": _inspect.to_json(result)})
         else:
             print(json.dumps(_inspect.to_json(result), ensure_ascii=False))
-    elif args.json:
-        _print_json({"sent": True})
-    else:
+        return 0
+    seq, stored = result
+    if args.json:
+        _print_json({"sent": stored, "duplicate": not stored})
+    elif stored:
         print(f"sent {args.type_name} {args.key!r} {args.handler}")
+    else:
+        first = f" (message {seq})" if seq else ""
+        print(
+            f"not sent again: a duplicate of the call sent with --idempotency-key "
+            f"{args.idempotency_key!r}{first}; nothing new was stored"
+        )
     return 0
+
+
+class _NoReplyError(ActorError):
+    """``torpor ask --timeout``: no reply in time."""
+
+
+#: How often ``torpor ask`` looks whether the actor's turn waits (to say so once).
+ASK_LOOK_EVERY = 0.5
+
+
+async def _ask(
+    args: argparse.Namespace, rt: Any, ref: Any, positional: list[Any], keywords: dict[str, Any]
+) -> Any:
+    """``ref.ask``, giving up after ``--timeout`` (:class:`_NoReplyError`, saying what the
+    actor waits for). Meanwhile, says once on stderr when the actor has a turn waiting durably
+    (for an event, or in a sleep): no reply comes before that wait ends."""
+    import anyio
+
+    async def look() -> None:
+        with contextlib.suppress(Exception):  # only a note
+            while True:
+                waits = _waits(await rt.turns(ref))
+                if waits:
+                    break
+                await anyio.sleep(ASK_LOOK_EVERY)
+            give_up = "" if args.timeout else " (--timeout SECONDS gives up waiting)"
+            print(
+                f"torpor ask: {args.type_name} {args.key!r} is waiting: {'; '.join(waits)}; "
+                f"no reply until then{give_up}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    outcome: list[Any] = []
+    with anyio.move_on_after(args.timeout):
+        async with anyio.create_task_group() as group:
+            group.start_soon(look)
+            try:
+                outcome.append(await ref.ask(args.handler, *positional, **keywords, **_key(args)))
+            except Exception as exc:  # raised below, outside the task group (not in a group)
+                outcome.append(exc)
+            group.cancel_scope.cancel()
+    if outcome:
+        if isinstance(outcome[0], Exception):
+            raise outcome[0]
+        return outcome[0]
+    turns = await rt.turns(ref)
+    what = "; ".join(_waits(turns) or [f"{_turn(t)} is {t.status}" for t in turns])
+    events = [s.name for t in turns for s in t.steps if s.status == "waiting" and s.kind == "event"]
+    signal = "".join(
+        f" (ref.signal({name!r}, ...) sends it, from a program that opens the runtime)"
+        for name in events[:1]
+    )
+    again = (
+        f"ask again with --idempotency-key {args.idempotency_key} for its reply"
+        if args.idempotency_key
+        else "with an --idempotency-key, asking again with the same key gives its reply"
+    )
+    raise _NoReplyError(
+        f"no reply from {args.type_name} {args.key!r} within {args.timeout:g} s: "
+        + (f"{what}{signal}, and later messages wait behind it" if what else "no turn has started")
+        + f". The message stays queued: its turn goes on when the runtime is next opened "
+        f"({again})"
+    )
+
+
+def _turn(t: Any) -> str:
+    return f"{t.method} (message {t.seq})"
+
+
+def _waits(turns: Sequence[Any]) -> list[str]:
+    """What the turns in flight (``Runtime.turns``) wait for durably, one line each."""
+    out = []
+    for t in turns:
+        step = next((s for s in reversed(t.steps) if s.status == "waiting"), None)
+        if step is None:
+            continue
+        if step.kind == "event":
+            what = f"event {step.name!r}" + (
+                f" (or its deadline, {_iso(step.until)})" if step.until is not None else ""
+            )
+        elif step.kind == "sleep" and step.until is not None:
+            what = f"the end of a durable sleep, at {_iso(step.until)}"
+        else:
+            what = f"{step.kind} {step.name!r}"
+        out.append(f"{_turn(t)} waits for {what}")
+    return out
 
 
 def _key(args: argparse.Namespace) -> dict[str, Any]:
@@ -813,9 +1034,13 @@ def _from_replica(
     from .replica.replicator import restore
 
     store = _replica_store(args)
+    source = _replica_text(args)
+    args.error_names[repr(store)] = source
     try:
         with tempfile.TemporaryDirectory(prefix="torpor-from-replica-") as tmp:
             root = Path(tmp)
+            # Errors name the replica, never this directory (deleted by the time they print).
+            args.error_names[tmp] = source + ("" if args.at is None else f" at {_iso(args.at)}")
             got = store.get(manifest_key(DIRECTORY_FILE))
             if got is None:
                 raise RestorePointError(f"there is no replica of {DIRECTORY_FILE!r} in {store!r}")
@@ -824,17 +1049,20 @@ def _from_replica(
                 store, DIRECTORY_FILE, root / DIRECTORY_FILE, at_time=args.at, manifest=manifest
             )
             if actor is not None:
-                aids = [actor_id(*actor)]
+                actors = [actor]
             else:
                 with _inspect.reading_directory(root) as conn:
-                    aids = [
-                        row[0]
-                        for row in conn.execute(
-                            "SELECT id, key FROM actors WHERE type = ?", (args.type_name,)
+                    actors = [
+                        (args.type_name, str(key))
+                        for (key,) in conn.execute(
+                            "SELECT key FROM actors WHERE type = ?", (args.type_name,)
                         )
-                        if prefix is None or str(row[1]).startswith(prefix)
+                        if prefix is None or str(key).startswith(prefix)
                     ]
-            for aid in aids:
+            for type_name, key in actors:
+                aid = actor_id(type_name, key)
+                _actor_names(args, aid, type_name, key)
+                args.error_names[str(actor_dir(root, aid))] = f"the folder of {type_name} {key!r}"
                 with contextlib.suppress(RestorePointError):
                     restore_actor_files(store, aid, actor_dir(root, aid), at_time=args.at)
             yield root
@@ -918,8 +1146,11 @@ def _open_mailbox(root: Path, type_name: str, key: str, fn: Callable[[Mailbox], 
 
 @contextlib.contextmanager
 def _runtime_lock(root: Path, what: str, *, check: bool = True) -> Iterator[None]:
-    """Hold the runtime's ``LOCK`` as ``open_runtime`` does (so no runtime opens meanwhile);
-    ``check``: the directory must hold a runtime already."""
+    """Hold the runtime's ``LOCK`` as ``open_runtime`` does (so no runtime opens meanwhile),
+    with this process's pid in it (a runtime refused meanwhile names this process, not the
+    last one that held it); ``check``: the directory must hold a runtime already."""
+    from .engine import _lock_holder
+
     if check:
         _inspect.check_root(root)
     fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
@@ -928,9 +1159,11 @@ def _runtime_lock(root: Path, what: str, *, check: bool = True) -> Iterator[None
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise RuntimeLockedError(
-                f"{root} is open in another process; {what} in that process (Runtime methods) "
-                "or once it has closed"
+                f"{root} is open in {_lock_holder(fd)}; {what} in that process (Runtime "
+                "methods) or once it has closed"
             ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
         os.close(fd)
@@ -964,6 +1197,14 @@ def _add_replica_commands(command: Callable[..., Any]) -> None:
     fork.add_argument("key", metavar="KEY")
     fork.add_argument(
         "--as", dest="new_key", metavar="NEWKEY", required=True, help="the new actor's key"
+    )
+    fork.add_argument(
+        "--max-key-bytes",
+        type=_non_negative,
+        default=DEFAULT_MAX_KEY_BYTES,
+        metavar="N",
+        help=f"the runtime's open_runtime(max_key_bytes=...), which NEWKEY must fit "
+        f"({DEFAULT_MAX_KEY_BYTES})",
     )
     fork.add_argument("--at", type=_point_in_time, metavar="TIME", help=_AT_HELP)
     fork.add_argument(
@@ -1098,6 +1339,7 @@ class _Progress:
 
 def _restore(args: argparse.Namespace) -> int:
     store = _replica_store(args)
+    args.error_names[repr(store)] = _replica_text(args)
     try:
         if args.actor is not None:
             return _restore_actor(args, store, *args.actor)
@@ -1125,8 +1367,9 @@ def _restore_runtime(args: argparse.Namespace, store: ReplicaStore) -> int:
         with _runtime_lock(root, "restore", check=False):
             progress.note(f"{DIRECTORY_FILE} ...")
             counts = restore_runtime(store, root, at_time=args.at, progress=progress)
-    except BaseException:
+    except BaseException as exc:
         progress.finish()
+        _name_actors_in(args, str(exc), root)  # from directory.db, before it goes
         # Nothing was there before: leave nothing half restored behind.
         if created:
             shutil.rmtree(root, ignore_errors=True)
@@ -1164,6 +1407,7 @@ def _restore_actor(args: argparse.Namespace, store: ReplicaStore, type_name: str
     root: Path = args.dir
     aid = actor_id(type_name, key)
     folder = actor_dir(root, aid)
+    _actor_names(args, aid, type_name, key)
     with _runtime_lock(root, "restore an actor"):
         if args.at is not None:
             writer = _other_writer(store, root, aid)
@@ -1227,7 +1471,10 @@ def _restore_files(
         try:
             restore_actor_files(store, aid, staging, at_time=at)
         except RestorePointError as exc:
-            raise LookupError(f"cannot restore {type_name} {key!r}: {exc}") from None
+            files = (DATA_FILE, MAILBOX_FILE)
+            its = {ReplicationEngine.actor_name(aid, f): f"its {f}" for f in files}
+            text = _user_terms(str(exc), its)
+            raise LookupError(f"cannot restore {type_name} {key!r}: {text}") from None
         if adjust is not None:
             adjust(staging)
         with contextlib.suppress(FileNotFoundError):
@@ -1318,9 +1565,16 @@ class _ForkChanges:
 def _fork(args: argparse.Namespace) -> int:
     root: Path = args.dir
     type_name, key, new_key = args.type_name, args.key, args.new_key
+    try:  # as the runtime checks a key (Runtime.ref): a fork under any other is unreachable
+        check_key(new_key, args.max_key_bytes)
+    except InvalidKeyError as exc:
+        args.replica_parser.error(f"--as: {exc}")
     aid, new_aid = actor_id(type_name, key), actor_id(type_name, new_key)
     folder = actor_dir(root, new_aid)
     store = _replica_store(args)
+    args.error_names[repr(store)] = _replica_text(args)
+    _actor_names(args, aid, type_name, key)
+    _actor_names(args, new_aid, type_name, new_key)
     try:
         with _runtime_lock(root, "fork an actor"):
             directory = Directory(root / DIRECTORY_FILE, synchronous="FULL")

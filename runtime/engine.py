@@ -27,7 +27,7 @@ import attrs
 from . import context, db, timers
 from .activation import CHILD_SENDER, Activation, Waiter, check_payload
 from .codec import Codec
-from .datastore import KV, Sql
+from .datastore import KV, OutboxRow, Sql
 from .directory import Directory
 from .errors import (
     ActorFailedError,
@@ -52,10 +52,10 @@ from .layout import (
 from .lifecycle import Event, State, next_state
 from .mailbox import Mailbox, Message
 from .mailbox import image as mailbox_image
-from .replica.replicator import FencedError
+from .replica.replicator import FencedError, manifest_key
 from .replica.store import ReplicaStore
 from .replication import Replication, ReplicationEngine, ReplicationStatistics
-from .spec import DEFAULT_MAX_KEY_BYTES, TypeSpec, check_key, index_types
+from .spec import DEFAULT_MAX_KEY_BYTES, TypeSpec, check_durable_types, check_key, index_types
 from .timers import Schedule
 
 A = TypeVar("A")
@@ -354,6 +354,7 @@ class Runtime:
             )
         if replication is not None and not isinstance(replication, Replication):
             raise TypeError(f"replication must be an actors.Replication (got {replication!r})")
+        check_durable_types(self.specs.values(), has_replica=replica is not None)
         self.replication: ReplicationEngine | None = (
             ReplicationEngine(self, replica, replication or Replication())
             if replica is not None
@@ -523,7 +524,9 @@ class Runtime:
         kwargs: dict[str, Any],
         idempotency_key: str | None,
         want_reply: bool = False,
-    ) -> tuple[Activation | None, int]:
+    ) -> tuple[Activation | None, int, bool]:
+        """Store a message; returns ``(act, seq, appended)``, ``appended`` False for a repeat of
+        ``idempotency_key`` (nothing new stored)."""
         self._check_open()
         name, payload, is_query = self._encode_call(spec, method, args, kwargs)
         if is_query:
@@ -534,7 +537,7 @@ class Runtime:
         except ActorStoppedError:
             if want_reply:
                 raise
-            self._store(
+            appended = self._store(
                 spec,
                 key,
                 name,
@@ -543,7 +546,7 @@ class Runtime:
                 sender_seq=None,
                 idempotency_key=idempotency_key,
             )
-            return None, 0
+            return None, 0, appended
         if idempotency_key is None:
             seq = act.mailbox.append(name, payload)
             appended = True
@@ -562,7 +565,7 @@ class Runtime:
             # restored from the replica would not know the message waits to run).
             await self.replication.wait_token(self.replication.append_token(act.aid))
             await self.replication.wait_token(self.replication.directory_token())
-        return act, seq
+        return act, seq, appended
 
     async def _ask(
         self,
@@ -580,7 +583,7 @@ class Runtime:
         if handler.is_query:
             self._check_open()
             _, payload, _ = self._encode_call(spec, method, args, kwargs)
-            if idempotency_key is not None:
+            if idempotency_key is not None and not from_turn:  # (a step's key: journaled)
                 raise TypeError(
                     f"{spec.name}.{handler.name} is a @query: it changes nothing, so an "
                     "idempotency_key does not apply"
@@ -588,7 +591,7 @@ class Runtime:
             return await self._run_query(spec, key, handler.name, payload)
         if not from_turn:
             _refuse_inside_turn("ref.ask", "await self.ask(ref, ...), a journaled step")
-        act, seq = await self._send(spec, key, method, args, kwargs, idempotency_key, True)
+        act, seq, _ = await self._send(spec, key, method, args, kwargs, idempotency_key, True)
         assert act is not None
         waiter: Waiter = act.waiter(seq)
         if waiter.event.is_set() and spec.durable and self.replication is not None:
@@ -602,6 +605,12 @@ class Runtime:
         return self.codec.decode(waiter.payload)
 
     async def _run_query(self, spec: TypeSpec, key: str, name: str, payload: bytes) -> Any:
+        if not await self._exists(spec, key):
+            await anyio.lowlevel.checkpoint()  # (a caller polling until it exists lets others run)
+            raise ActorNotFoundError(
+                f"{spec.name} {key!r} does not exist: a @query reads an actor created before "
+                "(by a message or spawn) and creates none"
+            )
         act = await self._activate(spec, key)
         act.queries += 1
         self._busy(act)
@@ -721,7 +730,11 @@ class Runtime:
             raise TypeError(f"{target.type_name}.{name} is a @query: it cannot be sent")
         if target._spec.requires_create_arguments():
             aid = actor_id(target.type_name, target.key)
-            if aid not in self.awake and self.directory.get(aid) is None:
+            if (
+                aid not in self.awake
+                and self.directory.get(aid) is None
+                and self._spawned_in_outbox(ctx.activation, target) is None
+            ):  # (a SPAWN row goes first, outbox rows go in order: the child is there by then)
                 raise _not_found(target._spec, target.key)
         ctx.activation.outbox_add(target, name, payload)
 
@@ -779,13 +792,13 @@ class Runtime:
                     )
                     self._check_open()
                     try:
-                        act.open()
+                        act.open(data_may_be_missing=act.restored)
                     except CorruptFileError as exc:
                         # Detected at open: the replica has the last replicated state.
                         self._report(f"{spec.name} {key!r}: {exc}; restoring it from the replica")
                         await self.replication.prepare_files(act, known=True, force_restore=True)
                         self._check_open()
-                        act.open()
+                        act.open(data_may_be_missing=True)  # (the replica had none either)
                 finally:
                     act.preparing = False
             else:
@@ -943,10 +956,10 @@ class Runtime:
         sender: str | None,
         sender_seq: int | None,
         idempotency_key: str | None = None,
-    ) -> None:
+    ) -> bool:
         """Append to the mailbox of an actor whose files are not open (hibernated, stopped, or
         waiting for a slot), then have it woken later unless it is stopped. Sync: nothing can
-        open its files meanwhile."""
+        open its files meanwhile. Returns whether it appended (not a duplicate)."""
         aid = actor_id(spec.name, key)
         folder = actor_dir(self.root, aid)
         entry = self.directory.get(aid)
@@ -990,6 +1003,7 @@ class Runtime:
             self.stats_sent += 1
         if (entry is None or entry.stopped is None) and aid not in self.awake:
             self._wake_later(spec, key)
+        return appended
 
     def _wake_later(self, spec: TypeSpec, key: str) -> None:
         if self._task_group is not None and not self.closing.is_set():
@@ -1027,8 +1041,7 @@ class Runtime:
         encoded = self.codec.encode(payload)
         check_payload(self, encoded, f"the payload of event {name!r}")
         spec, key = ref._spec, ref.key
-        aid = actor_id(spec.name, key)
-        if aid not in self.awake and self.directory.get(aid) is None:
+        if not await self._exists(spec, key):
             raise ActorNotFoundError(
                 f"{spec.name} {key!r} does not exist: an event goes to an actor created "
                 "before (by a message or spawn), where a turn can wait for it"
@@ -1342,10 +1355,54 @@ class Runtime:
     async def _existing(self, ref: Ref[Any]) -> Activation | None:
         """The activation of ``ref`` if the actor exists (waking it), else ``None``."""
         self._check_open()
-        aid = actor_id(ref.type_name, ref.key)
-        if aid not in self.awake and self.directory.get(aid) is None:
+        if not await self._exists(ref._spec, ref.key):
             return None
         return await self._activate(ref._spec, ref.key)
+
+    async def _exists(self, spec: TypeSpec, key: str) -> bool:
+        """Whether an actor exists, creating nothing: it is awake or in the directory (made by
+        a message, or spawned), whatever its ``on_create`` takes. On a runtime restored from a
+        replica, whose directory may predate the actor, also when the replica has its files.
+        Otherwise a query or an event raises ActorNotFoundError, and its dead letters are [] (as
+        its turns: ``turns`` reads the mailbox file, which such an actor does not have)."""
+        aid = actor_id(spec.name, key)
+        if aid in self.awake or self.directory.get(aid) is not None:
+            return True
+        rep = self.replication
+        if rep is None or not rep.origin:
+            return False
+        name = manifest_key(rep.actor_name(aid, DATA_FILE))
+        found = await anyio.to_thread.run_sync(rep._get, name)
+        self._check_open()
+        return found is not None or aid in self.awake or self.directory.get(aid) is not None
+
+    def _spawned_in_outbox(self, act: Activation, target: Ref[Any]) -> OutboxRow | None:
+        """The SPAWN row for ``target`` that ``act``'s outbox holds and has not delivered yet
+        (``self.spawn`` earlier in this turn, or in a turn whose rows have not gone yet)."""
+        for row in act.data.outbox_after(act.outbox_delivered_upto):
+            if (
+                row.method == SPAWN
+                and row.target_type == target.type_name
+                and row.target_key == target.key
+            ):
+                return row
+        return None
+
+    def _create_spawned(self, act: Activation, target: Ref[Any]) -> None:
+        """Before ``self.ask`` reaches a child that ``act`` spawned and whose SPAWN row has not
+        been delivered: create it now as that delivery would (with its ``on_create`` arguments
+        and its parent), so that the ask does not get-or-create it bare. The row, delivered
+        later, finds it and does nothing; a replay finds it too: it is made once."""
+        aid = actor_id(target.type_name, target.key)
+        if aid in self.awake or self.directory.get(aid) is not None:
+            return
+        row = self._spawned_in_outbox(act, target)
+        if row is None:
+            return
+        (init,) = self.codec.decode(row.payload)
+        sender = act.sender_id if row.id >= act.incarnation_from else act.earlier_sender_id
+        self.directory.create(aid, target.type_name, target.key, init, parent=sender)
+        self.known_actors += 1
 
     def _outbox_spawn(
         self,
@@ -1400,8 +1457,8 @@ class Runtime:
                 holder = _lock_holder(fd)
                 os.close(fd)
                 raise RuntimeLockedError(
-                    f"{self.root} is open in another process{holder}; one runtime directory "
-                    "belongs to one process at a time"
+                    f"{self.root} is open in {holder}; one runtime directory belongs to one "
+                    "process at a time"
                 ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)  # who holds it, for error messages
@@ -1595,11 +1652,21 @@ LOCK_WAIT = 0.2
 
 
 def _lock_holder(fd: int) -> str:
+    """Who holds the runtime's ``LOCK``, from the pid its holder wrote there: "another process
+    (pid N)", or, when N is this process's own pid, "this very process" (an ``open_runtime`` of
+    the same directory not closed yet, or a process of another pid namespace with that pid)."""
     try:
         pid = os.pread(fd, 32, 0).decode().strip()
     except (OSError, UnicodeDecodeError):
-        return ""
-    return f" (pid {pid})" if pid.isdigit() else ""
+        return "another process"
+    if not pid.isdigit():
+        return "another process"
+    if int(pid) == os.getpid():
+        return (
+            f"this very process (pid {pid}, by an open_runtime not closed yet; or by a process "
+            "of another container that has the same pid)"
+        )
+    return f"another process (pid {pid})"
 
 
 def _quantile(ordered: list[float], q: float) -> float | None:

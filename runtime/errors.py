@@ -74,10 +74,13 @@ class ActorExistsError(ActorError):
 
 
 class ActorNotFoundError(ActorError, LookupError):
-    """A message would create an actor whose ``on_create`` needs arguments.
+    """A message would create an actor whose ``on_create`` needs arguments, or a ``@query`` or
+    an event is for an actor that does not exist.
 
     Get-or-create works only for types whose ``on_create`` takes no required arguments; create
-    the others with ``Runtime.spawn``.
+    the others with ``Runtime.spawn``. A query or an event creates no actor: one that no message
+    or spawn created is not found, whatever its ``on_create`` takes (its dead letters and turns
+    in flight are empty lists).
     """
 
 

@@ -801,7 +801,8 @@ def query_actors(
     """Run ``sql`` read-only against the ``data.db`` of every hibernated actor of
     ``type_name`` (whose key starts with ``prefix``), in key order. Awake actors and actors
     without a ``data.db`` yet are skipped; an actor whose query fails (a table it lacks) gives
-    its error; a statement that would write raises :class:`WriteRefusedError`."""
+    its error; a statement that would write raises :class:`WriteRefusedError`, and a type no
+    actor has :class:`NoSuchActorError`."""
     where, params = _filters(type_name, prefix)
     with reading_directory(root) as conn:
         keys = [
@@ -810,6 +811,11 @@ def query_actors(
                 "SELECT key FROM actors WHERE " + " AND ".join(where) + " ORDER BY key", params
             )
         ]
+        if not keys and not _all(conn, "SELECT 1 FROM actors WHERE type = ?", (type_name,)):
+            known = [t for (t,) in conn.execute("SELECT DISTINCT type FROM actors ORDER BY type")]
+            raise NoSuchActorError(
+                f"no actor of type {type_name} in {root} (types here: {', '.join(known) or 'none'})"
+            )
     for key in keys:
         path = _actor_file(root, type_name, key, DATA_FILE)
         if not path.exists():

@@ -75,6 +75,11 @@ class StepInfo:
 CURRENT_STEP: ContextVar[StepInfo | None] = ContextVar("torpor_step", default=None)
 #: Set in the tasks of ``self.gather`` that run something else than a step.
 GATHER_CHILD: ContextVar[bool] = ContextVar("torpor_gather_child", default=False)
+#: Set by the crash-testing kit (``runtime.testing``) for its runs: a fresh ``self.random()`` or
+#: ``self.uuid()`` value then comes from a generator seeded with this string and the value's
+#: place (actor, message, step number), so that every run of a scenario draws the same values,
+#: wherever it crashed. Unset, values come from the process's sources of randomness.
+VALUE_SEED: ContextVar[str | None] = ContextVar("torpor_value_seed", default=None)
 
 
 def current_step() -> StepInfo:
@@ -195,13 +200,20 @@ class TurnState:
 
     # -- values ---------------------------------------------------------------------------
 
-    def value(self, kind: str, make: Callable[[], Any]) -> Any:
+    def value(self, kind: str, make: Callable[[random.Random | None], Any]) -> Any:
+        """Journal ``make(rng)``: ``rng`` is ``None``, or seeded for this place (``VALUE_SEED``)."""
         n, row = self.claim(kind, kind)
         codec = self.activation.runtime.codec
         if row is not None:
             assert row.value is not None
             return codec.decode(row.value)
-        value = make()
+        seed = VALUE_SEED.get()
+        rng = None
+        if seed is not None:
+            act = self.activation
+            place = (act.spec.name, act.key, _message_id(self.message), self.message.restarts, n)
+            rng = random.Random(f"{seed}:{place!r}")
+        value = make(rng)
         self.pending.append(
             JournalRow(n, kind, kind, "done", codec.encode(value), None, 0, self._clock())
         )
@@ -466,6 +478,9 @@ class TurnState:
         act.turn_busy()
         try:
             try:
+                # A child this turn spawned: made now, with its arguments (the ask leaves the
+                # turn before its SPAWN row would).
+                rt._create_spawned(act, target)
                 with self.interruptible():
                     result = await rt._ask(
                         target._spec,
@@ -609,9 +624,11 @@ def _step_failed(turn: TurnState, row: JournalRow, exc: BaseException | None) ->
     )
 
 
-def new_random() -> float:
-    return random.random()
+def new_random(rng: random.Random | None = None) -> float:
+    return random.random() if rng is None else rng.random()
 
 
-def new_uuid() -> uuid.UUID:
-    return uuid.uuid4()
+def new_uuid(rng: random.Random | None = None) -> uuid.UUID:
+    if rng is None:
+        return uuid.uuid4()
+    return uuid.UUID(int=rng.getrandbits(128), version=4)

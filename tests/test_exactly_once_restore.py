@@ -86,7 +86,7 @@ async def test_redelivery_into_a_mailbox_behind_data_is_not_applied_again(
 ) -> None:
     """A sender's message delivered again into a mailbox that lost its cursor is not reapplied."""
     async with actors.open_runtime(root, types=[Inbox, Relay]) as rt:
-        await rt.ref(Inbox, "b").ask(Inbox.got)  # created, nothing received
+        await rt.spawn(Inbox, key="b")  # created, nothing received
     _keep_copy(_mailbox(root, "b"), tmp_path / "before")
     async with actors.open_runtime(root, types=[Inbox, Relay]) as rt:
         for n in (1, 2, 3):
@@ -109,7 +109,7 @@ async def test_idempotent_retry_into_a_mailbox_behind_data_returns_the_first_out
 ) -> None:
     """A call retried with its idempotency key after the mailbox lost the key runs once."""
     async with actors.open_runtime(root, types=[Inbox, Relay]) as rt:
-        await rt.ref(Inbox, "b").ask(Inbox.got)
+        await rt.spawn(Inbox, key="b")
     _keep_copy(_mailbox(root, "b"), tmp_path / "before")
     async with actors.open_runtime(root, types=[Inbox, Relay]) as rt:
         inbox = rt.ref(Inbox, "b")
@@ -218,11 +218,18 @@ async def _poll(inbox: actors.Ref[Inbox], count: int, within: float = 10.0) -> l
     """What the inbox applied, once it applied ``count`` messages or ``within`` real seconds
     passed."""
     deadline = trio.current_time() + within
-    got = await inbox.ask(Inbox.got)
+    got = await _got(inbox)
     while len(got) < count and trio.current_time() < deadline:
         await trio.sleep(0.02)
-        got = await inbox.ask(Inbox.got)
+        got = await _got(inbox)
     return got
+
+
+async def _got(inbox: actors.Ref[Inbox]) -> list[int]:
+    try:
+        return await inbox.ask(Inbox.got)
+    except actors.ActorNotFoundError:
+        return []  # no delivery created it yet (a query creates no actor)
 
 
 #: The child of the unshipped-commit test: a counter whose hibernation snapshot hangs in the
@@ -377,7 +384,7 @@ async def test_a_send_leaves_only_once_its_turn_is_in_the_replica(tmp_path: Path
         tmp_path / "m1", types=[Inbox, Relay], replica=store, replication=FAST, shutdown_grace=0.5
     ) as rt:
         inbox = rt.ref(Inbox, "b")
-        await inbox.ask(Inbox.got)  # the inbox exists and replicates
+        await rt.spawn(Inbox, key="b")  # the inbox exists and replicates
         await rt.ref(Relay, "a").ask(Relay.fire, "b", 1)
         await rt.ref(Relay, "c").ask(Relay.fire, "b", 2)
         await wait_until(lambda: store.refused >= 4, "the relays' writes refused")

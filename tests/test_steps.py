@@ -236,7 +236,8 @@ async def test_durable_calls_outside_message_handlers_are_refused(root: Path) ->
             return str(self.kv["error"])
 
     async with runtime(root, Agent) as rt:
-        assert "message handlers only" in await rt.ref(Agent, "a").ask(Agent.error)
+        agent = await rt.spawn(Agent, key="a")  # (a query creates no actor)
+        assert "message handlers only" in await agent.ask(Agent.error)
 
 
 # -- journaled values -------------------------------------------------------------------------

@@ -265,7 +265,7 @@ async def test_failed_outbox_delivery_is_retried_after_a_query(root: Path) -> No
     sender meanwhile."""
     with trio.fail_after(HANG_LIMIT):
         async with actors.open_runtime(root, types=[Relay, Node], idle_timeout=10) as rt:
-            target = rt.ref(Node, "b")
+            target = await rt.spawn(Node, key="b")  # (a query creates no actor)
             assert await target.ask(Node.hits) == 0
             await trio.sleep(20)  # b hibernates
             data = actor_dir(root, actor_id("LiveNode", "b")) / DATA_FILE

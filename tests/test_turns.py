@@ -197,7 +197,7 @@ async def test_query_is_read_only(root: Path) -> None:
             self.send(self.ref, Sneaky.kv_write)
 
     async with actors.open_runtime(root, types=[Sneaky]) as rt:
-        ref = rt.ref(Sneaky, "s")
+        ref = await rt.spawn(Sneaky, key="s")  # (a query creates no actor)
         with pytest.raises(RuntimeError, match="read-only"):
             await ref.ask(Sneaky.kv_write)
         with pytest.raises(apsw.AuthError):
