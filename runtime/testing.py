@@ -8,6 +8,10 @@ back, nothing else commits, every in-memory object is dropped, as after ``kill -
 the runtime and runs the scenario again from the top, as a client retrying would. Each run must
 end with the same actor state and the same calls of step functions as the crash-free run.
 
+Every run of a scenario draws the same fresh ``self.random()`` and ``self.uuid()`` values: each is
+seeded with the scenario's seed and its place (actor, message, step number), so a value drawn
+again after a crash (its turn rolled back before it was journaled) equals the crash-free one.
+
 The scenario runs again after a crash, so it must be safe to repeat: give its sends, asks and
 signals an ``idempotency_key``, as a real client retrying after a failure would.
 """
@@ -27,6 +31,7 @@ import trio.testing
 
 from .engine import Runtime, open_runtime
 from .layout import DATA_FILE, DIRECTORY_FILE, actor_dir
+from .steps import VALUE_SEED
 
 #: Virtual epoch seconds at which every run starts.
 START = 1_800_000_000.0
@@ -58,6 +63,7 @@ def check_crashes(
     state: Callable[[Path], Any] | None = None,
     settle: float = 3600.0,
     points: Sequence[int] | None = None,
+    seed: int | str | None = None,
     **options: Any,
 ) -> CrashReport:
     """Crash ``scenario`` at every crash point and compare each run with a crash-free one.
@@ -66,21 +72,26 @@ def check_crashes(
     After it returns, the runtime runs for ``settle`` more virtual seconds (timers, outbox
     deliveries), then closes. ``state(root)`` reads the final state from the runtime directory;
     the default is every actor's tables and key-value map. ``points``: crash only at these
-    1-based point numbers (default: all). Other keyword arguments go to ``open_runtime``
-    (``clock`` is the virtual clock, starting at :data:`START`).
+    1-based point numbers (default: all). ``seed`` seeds the fresh values of ``self.random()``
+    and ``self.uuid()``, the same in every run (default: the scenario's qualified name). Other
+    keyword arguments go to ``open_runtime`` (``clock`` is the virtual clock, starting at
+    :data:`START`).
 
     Raises ``AssertionError`` naming the crash point, with both states or call counts, at the
     first difference. Returns a :class:`CrashReport` of the crash-free run.
     """
     read_state = state or actor_state
-    baseline = _run(scenario, types, None, settle, options)
+    if seed is None:
+        seed = f"{getattr(scenario, '__module__', '')}.{getattr(scenario, '__qualname__', '')}"
+    value_seed = str(seed)
+    baseline = _run(scenario, types, None, settle, value_seed, options)
     try:
         expected = read_state(baseline.root)
         wanted = points if points is not None else range(1, len(baseline.points) + 1)
         for point in wanted:
             if not 1 <= point <= len(baseline.points):
                 raise ValueError(f"there are {len(baseline.points)} crash points (got {point})")
-            run = _run(scenario, types, point, settle, options)
+            run = _run(scenario, types, point, settle, value_seed, options)
             try:
                 _compare(run, baseline, point, read_state, expected)
             finally:
@@ -124,6 +135,7 @@ def _run(
     types: Sequence[type],
     crash_at: int | None,
     settle: float,
+    seed: str,
     options: dict[str, Any],
 ) -> _Run:
     holder = tempfile.TemporaryDirectory(prefix="torpor-crashtest-")
@@ -149,6 +161,7 @@ def _run(
     async def main() -> None:
         settings = dict(options)
         clock = settings.pop("clock", None) or (lambda: START + trio.current_time())
+        VALUE_SEED.set(seed)  # for this run's tasks only: trio.run gives main a context copy
         for attempt in range(2):
             try:
                 async with open_runtime(run.root, types=types, clock=clock, **settings) as rt:
