@@ -579,6 +579,8 @@ def _fault_lines(f: dict[str, Any], params: dict[str, Any]) -> list[str]:
         )
     for key, why in list(f["unreadable"].items())[:3]:
         lines.append(f"  actor {key} unreadable: {why}")
+    for held in f.get("held", [])[:5]:
+        lines.append(f"  outbox not delivered after the drain: {held}")
     lines.append(f"  exactly once, {f['acknowledged_turns']} acknowledged turns:")
     for name, check in (("in the runtime", f.get("source")), ("restored", f.get("restored"))):
         if check is None:
@@ -1147,6 +1149,32 @@ class _Book:
         return sum(len(self.rows[n]) for n in self.acked)
 
 
+def _held_outboxes(rt: Any) -> list[str]:
+    """Awake actors with outbox rows not delivered, and what their output gate waits for (a
+    diagnostic for a drain that did not finish)."""
+    held = []
+    for act in list(rt.awake.values()):
+        if not act.files_open or not act.outbox_dirty:
+            continue
+        rows = act.data.outbox_after(act.outbox_delivered_upto)
+        if not rows:
+            continue
+        data = act.replica_files[0] if act.replica_files else None
+        gate = (
+            "no replica file"
+            if data is None
+            else f"data.db claimed={data.claimed} baseline={data.baseline_shipped} "
+            f"want_snapshot={data.want_snapshot} capture={data.capture is not None} "
+            f"acked={data.acked}/{data.commits} fenced={data.fenced is not None}"
+        )
+        held.append(
+            f"{act.key}: {len(rows)} rows from {rows[0].id}, gated={act.outbox_gated}, "
+            f"retry in {act.outbox_retry_delay:.2f} s, marks {list(act.outbox_marks)[:3]}, "
+            f"gate at {act.outbox_gate_upto}; {gate}"
+        )
+    return held
+
+
 def _check_once(
     book: _Book, seen: dict[str, list[list[int]]], unreadable: Iterable[str] = ()
 ) -> dict[str, Any]:
@@ -1449,6 +1477,7 @@ class _FaultRun:
                         break
                     await anyio.sleep(0.5)
             self.out["apply_seconds"] = time.perf_counter() - began
+            self.out["held"] = _held_outboxes(rt)
             with anyio.move_on_after(DRAIN_LIMIT):
                 await rt.replicated()
                 self.out["replicated"] = True
