@@ -7,7 +7,7 @@ whose modules are private: import from ``actors``, never from ``runtime``.
 from importlib import metadata as _metadata
 
 from runtime.actor import Actor, query
-from runtime.datastore import KV, Sql
+from runtime.datastore import KV, Sql, SqlRefusedError
 from runtime.engine import (
     DeadLetter,
     LifecycleEvent,
@@ -113,6 +113,7 @@ __all__ = [
     "Schedule",
     "SchemaError",
     "Sql",
+    "SqlRefusedError",
     "StepFailedError",
     "StepInfo",
     "StepRecord",

@@ -37,6 +37,7 @@ PUBLIC = {
     "RuntimeStatistics",
     "Schedule",
     "SchemaError",
+    "SqlRefusedError",
     "Sql",
     "StorageError",
     "StoredError",
