@@ -391,6 +391,7 @@ def _add_operator_commands(commands: Any, *, from_replica: bool = False) -> None
                 "for (the message stays queued; default: wait for as long as it takes)",
             )
         call.add_argument("--json", action="store_true", help="machine-readable output")
+        _add_replica_options(call)  # the runtime's replica, as its program opens it (optional)
 
     _add_replica_commands(command)
 
@@ -435,19 +436,31 @@ def _call(args: argparse.Namespace) -> int:
         raise _inspect.WriteRefusedError("--args must be a JSON list and --kwargs a JSON object")
     types = _load_types(args.types)
     by_name: dict[str, type] = {}
+    durable: list[str] = []
     for t in types:
         spec = getattr(t, "__torpor_spec__", None)
         if spec is None:
             raise LookupError(f"--types: {t!r} is not an actors.Actor class")
         by_name[spec.name] = t
+        if spec.durable:
+            durable.append(spec.name)
     if args.type_name not in by_name:
         raise LookupError(
             f"{args.type_name!r} is not among --types ({', '.join(sorted(map(str, by_name)))})"
         )
     actor_type = by_name[args.type_name]
+    replica = None
+    if args.replica is not None or args.s3_bucket is not None:
+        replica = _replica_store(args)
+    elif durable:
+        raise _inspect.WriteRefusedError(
+            f"{', '.join(map(repr, sorted(durable)))} {'are' if len(durable) > 1 else 'is'} "
+            "durable = True: replies wait for the replica, so give the runtime's replica as its "
+            "program opens it (--replica DIR, or --s3-bucket BUCKET and its options)"
+        )
 
     async def run() -> Any:
-        async with open_runtime(root, types=types) as rt:
+        async with open_runtime(root, types=types, replica=replica) as rt:
             ref: Any = rt.ref(actor_type, args.key)
             if args.command == "ask":
                 return await _ask(args, rt, ref, positional, keywords)

@@ -106,6 +106,40 @@ def test_a_repeated_send_with_the_same_key_says_it_was_a_duplicate(tmp_path: Pat
     assert ok(torpor("ask", root, "Counter", "alice", "value", "--types", COUNTER)) == "2\n"
 
 
+class Ledger(actors.Actor, name="tests.Ledger"):
+    """A durable type: its replies wait until the turn's commits are in the replica."""
+
+    durable = True
+
+    async def add(self, n: int) -> int:
+        total = int(self.kv.get("total", 0)) + n
+        self.kv["total"] = total
+        return total
+
+
+LEDGER = "tests.test_cli_issue12:Ledger"
+
+
+def test_send_and_ask_to_a_durable_type_take_the_runtimes_replica(tmp_path: Path) -> None:
+    """torpor send/ask to a durable type refuse without a replica (no traceback), work with one."""
+    root, replica = tmp_path / "rt", tmp_path / "replica"
+    replica.mkdir()
+
+    async def build() -> None:
+        async with actors.open_runtime(
+            root, types=[Ledger], replica=actors.DirectoryStore(replica)
+        ) as rt:
+            await rt.ref(Ledger, "l1").ask(Ledger.add, 1)
+
+    trio.run(build)
+    call = ("ask", root, "tests.Ledger", "l1", "add", "--args", "[2]", "--types", LEDGER)
+    err = failed(torpor(*call, cwd=ROOT), 2)
+    assert "'tests.Ledger' is durable = True" in err and "--replica DIR" in err
+    sent = torpor("send", *call[1:], "--replica", replica, cwd=ROOT)
+    assert ok(sent) == "sent tests.Ledger 'l1' add\n"
+    assert ok(torpor(*call, "--replica", replica, cwd=ROOT)) == "5\n"
+
+
 # -- 17: torpor bench's replication suite ---------------------------------------------------------
 
 
