@@ -71,7 +71,7 @@ BENCH_SUITES = ("core", "supervisor", "steps", "replication")
 #: them win).
 REPLICATION_QUICK = (
     *("--actors", "10", "--rate", "50", "--seconds", "2", "--warmup", "0.5"),
-    *("--durable-asks", "5", "--idle-actors", "20", "--idle-seconds", "1"),
+    *("--durable-asks", "5", "--hop-chains", "5", "--idle-actors", "20", "--idle-seconds", "1"),
     *("--restore-mb", "1", "--restore-repeats", "1"),
 )
 

@@ -27,6 +27,8 @@ TINY = [
     "0.5",
     "--durable-asks",
     "5",
+    "--hop-chains",
+    "5",
     "--idle-actors",
     "20",
     "--idle-seconds",
@@ -61,7 +63,7 @@ def test_tiny_run_reports_sane_figures_and_stops_its_server(
             expected = "PASS" if figure["value"] <= figure["target"] else "MISS"
             assert figure["status"] == expected, figure
     assert report["targets_met"] == all(f["status"] != "MISS" for f in report["figures"])
-    # The four targets are each reported against their number.
+    # The four targets are each reported against their number.
     assert _figure(report, "replication lag p99 (every commit")["target"] == 1000
     assert _figure(report, "PUTs per 1,000 turns")["target"] == 7
     assert _figure(report, "requests by 20 idle actors")["target"] == 0
@@ -86,6 +88,14 @@ def test_tiny_run_reports_sane_figures_and_stops_its_server(
     assert load["durable_ask_p50"] > load["plain_ask_p50"]
     durable = _figure(report, "durable ask p50")
     assert durable["raw"] == pytest.approx(load["plain_ask_p50"] * 1e3)
+
+    # A hop between actors waits for the replica's acknowledgement; without a replica it does not.
+    hops = report["hops"]
+    assert hops["chains"] == 5 and hops["hops_per_chain"] == 2
+    assert 0 < hops["local_p50"] < hops["replicated_p50"] <= hops["replicated_p99"]
+    assert _figure(report, "actor-to-actor hop p50")["raw"] == pytest.approx(
+        hops["local_p50"] * 1e3
+    )
 
     idle = report["idle"]
     assert idle["hibernated"] == 20
