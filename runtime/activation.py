@@ -177,7 +177,7 @@ class Activation:
         self.timers_changed = False  # a turn set or cancelled timers: rewrite the hint
         self._reader: Any = None
         self.turn: TurnState | None = None  # the durable state of the message running now
-        self.suspended_seq: int | None = None  # a turn rolled back in a durable wait
+        self.suspended_seq: int | None = None  # a turn rolled back in a journaled wait
         self.arrivals: dict[str, anyio.Event] = {}  # event name -> set when one arrives
         # Replication (runtime/replication.py): the tracked files, and what waking or
         # hibernating hands over.
@@ -794,7 +794,10 @@ class Activation:
                 except Suspended:
                     data.rollback()  # (only a batch's first message makes durable calls)
                     self.mailbox.reset_start(message.seq)
-                    self.suspended_seq = message.seq
+                    # Only a turn parked in a journaled wait may sleep until the wait ends; one
+                    # cut short elsewhere by a close (inside a step, an ask) stays pending, and
+                    # the next open runs it again at once.
+                    self.suspended_seq = message.seq if turn.parked else None
                     self.timers_changed = True
                     break
                 except Interrupted:

@@ -120,6 +120,10 @@ class TurnState:
     scopes: set[anyio.CancelScope] = attrs.Factory(set)  # durable waits in progress
     busy_scopes: set[anyio.CancelScope] = attrs.Factory(set)  # steps and asks in progress
     suspending: bool = False
+    # Suspended inside a journaled durable wait: nothing but the wait's end (its deadline, or
+    # its event) can move the turn on. A turn suspended anywhere else (a step or an ask that
+    # finished within the close's grace, its next durable call refused) must run again at once.
+    parked: bool = False
     interrupt: str | None = None  # "cancel" or "restart", set through the API
     broken: NondeterminismError | None = None  # raised once: the turn cannot go on
 
@@ -407,6 +411,7 @@ class TurnState:
                 self.waits -= 1
                 act.turn_busy()
             if self.suspending:
+                self.parked = True
                 raise Suspended
             if self.interrupt is not None:
                 raise Interrupted
