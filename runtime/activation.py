@@ -207,6 +207,7 @@ class Activation:
             type_name=self.spec.name,
             key=self.key,
             image=mailbox_image,
+            known_sound=rt.sound_mailboxes,
         )
         try:
             data_path = folder / DATA_FILE
@@ -812,8 +813,10 @@ class Activation:
                         # Not the message's fault: stop the actor (its messages are kept); with
                         # a replica, the next wake-up restores the files.
                         data.rollback()
+                        bad = self.mailbox.path if self.mailbox.found_corrupt is exc else data.path
                         raise CorruptFileError(
-                            f"{self.describe()}: {exc}; its messages are kept", path=str(data.path)
+                            f"{self.describe()}: {bad.name}: {exc}; its messages are kept",
+                            path=str(bad),
                         ) from exc
                     if turn.interrupt is not None:  # cancelled inside a step or a wait
                         failure = self._interrupted(message, nested)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import os
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -29,7 +30,15 @@ WAL_SIZE_KEPT = 64 * 1024
 #: Lock waits are short: each file has one writer (its actor) in one process.
 BUSY_TIMEOUT_MS = 5_000
 
-_CORRUPT = (apsw.NotADBError, apsw.CorruptError)
+#: SQLite's errors for a file that is not a sound database.
+CORRUPT_ERRORS = (apsw.NotADBError, apsw.CorruptError)
+
+#: SQLite's errors for a write the disk refused: full (or a file-size limit), or failing. The
+#: statement or transaction that met one rolled back.
+REFUSED_WRITE_ERRORS = (apsw.FullError, apsw.IOError)
+
+#: ``errno`` values of an ``OSError`` saying the disk (or a quota, or a file-size limit) is full.
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
 def connect(
@@ -72,7 +81,7 @@ def connect(
             raise CorruptFileError(f"{path} refused synchronous={synchronous}", path=str(path))
         if query_only:
             conn.pragma("query_only", 1)
-    except _CORRUPT as exc:
+    except CORRUPT_ERRORS as exc:
         raise CorruptFileError(
             f"{path} is not a valid SQLite database ({exc}); restore it from a replica or backup",
             path=str(path),
@@ -90,10 +99,56 @@ def corruption_as_error(path: Path) -> Iterator[None]:
     """Turn SQLite's corruption errors met inside the block into :class:`CorruptFileError`."""
     try:
         yield
-    except _CORRUPT as exc:
+    except CORRUPT_ERRORS as exc:
+        raise corrupt_file_error(path, exc) from exc
+
+
+def corrupt_file_error(path: Path, exc: BaseException) -> CorruptFileError:
+    """What SQLite's corruption error ``exc`` met in ``path`` is raised as."""
+    return CorruptFileError(
+        f"{path} is corrupt ({exc}); restore it from a replica or backup", path=str(path)
+    )
+
+
+@contextlib.contextmanager
+def full_disk_as_error(path: Path) -> Iterator[None]:
+    """Turn a write the disk refused inside the block (SQLite's ``FullError`` or ``IOError``, or
+    an ``OSError`` saying the disk is full) into :class:`StorageError`."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except REFUSED_WRITE_ERRORS as exc:
+        raise refused_write_error(path, exc) from exc
+    except OSError as exc:
+        if exc.errno not in _FULL_ERRNOS:
+            raise
+        raise refused_write_error(path, exc) from exc
+
+
+def refused_write_error(path: Path, exc: BaseException) -> StorageError:
+    """What a write the disk refused (``exc``, met writing ``path``) is raised as: the write
+    rolled back, so nothing of it was stored, and what was committed before is kept."""
+    return StorageError(
+        f"cannot write {path} ({exc}): disk full or failing; nothing was stored by this call "
+        "and what was acknowledged before is kept; retry once space is free",
+        path=str(path),
+    )
+
+
+def check_sound(conn: apsw.Connection, path: Path) -> None:
+    """Raise :class:`CorruptFileError` unless ``PRAGMA quick_check`` finds ``conn``'s file sound.
+
+    It reads every page (about 20 µs for an empty mailbox here, 1 ms per 10,000 rows of small
+    messages): for files that stay small, never for an actor's ``data.db``.
+    """
+    with corruption_as_error(path):
+        problems = [str(row[0]) for row in conn.execute("PRAGMA quick_check(3)")]
+    if problems != ["ok"]:
         raise CorruptFileError(
-            f"{path} is corrupt ({exc}); restore it from a replica or backup", path=str(path)
-        ) from exc
+            f"{path} is corrupt ({'; '.join(problems)}); restore it from a replica or backup",
+            path=str(path),
+        )
 
 
 def image(build: Callable[[apsw.Connection], None], *, page_size: int = 4096) -> bytes:

@@ -312,6 +312,8 @@ class Runtime:
         self.stats_retries = 0
         self.stats_dead_letters = 0
         self.stats_wakes = 0
+        #: Mailboxes checked for bad pages since the runtime opened (runtime/mailbox.py).
+        self.sound_mailboxes: set[Path] = set()
         self.stats_timers_fired = 0
         self.stats_steps = 0
         self.parked_waiters: dict[str, dict[int, Waiter]] = {}  # askers of hibernated actors
@@ -406,7 +408,8 @@ class Runtime:
         if init is not None:
             check_payload(self, init, f"{spec.name}.on_create arguments")
         aid = actor_id(spec.name, ref.key)
-        self.directory.create(aid, spec.name, ref.key, init)
+        with db.full_disk_as_error(self.directory.path):
+            self.directory.create(aid, spec.name, ref.key, init)
         self.known_actors += 1
         try:
             await self._activate(spec, ref.key)
@@ -777,11 +780,12 @@ class Runtime:
         try:
             await self._make_room()
             self._check_open()
-            if entry is None:
-                self.directory.mark_pending(aid, spec.name, key)
-                self.known_actors += 1
-            elif not entry.pending:
-                self.directory.mark_pending(aid, spec.name, key)
+            with db.full_disk_as_error(self.directory.path):  # (a typed refusal, not apsw's)
+                if entry is None:
+                    self.directory.mark_pending(aid, spec.name, key)
+                    self.known_actors += 1
+                elif not entry.pending:
+                    self.directory.mark_pending(aid, spec.name, key)
             if self.replication is not None:
                 corrupt = self.replication.corrupt.pop(aid, None)
                 # Deliveries wait for the files from here on (a restore may replace them).
@@ -977,17 +981,20 @@ class Runtime:
             if aid not in self.awake:
                 self._wake_later(spec, key)
             raise NotLocalError(f"{spec.name} {key!r} is being restored from the replica")
-        make_actor_dir(folder)
+        with db.full_disk_as_error(folder):
+            make_actor_dir(folder)
         if entry is None:
             self.known_actors += 1
         if entry is None or not entry.pending:
-            self.directory.mark_pending(aid, spec.name, key)
+            with db.full_disk_as_error(self.directory.path):
+                self.directory.mark_pending(aid, spec.name, key)
         mailbox = Mailbox(
             folder / MAILBOX_FILE,
             synchronous=self.synchronous,
             type_name=spec.name,
             key=key,
             image=mailbox_image,
+            known_sound=self.sound_mailboxes,
         )
         try:
             _, appended = mailbox.append_deduplicated(
@@ -1174,7 +1181,13 @@ class Runtime:
         path = actor_dir(self.root, aid) / MAILBOX_FILE
         if not path.exists():
             return fn(None, None)
-        mailbox = Mailbox(path, synchronous=self.synchronous, type_name=spec.name, key=key)
+        mailbox = Mailbox(
+            path,
+            synchronous=self.synchronous,
+            type_name=spec.name,
+            key=key,
+            known_sound=self.sound_mailboxes,
+        )
         try:
             return fn(mailbox, None)
         finally:

@@ -14,12 +14,12 @@ import time
 import traceback as _traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import attrs
 
 from . import db
-from .errors import IdempotencyKeyReusedError
+from .errors import CorruptFileError, IdempotencyKeyReusedError
 
 _MIGRATIONS = (
     """
@@ -160,6 +160,49 @@ def image() -> bytes:
     return db.image(build, page_size=PAGE_SIZE)
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _typed_errors(
+    method: Callable[Concatenate[Mailbox, _P], _R],
+) -> Callable[Concatenate[Mailbox, _P], _R]:
+    """Raise SQLite's corruption errors met by ``method`` as :class:`CorruptFileError` (and
+    remember them: the mailbox takes no new message from then on), and a write the disk refused
+    as :class:`StorageError`, never as raw apsw errors."""
+
+    @functools.wraps(method)
+    def typed(self: Mailbox, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(self, *args, **kwargs)
+        except db.CORRUPT_ERRORS as exc:
+            self._note_corrupt(exc)
+            raise db.corrupt_file_error(self.path, exc) from exc
+        except db.REFUSED_WRITE_ERRORS as exc:
+            raise db.refused_write_error(self.path, exc) from exc
+
+    return typed
+
+
+def _corruption_noted(
+    method: Callable[Concatenate[Mailbox, _P], _R],
+) -> Callable[Concatenate[Mailbox, _P], _R]:
+    """For the step journal, read and written inside a turn: remember a bad page met (the
+    mailbox takes no new message from then on) but raise SQLite's own error, which the turn
+    loop turns into a :class:`CorruptFileError` that stops the actor (a torpor error raised
+    inside a turn would count as the message's failure instead)."""
+
+    @functools.wraps(method)
+    def noted(self: Mailbox, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return method(self, *args, **kwargs)
+        except db.CORRUPT_ERRORS as exc:
+            self._note_corrupt(exc)
+            raise
+
+    return noted
+
+
 class Mailbox:
     def __init__(
         self,
@@ -169,17 +212,29 @@ class Mailbox:
         type_name: str,
         key: str,
         image: Callable[[], bytes] | None = None,
+        known_sound: set[Path] | None = None,
     ) -> None:
         """Open (creating if absent) an actor's mailbox; ``image``: create it as a copy
-        of ``image()`` (called only when the file is absent)."""
+        of ``image()`` (called only when the file is absent). An existing file is checked for
+        bad pages unless it is in ``known_sound`` (the runtime's set of the files it checked
+        since it opened: it wrote them alone since; a bad page met later takes one out)."""
         self.path = path
+        self._known_sound = known_sound
+        #: SQLite's error for the first bad page met: the mailbox takes no new message then.
+        self.found_corrupt: BaseException | None = None
         created = image is not None and db.create_from_image(
             path, image, durable=synchronous == "FULL"
         )
         # Only this runtime's own connection ever opens a mailbox while the actor is awake.
         self.conn = db.connect(path, synchronous=synchronous, private=True, persist_wal=True)
         try:
-            with db.corruption_as_error(path):
+            with db.corruption_as_error(path), db.full_disk_as_error(path):
+                if not created and (known_sound is None or path not in known_sound):
+                    # A send is acknowledged once it is in this file: never into a file with a
+                    # bad page, wherever the page is (the turn loop would meet it later).
+                    db.check_sound(self.conn, path)
+                if known_sound is not None:
+                    known_sound.add(path)
 
                 def create(sql: str) -> None:
                     db.execute_script(self.conn, sql)
@@ -194,11 +249,13 @@ class Mailbox:
             self.conn.close()
             raise
 
+    @_typed_errors
     def data_was_created(self) -> bool:
         """Whether the actor's ``data.db`` was created beside this mailbox (from then on, a
         missing ``data.db`` is a lost file, not a new actor)."""
         return bool(db.scalar(self.conn, "SELECT count(*) FROM meta WHERE name = 'data'"))
 
+    @_typed_errors
     def note_data_created(self) -> None:
         self.conn.execute("INSERT OR IGNORE INTO meta(name, value) VALUES ('data', 1)")
 
@@ -210,16 +267,34 @@ class Mailbox:
     def close(self) -> None:
         db.close(self.conn, self.path, keep_wal=True)
 
+    def _note_corrupt(self, exc: BaseException) -> None:
+        if self.found_corrupt is None:
+            self.found_corrupt = exc
+        if self._known_sound is not None:
+            self._known_sound.discard(self.path)
+
+    def _refuse_if_corrupt(self) -> None:
+        """A mailbox found corrupt acknowledges no new message: it may not keep it."""
+        if self.found_corrupt is not None:
+            raise CorruptFileError(
+                f"{self.path} is corrupt ({self.found_corrupt}, met earlier): it takes no new "
+                "message; restore it from a replica or backup",
+                path=str(self.path),
+            ) from self.found_corrupt
+
     # -- appending ------------------------------------------------------------------------
 
+    @_typed_errors
     def append(self, method: str, payload: bytes) -> int:
         """Append a message with no sender cursor and no idempotency key; return its seq."""
+        self._refuse_if_corrupt()
         self.conn.execute(
             "INSERT INTO inbox(method, payload, enqueued_at) VALUES (?, ?, ?)",
             (method, payload, time.time()),
         )
         return int(self.conn.last_insert_rowid())
 
+    @_typed_errors
     def append_deduplicated(
         self,
         method: str,
@@ -234,6 +309,7 @@ class Mailbox:
         A duplicate by idempotency key returns the first message's seq; a duplicate by sender
         cursor (a redelivered outbox row) returns ``None``.
         """
+        self._refuse_if_corrupt()
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -285,6 +361,7 @@ class Mailbox:
             raise
         return seq, True
 
+    @_typed_errors
     def ensure_seq_above(self, applied_seq: int) -> None:
         """Never hand out a seq at or below ``applied_seq`` (a mailbox restored or lost alone
         would otherwise restart at 1, and new messages would pass for applied ones)."""
@@ -296,6 +373,7 @@ class Mailbox:
                     "INSERT INTO sqlite_sequence(name, seq) VALUES ('inbox', ?)", (applied_seq,)
                 )
 
+    @_typed_errors
     def load(self, after_seq: int, limit: int, *, recovered: bool) -> list[Message]:
         rows: list[Any] = self.conn.execute(
             f"SELECT {_MESSAGE_COLUMNS} FROM inbox WHERE seq > ? ORDER BY seq LIMIT ?",
@@ -319,6 +397,7 @@ class Mailbox:
             for row in rows
         ]
 
+    @_typed_errors
     def record_start(self, seq: int) -> int:
         """Count durably that message ``seq`` is about to run; return the starts so far."""
         for (started,) in self.conn.execute(
@@ -327,6 +406,7 @@ class Mailbox:
             return int(started)
         return 1
 
+    @_typed_errors
     def record_failure(self, seq: int) -> int:
         """Count one failed attempt of message ``seq`` durably; return the attempts so far."""
         for (attempts,) in self.conn.execute(
@@ -335,6 +415,7 @@ class Mailbox:
             return int(attempts)
         return 1
 
+    @_typed_errors
     def dead_letter(self, message: Message, error: BaseException | None) -> None:
         """Keep a copy of a message that exhausted its attempts (idempotent by seq)."""
         if error is None:
@@ -359,6 +440,7 @@ class Mailbox:
             ),
         )
 
+    @_typed_errors
     def remove_applied(self, upto_seq: int) -> None:
         """Delete inbox rows whose effects ``data.db`` has committed, with their journals and
         the events their turns consumed."""
@@ -378,6 +460,7 @@ class Mailbox:
 
     # -- the step journal -----------------------------------------------------------------
 
+    @_corruption_noted
     def journal(self, seq: int) -> dict[int, JournalRow]:
         """The journal of message ``seq``: step number -> row."""
         return {
@@ -389,6 +472,7 @@ class Mailbox:
             )
         }
 
+    @_corruption_noted
     def record(self, seq: int, rows: list[JournalRow], *, reset_start: bool = False) -> None:
         """Write journal rows (new, or replacing a waiting row) in one transaction;
         ``reset_start``: also forget the message's counted starts (it made progress)."""
@@ -414,6 +498,7 @@ class Mailbox:
                 ],
             )
 
+    @_corruption_noted
     def consume_event(self, seq: int, row: JournalRow, name: str) -> bytes | None:
         """Take the oldest unconsumed event called ``name`` for step ``row`` of message
         ``seq`` and journal it as the step's result, in one transaction; ``None`` if none."""
@@ -448,8 +533,10 @@ class Mailbox:
                 return bytes(payload)
         return None
 
+    @_typed_errors
     def add_event(self, name: str, payload: bytes, idempotency_key: str | None) -> bool:
         """Store an event (a signal); ``False`` if its idempotency key was seen already."""
+        self._refuse_if_corrupt()
         cursor = self.conn.execute(
             "INSERT INTO events(name, payload, idempotency_key, sent_at) VALUES (?, ?, ?, ?) "
             "ON CONFLICT(idempotency_key) DO NOTHING RETURNING id",
@@ -457,6 +544,7 @@ class Mailbox:
         )
         return bool(cursor.fetchall())
 
+    @_typed_errors
     def rewind(self, seq: int, from_n: int) -> int:
         """Forget the journal of message ``seq`` from step ``from_n`` on (events those steps
         consumed become unconsumed again); return the rows removed."""
@@ -476,6 +564,7 @@ class Mailbox:
             )
         return len(removed)
 
+    @_typed_errors
     def cancel(self, seq: int, reason: str) -> bool:
         """Mark message ``seq`` cancelled (durably); ``False`` if it is not in the inbox."""
         return bool(
@@ -484,15 +573,18 @@ class Mailbox:
             ).fetchall()
         )
 
+    @_typed_errors
     def reset_start(self, seq: int) -> None:
         """A turn suspended in a durable wait did not kill the process: forget its starts."""
         self.conn.execute("UPDATE inbox SET started = 0 WHERE seq = ? AND started > 0", (seq,))
 
+    @_typed_errors
     def next_wait(self) -> float | None:
         """The earliest deadline of a journaled durable wait (sleep, or an event's timeout)."""
         value = db.scalar(self.conn, "SELECT min(until) FROM journal WHERE status = 'waiting'")
         return None if value is None else float(value)
 
+    @_typed_errors
     def unapplied(self, applied_seq: int) -> list[tuple[int, str, int, str | None, float]]:
         """``(seq, method, attempts, cancelled, enqueued_at)`` of messages not yet applied."""
         return [
@@ -505,6 +597,7 @@ class Mailbox:
             )
         ]
 
+    @_typed_errors
     def prune_idempotency(self, before: float, applied_seq: int) -> None:
         """Forget keys older than ``before`` whose message was applied (never a pending one)."""
         self.conn.execute(
@@ -514,6 +607,7 @@ class Mailbox:
             "DELETE FROM events WHERE sent_at < ? AND consumed_seq <= ?", (before, applied_seq)
         )
 
+    @_typed_errors
     def dead_letters(self) -> list[StoredDeadLetter]:
         return [
             StoredDeadLetter(*row)
@@ -523,6 +617,7 @@ class Mailbox:
             )
         ]
 
+    @_typed_errors
     def replay_dead_letter(self, seq: int) -> Message | None:
         """Move a dead letter back into the inbox as a new message (new seq, no sender)."""
         conn = self.conn
@@ -536,6 +631,7 @@ class Mailbox:
             new_seq = self.append(method, payload)
         return Message(new_seq, None, None, method, payload, None, 0)
 
+    @_typed_errors
     def drop_dead_letter(self, seq: int) -> bool:
         with self.conn:
             rows = self.conn.execute(
