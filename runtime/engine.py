@@ -889,6 +889,15 @@ class Runtime:
                     ):
                         # Found corrupt in a turn: the next wake-up restores it.
                         self.replication.corrupt[act.aid] = act.failed
+                    # Askers parked by tidy() before the hibernation found a file corrupt learn
+                    # it now, as those of an actor failing awake do (their messages are kept).
+                    for waiter in self.parked_waiters.pop(act.aid, {}).values():
+                        failure = ActorFailedError(
+                            f"{act.describe()} cannot run turns; the message is kept"
+                        )
+                        failure.__cause__ = act.failed
+                        waiter.set_error(failure)
+                    # (awake, or hibernating: its last snapshot found a file corrupt)
                     self._transition(act, act.state, Event.CRASHED, repr(act.failed))
                 else:
                     if act.state is State.AWAKE:
@@ -901,12 +910,7 @@ class Runtime:
     def _stop(self, act: Activation) -> None:
         """Record that an actor exceeded its restart intensity, and owe its parent a notice."""
         reason = f"{type(act.gave_up).__qualname__}: {act.gave_up}"
-        self._transition(
-            act,
-            act.state if act.state is not State.HIBERNATING else State.AWAKE,
-            Event.GAVE_UP,
-            reason,
-        )
+        self._transition(act, act.state, Event.GAVE_UP, reason)  # (hibernating: a fence met)
         why = (
             "a replay diverged from its journal"
             if isinstance(act.gave_up, NondeterminismError)

@@ -3,21 +3,23 @@
 ::
 
     hibernated --wake--> waking --opened--> awake --idle--> hibernating --closed--> hibernated
-                          |                   |
-                          +--open_failed--> failed <--crashed--+
-                                              |                |
-                          waking <--wake------+           gave_up --> stopped --resume--> waking
+    waking --open_failed--> failed          awake or hibernating --crashed--> failed
+    failed --wake--> waking                 awake or hibernating --gave_up--> stopped
+    stopped --resume--> waking
 
 (``Runtime.resume`` is for stopped actors; a failed one runs again at its next wake.)
 
 - **hibernated**: no object, no open file, no task; a row in ``directory.db`` and files on disk.
 - **waking**: its files are being opened, migrations run, the object built.
 - **awake**: its turn loop runs (or waits for work); it may have a query connection open.
-- **hibernating**: ``on_hibernate`` runs, the WAL is checkpointed, files close.
+- **hibernating**: ``on_hibernate`` runs, the WAL is checkpointed (and, with a replica, the
+  changed files are snapshotted), files close. A file found corrupt meanwhile fails the actor
+  (``crashed``); a fence met meanwhile stops it (``gave_up``). Either way only that actor.
 - **failed**: it cannot run (``on_create`` kept failing, a file is corrupt, an internal error).
   Its messages are kept; the next wake (a new message, a restart) tries again.
-- **stopped**: it failed more often than its restart intensity allows. Messages are kept but
-  nothing runs until ``Runtime.resume``. Persisted: a restart does not undo it.
+- **stopped**: it failed more often than its restart intensity allows, a replay diverged from
+  its journal, or another runtime took its replica over. Messages are kept but nothing runs
+  until ``Runtime.resume``. Persisted: a restart does not undo it.
 
 The docs' diagram is generated from :data:`TRANSITIONS` (``mermaid()``).
 """
@@ -45,7 +47,7 @@ class Event(enum.Enum):
     IDLE = "idle"  # idle_timeout passed, max_awake evicts it, or the runtime closes
     CLOSED = "closed"  # files closed, object dropped
     CRASHED = "crashed"  # on_create gave up, a file turned out corrupt, an internal error
-    GAVE_UP = "gave_up"  # failed turns beyond the type's restart intensity
+    GAVE_UP = "gave_up"  # failed turns beyond the restart intensity, a diverged replay, a fence
     RESUME = "resume"  # Runtime.resume(ref)
 
 
@@ -58,6 +60,10 @@ TRANSITIONS: dict[tuple[State, Event], State] = {
     (State.HIBERNATING, Event.CLOSED): State.HIBERNATED,
     (State.AWAKE, Event.CRASHED): State.FAILED,
     (State.AWAKE, Event.GAVE_UP): State.STOPPED,
+    # Closing can fail too: the hibernation's snapshot finds a file corrupt, or its upload
+    # meets another runtime's fence.
+    (State.HIBERNATING, Event.CRASHED): State.FAILED,
+    (State.HIBERNATING, Event.GAVE_UP): State.STOPPED,
     (State.STOPPED, Event.RESUME): State.WAKING,
 }
 

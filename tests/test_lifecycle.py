@@ -59,3 +59,33 @@ def test_diagram_lists_every_transition() -> None:
     text = mermaid()
     for (source, event), target in TRANSITIONS.items():
         assert f"{source.value} --> {target.value}: {event.value}" in text
+
+
+#: Where each event comes from in the engine, as the states it can meet the actor in. The actor's
+#: task (its turn loop, then its closing) runs from ``opened`` until ``closed``: its failures
+#: (``crashed``, ``gave_up``) can come in each state it spans, the closing included (a snapshot
+#: finding a file corrupt, a fence met by the last upload).
+CAN_HAPPEN_IN = {
+    Event.WAKE: {State.HIBERNATED, State.FAILED},  # a stopped actor is not woken, only resumed
+    Event.RESUME: {State.STOPPED},
+    Event.OPENED: {State.WAKING},
+    Event.OPEN_FAILED: {State.WAKING},
+    Event.IDLE: {State.AWAKE},
+    Event.CLOSED: {State.HIBERNATING},
+    Event.CRASHED: RESIDENT - {State.WAKING},
+    Event.GAVE_UP: RESIDENT - {State.WAKING},
+}
+
+
+def test_table_is_total_over_the_pairs_the_engine_meets() -> None:
+    """Every (state, event) pair the engine can meet is in the table, and no other pair is."""
+    pairs = {(state, event) for event, states in CAN_HAPPEN_IN.items() for state in states}
+    assert set(Event) == CAN_HAPPEN_IN.keys()
+    assert sorted(pairs - TRANSITIONS.keys(), key=str) == []
+    assert sorted(TRANSITIONS.keys() - pairs, key=str) == []
+
+
+def test_a_failure_while_hibernating_ends_like_one_while_awake() -> None:
+    """A failure while hibernating (a corrupt file, a fence) ends as the same failure awake does."""
+    for event in (Event.CRASHED, Event.GAVE_UP):
+        assert next_state(State.HIBERNATING, event) is next_state(State.AWAKE, event)
