@@ -6,6 +6,7 @@ and each one is read back, so a setting that did not take effect is an error, no
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import errno
@@ -136,6 +137,37 @@ def refused_write_error(path: Path, exc: BaseException) -> StorageError:
     )
 
 
+class CheckedFiles:
+    """The files a runtime checked for bad pages since it opened (it wrote them alone since,
+    so they need no second check), the most recent :data:`CHECKED_FILES_KEPT` of them: a file
+    forgotten is only checked again."""
+
+    def __init__(self, limit: int = 0) -> None:
+        self.limit = limit or CHECKED_FILES_KEPT
+        self._paths: collections.OrderedDict[str, None] = collections.OrderedDict()
+
+    def __contains__(self, path: Path) -> bool:
+        key = str(path)
+        if key in self._paths:
+            self._paths.move_to_end(key)
+            return True
+        return False
+
+    def add(self, path: Path) -> None:
+        self._paths[str(path)] = None
+        self._paths.move_to_end(str(path))
+        if len(self._paths) > self.limit:
+            self._paths.popitem(last=False)
+
+    def discard(self, path: Path) -> None:
+        self._paths.pop(str(path), None)
+
+
+#: How many checked files a runtime remembers (about 200 bytes each): enough for the actors
+#: that receive messages while hibernated in a busy minute, bounded for a million actors.
+CHECKED_FILES_KEPT = 10_000
+
+
 def check_sound(conn: apsw.Connection, path: Path) -> None:
     """Raise :class:`CorruptFileError` unless ``PRAGMA quick_check`` finds ``conn``'s file sound.
 
@@ -144,6 +176,7 @@ def check_sound(conn: apsw.Connection, path: Path) -> None:
     """
     with corruption_as_error(path):
         problems = [str(row[0]) for row in conn.execute("PRAGMA quick_check(3)")]
+    conn.release_memory()  # (the check read every page into the cache: an awake actor's RSS)
     if problems != ["ok"]:
         raise CorruptFileError(
             f"{path} is corrupt ({'; '.join(problems)}); restore it from a replica or backup",

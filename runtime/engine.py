@@ -313,7 +313,7 @@ class Runtime:
         self.stats_dead_letters = 0
         self.stats_wakes = 0
         #: Mailboxes checked for bad pages since the runtime opened (runtime/mailbox.py).
-        self.sound_mailboxes: set[Path] = set()
+        self.sound_mailboxes = db.CheckedFiles()
         self.stats_timers_fired = 0
         self.stats_steps = 0
         self.parked_waiters: dict[str, dict[int, Waiter]] = {}  # askers of hibernated actors

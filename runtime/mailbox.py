@@ -212,7 +212,7 @@ class Mailbox:
         type_name: str,
         key: str,
         image: Callable[[], bytes] | None = None,
-        known_sound: set[Path] | None = None,
+        known_sound: db.CheckedFiles | None = None,
     ) -> None:
         """Open (creating if absent) an actor's mailbox; ``image``: create it as a copy
         of ``image()`` (called only when the file is absent). An existing file is checked for

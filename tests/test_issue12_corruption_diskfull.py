@@ -294,3 +294,18 @@ def test_a_really_full_disk_refuses_sends_with_storage_error_and_loses_nothing(
         else:
             assert times == 1, f"{how} {n} to {key!r} ({outcome}) applied {times} times"
     assert out["integrity"] and set(out["integrity"].values()) == {"ok"}, out["integrity"]
+
+
+def test_the_runtime_remembers_a_bounded_number_of_checked_mailboxes(tmp_path: Path) -> None:
+    """Memory for the mailboxes checked since the runtime opened stays bounded (oldest go)."""
+    from runtime.db import CheckedFiles
+
+    checked = CheckedFiles(limit=2)
+    a, b, c = (tmp_path / name for name in "abc")
+    checked.add(a)
+    checked.add(b)
+    assert a in checked  # (and now the most recently used)
+    checked.add(c)
+    assert a in checked and c in checked and b not in checked
+    checked.discard(a)
+    assert a not in checked
