@@ -7,7 +7,7 @@ whose modules are private: import from ``actors``, never from ``runtime``.
 from importlib import metadata as _metadata
 
 from runtime.actor import Actor, query
-from runtime.datastore import KV, Sql, SqlRefusedError
+from runtime.datastore import KV, Sql
 from runtime.engine import (
     DeadLetter,
     LifecycleEvent,
@@ -25,8 +25,10 @@ from runtime.errors import (
     ActorNotFoundError,
     ActorStoppedError,
     CorruptFileError,
+    CorruptReplicaError,
     DecodingError,
     EncodingError,
+    FencedError,
     IdempotencyKeyReusedError,
     InvalidArgumentsError,
     InvalidKeyError,
@@ -34,10 +36,16 @@ from runtime.errors import (
     MessageTooLargeError,
     NondeterminismError,
     NonRetryable,
+    PreconditionFailedError,
+    ReplicaConflictError,
+    ReplicaError,
+    ReplicaUnavailableError,
+    RestorePointError,
     RuntimeClosedError,
     RuntimeInternalError,
     RuntimeLockedError,
     SchemaError,
+    SqlRefusedError,
     StepFailedError,
     StorageError,
     StoredError,
@@ -47,17 +55,8 @@ from runtime.errors import (
     WaitTimeoutError,
 )
 from runtime.observe import MetricsEndpoint, log_lifecycle, render_metrics, serve_metrics
-from runtime.replica import (
-    DirectoryStore,
-    PreconditionFailedError,
-    ReplicaError,
-    ReplicaStatistics,
-    ReplicaStore,
-    ReplicaUnavailableError,
-    S3Store,
-)
-from runtime.replica.replicator import CorruptReplicaError, FencedError, RestorePointError
-from runtime.replication import ReplicaConflictError, Replication, ReplicationStatistics
+from runtime.replica import DirectoryStore, ReplicaStatistics, ReplicaStore, S3Store
+from runtime.replication import Replication, ReplicationStatistics
 from runtime.spec import RestartIntensity, Retry
 from runtime.steps import StepInfo, current_step
 from runtime.timers import Schedule

@@ -40,11 +40,19 @@ import attrs
 from . import db as _db
 from . import inspect as _inspect
 from .directory import Directory
-from .errors import ActorError, ActorExistsError, InvalidKeyError, RuntimeLockedError
+from .errors import (
+    ActorError,
+    ActorExistsError,
+    InvalidKeyError,
+    RestorePointError,
+    RestoreRefusedError,
+    RuntimeLockedError,
+    WriteRefusedError,
+)
 from .layout import DATA_FILE, DIRECTORY_FILE, LOCK_FILE, MAILBOX_FILE, actor_dir, actor_id
 from .mailbox import Mailbox
 from .replica import DirectoryStore, ReplicaStore, S3Store
-from .replica.replicator import Manifest, RestorePointError, manifest_key
+from .replica.replicator import Manifest, manifest_key
 from .replication import (
     ACTORS_PREFIX,
     ORIGIN_FILE,
@@ -174,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # the reader went away (``torpor ls DIR | head``)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
-    except _inspect.WriteRefusedError as exc:
+    except WriteRefusedError as exc:
         print(f"torpor {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except (ActorError, LookupError, OSError, apsw.Error) as exc:
@@ -431,9 +439,9 @@ def _call(args: argparse.Namespace) -> int:
         positional = json.loads(args.args)
         keywords = json.loads(args.kwargs)
     except ValueError as exc:
-        raise _inspect.WriteRefusedError(f"--args/--kwargs must be JSON ({exc})") from exc
+        raise WriteRefusedError(f"--args/--kwargs must be JSON ({exc})") from exc
     if not isinstance(positional, list) or not isinstance(keywords, dict):
-        raise _inspect.WriteRefusedError("--args must be a JSON list and --kwargs a JSON object")
+        raise WriteRefusedError("--args must be a JSON list and --kwargs a JSON object")
     types = _load_types(args.types)
     by_name: dict[str, type] = {}
     durable: list[str] = []
@@ -453,7 +461,7 @@ def _call(args: argparse.Namespace) -> int:
     if args.replica is not None or args.s3_bucket is not None:
         replica = _replica_store(args)
     elif durable:
-        raise _inspect.WriteRefusedError(
+        raise WriteRefusedError(
             f"{', '.join(map(repr, sorted(durable)))} {'are' if len(durable) > 1 else 'is'} "
             "durable = True: replies wait for the replica, so give the runtime's replica as its "
             "program opens it (--replica DIR, or --s3-bucket BUCKET and its options)"
@@ -1514,10 +1522,6 @@ def _restore_files(
         raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
-
-class RestoreRefusedError(ActorError):
-    """A restore that the runtime would undo at the actor's next wake-up."""
 
 
 def _other_writer(store: ReplicaStore, root: Path, aid: str) -> str | None:

@@ -18,7 +18,11 @@ import apsw
 
 from . import db
 from .codec import Codec
-from .errors import ActorError, CorruptFileError, SchemaError
+from .errors import (
+    CorruptFileError,
+    SchemaError,
+    SqlRefusedError,
+)
 
 # Runtime schema of data.db. Versioned in _torpor_state.schema (user_version belongs to the user).
 _RUNTIME_MIGRATIONS = (
@@ -104,17 +108,6 @@ _GUARDED_PRAGMAS = frozenset(
         "user_version",
     }
 )
-
-
-class SqlRefusedError(ActorError, apsw.AuthError):
-    """A handler's SQL statement was refused before it ran.
-
-    The runtime owns the transaction (a turn is one transaction), so ``BEGIN``, ``COMMIT``,
-    ``SAVEPOINT`` and ``ATTACH`` are refused, as are writes to the runtime's ``_torpor_*``
-    tables and changes to the pragmas its durability depends on. Inside a ``@query`` handler
-    only reads run (schema pragmas such as ``PRAGMA table_info(t)`` included). It is also an
-    ``apsw.AuthError``, the error SQLite's authorizer gives.
-    """
 
 
 _SCHEMA_TABLES = frozenset({"sqlite_master", "sqlite_temp_master", "sqlite_schema"})

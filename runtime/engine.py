@@ -34,6 +34,7 @@ from .errors import (
     ActorNotFoundError,
     ActorStoppedError,
     CorruptFileError,
+    FencedError,
     NondeterminismError,
     NotLocalError,
     RuntimeClosedError,
@@ -52,7 +53,7 @@ from .layout import (
 from .lifecycle import Event, State, next_state
 from .mailbox import Mailbox, Message
 from .mailbox import image as mailbox_image
-from .replica.replicator import FencedError, manifest_key
+from .replica.replicator import manifest_key
 from .replica.store import ReplicaStore
 from .replication import Replication, ReplicationEngine, ReplicationStatistics
 from .spec import DEFAULT_MAX_KEY_BYTES, TypeSpec, check_durable_types, check_key, index_types

@@ -7,6 +7,8 @@ that matches the kind of mistake (``ValueError`` for a bad value, ``TypeError`` 
 
 from __future__ import annotations
 
+import apsw
+
 
 class ActorError(Exception):
     """Root of every error torpor raises on purpose.
@@ -227,3 +229,134 @@ class TurnCancelledError(ActorError):
 class NotLocalError(ActorError):
     """Internal: a delivery found its target's files in the replica, not on this machine (it is
     being restored); the sender keeps the message and delivers it again after the restore."""
+
+
+# -- handlers' SQL -----------------------------------------------------------------------------
+
+
+class SqlRefusedError(ActorError, apsw.AuthError):
+    """A handler's SQL statement was refused before it ran.
+
+    The runtime owns the transaction (a turn is one transaction), so ``BEGIN``, ``COMMIT``,
+    ``SAVEPOINT`` and ``ATTACH`` are refused, as are writes to the runtime's ``_torpor_*``
+    tables and changes to the pragmas its durability depends on. Inside a ``@query`` handler
+    only reads run (schema pragmas such as ``PRAGMA table_info(t)`` included). It is also an
+    ``apsw.AuthError``, the error SQLite's authorizer gives.
+    """
+
+
+# -- the replica -------------------------------------------------------------------------------
+
+
+class ReplicaError(ActorError):
+    """A replica store refused a request, and retrying the same request will not help.
+
+    Raised as such for configuration mistakes: the bucket does not exist, the credentials are
+    missing, rejected or lack a permission, the bucket is in another region. The message has the
+    store's answer (for S3, the HTTP status and error code) and what to fix. The two subclasses
+    are the errors a caller handles at run time: :class:`PreconditionFailedError` and
+    :class:`ReplicaUnavailableError`.
+    """
+
+
+class PreconditionFailedError(ReplicaError):
+    """A conditional ``put`` did not hold: nothing was written.
+
+    Either ``if_none_match=True`` and the key already exists, or ``if_match=etag`` and the object
+    is missing or has another ETag (someone wrote it since you read it). For a manifest this
+    means another writer got there first: this one is fenced out and must stop, or read the new
+    version and decide again. S3's ``409 ConditionalRequestConflict`` (two conditional writes
+    racing on one key) is reported as this error too. ``key`` is the key, relative to the store.
+    """
+
+    def __init__(self, message: str, *, key: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class ReplicaUnavailableError(ReplicaError, OSError):
+    """The replica store could not be reached or could not serve the request, after retries.
+
+    For S3: connection refused or reset, timeouts, throttling, 5xx answers, a body cut short.
+    For a directory: the disk is full or failing. The request may succeed later. A ``put`` or
+    ``delete`` that raised this may or may not have been applied: read the key back before
+    deciding (a conditional put retried after an unknown outcome can fail its condition against
+    its own earlier write).
+    """
+
+
+class FencedError(ReplicaError):
+    """Another writer has claimed this file's replica: this one must stop writing it.
+
+    Raised when a manifest write fails its condition because a later epoch was claimed (or when
+    a claim loses a race). Nothing this writer uploaded is named by the manifest; the replica
+    refuses every later call. Unlike :class:`PreconditionFailedError`, which is one refused
+    request, this is a verdict on the writer: to write the file again, restore it from the
+    replica and :meth:`FileReplica.claim` anew. ``epoch`` is this writer's, ``current_epoch``
+    the manifest's (``None`` if unknown).
+    """
+
+    def __init__(self, message: str, *, epoch: int, current_epoch: int | None) -> None:
+        super().__init__(message)
+        self.epoch = epoch
+        self.current_epoch = current_epoch
+
+
+class CorruptReplicaError(ReplicaError, ValueError):
+    """An object of the replica is missing, damaged, or contradicts the manifest: restore stops.
+
+    Raised by :func:`restore` before the destination is touched. ``key`` names the object. A
+    damaged segment breaks the history from that segment on: restore an earlier ``at_txid``,
+    and take a new snapshot of the source if it is alive. Unlike
+    :class:`~runtime.replica.wal.SegmentError` (bytes that are not a valid segment), this also
+    covers a valid segment that is not the one the manifest names.
+    """
+
+    def __init__(self, message: str, *, key: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class RestorePointError(ReplicaError, LookupError):
+    """There is no replica under that name, or the requested point is not retained.
+
+    Retention keeps the latest snapshot and the segments after it: ``at_txid`` and ``at_time``
+    must fall in that range (:class:`RestoreResult` of a plain restore tells the latest txid).
+    """
+
+
+class CorruptSnapshotError(ReplicaError, ValueError):
+    """The local file to snapshot fails SQLite's ``quick_check``: it was not uploaded (the
+    replica keeps its last good state, to restore from)."""
+
+
+class ReplicaConflictError(ActorError):
+    """The replica prefix holds another runtime's files and this runtime has files of its own.
+
+    Point each runtime at its own prefix, or restore from that replica into an empty directory
+    (``torpor restore``) to take it over.
+    """
+
+
+class RestoreRefusedError(ActorError):
+    """A restore that the runtime would undo at the actor's next wake-up."""
+
+
+# -- offline tools (inspect, sql, restore, fork) ------------------------------------------------
+
+
+class NotARuntimeError(ActorError, FileNotFoundError):
+    """The path is not a runtime directory (it has no ``directory.db``)."""
+
+
+class NoSuchActorError(ActorError, LookupError):
+    """No actor of that type and key is in the runtime's ``directory.db``."""
+
+
+class ActorAwakeError(ActorError):
+    """The actor is awake in a running runtime, which holds its files; read it once it
+    hibernates (or from that process, with ``Runtime`` methods)."""
+
+
+class WriteRefusedError(ActorError, ValueError):
+    """``torpor sql`` runs read-only statements; this one would write or control transactions."""

@@ -33,7 +33,13 @@ import msgpack
 
 from . import codec
 from .datastore import read_only_authorizer
-from .errors import ActorError
+from .errors import (
+    ActorAwakeError,
+    ActorError,
+    NoSuchActorError,
+    NotARuntimeError,
+    WriteRefusedError,
+)
 from .layout import DATA_FILE, DIRECTORY_FILE, LOCK_FILE, MAILBOX_FILE, actor_dir, actor_id
 
 #: How long a reader waits for an actor's files before calling it awake: the runtime holds
@@ -47,19 +53,6 @@ _SHARED_FIRST = 0x40000000 + 2
 _SHARED_SIZE = 510
 
 STATUSES = ("awake", "hibernated", "stopped", "pending")
-
-
-class NotARuntimeError(ActorError, FileNotFoundError):
-    """The path is not a runtime directory (it has no ``directory.db``)."""
-
-
-class NoSuchActorError(ActorError, LookupError):
-    """No actor of that type and key is in the runtime's ``directory.db``."""
-
-
-class ActorAwakeError(ActorError):
-    """The actor is awake in a running runtime, which holds its files; read it once it
-    hibernates (or from that process, with ``Runtime`` methods)."""
 
 
 # -- opening files quietly -------------------------------------------------------------------
@@ -778,10 +771,6 @@ def applied_seq(root: Path, type_name: str, key: str) -> int:
 
 
 # -- ad-hoc SQL across actors -------------------------------------------------------------------
-
-
-class WriteRefusedError(ActorError, ValueError):
-    """``torpor sql`` runs read-only statements; this one would write or control transactions."""
 
 
 @attrs.frozen

@@ -54,30 +54,31 @@ import anyio.to_thread
 import apsw
 import attrs
 
-from .errors import ActorError, CorruptFileError
+from .errors import (
+    CorruptFileError,
+    CorruptReplicaError,
+    CorruptSnapshotError,
+    FencedError,
+    PreconditionFailedError,
+    ReplicaConflictError,
+    ReplicaError,
+    ReplicaUnavailableError,
+    RestorePointError,
+)
 from .layout import DATA_FILE, DIRECTORY_FILE, MAILBOX_FILE, actor_dir, actor_id
 from .replica.log import add_fence, encode_log, log_key, read_fences, session_prefix
 from .replica.replicator import (
     ANY_SALT,
     Captured,
-    CorruptReplicaError,
-    CorruptSnapshotError,
-    FencedError,
     FileReplica,
     Manifest,
     Prepared,
-    RestorePointError,
     SnapshotNeeded,
     manifest_key,
     read_tail,
     restore,
 )
-from .replica.store import (
-    PreconditionFailedError,
-    ReplicaError,
-    ReplicaStore,
-    ReplicaUnavailableError,
-)
+from .replica.store import ReplicaStore
 from .replica.wal import WalPosition
 
 if TYPE_CHECKING:
@@ -95,14 +96,6 @@ STAGING_PREFIX = ".restore-"
 
 #: Store names of the replicated files.
 ACTORS_PREFIX = "actors"
-
-
-class ReplicaConflictError(ActorError):
-    """The replica prefix holds another runtime's files and this runtime has files of its own.
-
-    Point each runtime at its own prefix, or restore from that replica into an empty directory
-    (``torpor restore``) to take it over.
-    """
 
 
 @attrs.frozen

@@ -14,7 +14,7 @@ import pytest
 
 from runtime import bench_replication
 from runtime.bench_replication import CountingStore, _Book, _check_once, kind_of
-from runtime.replica.store import PreconditionFailedError
+from runtime.errors import PreconditionFailedError
 
 TINY = [
     "--actors",

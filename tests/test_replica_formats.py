@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 import actors
-from runtime.replica.replicator import CorruptReplicaError, manifest_key
+from runtime.errors import CorruptReplicaError
+from runtime.replica.replicator import manifest_key
 from tests.agents import Counter
 from tests.replication_helpers import real_time
 

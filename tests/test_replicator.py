@@ -19,18 +19,16 @@ from pathlib import Path
 import apsw
 import pytest
 
-from runtime.replica.directory_store import DirectoryStore
-from runtime.replica.replicator import (
+from runtime.errors import (
     CorruptReplicaError,
     FencedError,
-    FileReplica,
-    Manifest,
+    ReplicaUnavailableError,
     RestorePointError,
-    manifest_key,
-    restore,
 )
+from runtime.replica.directory_store import DirectoryStore
+from runtime.replica.replicator import FileReplica, Manifest, manifest_key, restore
 from runtime.replica.s3_store import S3Store
-from runtime.replica.store import Data, ReplicaStore, ReplicaUnavailableError
+from runtime.replica.store import Data, ReplicaStore
 from runtime.replica.wal import FRAME_HEADER_BYTES, WAL_HEADER_BYTES
 from tests.s3server import S3Server
 

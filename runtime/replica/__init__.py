@@ -1,18 +1,13 @@
-"""Replica stores: where replication (DESIGN §6) keeps snapshots, segments and manifests.
+"""Replica stores: where replication keeps snapshots, segments and manifests.
 
 One small interface (:class:`ReplicaStore`) and two implementations, a local directory and S3,
 that pass one conformance suite (``tests/test_replica_store.py``).
 """
 
+from ..errors import PreconditionFailedError, ReplicaError, ReplicaUnavailableError
 from .directory_store import DirectoryStore
 from .s3_store import S3Store
-from .store import (
-    PreconditionFailedError,
-    ReplicaError,
-    ReplicaStatistics,
-    ReplicaStore,
-    ReplicaUnavailableError,
-)
+from .store import ReplicaStatistics, ReplicaStore
 
 __all__ = [
     "DirectoryStore",

@@ -26,13 +26,11 @@ import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
+from ..errors import PreconditionFailedError, ReplicaError, ReplicaUnavailableError
 from .store import (
     LIST_PAGE_KEYS,
     Data,
-    PreconditionFailedError,
-    ReplicaError,
     ReplicaStore,
-    ReplicaUnavailableError,
     check_condition,
     check_data,
     check_key,

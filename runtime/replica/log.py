@@ -32,7 +32,8 @@ from typing import Any
 
 import attrs
 
-from .store import PreconditionFailedError, ReplicaStore, check_key
+from ..errors import PreconditionFailedError
+from .store import ReplicaStore, check_key
 
 LOG_MAGIC = b"TPLG"
 LOG_VERSION = 1

@@ -61,14 +61,17 @@ from typing import Any
 import apsw
 import attrs
 
-from .log import LogFormatError, decode_log, log_key
-from .store import (
+from ..errors import (
+    CorruptReplicaError,
+    CorruptSnapshotError,
+    FencedError,
     PreconditionFailedError,
     ReplicaError,
-    ReplicaStore,
     ReplicaUnavailableError,
-    check_key,
+    RestorePointError,
 )
+from .log import LogFormatError, decode_log, log_key
+from .store import ReplicaStore, check_key
 from .wal import (
     DEFAULT_CODEC,
     Segment,
@@ -115,46 +118,6 @@ _RESTART = apsw.SQLITE_CHECKPOINT_RESTART
 _TRUNCATE = apsw.SQLITE_CHECKPOINT_TRUNCATE
 _NOOP = apsw.SQLITE_CHECKPOINT_NOOP
 _CHECKPOINT_MODES = {_PASSIVE: "PASSIVE", _RESTART: "RESTART", _TRUNCATE: "TRUNCATE"}
-
-
-class FencedError(ReplicaError):
-    """Another writer has claimed this file's replica: this one must stop writing it.
-
-    Raised when a manifest write fails its condition because a later epoch was claimed (or when
-    a claim loses a race). Nothing this writer uploaded is named by the manifest; the replica
-    refuses every later call. Unlike :class:`PreconditionFailedError`, which is one refused
-    request, this is a verdict on the writer: to write the file again, restore it from the
-    replica and :meth:`FileReplica.claim` anew. ``epoch`` is this writer's, ``current_epoch``
-    the manifest's (``None`` if unknown).
-    """
-
-    def __init__(self, message: str, *, epoch: int, current_epoch: int | None) -> None:
-        super().__init__(message)
-        self.epoch = epoch
-        self.current_epoch = current_epoch
-
-
-class CorruptReplicaError(ReplicaError, ValueError):
-    """An object of the replica is missing, damaged, or contradicts the manifest: restore stops.
-
-    Raised by :func:`restore` before the destination is touched. ``key`` names the object. A
-    damaged segment breaks the history from that segment on: restore an earlier ``at_txid``,
-    and take a new snapshot of the source if it is alive. Unlike
-    :class:`~runtime.replica.wal.SegmentError` (bytes that are not a valid segment), this also
-    covers a valid segment that is not the one the manifest names.
-    """
-
-    def __init__(self, message: str, *, key: str) -> None:
-        super().__init__(message)
-        self.key = key
-
-
-class RestorePointError(ReplicaError, LookupError):
-    """There is no replica under that name, or the requested point is not retained.
-
-    Retention keeps the latest snapshot and the segments after it: ``at_txid`` and ``at_time``
-    must fall in that range (:class:`RestoreResult` of a plain restore tells the latest txid).
-    """
 
 
 @attrs.frozen
@@ -371,11 +334,6 @@ class Manifest:
             if isinstance(exc, CorruptReplicaError):
                 raise
             raise CorruptReplicaError(f"manifest {key!r} is not valid ({exc!r})", key=key) from exc
-
-
-class CorruptSnapshotError(ReplicaError, ValueError):
-    """The local file to snapshot fails SQLite's ``quick_check``: it was not uploaded (the
-    replica keeps its last good state, to restore from)."""
 
 
 def _quick_check(image: bytes, name: str) -> None:

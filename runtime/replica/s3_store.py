@@ -25,12 +25,10 @@ from typing import Any, TypeVar
 
 import attrs
 
+from ..errors import PreconditionFailedError, ReplicaError, ReplicaUnavailableError
 from .store import (
     Data,
-    PreconditionFailedError,
-    ReplicaError,
     ReplicaStore,
-    ReplicaUnavailableError,
     check_condition,
     check_data,
     check_key,

@@ -18,8 +18,6 @@ from collections.abc import Iterator
 
 import attrs
 
-from ..errors import ActorError
-
 #: The longest key in bytes of UTF-8, the store's prefix included: S3's own limit, applied to
 #: every store so that a key accepted by one is accepted by all.
 MAX_KEY_BYTES = 1024
@@ -34,43 +32,6 @@ LIST_PAGE_KEYS = 1000
 
 #: What ``put`` accepts as data.
 Data = bytes | bytearray | memoryview
-
-
-class ReplicaError(ActorError):
-    """A replica store refused a request, and retrying the same request will not help.
-
-    Raised as such for configuration mistakes: the bucket does not exist, the credentials are
-    missing, rejected or lack a permission, the bucket is in another region. The message has the
-    store's answer (for S3, the HTTP status and error code) and what to fix. The two subclasses
-    are the errors a caller handles at run time: :class:`PreconditionFailedError` and
-    :class:`ReplicaUnavailableError`.
-    """
-
-
-class PreconditionFailedError(ReplicaError):
-    """A conditional ``put`` did not hold: nothing was written.
-
-    Either ``if_none_match=True`` and the key already exists, or ``if_match=etag`` and the object
-    is missing or has another ETag (someone wrote it since you read it). For a manifest this
-    means another writer got there first: this one is fenced out and must stop, or read the new
-    version and decide again. S3's ``409 ConditionalRequestConflict`` (two conditional writes
-    racing on one key) is reported as this error too. ``key`` is the key, relative to the store.
-    """
-
-    def __init__(self, message: str, *, key: str) -> None:
-        super().__init__(message)
-        self.key = key
-
-
-class ReplicaUnavailableError(ReplicaError, OSError):
-    """The replica store could not be reached or could not serve the request, after retries.
-
-    For S3: connection refused or reset, timeouts, throttling, 5xx answers, a body cut short.
-    For a directory: the disk is full or failing. The request may succeed later. A ``put`` or
-    ``delete`` that raised this may or may not have been applied: read the key back before
-    deciding (a conditional put retried after an unknown outcome can fail its condition against
-    its own earlier write).
-    """
 
 
 def check_key(key: object, *, prefix_bytes: int = 0) -> str:
