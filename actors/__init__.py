@@ -8,16 +8,7 @@ from importlib import metadata as _metadata
 
 from runtime.actor import Actor, query
 from runtime.datastore import KV, Sql
-from runtime.engine import (
-    DeadLetter,
-    LifecycleEvent,
-    Ref,
-    Runtime,
-    RuntimeStatistics,
-    StepRecord,
-    TurnInfo,
-    open_runtime,
-)
+from runtime.engine import Ref, Runtime, open_runtime
 from runtime.errors import (
     ActorError,
     ActorExistsError,
@@ -55,8 +46,16 @@ from runtime.errors import (
     WaitTimeoutError,
 )
 from runtime.observe import MetricsEndpoint, log_lifecycle, render_metrics, serve_metrics
+from runtime.records import (
+    DeadLetter,
+    LifecycleEvent,
+    ReplicationStatistics,
+    RuntimeStatistics,
+    StepRecord,
+    TurnInfo,
+)
 from runtime.replica import DirectoryStore, ReplicaStatistics, ReplicaStore, S3Store
-from runtime.replication import Replication, ReplicationStatistics
+from runtime.replication import Replication
 from runtime.spec import RestartIntensity, Retry
 from runtime.steps import StepInfo, current_step
 from runtime.timers import Schedule

@@ -71,8 +71,8 @@ from . import s3server
 from .bench import percentile
 from .faultproxy import Fault, FaultProxy
 from .layout import DATA_FILE, actor_id
+from .records import ReplicationStatistics
 from .replica.store import Data, ReplicaStatistics, ReplicaStore
-from .replication import ReplicationStatistics
 from .s3server import S3Server
 
 #: Targets (a figure must be at most its target).

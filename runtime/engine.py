@@ -22,7 +22,6 @@ from typing import Any, Generic, TypeVar
 import anyio
 import anyio.lowlevel
 import apsw
-import attrs
 
 from . import context, db, timers
 from .activation import CHILD_SENDER, Activation, Waiter, check_payload
@@ -53,9 +52,16 @@ from .layout import (
 from .lifecycle import Event, State, next_state
 from .mailbox import Mailbox, Message
 from .mailbox import image as mailbox_image
+from .records import (
+    DeadLetter,
+    LifecycleEvent,
+    RuntimeStatistics,
+    StepRecord,
+    TurnInfo,
+)
 from .replica.replicator import manifest_key
 from .replica.store import ReplicaStore
-from .replication import Replication, ReplicationEngine, ReplicationStatistics
+from .replication import Replication, ReplicationEngine
 from .spec import DEFAULT_MAX_KEY_BYTES, TypeSpec, check_durable_types, check_key, index_types
 from .timers import Schedule
 
@@ -93,102 +99,6 @@ def default_max_awake() -> int:
         soft = 1 << 20
     spare = max(64, soft // 10)
     return max(1, (soft - spare) // FDS_PER_AWAKE_ACTOR)
-
-
-@attrs.frozen
-class LifecycleEvent:
-    """One lifecycle transition of one actor, from ``Runtime.open_lifecycle_events``."""
-
-    type_name: str
-    key: str
-    previous: str
-    state: str
-    event: str
-    at: float
-    detail: str | None = None
-
-
-@attrs.frozen
-class RuntimeStatistics:
-    """A snapshot of the runtime's counters, from :meth:`Runtime.statistics`.
-
-    ``wake_latency_p50`` and ``_p99`` are seconds from the moment a message needed a
-    hibernated actor to the start of its handler, over the last 1,000 wake-ups (``None`` before
-    the first).
-    """
-
-    awake: int
-    hibernated: int
-    failed: int
-    stopped: int
-    max_awake: int
-    messages_sent: int
-    turns: int
-    messages_applied: int
-    retries: int
-    dead_letters: int
-    wakes: int
-    hibernations: int
-    timers_fired: int
-    actors_with_timers: int
-    steps: int
-    step_retries: int
-    wake_latency_p50: float | None
-    wake_latency_p99: float | None
-    unknown_types: tuple[str, ...]
-    #: Replication's counters and lag; ``None`` without a replica.
-    replication: ReplicationStatistics | None = None
-
-
-@attrs.frozen
-class DeadLetter:
-    """A message that failed on every allowed attempt, kept in the actor's mailbox."""
-
-    seq: int
-    method: str
-    args: tuple[Any, ...] | None
-    kwargs: dict[str, Any] | None
-    sender: str | None
-    idempotency_key: str | None
-    attempts: int
-    error_type: str
-    error_message: str
-    traceback: str
-    failed_at: float
-
-
-@attrs.frozen
-class StepRecord:
-    """One journaled step of a turn in flight (``Runtime.turns``).
-
-    ``kind``: step, ask, sleep, event, now, random, uuid or patch. ``status``: done, failed, or
-    waiting (a durable wait not over yet; ``until`` is its deadline, seconds since the epoch).
-    """
-
-    number: int
-    kind: str
-    name: str
-    status: str
-    attempts: int
-    until: float | None
-    recorded_at: float
-
-
-@attrs.frozen
-class TurnInfo:
-    """A message whose turn has started and not committed (``Runtime.turns``).
-
-    ``status``: ``running`` (its handler runs now), ``waiting`` (in a durable wait; the actor
-    may be hibernated) or ``interrupted`` (it ran before a crash, a restart or a hibernation and
-    resumes from its journal when the actor next runs).
-    """
-
-    seq: int
-    method: str
-    status: str
-    attempts: int
-    cancelled: str | None
-    steps: tuple[StepRecord, ...]
 
 
 class Ref(Generic[A]):

@@ -66,6 +66,7 @@ from .errors import (
     RestorePointError,
 )
 from .layout import DATA_FILE, DIRECTORY_FILE, MAILBOX_FILE, actor_dir, actor_id
+from .records import ReplicationStatistics
 from .replica.log import add_fence, encode_log, log_key, read_fences, session_prefix
 from .replica.replicator import (
     ANY_SALT,
@@ -151,31 +152,6 @@ class Replication:
             )
         if self.min_delay > self.max_delay:
             raise ValueError("Replication.min_delay must not be above max_delay")
-
-
-@attrs.frozen
-class ReplicationStatistics:
-    """Replication's counters, in :attr:`RuntimeStatistics.replication`."""
-
-    #: Files with commits not acknowledged by the replica yet.
-    files_behind: int
-    #: Seconds since the oldest commit not acknowledged yet was made (0 when none).
-    lag: float
-    #: Commit-to-acknowledgement seconds over the last 1,000 rounds' commits.
-    lag_p50: float | None
-    lag_p99: float | None
-    rounds: int
-    segments: int
-    snapshots: int
-    manifests: int
-    requests: int
-    puts: int
-    bytes_uploaded: int
-    errors: int
-    #: The last error from the store, ``None`` once a round succeeded since.
-    last_error: str | None
-    fenced: int
-    restores: int
 
 
 class _File:
