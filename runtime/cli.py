@@ -148,13 +148,20 @@ def main(argv: list[str] | None = None) -> int:
 
             actors = 500 if args.quick else args.actors
             awake = 200 if args.quick else args.awake
-            figures = bench_supervisor.run(
+            report = bench_supervisor.run(
                 actors=actors,
                 awake=awake,
                 resume=500 if args.quick else args.resume,
                 backend=args.backend,
                 progress=progress,
             )
+            if args.json:
+                document = bench_module.as_json(report.figures, "NORMAL")
+                print(json.dumps({**document, **report.as_json()}, indent=2))
+            else:
+                print(bench_module.format_table(report.figures, "NORMAL"))
+                print("\n".join(report.lines()))
+            return 0
         elif args.suite == "steps":
             from . import bench_steps
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import math
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
+import apsw
 import pytest
 
 
@@ -27,3 +31,48 @@ def test_bench_quick_reports_every_figure(suite: str) -> None:
         assert math.isfinite(figure["torpor"]), figure
         if figure["unit"] in ("msg/s", "µs", "ms", "s"):
             assert figure["torpor"] > 0, figure
+
+
+def test_bench_supervisor_reports_fresh_memory_two_file_baseline_and_targets() -> None:
+    """The supervisor bench prints fresh-process memory, a two-file raw wake, targets met/missed."""
+    done = subprocess.run(
+        [sys.executable, "-m", "runtime.cli", "bench", "supervisor", "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    for name in ("fds", "RSS", "SQLite heap"):
+        assert f"{name} per awake actor, fresh process" in out
+    assert "open data.db and mailbox.db of the same 200 hibernated actors" in out
+    for target in ("wake latency p50 ≤ 1 ms", "wake latency p99 ≤ 5 ms", "≤ 256 KiB"):
+        line = next(line for line in out.splitlines() if target in line)
+        assert line.split()[0] in ("met", "MISSED"), line
+    assert "targets missed: " in out
+    assert not any(word in out.lower() for word in ("issue", "milestone"))
+
+
+async def test_bench_supervisor_raw_wake_opens_files_as_the_runtime_does(tmp_path: Path) -> None:
+    """The supervisor bench's raw wake opens an actor's two files with the runtime's settings."""
+    from runtime import bench_supervisor
+    from runtime.engine import open_runtime
+
+    def settings(conn: apsw.Connection) -> tuple[Any, ...]:
+        flag = ctypes.c_int(-1)  # -1: query the flag
+        conn.file_control("main", apsw.SQLITE_FCNTL_PERSIST_WAL, ctypes.addressof(flag))
+        names = ("journal_mode", "synchronous", "page_size", "locking_mode", "busy_timeout")
+        return (conn.vfsname("main"), flag.value, *(conn.pragma(name) for name in names))
+
+    agent = bench_supervisor._types()
+    async with open_runtime(tmp_path, types=[agent]) as rt:
+        await rt.ref(agent, "a0").ask(agent.hi)
+        (act,) = rt.awake.values()
+        ours = [settings(act.mailbox.conn), settings(act.data.conn)]
+    opened = bench_supervisor._open_as_a_wake(tmp_path, "a0")
+    try:
+        raw = [settings(conn) for conn, _ in opened]
+    finally:
+        bench_supervisor._close_as_a_hibernation(opened)
+    assert raw == ours
+    assert ours[0][:2] == ("unix-excl", 1)
