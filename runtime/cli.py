@@ -148,6 +148,11 @@ def main(argv: list[str] | None = None) -> int:
 
             actors = 500 if args.quick else args.actors
             awake = 200 if args.quick else args.awake
+            if actors < 2 or not 1 <= awake < actors:
+                bench.error(  # (one actor more than --awake: the fresh process's warm-up wake)
+                    f"supervisor: --actors must be at least 2 and --awake between 1 and "
+                    f"--actors - 1 (got --actors {actors}, --awake {awake})"
+                )
             report = bench_supervisor.run(
                 actors=actors,
                 awake=awake,
