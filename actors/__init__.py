@@ -8,7 +8,7 @@ from importlib import metadata as _metadata
 
 from runtime.actor import Actor, query
 from runtime.datastore import KV, Sql
-from runtime.engine import Ref, Runtime, open_runtime
+from runtime.engine import Runtime, open_runtime
 from runtime.errors import (
     ActorError,
     ActorExistsError,
@@ -54,6 +54,7 @@ from runtime.records import (
     StepRecord,
     TurnInfo,
 )
+from runtime.ref import Ref
 from runtime.replica import DirectoryStore, ReplicaStatistics, ReplicaStore, S3Store
 from runtime.replication import Replication
 from runtime.spec import RestartIntensity, Retry

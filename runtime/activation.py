@@ -55,7 +55,8 @@ from .mailbox import image as mailbox_image
 from .steps import Interrupted, SplitBatch, Suspended, TurnState
 
 if TYPE_CHECKING:
-    from .engine import Ref, Runtime
+    from .engine import Runtime
+    from .ref import Ref
     from .spec import TypeSpec
 
 #: Messages applied in one ``data.db`` transaction at most (group commit, DESIGN §8).

@@ -14,7 +14,7 @@ from .timers import Schedule
 
 if TYPE_CHECKING:
     from .datastore import KV, Sql
-    from .engine import Ref
+    from .ref import Ref
     from .spec import TypeSpec
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
@@ -200,7 +200,7 @@ class Actor:
         """Ask another actor, as a step: the request is sent exactly once (an idempotency key
         derived from this step), and the reply is journaled. The asking turn waits for the
         reply, so two actors asking each other wait forever: send one way instead."""
-        from .engine import Ref
+        from .ref import Ref
 
         turn = context.current_durable(self, "self.ask")
         runtime = self._torpor_ref._runtime

@@ -15,9 +15,9 @@ import os
 import resource
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import anyio
 import anyio.lowlevel
@@ -59,6 +59,8 @@ from .records import (
     StepRecord,
     TurnInfo,
 )
+from .ref import Ref
+from .ref import refuse_inside_turn as _refuse_inside_turn
 from .replica.replicator import manifest_key
 from .replica.store import ReplicaStore
 from .replication import Replication, ReplicationEngine
@@ -99,79 +101,6 @@ def default_max_awake() -> int:
         soft = 1 << 20
     spare = max(64, soft // 10)
     return max(1, (soft - spare) // FDS_PER_AWAKE_ACTOR)
-
-
-class Ref(Generic[A]):
-    """A handle on one actor, ``(type, key)``. Creating or holding one costs no I/O."""
-
-    __slots__ = ("_runtime", "_spec", "key")
-
-    def __init__(self, runtime: Runtime, spec: TypeSpec, key: str) -> None:
-        self._runtime = runtime
-        self._spec = spec
-        self.key = key
-
-    @property
-    def type_name(self) -> str:
-        """The persisted name of the actor's type."""
-        return self._spec.name
-
-    @property
-    def actor_type(self) -> type[A]:
-        return self._spec.cls
-
-    def __repr__(self) -> str:
-        return f"Ref({self._spec.name}, {self.key!r})"
-
-    def __eq__(self, other: object) -> bool:
-        return (
-            isinstance(other, Ref) and other._spec.name == self._spec.name and other.key == self.key
-        )
-
-    def __hash__(self) -> int:
-        return hash((self._spec.name, self.key))
-
-    async def send(
-        self,
-        method: Callable[..., Awaitable[Any]] | str,
-        /,
-        *args: Any,
-        idempotency_key: str | None = None,
-        **kwargs: Any,
-    ) -> None:
-        """Send a message; return once it is durable in the actor's mailbox.
-
-        With ``idempotency_key``, a retried send with the same key stores nothing new.
-        """
-        await anyio.lowlevel.checkpoint_if_cancelled()
-        _refuse_inside_turn("ref.send", "self.send(ref, ...)")
-        await self._runtime._send(self._spec, self.key, method, args, kwargs, idempotency_key)
-        await anyio.lowlevel.cancel_shielded_checkpoint()
-
-    async def signal(
-        self, name: str, payload: Any = None, *, idempotency_key: str | None = None
-    ) -> bool:
-        """Deliver event ``name`` to this actor: a turn waiting in
-        ``self.wait_for_event(name)`` gets ``payload``; with no such turn, the event waits
-        (oldest first) for the next one. Events never queue behind turns. Returns ``False``
-        if ``idempotency_key`` was used already (the event was not stored twice)."""
-        return await self._runtime.signal(self, name, payload, idempotency_key=idempotency_key)
-
-    async def ask(
-        self,
-        method: Callable[..., Awaitable[R]] | str,
-        /,
-        *args: Any,
-        idempotency_key: str | None = None,
-        **kwargs: Any,
-    ) -> R:
-        """Send a message and return the handler's result (or raise its typed failure).
-
-        With ``idempotency_key``, a retried ask with the same key applies nothing twice and
-        returns the first call's result. A ``@query`` handler runs at once against committed
-        state, beside any turn in progress.
-        """
-        return await self._runtime._ask(self._spec, self.key, method, args, kwargs, idempotency_key)  # type: ignore[no-any-return]
 
 
 class Runtime:
@@ -1639,15 +1568,6 @@ def _new_message(
     idempotency_key: str | None,
 ) -> Message:
     return Message(seq, sender, sender_seq, method, payload, idempotency_key)
-
-
-def _refuse_inside_turn(what: str, instead: str) -> None:
-    ctx = context.CURRENT.get()
-    if ctx is not None and ctx.active and ctx.mode == context.TURN:
-        raise RuntimeError(
-            f"{what} inside a handler would take effect even if the turn rolled back, and again "
-            f"on every retry; use {instead} instead"
-        )
 
 
 def _ref_parts(obj: Any) -> tuple[str, str] | None:
