@@ -47,7 +47,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import anyio
 import anyio.to_thread
@@ -83,8 +83,12 @@ from .replica.store import ReplicaStore
 from .replica.wal import WalPosition
 
 if TYPE_CHECKING:
-    from .activation import Activation
-    from .engine import Runtime
+    from collections.abc import Mapping
+
+    from .datastore import DataStore
+    from .directory import Directory
+    from .mailbox import Mailbox
+    from .spec import TypeSpec
 
 T = TypeVar("T")
 
@@ -97,6 +101,59 @@ STAGING_PREFIX = ".restore-"
 
 #: Store names of the replicated files.
 ACTORS_PREFIX = "actors"
+
+
+class ReplicatedActor(Protocol):
+    """What replication sees of an awake actor (``runtime/activation.py``'s ``Activation``):
+    its files, the hand-over state of its wake-up and hibernation, and the few signals it
+    takes (work to do, an acknowledgement, a fence, a corrupt file)."""
+
+    aid: str
+    key: str
+    spec: TypeSpec
+    mailbox: Mailbox
+    data: DataStore
+    work: anyio.Event
+    closed: anyio.Event
+    replica_files: list[Any]
+    replica_plan: Any
+    replica_saved: Any
+    replication_due: bool
+    clear_pending_when_shipped: bool
+    waiting: bool
+    outbox_gated: bool
+    closing: bool
+    hibernating: bool
+    files_open: bool
+    restored: bool
+
+    def describe(self) -> str: ...
+
+    def replica_acked(self) -> None: ...
+
+    def fence(self, error: BaseException) -> None: ...
+
+    def fail_from_outside(self, error: BaseException) -> None: ...
+
+
+class ReplicationHost(Protocol):
+    """What replication sees of the runtime (``runtime/engine.py``'s ``Runtime``)."""
+
+    root: Path
+    runtime_id: str
+    directory: Directory
+    closing: anyio.Event
+    stats_hibernations: int
+    _task_group: Any
+
+    @property
+    def awake(self) -> Mapping[str, ReplicatedActor]: ...
+
+    def clock(self) -> float: ...
+
+    def _report(self, text: str) -> None: ...
+
+    def _wake_later(self, spec: TypeSpec, key: str) -> None: ...
 
 
 @attrs.frozen
@@ -163,7 +220,7 @@ class _File:
         path: Path,
         conn: apsw.Connection,
         replica: FileReplica,
-        act: Activation | None,
+        act: ReplicatedActor | None,
     ) -> None:
         self.name = name
         self.path = path
@@ -319,7 +376,7 @@ DETACH_PASSES = 3
 class ReplicationEngine:
     """The replication of one open runtime (see the module docstring)."""
 
-    def __init__(self, runtime: Runtime, store: ReplicaStore, options: Replication) -> None:
+    def __init__(self, runtime: ReplicationHost, store: ReplicaStore, options: Replication) -> None:
         self.rt = runtime
         self.store = store
         self.options = options
@@ -639,7 +696,7 @@ class ReplicationEngine:
         )
 
     async def prepare_files(
-        self, act: Activation, known: bool, *, force_restore: bool = False
+        self, act: ReplicatedActor, known: bool, *, force_restore: bool = False
     ) -> None:
         """Before an actor's files are opened: take up the state saved at its last hibernation
         in this process (per file, when nothing touched the file since: no request), or take
@@ -736,7 +793,7 @@ class ReplicationEngine:
         by_name = {r.name: r for r in replicas}
         act.replica_plan = [(name, "claimed", by_name[name]) for name, _, _ in plan]
 
-    def attach(self, act: Activation) -> None:
+    def attach(self, act: ReplicatedActor) -> None:
         """After an actor's files are opened: track them (a snapshot is taken when the chain
         cannot go on from the local files)."""
         folder = actor_dir(self.rt.root, act.aid)
@@ -797,7 +854,7 @@ class ReplicationEngine:
 
     # -- actors: between turns ---------------------------------------------------------------
 
-    def capture_due(self, act: Activation) -> None:
+    def capture_due(self, act: ReplicatedActor) -> None:
         """Between turns (no transaction open): take the snapshots and checkpoints due."""
         act.replication_due = False
         for tracked in act.replica_files:
@@ -1522,7 +1579,7 @@ class ReplicationEngine:
 
     # -- durable mode ------------------------------------------------------------------------
 
-    async def wait_replicated(self, act: Activation) -> None:
+    async def wait_replicated(self, act: ReplicatedActor) -> None:
         """Return once every commit of the actor's files so far is in the replica (durable
         mode: replies and acknowledgements wait for this)."""
         files: list[_File] = list(act.replica_files)
@@ -1545,7 +1602,7 @@ class ReplicationEngine:
             if tracked.fenced is not None:
                 raise tracked.fenced
 
-    async def wait_baseline(self, act: Activation) -> None:
+    async def wait_baseline(self, act: ReplicatedActor) -> None:
         """Return once the actor's ``data.db`` as it was when woken is in the replica (between
         turns: a snapshot may be taken here). A fence stops the actor; it returns then."""
         tracked: _File = act.replica_files[0]
@@ -1623,7 +1680,7 @@ class ReplicationEngine:
 
     # -- actors: hibernating -----------------------------------------------------------------
 
-    async def detach(self, act: Activation) -> None:
+    async def detach(self, act: ReplicatedActor) -> None:
         """Before an actor's connections close: snapshot each changed file and write its
         manifest without a log tail, one attempt each (the store client retries inside); if
         the store cannot be reached, the actor is left behind and woken to catch up once a
@@ -1703,7 +1760,7 @@ class ReplicationEngine:
                 continue
         return complete
 
-    def after_close(self, act: Activation) -> None:
+    def after_close(self, act: ReplicatedActor) -> None:
         """After an actor's connections closed: save what the next wake-up needs (unless a
         commit came after the final snapshot: a delivery while it closed)."""
         saved = act.replica_saved
