@@ -48,6 +48,7 @@ from .errors import (
     UnknownHandlerError,
     WaitTimeoutError,
 )
+from .host import RuntimeHost, Waiter
 from .layout import DATA_FILE, MAILBOX_FILE, actor_dir, make_actor_dir
 from .lifecycle import State
 from .mailbox import Mailbox, Message
@@ -55,7 +56,6 @@ from .mailbox import image as mailbox_image
 from .steps import Interrupted, SplitBatch, Suspended, TurnState
 
 if TYPE_CHECKING:
-    from .engine import Runtime
     from .ref import Ref
     from .spec import TypeSpec
 
@@ -92,29 +92,10 @@ class TransactionLostError(RuntimeError):
     ``RAISE(ROLLBACK)``). Everything the turn wrote was rolled back; the message is retried."""
 
 
-class Waiter:
-    """The reply slot of one message, shared by every asker of it."""
-
-    __slots__ = ("error", "event", "payload")
-
-    def __init__(self) -> None:
-        self.event = anyio.Event()
-        self.payload: bytes | None = None
-        self.error: BaseException | None = None
-
-    def set_result(self, payload: bytes) -> None:
-        self.payload = payload
-        self.event.set()
-
-    def set_error(self, error: BaseException) -> None:
-        self.error = error
-        self.event.set()
-
-
 class Activation:
     def __init__(
         self,
-        runtime: Runtime,
+        runtime: RuntimeHost,
         spec: TypeSpec,
         key: str,
         aid: str,
@@ -1230,7 +1211,7 @@ def _error_info(error: BaseException | None, message: Message) -> list[Any]:
     return [type(error).__qualname__, str(error), text, message.attempts]
 
 
-def check_payload(runtime: Runtime, payload: bytes, what: str) -> None:
+def check_payload(runtime: RuntimeHost, payload: bytes, what: str) -> None:
     if len(payload) > runtime.max_message_bytes:
         raise MessageTooLargeError(
             f"{what} encodes to {len(payload)} bytes, over max_message_bytes="

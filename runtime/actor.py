@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from . import context
 from .spec import QUERY_MARK, RestartIntensity, Retry, build_type_spec
-from .steps import DEFAULT_STEP_RETRY, StepCall, gather, new_random, new_uuid
+from .steps import DEFAULT_STEP_RETRY, StepCall, current_durable, gather, new_random, new_uuid
 from .timers import Schedule
 
 if TYPE_CHECKING:
@@ -186,7 +186,7 @@ class Actor:
         replays. The step is numbered when this method is called, so steps started together
         (``self.gather``) are journaled in the order the code wrote them.
         """
-        turn = context.current_durable(self, "self.step")
+        turn = current_durable(self, "self.step")
         return turn.step(name, fn, args, kwargs, retry or DEFAULT_STEP_RETRY)
 
     def ask(
@@ -202,7 +202,7 @@ class Actor:
         reply, so two actors asking each other wait forever: send one way instead."""
         from .ref import Ref
 
-        turn = context.current_durable(self, "self.ask")
+        turn = current_durable(self, "self.ask")
         runtime = self._torpor_ref._runtime
         if not isinstance(target, Ref) or target._runtime is not runtime:
             raise TypeError(f"ask needs a ref of this runtime (got {target!r})")
@@ -211,12 +211,12 @@ class Actor:
     def gather(self, *awaitables: Awaitable[Any]) -> Awaitable[list[Any]]:
         """Await several steps at once (fan-out); results in argument order. Each runs to its
         end, then the first error in argument order is raised."""
-        context.current_durable(self, "self.gather")
+        current_durable(self, "self.gather")
         return gather(*awaitables)
 
     def now(self) -> datetime.datetime:
         """The current time (an aware UTC datetime), journaled: a replay sees the same value."""
-        turn = context.current_durable(self, "self.now")
+        turn = current_durable(self, "self.now")
         clock = self._torpor_ref._runtime.clock
         return turn.value(  # type: ignore[no-any-return]
             "now", lambda _rng: datetime.datetime.fromtimestamp(clock(), datetime.UTC)
@@ -224,11 +224,11 @@ class Actor:
 
     def random(self) -> float:
         """A random float in [0, 1), journaled: a replay sees the same value."""
-        return context.current_durable(self, "self.random").value("random", new_random)  # type: ignore[no-any-return]
+        return current_durable(self, "self.random").value("random", new_random)  # type: ignore[no-any-return]
 
     def uuid(self) -> _uuid.UUID:
         """A random UUID (version 4), journaled: a replay sees the same value."""
-        return context.current_durable(self, "self.uuid").value("uuid", new_uuid)  # type: ignore[no-any-return]
+        return current_durable(self, "self.uuid").value("uuid", new_uuid)  # type: ignore[no-any-return]
 
     def sleep(self, seconds: float) -> StepCall[None]:
         """Sleep durably: the deadline is journaled, and while the turn waits the actor may
@@ -236,13 +236,13 @@ class Actor:
         Later messages of this actor wait behind the sleeping turn; queries and events do not."""
         if not isinstance(seconds, int | float) or not seconds >= 0:
             raise ValueError(f"sleep takes a number of seconds >= 0 (got {seconds!r})")
-        turn = context.current_durable(self, "self.sleep")
+        turn = current_durable(self, "self.sleep")
         until = self._torpor_ref._runtime.clock() + seconds
         return turn.wait("sleep", "sleep", until, None)
 
     def sleep_until(self, when: datetime.datetime | float) -> StepCall[None]:
         """Sleep durably until ``when`` (an aware datetime, or seconds since the epoch)."""
-        turn = context.current_durable(self, "self.sleep_until")
+        turn = current_durable(self, "self.sleep_until")
         return turn.wait("sleep", "sleep", _epoch(when, "sleep_until"), None)
 
     def wait_for_event(self, name: str, *, timeout: float | None = None) -> StepCall[Any]:
@@ -254,7 +254,7 @@ class Actor:
             raise TypeError(f"an event name must be a non-empty string (got {name!r})")
         if timeout is not None and not (isinstance(timeout, int | float) and timeout >= 0):
             raise ValueError(f"timeout must be a number of seconds >= 0 or None (got {timeout!r})")
-        turn = context.current_durable(self, "self.wait_for_event")
+        turn = current_durable(self, "self.wait_for_event")
         until = None if timeout is None else self._torpor_ref._runtime.clock() + timeout
         return turn.wait("event", name, until, name)
 
@@ -265,7 +265,7 @@ class Actor:
         False when replaying a turn whose journal was written by code without this change, so
         it keeps the old path. Remove the old branch once no such turn is in flight.
         """
-        return context.current_durable(self, "self.patched").patched(change_id)
+        return current_durable(self, "self.patched").patched(change_id)
 
     # -- lifecycle hooks ------------------------------------------------------------------
 

@@ -12,9 +12,8 @@ from typing import TYPE_CHECKING, Any
 from .datastore import KV, Sql
 
 if TYPE_CHECKING:
-    from .activation import Activation
+    from .host import ActorHost
     from .mailbox import Message
-    from .steps import TurnState
 
 TURN = "turn"
 QUERY = "query"
@@ -25,7 +24,7 @@ class HandlerContext:
 
     def __init__(
         self,
-        activation: Activation,
+        activation: ActorHost,
         mode: str,
         message: Message | None,
         sql: Sql,
@@ -38,7 +37,9 @@ class HandlerContext:
         self.sql = sql
         self.kv = kv
         self.active = True  # false once the handler returned (tasks it started keep the var)
-        self.turn: TurnState | None = None  # durable steps of a message handler
+        # The durable steps of a message handler: a steps.TurnState (steps.current_durable
+        # gives it typed; this module is below steps).
+        self.turn: Any = None
 
 
 CURRENT: ContextVar[HandlerContext | None] = ContextVar("torpor_handler", default=None)
@@ -62,12 +63,11 @@ def current_turn(instance: Any, what: str) -> HandlerContext:
     return ctx
 
 
-def current_durable(instance: Any, what: str) -> TurnState:
-    """The durable-step state of the message handler of ``instance`` running now."""
-    ctx = current_turn(instance, what)
-    if ctx.turn is None:
+def refuse_inside_turn(what: str, instead: str) -> None:
+    """Refuse a call that must not run inside a turn (it would not roll back with it)."""
+    ctx = CURRENT.get()
+    if ctx is not None and ctx.active and ctx.mode == TURN:
         raise RuntimeError(
-            f"{what} is available in message handlers only (not in on_create, on_wake or "
-            "on_hibernate, which have no message to journal against)"
+            f"{what} inside a handler would take effect even if the turn rolled back, and again "
+            f"on every retry; use {instead} instead"
         )
-    return ctx.turn

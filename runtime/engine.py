@@ -17,15 +17,16 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import anyio
 import anyio.lowlevel
 import apsw
 
 from . import context, db, timers
-from .activation import CHILD_SENDER, Activation, Waiter, check_payload
+from .activation import CHILD_SENDER, Activation, check_payload
 from .codec import Codec
+from .context import refuse_inside_turn as _refuse_inside_turn
 from .datastore import KV, OutboxRow, Sql
 from .directory import Directory
 from .errors import (
@@ -40,6 +41,7 @@ from .errors import (
     RuntimeLockedError,
     UnknownActorTypeError,
 )
+from .host import Waiter
 from .layout import (
     DATA_FILE,
     DIRECTORY_FILE,
@@ -60,7 +62,6 @@ from .records import (
     TurnInfo,
 )
 from .ref import Ref
-from .ref import refuse_inside_turn as _refuse_inside_turn
 from .replica.replicator import manifest_key
 from .replica.store import ReplicaStore
 from .replication import Replication, ReplicationEngine
@@ -603,7 +604,7 @@ class Runtime:
             if (
                 aid not in self.awake
                 and self.directory.get(aid) is None
-                and self._spawned_in_outbox(ctx.activation, target) is None
+                and self._spawned_in_outbox(cast(Activation, ctx.activation), target) is None
             ):  # (a SPAWN row goes first, outbox rows go in order: the child is there by then)
                 raise _not_found(target._spec, target.key)
         ctx.activation.outbox_add(target, name, payload)
@@ -1177,7 +1178,7 @@ class Runtime:
         cron: str | None,
     ) -> Schedule:
         """``self.schedule`` inside a turn: validate, store with the turn, lower the hint now."""
-        act = ctx.activation
+        act = cast(Activation, ctx.activation)  # (this runtime's: an Activation)
         timer_name = timers.check_name(name)
         handler_name, payload, is_query = self._encode_call(act.spec, method, args, kwargs)
         if is_query:
@@ -1309,6 +1310,11 @@ class Runtime:
     def _check_open(self) -> None:
         if self.closed or self.closing.is_set():
             raise RuntimeClosedError("the runtime is closed")
+
+    @staticmethod
+    def _refuse_inside_turn(what: str, instead: str) -> None:
+        """For a ``Ref``: refuse a call made inside a turn (it would not roll back with it)."""
+        _refuse_inside_turn(what, instead)
 
     def _report(self, text: str) -> None:
         """Record an operational problem that has no caller to raise to."""

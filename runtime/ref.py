@@ -8,8 +8,6 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 import anyio
 import anyio.lowlevel
 
-from . import context
-
 if TYPE_CHECKING:
     from .spec import TypeSpec
 
@@ -22,6 +20,8 @@ class RefHost(Protocol):
     (``runtime/engine.py``'s ``Runtime``)."""
 
     def clock(self) -> float: ...
+
+    def _refuse_inside_turn(self, what: str, instead: str) -> None: ...
 
     def ref(self, actor_type: type[A], key: str) -> Ref[A]: ...
 
@@ -96,7 +96,7 @@ class Ref(Generic[A]):
         With ``idempotency_key``, a retried send with the same key stores nothing new.
         """
         await anyio.lowlevel.checkpoint_if_cancelled()
-        refuse_inside_turn("ref.send", "self.send(ref, ...)")
+        self._runtime._refuse_inside_turn("ref.send", "self.send(ref, ...)")
         await self._runtime._send(self._spec, self.key, method, args, kwargs, idempotency_key)
         await anyio.lowlevel.cancel_shielded_checkpoint()
 
@@ -124,13 +124,3 @@ class Ref(Generic[A]):
         state, beside any turn in progress.
         """
         return await self._runtime._ask(self._spec, self.key, method, args, kwargs, idempotency_key)  # type: ignore[no-any-return]
-
-
-def refuse_inside_turn(what: str, instead: str) -> None:
-    """Refuse a call that must not run inside a turn (it would not roll back with it)."""
-    ctx = context.CURRENT.get()
-    if ctx is not None and ctx.active and ctx.mode == context.TURN:
-        raise RuntimeError(
-            f"{what} inside a handler would take effect even if the turn rolled back, and again "
-            f"on every retry; use {instead} instead"
-        )

@@ -48,7 +48,7 @@ from .mailbox import JournalRow
 from .spec import Retry
 
 if TYPE_CHECKING:
-    from .activation import Activation
+    from .host import ActorHost
     from .mailbox import Message
 
 T = TypeVar("T")
@@ -109,7 +109,7 @@ class Interrupted(BaseException):
 class TurnState:
     """The durable-execution state of the message a handler runs."""
 
-    activation: Activation
+    activation: ActorHost
     message: Message
     first: bool  # first message of its transaction (only such a message may make steps)
     next_n: int = 0
@@ -637,3 +637,15 @@ def new_uuid(rng: random.Random | None = None) -> uuid.UUID:
     if rng is None:
         return uuid.uuid4()
     return uuid.UUID(int=rng.getrandbits(128), version=4)
+
+
+def current_durable(instance: Any, what: str) -> TurnState:
+    """The durable-step state of the message handler of ``instance`` running now."""
+    ctx = context.current_turn(instance, what)
+    if ctx.turn is None:
+        raise RuntimeError(
+            f"{what} is available in message handlers only (not in on_create, on_wake or "
+            "on_hibernate, which have no message to journal against)"
+        )
+    turn: TurnState = ctx.turn
+    return turn

@@ -1,0 +1,169 @@
+"""What the turn's machinery and an actor's loop see of the runtime and of an awake actor.
+
+``context``, ``steps``, ``actor``, ``timers`` and ``activation`` reach the runtime and the actor
+through these small protocols, never by importing the classes above them: ``runtime/engine.py``'s
+``Runtime`` is a :class:`RuntimeHost`, ``runtime/activation.py``'s ``Activation`` an
+:class:`ActorHost`. (Replication has its own two, in ``runtime/replication.py``.) A test walks
+the import graph and fails on any circle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import anyio
+
+if TYPE_CHECKING:
+    import collections
+
+    from .codec import Codec
+    from .datastore import DataStore
+    from .db import CheckedFiles
+    from .directory import Directory
+    from .mailbox import Mailbox
+    from .ref import Ref
+    from .replication import ReplicationEngine
+    from .spec import TypeSpec
+    from .timers import Schedule
+
+
+class Waiter:
+    """The reply slot of one message, shared by every asker of it."""
+
+    __slots__ = ("error", "event", "payload")
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.payload: bytes | None = None
+        self.error: BaseException | None = None
+
+    def set_result(self, payload: bytes) -> None:
+        self.payload = payload
+        self.event.set()
+
+    def set_error(self, error: BaseException) -> None:
+        self.error = error
+        self.event.set()
+
+
+class ActorHost(Protocol):
+    """An awake actor, as its handlers' context and its turn's steps see it."""
+
+    spec: TypeSpec
+    key: str
+    instance: Any
+    mailbox: Mailbox
+    data: DataStore
+    timers_changed: bool
+
+    @property
+    def runtime(self) -> RuntimeHost: ...
+
+    def describe(self) -> str: ...
+
+    def turn_busy(self) -> None: ...
+
+    def turn_maybe_idle(self) -> None: ...
+
+    def wait_changed(self, until: float | None) -> None: ...
+
+    def event_arrival(self, name: str) -> anyio.Event: ...
+
+    def outbox_add(self, target: Ref[Any], method: str, payload: bytes) -> None: ...
+
+
+class RuntimeHost(Protocol):
+    """The runtime, as an awake actor's loop, its turn's steps and its handlers see it.
+
+    ``ctx`` arguments are the handler's ``context.HandlerContext``."""
+
+    root: Path
+    codec: Codec
+    directory: Directory
+    closing: anyio.Event
+    synchronous: str
+    max_message_bytes: int
+    idempotency_ttl: float
+    crashed: bool
+    actors_with_timers: int
+    stats_turns: int
+    stats_applied: int
+    stats_retries: int
+    stats_dead_letters: int
+    stats_timers_fired: int
+    stats_steps: int
+    stats_step_retries: int
+    parked_waiters: dict[str, dict[int, Waiter]]
+    sound_mailboxes: CheckedFiles
+    clock: Callable[[], float]
+
+    @property
+    def replication(self) -> ReplicationEngine | None: ...
+
+    @property
+    def specs(self) -> dict[str, TypeSpec]: ...
+
+    @property
+    def wake_latencies(self) -> collections.deque[float]: ...
+
+    def _report(self, text: str) -> None: ...
+
+    def _crash_point(self, where: str, turn: Any, number: int, name: str = "") -> None: ...
+
+    def _busy(self, act: Any) -> None: ...
+
+    def _idle(self, act: Any) -> None: ...
+
+    def _timer_hint(self, due: float | None) -> None: ...
+
+    async def _deliver(
+        self, spec: TypeSpec, key: str, method: str, payload: bytes, sender: str, sender_seq: int
+    ) -> Any: ...
+
+    async def _ask(
+        self,
+        spec: TypeSpec,
+        key: str,
+        method: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        idempotency_key: str | None,
+        *,
+        from_turn: bool = False,
+    ) -> Any: ...
+
+    def _create_spawned(self, act: Any, target: Ref[Any]) -> None: ...
+
+    def _outbox_send(
+        self,
+        ctx: Any,
+        target: Ref[Any],
+        method: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None: ...
+
+    def _outbox_spawn(
+        self,
+        ctx: Any,
+        actor_type: type[Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        key: str | None,
+    ) -> Ref[Any]: ...
+
+    def _schedule(
+        self,
+        ctx: Any,
+        name: str,
+        method: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        at: Any,
+        after: float | None,
+        every: float | None,
+        cron: str | None,
+    ) -> Schedule: ...
