@@ -7,7 +7,6 @@ whose modules are private: import from ``actors``, never from ``runtime``.
 from importlib import metadata as _metadata
 
 from runtime.actor import Actor, query
-from runtime.datastore import KV, Sql
 from runtime.engine import Runtime, open_runtime
 from runtime.errors import (
     ActorError,
@@ -45,6 +44,7 @@ from runtime.errors import (
     UnknownHandlerError,
     WaitTimeoutError,
 )
+from runtime.files.datastore import KV, Sql
 from runtime.observe import MetricsEndpoint, log_lifecycle, render_metrics, serve_metrics
 from runtime.records import (
     DeadLetter,

@@ -24,9 +24,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import apsw
 
-from . import context, db
-from .datastore import KV, DataStore, Sql, read_only_authorizer
-from .datastore import image as data_image
+from . import context
 from .errors import (
     ActorError,
     ActorFailedError,
@@ -48,11 +46,14 @@ from .errors import (
     UnknownHandlerError,
     WaitTimeoutError,
 )
+from .files import db
+from .files.datastore import KV, DataStore, Sql, read_only_authorizer
+from .files.datastore import image as data_image
+from .files.layout import DATA_FILE, MAILBOX_FILE, actor_dir, make_actor_dir
+from .files.mailbox import Mailbox, Message
+from .files.mailbox import image as mailbox_image
 from .host import RuntimeHost, Waiter
-from .layout import DATA_FILE, MAILBOX_FILE, actor_dir, make_actor_dir
 from .lifecycle import State
-from .mailbox import Mailbox, Message
-from .mailbox import image as mailbox_image
 from .steps import Interrupted, SplitBatch, Suspended, TurnState
 
 if TYPE_CHECKING:

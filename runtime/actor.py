@@ -13,7 +13,7 @@ from .steps import DEFAULT_STEP_RETRY, StepCall, current_durable, gather, new_ra
 from .timers import Schedule
 
 if TYPE_CHECKING:
-    from .datastore import KV, Sql
+    from .files.datastore import KV, Sql
     from .ref import Ref
     from .spec import TypeSpec
 

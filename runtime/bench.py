@@ -20,7 +20,7 @@ from typing import Any
 import anyio
 import attrs
 
-from . import db
+from .files import db
 
 
 @attrs.frozen

@@ -70,7 +70,7 @@ import attrs
 from . import s3server
 from .bench import percentile
 from .faultproxy import Fault, FaultProxy
-from .layout import DATA_FILE, actor_id
+from .files.layout import DATA_FILE, actor_id
 from .records import ReplicationStatistics
 from .replica.store import Data, ReplicaStatistics, ReplicaStore
 from .s3server import S3Server

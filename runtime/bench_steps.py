@@ -37,9 +37,9 @@ from typing import Any
 
 import anyio
 
-from . import db
 from .bench import Figure, percentile
-from .layout import DATA_FILE, MAILBOX_FILE, actor_dir, actor_id
+from .files import db
+from .files.layout import DATA_FILE, MAILBOX_FILE, actor_dir, actor_id
 
 #: Steps per turn in the overhead measurement (a workflow of typical length).
 PER_TURN = 20

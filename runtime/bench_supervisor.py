@@ -33,9 +33,9 @@ import anyio
 import apsw
 import attrs
 
-from . import db
 from .bench import Figure, percentile
-from .layout import DATA_FILE, MAILBOX_FILE, actor_dir, actor_id
+from .files import db
+from .files.layout import DATA_FILE, MAILBOX_FILE, actor_dir, actor_id
 
 #: The actor type of this bench (its persisted name).
 AGENT_NAME = "torpor.bench.Agent"

@@ -37,9 +37,7 @@ from typing import Any
 import apsw
 import attrs
 
-from . import db as _db
 from . import inspect as _inspect
-from .directory import Directory
 from .errors import (
     ActorError,
     ActorExistsError,
@@ -49,8 +47,10 @@ from .errors import (
     RuntimeLockedError,
     WriteRefusedError,
 )
-from .layout import DATA_FILE, DIRECTORY_FILE, LOCK_FILE, MAILBOX_FILE, actor_dir, actor_id
-from .mailbox import Mailbox
+from .files import db as _db
+from .files.directory import Directory
+from .files.layout import DATA_FILE, DIRECTORY_FILE, LOCK_FILE, MAILBOX_FILE, actor_dir, actor_id
+from .files.mailbox import Mailbox
 from .replica import DirectoryStore, ReplicaStore, S3Store
 from .replica.replicator import Manifest, manifest_key
 from .replication import (

@@ -9,11 +9,11 @@ from __future__ import annotations
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
-from .datastore import KV, Sql
+from .files.datastore import KV, Sql
 
 if TYPE_CHECKING:
+    from .files.mailbox import Message
     from .host import ActorHost
-    from .mailbox import Message
 
 TURN = "turn"
 QUERY = "query"

@@ -23,12 +23,10 @@ import anyio
 import anyio.lowlevel
 import apsw
 
-from . import context, db, timers
+from . import context, timers
 from .activation import CHILD_SENDER, Activation, check_payload
 from .codec import Codec
 from .context import refuse_inside_turn as _refuse_inside_turn
-from .datastore import KV, OutboxRow, Sql
-from .directory import Directory
 from .errors import (
     ActorFailedError,
     ActorNotFoundError,
@@ -41,8 +39,10 @@ from .errors import (
     RuntimeLockedError,
     UnknownActorTypeError,
 )
-from .host import Waiter
-from .layout import (
+from .files import db
+from .files.datastore import KV, OutboxRow, Sql
+from .files.directory import Directory
+from .files.layout import (
     DATA_FILE,
     DIRECTORY_FILE,
     LOCK_FILE,
@@ -51,9 +51,10 @@ from .layout import (
     actor_id,
     make_actor_dir,
 )
+from .files.mailbox import Mailbox, Message
+from .files.mailbox import image as mailbox_image
+from .host import Waiter
 from .lifecycle import Event, State, next_state
-from .mailbox import Mailbox, Message
-from .mailbox import image as mailbox_image
 from .records import (
     DeadLetter,
     LifecycleEvent,
@@ -153,7 +154,7 @@ class Runtime:
         self.stats_retries = 0
         self.stats_dead_letters = 0
         self.stats_wakes = 0
-        #: Mailboxes checked for bad pages since the runtime opened (runtime/mailbox.py).
+        #: Mailboxes checked for bad pages since the runtime opened (runtime/files/mailbox.py).
         self.sound_mailboxes = db.CheckedFiles()
         self.stats_timers_fired = 0
         self.stats_steps = 0

@@ -19,10 +19,10 @@ if TYPE_CHECKING:
     import collections
 
     from .codec import Codec
-    from .datastore import DataStore
-    from .db import CheckedFiles
-    from .directory import Directory
-    from .mailbox import Mailbox
+    from .files.datastore import DataStore
+    from .files.db import CheckedFiles
+    from .files.directory import Directory
+    from .files.mailbox import Mailbox
     from .ref import Ref
     from .replication import ReplicationEngine
     from .spec import TypeSpec

@@ -32,7 +32,6 @@ import attrs
 import msgpack
 
 from . import codec
-from .datastore import read_only_authorizer
 from .errors import (
     ActorAwakeError,
     ActorError,
@@ -40,7 +39,8 @@ from .errors import (
     NotARuntimeError,
     WriteRefusedError,
 )
-from .layout import DATA_FILE, DIRECTORY_FILE, LOCK_FILE, MAILBOX_FILE, actor_dir, actor_id
+from .files.datastore import read_only_authorizer
+from .files.layout import DATA_FILE, DIRECTORY_FILE, LOCK_FILE, MAILBOX_FILE, actor_dir, actor_id
 
 #: How long a reader waits for an actor's files before calling it awake: the runtime holds
 #: them for as long as the actor is awake, so waiting longer would not help.

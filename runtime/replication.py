@@ -65,7 +65,7 @@ from .errors import (
     ReplicaUnavailableError,
     RestorePointError,
 )
-from .layout import DATA_FILE, DIRECTORY_FILE, MAILBOX_FILE, actor_dir, actor_id
+from .files.layout import DATA_FILE, DIRECTORY_FILE, MAILBOX_FILE, actor_dir, actor_id
 from .records import ReplicationStatistics
 from .replica.log import add_fence, encode_log, log_key, read_fences, session_prefix
 from .replica.replicator import (
@@ -85,9 +85,9 @@ from .replica.wal import WalPosition
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from .datastore import DataStore
-    from .directory import Directory
-    from .mailbox import Mailbox
+    from .files.datastore import DataStore
+    from .files.directory import Directory
+    from .files.mailbox import Mailbox
     from .spec import TypeSpec
 
 T = TypeVar("T")
@@ -1955,7 +1955,7 @@ def restore_runtime(
     """``torpor restore``: rebuild a whole runtime directory from the replica (``root`` must
     not hold one). Restores directory.db, then every actor it lists, at ``at_time`` or the
     latest. Returns counts."""
-    from .directory import Directory
+    from .files.directory import Directory
 
     root.mkdir(parents=True, exist_ok=True)
     if (root / DIRECTORY_FILE).exists():

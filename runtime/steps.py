@@ -44,12 +44,12 @@ from .errors import (
     StoredError,
     WaitTimeoutError,
 )
-from .mailbox import JournalRow
+from .files.mailbox import JournalRow
 from .spec import Retry
 
 if TYPE_CHECKING:
+    from .files.mailbox import Message
     from .host import ActorHost
-    from .mailbox import Message
 
 T = TypeVar("T")
 

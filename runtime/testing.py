@@ -30,7 +30,7 @@ import trio
 import trio.testing
 
 from .engine import Runtime, open_runtime
-from .layout import DATA_FILE, DIRECTORY_FILE, actor_dir
+from .files.layout import DATA_FILE, DIRECTORY_FILE, actor_dir
 from .steps import VALUE_SEED
 
 #: Virtual epoch seconds at which every run starts.

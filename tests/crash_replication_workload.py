@@ -42,7 +42,7 @@ from typing import Any, ClassVar
 import trio
 
 import actors
-from runtime.layout import actor_id
+from runtime.files.layout import actor_id
 from tests.crash_child import emit
 
 #: The actors: durable ones (an ask returns once its commit is in the replica) and loose ones.

@@ -50,7 +50,7 @@ from typing import Any, ClassVar
 import trio
 
 import actors
-from runtime.layout import actor_id
+from runtime.files.layout import actor_id
 from tests.crash_child import emit
 
 #: Entry actors: the first :data:`DURABLE_ENTRIES` are durable (a reply or an acknowledged send

@@ -20,7 +20,7 @@ import apsw
 import trio
 
 import actors
-from runtime.layout import actor_dir, actor_id
+from runtime.files.layout import actor_dir, actor_id
 from runtime.replica.store import Data
 
 P = ParamSpec("P")

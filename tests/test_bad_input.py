@@ -11,7 +11,7 @@ import apsw
 import pytest
 
 import actors
-from runtime.layout import actor_dir, actor_id
+from runtime.files.layout import actor_dir, actor_id
 from tests.agents import Counter, Point
 
 

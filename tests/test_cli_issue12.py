@@ -19,7 +19,7 @@ import trio
 
 import actors
 from runtime import bench, bench_replication, cli
-from runtime.layout import actor_id
+from runtime.files.layout import actor_id
 from tests.agents import Counter
 from tests.test_cli import TYPES, populate
 from tests.test_cli_replica import Made, failed, make, ok, torpor

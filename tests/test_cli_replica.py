@@ -27,7 +27,7 @@ import trio
 
 import actors
 from runtime import cli
-from runtime.layout import actor_dir, actor_id
+from runtime.files.layout import actor_dir, actor_id
 from runtime.replication import restore_actor_files
 from tests.s3server import S3Server
 

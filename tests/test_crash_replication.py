@@ -60,7 +60,7 @@ import trio
 
 import actors
 from runtime.errors import PreconditionFailedError, RestorePointError
-from runtime.layout import DATA_FILE, DIRECTORY_FILE, MAILBOX_FILE, actor_dir
+from runtime.files.layout import DATA_FILE, DIRECTORY_FILE, MAILBOX_FILE, actor_dir
 from runtime.replica.replicator import Manifest, SegmentEntry, manifest_key, read_tail, restore
 from runtime.replica.store import Data, ReplicaStore, check_condition, check_data, check_key
 from runtime.replication import ReplicationEngine, restore_runtime

@@ -21,8 +21,8 @@ import trio
 import actors
 from runtime.activation import QUEUE_CAP
 from runtime.codec import Codec
-from runtime.layout import DIRECTORY_FILE, actor_dir, actor_id
-from runtime.mailbox import Mailbox
+from runtime.files.layout import DIRECTORY_FILE, actor_dir, actor_id
+from runtime.files.mailbox import Mailbox
 from tests.agents import Counter
 
 #: Virtual seconds after which a test that waits on the engine fails instead of hanging.

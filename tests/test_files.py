@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 
 import actors
-from runtime.layout import actor_dir, actor_id
+from runtime.files.layout import actor_dir, actor_id
 from tests.agents import Counter
 from tests.strategies import keys
 
@@ -120,8 +120,8 @@ async def test_a_crash_between_copying_the_image_and_naming_the_actor_is_harmles
 ) -> None:
     """A new actor's files are copies of an anonymous image, given the actor's type and key just
     after; a kill -9 in between leaves anonymous files, which the next open identifies."""
-    from runtime.datastore import image as data_image
-    from runtime.mailbox import image as mailbox_image
+    from runtime.files.datastore import image as data_image
+    from runtime.files.mailbox import image as mailbox_image
 
     async with actors.open_runtime(root, types=[Counter]):
         pass

@@ -14,7 +14,7 @@ import trio
 
 import actors
 from runtime.engine import FDS_PER_AWAKE_ACTOR, default_max_awake
-from runtime.layout import actor_id
+from runtime.files.layout import actor_id
 from tests.agents import Counter
 
 

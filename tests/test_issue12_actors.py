@@ -13,7 +13,7 @@ import trio
 
 import actors
 from actors.testing import actor_state, check_crashes
-from runtime.layout import DIRECTORY_FILE, actor_id
+from runtime.files.layout import DIRECTORY_FILE, actor_id
 from tests.agents import Counter
 from tests.replication_helpers import real_time
 from tests.test_steps import runtime

@@ -17,7 +17,7 @@ import trio
 import trio.testing
 
 import actors
-from runtime.layout import actor_id
+from runtime.files.layout import actor_id
 
 START = 1_800_000_000.0
 #: Bounds each wait for the resumed turn (virtual seconds under trio, real ones under

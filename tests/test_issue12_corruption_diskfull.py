@@ -14,9 +14,9 @@ import apsw
 import pytest
 
 import actors
-from runtime import mailbox as mailboxes
-from runtime.layout import MAILBOX_FILE, actor_dir, actor_id
-from runtime.mailbox import Mailbox, Message
+from runtime.files import mailbox as mailboxes
+from runtime.files.layout import MAILBOX_FILE, actor_dir, actor_id
+from runtime.files.mailbox import Mailbox, Message
 
 
 class Box(actors.Actor):
@@ -298,7 +298,7 @@ def test_a_really_full_disk_refuses_sends_with_storage_error_and_loses_nothing(
 
 def test_the_runtime_remembers_a_bounded_number_of_checked_mailboxes(tmp_path: Path) -> None:
     """Memory for the mailboxes checked since the runtime opened stays bounded (oldest go)."""
-    from runtime.db import CheckedFiles
+    from runtime.files.db import CheckedFiles
 
     checked = CheckedFiles(limit=2)
     a, b, c = (tmp_path / name for name in "abc")

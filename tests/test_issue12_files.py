@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import actors
-from runtime.layout import DATA_FILE, actor_dir, actor_id
+from runtime.files.layout import DATA_FILE, actor_dir, actor_id
 from tests.agents import Counter
 from tests.replication_helpers import real_time
 

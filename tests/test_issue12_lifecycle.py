@@ -20,7 +20,7 @@ import pytest
 import trio
 
 import actors
-from runtime.layout import DATA_FILE, actor_dir, actor_id
+from runtime.files.layout import DATA_FILE, actor_dir, actor_id
 
 PAGE = 4096
 

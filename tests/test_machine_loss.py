@@ -53,7 +53,7 @@ import trio
 
 import actors
 from runtime.faultproxy import Fault, FaultKind, FaultProxy, FaultStatistics
-from runtime.layout import DATA_FILE, MAILBOX_FILE, actor_dir
+from runtime.files.layout import DATA_FILE, MAILBOX_FILE, actor_dir
 from runtime.replica.replicator import restore
 from runtime.replication import ReplicationEngine
 from tests import crash_support as support

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import actors
-from runtime.datastore import Sql
+from runtime.files.datastore import Sql
 
 
 def make_v1() -> type[actors.Actor]:

@@ -24,7 +24,7 @@ import pytest
 import trio
 
 import actors
-from runtime.layout import DATA_FILE, actor_id
+from runtime.files.layout import DATA_FILE, actor_id
 from runtime.replica.replicator import Manifest, manifest_key, read_tail, restore
 from runtime.replication import ReplicationEngine, restore_actor_files
 from tests.agents import Counter

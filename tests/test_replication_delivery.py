@@ -12,7 +12,7 @@ import pytest
 import trio
 
 import actors
-from runtime.layout import actor_id
+from runtime.files.layout import actor_id
 
 
 class Inbox(actors.Actor):

@@ -8,7 +8,7 @@ import pytest
 import trio
 
 import actors
-from runtime.layout import DATA_FILE, actor_dir, actor_id
+from runtime.files.layout import DATA_FILE, actor_dir, actor_id
 from runtime.replication import restore_actor_files, restore_runtime
 
 

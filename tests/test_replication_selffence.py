@@ -18,7 +18,7 @@ import pytest
 import trio
 
 import actors
-from runtime.layout import actor_id
+from runtime.files.layout import actor_id
 from tests.agents import Counter
 from tests.replication_helpers import wait_until
 from tests.s3server import S3Server

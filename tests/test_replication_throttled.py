@@ -9,7 +9,7 @@ from pathlib import Path
 import anyio
 
 import actors
-from runtime.layout import actor_id
+from runtime.files.layout import actor_id
 from tests.agents import Counter
 from tests.replication_helpers import FlakyStore, real_time, replication, wait_until
 

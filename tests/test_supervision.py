@@ -10,7 +10,7 @@ import pytest
 import trio
 
 import actors
-from runtime.layout import actor_id
+from runtime.files.layout import actor_id
 
 broken = {"on": True}
 
@@ -147,7 +147,7 @@ async def test_owed_notice_is_delivered_once_after_a_restart(root: Path) -> None
             await trio.sleep(0.1)
     # Pretend the process died after delivering the notice but before marking it delivered:
     # the notice is owed again under the number it was delivered with.
-    from runtime.layout import actor_dir
+    from runtime.files.layout import actor_dir
 
     child_id = actor_id("Flaky", "kid")
     parent_box = apsw.Connection(str(actor_dir(root, actor_id("Parent", "p")) / "mailbox.db"))

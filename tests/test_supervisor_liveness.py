@@ -14,7 +14,7 @@ import pytest
 import trio
 
 import actors
-from runtime.layout import DATA_FILE, actor_dir, actor_id
+from runtime.files.layout import DATA_FILE, actor_dir, actor_id
 
 #: Virtual seconds a whole test may take before it counts as hung.
 HANG_LIMIT = 10_000

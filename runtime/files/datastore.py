@@ -16,13 +16,9 @@ from typing import Any
 
 import apsw
 
+from ..codec import Codec
+from ..errors import CorruptFileError, SchemaError, SqlRefusedError
 from . import db
-from .codec import Codec
-from .errors import (
-    CorruptFileError,
-    SchemaError,
-    SqlRefusedError,
-)
 
 # Runtime schema of data.db. Versioned in _torpor_state.schema (user_version belongs to the user).
 _RUNTIME_MIGRATIONS = (

@@ -18,7 +18,7 @@ from typing import Any
 
 import apsw
 
-from .errors import CorruptFileError, SchemaError, StorageError
+from ..errors import CorruptFileError, SchemaError, StorageError
 
 #: ``synchronous`` levels offered by ``open_runtime``. NORMAL: a commit survives a process crash,
 #: and the replica (not fsync) is the durability point for power loss. FULL: fsync every commit.

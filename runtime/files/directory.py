@@ -16,8 +16,8 @@ from typing import Any
 import apsw
 import attrs
 
+from ..errors import ActorExistsError
 from . import db
-from .errors import ActorExistsError
 
 _MIGRATIONS = (
     """

@@ -18,8 +18,8 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import attrs
 
+from ..errors import CorruptFileError, IdempotencyKeyReusedError
 from . import db
-from .errors import CorruptFileError, IdempotencyKeyReusedError
 
 _MIGRATIONS = (
     """
