@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         at = _bench_suite_at(args_list)
         if at is not None and args_list[at] == "replication":
             # Its own options (a store to start or point at, load, phases): see --help.
-            from . import bench_replication
+            from .bench import replication as bench_replication
 
             rest = args_list[1:at] + args_list[at + 1 :]
             if "--quick" in rest:
@@ -137,14 +137,14 @@ def main(argv: list[str] | None = None) -> int:
     args.error_names = {}
     args.error_actors = {}
     if args.command == "bench":
-        from . import bench as bench_module
+        from .bench import turns as bench_module
 
         def progress(text: str) -> None:
             if not args.json:
                 print(f"... {text}", file=sys.stderr, flush=True)
 
         if args.suite == "supervisor":
-            from . import bench_supervisor
+            from .bench import supervisor as bench_supervisor
 
             actors = 500 if args.quick else args.actors
             awake = 200 if args.quick else args.awake
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
                 print("\n".join(report.lines()))
             return 0
         elif args.suite == "steps":
-            from . import bench_steps
+            from .bench import steps as bench_steps
 
             figures = bench_steps.run(
                 quick=args.quick,
@@ -208,7 +208,7 @@ def _bench_suite_at(args: list[str]) -> int | None:
     first suite name that is not the value of an option."""
     flags = {"-h", "--help", "--quick", "--json"}  # the options that take no value
     if "replication" in args:
-        from . import bench_replication
+        from .bench import replication as bench_replication
 
         for action in bench_replication.parser()._actions:
             if action.nargs == 0:

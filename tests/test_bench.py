@@ -55,7 +55,7 @@ def test_bench_supervisor_reports_fresh_memory_two_file_baseline_and_targets() -
 
 async def test_bench_supervisor_raw_wake_opens_files_as_the_runtime_does(tmp_path: Path) -> None:
     """The supervisor bench's raw wake opens an actor's two files with the runtime's settings."""
-    from runtime import bench_supervisor
+    from runtime.bench import supervisor as bench_supervisor
     from runtime.engine import open_runtime
 
     def settings(conn: apsw.Connection) -> tuple[Any, ...]:

@@ -12,8 +12,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from runtime import bench_replication
-from runtime.bench_replication import CountingStore, _Book, _check_once, kind_of
+from runtime.bench import replication as bench_replication
+from runtime.bench.replication import CountingStore, _Book, _check_once, kind_of
 from runtime.errors import PreconditionFailedError
 
 TINY = [

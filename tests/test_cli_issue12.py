@@ -18,7 +18,9 @@ import pytest
 import trio
 
 import actors
-from runtime import bench, bench_replication, cli
+from runtime import cli
+from runtime.bench import replication as bench_replication
+from runtime.bench import turns as bench
 from runtime.files.layout import actor_id
 from tests.agents import Counter
 from tests.test_cli import TYPES, populate

@@ -67,13 +67,13 @@ import anyio.to_thread
 import apsw
 import attrs
 
+from ..faultproxy import Fault, FaultProxy
+from ..files.layout import DATA_FILE, actor_id
+from ..records import ReplicationStatistics
+from ..replica.store import Data, ReplicaStatistics, ReplicaStore
 from . import s3server
-from .bench import percentile
-from .faultproxy import Fault, FaultProxy
-from .files.layout import DATA_FILE, actor_id
-from .records import ReplicationStatistics
-from .replica.store import Data, ReplicaStatistics, ReplicaStore
 from .s3server import S3Server
+from .turns import percentile
 
 #: Targets (a figure must be at most its target).
 TARGET_LAG_P99 = 1.0  # seconds
@@ -224,7 +224,7 @@ def by_kind(counts: dict[tuple[str, str], tuple[int, int, float]]) -> dict[str, 
 
 # -- the S3 server ------------------------------------------------------------------------------
 
-# (runtime/s3server.py starts and stops it, as for the tests.)
+# (runtime/bench/s3server.py starts and stops it, as for the tests.)
 
 
 @contextlib.contextmanager
@@ -281,8 +281,8 @@ class Stores:
     def make(self, phase: str, *, endpoint_url: str | None = None) -> CountingStore:
         """A store under the phase's prefix (the same prefix for the same phase); S3 requests
         go to ``endpoint_url`` if given (a fault proxy), else to the bench's endpoint."""
-        from .replica.directory_store import DirectoryStore
-        from .replica.s3_store import S3Store
+        from ..replica.directory_store import DirectoryStore
+        from ..replica.s3_store import S3Store
 
         inner: ReplicaStore
         if self.kind == "directory":
@@ -315,7 +315,7 @@ class Stores:
 
 
 def _types() -> tuple[Any, Any, Any]:
-    from .actor import Actor
+    from ..actor import Actor
 
     class Counter(Actor, name=COUNTER):
         async def incr(self, note: str = "") -> int:
@@ -704,7 +704,7 @@ def _of(stats: Any) -> ReplicationStatistics:
 async def _load_phase(
     root: Path, store: CountingStore, args: argparse.Namespace, progress: Callable[[str], None]
 ) -> dict[str, Any]:
-    from .engine import open_runtime
+    from ..engine import open_runtime
 
     counter, durable, _ = _types()
     note = "x" * args.note_bytes
@@ -864,7 +864,7 @@ async def _load_phase(
 async def _idle_phase(
     root: Path, store: CountingStore, args: argparse.Namespace, progress: Callable[[str], None]
 ) -> dict[str, Any]:
-    from .engine import open_runtime
+    from ..engine import open_runtime
 
     counter, _, _ = _types()
     n = args.idle_actors
@@ -913,7 +913,7 @@ _HOP_DONE: dict[tuple[str, int], anyio.Event] = {}
 
 
 def _hop_type() -> Any:
-    from .actor import Actor
+    from ..actor import Actor
 
     class Hop(Actor, name=HOP):
         async def relay(self, run: str, chain: int, left: int) -> None:
@@ -935,7 +935,7 @@ async def _hop_phase(
     replicated runtime and one without a replica, both open in this process: a hop's latency is
     (C's turn began - A's turn began) / 2. With a replica, a send leaves only once the commit
     that wrote it is acknowledged (the output gate), so a hop costs about one round."""
-    from .engine import open_runtime
+    from ..engine import open_runtime
 
     hop = _hop_type()
     hops_per_chain = 2
@@ -973,8 +973,8 @@ async def _hop_phase(
 async def _fill(root: Path, store: CountingStore, nbytes: int) -> tuple[str, int, int]:
     """An actor whose data.db holds about ``nbytes``, hibernated into the replica by closing
     the runtime (with time enough for the snapshot upload). Returns (aid, rows, bytes)."""
-    from .engine import open_runtime
-    from .replication import Replication
+    from ..engine import open_runtime
+    from ..replication import Replication
 
     _, _, bulk = _types()
     rows = size = 0
@@ -1012,7 +1012,7 @@ def _floor(store: ReplicaStore, snapshot_key: str, dest: Path) -> dict[str, floa
 
 
 def _restore_once(store: CountingStore, aid: str, folder: Path) -> tuple[float, int]:
-    from .replication import restore_actor_files
+    from ..replication import restore_actor_files
 
     before = store.snapshot()
     start = time.perf_counter()
@@ -1024,8 +1024,8 @@ def _restore_once(store: CountingStore, aid: str, folder: Path) -> tuple[float, 
 async def _fresh_machine(root: Path, store: CountingStore) -> tuple[float, int]:
     """``open_runtime`` on an empty directory (restores directory.db), then a first ask to the
     big actor (restored on wake). Seconds to the answer, and rows seen."""
-    from .engine import open_runtime
-    from .replication import Replication
+    from ..engine import open_runtime
+    from ..replication import Replication
 
     _, _, bulk = _types()
     start = time.perf_counter()
@@ -1042,8 +1042,8 @@ def _restore_phase(
     args: argparse.Namespace,
     progress: Callable[[str], None],
 ) -> dict[str, Any]:
-    from .replica.replicator import Manifest, manifest_key
-    from .replication import ReplicationEngine
+    from ..replica.replicator import Manifest, manifest_key
+    from ..replication import ReplicationEngine
 
     label = f"restore{mb:g}mb"
     store = stores.make(label)
@@ -1165,7 +1165,7 @@ def _mixed_faults() -> tuple[Fault, ...]:
 
 
 def _ledger_type() -> Any:
-    from .actor import Actor, query
+    from ..actor import Actor, query
 
     class Ledger(Actor, name=LEDGER):
         """Records the number of every message it applies, with no unique constraint (a
@@ -1681,7 +1681,7 @@ async def _fault_phase(
 
     ``died``: the runtime ended by itself (an exception out of ``open_runtime``); an exception
     of the bench's own code (``bench_error``) ends the phase early but is no death."""
-    from .engine import open_runtime
+    from ..engine import open_runtime
 
     ledger = _ledger_type()
     out: dict[str, Any] = {"died": False, "error": None, "bench_error": None}
@@ -2118,7 +2118,7 @@ def long_run_puts(load: dict[str, Any], args: argparse.Namespace) -> float:
 
 def _replication(options: list[str]) -> Any:
     """``Replication()`` with ``NAME=VALUE`` overrides (ints and floats as the defaults are)."""
-    from .replication import Replication
+    from ..replication import Replication
 
     defaults = Replication()
     changes: dict[str, Any] = {}

@@ -16,8 +16,8 @@
 
 Usage of the children (the parent runs them with this interpreter)::
 
-    python -m runtime.bench_steps crash <runtime_dir> <synchronous> <backend>
-    python -m runtime.bench_steps resume <runtime_dir> <synchronous> <backend>
+    python -m runtime.bench.steps crash <runtime_dir> <synchronous> <backend>
+    python -m runtime.bench.steps resume <runtime_dir> <synchronous> <backend>
 """
 
 from __future__ import annotations
@@ -37,9 +37,9 @@ from typing import Any
 
 import anyio
 
-from .bench import Figure, percentile
-from .files import db
-from .files.layout import DATA_FILE, MAILBOX_FILE, actor_dir, actor_id
+from ..files import db
+from ..files.layout import DATA_FILE, MAILBOX_FILE, actor_dir, actor_id
+from .turns import Figure, percentile
 
 #: Steps per turn in the overhead measurement (a workflow of typical length).
 PER_TURN = 20
@@ -79,7 +79,7 @@ async def _work(n: int) -> int:
 
 def _types() -> Any:
     # Defined here, not at import time, so that importing the engine builds no actor class.
-    from .actor import Actor
+    from ..actor import Actor
 
     class Workflow(Actor, name=TYPE_NAME):
         async def steps(self, count: int) -> int:
@@ -110,7 +110,7 @@ async def _step_overhead(
     folder: Path, turns: int, per_turn: int, synchronous: str
 ) -> tuple[list[float], list[float]]:
     """Seconds per ask of ``per_turn`` journaled steps, and of the same calls made directly."""
-    from .engine import open_runtime
+    from ..engine import open_runtime
 
     workflow = _types()
     with_steps: list[float] = []
@@ -159,7 +159,7 @@ def _raw_journal_inserts(folder: Path, count: int, synchronous: str) -> list[flo
 
 def _child(mode: str, folder: Path, synchronous: str, backend: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "runtime.bench_steps", mode, str(folder), synchronous, backend],
+        [sys.executable, "-m", "runtime.bench.steps", mode, str(folder), synchronous, backend],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -250,7 +250,7 @@ def _resumptions(
 
 
 async def _crash_child(folder: Path, synchronous: str) -> None:
-    from .engine import open_runtime
+    from ..engine import open_runtime
 
     workflow = _types()
     async with open_runtime(folder, types=[workflow], synchronous=synchronous) as rt:
@@ -259,7 +259,7 @@ async def _crash_child(folder: Path, synchronous: str) -> None:
 
 
 async def _resume_child(folder: Path, synchronous: str) -> None:
-    from .engine import open_runtime
+    from ..engine import open_runtime
 
     workflow = _types()
     start = time.perf_counter()

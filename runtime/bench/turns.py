@@ -20,7 +20,7 @@ from typing import Any
 import anyio
 import attrs
 
-from .files import db
+from ..files import db
 
 
 @attrs.frozen
@@ -95,7 +95,7 @@ def raw_latencies(folder: Path, messages: int, synchronous: str) -> list[float]:
 
 def _bench_type() -> Any:
     # Defined here, not at import time, so that importing the engine builds no actor class.
-    from .actor import Actor
+    from ..actor import Actor
 
     class BenchCounter(Actor, name="torpor.bench.Counter"):
         async def incr(self, by: int = 1) -> int:
@@ -107,7 +107,7 @@ def _bench_type() -> Any:
 
 
 async def torpor_throughput(folder: Path, actors: int, messages: int, synchronous: str) -> float:
-    from .engine import open_runtime
+    from ..engine import open_runtime
 
     counter = _bench_type()
     # Every actor stays awake: this measures messages, not eviction churn under a low limit.
@@ -127,7 +127,7 @@ async def torpor_throughput(folder: Path, actors: int, messages: int, synchronou
 
 
 async def torpor_latencies(folder: Path, messages: int, synchronous: str) -> list[float]:
-    from .engine import open_runtime
+    from ..engine import open_runtime
 
     counter = _bench_type()
     out = []

@@ -33,9 +33,9 @@ import anyio
 import apsw
 import attrs
 
-from .bench import Figure, percentile
-from .files import db
-from .files.layout import DATA_FILE, MAILBOX_FILE, actor_dir, actor_id
+from ..files import db
+from ..files.layout import DATA_FILE, MAILBOX_FILE, actor_dir, actor_id
+from .turns import Figure, percentile
 
 #: The actor type of this bench (its persisted name).
 AGENT_NAME = "torpor.bench.Agent"
@@ -62,7 +62,7 @@ def _rss() -> int:
 
 
 def _types() -> Any:
-    from .actor import Actor
+    from ..actor import Actor
 
     class Agent(Actor, name=AGENT_NAME):
         async def hi(self, n: int = 1) -> int:
@@ -78,7 +78,7 @@ async def _create(
 ) -> tuple[float, float]:
     """Seconds to create and hibernate ``count`` actors, and RSS bytes gained per actor
     between the first tenth and the end (the slope, free of start-up costs)."""
-    from .engine import open_runtime
+    from ..engine import open_runtime
 
     start = time.perf_counter()
     tenth = max(1, count // 10)
@@ -99,7 +99,7 @@ async def _create(
 
 
 async def _wake(folder: Path, agent: Any, count: int) -> tuple[float | None, float | None]:
-    from .engine import open_runtime
+    from ..engine import open_runtime
 
     async with open_runtime(folder, types=[agent], max_awake=count + 10, idle_timeout=3600) as rt:
         for i in range(count):
@@ -122,7 +122,7 @@ async def _awake_cost(folder: Path, count: int) -> dict[str, float]:
     """Per awake idle actor: what waking ``a0`` .. ``a{count-1}`` adds to this process. Run
     in a fresh process (``_fresh_process``), after one wake-up (of ``a{count}``) has imported
     and cached what every wake-up shares."""
-    from .engine import open_runtime
+    from ..engine import open_runtime
 
     agent = _types()
     async with open_runtime(folder, types=[agent], max_awake=count + 10, idle_timeout=3600) as rt:
@@ -134,7 +134,7 @@ async def _awake_cost(folder: Path, count: int) -> dict[str, float]:
 
 
 async def _recover(folder: Path, agent: Any, count: int) -> float:
-    from .engine import open_runtime
+    from ..engine import open_runtime
 
     start = time.perf_counter()
     async with open_runtime(folder, types=[agent], idle_timeout=0) as rt:
@@ -146,7 +146,7 @@ async def _recover(folder: Path, agent: Any, count: int) -> float:
 def _leave_pending_work(folder: Path, agent_name: str, count: int) -> None:
     """One unapplied message in each actor's mailbox and the pending hint set, as a kill -9
     right after the sends were acknowledged would leave them."""
-    from .codec import Codec
+    from ..codec import Codec
 
     payload = Codec().encode([[1], {}])
     ids = []
@@ -213,7 +213,7 @@ def _raw_awake_cost(folder: Path, count: int) -> dict[str, float]:
 def _fresh_process(side: str, folder: Path, count: int, backend: str) -> dict[str, float]:
     """Run ``_awake_cost`` (side ``torpor``) or ``_raw_awake_cost`` (``raw``) in a new Python
     process, on the runtime directory ``folder`` (closed by this process meanwhile)."""
-    package_parent = str(Path(__file__).resolve().parent.parent)
+    package_parent = str(Path(__file__).resolve().parents[2])  # (the folder holding runtime/)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_parent, env.get("PYTHONPATH")]))
     done = subprocess.run(
