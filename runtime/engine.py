@@ -377,33 +377,6 @@ class Runtime:
         if is_query:
             raise TypeError(f"{spec.name}.{name} is a @query: ask it, do not send it")
         _check_idempotency_key(idempotency_key)
-        aid = actor_id(spec.name, key)
-        if (
-            not want_reply
-            and not spec.durable
-            and self.replication is not None
-            and aid not in self.awake
-            and self.replication.local_files_current(aid)
-            and self.replication.wake_needs_store(aid)
-        ):
-            # A send is acknowledged once in the mailbox on this disk: it does not wait for a
-            # wake-up that waits for the store (a claim). Appended to the closed mailbox, the
-            # actor woken in the background (its claim covers the mailbox either way).
-            try:
-                appended = self._store(
-                    spec,
-                    key,
-                    name,
-                    payload,
-                    sender=None,
-                    sender_seq=None,
-                    idempotency_key=idempotency_key,
-                )
-            except NotLocalError:
-                pass  # (being restored after all: wait for it, as below)
-            else:
-                await anyio.lowlevel.checkpoint()
-                return None, 0, appended
         try:
             act = await self._activate(spec, key)
         except ActorStoppedError:

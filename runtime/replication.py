@@ -677,24 +677,6 @@ class ReplicationEngine:
             return False
         return not self.origin or aid in self.claimed
 
-    def wake_needs_store(self, aid: str) -> bool:
-        """Whether waking the actor now would wait for the store: its files cannot be taken up
-        from the state its last hibernation in this process saved (they changed since, or it
-        never hibernated here), and the store is not known to be failing (then a wake-up opens
-        the files unclaimed, without waiting)."""
-        folder = actor_dir(self.rt.root, aid)
-        if self.unavailable and (folder / DATA_FILE).exists():
-            return False
-        state = _read_state(folder / STATE_FILE)
-        if state is None or state.get("session") != self.session:
-            return True
-        now = _stat(folder)
-        return not all(
-            state["files"].get(self.actor_name(aid, file)) is not None
-            and _unchanged(file, now, state["stat"])
-            for file in (DATA_FILE, MAILBOX_FILE)
-        )
-
     async def prepare_files(
         self, act: ReplicatedActor, known: bool, *, force_restore: bool = False
     ) -> None:
