@@ -595,14 +595,26 @@ class Runtime:
             if act is None:
                 break
             if act.state is State.AWAKE:
-                return act
+                if act.failed is None and act.files_open and act.mailbox.found_corrupt:
+                    # A bad page was met in its mailbox (by a call on it, or an append): stop
+                    # it now (its messages are kept); with a replica, the wake-up below
+                    # restores the files.
+                    act.fail_from_outside(
+                        CorruptFileError(
+                            f"{act.describe()}: {act.mailbox.path.name} is corrupt "
+                            f"({act.mailbox.found_corrupt}); its messages are kept",
+                            path=str(act.mailbox.path),
+                        )
+                    )
+                if act.failed is None:
+                    return act
             if act.state is State.WAKING:
                 await act.opened.wait()
                 error = act.open_error
                 if error is not None and not isinstance(error, anyio.get_cancelled_exc_class()):
                     raise error  # (the opener's own cancellation is not ours: try again)
                 continue
-            await act.closed.wait()  # hibernating: wake it again once it is closed
+            await act.closed.wait()  # hibernating, or failed: wake it again once it is closed
         self._check_open()
         entry = self.directory.get(aid)
         if entry is None and spec.requires_create_arguments():

@@ -309,3 +309,28 @@ def test_the_runtime_remembers_a_bounded_number_of_checked_mailboxes(tmp_path: P
     assert a in checked and c in checked and b not in checked
     checked.discard(a)
     assert a not in checked
+
+
+@pytest.mark.real_clock
+async def test_an_awake_actor_whose_mailbox_turns_out_corrupt_is_restored_from_the_replica(
+    tmp_path: Path,
+) -> None:
+    """A bad page met by a call on an awake actor (here: listing its dead letters) stops the
+    actor, and its next message wakes it restored from the replica, instead of every send
+    being refused until it happens to hibernate."""
+    root, replica = tmp_path / "rt", actors.DirectoryStore(tmp_path / "replica")
+    fast = actors.Replication(min_delay=0.005, max_delay=0.05)
+    async with actors.open_runtime(root, types=[Box], replica=replica, replication=fast) as rt:
+        box = rt.ref(Box, "b")
+        assert await box.ask(Box.put, 1) == 1
+    async with actors.open_runtime(root, types=[Box], replica=replica, replication=fast) as rt:
+        box = rt.ref(Box, "b")
+        assert await box.ask(Box.put, 2) == 2  # awake, its mailbox found sound at its wake-up
+        await rt.replicated()
+        path = actor_dir(root, actor_id("Box", "b")) / MAILBOX_FILE
+        _break_page(path, "dead_letters")  # damaged on disk under the open connection
+        rt.awake[actor_id("Box", "b")].mailbox.conn.release_memory()  # (not in its cache)
+        with pytest.raises(actors.CorruptFileError):
+            await rt.dead_letters(box)
+        assert await box.ask(Box.put, 3) == 3  # woken again: restored from the replica
+        assert await box.ask(Box.got) == [1, 2, 3]
