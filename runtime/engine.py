@@ -1438,7 +1438,8 @@ async def open_runtime(
     ``default_max_awake``), the least recently used idle ones hibernating to make room.
 
     ``clock`` gives epoch seconds for durable timers (``time.time``; tests pass a virtual one,
-    e.g. ``lambda: start + trio.current_time()`` under a ``MockClock``).
+    e.g. ``lambda: start + anyio.current_time()`` under virtual time: trio's ``MockClock``, or
+    a looptime event loop on asyncio, as ``actors.testing.check_crashes`` runs them).
 
     On exit, turns in progress get ``shutdown_grace`` seconds to finish; then they are cancelled
     and rolled back. Queued messages stay in their mailboxes and run when the runtime is next

@@ -1,12 +1,13 @@
 """Deterministic crash testing of users' actors (``actors.testing``).
 
-:func:`check_crashes` runs a scenario under trio's virtual clock once without crashes, counting
-the crash points it passes: before and after every step and ask, before and after every durable
-wait, before and after every turn's commit. Then, for each point, it runs the scenario again in
-a fresh directory, crashes the runtime at that point (in process: the turn's transaction rolls
-back, nothing else commits, every in-memory object is dropped, as after ``kill -9``), reopens
-the runtime and runs the scenario again from the top, as a client retrying would. Each run must
-end with the same actor state and the same calls of step functions as the crash-free run.
+:func:`check_crashes` runs a scenario under virtual time (on trio or on asyncio, see
+:func:`run_virtual`) once without crashes, counting the crash points it passes: before and
+after every step and ask, before and after every durable wait, before and after every turn's
+commit. Then, for each point, it runs the scenario again in a fresh directory, crashes the
+runtime at that point (in process: the turn's transaction rolls back, nothing else commits,
+every in-memory object is dropped, as after ``kill -9``), reopens the runtime and runs the
+scenario again from the top, as a client retrying would. Each run must end with the same actor
+state and the same calls of step functions as the crash-free run.
 
 Every run of a scenario draws the same fresh ``self.random()`` and ``self.uuid()`` values: each is
 seeded with the scenario's seed and its place (actor, message, step number), so a value drawn
@@ -18,12 +19,14 @@ signals an ``idempotency_key``, as a real client retrying after a failure would.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import tempfile
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar
 
+import anyio
 import apsw
 import attrs
 import trio
@@ -35,6 +38,46 @@ from .steps import VALUE_SEED
 
 #: Virtual epoch seconds at which every run starts.
 START = 1_800_000_000.0
+
+#: The async backends torpor runs on, and :func:`check_crashes` and :func:`run_virtual` accept.
+BACKENDS = ("trio", "asyncio")
+
+#: Resolution of asyncio's virtual clock. asyncio runs a timer when it is due within the loop's
+#: clock resolution (1e-9 s by default); past 2**24 s (194 days) of virtual time that sum rounds
+#: back to the time itself, a timer landed on exactly is never run, and the loop spins.
+ASYNCIO_CLOCK_RESOLUTION = 1e-6
+
+Backend = Literal["trio", "asyncio"]
+T = TypeVar("T")
+
+
+def run_virtual(fn: Callable[..., Awaitable[T]], *args: Any, backend: Backend = "trio") -> T:
+    """Run ``fn(*args)`` on ``backend`` under virtual time, and return its result.
+
+    Whenever every task waits, time jumps to the next deadline, so a run that sleeps for a year
+    ends at once. On trio this is ``trio.testing.MockClock(autojump_threshold=0)``; on asyncio,
+    an event loop from looptime (a test dependency: ``pip install looptime``) that does the
+    same. On both, time starts at 0 and jumps even while a worker thread runs.
+    """
+    if backend == "trio":
+        return trio.run(fn, *args, clock=trio.testing.MockClock(autojump_threshold=0))
+    if backend == "asyncio":
+        return anyio.run(
+            fn, *args, backend="asyncio", backend_options={"loop_factory": _virtual_loop}
+        )
+    raise ValueError(f"backend must be one of {BACKENDS} (got {backend!r})")
+
+
+def _virtual_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import looptime
+    except ImportError as exc:  # pragma: no cover (the test extra installs it)
+        raise ImportError(
+            "virtual time on asyncio needs looptime: pip install 'looptime>=0.9,<0.10'"
+        ) from exc
+    loop = looptime.new_event_loop()
+    loop._clock_resolution = ASYNCIO_CLOCK_RESOLUTION  # type: ignore[attr-defined]
+    return loop
 
 
 class SimulatedCrash(BaseException):
@@ -64,6 +107,7 @@ def check_crashes(
     settle: float = 3600.0,
     points: Sequence[int] | None = None,
     seed: int | str | None = None,
+    backend: Backend = "trio",
     **options: Any,
 ) -> CrashReport:
     """Crash ``scenario`` at every crash point and compare each run with a crash-free one.
@@ -73,9 +117,10 @@ def check_crashes(
     deliveries), then closes. ``state(root)`` reads the final state from the runtime directory;
     the default is every actor's tables and key-value map. ``points``: crash only at these
     1-based point numbers (default: all). ``seed`` seeds the fresh values of ``self.random()``
-    and ``self.uuid()``, the same in every run (default: the scenario's qualified name). Other
-    keyword arguments go to ``open_runtime`` (``clock`` is the virtual clock, starting at
-    :data:`START`).
+    and ``self.uuid()``, the same in every run (default: the scenario's qualified name).
+    ``backend``: ``"trio"`` or ``"asyncio"``, the event loop every run uses (see
+    :func:`run_virtual`). Other keyword arguments go to ``open_runtime`` (``clock`` is the
+    virtual clock, starting at :data:`START`).
 
     Raises ``AssertionError`` naming the crash point, with both states or call counts, at the
     first difference. Returns a :class:`CrashReport` of the crash-free run.
@@ -84,14 +129,16 @@ def check_crashes(
     if seed is None:
         seed = f"{getattr(scenario, '__module__', '')}.{getattr(scenario, '__qualname__', '')}"
     value_seed = str(seed)
-    baseline = _run(scenario, types, None, settle, value_seed, options)
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS} (got {backend!r})")
+    baseline = _run(scenario, types, None, settle, value_seed, backend, options)
     try:
         expected = read_state(baseline.root)
         wanted = points if points is not None else range(1, len(baseline.points) + 1)
         for point in wanted:
             if not 1 <= point <= len(baseline.points):
                 raise ValueError(f"there are {len(baseline.points)} crash points (got {point})")
-            run = _run(scenario, types, point, settle, value_seed, options)
+            run = _run(scenario, types, point, settle, value_seed, backend, options)
             try:
                 _compare(run, baseline, point, read_state, expected)
             finally:
@@ -136,6 +183,7 @@ def _run(
     crash_at: int | None,
     settle: float,
     seed: str,
+    backend: Backend,
     options: dict[str, Any],
 ) -> _Run:
     holder = tempfile.TemporaryDirectory(prefix="torpor-crashtest-")
@@ -160,14 +208,14 @@ def _run(
 
     async def main() -> None:
         settings = dict(options)
-        clock = settings.pop("clock", None) or (lambda: START + trio.current_time())
-        VALUE_SEED.set(seed)  # for this run's tasks only: trio.run gives main a context copy
+        clock = settings.pop("clock", None) or (lambda: START + anyio.current_time())
+        VALUE_SEED.set(seed)  # for this run's tasks only: each run gives main a context copy
         for attempt in range(2):
             try:
                 async with open_runtime(run.root, types=types, clock=clock, **settings) as rt:
                     rt.crash_hook = hook
                     await scenario(rt)
-                    await trio.sleep(settle)
+                    await anyio.sleep(settle)
                 return
             except BaseException as exc:
                 if attempt == 0 and _is_crash(exc):
@@ -175,7 +223,7 @@ def _run(
                 raise
 
     try:
-        trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+        run_virtual(main, backend=backend)
     except BaseException:
         holder.cleanup()
         raise

@@ -1,8 +1,17 @@
-"""Test setup: async tests run under trio with a MockClock that jumps when everything sleeps.
+"""Test setup: async tests run under virtual time that jumps when everything sleeps.
 
-An ``async def test_...`` runs in ``trio.run(..., clock=MockClock(autojump_threshold=0))``, so a
-test that waits a year of retries or timers finishes at once. Its fixtures are ordinary
-(synchronous) pytest fixtures.
+An ``async def test_...`` runs in ``runtime.testing.run_virtual``: on trio, ``trio.run(...,
+clock=MockClock(autojump_threshold=0))``; on asyncio, a looptime event loop that jumps the same
+way. So a test that waits a year of retries or timers finishes at once. Its fixtures are ordinary
+(synchronous) pytest fixtures. ``@pytest.mark.real_clock`` runs a test on the real clock instead.
+
+Backends: the async tests of a module marked ``pytestmark = pytest.mark.both_backends`` run
+twice, as ``test_x[trio]`` and ``test_x[asyncio]`` (they write ``anyio`` calls, not ``trio``
+ones, and may take the ``backend`` fixture). So far these are the suites that prove the core:
+test_turns, test_steps, test_timers and test_hibernation. Any other test that takes the
+``backend`` fixture runs twice as well: the SIGKILL crash harnesses (test_crash, test_crash_steps,
+test_crash_timers) run their child program on it. Every other module runs on trio only, for now;
+new tests are written for both.
 """
 
 from __future__ import annotations
@@ -12,9 +21,11 @@ import inspect
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 import trio
-import trio.testing
+
+from runtime.testing import BACKENDS, run_virtual
 
 pytest_plugins = ["tests.conftest_s3"]
 
@@ -36,20 +47,38 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.hookimpl(tryfirst=True)
+def pytest_pycollect_makeitem(collector: pytest.Module | pytest.Class, name: str, obj: Any) -> None:
+    if (
+        collector.istestfunction(obj, name)
+        and inspect.iscoroutinefunction(obj)
+        and collector.get_closest_marker("both_backends") is not None
+    ):
+        pytest.mark.usefixtures("backend")(obj)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """The async backend this test runs on, "trio" or "asyncio" (modules marked both_backends)."""
+    return str(request.param)
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     fn = pyfuncitem.obj
     if not inspect.iscoroutinefunction(fn):
         return None
     names = pyfuncitem._fixtureinfo.argnames
-    kwargs = {name: pyfuncitem.funcargs[name] for name in names}
+    call = functools.partial(fn, **{name: pyfuncitem.funcargs[name] for name in names})
+    backend = pyfuncitem.funcargs.get("backend", "trio")
     if pyfuncitem.get_closest_marker("real_clock") is not None:
         # Work in worker threads (replication's store requests) lets an autojump clock jump
         # to the next deadline at any moment; these tests wait on events, not on time.
-        trio.run(functools.partial(fn, **kwargs))
+        if backend == "trio":
+            trio.run(call)
+        else:
+            anyio.run(call, backend=backend)
     else:
-        trio.run(
-            functools.partial(fn, **kwargs), clock=trio.testing.MockClock(autojump_threshold=0)
-        )
+        run_virtual(call, backend=backend)
     return True
 
 

@@ -5,6 +5,7 @@
     python tests/<workload>.py run <runtime_dir> <end> <start_0> ... <start_{S-1}>
     python tests/<workload>.py verify <runtime_dir>
 
+The async backend is ``trio`` unless ``TORPOR_CRASH_BACKEND`` names another (``asyncio``).
 ``run`` prints ``OPEN``, opens the runtime, prints ``READY``, runs one sender task per sender
 (each prints ``ACK s i`` via ``emit`` as soon as a send returned), then waits for the workload to
 settle; if it does, it prints the runtime's reports to stderr and ``DONE``, and exits 0 (exit 3
@@ -15,12 +16,13 @@ workload's collector returns.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-import trio
+import anyio
 
 import actors
 
@@ -68,9 +70,9 @@ async def run(
     emit("OPEN")
     async with open_runtime(root) as rt:
         emit("READY")
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as tg:
             for sender, start in enumerate(starts):
-                nursery.start_soon(sender_task, rt, sender, start, end)
+                tg.start_soon(sender_task, rt, sender, start, end)
         if not await settle(rt):
             return 3
         for report in rt.reports:
@@ -100,12 +102,13 @@ def main(
 ) -> int:
     """Run ``run`` or ``verify`` per the command line; return the exit status."""
     mode, root = argv[1], argv[2]
+    backend = os.environ.get("TORPOR_CRASH_BACKEND", "trio")
     if mode == "run":
         end = int(argv[3])
         starts = [int(a) for a in argv[4:]]
         if len(starts) != senders:
             raise SystemExit(f"need {senders} start values, got {len(starts)}")
-        return trio.run(run, open_runtime, root, end, starts, sender_task, settle)
+        return anyio.run(run, open_runtime, root, end, starts, sender_task, settle, backend=backend)
     if mode == "verify":
-        return trio.run(verify, open_runtime, root, collect)
+        return anyio.run(verify, open_runtime, root, collect, backend=backend)
     raise SystemExit(f"unknown mode {mode!r}")

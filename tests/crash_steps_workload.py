@@ -40,7 +40,7 @@ from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
-import trio
+import anyio
 
 import actors
 from tests import crash_child
@@ -137,7 +137,7 @@ def step_sync(key: str, wid: str, n: int, acc: int, tag: str) -> list[int]:
 async def step_async(key: str, wid: str, n: int, acc: int, tag: str) -> list[int]:
     log = _log()
     log.write(key, wid, n, acc, tag)
-    await trio.sleep(EFFECT)
+    await anyio.sleep(EFFECT)
     return [advance(acc, n), log.pid]
 
 
@@ -197,7 +197,7 @@ async def sender_task(rt: actors.Runtime, sender: int, start: int, end: int) -> 
 async def settle(rt: actors.Runtime) -> bool:
     progress: list[str] = []
     refs = [rt.ref(Flow, actor_key(a)) for a in range(ACTORS)]
-    with trio.move_on_after(DRAIN_TIMEOUT) as scope:
+    with anyio.move_on_after(DRAIN_TIMEOUT) as scope:
         await crash_child.sync_all(refs, Flow.sync, progress)
     if scope.cancelled_caught:
         print(f"drain timed out: {progress}; reports: {rt.reports}", file=sys.stderr)

@@ -4,7 +4,8 @@ A harness starts its child program (``Child``), kills it per a plan (``run_child
 until enough kills landed and lets a last run finish (``Campaign``), reads the child's ``verify``
 output (``read_state``) and checks the acknowledged sends against a plain-Python ``Model``
 (``check_sends``). Each harness keeps its own kill schedule, workload and checks; ``Harness``
-names its child program and timeouts.
+names its child program, timeouts and the async backend the child runs on (``tests/crash_child.py``
+reads it from ``TORPOR_CRASH_BACKEND``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import attrs
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+#: The environment variable that tells a child program its async backend ("trio", "asyncio").
+BACKEND_ENV = "TORPOR_CRASH_BACKEND"
 #: Waiting for a killed child to be reaped and its stdout to reach end of file.
 REAP_TIMEOUT = 10.0
 
@@ -42,6 +45,8 @@ class Harness:
     #: On the ACK that reaches a kill's count, kill before that sender counts as finished (the
     #: kill is then reported as "sending" even if it was the last acknowledgement).
     kill_on_ack_before_discard: bool = False
+    #: The async backend the child runs on.
+    backend: str = "trio"
 
 
 @attrs.define
@@ -87,7 +92,9 @@ Plan = tuple[str, Any]
 class Child:
     """One child process; its stdout lines arrive on a queue from a reader thread."""
 
-    def __init__(self, program: Path, args: list[str], stderr_path: Path) -> None:
+    def __init__(
+        self, program: Path, args: list[str], stderr_path: Path, *, backend: str = "trio"
+    ) -> None:
         self.stderr_path = stderr_path
         self._stderr = stderr_path.open("wb")
         self.proc = subprocess.Popen(
@@ -97,6 +104,7 @@ class Child:
             stderr=self._stderr,
             stdin=subprocess.DEVNULL,
             cwd=REPO,
+            env={**os.environ, BACKEND_ENV: backend},
         )
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.partial = b""
@@ -165,6 +173,7 @@ def run_child(
         harness.program,
         ["run", str(root), str(model.end), *map(str, starts)],
         tmp / f"stderr-{number}.txt",
+        backend=harness.backend,
     )
     began = time.monotonic()
     kill_at = began + param if mode == "startup" else None
@@ -245,7 +254,9 @@ def run_child(
 
 def read_state(harness: Harness, tmp: Path, root: Path) -> dict[str, Any]:
     """Run the child's ``verify`` and parse the one ``STATE <json>`` line it prints."""
-    child = Child(harness.program, ["verify", str(root)], tmp / "stderr-verify.txt")
+    child = Child(
+        harness.program, ["verify", str(root)], tmp / "stderr-verify.txt", backend=harness.backend
+    )
     lines = []
     try:
         deadline = time.monotonic() + harness.run_timeout
@@ -291,7 +302,8 @@ class Campaign:
     def context(self) -> str:
         recent = "\n".join(str(r) for r in self.history[-8:])
         return (
-            f"seed={self.seed} (TORPOR_CRASH_SEED), kills={self.landed}, runs={self.number}, "
+            f"seed={self.seed} (TORPOR_CRASH_SEED), backend={self.harness.backend}, "
+            f"kills={self.landed}, runs={self.number}, "
             f"end={self.model.end}, runtime dir {self.root}\nlast runs:\n{recent}"
         )
 

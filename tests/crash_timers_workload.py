@@ -33,7 +33,7 @@ import time
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-import trio
+import anyio
 
 import actors
 from tests import crash_child
@@ -164,7 +164,7 @@ async def sender_task(rt: actors.Runtime, sender: int, start: int, end: int) -> 
         actor, timers = plan(sender, i)
         await refs[actor].send(Timed.arm, sender, i, timers, idempotency_key=f"{sender}:{i}")
         emit(f"ACK {sender} {i}")
-        await trio.sleep(pace.uniform(*PACE))
+        await anyio.sleep(pace.uniform(*PACE))
 
 
 async def wait_for_rings(refs: list[actors.Ref[Timed]], progress: list[str]) -> bool:
@@ -184,13 +184,13 @@ async def wait_for_rings(refs: list[actors.Ref[Timed]], progress: list[str]) -> 
         if time.time() > last_due + FINAL_GRACE:
             progress.append(f"{time.time() - last_due:.2f}s after the last due time")
             return False
-        await trio.sleep(0.1)
+        await anyio.sleep(0.1)
 
 
 async def settle(rt: actors.Runtime) -> bool:
     refs = [rt.ref(Timed, actor_key(a)) for a in range(ACTORS)]
     progress: list[str] = []
-    with trio.move_on_after(DRAIN_TIMEOUT) as scope:
+    with anyio.move_on_after(DRAIN_TIMEOUT) as scope:
         await crash_child.sync_all(refs, Timed.sync, progress)
     if scope.cancelled_caught:
         print(f"drain timed out: {progress}; reports: {list(rt.reports)}", file=sys.stderr)

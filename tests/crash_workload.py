@@ -28,7 +28,7 @@ import sys
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-import trio
+import anyio
 
 import actors
 from tests import crash_child
@@ -149,12 +149,12 @@ async def drain(rt: actors.Runtime, progress: list[str]) -> None:
                 complete = False
         if complete:
             return
-        await trio.sleep(0.005)
+        await anyio.sleep(0.005)
 
 
 async def settle(rt: actors.Runtime) -> bool:
     progress: list[str] = []
-    with trio.move_on_after(DRAIN_TIMEOUT) as scope:
+    with anyio.move_on_after(DRAIN_TIMEOUT) as scope:
         await drain(rt, progress)
     if scope.cancelled_caught:
         print(f"drain timed out: {progress}; reports: {rt.reports}", file=sys.stderr)

@@ -1,5 +1,5 @@
 """Hibernation (DESIGN §5): idle actors close their files and drop their objects; messages wake
-them. Time is virtual (MockClock), so idle timeouts of minutes pass at once."""
+them. Time is virtual, so idle timeouts of minutes pass at once."""
 
 from __future__ import annotations
 
@@ -8,14 +8,16 @@ import resource
 import time
 from pathlib import Path
 
+import anyio
 import apsw
 import pytest
-import trio
 
 import actors
 from runtime.engine import FDS_PER_AWAKE_ACTOR, default_max_awake
 from runtime.files.layout import actor_id
 from tests.agents import Counter
+
+pytestmark = pytest.mark.both_backends
 
 
 def open_fds() -> int:
@@ -42,9 +44,9 @@ async def test_idle_actor_hibernates_after_idle_timeout(root: Path) -> None:
         ref = rt.ref(Sleepy, "s")
         assert await ref.ask(Sleepy.poke) == (1, 0)
         assert rt.statistics().awake == 1
-        await trio.sleep(59)
+        await anyio.sleep(59)
         assert rt.statistics().awake == 1
-        await trio.sleep(2)
+        await anyio.sleep(2)
         stats = rt.statistics()
         assert (stats.awake, stats.hibernated, stats.hibernations) == (0, 1, 1)
         assert open_fds() == baseline + 4  # LOCK and directory.db (3): nothing of the actor
@@ -58,9 +60,9 @@ async def test_activity_postpones_hibernation(root: Path) -> None:
         ref = rt.ref(Sleepy, "s")
         for _ in range(5):
             await ref.ask(Sleepy.poke)
-            await trio.sleep(8)
+            await anyio.sleep(8)
         assert rt.statistics().hibernations == 0
-        await trio.sleep(3)
+        await anyio.sleep(3)
         assert rt.statistics().hibernations == 1
 
 
@@ -84,7 +86,7 @@ async def test_concurrent_messages_wake_once(root: Path) -> None:
     async with actors.open_runtime(root, types=[Sleepy], idle_timeout=1) as rt:
         ref = rt.ref(Sleepy, "s")
         await ref.ask(Sleepy.poke)
-        await trio.sleep(5)
+        await anyio.sleep(5)
         assert rt.statistics().awake == 0
         wakes_before = rt.statistics().wakes
         results = []
@@ -92,16 +94,16 @@ async def test_concurrent_messages_wake_once(root: Path) -> None:
         async def ask() -> None:
             results.append(await ref.ask(Sleepy.poke))
 
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as tg:
             for _ in range(20):
-                nursery.start_soon(ask)
+                tg.start_soon(ask)
         assert rt.statistics().wakes == wakes_before + 1
         assert set(results) == {(2, 1)}
 
 
 async def test_a_busy_actor_is_never_hibernated(root: Path) -> None:
     """An actor in the middle of a turn stays awake past idle_timeout."""
-    gate = trio.Event()
+    gate = anyio.Event()
 
     class Busy(actors.Actor, name="Busy"):
         async def work(self) -> str:
@@ -109,13 +111,13 @@ async def test_a_busy_actor_is_never_hibernated(root: Path) -> None:
             return "done"
 
     async with actors.open_runtime(root, types=[Busy], idle_timeout=1) as rt:
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as tg:
             ref = rt.ref(Busy, "b")
-            nursery.start_soon(ref.ask, Busy.work)
-            await trio.sleep(100)
+            tg.start_soon(ref.ask, Busy.work)
+            await anyio.sleep(100)
             assert rt.statistics().awake == 1
             gate.set()
-        await trio.sleep(2)
+        await anyio.sleep(2)
         assert rt.statistics().awake == 0
 
 
@@ -124,10 +126,10 @@ async def test_lifecycle_events_are_observable(root: Path) -> None:
     async with actors.open_runtime(root, types=[Sleepy], idle_timeout=5) as rt:  # noqa: SIM117
         async with rt.open_lifecycle_events() as events:
             await rt.ref(Sleepy, "s").ask(Sleepy.poke)
-            await trio.sleep(10)
+            await anyio.sleep(10)
             seen = []
             while len(seen) < 4:
-                with trio.fail_after(1):
+                with anyio.fail_after(1):
                     event = await events.receive()
                 seen.append((event.previous, event.event, event.state))
     assert seen == [
@@ -140,8 +142,8 @@ async def test_lifecycle_events_are_observable(root: Path) -> None:
 
 async def test_messages_to_a_hibernating_actor_are_kept_and_wake_it(root: Path) -> None:
     """A message arriving while on_hibernate runs waits, then wakes the actor again."""
-    napping = trio.Event()
-    resume = trio.Event()
+    napping = anyio.Event()
+    resume = anyio.Event()
 
     class Slowpoke(actors.Actor, name="Slowpoke"):
         async def on_hibernate(self) -> None:
@@ -155,15 +157,15 @@ async def test_messages_to_a_hibernating_actor_are_kept_and_wake_it(root: Path) 
     async with actors.open_runtime(root, types=[Slowpoke], idle_timeout=1) as rt:
         ref = rt.ref(Slowpoke, "s")
         assert await ref.ask(Slowpoke.hi) == 1
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as tg:
             await napping.wait()
             result: list[int] = []
 
             async def ask() -> None:
                 result.append(await ref.ask(Slowpoke.hi))
 
-            nursery.start_soon(ask)
-            await trio.sleep(0.1)
+            tg.start_soon(ask)
+            await anyio.sleep(0.1)
             resume.set()
         assert result == [2]
 
@@ -184,18 +186,18 @@ async def test_hibernated_actors_cost_nothing(root: Path) -> None:
 
     async def measure() -> tuple[int, int, int]:
         async with actors.open_runtime(root, types=[Counter]) as rt:
-            await trio.sleep(1)
+            await anyio.sleep(1)
             stats = rt.statistics()
             assert (stats.awake, stats.hibernated) == (0, 100_000)
-            tasks = trio.lowlevel.current_statistics().tasks_living
+            tasks = len(anyio.get_running_tasks())
             return open_fds(), tasks, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
     fds, tasks, _ = await measure()
     empty = root.parent / "empty"
     async with actors.open_runtime(empty, types=[Counter]) as rt:
-        await trio.sleep(1)
+        await anyio.sleep(1)
         assert open_fds() == fds
-        assert trio.lowlevel.current_statistics().tasks_living == tasks
+        assert len(anyio.get_running_tasks()) == tasks
     async with actors.open_runtime(root, types=[Counter]) as rt:
         assert await rt.ref(Counter, "real-7").ask(Counter.value) == 7  # they are real
 
@@ -216,18 +218,11 @@ async def test_bad_max_awake_is_refused(root: Path, bad: object) -> None:
             pass
 
 
-def test_wall_clock_not_used_for_idle_time() -> None:
+async def test_wall_clock_not_used_for_idle_time(root: Path) -> None:
     """Idle time is measured on the event loop's clock (virtual in tests), not time.time()."""
     start = time.time()
-
-    async def main(root: Path) -> None:
-        async with actors.open_runtime(root, types=[Sleepy], idle_timeout=86_400) as rt:
-            await rt.ref(Sleepy, "s").ask(Sleepy.poke)
-            await trio.sleep(86_401)
-            assert rt.statistics().awake == 0
-
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        trio.run(main, Path(tmp) / "rt", clock=trio.testing.MockClock(autojump_threshold=0))
+    async with actors.open_runtime(root, types=[Sleepy], idle_timeout=86_400) as rt:
+        await rt.ref(Sleepy, "s").ask(Sleepy.poke)
+        await anyio.sleep(86_401)
+        assert rt.statistics().awake == 0
     assert time.time() - start < 60

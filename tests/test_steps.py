@@ -1,5 +1,5 @@
 """Durable steps inside handlers (DESIGN §4): journaled effects, values, waits, asks, fan-out,
-versioning and the management of turns in flight. Virtual time throughout (MockClock)."""
+versioning and the management of turns in flight. Virtual time throughout."""
 
 from __future__ import annotations
 
@@ -8,16 +8,18 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
-import trio
 
 import actors
+
+pytestmark = pytest.mark.both_backends
 
 START = 1_800_000_000.0
 
 
 def clock() -> float:
-    return START + trio.current_time()
+    return START + anyio.current_time()
 
 
 def runtime(root: Path, *types: type, **options: Any) -> Any:
@@ -78,13 +80,13 @@ async def test_step_retries_with_backoff_then_fails_with_a_typed_error(root: Pat
     attempts: list[float] = []
 
     async def flaky() -> str:
-        attempts.append(trio.current_time())
+        attempts.append(anyio.current_time())
         if len(attempts) < 3:
             raise ConnectionError("try again")
         return "ok"
 
     async def broken() -> str:
-        attempts.append(trio.current_time())
+        attempts.append(anyio.current_time())
         raise ValueError("always")
 
     policy = actors.Retry(max_attempts=3, initial_delay=10, multiplier=2, jitter=0)
@@ -141,7 +143,7 @@ async def test_a_step_attempt_past_its_deadline_is_retried(root: Path) -> None:
     durations = [100.0, 1.0]
 
     async def slow() -> str:
-        await trio.sleep(durations.pop(0))
+        await anyio.sleep(durations.pop(0))
         return "done"
 
     class Agent(actors.Actor, name="Agent"):
@@ -150,9 +152,9 @@ async def test_a_step_attempt_past_its_deadline_is_retried(root: Path) -> None:
             return str(await self.step("slow", slow, retry=policy))
 
     async with runtime(root, Agent) as rt:
-        start = trio.current_time()
+        start = anyio.current_time()
         assert await rt.ref(Agent, "a").ask(Agent.go) == "done"
-        assert trio.current_time() - start < 10  # the first attempt was cut at 5 s
+        assert anyio.current_time() - start < 10  # the first attempt was cut at 5 s
     assert durations == []
 
 
@@ -176,10 +178,10 @@ async def test_the_step_idempotency_key_is_stable_across_attempts_and_replays(ro
     async with runtime(root, Agent) as rt:
         ref = rt.ref(Agent, "k")
         await ref.send(Agent.go)
-        await trio.sleep(10)
+        await anyio.sleep(10)
         (turn,) = await rt.turns(ref)
         await rt.restart_turn(ref, turn.seq, from_step=1)  # b runs again, as after a crash
-        await trio.sleep(10)
+        await anyio.sleep(10)
     assert [(name, attempt) for name, attempt, _ in keys] == [
         ("a", 1),
         ("b", 1),
@@ -192,7 +194,7 @@ async def test_the_step_idempotency_key_is_stable_across_attempts_and_replays(ro
     assert b_restarted == f"{b_first}:r1"
     async with runtime(root.parent / "other", Agent) as rt:
         await rt.ref(Agent, "k").send(Agent.go)
-        await trio.sleep(10)
+        await anyio.sleep(10)
     assert keys[-1][2] != a_key  # another runtime's actor of the same type and key
 
     with pytest.raises(RuntimeError):
@@ -227,7 +229,7 @@ async def test_durable_calls_outside_message_handlers_are_refused(root: Path) ->
     class Agent(actors.Actor, name="Agent"):
         async def on_create(self) -> None:
             try:
-                await self.step("x", trio.sleep, 0)
+                await self.step("x", anyio.sleep, 0)
             except RuntimeError as exc:
                 self.kv["error"] = str(exc)
 
@@ -287,14 +289,14 @@ async def test_a_long_sleep_hibernates_the_actor_and_the_turn_resumes_on_time(ro
 
     async with runtime(root, Agent, idle_timeout=30) as rt:
         ref = rt.ref(Agent, "a")
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as tg:
             result: list[str] = []
 
             async def ask() -> None:
                 result.append(await ref.ask(Agent.remind))
 
-            nursery.start_soon(ask)
-            await trio.sleep(60)
+            tg.start_soon(ask)
+            await anyio.sleep(60)
             assert rt.statistics().awake == 0  # hibernated while it sleeps
             (turn,) = await rt.turns(ref)
             assert turn.status == "waiting"
@@ -324,13 +326,13 @@ async def test_a_sleep_survives_closing_and_reopening_the_runtime(root: Path) ->
 
     async with runtime(root, Agent) as rt:
         await rt.ref(Agent, "a").send(Agent.go)
-        await trio.sleep(10)
+        await anyio.sleep(10)
     assert calls == ["a"]
-    await trio.sleep(86400)  # the process is down past the deadline
+    await anyio.sleep(86400)  # the process is down past the deadline
     async with runtime(root, Agent) as rt:
         ref = rt.ref(Agent, "a")
         while not await ref.ask(Agent.done):  # noqa: ASYNC110 (virtual time)
-            await trio.sleep(1)
+            await anyio.sleep(1)
     assert calls == ["a", "b"]
 
 
@@ -351,16 +353,16 @@ async def test_an_event_wakes_the_waiting_turn_and_does_not_queue_behind_it(root
 
     async with runtime(root, Approval, idle_timeout=30) as rt:
         ref = rt.ref(Approval, "a")
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as tg:
             verdicts: list[str] = []
 
             async def request() -> None:
                 verdicts.append(await ref.ask(Approval.request, "deploy"))
 
-            nursery.start_soon(request)
-            await trio.sleep(1)
+            tg.start_soon(request)
+            await anyio.sleep(1)
             await ref.send(Approval.note, "later message")  # queues behind the waiting turn
-            await trio.sleep(300)  # hibernated meanwhile
+            await anyio.sleep(300)  # hibernated meanwhile
             assert await ref.ask(Approval.log) == []
             assert await ref.signal("decision", {"verdict": "approved"})
         assert verdicts == ["approved"]
@@ -443,7 +445,7 @@ async def test_gathered_steps_are_numbered_in_the_order_the_code_wrote_them(root
     delays = {"slow": 30.0, "fast": 1.0, "medium": 10.0}
 
     async def work(name: str) -> str:
-        await trio.sleep(delays[name])
+        await anyio.sleep(delays[name])
         return name
 
     class Agent(actors.Actor, name="Agent"):
@@ -457,7 +459,7 @@ async def test_gathered_steps_are_numbered_in_the_order_the_code_wrote_them(root
     async with runtime(root, Agent) as rt:
         ref = rt.ref(Agent, "a")
         await ref.send(Agent.fan)
-        await trio.sleep(40)
+        await anyio.sleep(40)
         (turn,) = await rt.turns(ref)
         assert [(s.number, s.name) for s in turn.steps] == [
             (0, "slow"),
@@ -498,12 +500,12 @@ async def test_a_diverging_replay_stops_the_actor_with_nondeterminism_error(root
     async with runtime(root, Agent) as rt:
         ref = rt.ref(Agent, "a")
         await ref.send(Agent.go)
-        await trio.sleep(5)
+        await anyio.sleep(5)
     code["first"] = "search"  # a deploy changed the step while the turn was waiting
     async with runtime(root, Agent) as rt:
         ref = rt.ref(Agent, "a")
         await ref.signal("go-on")
-        await trio.sleep(5)
+        await anyio.sleep(5)
         assert rt.statistics().stopped == 1
         assert any("step 0 was recorded as step 'fetch'" in r for r in rt.reports)
         assert any("'search'" in r and "patched" in r for r in rt.reports)
@@ -511,7 +513,7 @@ async def test_a_diverging_replay_stops_the_actor_with_nondeterminism_error(root
         assert turn.steps[0].name == "fetch"  # the journal is kept
         code["first"] = "fetch"  # the fix
         await rt.resume(ref)
-        await trio.sleep(5)
+        await anyio.sleep(5)
         assert await rt.turns(ref) == []
 
 
@@ -532,14 +534,14 @@ async def test_patched_keeps_turns_in_flight_on_the_old_path(root: Path) -> None
 
     async with runtime(root, Agent) as rt:
         await rt.ref(Agent, "old").send(Agent.go, "old")
-        await trio.sleep(5)
+        await anyio.sleep(5)
     version["new"] = True
     async with runtime(root, Agent) as rt:
         await rt.ref(Agent, "new").send(Agent.go, "new")
-        await trio.sleep(5)
+        await anyio.sleep(5)
         await rt.ref(Agent, "old").signal("go-old")
         await rt.ref(Agent, "new").signal("go-new")
-        await trio.sleep(5)
+        await anyio.sleep(5)
         assert rt.statistics().stopped == 0
     assert sorted(calls) == sorted(["old:a", "old:b", "new:a", "new:check", "new:b"])
 
@@ -559,7 +561,7 @@ async def test_cancel_a_waiting_turn_dead_letters_it_and_the_actor_moves_on(root
 
     async with runtime(root, Agent, idle_timeout=10) as rt:
         ref = rt.ref(Agent, "a")
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as tg:
             errors: list[BaseException] = []
 
             async def ask() -> None:
@@ -568,8 +570,8 @@ async def test_cancel_a_waiting_turn_dead_letters_it_and_the_actor_moves_on(root
                 except actors.MessageFailedError as exc:
                     errors.append(exc)
 
-            nursery.start_soon(ask)
-            await trio.sleep(60)  # hibernated
+            tg.start_soon(ask)
+            await anyio.sleep(60)  # hibernated
             (turn,) = await rt.turns(ref)
             await rt.cancel_turn(ref, turn.seq, "the user gave up")
         assert isinstance(errors[0].__cause__, actors.TurnCancelledError)
@@ -597,17 +599,17 @@ async def test_restart_a_turn_from_a_step_reruns_the_later_steps_only(root: Path
 
     async with runtime(root, Agent) as rt:
         ref = rt.ref(Agent, "a")
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as tg:
             results: list[list[str]] = []
 
             async def ask() -> None:
                 results.append(await ref.ask(Agent.go))
 
-            nursery.start_soon(ask)
-            await trio.sleep(5)
+            tg.start_soon(ask)
+            await anyio.sleep(5)
             (turn,) = await rt.turns(ref)
             assert await rt.restart_turn(ref, turn.seq, from_step=1) == 2  # b and the wait
-            await trio.sleep(5)
+            await anyio.sleep(5)
             assert calls == ["a", "b", "b"]
             await ref.signal("finish")
         assert results == [["a", "b"]]
@@ -617,13 +619,13 @@ async def test_restart_a_turn_from_a_step_reruns_the_later_steps_only(root: Path
 
 
 async def test_a_quick_message_batched_before_a_long_step_is_answered_first(root: Path) -> None:
-    gate = trio.Event()
+    gate = anyio.Event()
 
     async def hold() -> None:
         await gate.wait()
 
     async def think() -> str:
-        await trio.sleep(3600)
+        await anyio.sleep(3600)
         return "thought"
 
     class Agent(actors.Actor, name="Agent"):
@@ -643,11 +645,11 @@ async def test_a_quick_message_batched_before_a_long_step_is_answered_first(root
     async with runtime(root, Agent) as rt:
         ref = rt.ref(Agent, "a")
         await ref.send(Agent.hold)
-        await trio.sleep(1)
+        await anyio.sleep(1)
         await ref.send(Agent.quick)  # both queue behind hold: one batch of [quick, slow]
         await ref.send(Agent.slow)
         gate.set()
-        await trio.sleep(1)
+        await anyio.sleep(1)
         assert await ref.ask(Agent.quick_committed)  # not held for the hour of the slow step
         assert [t.method for t in await rt.turns(ref)] == ["slow"]
 
@@ -666,12 +668,12 @@ async def test_a_step_failure_escaping_the_handler_is_dead_lettered_without_retr
 
     async with runtime(root, Agent) as rt:
         ref = rt.ref(Agent, "a")
-        start = trio.current_time()
+        start = anyio.current_time()
         with pytest.raises(actors.MessageFailedError) as info:
             await ref.ask(Agent.go)
         assert isinstance(info.value.__cause__, actors.StepFailedError)
         assert info.value.attempts == 1  # a replay would only raise the journaled failure again
-        assert trio.current_time() - start < 1
+        assert anyio.current_time() - start < 1
         assert rt.statistics().retries == 0
 
 
@@ -683,9 +685,9 @@ async def test_an_event_that_ends_a_wait_early_clears_its_wake_up_hint(root: Pat
     async with runtime(root, Agent) as rt:
         ref = rt.ref(Agent, "a")
         await ref.send(Agent.go)
-        await trio.sleep(1)
+        await anyio.sleep(1)
         assert rt.statistics().actors_with_timers == 1  # the deadline is a wake-up hint
         await ref.signal("e", "early")
-        await trio.sleep(1)
+        await anyio.sleep(1)
         assert rt.statistics().actors_with_timers == 0
         assert rt.directory.next_wake_at() is None

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
+import looptime
 import pytest
 
 import actors
@@ -34,18 +36,38 @@ async def research_scenario(rt: Any) -> None:
     assert result == "published"
 
 
+RESEARCH_POINTS = (
+    "before step 'llm' (kit.Researcher 'r1', message 1, step 0)",
+    "after step 'llm' (kit.Researcher 'r1', message 1, step 0)",
+    "before wait 'approval' (kit.Researcher 'r1', message 1, step 1)",
+    "after wait 'approval' (kit.Researcher 'r1', message 1, step 1)",
+    "before wait 'sleep' (kit.Researcher 'r1', message 1, step 2)",
+    "after wait 'sleep' (kit.Researcher 'r1', message 1, step 2)",
+    "before commit (kit.Researcher 'r1', message 1)",
+    "after commit (kit.Researcher 'r1', message 1)",
+)
+
+
 def test_a_correct_agent_survives_a_crash_at_every_point() -> None:
     report = check_crashes(research_scenario, types=[Researcher])
-    assert report.points == (
-        "before step 'llm' (kit.Researcher 'r1', message 1, step 0)",
-        "after step 'llm' (kit.Researcher 'r1', message 1, step 0)",
-        "before wait 'approval' (kit.Researcher 'r1', message 1, step 1)",
-        "after wait 'approval' (kit.Researcher 'r1', message 1, step 1)",
-        "before wait 'sleep' (kit.Researcher 'r1', message 1, step 2)",
-        "after wait 'sleep' (kit.Researcher 'r1', message 1, step 2)",
-        "before commit (kit.Researcher 'r1', message 1)",
-        "after commit (kit.Researcher 'r1', message 1)",
-    )
+    assert report.points == RESEARCH_POINTS
+    assert report.calls == {("kit.Researcher", "r1", "llm"): 1}
+    state = report.state[("kit.Researcher", "r1")]
+    assert state["notes"] == [("cats", "summary of cats")]
+
+
+def test_the_same_scenario_survives_every_crash_on_asyncio() -> None:
+    """check_crashes(backend="asyncio"): the same crash points, calls and state as on trio."""
+    loops: list[asyncio.AbstractEventLoop] = []
+
+    async def on_asyncio(rt: Any) -> None:
+        loops.append(asyncio.get_running_loop())
+        await research_scenario(rt)
+
+    report = check_crashes(on_asyncio, types=[Researcher], backend="asyncio")
+    assert len(loops) == 1 + 2 * len(RESEARCH_POINTS)  # crash-free; crashed, then rerun
+    assert all(isinstance(loop, looptime.LoopTimeEventLoop) for loop in loops)  # virtual time
+    assert report.points == RESEARCH_POINTS
     assert report.calls == {("kit.Researcher", "r1", "llm"): 1}
     state = report.state[("kit.Researcher", "r1")]
     assert state["notes"] == [("cats", "summary of cats")]
@@ -87,3 +109,9 @@ def test_a_scenario_retried_without_idempotency_keys_is_caught() -> None:
 def test_bad_crash_points_are_refused() -> None:
     with pytest.raises(ValueError, match="crash points"):
         check_crashes(research_scenario, types=[Researcher], points=[99])
+
+
+def test_an_unknown_backend_is_refused() -> None:
+    """check_crashes names the backends it runs on."""
+    with pytest.raises(ValueError, match=r"one of \('trio', 'asyncio'\) \(got 'curio'\)"):
+        check_crashes(research_scenario, types=[Researcher], backend="curio")  # type: ignore[arg-type]

@@ -7,10 +7,12 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
-import trio
 
 import actors
+
+pytestmark = pytest.mark.both_backends
 
 #: The virtual epoch: Monday 2026-11-23 00:00 UTC.
 START = dt.datetime(2026, 11, 23, tzinfo=dt.UTC).timestamp()
@@ -18,7 +20,7 @@ fired: list[tuple[str, float]] = []
 
 
 def clock() -> float:
-    return START + trio.current_time()
+    return START + anyio.current_time()
 
 
 class Alarm(actors.Actor, name="Alarm"):
@@ -66,12 +68,12 @@ async def test_timer_fires_once_and_never_early(root: Path) -> None:
         due = clock() + 90
         await alarm.ask(Alarm.set_after, "tea", 90)
         assert rt.statistics().actors_with_timers == 1
-        await trio.sleep(89)
+        await anyio.sleep(89)
         assert fired == []
-        await trio.sleep(2)
+        await anyio.sleep(2)
         assert [name for name, _ in fired] == ["tea"]
         assert fired[0][1] >= due
-        await trio.sleep(1000)
+        await anyio.sleep(1000)
         assert len(fired) == 1
         assert await alarm.ask(Alarm.listing) == []
         assert rt.statistics().actors_with_timers == 0
@@ -82,9 +84,9 @@ async def test_timer_a_year_ahead_wakes_a_hibernated_actor(root: Path) -> None:
     year = 365 * 86400.0
     async with runtime(root, idle_timeout=60) as rt:
         await rt.ref(Alarm, "a").ask(Alarm.set_after, "anniversary", year)
-        await trio.sleep(120)
+        await anyio.sleep(120)
         assert rt.statistics().awake == 0
-        await trio.sleep(year)
+        await anyio.sleep(year)
         assert [name for name, _ in fired] == ["anniversary"]
         assert fired[0][1] >= START + year
 
@@ -93,10 +95,10 @@ async def test_timers_survive_a_restart(root: Path) -> None:
     """A timer set before the runtime closed fires after it reopens (overdue: at once)."""
     async with runtime(root) as rt:
         await rt.ref(Alarm, "a").ask(Alarm.set_after, "later", 3600)
-    await trio.sleep(7200)  # the process is "down" past the due time
+    await anyio.sleep(7200)  # the process is "down" past the due time
     assert fired == []
     async with runtime(root) as rt:
-        await trio.sleep(1)
+        await anyio.sleep(1)
         assert [name for name, _ in fired] == ["later"]
 
 
@@ -105,10 +107,10 @@ async def test_interval_timer_repeats_until_cancelled(root: Path) -> None:
     async with runtime(root) as rt:
         alarm = rt.ref(Alarm, "a")
         await alarm.ask(Alarm.set_every, "tick", 10)
-        await trio.sleep(35)
+        await anyio.sleep(35)
         assert [name for name, _ in fired] == ["tick"] * 3
         assert await alarm.ask(Alarm.cancel, "tick") is True
-        await trio.sleep(100)
+        await anyio.sleep(100)
         assert len(fired) == 3
         assert await alarm.ask(Alarm.cancel, "tick") is False
 
@@ -117,11 +119,11 @@ async def test_missed_intervals_collapse_into_one_firing(root: Path) -> None:
     """After downtime, an interval timer fires once (not once per missed period)."""
     async with runtime(root) as rt:
         await rt.ref(Alarm, "a").ask(Alarm.set_every, "tick", 10)
-    await trio.sleep(1000)
+    await anyio.sleep(1000)
     async with runtime(root) as rt:
-        await trio.sleep(1)
+        await anyio.sleep(1)
         assert len(fired) == 1
-        await trio.sleep(10)
+        await anyio.sleep(10)
         assert len(fired) == 2
 
 
@@ -129,7 +131,7 @@ async def test_cron_timer(root: Path) -> None:
     """cron= fires at the next matching instant in UTC, then at the following ones."""
     async with runtime(root) as rt:
         await rt.ref(Alarm, "a").ask(Alarm.set_cron, "standup", "30 9 * * MON-FRI")
-        await trio.sleep(3 * 86400)
+        await anyio.sleep(3 * 86400)
     times = [dt.datetime.fromtimestamp(t, dt.UTC) for _, t in fired]
     assert [(t.day, t.hour, t.minute) for t in times] == [(23, 9, 30), (24, 9, 30), (25, 9, 30)]
 
@@ -139,7 +141,7 @@ async def test_at_datetime(root: Path) -> None:
     when = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)
     async with runtime(root) as rt:
         await rt.ref(Alarm, "a").ask(Alarm.set_at, "noon", when)
-        await trio.sleep(13 * 3600)
+        await anyio.sleep(13 * 3600)
     assert fired[0][0] == "noon"
     assert fired[0][1] >= when.timestamp()
 
@@ -150,7 +152,7 @@ async def test_timer_set_in_a_failed_turn_never_fires(root: Path) -> None:
         alarm = rt.ref(Alarm, "a")
         with pytest.raises(actors.MessageFailedError):
             await alarm.ask(Alarm.set_then_fail)
-        await trio.sleep(3600)
+        await anyio.sleep(3600)
         assert fired == []
         assert await alarm.ask(Alarm.listing) == []
 
@@ -166,7 +168,7 @@ async def test_many_named_timers_and_listing(root: Path) -> None:
         assert len(listing) == 50
         assert listing[0][0] == "t1"
         assert listing[-1][0] == "t0"
-        await trio.sleep(200)
+        await anyio.sleep(200)
         assert sorted(name for name, _ in fired) == sorted(f"t{i}" for i in range(1, 50))
         assert rt.statistics().timers_fired >= 1
 
