@@ -73,7 +73,7 @@ def _virtual_loop() -> asyncio.AbstractEventLoop:
         import looptime
     except ImportError as exc:  # pragma: no cover (the test extra installs it)
         raise ImportError(
-            "virtual time on asyncio needs looptime: pip install 'looptime>=0.9,<0.10'"
+            "virtual time on asyncio needs looptime: pip install 'torpor[testing]'"
         ) from exc
     loop = looptime.new_event_loop()
     loop._clock_resolution = ASYNCIO_CLOCK_RESOLUTION  # type: ignore[attr-defined]
