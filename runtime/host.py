@@ -9,11 +9,12 @@ the import graph and fails on any circle.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
+
+from .ref import Ref, RefHost
 
 if TYPE_CHECKING:
     import collections
@@ -23,7 +24,6 @@ if TYPE_CHECKING:
     from .files.db import CheckedFiles
     from .files.directory import Directory
     from .files.mailbox import Mailbox
-    from .ref import Ref
     from .replication import ReplicationEngine
     from .spec import TypeSpec
     from .timers import Schedule
@@ -74,8 +74,9 @@ class ActorHost(Protocol):
     def outbox_add(self, target: Ref[Any], method: str, payload: bytes) -> None: ...
 
 
-class RuntimeHost(Protocol):
-    """The runtime, as an awake actor's loop, its turn's steps and its handlers see it.
+class RuntimeHost(RefHost, Protocol):
+    """The runtime, as an awake actor's loop, its turn's steps and its handlers see it (and
+    what a ``Ref`` needs of it: sends, asks, the clock).
 
     ``ctx`` arguments are the handler's ``context.HandlerContext``."""
 
@@ -97,7 +98,6 @@ class RuntimeHost(Protocol):
     stats_step_retries: int
     parked_waiters: dict[str, dict[int, Waiter]]
     sound_mailboxes: CheckedFiles
-    clock: Callable[[], float]
 
     @property
     def replication(self) -> ReplicationEngine | None: ...
@@ -120,18 +120,6 @@ class RuntimeHost(Protocol):
 
     async def _deliver(
         self, spec: TypeSpec, key: str, method: str, payload: bytes, sender: str, sender_seq: int
-    ) -> Any: ...
-
-    async def _ask(
-        self,
-        spec: TypeSpec,
-        key: str,
-        method: Any,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        idempotency_key: str | None,
-        *,
-        from_turn: bool = False,
     ) -> Any: ...
 
     def _create_spawned(self, act: Any, target: Ref[Any]) -> None: ...
