@@ -56,7 +56,7 @@ from runtime.records import (
 )
 from runtime.ref import Ref
 from runtime.replica import DirectoryStore, ReplicaStatistics, ReplicaStore, S3Store
-from runtime.replication import Replication
+from runtime.replica.shipper import Replication
 from runtime.spec import RestartIntensity, Retry
 from runtime.steps import StepInfo, current_step
 from runtime.timers import Schedule

@@ -162,7 +162,7 @@ class Activation:
         self.turn: TurnState | None = None  # the durable state of the message running now
         self.suspended_seq: int | None = None  # a turn rolled back in a journaled wait
         self.arrivals: dict[str, anyio.Event] = {}  # event name -> set when one arrives
-        # Replication (runtime/replication.py): the tracked files, and what waking or
+        # Replication (runtime/replica/shipper.py): the tracked files, and what waking or
         # hibernating hands over.
         self.replication_due = False  # a snapshot or checkpoint waits for a gap between turns
         self.replica_files: list[Any] = []

@@ -53,7 +53,7 @@ from .files.layout import DATA_FILE, DIRECTORY_FILE, LOCK_FILE, MAILBOX_FILE, ac
 from .files.mailbox import Mailbox
 from .replica import DirectoryStore, ReplicaStore, S3Store
 from .replica.replicator import Manifest, manifest_key
-from .replication import (
+from .replica.shipper import (
     ACTORS_PREFIX,
     ORIGIN_FILE,
     STATE_FILE,

@@ -64,8 +64,8 @@ from .records import (
 )
 from .ref import Ref
 from .replica.replicator import manifest_key
+from .replica.shipper import Replication, ReplicationEngine
 from .replica.store import ReplicaStore
-from .replication import Replication, ReplicationEngine
 from .spec import DEFAULT_MAX_KEY_BYTES, TypeSpec, check_durable_types, check_key, index_types
 from .timers import Schedule
 

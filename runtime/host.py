@@ -3,7 +3,7 @@
 ``context``, ``steps``, ``actor``, ``timers`` and ``activation`` reach the runtime and the actor
 through these small protocols, never by importing the classes above them: ``runtime/engine.py``'s
 ``Runtime`` is a :class:`RuntimeHost`, ``runtime/activation.py``'s ``Activation`` an
-:class:`ActorHost`. (Replication has its own two, in ``runtime/replication.py``.) A test walks
+:class:`ActorHost`. (Replication has its own two, in ``runtime/replica/shipper.py``.) A test walks
 the import graph and fails on any circle.
 """
 
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from .files.db import CheckedFiles
     from .files.directory import Directory
     from .files.mailbox import Mailbox
-    from .replication import ReplicationEngine
+    from .replica.shipper import ReplicationEngine
     from .spec import TypeSpec
     from .timers import Schedule
 

@@ -28,7 +28,7 @@ import trio
 import actors
 from runtime import cli
 from runtime.files.layout import actor_dir, actor_id
-from runtime.replication import restore_actor_files
+from runtime.replica.shipper import restore_actor_files
 from tests.s3server import S3Server
 
 ROOT = Path(__file__).resolve().parent.parent

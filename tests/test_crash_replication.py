@@ -62,8 +62,8 @@ import actors
 from runtime.errors import PreconditionFailedError, RestorePointError
 from runtime.files.layout import DATA_FILE, DIRECTORY_FILE, MAILBOX_FILE, actor_dir
 from runtime.replica.replicator import Manifest, SegmentEntry, manifest_key, read_tail, restore
+from runtime.replica.shipper import ReplicationEngine, restore_runtime
 from runtime.replica.store import Data, ReplicaStore, check_condition, check_data, check_key
-from runtime.replication import ReplicationEngine, restore_runtime
 from tests import crash_replication_workload as workload
 from tests import crash_support as support
 from tests.s3server import S3Server

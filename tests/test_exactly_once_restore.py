@@ -22,7 +22,7 @@ import trio
 
 import actors
 from runtime.files.layout import MAILBOX_FILE, actor_dir, actor_id
-from runtime.replication import restore_actor_files
+from runtime.replica.shipper import restore_actor_files
 from tests.agents import Counter
 from tests.replication_helpers import FlakyStore, real_time, replication, wait_until
 

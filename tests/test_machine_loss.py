@@ -55,7 +55,7 @@ import actors
 from runtime.faultproxy import Fault, FaultKind, FaultProxy, FaultStatistics
 from runtime.files.layout import DATA_FILE, MAILBOX_FILE, actor_dir
 from runtime.replica.replicator import restore
-from runtime.replication import ReplicationEngine
+from runtime.replica.shipper import ReplicationEngine
 from tests import crash_support as support
 from tests import machine_loss_workload as workload
 from tests.s3server import S3Server

@@ -26,7 +26,7 @@ import trio
 import actors
 from runtime.files.layout import DATA_FILE, actor_id
 from runtime.replica.replicator import Manifest, manifest_key, read_tail, restore
-from runtime.replication import ReplicationEngine, restore_actor_files
+from runtime.replica.shipper import ReplicationEngine, restore_actor_files
 from tests.agents import Counter
 from tests.replication_helpers import (
     FlakyStore,

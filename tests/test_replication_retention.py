@@ -9,7 +9,7 @@ import trio
 
 import actors
 from runtime.files.layout import DATA_FILE, actor_dir, actor_id
-from runtime.replication import restore_actor_files, restore_runtime
+from runtime.replica.shipper import restore_actor_files, restore_runtime
 
 
 class A(actors.Actor, name="A"):

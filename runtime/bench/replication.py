@@ -974,7 +974,7 @@ async def _fill(root: Path, store: CountingStore, nbytes: int) -> tuple[str, int
     """An actor whose data.db holds about ``nbytes``, hibernated into the replica by closing
     the runtime (with time enough for the snapshot upload). Returns (aid, rows, bytes)."""
     from ..engine import open_runtime
-    from ..replication import Replication
+    from ..replica.shipper import Replication
 
     _, _, bulk = _types()
     rows = size = 0
@@ -1012,7 +1012,7 @@ def _floor(store: ReplicaStore, snapshot_key: str, dest: Path) -> dict[str, floa
 
 
 def _restore_once(store: CountingStore, aid: str, folder: Path) -> tuple[float, int]:
-    from ..replication import restore_actor_files
+    from ..replica.shipper import restore_actor_files
 
     before = store.snapshot()
     start = time.perf_counter()
@@ -1025,7 +1025,7 @@ async def _fresh_machine(root: Path, store: CountingStore) -> tuple[float, int]:
     """``open_runtime`` on an empty directory (restores directory.db), then a first ask to the
     big actor (restored on wake). Seconds to the answer, and rows seen."""
     from ..engine import open_runtime
-    from ..replication import Replication
+    from ..replica.shipper import Replication
 
     _, _, bulk = _types()
     start = time.perf_counter()
@@ -1043,7 +1043,7 @@ def _restore_phase(
     progress: Callable[[str], None],
 ) -> dict[str, Any]:
     from ..replica.replicator import Manifest, manifest_key
-    from ..replication import ReplicationEngine
+    from ..replica.shipper import ReplicationEngine
 
     label = f"restore{mb:g}mb"
     store = stores.make(label)
@@ -2118,7 +2118,7 @@ def long_run_puts(load: dict[str, Any], args: argparse.Namespace) -> float:
 
 def _replication(options: list[str]) -> Any:
     """``Replication()`` with ``NAME=VALUE`` overrides (ints and floats as the defaults are)."""
-    from ..replication import Replication
+    from ..replica.shipper import Replication
 
     defaults = Replication()
     changes: dict[str, Any] = {}

@@ -54,7 +54,7 @@ import anyio.to_thread
 import apsw
 import attrs
 
-from .errors import (
+from ..errors import (
     CorruptFileError,
     CorruptReplicaError,
     CorruptSnapshotError,
@@ -65,10 +65,10 @@ from .errors import (
     ReplicaUnavailableError,
     RestorePointError,
 )
-from .files.layout import DATA_FILE, DIRECTORY_FILE, MAILBOX_FILE, actor_dir, actor_id
-from .records import ReplicationStatistics
-from .replica.log import add_fence, encode_log, log_key, read_fences, session_prefix
-from .replica.replicator import (
+from ..files.layout import DATA_FILE, DIRECTORY_FILE, MAILBOX_FILE, actor_dir, actor_id
+from ..records import ReplicationStatistics
+from .log import add_fence, encode_log, log_key, read_fences, session_prefix
+from .replicator import (
     ANY_SALT,
     Captured,
     FileReplica,
@@ -79,16 +79,16 @@ from .replica.replicator import (
     read_tail,
     restore,
 )
-from .replica.store import ReplicaStore
-from .replica.wal import WalPosition
+from .store import ReplicaStore
+from .wal import WalPosition
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from .files.datastore import DataStore
-    from .files.directory import Directory
-    from .files.mailbox import Mailbox
-    from .spec import TypeSpec
+    from ..files.datastore import DataStore
+    from ..files.directory import Directory
+    from ..files.mailbox import Mailbox
+    from ..spec import TypeSpec
 
 T = TypeVar("T")
 
@@ -1937,7 +1937,7 @@ def restore_runtime(
     """``torpor restore``: rebuild a whole runtime directory from the replica (``root`` must
     not hold one). Restores directory.db, then every actor it lists, at ``at_time`` or the
     latest. Returns counts."""
-    from .files.directory import Directory
+    from ..files.directory import Directory
 
     root.mkdir(parents=True, exist_ok=True)
     if (root / DIRECTORY_FILE).exists():
