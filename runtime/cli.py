@@ -1,7 +1,7 @@
 """The ``torpor`` command: benchmarks, and operator tools pointed at a runtime directory.
 
 The operator tools read ``directory.db`` and actor files without waking actors and without
-the user's classes (see :mod:`runtime.inspect`). Replaying and dropping dead letters write an
+the user's classes (see :mod:`runtime.ops.inspect`). Replaying and dropping dead letters write an
 actor's mailbox, so they take the runtime's ``LOCK`` as ``open_runtime`` does, and refuse
 while a process has the runtime open.
 
@@ -37,7 +37,6 @@ from typing import Any
 import apsw
 import attrs
 
-from . import inspect as _inspect
 from .errors import (
     ActorError,
     ActorExistsError,
@@ -51,6 +50,7 @@ from .files import db as _db
 from .files.directory import Directory
 from .files.layout import DATA_FILE, DIRECTORY_FILE, LOCK_FILE, MAILBOX_FILE, actor_dir, actor_id
 from .files.mailbox import Mailbox
+from .ops import inspect as _inspect
 from .replica import DirectoryStore, ReplicaStore, S3Store
 from .replica.replicator import Manifest, manifest_key
 from .replica.shipper import (

@@ -31,16 +31,16 @@ import apsw
 import attrs
 import msgpack
 
-from . import codec
-from .errors import (
+from .. import codec
+from ..errors import (
     ActorAwakeError,
     ActorError,
     NoSuchActorError,
     NotARuntimeError,
     WriteRefusedError,
 )
-from .files.datastore import read_only_authorizer
-from .files.layout import DATA_FILE, DIRECTORY_FILE, LOCK_FILE, MAILBOX_FILE, actor_dir, actor_id
+from ..files.datastore import read_only_authorizer
+from ..files.layout import DATA_FILE, DIRECTORY_FILE, LOCK_FILE, MAILBOX_FILE, actor_dir, actor_id
 
 #: How long a reader waits for an actor's files before calling it awake: the runtime holds
 #: them for as long as the actor is awake, so waiting longer would not help.
