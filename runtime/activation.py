@@ -1,50 +1,32 @@
-"""An awake actor: its open files, its live object, its queue, and its turn loop.
+"""An awake actor: its open files, its live object, its queue, its outbox, and its turn loop.
 
-The turn loop is the heart of DESIGN §4. It takes the queued messages in seq order, runs up to
-``MAX_BATCH`` of them in one ``data.db`` transaction (a savepoint each), and commits, with the
-user's writes, ``applied_seq``, the outbox rows and stored results. Replies and outbox deliveries
-are released only after that commit. A handler that raises rolls back its savepoint; the message
-is retried with backoff (blocking the actor's later messages, to keep per-sender order) and then
-dead-lettered.
-
-Messages read back from ``mailbox.db`` at wake-up (rather than appended by this process) may have
-been running when a previous process died. They run one per transaction, and each start is
-counted durably first, so that a message that kills the process every time (a segfault in a
-library, an out-of-memory kill) is dead-lettered after ``Retry.max_crashes`` deaths instead of
-taking the runtime down forever.
+The loop (:meth:`Activation.run`) fires due timers, delivers committed outbox rows, loads
+messages from ``mailbox.db`` when a backlog waits there, and hands the head of the queue to
+``runtime/turn.py``, where one batch of messages is applied in one ``data.db`` transaction. It
+waits for work in between; the runtime's residency decides when it hibernates.
 """
 
 from __future__ import annotations
 
 import collections
 import time
-import traceback
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import apsw
 
-from . import context
+from . import turn
 from .errors import (
     ActorError,
     ActorFailedError,
     ActorStoppedError,
     CorruptFileError,
-    DecodingError,
-    EncodingError,
-    MessageFailedError,
     MessageTooLargeError,
-    NondeterminismError,
     NotLocalError,
     RuntimeClosedError,
     RuntimeInternalError,
     SchemaError,
-    StepFailedError,
     StorageError,
-    StoredError,
-    TurnCancelledError,
-    UnknownHandlerError,
-    WaitTimeoutError,
 )
 from .files import db
 from .files.datastore import KV, DataStore, Sql, read_only_authorizer
@@ -54,14 +36,13 @@ from .files.mailbox import Mailbox, Message
 from .files.mailbox import image as mailbox_image
 from .host import RuntimeHost, Waiter
 from .lifecycle import State
-from .steps import Interrupted, SplitBatch, Suspended, TurnState
+from .steps import TurnState
+from .turn import MAX_BATCH
 
 if TYPE_CHECKING:
     from .ref import Ref
     from .spec import TypeSpec
 
-#: Messages applied in one ``data.db`` transaction at most (group commit, DESIGN §8).
-MAX_BATCH = 128
 #: Messages loaded from ``mailbox.db`` at a time when catching up on a backlog.
 LOAD_CHUNK = 512
 #: Messages held in memory per actor at most; beyond, they wait in ``mailbox.db`` only.
@@ -71,26 +52,6 @@ CLEANUP_EVERY = 256
 #: Backoff bounds for retrying an outbox delivery that failed (target unopenable, EMFILE).
 OUTBOX_RETRY_MIN = 0.05
 OUTBOX_RETRY_MAX = 30.0
-
-#: Sender of the durable notice a parent gets when a child is stopped.
-CHILD_SENDER = "child:"
-
-#: Failures that cannot succeed on a retry: dead-letter at once.
-#: A step's journaled failure (or a wait's timeout) is raised again by every replay.
-_DETERMINISTIC = (
-    DecodingError,
-    UnknownHandlerError,
-    EncodingError,
-    MessageTooLargeError,
-    TurnCancelledError,
-    StepFailedError,
-    WaitTimeoutError,
-)
-
-
-class TransactionLostError(RuntimeError):
-    """A handler's statement ended the turn's transaction (``INSERT OR ROLLBACK``, a trigger's
-    ``RAISE(ROLLBACK)``). Everything the turn wrote was rolled back; the message is retried."""
 
 
 class Activation:
@@ -336,9 +297,9 @@ class Activation:
             self.waiters.clear()
             return
         if self.gave_up is not None:
-            self._fail_waiters(self.stopped_error())
+            self.fail_waiters(self.stopped_error())
             return
-        self._fail_waiters(RuntimeClosedError("the runtime closed before this was applied"))
+        self.fail_waiters(RuntimeClosedError("the runtime closed before this was applied"))
 
     def stopped_error(self) -> ActorStoppedError:
         """What an asker of a stopped actor gets (its message is kept)."""
@@ -350,7 +311,7 @@ class Activation:
         error.__cause__ = self.gave_up
         return error
 
-    def _fail_waiters(self, error: BaseException) -> None:
+    def fail_waiters(self, error: BaseException) -> None:
         for waiter in self.waiters.values():
             waiter.set_error(error)
         self.waiters.clear()
@@ -376,7 +337,7 @@ class Activation:
             return existing
         waiter = Waiter()
         if seq <= self.applied_seq:
-            self._fill_from_store(waiter, seq)
+            turn.fill_from_store(self, waiter, seq)
             return waiter
         if self.gave_up is not None:  # stopped (fenced, or too many failures): nobody answers
             waiter.set_error(self.stopped_error())
@@ -391,43 +352,6 @@ class Activation:
         self.waiters[seq] = waiter
         return waiter
 
-    def _fill_from_store(self, waiter: Waiter, seq: int) -> None:
-        """Answer ``waiter`` with the stored outcome of applied message ``seq``."""
-        stored = self.data.result(seq)
-        if stored is None:
-            waiter.set_error(RuntimeInternalError(f"no stored result for applied message {seq}"))
-        elif stored[0]:
-            waiter.set_result(stored[1])
-        else:
-            type_name, message, tb, attempts = self.runtime.codec.decode(stored[1])
-            error = MessageFailedError(
-                f"{self.spec.name} {self.key!r} failed message {seq} after {attempts} "
-                f"attempts: {type_name}: {message}",
-                seq=seq,
-                attempts=attempts,
-            )
-            error.__cause__ = StoredError(type_name, message, tb)
-            waiter.set_error(error)
-
-    def _applied_before(self, message: Message) -> bool:
-        """Whether ``message`` was applied already under another mailbox seq: a delivery
-        from a sender at or below its cursor in ``data.db``, or a call whose idempotency key
-        ``data.db`` holds an outcome for (the mailbox, restored behind ``data.db`` or lost,
-        accepted it again). Its outcome is copied to its own seq for whoever waits on it."""
-        data = self.data
-        if (
-            message.sender is not None
-            and message.sender_seq is not None
-            and message.sender_seq <= data.sender_cursor(message.sender)
-        ):
-            return True
-        if message.idempotency_key is not None:
-            stored = data.result_by_key(message.idempotency_key)
-            if stored is not None:
-                data.store_result(message.seq, message.idempotency_key, stored[0], stored[1])
-                return True
-        return False
-
     # -- the turn loop --------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -436,7 +360,7 @@ class Activation:
                 await self._turn_loop()
         except ActorError as exc:  # e.g. a file found corrupt mid-turn
             self.runtime._report(f"{self.spec.name} {self.key!r} stopped: {exc!r}")
-            self._stop_failed(exc)
+            self.stop_failed(exc)
         except (apsw.FullError, apsw.IOError) as exc:
             # Disk full (or failing, or a file-size limit): the transaction rolled back, the
             # message stays in the mailbox, and the next message wakes the actor to retry.
@@ -448,7 +372,7 @@ class Activation:
             )
             full.__cause__ = exc
             self.runtime._report(str(full))
-            self._stop_failed(full)
+            self.stop_failed(full)
         except Exception as exc:
             # A bug in torpor: stop this actor (its messages stay), keep the others running.
             error = RuntimeInternalError(
@@ -457,7 +381,7 @@ class Activation:
             )
             error.__cause__ = exc
             self.runtime._report(str(error))
-            self._stop_failed(error)
+            self.stop_failed(error)
         finally:
             self.data.rollback()
             self.settled.set()
@@ -467,7 +391,7 @@ class Activation:
     def fail_from_outside(self, error: BaseException) -> None:
         """Stop the turn loop with ``error`` (a corrupt file found while snapshotting)."""
         if self.failed is None:
-            self._stop_failed(error)
+            self.stop_failed(error)
         self.closing = True
         self.work.set()
 
@@ -478,25 +402,33 @@ class Activation:
             self.gave_up = error
         self.closing = True
         self.work.set()
-        self._fail_waiters(self.stopped_error())
+        self.fail_waiters(self.stopped_error())
 
-    def _stop_failed(self, error: BaseException) -> None:
+    def give_up(self, error: BaseException, stopped: ActorStoppedError) -> None:
+        """Stop for good (until ``Runtime.resume``): failed turns beyond the restart intensity,
+        or a replay that diverged. Its askers get ``stopped``; its messages are kept."""
+        self.gave_up = error
+        self.closing = True
+        self.fail_waiters(stopped)
+
+    def stop_failed(self, error: BaseException) -> None:
+        """Stop the loop with ``error``: the actor cannot run turns (its messages are kept)."""
         self.failed = error
         self.settled.set()
         failure = ActorFailedError(
             f"{self.spec.name} {self.key!r} cannot run turns; its messages are kept"
         )
         failure.__cause__ = error
-        self._fail_waiters(failure)
+        self.fail_waiters(failure)
 
     async def _turn_loop(self) -> None:
         rt = self.runtime
         if not self.created.is_set():
-            await self._create()
+            await turn.create(self)
             if self.failed is not None or self.closing:
                 return
         if self.spec.has_on_wake:
-            await self._hook("on_wake")
+            await turn.run_hook(self, "on_wake")
         due = self.data.next_due()
         if due is not None and due <= self.runtime.clock():
             self.timers_due = True
@@ -516,7 +448,7 @@ class Activation:
                 self.work = anyio.Event()
                 if self.closing:
                     break
-                self._record_wake_latency()
+                self.record_wake_latency()
                 if self.timers_due or self.timers_changed:
                     continue
                 self.waiting = True
@@ -545,10 +477,10 @@ class Activation:
                 await rt.replication.wait_baseline(self)
                 if self.closing or self.failed is not None:
                     break
-            await self._run_batch()
+            await turn.run_batch(self)
         if self.hibernating and self.failed is None and self.gave_up is None:
             if self.spec.has_on_hibernate:
-                await self._hook("on_hibernate")
+                await turn.run_hook(self, "on_hibernate")
             if self.outbox_dirty:  # sends made by on_hibernate
                 await self._deliver_outbox()
 
@@ -640,33 +572,10 @@ class Activation:
             self.wake_hint = due
             self.runtime._timer_hint(due)
 
-    def _record_wake_latency(self) -> None:
+    def record_wake_latency(self) -> None:
         if self.wake_started is not None:
             self.runtime.wake_latencies.append(anyio.current_time() - self.wake_started)
             self.wake_started = None
-
-    async def _hook(self, name: str) -> None:
-        """Run ``on_wake`` or ``on_hibernate`` in a transaction of its own.
-
-        A hook that raises is rolled back and reported; it does not stop the actor.
-        """
-        data = self.data
-        data.begin()
-        ctx = context.HandlerContext(self, context.TURN, None, self.sql, self.kv)
-        token = context.CURRENT.set(ctx)
-        try:
-            await getattr(self.instance, name)()
-            if data.in_transaction:
-                data.commit()
-        except Exception as exc:
-            data.rollback()
-            self.runtime._report(f"{self.spec.name} {self.key!r}: {name} raised {exc!r}")
-        except BaseException:
-            data.rollback()
-            raise
-        finally:
-            ctx.active = False
-            context.CURRENT.reset(token)
 
     def _load_more(self) -> None:
         rows = self.mailbox.load(self.loaded_upto, LOAD_CHUNK, recovered=True)
@@ -677,359 +586,6 @@ class Activation:
             self.loaded_upto = rows[-1].seq
         if len(rows) < LOAD_CHUNK:
             self.backlog = False
-
-    def _take_batch(self) -> list[Message]:
-        queue = self.queue
-        if queue[0].recovered:
-            return [queue[0]]
-        limit, self.batch_limit = self.batch_limit, MAX_BATCH
-        batch: list[Message] = []
-        for message in queue:
-            if len(batch) == limit or message.recovered:
-                break
-            batch.append(message)
-        return batch
-
-    async def _run_batch(self) -> None:
-        rt = self.runtime
-        codec = rt.codec
-        data = self.data
-        instance = self.instance
-        handlers = self.spec.handlers
-        batch = self._take_batch()
-        first = batch[0]
-        self._record_wake_latency()
-        if first.recovered:
-            if first.dead_lettered:  # copied to dead letters just before a crash: finish
-                await self._fail(first, None)
-                return
-            first.started = self.mailbox.record_start(first.seq)
-            if first.started > self.spec.retry.max_crashes:
-                await self._fail(first, _ProcessDied(first.started - 1))
-                return
-        if first.cancelled is not None:
-            await self._fail(first, _cancelled(first))
-            return
-        done: list[tuple[Message, bytes | None]] = []
-        failure: tuple[Message, BaseException] | None = None
-        stop: BaseException | None = None
-        data.begin()
-        try:
-            deletable = self._outbox_deletable()
-            if deletable > self.outbox_deleted_upto:
-                data.delete_outbox(deletable)
-                self.outbox_deleted_upto = deletable
-            for message in batch:
-                if self._applied_before(message):
-                    done.append((message, None))  # delivered again: not applied twice
-                    continue
-                handler = handlers.get(message.method)
-                if (
-                    handler is None
-                    and message.method == "on_child_failed"
-                    and (message.sender or "").startswith(CHILD_SENDER)
-                ):
-                    handler = self.spec.on_child_failed
-                if handler is None or handler.is_query:
-                    failure = (
-                        message,
-                        UnknownHandlerError(
-                            f"stored message {message.seq} names {message.method!r}, which is "
-                            f"not a handler of {self.spec.name} (was it renamed or removed?)"
-                        ),
-                    )
-                    break
-                if message.cancelled is not None:
-                    break  # it runs first in the next batch, where it is dead-lettered
-                # The first message needs no savepoint: if it fails, the whole (so far empty)
-                # transaction rolls back. Most batches hold one message, so this saves two
-                # statements per turn.
-                nested = bool(done)
-                if nested:
-                    data.savepoint()
-                ctx = context.HandlerContext(self, context.TURN, message, self.sql, self.kv)
-                turn = ctx.turn = self.turn = TurnState(self, message, not nested)
-                token = context.CURRENT.set(ctx)
-                try:
-                    args, kwargs = codec.decode(message.payload)
-                    try:
-                        result = await handler.fn(instance, *args, **kwargs)
-                    except BaseExceptionGroup as group:
-                        control = _control_flow(group)
-                        if control is None:
-                            raise
-                        raise control from None
-                    if turn.interrupt is not None:
-                        raise Interrupted
-                    if turn.broken is not None:
-                        raise turn.broken  # the handler swallowed a NondeterminismError
-                    reply = codec.encode(result)
-                    if len(reply) > rt.max_message_bytes:
-                        raise MessageTooLargeError(
-                            f"the reply of {self.spec.name}.{handler.name} is {len(reply)} bytes, "
-                            f"over max_message_bytes={rt.max_message_bytes}"
-                        )
-                except SplitBatch:
-                    # A batched message made its first durable call: commit the ones before it;
-                    # it runs again first in a transaction of its own.
-                    data.rollback_to_savepoint()
-                    self.batch_limit = 1
-                    break
-                except Suspended:
-                    data.rollback()  # (only a batch's first message makes durable calls)
-                    self.mailbox.reset_start(message.seq)
-                    # Only a turn parked in a journaled wait may sleep until the wait ends; one
-                    # cut short elsewhere by a close (inside a step, an ask) stays pending, and
-                    # the next open runs it again at once.
-                    self.suspended_seq = message.seq if turn.parked else None
-                    self.timers_changed = True
-                    break
-                except Interrupted:
-                    failure = self._interrupted(message, nested)
-                    break
-                except NondeterminismError as exc:
-                    data.rollback()
-                    stop = exc
-                    break
-                except Exception as exc:
-                    if isinstance(exc, apsw.CorruptError | apsw.NotADBError):
-                        # Not the message's fault: stop the actor (its messages are kept); with
-                        # a replica, the next wake-up restores the files.
-                        data.rollback()
-                        bad = self.mailbox.path if self.mailbox.found_corrupt is exc else data.path
-                        raise CorruptFileError(
-                            f"{self.describe()}: {bad.name}: {exc}; its messages are kept",
-                            path=str(bad),
-                        ) from exc
-                    if turn.interrupt is not None:  # cancelled inside a step or a wait
-                        failure = self._interrupted(message, nested)
-                        break
-                    if turn.broken is not None:
-                        data.rollback()
-                        stop = turn.broken
-                        break
-                    if not data.in_transaction:
-                        failure = self._lost_at(done, message, exc)
-                        done = []  # the whole transaction is gone, earlier messages included
-                        break
-                    if nested:
-                        data.rollback_to_savepoint()
-                    else:
-                        data.rollback()
-                    failure = (message, exc)
-                    break
-                finally:
-                    ctx.active = False
-                    self.turn = None
-                    context.CURRENT.reset(token)
-                if not data.in_transaction:
-                    failure = self._lost_at(done, message, None)
-                    done = []
-                    break
-                if nested:
-                    data.release()
-                if message.idempotency_key is not None:
-                    data.store_result(message.seq, message.idempotency_key, True, reply)
-                done.append((message, reply))
-            if data.in_transaction:
-                if done:
-                    cursors = {
-                        m.sender: m.sender_seq
-                        for m, _ in done
-                        if m.sender is not None and m.sender_seq is not None
-                    }
-                    if cursors:
-                        data.advance_senders(cursors)
-                    data.set_applied(done[-1][0].seq)
-                    rt._crash_point("before commit", None, done[-1][0].seq, self.describe())
-                data.commit()
-        except BaseException:
-            data.rollback()
-            if rt.closing.is_set() and not rt.crashed:
-                self.mailbox.reset_start(first.seq)  # cut short by a graceful close, not a death
-            raise
-        if done:
-            rt._crash_point("after commit", None, done[-1][0].seq, self.describe())
-        if done and self.spec.durable and rt.replication is not None:
-            await rt.replication.wait_replicated(self)  # the output gate
-        if done:
-            queue = self.queue
-            waiters = self.waiters
-            self.applied_seq = done[-1][0].seq
-            for message, answer in done:
-                queue.popleft()
-                waiter = waiters.pop(message.seq, None)
-                if waiter is None:
-                    continue
-                if answer is None:  # a duplicate: the first application's outcome
-                    self._fill_from_store(waiter, message.seq)
-                else:
-                    waiter.set_result(answer)
-            if self.replica_files:
-                self.applied_marks.append((self.replica_files[0].commits, self.applied_seq))
-            rt.stats_turns += 1
-            rt.stats_applied += len(done)
-        if stop is not None:
-            self._stop_nondeterministic(stop)
-        elif failure is not None:
-            await self._fail(*failure)
-
-    def _intensity_exceeded(self, error: BaseException) -> bool:
-        """Count a failed turn; past the type's restart intensity, stop the actor (its
-        messages, this one included, stay in the mailbox)."""
-        policy = self.spec.restart_intensity
-        now = anyio.current_time()
-        times = self.failure_times
-        times.append(now)
-        while times and times[0] < now - policy.period:
-            times.popleft()
-        if len(times) <= policy.max_failures:
-            return False
-        self.gave_up = error
-        self.closing = True
-        stopped = ActorStoppedError(
-            f"{self.spec.name} {self.key!r} failed {len(times)} turns within "
-            f"{policy.period:g} s (restart intensity {policy.max_failures}) and was stopped; "
-            "its messages are kept until Runtime.resume"
-        )
-        stopped.__cause__ = error
-        self._fail_waiters(stopped)
-        return True
-
-    def _interrupted(self, message: Message, nested: bool) -> tuple[Message, BaseException] | None:
-        """A turn cancelled or restarted through the API: roll it back (only it: messages
-        before it in the batch still commit). A first message that was cancelled fails now;
-        otherwise the message runs first in the next batch (dead-lettered there if cancelled)."""
-        if nested:
-            self.data.rollback_to_savepoint()
-            self.batch_limit = 1
-            return None
-        self.data.rollback()
-        if message.cancelled is not None:
-            return (message, _cancelled(message))
-        self.batch_limit = 1
-        return None
-
-    def _stop_nondeterministic(self, error: BaseException) -> None:
-        """A replay diverged from its journal: retrying cannot help until the code changes.
-        Stop the actor (its messages and journals stay) until ``Runtime.resume``."""
-        self.gave_up = error
-        self.closing = True
-        stopped = ActorStoppedError(
-            f"{self.spec.name} {self.key!r} was stopped: {error}; its messages and journals "
-            "are kept until Runtime.resume"
-        )
-        stopped.__cause__ = error
-        self._fail_waiters(stopped)
-
-    def _lost_at(
-        self,
-        done: list[tuple[Message, bytes | None]],
-        message: Message,
-        cause: BaseException | None,
-    ) -> tuple[Message, BaseException] | None:
-        """A handler ended the transaction. The culprit's failure counts only once it runs at
-        the head of the queue; before that, the messages ahead of it commit on their own."""
-        if done:
-            self.batch_limit = len(done)
-            return None
-        return (message, _lost(cause))
-
-    async def _fail(self, message: Message, error: BaseException | None) -> None:
-        """Handle a failed attempt of the message at the head of the queue.
-
-        ``error`` is ``None`` for a message already copied to the dead letters before a crash.
-        """
-        rt = self.runtime
-        if isinstance(error, RuntimeClosedError) and rt.closing.is_set():
-            return  # not the message's fault: it stays queued and runs at the next open
-        if error is not None:
-            attempts = self.mailbox.record_failure(message.seq)
-            message.attempts = attempts
-            if not isinstance(error, TurnCancelledError) and self._intensity_exceeded(error):
-                return
-            retryable = not isinstance(error, (*_DETERMINISTIC, _ProcessDied))
-            if retryable and attempts < self.spec.retry.max_attempts:
-                rt.stats_retries += 1
-                with anyio.move_on_after(self.spec.retry.delay(attempts)):
-                    await rt.closing.wait()
-                return
-        # Dead-letter: keep a copy first, then advance applied_seq past it (in that order; a
-        # crash in between is finished by the next wake, which sees the copy and skips the run).
-        self.mailbox.dead_letter(message, error)
-        data = self.data
-        data.begin()
-        try:
-            if message.sender is not None and message.sender_seq is not None:
-                data.advance_senders({message.sender: message.sender_seq})
-            data.set_applied(message.seq)
-            if message.idempotency_key is not None:
-                info = _error_info(error, message)
-                data.store_result(
-                    message.seq, message.idempotency_key, False, rt.codec.encode(info)
-                )
-            data.commit()
-        except BaseException:
-            data.rollback()
-            raise
-        self.queue.popleft()
-        self.applied_seq = message.seq
-        rt.stats_dead_letters += 1
-        waiter = self.waiters.pop(message.seq, None)
-        if waiter is not None:
-            failed = MessageFailedError(
-                f"{self.spec.name}.{message.method} failed on {self.key!r} after "
-                f"{message.attempts} attempt(s) and was dead-lettered: {error!r}",
-                seq=message.seq,
-                attempts=message.attempts,
-            )
-            failed.__cause__ = error
-            waiter.set_error(failed)
-
-    async def _create(self) -> None:
-        """Run ``on_create`` once, as the actor's first turn, retrying per the type's policy."""
-        rt = self.runtime
-        args: list[Any] = []
-        kwargs: dict[str, Any] = {}
-        if self.init is not None:
-            args, kwargs = rt.codec.decode(self.init)
-        attempt = 0
-        while True:
-            attempt += 1
-            self.data.begin()
-            ctx = context.HandlerContext(self, context.TURN, None, self.sql, self.kv)
-            token = context.CURRENT.set(ctx)
-            try:
-                await self.spec.on_create.fn(self.instance, *args, **kwargs)
-                if not self.data.in_transaction:
-                    raise _lost(None)
-                self.data.set_created()
-                self.data.commit()
-                break
-            except Exception as exc:
-                self.data.rollback()
-                if isinstance(exc, RuntimeClosedError) and rt.closing.is_set():
-                    return  # not on_create's fault: it runs again at the next open
-                if self._intensity_exceeded(exc):
-                    return
-                if attempt >= self.spec.retry.max_attempts:
-                    self._stop_failed(exc)
-                    return
-                rt.stats_retries += 1
-                with anyio.move_on_after(self.spec.retry.delay(attempt)):
-                    await rt.closing.wait()
-                if self.closing:
-                    return
-            except BaseException:
-                self.data.rollback()
-                raise
-            finally:
-                ctx.active = False
-                context.CURRENT.reset(token)
-        if self.init is not None:
-            rt.directory.clear_init(self.aid)
-        self.created.set()
-        self.settled.set()
 
     # -- the outbox -----------------------------------------------------------------------
 
@@ -1135,7 +691,7 @@ class Activation:
             self.replicated_applied = marks.popleft()[1]
         return self.replicated_applied
 
-    def _outbox_deletable(self) -> int:
+    def outbox_deletable(self) -> int:
         """The last outbox row that may be deleted: delivered and, with a replica, delivered
         into the replica (a row deleted earlier could be lost by a restore from it)."""
         tokens = self.outbox_tokens
@@ -1155,61 +711,15 @@ class Activation:
         self.cleaned_upto = upto
         cutoff = time.time() - self.runtime.idempotency_ttl
         self.mailbox.prune_idempotency(cutoff, upto)
-        deletable = self._outbox_deletable()
+        deletable = self.outbox_deletable()
         self.data.housekeeping(deletable, cutoff)
         self.outbox_deleted_upto = deletable
-
-
-class _ProcessDied(Exception):
-    """The process died while this message ran, too many times (see ``Retry.max_crashes``)."""
-
-    def __init__(self, deaths: int) -> None:
-        super().__init__(
-            f"the process died at least {deaths} time(s) while this message was running; it "
-            "was dead-lettered so that the actor can go on"
-        )
 
 
 def _sender_id(aid: str, incarnation: int) -> str:
     """Who an actor's outbox rows come from: its id, and its incarnation once it was
     restored to an earlier point (its outbox numbers then start again from there)."""
     return aid if incarnation <= 0 else f"{aid}.{incarnation}"
-
-
-def _lost(cause: BaseException | None) -> TransactionLostError:
-    error = TransactionLostError(
-        "a statement in the handler ended the turn's transaction (INSERT OR ROLLBACK, or a "
-        "trigger's RAISE(ROLLBACK)); the turn was rolled back and the message will be retried. "
-        "Use OR ABORT / OR IGNORE, or RAISE(ABORT), inside handlers"
-    )
-    error.__cause__ = cause
-    return error
-
-
-def _control_flow(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
-    """The runtime's own control flow (a durable wait suspended, a batch split, an interrupt)
-    raised inside a task group of the handler, which wraps it in an exception group."""
-    for kind in (Suspended, Interrupted, SplitBatch, NondeterminismError):
-        found, _rest = group.split(kind)
-        if found is not None:
-            first: BaseException = found
-            while isinstance(first, BaseExceptionGroup):
-                first = first.exceptions[0]
-            return first
-    return None
-
-
-def _cancelled(message: Message) -> TurnCancelledError:
-    return TurnCancelledError(
-        f"message {message.seq} ({message.method}) was cancelled: {message.cancelled}"
-    )
-
-
-def _error_info(error: BaseException | None, message: Message) -> list[Any]:
-    if error is None:
-        return ["DeadLetter", "dead-lettered before a crash", "", message.attempts]
-    text = "".join(traceback.format_exception(error))
-    return [type(error).__qualname__, str(error), text, message.attempts]
 
 
 def check_payload(runtime: RuntimeHost, payload: bytes, what: str) -> None:

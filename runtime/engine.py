@@ -24,7 +24,7 @@ import anyio.lowlevel
 import apsw
 
 from . import context, timers
-from .activation import CHILD_SENDER, Activation, check_payload
+from .activation import Activation, check_payload
 from .codec import Codec
 from .context import refuse_inside_turn as _refuse_inside_turn
 from .errors import (
@@ -68,6 +68,7 @@ from .replica.shipper import Replication, ReplicationEngine
 from .replica.store import ReplicaStore
 from .spec import DEFAULT_MAX_KEY_BYTES, TypeSpec, check_durable_types, check_key, index_types
 from .timers import Schedule
+from .turn import CHILD_SENDER
 
 A = TypeVar("A")
 R = TypeVar("R")

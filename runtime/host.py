@@ -1,10 +1,11 @@
 """What the turn's machinery and an actor's loop see of the runtime and of an awake actor.
 
-``context``, ``steps``, ``actor``, ``timers`` and ``activation`` reach the runtime and the actor
-through these small protocols, never by importing the classes above them: ``runtime/engine.py``'s
-``Runtime`` is a :class:`RuntimeHost`, ``runtime/activation.py``'s ``Activation`` an
-:class:`ActorHost`. (Replication has its own two, in ``runtime/replica/shipper.py``.) A test walks
-the import graph and fails on any circle.
+``context``, ``steps``, ``actor``, ``timers``, ``turn`` and ``activation`` reach the runtime and
+the actor through these small protocols, never by importing the classes above them:
+``runtime/engine.py``'s ``Runtime`` is a :class:`RuntimeHost`, ``runtime/activation.py``'s
+``Activation`` an :class:`ActorHost` (and, to ``turn``, a ``turn.TurnActor``). (Replication has
+its own two, in ``runtime/replica/shipper.py``.) A test walks the import graph and fails on any
+circle.
 """
 
 from __future__ import annotations
