@@ -35,7 +35,7 @@ from .files.layout import DATA_FILE, MAILBOX_FILE, actor_dir, make_actor_dir
 from .files.mailbox import Mailbox, Message
 from .files.mailbox import image as mailbox_image
 from .host import RuntimeHost, Waiter
-from .lifecycle import State
+from .lifecycle import Lifecycle, State
 from .steps import TurnState
 from .turn import MAX_BATCH
 
@@ -63,6 +63,7 @@ class Activation:
         aid: str,
         ref: Ref[Any],
         init: bytes | None,
+        lifecycle: Lifecycle,
     ) -> None:
         self.runtime = runtime
         self.spec = spec
@@ -102,9 +103,9 @@ class Activation:
         self.stopped = anyio.Event()
         self.scope = anyio.CancelScope()
         self.failed: BaseException | None = None
-        self.closing = False  # the loop ends after the current batch (runtime closing)
-        self.hibernating = False  # ... and runs on_hibernate first
-        self.state = State.WAKING
+        self.closing = False  # the loop ends after the current batch (hibernating, or stopping)
+        #: Its state (read ``state``); the runtime fires its events.
+        self.lifecycle = lifecycle
         self.opened = anyio.Event()  # set once open() succeeded or failed
         self.open_error: BaseException | None = None
         self.closed = anyio.Event()  # set once the files are closed again
@@ -130,6 +131,16 @@ class Activation:
         self.replica_plan: Any = None
         self.replica_saved: Any = None
         self.clear_pending_when_shipped = False
+
+    @property
+    def state(self) -> State:
+        return self.lifecycle.state
+
+    @property
+    def hibernating(self) -> bool:
+        """Closing to hibernate (idle, evicted, or the runtime closing): ``on_hibernate`` runs
+        after the current batch, unless it failed or stopped."""
+        return self.lifecycle.state is State.HIBERNATING
 
     # -- opening and closing ---------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import fcntl
+import functools
 import math
 import os
 import resource
@@ -54,7 +55,7 @@ from .files.layout import (
 from .files.mailbox import Mailbox, Message
 from .files.mailbox import image as mailbox_image
 from .host import Waiter
-from .lifecycle import Event, State, next_state
+from .lifecycle import Event, Lifecycle, State
 from .records import (
     DeadLetter,
     LifecycleEvent,
@@ -626,12 +627,15 @@ class Runtime:
                 "until Runtime.resume"
             )
         started = anyio.current_time()
-        act = Activation(self, spec, key, aid, Ref(self, spec, key), entry.init if entry else None)
-        act.wake_hint = entry.wake_at if entry else None
-        self.awake[aid] = act  # reserve: a concurrent caller waits on act.opened
         previous = State.FAILED if aid in self.failed else State.HIBERNATED
         if resuming:
             previous = State.STOPPED
+        lifecycle = Lifecycle(previous, functools.partial(self._lifecycle_changed, spec.name, key))
+        init = entry.init if entry else None
+        act = Activation(self, spec, key, aid, Ref(self, spec, key), init, lifecycle)
+        act.wake_hint = entry.wake_at if entry else None
+        self.awake[aid] = act  # reserve: a concurrent caller waits on act.opened
+        lifecycle.fire(Event.RESUME if resuming else Event.WAKE)
         try:
             await self._make_room()
             self._check_open()
@@ -676,13 +680,16 @@ class Runtime:
             act.opened.set()
             act.closed.set()
             self._room_changed()
-            if not isinstance(exc, RuntimeClosedError):
-                self._transition(act, previous, Event.RESUME if resuming else Event.WAKE)
-                self._transition(act, State.WAKING, Event.OPEN_FAILED, repr(exc))
+            if isinstance(exc, RuntimeClosedError | anyio.get_cancelled_exc_class()):
+                lifecycle.fire(Event.CLOSED, "abandoned: " + repr(exc))  # (nothing ran)
+            else:
+                lifecycle.fire(Event.OPEN_FAILED, repr(exc))
             raise
         self.failed.pop(aid, None)
-        self._transition(act, previous, Event.RESUME if resuming else Event.WAKE)
-        self._transition(act, State.WAKING, Event.OPENED)
+        lifecycle.fire(Event.OPENED)
+        if self.closing.is_set():  # the runtime began closing while it woke: hibernate at once
+            lifecycle.fire(Event.IDLE)
+            act.closing = True
         act.wake_started = started
         self.stats_wakes += 1
         act.opened.set()
@@ -753,11 +760,13 @@ class Runtime:
                         failure.__cause__ = act.failed
                         waiter.set_error(failure)
                     # (awake, or hibernating: its last snapshot found a file corrupt)
-                    self._transition(act, act.state, Event.CRASHED, repr(act.failed))
+                    act.lifecycle.fire(Event.CRASHED, repr(act.failed))
                 else:
                     if act.state is State.AWAKE:
-                        self._transition(act, State.AWAKE, Event.IDLE)
-                    self._transition(act, State.HIBERNATING, Event.CLOSED)
+                        act.lifecycle.fire(
+                            Event.IDLE
+                        )  # (its loop ended unasked: it closes all the same)
+                    act.lifecycle.fire(Event.CLOSED)
                     self.stats_hibernations += 1
                 act.closed.set()
                 self._room_changed()
@@ -765,7 +774,7 @@ class Runtime:
     def _stop(self, act: Activation) -> None:
         """Record that an actor exceeded its restart intensity, and owe its parent a notice."""
         reason = f"{type(act.gave_up).__qualname__}: {act.gave_up}"
-        self._transition(act, act.state, Event.GAVE_UP, reason)  # (hibernating: a fence met)
+        act.lifecycle.fire(Event.GAVE_UP, reason)  # (hibernating: a fence met)
         why = (
             "a replay diverged from its journal"
             if isinstance(act.gave_up, NondeterminismError)
@@ -1078,12 +1087,18 @@ class Runtime:
 
     def _begin_hibernation(self, act: Activation) -> None:
         """Tell an idle awake actor's loop to run on_hibernate and end; do not wait for it."""
-        if act.state is State.AWAKE and act.aid in self.idle:
-            self.idle.pop(act.aid)
-            self._transition(act, State.AWAKE, Event.IDLE)
-            act.hibernating = act.closing = True
-            act.suspend_turn()
-            act.work.set()
+        if self.idle.pop(act.aid, None) is not None and act.state is State.AWAKE:
+            self._close(act)
+
+    def _close(self, act: Activation) -> None:
+        """Hibernate an awake actor: a turn in durable waits rolls back, the loop ends after
+        the current batch (on_hibernate then runs, unless it failed or stopped)."""
+        self.idle.pop(act.aid, None)
+        if act.state is State.AWAKE:  # (a waking one hibernates once open: see _activate)
+            act.lifecycle.fire(Event.IDLE)
+        act.closing = True
+        act.suspend_turn()
+        act.work.set()
 
     def _idle(self, act: Activation) -> None:
         now = anyio.current_time()
@@ -1182,17 +1197,22 @@ class Runtime:
         self._timer_hint(due)
         return Schedule(timer_name, handler_name, due, every, cron)
 
-    def _transition(
-        self, act: Activation, state: State, event: Event, detail: str | None = None
+    def _lifecycle_changed(
+        self,
+        type_name: str,
+        key: str,
+        previous: State,
+        event: Event,
+        new: State,
+        detail: str | None,
     ) -> None:
-        new = next_state(state, event)
-        act.state = new
+        """An actor's :class:`Lifecycle` changed: tell the subscribers (never waiting)."""
         if not self._subscribers:
             return
         record = LifecycleEvent(
-            type_name=act.spec.name,
-            key=act.key,
-            previous=state.value,
+            type_name=type_name,
+            key=key,
+            previous=previous.value,
             state=new.value,
             event=event.value,
             at=self.clock(),
@@ -1382,9 +1402,7 @@ class Runtime:
         (they roll back, and run again at the next open)."""
         self.closing.set()
         for act in list(self.awake.values()):
-            act.closing = act.hibernating = True
-            act.suspend_turn()
-            act.work.set()
+            self._close(act)
         self._room_changed()
         with anyio.move_on_after(self.shutdown_grace):
             for act in list(self.awake.values()):

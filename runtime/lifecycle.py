@@ -4,10 +4,16 @@
 
     hibernated --wake--> waking --opened--> awake --idle--> hibernating --closed--> hibernated
     waking --open_failed--> failed          awake or hibernating --crashed--> failed
+    waking --closed--> hibernated (the runtime closed first)
     failed --wake--> waking                 awake or hibernating --gave_up--> stopped
     stopped --resume--> waking
 
 (``Runtime.resume`` is for stopped actors; a failed one runs again at its next wake.)
+
+Each actor that the runtime holds in memory has one :class:`Lifecycle`, the only writer of its
+state: the engine fires events at it and reads ``state``; it never sets a state itself, nor says
+which state an event leaves. (An activation begins in the state its actor was at rest in:
+hibernated, failed or stopped.)
 
 - **hibernated**: no object, no open file, no task; a row in ``directory.db`` and files on disk.
 - **waking**: its files are being opened, migrations run, the object built.
@@ -27,6 +33,7 @@ The docs' diagram is generated from :data:`TRANSITIONS` (``mermaid()``).
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 
 from .errors import RuntimeInternalError
 
@@ -45,7 +52,7 @@ class Event(enum.Enum):
     OPENED = "opened"  # files open, object built: turns may run
     OPEN_FAILED = "open_failed"  # a corrupt file, a failing migration, no descriptors left
     IDLE = "idle"  # idle_timeout passed, max_awake evicts it, or the runtime closes
-    CLOSED = "closed"  # files closed, object dropped
+    CLOSED = "closed"  # files closed, object dropped (or, waking, never opened)
     CRASHED = "crashed"  # on_create gave up, a file turned out corrupt, an internal error
     GAVE_UP = "gave_up"  # failed turns beyond the restart intensity, a diverged replay, a fence
     RESUME = "resume"  # Runtime.resume(ref)
@@ -56,6 +63,8 @@ TRANSITIONS: dict[tuple[State, Event], State] = {
     (State.FAILED, Event.WAKE): State.WAKING,
     (State.WAKING, Event.OPENED): State.AWAKE,
     (State.WAKING, Event.OPEN_FAILED): State.FAILED,
+    # The runtime closed (or the waker was cancelled) before its files were open: nothing ran.
+    (State.WAKING, Event.CLOSED): State.HIBERNATED,
     (State.AWAKE, Event.IDLE): State.HIBERNATING,
     (State.HIBERNATING, Event.CLOSED): State.HIBERNATED,
     (State.AWAKE, Event.CRASHED): State.FAILED,
@@ -81,6 +90,37 @@ def next_state(state: State, event: Event) -> State:
         raise RuntimeInternalError(
             f"lifecycle: {event.value!r} cannot happen in state {state.value!r}; please file a bug"
         ) from None
+
+
+#: Told of each change: ``(previous, event, state, detail)``.
+Listener = Callable[[State, Event, State, "str | None"], None]
+
+
+class Lifecycle:
+    """The state of one actor, changed only by :meth:`fire` and only as :data:`TRANSITIONS`
+    allows; an event the table has no entry for in the current state raises
+    :class:`RuntimeInternalError` and changes nothing."""
+
+    __slots__ = ("_listener", "_state")
+
+    def __init__(self, state: State, listener: Listener | None = None) -> None:
+        self._state = state
+        self._listener = listener
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    def fire(self, event: Event, detail: str | None = None) -> State:
+        """Apply ``event``; returns the new state (the listener has been told)."""
+        previous = self._state
+        self._state = new = next_state(previous, event)
+        if self._listener is not None:
+            self._listener(previous, event, new, detail)
+        return new
+
+    def __repr__(self) -> str:
+        return f"<Lifecycle {self._state.value}>"
 
 
 def mermaid() -> str:

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import ast
 import itertools
+from pathlib import Path
 
 import pytest
 
 import actors
-from runtime.lifecycle import PERSISTED, RESIDENT, TRANSITIONS, Event, State, mermaid, next_state
+from runtime.lifecycle import (
+    PERSISTED,
+    RESIDENT,
+    TRANSITIONS,
+    Event,
+    Lifecycle,
+    State,
+    mermaid,
+    next_state,
+)
 
 
 def reachable(start: State) -> set[State]:
@@ -71,7 +82,7 @@ CAN_HAPPEN_IN = {
     Event.OPENED: {State.WAKING},
     Event.OPEN_FAILED: {State.WAKING},
     Event.IDLE: {State.AWAKE},
-    Event.CLOSED: {State.HIBERNATING},
+    Event.CLOSED: {State.HIBERNATING, State.WAKING},  # waking: the runtime closed first
     Event.CRASHED: RESIDENT - {State.WAKING},
     Event.GAVE_UP: RESIDENT - {State.WAKING},
 }
@@ -89,3 +100,36 @@ def test_a_failure_while_hibernating_ends_like_one_while_awake() -> None:
     """A failure while hibernating (a corrupt file, a fence) ends as the same failure awake does."""
     for event in (Event.CRASHED, Event.GAVE_UP):
         assert next_state(State.HIBERNATING, event) is next_state(State.AWAKE, event)
+
+
+def test_a_lifecycle_changes_only_as_the_table_says_and_tells_its_listener() -> None:
+    """Lifecycle.fire moves along the table, tells the listener, and refuses an impossible event
+    without changing state."""
+    seen: list[tuple[State, Event, State, str | None]] = []
+    life = Lifecycle(State.HIBERNATED, lambda *change: seen.append(change))
+    assert life.fire(Event.WAKE) is State.WAKING
+    assert life.fire(Event.OPENED, "ok") is State.AWAKE
+    with pytest.raises(actors.RuntimeInternalError, match="cannot happen"):
+        life.fire(Event.RESUME)
+    assert life.state is State.AWAKE
+    assert seen == [
+        (State.HIBERNATED, Event.WAKE, State.WAKING, None),
+        (State.WAKING, Event.OPENED, State.AWAKE, "ok"),
+    ]
+
+
+def test_nothing_but_the_lifecycle_writes_an_actors_state() -> None:
+    """No module of the engine assigns a ``.state`` attribute: the Lifecycle is its only writer."""
+    root = Path(__file__).resolve().parent.parent / "runtime"
+    writers = []
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = []
+            if isinstance(node, ast.Assign):
+                targets = node.targets
+            elif isinstance(node, ast.AugAssign | ast.AnnAssign):
+                targets = [node.target]
+            for target in targets:
+                if isinstance(target, ast.Attribute) and target.attr == "state":
+                    writers.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert writers == []

@@ -123,9 +123,11 @@ class ReplicatedActor(Protocol):
     waiting: bool
     outbox_gated: bool
     closing: bool
-    hibernating: bool
     files_open: bool
     restored: bool
+
+    @property
+    def hibernating(self) -> bool: ...
 
     def describe(self) -> str: ...
 
