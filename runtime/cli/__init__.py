@@ -19,7 +19,7 @@ actor, an actor awake in a running process, a runtime open elsewhere), 2 for a u
 
 The modules: :mod:`.parser` (the commands and their options), :mod:`.options` (argument types
 and the replica options), :mod:`.commands` (the operator commands), :mod:`.call` (``send`` and
-``ask``, which open the runtime), :mod:`.bench` and :mod:`.render` (text and JSON).
+``ask``, made by :mod:`runtime.ops.call`), :mod:`.bench` and :mod:`.render` (text and JSON).
 """
 
 from __future__ import annotations

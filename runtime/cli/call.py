@@ -1,17 +1,19 @@
-"""``torpor send`` and ``torpor ask``: open the runtime with the user's classes, make the call
-through the runtime's API (as a program would), close gracefully."""
+"""``torpor send`` and ``torpor ask``: their options checked, the user's classes loaded, the call
+made by :mod:`runtime.ops.call`, and its outcome said."""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from ..errors import ActorError, WriteRefusedError
+from ..ops import call as _call
 from ..ops import inspect as _inspect
+from ..records import TurnInfo
 from .options import replica_store
 from .render import describe_waits, print_json, turn_text
 
@@ -40,12 +42,8 @@ def load_types(spec: str) -> list[type]:
 
 
 def run_call(args: argparse.Namespace) -> int:
-    """``torpor send`` / ``torpor ask``: open the runtime with the user's classes (its pending
-    actors of those types resume, as at any open), make the call, close gracefully."""
-    import anyio
-
-    from ..engine import open_runtime
-
+    """``torpor send`` / ``torpor ask``: check the options, load the user's classes, make the
+    call (:mod:`runtime.ops.call` opens the runtime, as their program does), say the outcome."""
     root = _inspect.check_root(args.dir)
     try:
         positional = json.loads(args.args)
@@ -78,32 +76,35 @@ def run_call(args: argparse.Namespace) -> int:
             "durable = True: replies wait for the replica, so give the runtime's replica as its "
             "program opens it (--replica DIR, or --s3-bucket BUCKET and its options)"
         )
-
-    async def run() -> Any:
-        async with open_runtime(root, types=types, replica=replica) as rt:
-            ref: Any = rt.ref(actor_type, args.key)
-            if args.command == "ask":
-                return await ask_with_timeout(args, rt, ref, positional, keywords)
-            # Ref.send, saying whether the idempotency key made it a repeat (nothing stored).
-            _, seq, stored = await rt._send(
-                ref._spec, ref.key, args.handler, tuple(positional), keywords, args.idempotency_key
-            )
-            return seq, stored
-
-    result = anyio.run(run)
+    call = {
+        "root": root,
+        "types": types,
+        "actor_type": actor_type,
+        "key": args.key,
+        "handler": args.handler,
+        "args": positional,
+        "kwargs": keywords,
+        "idempotency_key": args.idempotency_key,
+        "replica": replica,
+    }
     if args.command == "ask":
+        asked = _call.ask(
+            **call, timeout=args.timeout, waiting=lambda turns: say_waiting(args, turns)
+        )
+        if not asked.replied:
+            raise no_reply(args, asked.turns)
         if args.json:
-            print_json({"reply": _inspect.to_json(result)})
+            print_json({"reply": _inspect.to_json(asked.reply)})
         else:
-            print(json.dumps(_inspect.to_json(result), ensure_ascii=False))
+            print(json.dumps(_inspect.to_json(asked.reply), ensure_ascii=False))
         return 0
-    seq, stored = result
+    sent = _call.send(**call)
     if args.json:
-        print_json({"sent": stored, "duplicate": not stored})
-    elif stored:
+        print_json({"sent": sent.stored, "duplicate": not sent.stored})
+    elif sent.stored:
         print(f"sent {args.type_name} {args.key!r} {args.handler}")
     else:
-        first = f" (message {seq})" if seq else ""
+        first = f" (message {sent.seq})" if sent.seq else ""
         print(
             f"not sent again: a duplicate of the call sent with --idempotency-key "
             f"{args.idempotency_key!r}{first}; nothing new was stored"
@@ -115,49 +116,20 @@ class NoReplyError(ActorError):
     """``torpor ask --timeout``: no reply in time."""
 
 
-#: How often ``torpor ask`` looks whether the actor's turn waits (to say so once).
-ASK_LOOK_EVERY = 0.5
+def say_waiting(args: argparse.Namespace, turns: Sequence[TurnInfo]) -> None:
+    """Say once on stderr that the actor has a turn waiting durably (for an event, or in a
+    sleep): no reply comes before that wait ends."""
+    give_up = "" if args.timeout else " (--timeout SECONDS gives up waiting)"
+    print(
+        f"torpor ask: {args.type_name} {args.key!r} is waiting: "
+        f"{'; '.join(describe_waits(turns))}; no reply until then{give_up}",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
-async def ask_with_timeout(
-    args: argparse.Namespace, rt: Any, ref: Any, positional: list[Any], keywords: dict[str, Any]
-) -> Any:
-    """``ref.ask``, giving up after ``--timeout`` (:class:`NoReplyError`, saying what the
-    actor waits for). Meanwhile, says once on stderr when the actor has a turn waiting durably
-    (for an event, or in a sleep): no reply comes before that wait ends."""
-    import anyio
-
-    async def look() -> None:
-        with contextlib.suppress(Exception):  # only a note
-            while True:
-                waits = describe_waits(await rt.turns(ref))
-                if waits:
-                    break
-                await anyio.sleep(ASK_LOOK_EVERY)
-            give_up = "" if args.timeout else " (--timeout SECONDS gives up waiting)"
-            print(
-                f"torpor ask: {args.type_name} {args.key!r} is waiting: {'; '.join(waits)}; "
-                f"no reply until then{give_up}",
-                file=sys.stderr,
-                flush=True,
-            )
-
-    outcome: list[Any] = []
-    with anyio.move_on_after(args.timeout):
-        async with anyio.create_task_group() as group:
-            group.start_soon(look)
-            try:
-                outcome.append(
-                    await ref.ask(args.handler, *positional, **keywords, **idempotency(args))
-                )
-            except Exception as exc:  # raised below, outside the task group (not in a group)
-                outcome.append(exc)
-            group.cancel_scope.cancel()
-    if outcome:
-        if isinstance(outcome[0], Exception):
-            raise outcome[0]
-        return outcome[0]
-    turns = await rt.turns(ref)
+def no_reply(args: argparse.Namespace, turns: Sequence[TurnInfo]) -> NoReplyError:
+    """No reply within ``--timeout``, saying what the actor waits for."""
     what = "; ".join(describe_waits(turns) or [f"{turn_text(t)} is {t.status}" for t in turns])
     events = [s.name for t in turns for s in t.steps if s.status == "waiting" and s.kind == "event"]
     signal = "".join(
@@ -169,13 +141,9 @@ async def ask_with_timeout(
         if args.idempotency_key
         else "with an --idempotency-key, asking again with the same key gives its reply"
     )
-    raise NoReplyError(
+    return NoReplyError(
         f"no reply from {args.type_name} {args.key!r} within {args.timeout:g} s: "
         + (f"{what}{signal}, and later messages wait behind it" if what else "no turn has started")
         + f". The message stays queued: its turn goes on when the runtime is next opened "
         f"({again})"
     )
-
-
-def idempotency(args: argparse.Namespace) -> dict[str, Any]:
-    return {"idempotency_key": args.idempotency_key} if args.idempotency_key else {}
