@@ -26,8 +26,8 @@ import pytest
 import trio
 
 import actors
-from runtime import cli
 from runtime.files.layout import actor_dir, actor_id
+from runtime.ops.fork import ForkChanges, quiet_fork
 from runtime.replica.shipper import restore_actor_files
 from tests.s3server import S3Server
 
@@ -529,8 +529,8 @@ def test_fork_leaves_unsent_messages_to_the_original(made: Made, tmp_path: Path)
             (payload, payload),
         )
     data.close()
-    changes = cli._ForkChanges()
-    cli._quiet_fork(folder, "tests.Notebook", "alice", changes, keep_timers=False)
+    changes = ForkChanges()
+    quiet_fork(folder, "tests.Notebook", "alice", changes, keep_timers=False)
 
     assert changes.outbox_dropped == 1 and changes.timers_dropped == ["reminder"]
     data = apsw.Connection(str(folder / "data.db"))

@@ -83,3 +83,27 @@ def test_the_engine_has_no_import_circle() -> None:
 def test_the_circle_check_finds_a_circle() -> None:
     """The check sees a circle when there is one (two modules importing each other)."""
     assert _circles({"a": {"b"}, "b": {"a"}, "c": {"a"}}) == [["a", "b"]]
+
+
+def _importers_of(room: str, graph: dict[str, set[str]]) -> set[str]:
+    """The modules outside package ``room`` that import it or one of its modules."""
+    inside = (room, f"{room}.")
+    return {
+        module
+        for module, edges in graph.items()
+        if not module.startswith(inside) and any(e.startswith(inside) for e in edges)
+    }
+
+
+def test_only_the_command_line_imports_the_operator_tools() -> None:
+    """Nothing in runtime/ or actors/ imports runtime.cli, and only runtime.cli imports
+    runtime.ops: the engine never depends on the operator tools or the command line."""
+    graph = _graph()
+    assert _importers_of("runtime.cli", graph) == set()
+    assert _importers_of("runtime.ops", graph) <= {m for m in graph if m.startswith("runtime.cli")}
+
+
+def test_the_room_check_sees_an_engine_module_importing_ops() -> None:
+    """The room check names an engine module that imports runtime.ops."""
+    graph = {"runtime.engine": {"runtime.ops.fork"}, "runtime.ops.fork": set()}
+    assert _importers_of("runtime.ops", graph) == {"runtime.engine"}
