@@ -1,7 +1,8 @@
 """What the turn's machinery and an actor's loop see of the runtime and of an awake actor.
 
 ``context``, ``steps``, ``actor``, ``timers``, ``turn`` and ``activation`` reach the runtime and
-the actor through these small protocols, never by importing the classes above them:
+the actor through these small protocols, never by importing the classes above them (and
+``residency``, ``delivery`` and ``admin`` reach the runtime that holds them the same way):
 ``runtime/engine.py``'s ``Runtime`` is a :class:`RuntimeHost`, ``runtime/activation.py``'s
 ``Activation`` an :class:`ActorHost` (and, to ``turn``, a ``turn.TurnActor``). (Replication has
 its own two, in ``runtime/replica/shipper.py``.) A test walks the import graph and fails on any
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from .files.db import CheckedFiles
     from .files.directory import Directory
     from .files.mailbox import Mailbox
+    from .lifecycle import Event, State
     from .replica.shipper import ReplicationEngine
     from .spec import TypeSpec
     from .timers import Schedule
@@ -97,6 +99,13 @@ class RuntimeHost(RefHost, Protocol):
     stats_timers_fired: int
     stats_steps: int
     stats_step_retries: int
+    stats_sent: int
+    stats_hibernations: int
+    known_actors: int
+    stopped_actors: int
+    unknown_types: set[str]
+    shutdown_grace: float
+    _task_group: Any
     parked_waiters: dict[str, dict[int, Waiter]]
     sound_mailboxes: CheckedFiles
 
@@ -110,6 +119,20 @@ class RuntimeHost(RefHost, Protocol):
     def wake_latencies(self) -> collections.deque[float]: ...
 
     def _report(self, text: str) -> None: ...
+
+    def _check_open(self) -> None: ...
+
+    def clock(self) -> float: ...
+
+    def _lifecycle_changed(
+        self,
+        type_name: str,
+        key: str,
+        previous: State,
+        event: Event,
+        new: State,
+        detail: str | None,
+    ) -> None: ...
 
     def _crash_point(self, where: str, turn: Any, number: int, name: str = "") -> None: ...
 
