@@ -1,7 +1,9 @@
 """torpor: durable per-agent actors on SQLite, inside your own Python process.
 
 This package is the public API. It only re-exports names from the engine (``runtime``),
-whose modules are private: import from ``actors``, never from ``runtime``.
+whose modules are private: import from ``actors``, never from ``runtime``. Each public class
+and function says ``__module__ == "actors"`` (so reprs, tracebacks and pickles name it as
+users import it); ``actors.testing`` does the same for its own names.
 """
 
 from importlib import metadata as _metadata
@@ -60,6 +62,8 @@ from runtime.replica.shipper import Replication
 from runtime.spec import RestartIntensity, Retry
 from runtime.steps import StepInfo, current_step
 from runtime.timers import Schedule
+
+from ._public import publish as _publish
 
 try:
     #: The installed torpor's version.
@@ -130,3 +134,5 @@ __all__ = [
     "render_metrics",
     "serve_metrics",
 ]
+
+_publish(__name__, globals(), __all__)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, final
 
 import anyio
 import anyio.lowlevel
@@ -53,6 +53,7 @@ class RefHost(Protocol):
     ) -> bool: ...
 
 
+@final
 class Ref(Generic[A]):
     """A handle on one actor, ``(type, key)``. Creating or holding one costs no I/O."""
 

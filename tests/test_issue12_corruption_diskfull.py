@@ -278,8 +278,8 @@ def test_a_really_full_disk_refuses_sends_with_storage_error_and_loses_nothing(
     calls, applied = out["calls"], out["applied"]
 
     outcomes = {outcome for _, _, _, outcome in calls}
-    storage = "runtime.errors.StorageError"
-    kept = f"runtime.errors.ActorFailedError <- {storage}"  # stored, its turn could not commit
+    storage = "actors.StorageError"
+    kept = f"actors.ActorFailedError <- {storage}"  # stored, its turn could not commit
     assert outcomes <= {"ok", storage, kept}, outcomes
     sends = [call for call in calls if call[2] == "send"]
     assert any(call[3] == "ok" for call in sends) and any(call[3] == storage for call in sends)

@@ -7,6 +7,7 @@ python tools/gen_reference.py --check  # exit 1 if it is out of date (the tests 
 from __future__ import annotations
 
 import abc
+import ast
 import inspect
 import re
 import sys
@@ -206,6 +207,10 @@ MEMBER_DOCS: dict[str, str] = {
 }
 
 
+#: Module prefixes left out of rendered types (``actors.Ref`` reads ``Ref`` on this page).
+_MODULES = r"\b(runtime\.(\w+\.)+|actors\.|typing\.|collections\.abc\.|anyio\.abc\.)"
+
+
 def _doc(obj: object) -> str:
     return inspect.cleandoc(inspect.getdoc(obj) or "(undocumented)")
 
@@ -221,7 +226,7 @@ def _signature(obj: object) -> str:
         )
         text = re.sub(r" object at 0x[0-9a-f]+>", ">", text)  # no addresses: stable output
         text = re.sub(r"\bStepCall\[", "Awaitable[", text)  # a private class: what it is
-        return re.sub(r"\b(runtime\.(\w+\.)+|typing\.|collections\.abc\.|anyio\.abc\.)|~", "", text)
+        return re.sub(_MODULES + r"|~", "", text)
     return ""
 
 
@@ -254,7 +259,7 @@ def _comments(cls: type) -> dict[str, str]:
     """The ``#:`` comments written above the fields in the class's source, by field name."""
     found: dict[str, str] = {}
     pending: list[str] = []
-    for line in inspect.getsource(cls).splitlines():
+    for line in _class_source(cls).splitlines():
         text = line.strip()
         if text.startswith("#:"):
             pending.append(text[2:].strip())
@@ -266,9 +271,27 @@ def _comments(cls: type) -> dict[str, str]:
     return found
 
 
+def _class_source(cls: type) -> str:
+    """The source of ``cls``. Public names say ``__module__ == "actors"``, which only
+    re-exports them, so ``inspect.getsource`` cannot find them: look in the engine's modules
+    for the one whose code defines the class."""
+    for module in list(sys.modules.values()):
+        name = getattr(module, "__name__", "")
+        if not (name == "runtime" or name.startswith("runtime.")):
+            continue
+        if getattr(module, cls.__name__, None) is not cls:
+            continue
+        source = inspect.getsource(module)
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.ClassDef) and node.name == cls.__name__:
+                return ast.get_source_segment(source, node) or ""
+    raise SystemExit(f"no module of runtime/ defines {cls.__qualname__}")
+
+
 def _type_name(kind: Any) -> str:
     text = kind if isinstance(kind, str) else inspect.formatannotation(kind)
-    return re.sub(r"\b(runtime\.(\w+\.)+|typing\.|collections\.abc\.)", "", text)
+    text = re.sub(r"'(\w+)'", r"\1", text)  # a forward reference: the name
+    return re.sub(_MODULES, "", text)
 
 
 def _fields(cls: type) -> list[str]:
