@@ -56,7 +56,7 @@ from runtime.records import (
     StepRecord,
     TurnInfo,
 )
-from runtime.ref import Ref
+from runtime.ref import Ref, RefOptions
 from runtime.replica import DirectoryStore, ReplicaStatistics, ReplicaStore, S3Store
 from runtime.replica.shipper import Replication
 from runtime.spec import RestartIntensity, Retry
@@ -97,6 +97,7 @@ __all__ = [
     "NondeterminismError",
     "PreconditionFailedError",
     "Ref",
+    "RefOptions",
     "ReplicaConflictError",
     "ReplicaError",
     "ReplicaStatistics",

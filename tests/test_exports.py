@@ -28,6 +28,7 @@ PUBLIC = {
     "MessageFailedError",
     "MessageTooLargeError",
     "Ref",
+    "RefOptions",
     "RestartIntensity",
     "Retry",
     "Runtime",

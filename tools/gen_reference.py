@@ -11,6 +11,7 @@ import ast
 import inspect
 import re
 import sys
+import typing
 from pathlib import Path
 from typing import Any, Generic
 
@@ -25,7 +26,7 @@ LIFECYCLE = DOCS / "explanation" / "lifecycle.md"
 SECTIONS = [
     ("Opening a runtime", ["open_runtime", "Runtime", "RuntimeStatistics", "LifecycleEvent"]),
     ("Actors", ["Actor", "query", "Retry", "RestartIntensity", "Schedule", "Sql", "KV"]),
-    ("Messages", ["Ref", "DeadLetter"]),
+    ("Messages", ["Ref", "RefOptions", "DeadLetter"]),
     ("Durable steps", ["current_step", "StepInfo", "TurnInfo", "StepRecord", "NonRetryable"]),
     (
         "Replication",
@@ -189,6 +190,14 @@ FIELDS: dict[str, dict[str, str]] = {
 #: Public attributes set on instances (not found on the class): (class, name, type, text).
 ATTRIBUTES: list[tuple[str, str, str, str]] = [
     ("Ref", "key", "str", "The actor's key."),
+    ("RefOptions", "ref", "Ref[A]", "The ref called."),
+    (
+        "RefOptions",
+        "idempotency_key",
+        "str | None",
+        "Unique to one logical call: a retried call with the same key applies nothing twice "
+        "and (``ask``) returns the first call's result.",
+    ),
     (
         "Runtime",
         "reports",
@@ -198,6 +207,20 @@ ATTRIBUTES: list[tuple[str, str, str, str]] = [
         "runtime; a corrupt file restored from the replica; a file no longer replicated; an "
         "actor that could not be woken or closed. Read it beside ``rt.statistics()``.",
     ),
+]
+
+#: Forms that still work but warn (``DeprecationWarning``), with their replacements.
+DEPRECATED = [
+    "Type checkers check the arguments of a call given a handler or step function (PEP 612), "
+    "and know what it returns, only if no option sits among those arguments. So options come "
+    "first now; the old spellings still work, with a `DeprecationWarning` naming the new one:",
+    "",
+    "- `ref.send(Counter.incr, 5, idempotency_key=k)` and `ref.ask(...)` the same: write "
+    "`ref.options(idempotency_key=k).send(Counter.incr, 5)`. (With a handler's name, "
+    '`ref.ask("incr", 5, idempotency_key=k)`, the keyword stays: a name is not type-checked '
+    "anyway.)",
+    '- `self.step("llm", call_llm, prompt, retry=policy)`: write '
+    '`self.step("llm", policy, call_llm, prompt)`.',
 ]
 
 #: The first line of public members whose code has no docstring.
@@ -243,7 +266,10 @@ def _members(cls: type) -> list[str]:
         if isinstance(member, property):
             lines.append(f"- `{name}` (property): {_first_line(member, where)}")
         elif callable(member):
-            lines.append(f"- `{name}{_signature(member)}`: {_first_line(member, where)}")
+            # An overloaded method shows its typed forms, not its untyped implementation.
+            forms = typing.get_overloads(member) or [member]
+            shown = ", or ".join(f"`{name}{_signature(form)}`" for form in forms)
+            lines.append(f"- {shown}: {_first_line(member, where)}")
     return lines
 
 
@@ -351,6 +377,7 @@ def render() -> str:
     misfiled = [n for n in errors if not _is_error(getattr(actors, n))]
     if misfiled:
         raise SystemExit(f"not errors, yet in no section of SECTIONS: {misfiled}")
+    out += ["## Deprecated forms", "", *DEPRECATED, ""]
     out += ["## Errors", ""]
     for name in errors:
         obj = getattr(actors, name)
