@@ -1,7 +1,9 @@
 """torpor: durable per-agent actors on SQLite, inside your own Python process.
 
 This package is the public API. It only re-exports names from the engine (``runtime``),
-whose modules are private: import from ``actors``, never from ``runtime``.
+whose modules are private: import from ``actors``, never from ``runtime``. Each public class
+and function says ``__module__ == "actors"`` (so reprs, tracebacks and pickles name it as
+users import it); ``actors.testing`` does the same for its own names.
 """
 
 from importlib import metadata as _metadata
@@ -54,12 +56,14 @@ from runtime.records import (
     StepRecord,
     TurnInfo,
 )
-from runtime.ref import Ref
+from runtime.ref import Ref, RefOptions
 from runtime.replica import DirectoryStore, ReplicaStatistics, ReplicaStore, S3Store
 from runtime.replica.shipper import Replication
 from runtime.spec import RestartIntensity, Retry
 from runtime.steps import StepInfo, current_step
 from runtime.timers import Schedule
+
+from ._public import publish as _publish
 
 try:
     #: The installed torpor's version.
@@ -93,6 +97,7 @@ __all__ = [
     "NondeterminismError",
     "PreconditionFailedError",
     "Ref",
+    "RefOptions",
     "ReplicaConflictError",
     "ReplicaError",
     "ReplicaStatistics",
@@ -130,3 +135,5 @@ __all__ = [
     "render_metrics",
     "serve_metrics",
 ]
+
+_publish(__name__, globals(), __all__)

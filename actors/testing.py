@@ -11,4 +11,8 @@ scenario again; each run must end with the same state and the same step-function
 
 from runtime.testing import START, CrashReport, SimulatedCrash, actor_state, check_crashes
 
+from ._public import publish as _publish
+
 __all__ = ["START", "CrashReport", "SimulatedCrash", "actor_state", "check_crashes"]
+
+_publish(__name__, globals(), __all__)

@@ -95,8 +95,10 @@ async def call_agent(
     else:
         return 405, {"error": f"{method} is not served"}
     try:
-        result: Any = await rt.ref(Agent, key).ask(
-            handler, *args, idempotency_key=headers.get("idempotency-key"), **kwargs
+        result: Any = (
+            await rt.ref(Agent, key)
+            .options(idempotency_key=headers.get("idempotency-key"))
+            .ask(handler, *args, **kwargs)
         )
     except (actors.UnknownHandlerError, actors.InvalidKeyError) as exc:
         return 404, {"error": str(exc)}

@@ -203,7 +203,7 @@ async def first_run(folder: Path) -> None:
             print(f"  conversation {key!r}")
             for i, text in enumerate(lines):
                 before = CALLS.copy()
-                answer = await chat.ask(Chat.say, text, idempotency_key=f"{key}-{i}")
+                answer = await chat.options(idempotency_key=f"{key}-{i}").ask(Chat.say, text)
                 used = CALLS - before
                 tools = sum(n for name, n in used.items() if name.startswith("tool:"))
                 print(f"    user: {text}")
@@ -221,8 +221,10 @@ async def second_run(folder: Path) -> None:
                 print(f"    {role}> {content}")
         before = CALLS.copy()
         key, i = "ana", len(CONVERSATIONS["ana"]) - 1
-        again = await rt.ref(Chat, key).ask(
-            Chat.say, CONVERSATIONS[key][i], idempotency_key=f"{key}-{i}"
+        again = (
+            await rt.ref(Chat, key)
+            .options(idempotency_key=f"{key}-{i}")
+            .ask(Chat.say, CONVERSATIONS[key][i])
         )
         print(f"  the last 'say' again, same idempotency key: {again}")
         print(f"  calls it made: {sum((CALLS - before).values())}")

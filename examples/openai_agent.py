@@ -91,7 +91,7 @@ class ChatAgent(actors.Actor, name="examples.ChatAgent"):
             {"role": role, "content": content}
             for role, content in self.sql.query("SELECT role, content FROM messages ORDER BY id")
         ]
-        answer = await self.step("chat completion", chat_completion, history, retry=LLM_RETRY)
+        answer = await self.step("chat completion", LLM_RETRY, chat_completion, history)
         self.sql.execute(
             "INSERT INTO messages(role, content) VALUES ('assistant', ?)", (answer["text"],)
         )

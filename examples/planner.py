@@ -73,7 +73,9 @@ async def first_run(folder: Path) -> None:
     async with actors.open_runtime(folder, types=[Planner, Worker]) as rt:
         planner = rt.ref(Planner, "paper")
         started = time.monotonic()
-        result = await planner.ask(Planner.plan, "a paper", SECTIONS, idempotency_key="plan-1")
+        result = await planner.options(idempotency_key="plan-1").ask(
+            Planner.plan, "a paper", SECTIONS
+        )
         elapsed = time.monotonic() - started
         print("  combined:", result)
         print(f"  {len(SECTIONS)} workers x 0.25 s of work took {elapsed:.2f} s: they ran at once")
@@ -85,7 +87,9 @@ async def first_run(folder: Path) -> None:
 async def second_run(folder: Path) -> None:
     async with actors.open_runtime(folder, types=[Planner, Worker]) as rt:
         planner = rt.ref(Planner, "paper")
-        result = await planner.ask(Planner.plan, "a paper", SECTIONS, idempotency_key="plan-1")
+        result = await planner.options(idempotency_key="plan-1").ask(
+            Planner.plan, "a paper", SECTIONS
+        )
         print("  combined:", result)
         runs = [await rt.ref(Worker, key).ask(Worker.runs) for key in result["by"]]
         print(f"  worker runs: {runs}; analyse() calls: {len(CALLS)}")

@@ -70,7 +70,7 @@ async def child(folder: Path, key: str) -> None:
     async with actors.open_runtime(folder, types=[Agent]) as rt:
         carol = rt.ref(Agent, key)
         for i in range(100_000):
-            await carol.send(Agent.note, f"note {i}", idempotency_key=f"{key}-{i}")
+            await carol.options(idempotency_key=f"{key}-{i}").send(Agent.note, f"note {i}")
             print(i, flush=True)  # the send returned: the message is durable
 
 

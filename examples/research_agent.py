@@ -123,7 +123,7 @@ class ResearchAgent(actors.Actor, name="examples.ResearchAgent"):
         fetches = [self.step(f"fetch {i}", fetch_page, url) for i, url in enumerate(urls)]
         pages = await self.gather(*fetches)  # both fetches at once, journaled in this order
         prompt = "\n".join([f"Summarise {topic}", *pages])
-        draft = await self.step("draft", call_llm, prompt, retry=LLM_RETRY)
+        draft = await self.step("draft", LLM_RETRY, call_llm, prompt)
         await self.step("request review", request_review, self.key, draft["text"])
         # The turn waits here; the actor hibernates after idle_timeout and the turn replays
         # from its journal when the event (or the deadline) comes.
@@ -174,7 +174,7 @@ async def child(workdir: Path) -> None:
     """Runs in a separate process: start the research, say when the agent waits, then hang."""
     async with actors.open_runtime(workdir / "torpor", types=[ResearchAgent]) as rt:
         agent = rt.ref(ResearchAgent, "agent-1")
-        await agent.send(ResearchAgent.research, TOPIC, idempotency_key=CALL_KEY)
+        await agent.options(idempotency_key=CALL_KEY).send(ResearchAgent.research, TOPIC)
 
         async def waiting() -> bool:
             return any(turn.status == "waiting" for turn in await rt.turns(agent))
@@ -229,7 +229,7 @@ async def after_crash(workdir: Path) -> None:
         print(f"  approval signalled: {sent}; the same signal again (a double click): {again}")
 
         # The client reconnects: the same call with the same key returns the first call's result.
-        result = await agent.ask(ResearchAgent.research, TOPIC, idempotency_key=CALL_KEY)
+        result = await agent.options(idempotency_key=CALL_KEY).ask(ResearchAgent.research, TOPIC)
         print("  result:", result)
         print("  turns in flight:", describe(await rt.turns(agent)))
         tokens = await agent.ask(ResearchAgent.tokens_billed)

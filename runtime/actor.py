@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import datetime
 import uuid as _uuid
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+import warnings
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Concatenate, ParamSpec, TypeVar, overload
 
 from . import context
 from .spec import QUERY_MARK, RestartIntensity, Retry, build_type_spec
@@ -19,6 +20,9 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 A = TypeVar("A")
+R = TypeVar("R")
+T = TypeVar("T")
+P = ParamSpec("P")
 
 
 def query(fn: F) -> F:
@@ -53,7 +57,7 @@ class Actor:
     __torpor_spec__: ClassVar[TypeSpec]
     retry: ClassVar[Retry] = Retry()
     restart_intensity: ClassVar[RestartIntensity] = RestartIntensity()
-    migrations: ClassVar[tuple[str | Callable[[Sql], None], ...]] = ()
+    migrations: ClassVar[Sequence[str | Callable[[Sql], None]]] = ()
     durable: ClassVar[bool] = False
 
     _torpor_key: str
@@ -91,14 +95,20 @@ class Actor:
         """A key-value map stored in ``data.db``, committed with the turn."""
         return context.current(self, "self.kv").kv
 
+    @overload
     def send(
         self,
-        target: Ref[Any],
-        method: Callable[..., Awaitable[Any]] | str,
+        target: Ref[A],
+        method: Callable[Concatenate[A, P], Awaitable[Any]],
         /,
-        *args: Any,
-        **kwargs: Any,
-    ) -> None:
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> None: ...
+
+    @overload
+    def send(self, target: Ref[Any], method: str, /, *args: Any, **kwargs: Any) -> None: ...
+
+    def send(self, target: Ref[Any], method: Any, /, *args: Any, **kwargs: Any) -> None:
         """Send a message to another actor (or to this one) when this turn commits.
 
         The message goes to this actor's outbox inside the turn's transaction; it leaves only if
@@ -165,38 +175,87 @@ class Actor:
 
     # -- durable steps (message handlers only) --------------------------------------------
 
+    @overload
     def step(
         self,
         name: str,
-        fn: Callable[..., Any],
+        fn: Callable[P, Coroutine[Any, Any, T]],
         /,
-        *args: Any,
-        retry: Retry | None = None,
-        **kwargs: Any,
-    ) -> StepCall[Any]:
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> StepCall[T]: ...
+
+    @overload
+    def step(
+        self, name: str, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> StepCall[T]: ...
+
+    @overload
+    def step(
+        self,
+        name: str,
+        retry: Retry,
+        fn: Callable[P, Coroutine[Any, Any, T]],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> StepCall[T]: ...
+
+    @overload
+    def step(
+        self, name: str, retry: Retry, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> StepCall[T]: ...
+
+    def step(self, name: str, fn: Any, /, *args: Any, **kwargs: Any) -> StepCall[Any]:
         """A journaled effect: ``await self.step("llm", call_llm, prompt)``.
 
         ``fn(*args, **kwargs)`` runs once; its result (or its final error, raised as
         :class:`actors.StepFailedError`) is journaled in ``mailbox.db`` before the turn goes
         on. When the turn runs again (a crash, a retry, a durable wait), the step returns its
         journaled result without running. An async ``fn`` runs in the event loop, a sync one in
-        a worker thread. ``retry``: attempts, exponential backoff with jitter and a per-attempt
-        ``deadline`` (default: 3 attempts); raise :class:`actors.NonRetryable` to stop.
+        a worker thread. A retry policy goes before the function,
+        ``self.step("llm", Retry(max_attempts=5), call_llm, prompt)``: attempts, exponential
+        backoff with jitter and a per-attempt ``deadline`` (default: 3 attempts); raise
+        :class:`actors.NonRetryable` to stop. (Deprecated: ``retry=`` among ``fn``'s arguments.)
         ``actors.current_step().idempotency_key`` inside ``fn`` is stable across attempts and
         replays. The step is numbered when this method is called, so steps started together
         (``self.gather``) are journaled in the order the code wrote them.
         """
         turn = current_durable(self, "self.step")
+        retry: Retry | None = None
+        if isinstance(fn, Retry):
+            if not args:
+                raise TypeError(
+                    f"step {name!r}: a retry policy goes before the function to run: "
+                    "self.step(name, retry, fn, *args)"
+                )
+            retry, fn, args = fn, args[0], args[1:]
+        if "retry" in kwargs:
+            if retry is not None:
+                raise TypeError(f"step {name!r} was given two retry policies")
+            retry = kwargs.pop("retry")
+            warnings.warn(
+                f"self.step({name!r}, fn, ..., retry=policy) is deprecated: write "
+                f"self.step({name!r}, policy, fn, ...), whose arguments a type checker can check",
+                DeprecationWarning,
+                stacklevel=2,
+            )
         return turn.step(name, fn, args, kwargs, retry or DEFAULT_STEP_RETRY)
 
+    @overload
     def ask(
         self,
         target: Ref[A],
-        method: Callable[..., Awaitable[Any]] | str,
+        method: Callable[Concatenate[A, P], Awaitable[R]],
         /,
-        *args: Any,
-        **kwargs: Any,
-    ) -> StepCall[Any]:
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> StepCall[R]: ...
+
+    @overload
+    def ask(self, target: Ref[Any], method: str, /, *args: Any, **kwargs: Any) -> StepCall[Any]: ...
+
+    def ask(self, target: Ref[Any], method: Any, /, *args: Any, **kwargs: Any) -> StepCall[Any]:
         """Ask another actor, as a step: the request is sent exactly once (an idempotency key
         derived from this step), and the reply is journaled. The asking turn waits for the
         reply, so two actors asking each other wait forever: send one way instead."""
@@ -269,8 +328,16 @@ class Actor:
 
     # -- lifecycle hooks ------------------------------------------------------------------
 
-    async def on_create(self) -> None:
-        """Runs once, as the actor's first turn, with the arguments given to ``spawn``."""
+    if TYPE_CHECKING:
+        # A subclass's on_create takes the arguments of spawn, whatever they are: for a type
+        # checker, any signature overrides this one. (The runtime checks spawn's arguments
+        # against the subclass's real signature, and this class's takes none.)
+        async def on_create(self, *args: Any, **kwargs: Any) -> None: ...
+
+    else:
+
+        async def on_create(self) -> None:
+            """Runs once, as the actor's first turn, with the arguments given to ``spawn``."""
 
     async def on_child_failed(self, child: Ref[Any], reason: str) -> None:
         """Runs, as a turn, when a child made with ``self.spawn`` was stopped for failing too

@@ -7,7 +7,17 @@ that matches the kind of mistake (``ValueError`` for a bad value, ``TypeError`` 
 
 from __future__ import annotations
 
+from typing import Any
+
 import apsw
+
+
+def _rebuild(cls: type[BaseException], args: tuple[Any, ...], state: dict[str, Any]) -> Any:
+    """Unpickle an error whose ``__init__`` takes other arguments than its ``args``."""
+    error = cls.__new__(cls, *args)
+    error.args = args
+    error.__dict__.update(state)
+    return error
 
 
 class ActorError(Exception):
@@ -16,6 +26,10 @@ class ActorError(Exception):
     An error that is not a subclass of this one (and not ``RuntimeInternalError``) came from your
     own code or from a library torpor called on your behalf.
     """
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Subclasses take keyword-only fields (seq=, path=, ...) that args does not hold.
+        return (_rebuild, (type(self), self.args, self.__dict__))
 
 
 class InvalidKeyError(ActorError, ValueError):
@@ -109,6 +123,9 @@ class StoredError(Exception):
         self.type_name = type_name
         self.message = message
         self.traceback = traceback
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.args, self.__dict__))
 
 
 class ActorFailedError(ActorError):

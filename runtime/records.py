@@ -4,8 +4,9 @@
 --json`` and the docs' reference list them).
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations``: ``actors`` publishes these classes as its own
+# (``__module__ == "actors"``), where typing.get_type_hints would look up string annotations
+# such as "Any". The two forward references name public records, which ``actors`` has.
 from typing import Any
 
 import attrs
@@ -42,7 +43,7 @@ class TurnInfo:
     status: str
     attempts: int
     cancelled: str | None
-    steps: tuple[StepRecord, ...]
+    steps: tuple["StepRecord", ...]
 
 
 @attrs.frozen
@@ -104,7 +105,7 @@ class RuntimeStatistics:
     wake_latency_p99: float | None
     unknown_types: tuple[str, ...]
     #: Replication's counters and lag; ``None`` without a replica.
-    replication: ReplicationStatistics | None = None
+    replication: "ReplicationStatistics | None" = None
 
 
 @attrs.frozen

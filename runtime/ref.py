@@ -1,9 +1,21 @@
-"""``Ref``: a handle on one actor, ``(type, key)``, and what it needs of the runtime."""
+"""``Ref``: a handle on one actor, ``(type, key)``, its calls with options (``RefOptions``),
+and what it needs of the runtime."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Concatenate,
+    Generic,
+    ParamSpec,
+    Protocol,
+    TypeVar,
+    final,
+    overload,
+)
 
 import anyio
 import anyio.lowlevel
@@ -13,6 +25,7 @@ if TYPE_CHECKING:
 
 A = TypeVar("A")
 R = TypeVar("R")
+P = ParamSpec("P")
 
 
 class RefHost(Protocol):
@@ -53,6 +66,7 @@ class RefHost(Protocol):
     ) -> bool: ...
 
 
+@final
 class Ref(Generic[A]):
     """A handle on one actor, ``(type, key)``. Creating or holding one costs no I/O."""
 
@@ -83,22 +97,64 @@ class Ref(Generic[A]):
     def __hash__(self) -> int:
         return hash((self._spec.name, self.key))
 
+    # A handler is named by its function (``Counter.incr``: type checkers then check the
+    # arguments and know what ``ask`` returns) or by its name (a string, for tools). PEP 612
+    # allows no keyword option between ``*args`` and ``**kwargs``, so options come first:
+    # ``ref.options(idempotency_key=...).send(...)``.
+
+    @overload
     async def send(
         self,
-        method: Callable[..., Awaitable[Any]] | str,
+        method: Callable[Concatenate[A, P], Awaitable[Any]],
         /,
-        *args: Any,
-        idempotency_key: str | None = None,
-        **kwargs: Any,
-    ) -> None:
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> None: ...
+
+    @overload
+    async def send(
+        self, method: str, /, *args: Any, idempotency_key: str | None = None, **kwargs: Any
+    ) -> None: ...
+
+    async def send(self, method: Any, /, *args: Any, **kwargs: Any) -> None:
         """Send a message; return once it is durable in the actor's mailbox.
 
-        With ``idempotency_key``, a retried send with the same key stores nothing new.
+        ``method`` is the handler (``Counter.incr``) or its name; ``args`` and ``kwargs`` are
+        its arguments. ``ref.options(idempotency_key=...).send(...)`` makes a retried send a
+        no-op. (Deprecated: ``idempotency_key=`` among the arguments of a handler function.)
         """
-        await anyio.lowlevel.checkpoint_if_cancelled()
-        self._runtime._refuse_inside_turn("ref.send", "self.send(ref, ...)")
-        await self._runtime._send(self._spec, self.key, method, args, kwargs, idempotency_key)
-        await anyio.lowlevel.cancel_shielded_checkpoint()
+        key = _idempotency_key_argument(method, kwargs, "send")
+        await self._deliver(method, args, kwargs, key)
+
+    @overload
+    async def ask(
+        self,
+        method: Callable[Concatenate[A, P], Awaitable[R]],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> R: ...
+
+    @overload
+    async def ask(
+        self, method: str, /, *args: Any, idempotency_key: str | None = None, **kwargs: Any
+    ) -> Any: ...
+
+    async def ask(self, method: Any, /, *args: Any, **kwargs: Any) -> Any:
+        """Send a message and return the handler's result (or raise its typed failure).
+
+        ``ref.options(idempotency_key=...).ask(...)`` makes a retried ask apply nothing twice
+        and return the first call's result. A ``@query`` handler runs at once against
+        committed state, beside any turn in progress. (Deprecated: ``idempotency_key=`` among
+        the arguments of a handler function.)
+        """
+        key = _idempotency_key_argument(method, kwargs, "ask")
+        return await self._request(method, args, kwargs, key)
+
+    def options(self, *, idempotency_key: str | None = None) -> RefOptions[A]:
+        """This ref's ``send`` and ``ask`` with options: ``idempotency_key``, unique to one
+        logical call (a retried call with the same key applies nothing twice)."""
+        return RefOptions(self, idempotency_key)
 
     async def signal(
         self, name: str, payload: Any = None, *, idempotency_key: str | None = None
@@ -109,18 +165,87 @@ class Ref(Generic[A]):
         if ``idempotency_key`` was used already (the event was not stored twice)."""
         return await self._runtime.signal(self, name, payload, idempotency_key=idempotency_key)
 
+    async def _deliver(
+        self, method: Any, args: tuple[Any, ...], kwargs: dict[str, Any], key: str | None
+    ) -> None:
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        self._runtime._refuse_inside_turn("ref.send", "self.send(ref, ...)")
+        await self._runtime._send(self._spec, self.key, method, args, kwargs, key)
+        await anyio.lowlevel.cancel_shielded_checkpoint()
+
+    async def _request(
+        self, method: Any, args: tuple[Any, ...], kwargs: dict[str, Any], key: str | None
+    ) -> Any:
+        return await self._runtime._ask(self._spec, self.key, method, args, kwargs, key)
+
+
+@final
+class RefOptions(Generic[A]):
+    """A ref's calls with options, from :meth:`Ref.options`::
+
+        await ref.options(idempotency_key="deposit-0001").ask(Wallet.deposit, 500)
+
+    Every keyword argument of ``send`` and ``ask`` here goes to the handler.
+    """
+
+    __slots__ = ("idempotency_key", "ref")
+
+    def __init__(self, ref: Ref[A], idempotency_key: str | None) -> None:
+        self.ref = ref
+        self.idempotency_key = idempotency_key
+
+    def __repr__(self) -> str:
+        return f"{self.ref!r}.options(idempotency_key={self.idempotency_key!r})"
+
+    @overload
+    async def send(
+        self,
+        method: Callable[Concatenate[A, P], Awaitable[Any]],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> None: ...
+
+    @overload
+    async def send(self, method: str, /, *args: Any, **kwargs: Any) -> None: ...
+
+    async def send(self, method: Any, /, *args: Any, **kwargs: Any) -> None:
+        """:meth:`Ref.send` with these options."""
+        await self.ref._deliver(method, args, kwargs, self.idempotency_key)
+
+    @overload
     async def ask(
         self,
-        method: Callable[..., Awaitable[R]] | str,
+        method: Callable[Concatenate[A, P], Awaitable[R]],
         /,
-        *args: Any,
-        idempotency_key: str | None = None,
-        **kwargs: Any,
-    ) -> R:
-        """Send a message and return the handler's result (or raise its typed failure).
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> R: ...
 
-        With ``idempotency_key``, a retried ask with the same key applies nothing twice and
-        returns the first call's result. A ``@query`` handler runs at once against committed
-        state, beside any turn in progress.
-        """
-        return await self._runtime._ask(self._spec, self.key, method, args, kwargs, idempotency_key)  # type: ignore[no-any-return]
+    @overload
+    async def ask(self, method: str, /, *args: Any, **kwargs: Any) -> Any: ...
+
+    async def ask(self, method: Any, /, *args: Any, **kwargs: Any) -> Any:
+        """:meth:`Ref.ask` with these options."""
+        return await self.ref._request(method, args, kwargs, self.idempotency_key)
+
+
+def _idempotency_key_argument(method: Any, kwargs: dict[str, Any], what: str) -> str | None:
+    """Take the ``idempotency_key=`` keyword of a ``send`` or ``ask`` out of ``kwargs``.
+
+    With a handler's name (a string: untyped anyway) it is the plain form. With a handler
+    function it is deprecated, as type checkers cannot check such a call.
+    """
+    if "idempotency_key" not in kwargs:
+        return None
+    key: str | None = kwargs.pop("idempotency_key")
+    if not isinstance(method, str):
+        name = getattr(method, "__qualname__", "method")
+        warnings.warn(
+            f"ref.{what}({name}, ..., idempotency_key=...) is deprecated: write "
+            f"ref.options(idempotency_key=...).{what}({name}, ...), whose arguments a type "
+            "checker can check",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+    return key

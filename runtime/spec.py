@@ -33,7 +33,7 @@ QUERY_MARK = "__torpor_query__"
 class Retry:
     """A retry policy: how many attempts, and the exponential backoff between them.
 
-    Used for failing messages (``Actor.retry``) and for steps (``self.step(..., retry=)``). The
+    Used for failing messages (``Actor.retry``) and for steps (``self.step(name, retry, fn)``). The
     delay before attempt ``n + 1`` is ``min(max_delay, initial_delay * multiplier ** (n - 1))``,
     spread by ``±jitter`` of itself.
     """

@@ -25,7 +25,7 @@ import anyio
 import pytest
 import trio
 
-from runtime.testing import BACKENDS, run_virtual
+from runtime.testing import BACKENDS, Backend, run_virtual
 
 pytest_plugins = ["tests.conftest_s3"]
 
@@ -69,7 +69,8 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
         return None
     names = pyfuncitem._fixtureinfo.argnames
     call = functools.partial(fn, **{name: pyfuncitem.funcargs[name] for name in names})
-    backend = pyfuncitem.funcargs.get("backend", "trio")
+    # The backend fixture's value (BACKENDS); trio for a test without it.
+    backend: Backend = "asyncio" if pyfuncitem.funcargs.get("backend") == "asyncio" else "trio"
     if pyfuncitem.get_closest_marker("real_clock") is not None:
         # Work in worker threads (replication's store requests) lets an autojump clock jump
         # to the next deadline at any moment; these tests wait on events, not on time.

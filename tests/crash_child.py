@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -27,7 +27,7 @@ import anyio
 import actors
 
 OpenRuntime = Callable[[str], AbstractAsyncContextManager[actors.Runtime]]
-SenderTask = Callable[[actors.Runtime, int, int, int], Awaitable[None]]
+SenderTask = Callable[[actors.Runtime, int, int, int], Coroutine[Any, Any, None]]
 
 
 def emit(line: str) -> None:

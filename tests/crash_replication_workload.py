@@ -35,7 +35,7 @@ import os
 import random
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -70,7 +70,8 @@ class _Rows:
     """The handlers both actor types share: a table of appended numbers."""
 
     # No unique constraint: a turn applied twice shows as a repeated number.
-    migrations: ClassVar[tuple[str | Callable[[actors.Sql], None], ...]] = (
+    # (Typed as Actor.migrations is, which this mixin provides to its actor types.)
+    migrations: ClassVar[Sequence[str | Callable[[actors.Sql], None]]] = (
         "CREATE TABLE rows(n INTEGER NOT NULL, pad TEXT NOT NULL);",
         "CREATE INDEX rows_by_pad ON rows(pad);",  # more pages change per commit
     )
@@ -155,7 +156,7 @@ async def drive(rt: actors.Runtime, key: str, log: AckLog, rng: random.Random) -
     n = await ref.ask(kind.count) + 1
     log.write("start", key, n)
     while True:
-        got = await ref.ask(kind.append, n, idempotency_key=f"{key}:{n}")
+        got = await ref.options(idempotency_key=f"{key}:{n}").ask(kind.append, n)
         if got != n:
             raise AssertionError(f"{key}: append({n}) returned {got}")
         log.write("acked", key, n)

@@ -160,8 +160,10 @@ class Flow(actors.Actor, name="crash_steps_flow"):
             if n == BEFORE:
                 tag = f"{self.uuid().hex}@{self.now().timestamp()!r}"
                 await self.sleep(SLEEP)
-            fn = step_sync if n % 2 == 0 else step_async
-            acc, pid = await self.step(f"s{n}", fn, self.key, wid, n, acc, tag)
+            if n % 2 == 0:
+                acc, pid = await self.step(f"s{n}", step_sync, self.key, wid, n, acc, tag)
+            else:
+                acc, pid = await self.step(f"s{n}", step_async, self.key, wid, n, acc, tag)
             pids.append(pid)
         self.sql.execute(
             "INSERT INTO finished(wid, acc, tag, pids) VALUES (?, ?, ?, ?)",
@@ -190,7 +192,7 @@ async def sender_task(rt: actors.Runtime, sender: int, start: int, end: int) -> 
     refs = [rt.ref(Flow, actor_key(a)) for a in range(ACTORS)]
     for i in range(start, end + 1):
         wid = workflow_id(sender, i)
-        await refs[target(sender, i)].send(Flow.run, wid, idempotency_key=wid)
+        await refs[target(sender, i)].options(idempotency_key=wid).send(Flow.run, wid)
         emit(f"ACK {sender} {i}")
 
 

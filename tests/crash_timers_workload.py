@@ -162,7 +162,9 @@ async def sender_task(rt: actors.Runtime, sender: int, start: int, end: int) -> 
     pace = random.Random(f"pace:{sender}:{start}")
     for i in range(start, end + 1):
         actor, timers = plan(sender, i)
-        await refs[actor].send(Timed.arm, sender, i, timers, idempotency_key=f"{sender}:{i}")
+        await (
+            refs[actor].options(idempotency_key=f"{sender}:{i}").send(Timed.arm, sender, i, timers)
+        )
         emit(f"ACK {sender} {i}")
         await anyio.sleep(pace.uniform(*PACE))
 

@@ -121,8 +121,10 @@ async def sender_task(rt: actors.Runtime, sender: int, start: int, end: int) -> 
     sink = rt.ref(Sink, SINK_KEY)
     for i in range(start, end + 1):
         w = target(sender, i)
-        await refs[w].send(
-            Worker.apply, sender, i, sink, refs[(w + 1) % WORKERS], idempotency_key=f"{sender}:{i}"
+        await (
+            refs[w]
+            .options(idempotency_key=f"{sender}:{i}")
+            .send(Worker.apply, sender, i, sink, refs[(w + 1) % WORKERS])
         )
         emit(f"ACK {sender} {i}")
 

@@ -44,6 +44,7 @@ import random
 import sys
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -132,7 +133,8 @@ def append_effect(tag: str) -> str:
 class _Recorder:
     """A table of what an actor applied, without a unique constraint: duplicates show."""
 
-    migrations: ClassVar[tuple[str, ...]] = (
+    # (Typed as Actor.migrations is, which this mixin provides to its actor types.)
+    migrations: ClassVar[Sequence[str | Callable[[actors.Sql], None]]] = (
         "CREATE TABLE got(src TEXT NOT NULL, n INTEGER NOT NULL, token TEXT);",
     )
 
@@ -299,12 +301,11 @@ async def client(
     kind: Any = entry_type(key)
     ref: Any = rt.ref(kind, key)
     for n in range(start, start + count):
+        call = ref.options(idempotency_key=f"{src}:{n}")
         if n % 2:
-            await retrying(f"{src} {n}", ref.send, kind.push, src, n, idempotency_key=f"{src}:{n}")
+            await retrying(f"{src} {n}", call.send, kind.push, src, n)
         else:
-            got = await retrying(
-                f"{src} {n}", ref.ask, kind.push, src, n, idempotency_key=f"{src}:{n}"
-            )
+            got = await retrying(f"{src} {n}", call.ask, kind.push, src, n)
             if got != n:
                 raise AssertionError(f"{src}: push({n}) returned {got}")
         log.write(f"acked {src} {n}")
@@ -335,10 +336,9 @@ async def work(
         for key in TICKERS:
             await retrying(
                 f"arm {key}",
-                rt.ref(Ticker, key).send,
+                rt.ref(Ticker, key).options(idempotency_key=f"arm:{key}:{run_number}").send,
                 Ticker.arm,
                 run_number * TICKS,
-                idempotency_key=f"arm:{key}:{run_number}",
             )
         async with trio.open_nursery() as nursery:
 

@@ -164,7 +164,7 @@ def check(state: dict[str, Any], model: Model, log_text: str) -> Findings:
         by_step.setdefault((call.wid, call.n), []).append(call)
         last_of[(call.pid, call.key)] = call.line
     for wid, key in expected.items():
-        rows = finished.get(wid)
+        rows = finished.get(wid, [])
         tag = rows[0][1][2] if rows else None
         pids = [int(p) for p in rows[0][1][3].split()] if rows else []
         inputs = workload.expected_inputs(wid)

@@ -198,14 +198,18 @@ def test_prune_idempotency_keeps_keys_of_unapplied_messages(tmp_path: Path) -> N
             seq, appended = mailbox.append_deduplicated(
                 "m", key.encode(), sender=None, sender_seq=None, idempotency_key=key
             )
-            assert appended
+            assert appended and seq is not None
             seqs.append(seq)
 
         def kept(key: str) -> int | None:
             rows = mailbox.conn.execute(
                 "SELECT seq FROM idempotency WHERE key = ?", (key,)
             ).fetchall()
-            return int(rows[0][0]) if rows else None
+            if not rows:
+                return None
+            (seq,) = rows[0]
+            assert isinstance(seq, int)
+            return seq
 
         # Old enough for every key, but only the first message was applied.
         mailbox.prune_idempotency(time.time() + 3600, seqs[0])
@@ -249,12 +253,12 @@ async def test_idempotency_key_of_queued_message_survives_close(root: Path) -> N
             await ref.ask(Pay.charge, 1)  # something applied, so closing runs the cleanup
             await ref.send(Pay.slow)
             await entered.wait()
-            await ref.send(Pay.charge, 500, idempotency_key="order-1")  # queued behind slow
+            await ref.options(idempotency_key="order-1").send(Pay.charge, 500)  # queued behind slow
     blocking["on"] = False
     with trio.fail_after(HANG_LIMIT):
         async with actors.open_runtime(root, **options) as rt:
             ref = rt.ref(Pay, "p")
-            await ref.ask(Pay.charge, 500, idempotency_key="order-1")  # the client's retry
+            await ref.options(idempotency_key="order-1").ask(Pay.charge, 500)  # the client's retry
             assert await ref.ask(Pay.charged) == 501
 
 
@@ -638,7 +642,7 @@ def test_async_migration_is_refused_at_definition() -> None:
     with pytest.raises(TypeError, match=r"migrations\[1\].*async"):
 
         class Notes(actors.Actor, name="Notes"):
-            migrations = ("CREATE TABLE x(a)", add_table)
+            migrations = ("CREATE TABLE x(a)", add_table)  # type: ignore[assignment]  # async
 
 
 # -- 13. tasks that outlive their handler -----------------------------------------------------
@@ -768,12 +772,12 @@ async def test_idempotency_key_reused_for_another_call_raises(root: Path) -> Non
     the same call with the same key is still deduplicated."""
     async with actors.open_runtime(root, types=[Counter]) as rt:
         ref = rt.ref(Counter, "c")
-        assert await ref.ask(Counter.incr, 5, idempotency_key="req-7") == 5
+        assert await ref.options(idempotency_key="req-7").ask(Counter.incr, 5) == 5
         with pytest.raises(actors.IdempotencyKeyReusedError):
-            await ref.ask(Counter.incr, 6, idempotency_key="req-7")
+            await ref.options(idempotency_key="req-7").ask(Counter.incr, 6)
         with pytest.raises(actors.IdempotencyKeyReusedError):
-            await ref.send(Counter.echo, 5, idempotency_key="req-7")
-        assert await ref.ask(Counter.incr, 5, idempotency_key="req-7") == 5
+            await ref.options(idempotency_key="req-7").send(Counter.echo, 5)
+        assert await ref.options(idempotency_key="req-7").ask(Counter.incr, 5) == 5
         assert rt.statistics().messages_sent == 1
         assert await ref.ask(Counter.log) == [5]
         assert await ref.ask(Counter.value) == 5

@@ -113,12 +113,12 @@ async def test_idempotent_retry_into_a_mailbox_behind_data_returns_the_first_out
     _keep_copy(_mailbox(root, "b"), tmp_path / "before")
     async with actors.open_runtime(root, types=[Inbox, Relay]) as rt:
         inbox = rt.ref(Inbox, "b")
-        assert await inbox.ask(Inbox.record, 7, idempotency_key="pay-7") == 1
+        assert await inbox.options(idempotency_key="pay-7").ask(Inbox.record, 7) == 1
     _put_back(tmp_path / "before", _mailbox(root, "b"))
     async with actors.open_runtime(root, types=[Inbox, Relay]) as rt:
         inbox = rt.ref(Inbox, "b")
-        assert await inbox.ask(Inbox.record, 7, idempotency_key="pay-7") == 1
-        await inbox.send(Inbox.record, 7, idempotency_key="pay-7")
+        assert await inbox.options(idempotency_key="pay-7").ask(Inbox.record, 7) == 1
+        await inbox.options(idempotency_key="pay-7").send(Inbox.record, 7)
         assert await inbox.ask(Inbox.record, 8) == 2
         assert await inbox.ask(Inbox.got) == [7, 8]
 

@@ -28,6 +28,7 @@ PUBLIC = {
     "MessageFailedError",
     "MessageTooLargeError",
     "Ref",
+    "RefOptions",
     "RestartIntensity",
     "Retry",
     "Runtime",
@@ -119,3 +120,59 @@ def test_the_version_is_the_installed_distributions() -> None:
         [sys.executable, "-m", "runtime.cli", "--version"], capture_output=True, text=True
     )
     assert done.stdout.strip() == f"torpor {actors.__version__}", done
+
+
+def test_public_names_belong_to_the_package_users_import() -> None:
+    """Reprs, tracebacks and pickles name a public class or function as users import it."""
+    import actors.testing
+
+    for package in (actors, actors.testing):
+        for name in package.__all__:
+            obj = getattr(package, name)
+            if isinstance(obj, type) or callable(obj):
+                assert obj.__module__ == package.__name__, (package.__name__, name)
+                assert getattr(package, obj.__qualname__) is obj, name
+
+
+def test_public_errors_and_records_survive_pickling() -> None:
+    """An error or a record crosses a process boundary (multiprocessing, a task queue) intact."""
+    import pickle
+
+    errors = [
+        actors.ActorFailedError("actor failed"),
+        actors.StepFailedError(
+            "step failed",
+            step="llm",
+            number=0,
+            error_type="ValueError",
+            error_message="no",
+            attempts=3,
+        ),
+        actors.StorageError("disk full", path="/x/data.db"),
+        actors.FencedError("fenced", epoch=2, current_epoch=3),
+        actors.StoredError("ValueError", "no", "Traceback ..."),
+    ]
+    for error in errors:
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is type(error) and copy.args == error.args
+        assert vars(copy) == vars(error)
+    record = actors.Retry(max_attempts=5)
+    assert pickle.loads(pickle.dumps(record)) == record
+
+
+def test_public_records_resolve_their_type_hints() -> None:
+    """typing.get_type_hints works on every public record (serializers such as cattrs use it)."""
+    import typing
+
+    import attrs
+
+    for name in actors.__all__:
+        obj = getattr(actors, name)
+        if isinstance(obj, type) and attrs.has(obj):
+            typing.get_type_hints(obj)
+
+
+def test_runtime_and_ref_are_final_and_the_package_is_typed() -> None:
+    """Ref is final (type checkers refuse subclasses) and actors ships its py.typed marker."""
+    assert getattr(actors.Ref, "__final__", False) is True
+    assert (ROOT / "actors" / "py.typed").is_file()

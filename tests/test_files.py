@@ -54,7 +54,7 @@ async def test_type_and_key_are_kept_inside_the_files(root: Path) -> None:
     data = apsw.Connection(str(folder / "data.db"))
     assert data.execute("SELECT type, key FROM _torpor_state").fetchall() == [("Counter", key)]
     mailbox = apsw.Connection(str(folder / "mailbox.db"))
-    assert dict(mailbox.execute("SELECT name, value FROM meta").fetchall()) == {
+    assert {name: value for name, value in mailbox.execute("SELECT name, value FROM meta")} == {
         "type": "Counter",
         "key": key,
         "data": 1,  # its data.db was created: from now on, a missing one is a lost file
@@ -71,8 +71,8 @@ async def test_consumed_mailbox_rows_are_removed_in_batches(root: Path) -> None:
             await ref.send(Counter.incr)
         await ref.ask(Counter.incr)
         act = rt.awake[actor_id("Counter", "k")]
-        remaining = act.mailbox.conn.execute("SELECT count(*) FROM inbox").fetchall()[0][0]
-        assert remaining < 601
+        ((remaining,),) = act.mailbox.conn.execute("SELECT count(*) FROM inbox").fetchall()
+        assert isinstance(remaining, int) and remaining < 601
     conn = apsw.Connection(str(actor_dir(root, actor_id("Counter", "k")) / "mailbox.db"))
     assert conn.execute("SELECT count(*) FROM inbox").fetchall()[0][0] == 0
 

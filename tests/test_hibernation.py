@@ -127,7 +127,7 @@ async def test_lifecycle_events_are_observable(root: Path) -> None:
         async with rt.open_lifecycle_events() as events:
             await rt.ref(Sleepy, "s").ask(Sleepy.poke)
             await anyio.sleep(10)
-            seen = []
+            seen: list[tuple[str, str, str]] = []
             while len(seen) < 4:
                 with anyio.fail_after(1):
                     event = await events.receive()

@@ -117,7 +117,7 @@ def _state_and_parents(root: Path) -> Any:
 
 
 async def _spawn_and_ask_scenario(rt: actors.Runtime) -> None:
-    result = await rt.ref(Parent, "boss").ask(Parent.spawn_and_ask, idempotency_key="run-1")
+    result = await rt.ref(Parent, "boss").options(idempotency_key="run-1").ask(Parent.spawn_and_ask)
     assert result == [("ann", 3), "bob"]
 
 

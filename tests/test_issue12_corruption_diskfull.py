@@ -40,7 +40,9 @@ def _root_page(conn: apsw.Connection, table: str) -> int:
     ((rootpage,),) = conn.execute(
         "SELECT rootpage FROM sqlite_master WHERE name = ?", (table,)
     ).fetchall()
-    return int((rootpage - 1) * conn.pragma("page_size"))
+    page_size = conn.pragma("page_size")
+    assert isinstance(rootpage, int) and isinstance(page_size, int)
+    return (rootpage - 1) * page_size
 
 
 def _page_header(path: Path, table: str) -> tuple[int, bytes]:
@@ -76,7 +78,7 @@ async def test_a_send_into_a_corrupt_mailbox_is_refused_with_a_corrupt_file_erro
     CorruptFileError naming the file, stores none of them, and other actors keep working."""
     async with actors.open_runtime(root, types=[Box]) as rt:
         box = rt.ref(Box, "b")
-        await box.send(Box.put, 1, idempotency_key="first")
+        await box.options(idempotency_key="first").send(Box.put, 1)
         with pytest.raises(actors.MessageFailedError):
             await box.ask(Box.fail)
         assert await box.ask(Box.put, 2) == 2
@@ -278,8 +280,8 @@ def test_a_really_full_disk_refuses_sends_with_storage_error_and_loses_nothing(
     calls, applied = out["calls"], out["applied"]
 
     outcomes = {outcome for _, _, _, outcome in calls}
-    storage = "runtime.errors.StorageError"
-    kept = f"runtime.errors.ActorFailedError <- {storage}"  # stored, its turn could not commit
+    storage = "actors.StorageError"
+    kept = f"actors.ActorFailedError <- {storage}"  # stored, its turn could not commit
     assert outcomes <= {"ok", storage, kept}, outcomes
     sends = [call for call in calls if call[2] == "send"]
     assert any(call[3] == "ok" for call in sends) and any(call[3] == storage for call in sends)

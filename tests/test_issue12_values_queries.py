@@ -64,7 +64,7 @@ async def test_bytearray_and_memoryview_are_refused_with_the_fix(root: Path) -> 
 
 async def test_datetimes_with_sub_second_utc_offsets_round_trip(root: Path) -> None:
     """A datetime or time whose UTC offset has microseconds arrives with that exact offset."""
-    values = []
+    values: list[dt.datetime | dt.time] = []
     for micros in (1, -1, 719_889, -3_600_000_001):
         tz = dt.timezone(dt.timedelta(microseconds=micros))
         values += [dt.datetime(2024, 1, 1, 12, 0, 0, 5, tzinfo=tz), dt.time(1, 2, 3, 4, tzinfo=tz)]

@@ -274,10 +274,12 @@ def check_state(
     for key in workload.TICKERS:
         count = state["rows"].get(f"{key}/progress", [0])[0]
         for hop in ("relay", "sink"):
-            missing = [n for n in range(1, count + 1) if (key, n) not in applied[hop]]
-            if missing:
-                tally.lost[hop] = tally.lost.get(hop, 0) + len(missing)
-                errors.append(f"{key} counted {count} ticks; {missing[:6]} never reached the {hop}")
+            unreached = [n for n in range(1, count + 1) if (key, n) not in applied[hop]]
+            if unreached:
+                tally.lost[hop] = tally.lost.get(hop, 0) + len(unreached)
+                errors.append(
+                    f"{key} counted {count} ticks; {unreached[:6]} never reached the {hop}"
+                )
     # Steps: a run after the one whose result a turn committed is a journaled step run again.
     runs = read_effects(effects)
     for key in workload.ENTRIES:
@@ -362,7 +364,9 @@ def check_restored_equal(store: actors.ReplicaStore, source: Path, work: Path) -
 def _rows(path: Path) -> int:
     conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
     try:
-        return int(conn.execute("SELECT count(*) FROM got").fetchall()[0][0])
+        ((count,),) = conn.execute("SELECT count(*) FROM got").fetchall()
+        assert isinstance(count, int)
+        return count
     finally:
         conn.close()
 

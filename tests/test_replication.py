@@ -524,8 +524,8 @@ async def test_a_durable_retry_after_a_restart_is_acknowledged_once_replicated(
     async def call_it(rt: actors.Runtime) -> Any:
         d = rt.ref(Durable, "d")
         if call == "send":
-            return await d.send(Durable.incr, idempotency_key="k")
-        return await d.ask(Durable.incr, idempotency_key="k")
+            return await d.options(idempotency_key="k").send(Durable.incr)
+        return await d.options(idempotency_key="k").ask(Durable.incr)
 
     async with open_rt(root, flaky, shutdown_grace=0.2) as rt:
         await rt.replicated()

@@ -93,11 +93,11 @@ async def test_step_retries_with_backoff_then_fails_with_a_typed_error(root: Pat
 
     class Caller(actors.Actor, name="Caller"):
         async def flaky(self) -> str:
-            return str(await self.step("flaky", flaky, retry=policy))
+            return str(await self.step("flaky", policy, flaky))
 
         async def broken(self) -> str:
             try:
-                await self.step("broken", broken, retry=policy)
+                await self.step("broken", policy, broken)
             except actors.StepFailedError as exc:
                 return f"{exc.step} {exc.error_type} {exc.error_message} {exc.attempts}"
             return "unreachable"
@@ -126,7 +126,7 @@ async def test_non_retryable_stops_at_once_and_the_failure_is_journaled(root: Pa
 
         async def pay(self) -> str:
             try:
-                await self.step("pay", refuse, retry=actors.Retry(max_attempts=5))
+                await self.step("pay", actors.Retry(max_attempts=5), refuse)
             except actors.StepFailedError as exc:
                 if turn_failures:
                     turn_failures.pop()
@@ -149,7 +149,7 @@ async def test_a_step_attempt_past_its_deadline_is_retried(root: Path) -> None:
     class Agent(actors.Actor, name="Agent"):
         async def go(self) -> str:
             policy = actors.Retry(max_attempts=2, initial_delay=1, deadline=5)
-            return str(await self.step("slow", slow, retry=policy))
+            return str(await self.step("slow", policy, slow))
 
     async with runtime(root, Agent) as rt:
         start = anyio.current_time()
@@ -172,7 +172,7 @@ async def test_the_step_idempotency_key_is_stable_across_attempts_and_replays(ro
     class Agent(actors.Actor, name="Agent"):
         async def go(self) -> None:
             await self.step("a", call)
-            await self.step("b", call, retry=actors.Retry(max_attempts=2, initial_delay=1))
+            await self.step("b", actors.Retry(max_attempts=2, initial_delay=1), call)
             await self.wait_for_event("end")
 
     async with runtime(root, Agent) as rt:

@@ -5,7 +5,7 @@ parked askers, signal keys after cleanup, graceful closes during long steps, ...
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import trio
@@ -32,15 +32,17 @@ async def test_r3_close_during_self_ask_dead_letters_the_asker(root: Path) -> No
             return "done"
 
     class A(actors.Actor, name="A"):
+        bref: ClassVar[actors.Ref[B]]  # set once the runtime is open
+
         async def go(self) -> str:
             return str(await self.ask(self.bref, B.slow))
 
     async with runtime(root, A, B, shutdown_grace=5, idle_timeout=10_000) as rt:
-        A.bref = rt.ref(B, "b")  # type: ignore[attr-defined]
+        A.bref = rt.ref(B, "b")
         await rt.ref(A, "a").send(A.go)
         await trio.sleep(10)
     async with runtime(root, A, B, idle_timeout=10_000) as rt:
-        A.bref = rt.ref(B, "b")  # type: ignore[attr-defined]
+        A.bref = rt.ref(B, "b")
         await trio.sleep(5)
         dead = await rt.dead_letters(rt.ref(A, "a"))
         assert dead == [], "A's message was dead-lettered only because the runtime closed"
@@ -265,7 +267,7 @@ def test_r15_check_crashes_clock_only_for_baseline(tmp_path: Path) -> None:
             self.kv["t"] = round(self.now().timestamp())
 
     async def scenario(rt: Any) -> None:
-        await rt.ref(T, "t").ask(T.go, idempotency_key="k")
+        await rt.ref(T, "t").options(idempotency_key="k").ask(T.go)
 
     check_crashes(scenario, types=[T], clock=lambda: 1000.0 + trio.current_time(), settle=1)
 
@@ -403,7 +405,7 @@ async def test_state_and_durable_calls_inside_a_step_function_are_refused(root: 
         async def buy(self, which: str) -> str:
             fn = self._charge if which == "kv" else self._stamp
             try:
-                await self.step("charge", fn, retry=actors.Retry(max_attempts=1))
+                await self.step("charge", actors.Retry(max_attempts=1), fn)
             except actors.StepFailedError as exc:
                 return exc.error_message
             return "allowed"

@@ -154,6 +154,7 @@ async def test_owed_notice_is_delivered_once_after_a_restart(root: Path) -> None
     (delivered,) = parent_box.execute(
         "SELECT last_seq FROM senders WHERE sender = ?", (f"child:{child_id}",)
     ).fetchall()[0]
+    assert isinstance(delivered, int)
     parent_box.close()
     directory = apsw.Connection(str(root / "directory.db"))
     directory.execute("UPDATE actors SET notice = ? WHERE id = ?", (delivered, child_id))

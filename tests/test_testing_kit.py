@@ -30,9 +30,9 @@ class Researcher(actors.Actor, name="kit.Researcher"):
 
 async def research_scenario(rt: Any) -> None:
     ref = rt.ref(Researcher, "r1")
-    await ref.send(Researcher.research, "cats", idempotency_key="start")
+    await ref.options(idempotency_key="start").send(Researcher.research, "cats")
     await ref.signal("approval", True, idempotency_key="approve")
-    result = await ref.ask(Researcher.research, "cats", idempotency_key="start")
+    result = await ref.options(idempotency_key="start").ask(Researcher.research, "cats")
     assert result == "published"
 
 
@@ -83,7 +83,7 @@ class Forgetful(actors.Actor, name="kit.Forgetful"):
 
 
 async def forgetful_scenario(rt: Any) -> None:
-    await rt.ref(Forgetful, "f").ask(Forgetful.work, idempotency_key="w")
+    await rt.ref(Forgetful, "f").options(idempotency_key="w").ask(Forgetful.work)
 
 
 def test_nondeterministic_state_is_reported_with_its_crash_point() -> None:

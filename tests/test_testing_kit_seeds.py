@@ -29,8 +29,10 @@ class Drawer(actors.Actor, name="seeds.Drawer"):
 def drawing_scenario(replies: list[list[Any]]) -> Any:
     async def scenario(rt: Any) -> None:
         ref = rt.ref(Drawer, "d")
-        replies.append(await ref.ask(Drawer.draw, "cats", idempotency_key="draw"))
-        replies.append(await rt.ref(Drawer, "e").ask(Drawer.draw, "dogs", idempotency_key="e"))
+        replies.append(await ref.options(idempotency_key="draw").ask(Drawer.draw, "cats"))
+        replies.append(
+            await rt.ref(Drawer, "e").options(idempotency_key="e").ask(Drawer.draw, "dogs")
+        )
 
     return scenario
 

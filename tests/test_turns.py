@@ -141,13 +141,13 @@ async def test_order_per_sender_and_group_commit(root: Path) -> None:
             return list(self.kv.get("log", []))
 
     async with actors.open_runtime(root.parent / "held", types=[Held]) as rt:
-        ref = rt.ref(Held, "h")
-        await ref.send(Held.hold)
+        held = rt.ref(Held, "h")
+        await held.send(Held.hold)
         for i in range(500):
-            await ref.send(Held.add, i)
+            await held.send(Held.add, i)
         gate.set()
-        await ref.ask(Held.add, 0)
-        assert await ref.ask(Held.log) == [*range(500), 0]
+        await held.ask(Held.add, 0)
+        assert await held.ask(Held.log) == [*range(500), 0]
         stats = rt.statistics()
         assert stats.messages_applied == 502
         assert stats.turns < stats.messages_applied
@@ -339,15 +339,15 @@ async def test_idempotent_send_and_ask(root: Path) -> None:
     """A retried send or ask with the same key applies nothing twice, returns the first result."""
     async with actors.open_runtime(root, types=[Counter]) as rt:
         ref = rt.ref(Counter, "i")
-        assert await ref.ask(Counter.incr, 5, idempotency_key="pay-1") == 5
-        assert await ref.ask(Counter.incr, 5, idempotency_key="pay-1") == 5
-        await ref.send(Counter.incr, 100, idempotency_key="pay-2")
-        await ref.send(Counter.incr, 100, idempotency_key="pay-2")
-        assert await ref.ask(Counter.incr, 100, idempotency_key="pay-2") == 105
+        assert await ref.options(idempotency_key="pay-1").ask(Counter.incr, 5) == 5
+        assert await ref.options(idempotency_key="pay-1").ask(Counter.incr, 5) == 5
+        await ref.options(idempotency_key="pay-2").send(Counter.incr, 100)
+        await ref.options(idempotency_key="pay-2").send(Counter.incr, 100)
+        assert await ref.options(idempotency_key="pay-2").ask(Counter.incr, 100) == 105
         assert await ref.ask(Counter.value) == 105
     async with actors.open_runtime(root, types=[Counter]) as rt:
         ref = rt.ref(Counter, "i")
-        assert await ref.ask(Counter.incr, 5, idempotency_key="pay-1") == 5
+        assert await ref.options(idempotency_key="pay-1").ask(Counter.incr, 5) == 5
         assert await ref.ask(Counter.log) == [5, 100]
 
 
@@ -365,11 +365,11 @@ async def test_idempotent_ask_of_a_dead_letter_raises_again(root: Path) -> None:
     async with actors.open_runtime(root, types=[Fails]) as rt:
         ref = rt.ref(Fails, "f")
         with pytest.raises(actors.MessageFailedError):
-            await ref.ask(Fails.charge, idempotency_key="c1")
+            await ref.options(idempotency_key="c1").ask(Fails.charge)
     async with actors.open_runtime(root, types=[Fails]) as rt:
         ref = rt.ref(Fails, "f")
         with pytest.raises(actors.MessageFailedError) as info:
-            await ref.ask(Fails.charge, idempotency_key="c1")
+            await ref.options(idempotency_key="c1").ask(Fails.charge)
         cause = info.value.__cause__
         assert isinstance(cause, actors.StoredError)
         assert cause.type_name == "ValueError" and cause.message == "card declined"

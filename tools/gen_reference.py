@@ -7,9 +7,11 @@ python tools/gen_reference.py --check  # exit 1 if it is out of date (the tests 
 from __future__ import annotations
 
 import abc
+import ast
 import inspect
 import re
 import sys
+import typing
 from pathlib import Path
 from typing import Any, Generic
 
@@ -24,7 +26,7 @@ LIFECYCLE = DOCS / "explanation" / "lifecycle.md"
 SECTIONS = [
     ("Opening a runtime", ["open_runtime", "Runtime", "RuntimeStatistics", "LifecycleEvent"]),
     ("Actors", ["Actor", "query", "Retry", "RestartIntensity", "Schedule", "Sql", "KV"]),
-    ("Messages", ["Ref", "DeadLetter"]),
+    ("Messages", ["Ref", "RefOptions", "DeadLetter"]),
     ("Durable steps", ["current_step", "StepInfo", "TurnInfo", "StepRecord", "NonRetryable"]),
     (
         "Replication",
@@ -188,6 +190,14 @@ FIELDS: dict[str, dict[str, str]] = {
 #: Public attributes set on instances (not found on the class): (class, name, type, text).
 ATTRIBUTES: list[tuple[str, str, str, str]] = [
     ("Ref", "key", "str", "The actor's key."),
+    ("RefOptions", "ref", "Ref[A]", "The ref called."),
+    (
+        "RefOptions",
+        "idempotency_key",
+        "str | None",
+        "Unique to one logical call: a retried call with the same key applies nothing twice "
+        "and (``ask``) returns the first call's result.",
+    ),
     (
         "Runtime",
         "reports",
@@ -199,11 +209,29 @@ ATTRIBUTES: list[tuple[str, str, str, str]] = [
     ),
 ]
 
+#: Forms that still work but warn (``DeprecationWarning``), with their replacements.
+DEPRECATED = [
+    "Type checkers check the arguments of a call given a handler or step function (PEP 612), "
+    "and know what it returns, only if no option sits among those arguments. So options come "
+    "first now; the old spellings still work, with a `DeprecationWarning` naming the new one:",
+    "",
+    "- `ref.send(Counter.incr, 5, idempotency_key=k)` and `ref.ask(...)` the same: write "
+    "`ref.options(idempotency_key=k).send(Counter.incr, 5)`. (With a handler's name, "
+    '`ref.ask("incr", 5, idempotency_key=k)`, the keyword stays: a name is not type-checked '
+    "anyway.)",
+    '- `self.step("llm", call_llm, prompt, retry=policy)`: write '
+    '`self.step("llm", policy, call_llm, prompt)`.',
+]
+
 #: The first line of public members whose code has no docstring.
 MEMBER_DOCS: dict[str, str] = {
     "Ref.actor_type": "The actor's class.",
     "Sql.last_insert_rowid": "The rowid of the last row this connection inserted.",
 }
+
+
+#: Module prefixes left out of rendered types (``actors.Ref`` reads ``Ref`` on this page).
+_MODULES = r"\b(runtime\.(\w+\.)+|actors\.|typing\.|collections\.abc\.|anyio\.abc\.)"
 
 
 def _doc(obj: object) -> str:
@@ -221,7 +249,7 @@ def _signature(obj: object) -> str:
         )
         text = re.sub(r" object at 0x[0-9a-f]+>", ">", text)  # no addresses: stable output
         text = re.sub(r"\bStepCall\[", "Awaitable[", text)  # a private class: what it is
-        return re.sub(r"\b(runtime\.(\w+\.)+|typing\.|collections\.abc\.|anyio\.abc\.)|~", "", text)
+        return re.sub(_MODULES + r"|~", "", text)
     return ""
 
 
@@ -238,7 +266,10 @@ def _members(cls: type) -> list[str]:
         if isinstance(member, property):
             lines.append(f"- `{name}` (property): {_first_line(member, where)}")
         elif callable(member):
-            lines.append(f"- `{name}{_signature(member)}`: {_first_line(member, where)}")
+            # An overloaded method shows its typed forms, not its untyped implementation.
+            forms = typing.get_overloads(member) or [member]
+            shown = ", or ".join(f"`{name}{_signature(form)}`" for form in forms)
+            lines.append(f"- {shown}: {_first_line(member, where)}")
     return lines
 
 
@@ -254,7 +285,7 @@ def _comments(cls: type) -> dict[str, str]:
     """The ``#:`` comments written above the fields in the class's source, by field name."""
     found: dict[str, str] = {}
     pending: list[str] = []
-    for line in inspect.getsource(cls).splitlines():
+    for line in _class_source(cls).splitlines():
         text = line.strip()
         if text.startswith("#:"):
             pending.append(text[2:].strip())
@@ -266,9 +297,27 @@ def _comments(cls: type) -> dict[str, str]:
     return found
 
 
+def _class_source(cls: type) -> str:
+    """The source of ``cls``. Public names say ``__module__ == "actors"``, which only
+    re-exports them, so ``inspect.getsource`` cannot find them: look in the engine's modules
+    for the one whose code defines the class."""
+    for module in list(sys.modules.values()):
+        name = getattr(module, "__name__", "")
+        if not (name == "runtime" or name.startswith("runtime.")):
+            continue
+        if getattr(module, cls.__name__, None) is not cls:
+            continue
+        source = inspect.getsource(module)
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.ClassDef) and node.name == cls.__name__:
+                return ast.get_source_segment(source, node) or ""
+    raise SystemExit(f"no module of runtime/ defines {cls.__qualname__}")
+
+
 def _type_name(kind: Any) -> str:
     text = kind if isinstance(kind, str) else inspect.formatannotation(kind)
-    return re.sub(r"\b(runtime\.(\w+\.)+|typing\.|collections\.abc\.)", "", text)
+    text = re.sub(r"'(\w+)'", r"\1", text)  # a forward reference: the name
+    return re.sub(_MODULES, "", text)
 
 
 def _fields(cls: type) -> list[str]:
@@ -328,6 +377,7 @@ def render() -> str:
     misfiled = [n for n in errors if not _is_error(getattr(actors, n))]
     if misfiled:
         raise SystemExit(f"not errors, yet in no section of SECTIONS: {misfiled}")
+    out += ["## Deprecated forms", "", *DEPRECATED, ""]
     out += ["## Errors", ""]
     for name in errors:
         obj = getattr(actors, name)
