@@ -22,7 +22,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, final
 
 import anyio
 import anyio.lowlevel
@@ -97,6 +97,7 @@ def default_max_awake() -> int:
     return max(1, (soft - spare) // FDS_PER_AWAKE_ACTOR)
 
 
+@final
 class Runtime:
     """A torpor runtime: open it with ``open_runtime``."""
 

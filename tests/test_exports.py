@@ -173,6 +173,7 @@ def test_public_records_resolve_their_type_hints() -> None:
 
 
 def test_runtime_and_ref_are_final_and_the_package_is_typed() -> None:
-    """Ref is final (type checkers refuse subclasses) and actors ships its py.typed marker."""
+    """Runtime and Ref are final (type checkers refuse subclasses); actors ships py.typed."""
+    assert getattr(actors.Runtime, "__final__", False) is True
     assert getattr(actors.Ref, "__final__", False) is True
     assert (ROOT / "actors" / "py.typed").is_file()

@@ -124,12 +124,12 @@ def test_nothing_but_the_lifecycle_writes_an_actors_state() -> None:
     writers = []
     for path in root.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
-            targets = []
+            targets: list[ast.expr] = []
             if isinstance(node, ast.Assign):
                 targets = node.targets
             elif isinstance(node, ast.AugAssign | ast.AnnAssign):
                 targets = [node.target]
             for target in targets:
                 if isinstance(target, ast.Attribute) and target.attr == "state":
-                    writers.append(f"{path.relative_to(root)}:{node.lineno}")
+                    writers.append(f"{path.relative_to(root)}:{target.lineno}")
     assert writers == []
