@@ -9,7 +9,6 @@ users import it); ``actors.testing`` does the same for its own names.
 from importlib import metadata as _metadata
 
 from runtime.actor import Actor, query
-from runtime.engine import Runtime, open_runtime
 from runtime.errors import (
     ActorError,
     ActorExistsError,
@@ -59,6 +58,7 @@ from runtime.records import (
 from runtime.ref import Ref, RefOptions
 from runtime.replica import DirectoryStore, ReplicaStatistics, ReplicaStore, S3Store
 from runtime.replica.shipper import Replication
+from runtime.runtime import Runtime, open_runtime
 from runtime.spec import RestartIntensity, Retry
 from runtime.steps import StepInfo, current_step
 from runtime.timers import Schedule

@@ -332,7 +332,7 @@ class Activation:
     def accept(self, message: Message) -> None:
         """A message was appended to ``mailbox.db``; queue it unless a backlog is unread."""
         if self.waiting:
-            self.runtime._busy(self)
+            self.runtime.busy(self)
         if not self.backlog:
             if len(self.queue) < QUEUE_CAP:
                 self.queue.append(message)
@@ -370,7 +370,7 @@ class Activation:
             with self.scope:
                 await self._turn_loop()
         except ActorError as exc:  # e.g. a file found corrupt mid-turn
-            self.runtime._report(f"{self.spec.name} {self.key!r} stopped: {exc!r}")
+            self.runtime.report(f"{self.spec.name} {self.key!r} stopped: {exc!r}")
             self.stop_failed(exc)
         except (apsw.FullError, apsw.IOError) as exc:
             # Disk full (or failing, or a file-size limit): the transaction rolled back, the
@@ -382,7 +382,7 @@ class Activation:
                 path=str(self.data.path),
             )
             full.__cause__ = exc
-            self.runtime._report(str(full))
+            self.runtime.report(str(full))
             self.stop_failed(full)
         except Exception as exc:
             # A bug in torpor: stop this actor (its messages stay), keep the others running.
@@ -391,7 +391,7 @@ class Activation:
                 "file a bug with this traceback"
             )
             error.__cause__ = exc
-            self.runtime._report(str(error))
+            self.runtime.report(str(error))
             self.stop_failed(error)
         finally:
             self.data.rollback()
@@ -464,7 +464,7 @@ class Activation:
                     continue
                 self.waiting = True
                 if self.is_idle():
-                    self.runtime._idle(self)
+                    self.runtime.idle(self)
                 try:
                     if self.outbox_retry_delay:
                         with anyio.move_on_after(self.outbox_retry_delay):
@@ -474,7 +474,7 @@ class Activation:
                         await self.work.wait()
                 finally:
                     self.waiting = False
-                    self.runtime._busy(self)
+                    self.runtime.busy(self)
                 continue
             if (
                 self.spec.durable
@@ -516,10 +516,10 @@ class Activation:
 
     def turn_maybe_idle(self) -> None:
         if self.turn is not None and self.is_idle():
-            self.runtime._idle(self)
+            self.runtime.idle(self)
 
     def turn_busy(self) -> None:
-        self.runtime._busy(self)
+        self.runtime.busy(self)
 
     def wait_changed(self, until: float | None) -> None:
         """A durable wait began: the wake-up hint must be no later than its deadline."""
@@ -527,7 +527,7 @@ class Activation:
             self.runtime.directory.lower_wake_at(self.aid, until)
             self.runtime.actors_with_timers += self.wake_hint is None
             self.wake_hint = until
-            self.runtime._timer_hint(until)
+            self.runtime.timer_hint(until)
 
     def event_arrival(self, name: str) -> anyio.Event:
         arrival = self.arrivals.get(name)
@@ -581,7 +581,7 @@ class Activation:
             self.runtime.directory.set_wake_at(self.aid, due)
             self.runtime.actors_with_timers += (due is not None) - (self.wake_hint is not None)
             self.wake_hint = due
-            self.runtime._timer_hint(due)
+            self.runtime.timer_hint(due)
 
     def record_wake_latency(self) -> None:
         if self.wake_started is not None:
@@ -628,7 +628,7 @@ class Activation:
             try:
                 if spec is None:
                     raise LookupError(f"type {row.target_type!r} is not registered")
-                token = await rt._deliver(
+                token = await rt.deliver(
                     spec,
                     row.target_key,
                     row.method,
@@ -647,7 +647,7 @@ class Activation:
             except Exception as exc:
                 delay = self.outbox_retry_delay
                 self.outbox_retry_delay = min(OUTBOX_RETRY_MAX, max(OUTBOX_RETRY_MIN, delay * 2))
-                rt._report(
+                rt.report(
                     f"{self.spec.name} {self.key!r}: outbox row {row.id} to {row.target_type} "
                     f"{row.target_key!r} not delivered yet, retrying in "
                     f"{self.outbox_retry_delay:.2f} s: {exc!r}"

@@ -116,7 +116,7 @@ class Actor:
         after every earlier send of this actor to the same target.
         """
         ctx = context.current_turn(self, "self.send")
-        ctx.activation.runtime._outbox_send(ctx, target, method, args, kwargs)
+        ctx.activation.runtime.outbox_send(ctx, target, method, args, kwargs)
 
     def spawn(
         self, actor_type: type[A], /, *args: Any, key: str | None = None, **kwargs: Any
@@ -129,7 +129,7 @@ class Actor:
         in the same turn creates it at once, as the ask is sent before the turn commits.
         """
         ctx = context.current_turn(self, "self.spawn")
-        return ctx.activation.runtime._outbox_spawn(ctx, actor_type, args, kwargs, key)
+        return ctx.activation.runtime.outbox_spawn(ctx, actor_type, args, kwargs, key)
 
     # -- durable timers -------------------------------------------------------------------
 
@@ -154,7 +154,7 @@ class Actor:
         never early. Missed firings while the process was down collapse into one.
         """
         ctx = context.current_turn(self, "self.schedule")
-        return ctx.activation.runtime._schedule(
+        return ctx.activation.runtime.schedule(
             ctx, name, method, args, kwargs, at=at, after=after, every=every, cron=cron
         )
 

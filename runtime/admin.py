@@ -84,7 +84,7 @@ class Admin:
     async def resume(self, ref: Ref[Any]) -> None:
         """Start a stopped actor again: it runs its kept messages, oldest first."""
         await anyio.lowlevel.checkpoint()
-        self.rt._check_open()
+        self.rt.check_open()
         aid = actor_id(ref.type_name, ref.key)
         entry = self.rt.directory.get(aid)
         if entry is None or entry.stopped is None:
@@ -96,7 +96,7 @@ class Admin:
     async def turns(self, ref: Ref[Any]) -> list[TurnInfo]:
         """The actor's turns in flight with their journaled steps, without waking it."""
         await anyio.lowlevel.checkpoint()
-        self.rt._check_open()
+        self.rt.check_open()
         spec, key = ref._spec, ref.key
 
         def read(mailbox: Mailbox | None, act: Activation | None) -> list[TurnInfo]:
@@ -130,7 +130,7 @@ class Admin:
         """Cancel message ``seq``: its turn (running, waiting or not started) rolls back, the
         message is dead-lettered with :class:`TurnCancelledError`, and the actor moves on."""
         await anyio.lowlevel.checkpoint()
-        self.rt._check_open()
+        self.rt.check_open()
         spec, key = ref._spec, ref.key
 
         aid = actor_id(spec.name, key)
@@ -160,7 +160,7 @@ class Admin:
         before it keep their results, later ones run again (Cloudflare Workflows' restart
         from a step). Returns how many journal rows were removed."""
         await anyio.lowlevel.checkpoint()
-        self.rt._check_open()
+        self.rt.check_open()
         if not isinstance(from_step, int) or from_step < 0:
             raise ValueError(f"from_step must be an int >= 0 (got {from_step!r})")
         spec, key = ref._spec, ref.key

@@ -75,7 +75,7 @@ class Delivery:
     ) -> tuple[Activation | None, int, bool]:
         """Store a message; returns ``(act, seq, appended)``, ``appended`` False for a repeat of
         ``idempotency_key`` (nothing new stored)."""
-        self.rt._check_open()
+        self.rt.check_open()
         name, payload, is_query = self.encode_call(spec, method, args, kwargs)
         if is_query:
             raise TypeError(f"{spec.name}.{name} is a @query: ask it, do not send it")
@@ -129,7 +129,7 @@ class Delivery:
         await anyio.lowlevel.checkpoint_if_cancelled()
         handler = spec.handler(method)
         if handler.is_query:
-            self.rt._check_open()
+            self.rt.check_open()
             _, payload, _ = self.encode_call(spec, method, args, kwargs)
             if idempotency_key is not None and not from_turn:  # (a step's key: journaled)
                 raise TypeError(
@@ -310,7 +310,7 @@ class Delivery:
             except RuntimeClosedError:
                 return
             except Exception as exc:
-                self.rt._report(f"could not notify {parent.type} {parent.key!r}: {exc!r}")
+                self.rt.report(f"could not notify {parent.type} {parent.key!r}: {exc!r}")
                 continue
             self.rt.directory.clear_notice(child_id, notice)
 
@@ -380,7 +380,7 @@ class Delivery:
         self, ref: Ref[Any], name: str, payload: Any = None, *, idempotency_key: str | None = None
     ) -> bool:
         """``ref.signal``: store an event durably in the actor's mailbox and wake it."""
-        self.rt._check_open()
+        self.rt.check_open()
         _refuse_inside_turn("ref.signal", "a step that signals (or self.send a message)")
         if not isinstance(name, str) or not name:
             raise TypeError(f"an event name must be a non-empty string (got {name!r})")
@@ -439,7 +439,7 @@ class Delivery:
 
     async def existing(self, ref: Ref[Any]) -> Activation | None:
         """The activation of ``ref`` if the actor exists (waking it), else ``None``."""
-        self.rt._check_open()
+        self.rt.check_open()
         if not await self.exists(ref._spec, ref.key):
             return None
         return await self.residency.activate(ref._spec, ref.key)
@@ -458,7 +458,7 @@ class Delivery:
             return False
         name = manifest_key(rep.actor_name(aid, DATA_FILE))
         found = await anyio.to_thread.run_sync(rep._get, name)
-        self.rt._check_open()
+        self.rt.check_open()
         return (
             found is not None
             or aid in self.residency.awake

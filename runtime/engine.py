@@ -1,4 +1,4 @@
-"""The runtime: the facade users hold (``Runtime``, opened by ``open_runtime``).
+"""The engine of a runtime: what it shares, and the rooms it holds.
 
 It owns what the whole runtime shares (the directory, the codec, the registry of types, the
 counters, the replication engine, the LOCK) and delegates the rest to three rooms:
@@ -22,7 +22,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
-from typing import Any, TypeVar, final
+from typing import Any, TypeVar
 
 import anyio
 import anyio.lowlevel
@@ -33,7 +33,6 @@ from .codec import Codec
 from .context import refuse_inside_turn as _refuse_inside_turn
 from .delivery import Delivery
 from .errors import (
-    ActorNotFoundError,
     RuntimeClosedError,
     RuntimeLockedError,
     UnknownActorTypeError,
@@ -45,20 +44,17 @@ from .files.layout import (
     LOCK_FILE,
     actor_id,
 )
-from .files.mailbox import Message
 from .host import Waiter
 from .lifecycle import Event, State
 from .records import (
-    DeadLetter,
     LifecycleEvent,
     RuntimeStatistics,
-    TurnInfo,
 )
 from .ref import Ref
 from .replica.shipper import Replication, ReplicationEngine
 from .replica.store import ReplicaStore
 from .residency import Residency
-from .spec import DEFAULT_MAX_KEY_BYTES, TypeSpec, check_durable_types, check_key, index_types
+from .spec import TypeSpec, check_durable_types, check_key, index_types
 from .timers import Schedule
 
 A = TypeVar("A")
@@ -97,9 +93,13 @@ def default_max_awake() -> int:
     return max(1, (soft - spare) // FDS_PER_AWAKE_ACTOR)
 
 
-@final
-class Runtime:
-    """A torpor runtime: open it with ``open_runtime``."""
+class Engine:
+    """The engine of one runtime: what the whole runtime shares, and its rooms.
+
+    Users hold the facade (``runtime/runtime.py``'s ``Runtime``); refs, activations, turns,
+    steps and replication hold this, through the protocols of ``host.py``, ``ref.py`` and
+    ``replica/shipper.py``.
+    """
 
     def __init__(
         self,
@@ -177,7 +177,7 @@ class Runtime:
         self.awake = self.residency.awake
         self._subscribers: list[Any] = []
         self.events_dropped = 0
-        self._task_group: Any = None
+        self.task_group: Any = None
         self._lock_fd: int | None = None
         if replica is not None and not isinstance(replica, ReplicaStore):
             raise TypeError(
@@ -229,7 +229,7 @@ class Runtime:
         """
         await anyio.lowlevel.checkpoint_if_cancelled()
         _refuse_inside_turn("rt.spawn", "a message to a new key (get-or-create)")
-        self._check_open()
+        self.check_open()
         ref = self.ref(actor_type, uuid.uuid4().hex if key is None else key)
         spec = ref._spec
         spec.on_create.check_arguments(spec.name, args, kwargs)
@@ -282,26 +282,10 @@ class Runtime:
         """Return once every commit made so far is in the replica (``open_runtime(replica=)``):
         a barrier for tests, deployments and shutdown scripts. While the store cannot be
         reached this waits (bound it with ``anyio.move_on_after``); actors keep working."""
-        self._check_open()
+        self.check_open()
         if self.replication is None:
             raise RuntimeError("this runtime has no replica: open_runtime(replica=...)")
         await self.replication.wait_all()
-
-    async def dead_letters(self, ref: Ref[Any]) -> list[DeadLetter]:
-        """The dead letters kept in ``ref``'s mailbox, oldest first."""
-        return await self.admin.dead_letters(ref)
-
-    async def replay_dead_letter(self, ref: Ref[Any], seq: int) -> None:
-        """Send dead letter ``seq`` again, as a new message at the end of the mailbox."""
-        await self.admin.replay_dead_letter(ref, seq)
-
-    async def drop_dead_letter(self, ref: Ref[Any], seq: int) -> None:
-        """Delete dead letter ``seq`` for good."""
-        await self.admin.drop_dead_letter(ref, seq)
-
-    async def resume(self, ref: Ref[Any]) -> None:
-        """Start a stopped actor again: it runs its kept messages, oldest first."""
-        await self.admin.resume(ref)
 
     async def signal(
         self, ref: Ref[Any], name: str, payload: Any = None, *, idempotency_key: str | None = None
@@ -309,24 +293,9 @@ class Runtime:
         """``ref.signal``: store an event durably in the actor's mailbox and wake it."""
         return await self.delivery.signal(ref, name, payload, idempotency_key=idempotency_key)
 
-    async def turns(self, ref: Ref[Any]) -> list[TurnInfo]:
-        """The actor's turns in flight with their journaled steps, without waking it."""
-        return await self.admin.turns(ref)
-
-    async def cancel_turn(self, ref: Ref[Any], seq: int, reason: str = "cancelled") -> None:
-        """Cancel message ``seq``: its turn (running, waiting or not started) rolls back, the
-        message is dead-lettered with :class:`TurnCancelledError`, and the actor moves on."""
-        await self.admin.cancel_turn(ref, seq, reason)
-
-    async def restart_turn(self, ref: Ref[Any], seq: int, from_step: int = 0) -> int:
-        """Run message ``seq``'s turn again from step number ``from_step``: journaled steps
-        before it keep their results, later ones run again (Cloudflare Workflows' restart
-        from a step). Returns how many journal rows were removed."""
-        return await self.admin.restart_turn(ref, seq, from_step)
-
     # -- what refs, activations, turns and replication call (host.py's protocols) ---------
 
-    async def _send(
+    async def send(
         self,
         spec: TypeSpec,
         key: str,
@@ -340,7 +309,7 @@ class Runtime:
             spec, key, method, args, kwargs, idempotency_key, want_reply
         )
 
-    async def _ask(
+    async def ask(
         self,
         spec: TypeSpec,
         key: str,
@@ -355,12 +324,12 @@ class Runtime:
             spec, key, method, args, kwargs, idempotency_key, from_turn=from_turn
         )
 
-    async def _deliver(
+    async def deliver(
         self, spec: TypeSpec, key: str, method: str, payload: bytes, sender: str, sender_seq: int
     ) -> Any:
         return await self.delivery.deliver(spec, key, method, payload, sender, sender_seq)
 
-    def _outbox_send(
+    def outbox_send(
         self,
         ctx: Any,
         target: Ref[Any],
@@ -370,7 +339,7 @@ class Runtime:
     ) -> None:
         self.delivery.outbox_send(ctx, target, method, args, kwargs)
 
-    def _outbox_spawn(
+    def outbox_spawn(
         self,
         ctx: Any,
         actor_type: type[Any],
@@ -380,10 +349,10 @@ class Runtime:
     ) -> Ref[Any]:
         return self.delivery.outbox_spawn(ctx, actor_type, args, kwargs, key)
 
-    def _create_spawned(self, act: Any, target: Ref[Any]) -> None:
+    def create_spawned(self, act: Any, target: Ref[Any]) -> None:
         self.delivery.create_spawned(act, target)
 
-    def _schedule(
+    def schedule(
         self,
         ctx: Any,
         name: str,
@@ -400,19 +369,19 @@ class Runtime:
             ctx, name, method, args, kwargs, at=at, after=after, every=every, cron=cron
         )
 
-    def _busy(self, act: Any) -> None:
+    def busy(self, act: Any) -> None:
         self.residency.busy(act)
 
-    def _idle(self, act: Any) -> None:
+    def idle(self, act: Any) -> None:
         self.residency.idle(act)
 
-    def _timer_hint(self, due: float | None) -> None:
+    def timer_hint(self, due: float | None) -> None:
         self.residency.timer_hint(due)
 
-    def _wake_later(self, spec: TypeSpec, key: str) -> None:
+    def wake_later(self, spec: TypeSpec, key: str) -> None:
         self.residency.wake_later(spec, key)
 
-    def _crash_point(self, where: str, turn: Any, number: int, name: str = "") -> None:
+    def crash_point(self, where: str, turn: Any, number: int, name: str = "") -> None:
         if self.crash_hook is not None:
             try:
                 self.crash_hook(where, turn, number, name)
@@ -420,7 +389,7 @@ class Runtime:
                 self.crashed = True  # as after kill -9: nothing more is written
                 raise
 
-    def _lifecycle_changed(
+    def lifecycle_changed(
         self,
         type_name: str,
         key: str,
@@ -467,22 +436,22 @@ class Runtime:
                 self._subscribers.remove(send)
             send.close()
 
-    def _check_open(self) -> None:
+    def check_open(self) -> None:
         if self.closed or self.closing.is_set():
             raise RuntimeClosedError("the runtime is closed")
 
     @staticmethod
-    def _refuse_inside_turn(what: str, instead: str) -> None:
+    def refuse_inside_turn(what: str, instead: str) -> None:
         """For a ``Ref``: refuse a call made inside a turn (it would not roll back with it)."""
         _refuse_inside_turn(what, instead)
 
-    def _report(self, text: str) -> None:
+    def report(self, text: str) -> None:
         """Record an operational problem that has no caller to raise to."""
         self.reports.append(text)
 
     # -- opening and closing --------------------------------------------------------------
 
-    def _open_files(self) -> None:
+    def open_files(self) -> None:
         self._open_lock_and_directory()
         self.runtime_id = self.directory.runtime_id()
         self.known_actors = self.directory.count()
@@ -526,7 +495,81 @@ class Runtime:
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    def _close_files(self) -> None:
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """Open the files, run the supervisor, replication and recovery in a task group for
+        the body, then close gracefully (``open_runtime``'s work)."""
+        self.open_files()
+        if self.replication is not None:
+            try:
+                self.replication.start()
+            except BaseException:
+                self.close_files()
+                raise
+        body_error: BaseException | None = None
+        try:
+            async with anyio.create_task_group() as tg:
+                self.task_group = tg
+                supervisor = anyio.CancelScope()
+
+                async def supervise() -> None:
+                    with supervisor:
+                        await self.residency.supervise()
+
+                tg.start_soon(supervise, name="torpor supervisor")
+                replicator = anyio.CancelScope()
+                if self.replication is not None:
+                    shipper = self.replication
+
+                    async def replicate() -> None:
+                        with replicator:
+                            await shipper.run()
+
+                    tg.start_soon(replicate, name="torpor replication")
+                pending = self.residency.pending_work()
+                if self.replication is not None:
+                    # Pending actors may hold commits an earlier process did not ship (it died
+                    # while they hibernated): replicated() waits until they are woken and shipped.
+                    self.replication.note_pending(pending)
+                tg.start_soon(self.residency.recover, pending, name="torpor recovery")
+                try:
+                    yield
+                except anyio.get_cancelled_exc_class():
+                    raise
+                except BaseException as exc:
+                    # Re-raised below, outside the task group, so that the caller sees its own
+                    # exception and not a one-element ExceptionGroup.
+                    body_error = exc
+                finally:
+                    # Graceful: turns in progress finish. Under an outer cancellation this
+                    # raises at once, the task group cancels the turns, and they roll back.
+                    supervisor.cancel()
+                    await self.residency.shutdown()
+                    if self.replication is not None:
+                        if not self.crashed:
+                            await self.replication.close()
+                        replicator.cancel()
+        finally:
+            self.close_files()
+        if body_error is not None:
+            raise body_error
+
+    # (replication's ReplicationHost protocol still names these three with an underscore)
+    def _report(self, text: str) -> None:
+        self.report(text)
+
+    def _wake_later(self, spec: TypeSpec, key: str) -> None:
+        self.residency.wake_later(spec, key)
+
+    @property
+    def _task_group(self) -> Any:
+        return self.task_group
+
+    @_task_group.setter
+    def _task_group(self, value: Any) -> None:
+        self.task_group = value
+
+    def close_files(self) -> None:
         self.closed = True
         for stream in self._subscribers:  # subscribers' loops end once they have read the rest
             stream.close()
@@ -540,121 +583,11 @@ class Runtime:
                 try:
                     act.close_files()
                 except Exception as exc:  # close the others all the same
-                    self._report(f"closing {act.spec.name} {act.key!r}: {exc!r}")
+                    self.report(f"closing {act.spec.name} {act.key!r}: {exc!r}")
             self.residency.awake.clear()
             self.directory.close()
         finally:
             self._release_lock()
-
-
-@contextlib.asynccontextmanager
-async def open_runtime(
-    path: str | os.PathLike[str],
-    *,
-    types: Iterable[type],
-    message_types: Iterable[type] = (),
-    synchronous: str = "NORMAL",
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-    max_key_bytes: int = DEFAULT_MAX_KEY_BYTES,
-    idempotency_ttl: float = DEFAULT_IDEMPOTENCY_TTL,
-    shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
-    idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
-    max_awake: int | None = None,
-    clock: Callable[[], float] = time.time,
-    replica: ReplicaStore | None = None,
-    replication: Replication | None = None,
-) -> AsyncIterator[Runtime]:
-    """Open (creating if needed) the runtime stored under ``path``; resume pending actors.
-
-    An actor hibernates after ``idle_timeout`` seconds without work; at most ``max_awake`` are
-    awake at once (by default, as many as this process's file-descriptor limit allows, see
-    ``default_max_awake``), the least recently used idle ones hibernating to make room.
-
-    ``clock`` gives epoch seconds for durable timers (``time.time``; tests pass a virtual one,
-    e.g. ``lambda: start + anyio.current_time()`` under virtual time: trio's ``MockClock``, or
-    a looptime event loop on asyncio, as ``actors.testing.check_crashes`` runs them).
-
-    On exit, turns in progress get ``shutdown_grace`` seconds to finish; then they are cancelled
-    and rolled back. Queued messages stay in their mailboxes and run when the runtime is next
-    opened.
-    """
-    rt = Runtime(
-        Path(path),
-        types,
-        message_types=message_types,
-        synchronous=synchronous,
-        max_message_bytes=max_message_bytes,
-        max_key_bytes=max_key_bytes,
-        idempotency_ttl=idempotency_ttl,
-        shutdown_grace=shutdown_grace,
-        idle_timeout=idle_timeout,
-        max_awake=max_awake,
-        clock=clock,
-        replica=replica,
-        replication=replication,
-    )
-    rt._open_files()
-    if rt.replication is not None:
-        try:
-            rt.replication.start()
-        except BaseException:
-            rt._close_files()
-            raise
-    body_error: BaseException | None = None
-    try:
-        async with anyio.create_task_group() as tg:
-            rt._task_group = tg
-            supervisor = anyio.CancelScope()
-
-            async def supervise() -> None:
-                with supervisor:
-                    await rt.residency.supervise()
-
-            tg.start_soon(supervise, name="torpor supervisor")
-            replicator = anyio.CancelScope()
-            if rt.replication is not None:
-                engine = rt.replication
-
-                async def replicate() -> None:
-                    with replicator:
-                        await engine.run()
-
-                tg.start_soon(replicate, name="torpor replication")
-            pending = rt.residency.pending_work()
-            if rt.replication is not None:
-                # Pending actors may hold commits an earlier process did not ship (it died while
-                # they hibernated): replicated() waits until they are woken and shipped.
-                rt.replication.note_pending(pending)
-            tg.start_soon(rt.residency.recover, pending, name="torpor recovery")
-            try:
-                yield rt
-            except anyio.get_cancelled_exc_class():
-                raise
-            except BaseException as exc:
-                # Re-raised below, outside the task group, so that the caller sees its own
-                # exception and not a one-element ExceptionGroup.
-                body_error = exc
-            finally:
-                # Graceful: turns in progress finish. Under an outer cancellation this raises
-                # at once, the task group cancels the turns, and they roll back.
-                supervisor.cancel()
-                await rt.residency.shutdown()
-                if rt.replication is not None:
-                    if not rt.crashed:
-                        await rt.replication.close()
-                    replicator.cancel()
-    finally:
-        rt._close_files()
-    if body_error is not None:
-        raise body_error
-
-
-#: Seconds before a timer wake-up that failed (a file briefly unopenable) is tried again.
-TIMER_WAKE_RETRY = 1.0
-
-#: The outbox method name of a child's creation (never a handler name: those cannot start
-#: with an underscore).
-SPAWN = "__spawn__"
 
 
 #: Seconds to retry taking the runtime's LOCK before reporting it held.
@@ -685,34 +618,7 @@ def _quantile(ordered: list[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def _new_message(
-    seq: int,
-    sender: str | None,
-    sender_seq: int | None,
-    method: str,
-    payload: bytes,
-    idempotency_key: str | None,
-) -> Message:
-    return Message(seq, sender, sender_seq, method, payload, idempotency_key)
-
-
 def _ref_parts(obj: Any) -> tuple[str, str] | None:
     if isinstance(obj, Ref):
         return (obj.type_name, obj.key)
     return None
-
-
-def _check_idempotency_key(key: object) -> None:
-    if key is None:
-        return
-    if not isinstance(key, str) or not key or len(key) > 512:
-        raise ValueError(
-            f"idempotency_key must be a non-empty str of at most 512 characters (got {key!r})"
-        )
-
-
-def _not_found(spec: TypeSpec, key: str) -> ActorNotFoundError:
-    return ActorNotFoundError(
-        f"{spec.name} {key!r} does not exist, and {spec.name}.on_create needs arguments; "
-        f"create it with rt.spawn({spec.cls.__qualname__}, ..., key={key!r})"
-    )

@@ -3,7 +3,7 @@
 ``context``, ``steps``, ``actor``, ``timers``, ``turn`` and ``activation`` reach the runtime and
 the actor through these small protocols, never by importing the classes above them (and
 ``residency``, ``delivery`` and ``admin`` reach the runtime that holds them the same way):
-``runtime/engine.py``'s ``Runtime`` is a :class:`RuntimeHost`, ``runtime/activation.py``'s
+``runtime/engine.py``'s ``Engine`` is a :class:`RuntimeHost`, ``runtime/activation.py``'s
 ``Activation`` an :class:`ActorHost` (and, to ``turn``, a ``turn.TurnActor``). (Replication has
 its own two, in ``runtime/replica/shipper.py``.) A test walks the import graph and fails on any
 circle.
@@ -105,7 +105,7 @@ class RuntimeHost(RefHost, Protocol):
     stopped_actors: int
     unknown_types: set[str]
     shutdown_grace: float
-    _task_group: Any
+    task_group: Any
     parked_waiters: dict[str, dict[int, Waiter]]
     sound_mailboxes: CheckedFiles
 
@@ -118,13 +118,13 @@ class RuntimeHost(RefHost, Protocol):
     @property
     def wake_latencies(self) -> collections.deque[float]: ...
 
-    def _report(self, text: str) -> None: ...
+    def report(self, text: str) -> None: ...
 
-    def _check_open(self) -> None: ...
+    def check_open(self) -> None: ...
 
     def clock(self) -> float: ...
 
-    def _lifecycle_changed(
+    def lifecycle_changed(
         self,
         type_name: str,
         key: str,
@@ -134,21 +134,21 @@ class RuntimeHost(RefHost, Protocol):
         detail: str | None,
     ) -> None: ...
 
-    def _crash_point(self, where: str, turn: Any, number: int, name: str = "") -> None: ...
+    def crash_point(self, where: str, turn: Any, number: int, name: str = "") -> None: ...
 
-    def _busy(self, act: Any) -> None: ...
+    def busy(self, act: Any) -> None: ...
 
-    def _idle(self, act: Any) -> None: ...
+    def idle(self, act: Any) -> None: ...
 
-    def _timer_hint(self, due: float | None) -> None: ...
+    def timer_hint(self, due: float | None) -> None: ...
 
-    async def _deliver(
+    async def deliver(
         self, spec: TypeSpec, key: str, method: str, payload: bytes, sender: str, sender_seq: int
     ) -> Any: ...
 
-    def _create_spawned(self, act: Any, target: Ref[Any]) -> None: ...
+    def create_spawned(self, act: Any, target: Ref[Any]) -> None: ...
 
-    def _outbox_send(
+    def outbox_send(
         self,
         ctx: Any,
         target: Ref[Any],
@@ -157,7 +157,7 @@ class RuntimeHost(RefHost, Protocol):
         kwargs: dict[str, Any],
     ) -> None: ...
 
-    def _outbox_spawn(
+    def outbox_spawn(
         self,
         ctx: Any,
         actor_type: type[Any],
@@ -166,7 +166,7 @@ class RuntimeHost(RefHost, Protocol):
         key: str | None,
     ) -> Ref[Any]: ...
 
-    def _schedule(
+    def schedule(
         self,
         ctx: Any,
         name: str,

@@ -22,8 +22,8 @@ import anyio
 import anyio.abc
 import attrs
 
-from .engine import Runtime
 from .records import LifecycleEvent, RuntimeStatistics
+from .runtime import Runtime
 
 #: The ``Content-Type`` of Prometheus' text exposition format, version 0.0.4.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

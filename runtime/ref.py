@@ -30,15 +30,15 @@ P = ParamSpec("P")
 
 class RefHost(Protocol):
     """What a ``Ref``, and an actor through its own ref, reach of their runtime
-    (``runtime/engine.py``'s ``Runtime``)."""
+    (``runtime/engine.py``'s ``Engine``)."""
 
     def clock(self) -> float: ...
 
-    def _refuse_inside_turn(self, what: str, instead: str) -> None: ...
+    def refuse_inside_turn(self, what: str, instead: str) -> None: ...
 
     def ref(self, actor_type: type[A], key: str) -> Ref[A]: ...
 
-    async def _send(
+    async def send(
         self,
         spec: TypeSpec,
         key: str,
@@ -49,7 +49,7 @@ class RefHost(Protocol):
         want_reply: bool = False,
     ) -> Any: ...
 
-    async def _ask(
+    async def ask(
         self,
         spec: TypeSpec,
         key: str,
@@ -169,14 +169,14 @@ class Ref(Generic[A]):
         self, method: Any, args: tuple[Any, ...], kwargs: dict[str, Any], key: str | None
     ) -> None:
         await anyio.lowlevel.checkpoint_if_cancelled()
-        self._runtime._refuse_inside_turn("ref.send", "self.send(ref, ...)")
-        await self._runtime._send(self._spec, self.key, method, args, kwargs, key)
+        self._runtime.refuse_inside_turn("ref.send", "self.send(ref, ...)")
+        await self._runtime.send(self._spec, self.key, method, args, kwargs, key)
         await anyio.lowlevel.cancel_shielded_checkpoint()
 
     async def _request(
         self, method: Any, args: tuple[Any, ...], kwargs: dict[str, Any], key: str | None
     ) -> Any:
-        return await self._runtime._ask(self._spec, self.key, method, args, kwargs, key)
+        return await self._runtime.ask(self._spec, self.key, method, args, kwargs, key)
 
 
 @final

@@ -92,7 +92,7 @@ class Residency:
                     raise error  # (the opener's own cancellation is not ours: try again)
                 continue
             await act.closed.wait()  # hibernating, or failed: wake it again once it is closed
-        self.rt._check_open()
+        self.rt.check_open()
         entry = self.rt.directory.get(aid)
         if entry is None and spec.requires_create_arguments():
             raise not_found(spec, key)
@@ -106,7 +106,7 @@ class Residency:
         if resuming:
             previous = State.STOPPED
         lifecycle = Lifecycle(
-            previous, functools.partial(self.rt._lifecycle_changed, spec.name, key)
+            previous, functools.partial(self.rt.lifecycle_changed, spec.name, key)
         )
         init = entry.init if entry else None
         act = Activation(self.rt, spec, key, aid, Ref(self.rt, spec, key), init, lifecycle)
@@ -115,7 +115,7 @@ class Residency:
         lifecycle.fire(Event.RESUME if resuming else Event.WAKE)
         try:
             await self._make_room()
-            self.rt._check_open()
+            self.rt.check_open()
             with db.full_disk_as_error(self.rt.directory.path):  # (a typed refusal, not apsw's)
                 if entry is None:
                     self.rt.directory.mark_pending(aid, spec.name, key)
@@ -130,16 +130,14 @@ class Residency:
                     await self.rt.replication.prepare_files(
                         act, known=entry is not None, force_restore=corrupt is not None
                     )
-                    self.rt._check_open()
+                    self.rt.check_open()
                     try:
                         act.open(data_may_be_missing=act.restored)
                     except CorruptFileError as exc:
                         # Detected at open: the replica has the last replicated state.
-                        self.rt._report(
-                            f"{spec.name} {key!r}: {exc}; restoring it from the replica"
-                        )
+                        self.rt.report(f"{spec.name} {key!r}: {exc}; restoring it from the replica")
                         await self.rt.replication.prepare_files(act, known=True, force_restore=True)
-                        self.rt._check_open()
+                        self.rt.check_open()
                         act.open(data_may_be_missing=True)  # (the replica had none either)
                 finally:
                     act.preparing = False
@@ -172,9 +170,7 @@ class Residency:
         act.wake_started = started
         self.stats_wakes += 1
         act.opened.set()
-        self.rt._task_group.start_soon(
-            self._run_activation, act, name=f"torpor {spec.name} {key!r}"
-        )
+        self.rt.task_group.start_soon(self._run_activation, act, name=f"torpor {spec.name} {key!r}")
         return act
 
     async def _make_room(self) -> None:
@@ -187,7 +183,7 @@ class Residency:
             else:
                 room = self._room
                 await room.wait()
-            self.rt._check_open()
+            self.rt.check_open()
 
     def room_changed(self) -> None:
         """Wake every task waiting for a slot; each re-checks (a broadcast, never lost)."""
@@ -215,7 +211,7 @@ class Residency:
                         act.close_connections()
                         self.rt.replication.after_close(act)
             except Exception as exc:
-                self.rt._report(f"closing {act.spec.name} {act.key!r}: {exc!r}")
+                self.rt.report(f"closing {act.spec.name} {act.key!r}: {exc!r}")
             finally:
                 self.resident -= 1
                 del self.awake[act.aid]
@@ -263,23 +259,23 @@ class Residency:
             if isinstance(act.gave_up, FencedError)
             else "restart intensity exceeded"
         )
-        self.rt._report(f"{act.spec.name} {act.key!r} stopped: {why} ({reason})")
+        self.rt.report(f"{act.spec.name} {act.key!r} stopped: {why} ({reason})")
         entry = self.rt.directory.get(act.aid)
         notice = time.time_ns() if entry is not None and entry.parent else None
         self.rt.directory.set_stopped(act.aid, reason, notice)
         self.rt.stopped_actors += 1
-        if notice is not None and self.rt._task_group is not None:
-            self.rt._task_group.start_soon(self.deliver_notices)
+        if notice is not None and self.rt.task_group is not None:
+            self.rt.task_group.start_soon(self.deliver_notices)
 
     def wake_later(self, spec: TypeSpec, key: str) -> None:
-        if self.rt._task_group is not None and not self.rt.closing.is_set():
-            self.rt._task_group.start_soon(self._wake_quietly, spec, key)
+        if self.rt.task_group is not None and not self.rt.closing.is_set():
+            self.rt.task_group.start_soon(self._wake_quietly, spec, key)
 
     async def _wake_quietly(self, spec: TypeSpec, key: str) -> None:
         try:
             await self.activate(spec, key)
         except Exception as exc:
-            self.rt._report(f"could not wake {spec.name} {key!r}: {exc!r}")
+            self.rt.report(f"could not wake {spec.name} {key!r}: {exc!r}")
 
     def wake_to_act(self, spec: TypeSpec, key: str) -> None:
         """After a cancel or restart request: an actor that is not running its turn loop
@@ -361,7 +357,7 @@ class Residency:
             except ActorStoppedError:
                 continue  # its timers wait for resume
             except Exception as exc:
-                self.rt._report(f"could not wake {type_name} {key!r} for a timer: {exc!r}")
+                self.rt.report(f"could not wake {type_name} {key!r} for a timer: {exc!r}")
                 retry = now + TIMER_WAKE_RETRY
                 if self.next_wake_at is None or retry < self.next_wake_at:
                     self.next_wake_at = retry
@@ -399,7 +395,7 @@ class Residency:
             except RuntimeClosedError:
                 return
             except Exception as exc:
-                self.rt._report(f"could not resume {spec.name} {key!r}: {exc!r}")
+                self.rt.report(f"could not resume {spec.name} {key!r}: {exc!r}")
 
     async def shutdown(self) -> None:
         """Let turns in progress finish for up to ``shutdown_grace`` seconds, then cancel them

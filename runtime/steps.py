@@ -273,7 +273,7 @@ class TurnState:
         if row is not None:
             return self._replayed(row)
         self.write()
-        rt._crash_point("before step", self, n, name)
+        rt.crash_point("before step", self, n, name)
         self.running += 1
         act.turn_busy()
         try:
@@ -300,7 +300,7 @@ class TurnState:
         while True:
             attempt += 1
             info = StepInfo(name, n, attempt, self.idempotency_key(n))
-            rt._crash_point("step called", self, n, name)
+            rt.crash_point("step called", self, n, name)
             token = CURRENT_STEP.set(info)
             # The handler's context is not the step's: self.kv, self.sql, sends and durable
             # calls inside fn would be lost (or renumbered) when the step replays.
@@ -331,7 +331,7 @@ class TurnState:
                     )
                     self.write(record)
                     rt.stats_steps += 1
-                    rt._crash_point("after step", self, n, name)
+                    rt.crash_point("after step", self, n, name)
                     raise _step_failed(self, record, exc) from exc
                 rt.stats_step_retries += 1
                 await anyio.sleep(retry.delay(attempt))
@@ -341,7 +341,7 @@ class TurnState:
                 CURRENT_STEP.reset(token)
             self.write(JournalRow(n, "step", name, "done", payload, None, attempt, self._clock()))
             rt.stats_steps += 1
-            rt._crash_point("after step", self, n, name)
+            rt.crash_point("after step", self, n, name)
             return rt.codec.decode(payload)
 
     def _replayed(self, row: JournalRow) -> Any:
@@ -361,7 +361,7 @@ class TurnState:
         if row is None:
             row = JournalRow(n, kind, name, "waiting", None, until, 0, self._clock())
             self.write(row)
-            self.activation.runtime._crash_point("before wait", self, n, name)
+            self.activation.runtime.crash_point("before wait", self, n, name)
             self.activation.wait_changed(until)
         return StepCall(functools.partial(self._wait, row, event))
 
@@ -380,13 +380,13 @@ class TurnState:
                 payload = act.mailbox.consume_event(self.seq, row, event)
                 if payload is not None:
                     act.timers_changed = until is not None  # its deadline no longer wakes it
-                    rt._crash_point("after wait", self, n, row.name)
+                    rt.crash_point("after wait", self, n, row.name)
                     return codec.decode(payload)
             now = rt.clock()
             if until is not None and now >= until:
                 row.status = "done" if event is None else "failed"
                 self.write(row)
-                rt._crash_point("after wait", self, n, row.name)
+                rt.crash_point("after wait", self, n, row.name)
                 if event is not None:
                     raise WaitTimeoutError(
                         f"{self.describe()}: no {event!r} event before the deadline"
@@ -478,16 +478,16 @@ class TurnState:
         act = self.activation
         rt = act.runtime
         self.write()
-        rt._crash_point("before step", self, n, name)
+        rt.crash_point("before step", self, n, name)
         self.running += 1
         act.turn_busy()
         try:
             try:
                 # A child this turn spawned: made now, with its arguments (the ask leaves the
                 # turn before its SPAWN row would).
-                rt._create_spawned(act, target)
+                rt.create_spawned(act, target)
                 with self.interruptible():
-                    result = await rt._ask(
+                    result = await rt.ask(
                         target._spec,
                         target.key,
                         method,
@@ -511,11 +511,11 @@ class TurnState:
                     self._clock(),
                 )
                 self.write(record)
-                rt._crash_point("after step", self, n, name)
+                rt.crash_point("after step", self, n, name)
                 raise _step_failed(self, record, exc) from exc
             self.write(JournalRow(n, "ask", name, "done", payload, None, 1, self._clock()))
             rt.stats_steps += 1
-            rt._crash_point("after step", self, n, name)
+            rt.crash_point("after step", self, n, name)
             return result
         finally:
             self.running -= 1

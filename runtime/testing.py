@@ -32,8 +32,8 @@ import attrs
 import trio
 import trio.testing
 
-from .engine import Runtime, open_runtime
 from .files.layout import DATA_FILE, DIRECTORY_FILE, actor_dir
+from .runtime import Runtime, open_runtime
 from .steps import VALUE_SEED
 
 #: Virtual epoch seconds at which every run starts.
@@ -213,7 +213,7 @@ def _run(
         for attempt in range(2):
             try:
                 async with open_runtime(run.root, types=types, clock=clock, **settings) as rt:
-                    rt.crash_hook = hook
+                    rt._engine.crash_hook = hook
                     await scenario(rt)
                     await anyio.sleep(settle)
                 return

@@ -340,7 +340,7 @@ class Batch:
             if cursors:
                 data.advance_senders(cursors)
             data.set_applied(done[-1][0].seq)
-            act.runtime._crash_point("before commit", None, done[-1][0].seq, act.describe())
+            act.runtime.crash_point("before commit", None, done[-1][0].seq, act.describe())
         data.commit()
 
     async def _release(self) -> None:
@@ -349,7 +349,7 @@ class Batch:
         rt = act.runtime
         done = self.done
         if done:
-            rt._crash_point("after commit", None, done[-1][0].seq, act.describe())
+            rt.crash_point("after commit", None, done[-1][0].seq, act.describe())
             if act.spec.durable and rt.replication is not None:
                 await rt.replication.wait_replicated(act)  # the output gate
             queue = act.queue
@@ -576,7 +576,7 @@ async def run_hook(act: TurnActor, name: str) -> None:
             data.commit()
     except Exception as exc:
         data.rollback()
-        act.runtime._report(f"{act.describe()}: {name} raised {exc!r}")
+        act.runtime.report(f"{act.describe()}: {name} raised {exc!r}")
     except BaseException:
         data.rollback()
         raise

@@ -56,7 +56,7 @@ def test_bench_supervisor_reports_fresh_memory_two_file_baseline_and_targets() -
 async def test_bench_supervisor_raw_wake_opens_files_as_the_runtime_does(tmp_path: Path) -> None:
     """The supervisor bench's raw wake opens an actor's two files with the runtime's settings."""
     from runtime.bench import supervisor as bench_supervisor
-    from runtime.engine import open_runtime
+    from runtime.runtime import open_runtime
 
     def settings(conn: apsw.Connection) -> tuple[Any, ...]:
         flag = ctypes.c_int(-1)  # -1: query the flag
@@ -67,7 +67,7 @@ async def test_bench_supervisor_raw_wake_opens_files_as_the_runtime_does(tmp_pat
     agent = bench_supervisor._types()
     async with open_runtime(tmp_path, types=[agent]) as rt:
         await rt.ref(agent, "a0").ask(agent.hi)
-        (act,) = rt.awake.values()
+        (act,) = rt._engine.awake.values()
         ours = [settings(act.mailbox.conn), settings(act.data.conn)]
     opened = bench_supervisor._open_as_a_wake(tmp_path, "a0")
     try:

@@ -561,7 +561,7 @@ async def test_in_memory_queue_is_bounded(root: Path) -> None:
             ref = rt.ref(Slow, "s")
             await ref.send(Slow.work, 0)
             await entered.wait()
-            activation = rt.awake[actor_id("Slow", "s")]
+            activation = rt._engine.awake[actor_id("Slow", "s")]
             peak = 0
             for i in range(1, total):
                 await ref.send(Slow.work, i)

@@ -96,10 +96,12 @@ async def test_redelivery_into_a_mailbox_behind_data_is_not_applied_again(
     # would bring it), and the sender's three outbox rows are delivered again.
     _put_back(tmp_path / "before", _mailbox(root, "b"))
     async with actors.open_runtime(root, types=[Inbox, Relay]) as rt:
-        spec = rt.specs["EoInbox"]
+        spec = rt._engine.specs["EoInbox"]
         sender = actor_id("EoRelay", "a")
         for seq, n in enumerate((1, 2, 3), start=1):
-            await rt._deliver(spec, "b", "record", rt.codec.encode([[n], {}]), sender, seq)
+            await rt._engine.deliver(
+                spec, "b", "record", rt._engine.codec.encode([[n], {}]), sender, seq
+            )
         await rt.ref(Relay, "a").ask(Relay.fire, "b", 4)
         assert await _wait_for(rt.ref(Inbox, "b"), 4) == [1, 2, 3, 4]
 

@@ -38,8 +38,8 @@ async def test_every_file_is_wal_with_the_chosen_synchronous(
         ref = rt.ref(Counter, "k")
         await ref.ask(Counter.incr)
         await ref.ask(Counter.value)  # opens the query connection too
-        act = rt.awake[actor_id("Counter", "k")]
-        conns = [rt.directory.conn, act.data.conn, act.mailbox.conn, act.reader()]
+        act = rt._engine.awake[actor_id("Counter", "k")]
+        conns = [rt._engine.directory.conn, act.data.conn, act.mailbox.conn, act.reader()]
         for conn in conns:
             assert conn.pragma("journal_mode") == "wal"
             assert conn.pragma("synchronous") == expected
@@ -70,7 +70,7 @@ async def test_consumed_mailbox_rows_are_removed_in_batches(root: Path) -> None:
         for _ in range(600):
             await ref.send(Counter.incr)
         await ref.ask(Counter.incr)
-        act = rt.awake[actor_id("Counter", "k")]
+        act = rt._engine.awake[actor_id("Counter", "k")]
         ((remaining,),) = act.mailbox.conn.execute("SELECT count(*) FROM inbox").fetchall()
         assert isinstance(remaining, int) and remaining < 601
     conn = apsw.Connection(str(actor_dir(root, actor_id("Counter", "k")) / "mailbox.db"))

@@ -74,11 +74,11 @@ async def test_max_awake_evicts_least_recently_used(root: Path) -> None:
         await b.ask(Sleepy.poke)
         await a.ask(Sleepy.poke)  # a is now more recently used than b
         await c.ask(Sleepy.poke)
-        awake = {act.key for act in rt.awake.values()}
+        awake = {act.key for act in rt._engine.awake.values()}
         assert awake == {"a", "c"}
         assert rt.statistics().awake == 2
         assert await b.ask(Sleepy.poke) == (2, 1)  # b slept and was woken again
-        assert {act.key for act in rt.awake.values()} == {"b", "c"}
+        assert {act.key for act in rt._engine.awake.values()} == {"b", "c"}
 
 
 async def test_concurrent_messages_wake_once(root: Path) -> None:

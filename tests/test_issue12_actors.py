@@ -89,7 +89,7 @@ async def test_spawn_then_ask_in_one_turn_creates_the_child_with_its_arguments(r
         parent = rt.ref(Parent, "boss")
         assert await parent.ask(Parent.spawn_and_ask) == [("ann", 3), "bob"]
         for type_name, key in (("issue12.Account", "a"), ("issue12.Profile", "p")):
-            entry = rt.directory.get(actor_id(type_name, key))
+            entry = rt._engine.directory.get(actor_id(type_name, key))
             assert entry is not None and entry.parent == actor_id("issue12.Parent", "boss")
         assert await rt.dead_letters(parent) == []
 
@@ -102,7 +102,7 @@ async def test_spawn_then_send_in_one_turn_reaches_a_child_needing_arguments(roo
         await parent.ask(Parent.spawn_and_send)
         account = rt.ref(Account, "a")
         await eventually(lambda: account.ask(Account.notes), ("ann", ["hello"]))
-        entry = rt.directory.get(actor_id("issue12.Account", "a"))
+        entry = rt._engine.directory.get(actor_id("issue12.Account", "a"))
         assert entry is not None and entry.parent == actor_id("issue12.Parent", "boss")
         assert await rt.dead_letters(parent) == []
 
@@ -189,7 +189,7 @@ async def test_a_query_on_a_missing_actor_raises_and_creates_nothing(root: Path)
                 await ref.signal("e")
             assert await rt.dead_letters(ref) == []
             assert await rt.turns(ref) == []
-        assert rt.directory.count() == 0
+        assert rt._engine.directory.count() == 0
         assert not (root / "actors").exists()
         assert rt.statistics().awake == 0
         counter = rt.ref(Counter, "ghost")
@@ -214,4 +214,4 @@ async def test_a_query_finds_an_actor_known_only_to_the_replica(tmp_path: Path) 
         assert await rt.ref(Counter, "c").ask(Counter.value) == 7
         with pytest.raises(actors.ActorNotFoundError):
             await rt.ref(Counter, "ghost").ask(Counter.value)
-        assert rt.directory.get(actor_id("Counter", "ghost")) is None
+        assert rt._engine.directory.get(actor_id("Counter", "ghost")) is None

@@ -331,7 +331,7 @@ async def test_an_awake_actor_whose_mailbox_turns_out_corrupt_is_restored_from_t
         await rt.replicated()
         path = actor_dir(root, actor_id("Box", "b")) / MAILBOX_FILE
         _break_page(path, "dead_letters")  # damaged on disk under the open connection
-        rt.awake[actor_id("Box", "b")].mailbox.conn.release_memory()  # (not in its cache)
+        rt._engine.awake[actor_id("Box", "b")].mailbox.conn.release_memory()  # (not in its cache)
         with pytest.raises(actors.CorruptFileError):
             await rt.dead_letters(box)
         assert await box.ask(Box.put, 3) == 3  # woken again: restored from the replica

@@ -89,7 +89,7 @@ class Flaky(actors.ReplicaStore):
 
 
 def outbox_rows(rt: actors.Runtime, ref: actors.Ref[Any]) -> int:
-    act = rt.awake.get(actor_id(ref.type_name, ref.key))
+    act = rt._engine.awake.get(actor_id(ref.type_name, ref.key))
     assert act is not None, (list(rt.reports), rt.statistics())
     ((count,),) = act.data.conn.execute("SELECT count(*) FROM _torpor_outbox").fetchall()
     assert isinstance(count, int)

@@ -66,7 +66,7 @@ async def test_a_log_object_landing_while_manifests_fail(tmp_path: Path) -> None
     async with actors.open_runtime(
         tmp_path / "rt", types=[Counter], replica=store, replication=options, idle_timeout=1.0
     ) as rt:
-        engine = rt.replication
+        engine = rt._engine.replication
         assert engine is not None
         a, b = rt.ref(Counter, "a"), rt.ref(Counter, "b")
         await a.ask(Counter.incr, 1)

@@ -169,7 +169,7 @@ async def test_owed_notice_is_delivered_once_after_a_restart(root: Path) -> None
     async with actors.open_runtime(root, types=[Flaky, Parent]) as rt:
         await trio.sleep(1)
         assert len(await rt.ref(Parent, "p").ask(Parent.failed_children)) == 2
-        assert rt.directory.owed_notices() == []
+        assert rt._engine.directory.owed_notices() == []
 
 
 async def test_spawn_rolls_back_with_the_turn(root: Path) -> None:
@@ -178,7 +178,7 @@ async def test_spawn_rolls_back_with_the_turn(root: Path) -> None:
         with pytest.raises(actors.MessageFailedError):
             await rt.ref(Parent, "p").ask(Parent.start_then_fail, "ghost")
         await trio.sleep(1)
-        assert rt.directory.get(actor_id("Flaky", "ghost")) is None
+        assert rt._engine.directory.get(actor_id("Flaky", "ghost")) is None
 
 
 def test_bad_restart_intensity_is_refused_at_definition() -> None:

@@ -110,7 +110,7 @@ async def test_get_or_create_refuses_type_needing_arguments(root: Path) -> None:
     async with actors.open_runtime(root, types=[Account]) as rt:
         with pytest.raises(actors.ActorNotFoundError, match=r"rt\.spawn"):
             await rt.ref(Account, "x").ask(Account.owner)
-        assert rt.directory.count() == 0  # nothing was created or stored
+        assert rt._engine.directory.count() == 0  # nothing was created or stored
         assert not (root / "actors").exists()
         ref = await rt.spawn(Account, "ann", key="x")
         assert await ref.ask(Account.owner) == "ann"
@@ -448,7 +448,7 @@ async def test_handler_context_outside_handler(root: Path) -> None:
     async with actors.open_runtime(root, types=[Leaky]) as rt:
         ref = rt.ref(Leaky, "l")
         await ref.ask(Leaky.me)
-        instance = rt.awake[actor_id("Leaky", "l")].instance
+        instance = rt._engine.awake[actor_id("Leaky", "l")].instance
         with pytest.raises(RuntimeError, match="only while a handler"):
             _ = instance.sql
 
@@ -543,4 +543,4 @@ async def test_reading_dead_letters_creates_no_actor(root: Path) -> None:
         assert await rt.dead_letters(ghost) == []
         with pytest.raises(LookupError):
             await rt.replay_dead_letter(ghost, 1)
-        assert rt.directory.count() == 0
+        assert rt._engine.directory.count() == 0

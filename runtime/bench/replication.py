@@ -704,7 +704,7 @@ def _of(stats: Any) -> ReplicationStatistics:
 async def _load_phase(
     root: Path, store: CountingStore, args: argparse.Namespace, progress: Callable[[str], None]
 ) -> dict[str, Any]:
-    from ..engine import open_runtime
+    from ..runtime import open_runtime
 
     counter, durable, _ = _types()
     note = "x" * args.note_bytes
@@ -717,7 +717,7 @@ async def _load_phase(
         max_awake=args.actors + 10,
         idle_timeout=3600,
     ) as rt:
-        engine = rt.replication
+        engine = rt._engine.replication
         assert engine is not None
         refs = [rt.ref(counter, f"a{i}") for i in range(args.actors)]
         start = time.perf_counter()
@@ -864,7 +864,7 @@ async def _load_phase(
 async def _idle_phase(
     root: Path, store: CountingStore, args: argparse.Namespace, progress: Callable[[str], None]
 ) -> dict[str, Any]:
-    from ..engine import open_runtime
+    from ..runtime import open_runtime
 
     counter, _, _ = _types()
     n = args.idle_actors
@@ -935,7 +935,7 @@ async def _hop_phase(
     replicated runtime and one without a replica, both open in this process: a hop's latency is
     (C's turn began - A's turn began) / 2. With a replica, a send leaves only once the commit
     that wrote it is acknowledged (the output gate), so a hop costs about one round."""
-    from ..engine import open_runtime
+    from ..runtime import open_runtime
 
     hop = _hop_type()
     hops_per_chain = 2
@@ -973,8 +973,8 @@ async def _hop_phase(
 async def _fill(root: Path, store: CountingStore, nbytes: int) -> tuple[str, int, int]:
     """An actor whose data.db holds about ``nbytes``, hibernated into the replica by closing
     the runtime (with time enough for the snapshot upload). Returns (aid, rows, bytes)."""
-    from ..engine import open_runtime
     from ..replica.shipper import Replication
+    from ..runtime import open_runtime
 
     _, _, bulk = _types()
     rows = size = 0
@@ -1024,8 +1024,8 @@ def _restore_once(store: CountingStore, aid: str, folder: Path) -> tuple[float, 
 async def _fresh_machine(root: Path, store: CountingStore) -> tuple[float, int]:
     """``open_runtime`` on an empty directory (restores directory.db), then a first ask to the
     big actor (restored on wake). Seconds to the answer, and rows seen."""
-    from ..engine import open_runtime
     from ..replica.shipper import Replication
+    from ..runtime import open_runtime
 
     _, _, bulk = _types()
     start = time.perf_counter()
@@ -1221,7 +1221,7 @@ def _held_outboxes(rt: Any) -> list[str]:
     """Awake actors with outbox rows not delivered, and what their output gate waits for (a
     diagnostic for a drain that did not finish)."""
     held = []
-    for act in list(rt.awake.values()):
+    for act in list(rt._engine.awake.values()):
         if not act.files_open or not act.outbox_dirty:
             continue
         rows = act.data.outbox_after(act.outbox_delivered_upto)
@@ -1407,7 +1407,7 @@ class _Watch:
         next_second = self.t0
         while True:
             await anyio.sleep(FAULT_POLL)
-            if self.rt.closing.is_set():
+            if self.rt._engine.closing.is_set():
                 self.closed_while_running = True
             stats = self.rt.statistics()
             rep = _of(stats)
@@ -1489,7 +1489,7 @@ class _FaultRun:
 
     async def drive(self) -> None:
         rt, ledger, args = self.rt, self.ledger, self.args
-        engine = rt.replication
+        engine = rt._engine.replication
         assert engine is not None
         self.progress(f"  waking {len(self.keys) + len(self.ask_keys)} actors (no faults yet)")
         for key in self.keys + self.ask_keys:
@@ -1592,7 +1592,7 @@ class _FaultRun:
         self._close_window("recovery", start, before)
 
     def _lags_into(self, label: str) -> None:
-        engine = self.rt.replication
+        engine = self.rt._engine.replication
         if isinstance(engine.lags, _Recorder):
             engine.lags.into = self.lag_samples[label]
 
@@ -1681,7 +1681,7 @@ async def _fault_phase(
 
     ``died``: the runtime ended by itself (an exception out of ``open_runtime``); an exception
     of the bench's own code (``bench_error``) ends the phase early but is no death."""
-    from ..engine import open_runtime
+    from ..runtime import open_runtime
 
     ledger = _ledger_type()
     out: dict[str, Any] = {"died": False, "error": None, "bench_error": None}

@@ -110,7 +110,7 @@ async def _step_overhead(
     folder: Path, turns: int, per_turn: int, synchronous: str
 ) -> tuple[list[float], list[float]]:
     """Seconds per ask of ``per_turn`` journaled steps, and of the same calls made directly."""
-    from ..engine import open_runtime
+    from ..runtime import open_runtime
 
     workflow = _types()
     with_steps: list[float] = []
@@ -250,7 +250,7 @@ def _resumptions(
 
 
 async def _crash_child(folder: Path, synchronous: str) -> None:
-    from ..engine import open_runtime
+    from ..runtime import open_runtime
 
     workflow = _types()
     async with open_runtime(folder, types=[workflow], synchronous=synchronous) as rt:
@@ -259,7 +259,7 @@ async def _crash_child(folder: Path, synchronous: str) -> None:
 
 
 async def _resume_child(folder: Path, synchronous: str) -> None:
-    from ..engine import open_runtime
+    from ..runtime import open_runtime
 
     workflow = _types()
     start = time.perf_counter()

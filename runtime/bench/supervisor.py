@@ -78,7 +78,7 @@ async def _create(
 ) -> tuple[float, float]:
     """Seconds to create and hibernate ``count`` actors, and RSS bytes gained per actor
     between the first tenth and the end (the slope, free of start-up costs)."""
-    from ..engine import open_runtime
+    from ..runtime import open_runtime
 
     start = time.perf_counter()
     tenth = max(1, count // 10)
@@ -99,7 +99,7 @@ async def _create(
 
 
 async def _wake(folder: Path, agent: Any, count: int) -> tuple[float | None, float | None]:
-    from ..engine import open_runtime
+    from ..runtime import open_runtime
 
     async with open_runtime(folder, types=[agent], max_awake=count + 10, idle_timeout=3600) as rt:
         for i in range(count):
@@ -122,7 +122,7 @@ async def _awake_cost(folder: Path, count: int) -> dict[str, float]:
     """Per awake idle actor: what waking ``a0`` .. ``a{count-1}`` adds to this process. Run
     in a fresh process (``_fresh_process``), after one wake-up (of ``a{count}``) has imported
     and cached what every wake-up shares."""
-    from ..engine import open_runtime
+    from ..runtime import open_runtime
 
     agent = _types()
     async with open_runtime(folder, types=[agent], max_awake=count + 10, idle_timeout=3600) as rt:
@@ -134,7 +134,7 @@ async def _awake_cost(folder: Path, count: int) -> dict[str, float]:
 
 
 async def _recover(folder: Path, agent: Any, count: int) -> float:
-    from ..engine import open_runtime
+    from ..runtime import open_runtime
 
     start = time.perf_counter()
     async with open_runtime(folder, types=[agent], idle_timeout=0) as rt:

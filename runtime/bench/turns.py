@@ -107,7 +107,7 @@ def _bench_type() -> Any:
 
 
 async def torpor_throughput(folder: Path, actors: int, messages: int, synchronous: str) -> float:
-    from ..engine import open_runtime
+    from ..runtime import open_runtime
 
     counter = _bench_type()
     # Every actor stays awake: this measures messages, not eviction churn under a low limit.
@@ -127,7 +127,7 @@ async def torpor_throughput(folder: Path, actors: int, messages: int, synchronou
 
 
 async def torpor_latencies(folder: Path, messages: int, synchronous: str) -> list[float]:
-    from ..engine import open_runtime
+    from ..runtime import open_runtime
 
     counter = _bench_type()
     out = []

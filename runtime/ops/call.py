@@ -60,13 +60,13 @@ def send(
     ``root``, opened with ``types`` (and ``replica``, as its program opens it)."""
     import anyio
 
-    from ..engine import open_runtime
+    from ..runtime import open_runtime
 
     async def run() -> Sent:
         async with open_runtime(root, types=types, replica=replica) as rt:
             ref: Any = rt.ref(actor_type, key)
             # Ref.send, saying whether the idempotency key made it a repeat (nothing stored).
-            _, seq, stored = await rt._send(
+            _, seq, stored = await rt._engine.send(
                 ref._spec, ref.key, handler, tuple(args), dict(kwargs or {}), idempotency_key
             )
             return Sent(stored=stored, seq=seq)
@@ -97,7 +97,7 @@ def ask(
     that wait ends. An error in it is ignored (it is only a note)."""
     import anyio
 
-    from ..engine import open_runtime
+    from ..runtime import open_runtime
 
     options = {"idempotency_key": idempotency_key} if idempotency_key else {}
 
