@@ -22,7 +22,6 @@ from .errors import (
     ActorStoppedError,
     CorruptFileError,
     MessageTooLargeError,
-    NotLocalError,
     RuntimeClosedError,
     RuntimeInternalError,
     SchemaError,
@@ -36,6 +35,7 @@ from .files.mailbox import Mailbox, Message
 from .files.mailbox import image as mailbox_image
 from .host import RuntimeHost, Waiter
 from .lifecycle import Lifecycle, State
+from .outbox import OUTBOX_RETRY_MIN, Outbox
 from .steps import TurnState
 from .turn import MAX_BATCH
 
@@ -49,9 +49,6 @@ LOAD_CHUNK = 512
 QUEUE_CAP = 1024
 #: Applied inbox rows are deleted in batches of this many (DESIGN §8: batch the cleanup).
 CLEANUP_EVERY = 256
-#: Backoff bounds for retrying an outbox delivery that failed (target unopenable, EMFILE).
-OUTBOX_RETRY_MIN = 0.05
-OUTBOX_RETRY_MAX = 30.0
 
 
 class Activation:
@@ -77,24 +74,11 @@ class Activation:
         self.recovered_upto = 0  # messages at or below this seq were in the file at wake-up
         self.applied_seq = 0
         self.cleaned_upto = 0
-        self.outbox_delivered_upto = 0
-        self.outbox_deleted_upto = 0
-        # With a replica: delivered rows wait here until their delivery is in the replica.
-        self.outbox_tokens: collections.deque[tuple[int, Any]] = collections.deque()
-        self.outbox_safe_upto = 0
+        self.outbox = Outbox(self)
         # With a replica: (data.db commits, applied seq) after each turn's commit, and the
         # last applied message known to be in the replica.
         self.applied_marks: collections.deque[tuple[int, int]] = collections.deque()
         self.replicated_applied = 0
-        self.outbox_dirty = True  # rows may wait in the outbox (true at wake: recovery)
-        self.outbox_retry_delay = 0.0
-        # With a replica, the output gate: a row leaves only once the commit that wrote it is
-        # in the replica (else a machine lost could restore this actor before a send whose
-        # effects its receiver kept). (data.db commits, last row id) as rows are seen, the
-        # last row that may go, and whether rows wait for the replica now.
-        self.outbox_marks: collections.deque[tuple[int, int]] = collections.deque()
-        self.outbox_gate_upto = 0
-        self.outbox_gated = False
         self.batch_limit = MAX_BATCH
         self.waiters: dict[int, Waiter] = {}
         self.work = anyio.Event()
@@ -265,7 +249,7 @@ class Activation:
                 if (
                     not self.queue
                     and not self.backlog
-                    and not self.outbox_dirty
+                    and not self.outbox.dirty
                     and self.failed is None
                 ):
                     self._clear_pending()
@@ -273,17 +257,17 @@ class Activation:
                     self.suspended_seq is not None
                     and self.queue
                     and self.queue[0].seq == self.suspended_seq
-                    and not self.outbox_dirty
+                    and not self.outbox.dirty
                     and self.failed is None
                 ):
                     # Nothing can run before its durable wait ends: the wake-up hint (the
                     # wait's deadline) or an event wakes it, not every reopening of the runtime.
                     self._rewrite_wake_hint()
                     self._clear_pending()
-                if self.outbox_dirty and self.failed is None and not self.runtime.closing.is_set():
+                if self.outbox.dirty and self.failed is None and not self.runtime.closing.is_set():
                     # Rows its targets could not take yet (being restored, the store down):
                     # it stays pending, and is woken again to deliver them.
-                    delay = max(self.outbox_retry_delay, OUTBOX_RETRY_MIN)
+                    delay = max(self.outbox.retry_delay, OUTBOX_RETRY_MIN)
                     self.wait_changed(self.runtime.clock() + delay)
         finally:
             self._park_waiters()
@@ -450,8 +434,8 @@ class Activation:
                 self._fire_timers()
             if self.timers_changed:
                 self._rewrite_wake_hint()
-            if self.outbox_dirty and self.outbox_retry_delay == 0:
-                await self._deliver_outbox()
+            if self.outbox.dirty and self.outbox.retry_delay == 0:
+                await self.outbox.deliver()
             if not self.queue and self.backlog:
                 self._load_more()
             if not self.queue:
@@ -466,10 +450,10 @@ class Activation:
                 if self.is_idle():
                     self.runtime.idle(self)
                 try:
-                    if self.outbox_retry_delay:
-                        with anyio.move_on_after(self.outbox_retry_delay):
+                    if self.outbox.retry_delay:
+                        with anyio.move_on_after(self.outbox.retry_delay):
                             await self.work.wait()
-                        await self._deliver_outbox()
+                        await self.outbox.deliver()
                     else:
                         await self.work.wait()
                 finally:
@@ -492,8 +476,8 @@ class Activation:
         if self.hibernating and self.failed is None and self.gave_up is None:
             if self.spec.has_on_hibernate:
                 await turn.run_hook(self, "on_hibernate")
-            if self.outbox_dirty:  # sends made by on_hibernate
-                await self._deliver_outbox()
+            if self.outbox.dirty:  # sends made by on_hibernate
+                await self.outbox.deliver()
 
     def is_idle(self) -> bool:
         """Waiting for work with nothing to do, or with a turn in durable waits only: the only
@@ -506,9 +490,9 @@ class Activation:
         # not hold the actor awake: it is woken to deliver (after its hibernation shipped
         # them, or the store came back). Waiting for the next round's acknowledgement does.
         outbox_held = (
-            self.outbox_dirty
-            and not self.outbox_retry_delay
-            and not (self.outbox_gated and self._gate_stuck())
+            self.outbox.dirty
+            and not self.outbox.retry_delay
+            and not (self.outbox.gated and self.outbox.gate_stuck())
         )
         return self.waiting and not self.work.is_set() and not self.queue and not outbox_held
 
@@ -567,7 +551,7 @@ class Activation:
         except BaseException:
             data.rollback()
             raise
-        self.outbox_dirty = True
+        self.outbox.dirty = True
         self.timers_changed = True
 
     def _rewrite_wake_hint(self) -> None:
@@ -601,90 +585,16 @@ class Activation:
     # -- the outbox -----------------------------------------------------------------------
 
     def outbox_add(self, target: Ref[Any], method: str, payload: bytes) -> None:
-        self.data.add_outbox(target.type_name, target.key, method, payload)
-        self.outbox_dirty = True
+        self.outbox.add(target, method, payload)
 
-    async def _deliver_outbox(self) -> None:
-        """Deliver committed outbox rows in order; a row that cannot go yet stays, with the rest,
-        and delivery is retried with backoff.
-
-        Delivery is at-least-once; the receiver's per-sender cursor makes it exactly-once.
-        """
-        rt = self.runtime
-        rows = self.data.outbox_after(self.outbox_delivered_upto)
-        gate = self._outbox_gate(rows[-1].id if rows else 0)
-        self.outbox_gated = False
-        for row in rows:
-            if gate is not None and row.id > gate:
-                gate = self._outbox_gate(0)  # (again: acknowledged while rows were delivered?)
-            if gate is not None and row.id > gate:
-                # Its turn's commit is not in the replica yet: it goes once it is (an
-                # acknowledgement wakes the loop; a hibernation ships it, then a wake-up).
-                self.outbox_gated = True
-                assert rt.replication is not None
-                rt.replication.hurry()
-                return
-            spec = rt.specs.get(row.target_type)
-            try:
-                if spec is None:
-                    raise LookupError(f"type {row.target_type!r} is not registered")
-                token = await rt.deliver(
-                    spec,
-                    row.target_key,
-                    row.method,
-                    row.payload,
-                    # (rows from before a restore to an earlier point go as they were first)
-                    self.sender_id if row.id >= self.incarnation_from else self.earlier_sender_id,
-                    row.id,
-                )
-            except RuntimeClosedError:
-                return
-            except NotLocalError:
-                # Its target is being restored (and was woken for it): try again soon, quietly.
-                delay = self.outbox_retry_delay
-                self.outbox_retry_delay = min(1.0, max(OUTBOX_RETRY_MIN, delay * 2))
-                return
-            except Exception as exc:
-                delay = self.outbox_retry_delay
-                self.outbox_retry_delay = min(OUTBOX_RETRY_MAX, max(OUTBOX_RETRY_MIN, delay * 2))
-                rt.report(
-                    f"{self.spec.name} {self.key!r}: outbox row {row.id} to {row.target_type} "
-                    f"{row.target_key!r} not delivered yet, retrying in "
-                    f"{self.outbox_retry_delay:.2f} s: {exc!r}"
-                )
-                return
-            self.outbox_delivered_upto = row.id
-            if token is not None:
-                self.outbox_tokens.append((row.id, token))
-        self.outbox_dirty = False
-        self.outbox_retry_delay = 0.0
-
-    def _outbox_gate(self, last_row: int) -> int | None:
-        """The last outbox row whose commit is in the replica (``None``: no replica, no gate).
-        Rows present when the actor woke count as committed before its files were attached:
-        they wait until the files' state then is known to be in the replica."""
-        if self.runtime.replication is None or not self.replica_files:
-            return None
-        data = self.replica_files[0]
-        marks = self.outbox_marks
-        if last_row > (marks[-1][1] if marks else self.outbox_gate_upto):
-            marks.append((data.commits, last_row))  # (written at or before this commit)
-        if data.claimed and data.baseline_shipped and not data.want_snapshot:
-            while marks and data.acked >= marks[0][0]:
-                self.outbox_gate_upto = marks.popleft()[1]
-        return self.outbox_gate_upto
-
-    def _gate_stuck(self) -> bool:
-        """Rows at the output gate cannot expect an acknowledgement soon."""
-        rep = self.runtime.replication
-        if rep is None or rep.unavailable or not self.replica_files:
-            return True
-        data = self.replica_files[0]
-        return not data.claimed or data.fenced is not None
+    @property
+    def outbox_gated(self) -> bool:
+        """Committed rows wait at the output gate for the replica's acknowledgement."""
+        return self.outbox.gated
 
     def replica_acked(self) -> None:
         """Replication acknowledged commits of its files: rows held at the gate may go."""
-        if self.outbox_gated:
+        if self.outbox.gated:
             self.work.set()
 
     def _replicated_applied(self) -> int:
@@ -702,16 +612,6 @@ class Activation:
             self.replicated_applied = marks.popleft()[1]
         return self.replicated_applied
 
-    def outbox_deletable(self) -> int:
-        """The last outbox row that may be deleted: delivered and, with a replica, delivered
-        into the replica (a row deleted earlier could be lost by a restore from it)."""
-        tokens = self.outbox_tokens
-        while tokens and tokens[0][1].done():
-            self.outbox_safe_upto = tokens.popleft()[0]
-        if not tokens:
-            return self.outbox_delivered_upto
-        return self.outbox_safe_upto
-
     # -- batched housekeeping -------------------------------------------------------------
 
     def _cleanup(self, *, force: bool) -> None:
@@ -722,9 +622,9 @@ class Activation:
         self.cleaned_upto = upto
         cutoff = time.time() - self.runtime.idempotency_ttl
         self.mailbox.prune_idempotency(cutoff, upto)
-        deletable = self.outbox_deletable()
+        deletable = self.outbox.deletable()
         self.data.housekeeping(deletable, cutoff)
-        self.outbox_deleted_upto = deletable
+        self.outbox.deleted_upto = deletable
 
 
 def _sender_id(aid: str, incarnation: int) -> str:

@@ -468,7 +468,7 @@ class Delivery:
     def _spawned_in_outbox(self, act: Activation, target: Ref[Any]) -> OutboxRow | None:
         """The SPAWN row for ``target`` that ``act``'s outbox holds and has not delivered yet
         (``self.spawn`` earlier in this turn, or in a turn whose rows have not gone yet)."""
-        for row in act.data.outbox_after(act.outbox_delivered_upto):
+        for row in act.data.outbox_after(act.outbox.delivered_upto):
             if (
                 row.method == SPAWN
                 and row.target_type == target.type_name

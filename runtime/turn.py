@@ -48,6 +48,7 @@ from .errors import (
 from .files.datastore import KV, Sql
 from .files.mailbox import Message
 from .host import ActorHost, Waiter
+from .outbox import Outbox
 from .replica.shipper import ReplicatedActor
 from .spec import HandlerSpec
 from .steps import Interrupted, SplitBatch, Suspended, TurnState
@@ -91,13 +92,11 @@ class TurnActor(ActorHost, ReplicatedActor, Protocol):
     closing: bool
     failure_times: collections.deque[float]
     replica_files: list[Any]
-    outbox_deleted_upto: int
+    outbox: Outbox
     created: anyio.Event
     settled: anyio.Event
 
     def record_wake_latency(self) -> None: ...
-
-    def outbox_deletable(self) -> int: ...
 
     def stop_failed(self, error: BaseException) -> None: ...
 
@@ -137,10 +136,10 @@ class Batch:
             return
         data.begin()
         try:
-            deletable = act.outbox_deletable()
-            if deletable > act.outbox_deleted_upto:
+            deletable = act.outbox.deletable()
+            if deletable > act.outbox.deleted_upto:
                 data.delete_outbox(deletable)
-                act.outbox_deleted_upto = deletable
+                act.outbox.deleted_upto = deletable
             for message in self.messages:
                 if not await self._apply(message):
                     break

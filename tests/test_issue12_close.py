@@ -88,7 +88,7 @@ async def close_during_step(root: Path, bound: float = RESUME_BOUND) -> None:
             return list(self.kv.get("receipts", []))
 
     async with runtime(root, Shop) as rt:
-        scene.closing = rt.closing
+        scene.closing = rt._engine.closing
         await rt.ref(Shop, "s").send(Shop.buy, 30)
         await scene.entered.wait()
     # The step finished within the grace; the turn's next step was refused by the close.
@@ -124,7 +124,7 @@ async def close_during_ask(root: Path, bound: float = RESUME_BOUND) -> None:
             return list(self.kv.get("receipts", []))
 
     async with runtime(root, Shop, Bank) as rt:
-        scene.closing = rt.closing
+        scene.closing = rt._engine.closing
         await rt.ref(Shop, "s").send(Shop.buy, 30)
         await scene.entered.wait()  # the shop's turn waits in its ask, the bank's in a step
     assert effects(scene.log) == ["charge 30"]
@@ -175,7 +175,7 @@ async def test_a_turn_closed_in_a_durable_sleep_still_wakes_at_its_deadline(root
     assert effects(scene.log) == ["before"]
     async with runtime(root, Nap) as rt:
         # (Its wait's deadline wakes it: not every open of the runtime.)
-        entry = rt.directory.get(actor_id("issue12close.Nap", "n"))
+        entry = rt._engine.directory.get(actor_id("issue12close.Nap", "n"))
         assert entry is not None and not entry.pending
         with trio.fail_after(3600 + RESUME_BOUND):
             await scene.finished.wait()
@@ -196,7 +196,7 @@ async def test_a_sleep_refused_by_the_close_begins_when_the_turn_resumes(root: P
             await self.step("confirm", scene.confirm, "reminded")
 
     async with runtime(root, Reminder) as rt:
-        scene.closing = rt.closing
+        scene.closing = rt._engine.closing
         await rt.ref(Reminder, "r").send(Reminder.remind)
         await scene.entered.wait()
     assert effects(scene.log) == ["charge 1"]

@@ -690,4 +690,4 @@ async def test_an_event_that_ends_a_wait_early_clears_its_wake_up_hint(root: Pat
         await ref.signal("e", "early")
         await anyio.sleep(1)
         assert rt.statistics().actors_with_timers == 0
-        assert rt.directory.next_wake_at() is None
+        assert rt._engine.directory.next_wake_at() is None

@@ -1222,9 +1222,9 @@ def _held_outboxes(rt: Any) -> list[str]:
     diagnostic for a drain that did not finish)."""
     held = []
     for act in list(rt._engine.awake.values()):
-        if not act.files_open or not act.outbox_dirty:
+        if not act.files_open or not act.outbox.dirty:
             continue
-        rows = act.data.outbox_after(act.outbox_delivered_upto)
+        rows = act.data.outbox_after(act.outbox.delivered_upto)
         if not rows:
             continue
         data = act.replica_files[0] if act.replica_files else None
@@ -1236,9 +1236,9 @@ def _held_outboxes(rt: Any) -> list[str]:
             f"acked={data.acked}/{data.commits} fenced={data.fenced is not None}"
         )
         held.append(
-            f"{act.key}: {len(rows)} rows from {rows[0].id}, gated={act.outbox_gated}, "
-            f"retry in {act.outbox_retry_delay:.2f} s, marks {list(act.outbox_marks)[:3]}, "
-            f"gate at {act.outbox_gate_upto}; {gate}"
+            f"{act.key}: {len(rows)} rows from {rows[0].id}, gated={act.outbox.gated}, "
+            f"retry in {act.outbox.retry_delay:.2f} s, marks {list(act.outbox.marks)[:3]}, "
+            f"gate at {act.outbox.gate_upto}; {gate}"
         )
     return held
 

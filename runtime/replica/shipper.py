@@ -121,13 +121,15 @@ class ReplicatedActor(Protocol):
     replication_due: bool
     clear_pending_when_shipped: bool
     waiting: bool
-    outbox_gated: bool
     closing: bool
     files_open: bool
     restored: bool
 
     @property
     def hibernating(self) -> bool: ...
+
+    @property
+    def outbox_gated(self) -> bool: ...
 
     def describe(self) -> str: ...
 
