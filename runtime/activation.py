@@ -417,7 +417,8 @@ class Activation:
         self.fail_waiters(failure)
 
     async def _turn_loop(self) -> None:
-        rt = self.runtime
+        """``on_create`` (once), ``on_wake``, then turns until it closes, then ``on_hibernate``
+        (unless it failed or stopped)."""
         if not self.created.is_set():
             await turn.create(self)
             if self.failed is not None or self.closing:
@@ -428,14 +429,7 @@ class Activation:
         if due is not None and due <= self.runtime.clock():
             self.timers_due = True
         while not self.closing and self.failed is None:
-            if self.replication_due and rt.replication is not None:
-                rt.replication.capture_due(self)
-            if self.timers_due:
-                self._fire_timers()
-            if self.timers_changed:
-                self._rewrite_wake_hint()
-            if self.outbox.dirty and self.outbox.retry_delay == 0:
-                await self.outbox.deliver()
+            await self._between_turns()
             if not self.queue and self.backlog:
                 self._load_more()
             if not self.queue:
@@ -444,40 +438,62 @@ class Activation:
                 if self.closing:
                     break
                 self.record_wake_latency()
-                if self.timers_due or self.timers_changed:
-                    continue
-                self.waiting = True
-                if self.is_idle():
-                    self.runtime.idle(self)
-                try:
-                    if self.outbox.retry_delay:
-                        with anyio.move_on_after(self.outbox.retry_delay):
-                            await self.work.wait()
-                        await self.outbox.deliver()
-                    else:
-                        await self.work.wait()
-                finally:
-                    self.waiting = False
-                    self.runtime.busy(self)
+                if not (self.timers_due or self.timers_changed):
+                    await self._wait_for_work()
                 continue
-            if (
-                self.spec.durable
-                and rt.replication is not None
-                and self.replica_files
-                and not self.replica_files[0].baseline_shipped
-            ):
-                # A durable actor's steps are keyed by its lineage, in data.db: that must be
-                # in the replica before a call goes out, or a machine lost now would retry the
-                # acknowledged message elsewhere under another key.
-                await rt.replication.wait_baseline(self)
-                if self.closing or self.failed is not None:
-                    break
+            if not await self._lineage_replicated():
+                break
             await turn.run_batch(self)
         if self.hibernating and self.failed is None and self.gave_up is None:
             if self.spec.has_on_hibernate:
                 await turn.run_hook(self, "on_hibernate")
             if self.outbox.dirty:  # sends made by on_hibernate
                 await self.outbox.deliver()
+
+    async def _between_turns(self) -> None:
+        """What waits for a gap between turns: a replica capture, due timers, the wake-up hint,
+        committed outbox rows."""
+        rt = self.runtime
+        if self.replication_due and rt.replication is not None:
+            rt.replication.capture_due(self)
+        if self.timers_due:
+            self._fire_timers()
+        if self.timers_changed:
+            self._rewrite_wake_hint()
+        if self.outbox.dirty and self.outbox.retry_delay == 0:
+            await self.outbox.deliver()
+
+    async def _wait_for_work(self) -> None:
+        """Nothing queued: wait for a message, a timer, an event or a closing (idle meanwhile,
+        unless a turn waits on something else); retry a failed outbox delivery on time."""
+        self.waiting = True
+        if self.is_idle():
+            self.runtime.idle(self)
+        try:
+            if self.outbox.retry_delay:
+                with anyio.move_on_after(self.outbox.retry_delay):
+                    await self.work.wait()
+                await self.outbox.deliver()
+            else:
+                await self.work.wait()
+        finally:
+            self.waiting = False
+            self.runtime.busy(self)
+
+    async def _lineage_replicated(self) -> bool:
+        """A durable actor's steps are keyed by its lineage, in data.db: that must be in the
+        replica before a call goes out, or a machine lost now would retry the acknowledged
+        message elsewhere under another key. Whether turns may go on."""
+        rt = self.runtime
+        if (
+            self.spec.durable
+            and rt.replication is not None
+            and self.replica_files
+            and not self.replica_files[0].baseline_shipped
+        ):
+            await rt.replication.wait_baseline(self)
+            return not (self.closing or self.failed is not None)
+        return True
 
     def is_idle(self) -> bool:
         """Waiting for work with nothing to do, or with a turn in durable waits only: the only

@@ -84,6 +84,7 @@ class Ref(Generic[A]):
 
     @property
     def actor_type(self) -> type[A]:
+        """The actor's class (an ``Actor`` subclass registered with the runtime)."""
         return self._spec.cls
 
     def __repr__(self) -> str:

@@ -67,31 +67,9 @@ class Residency:
         wake-up. Makes room under ``max_awake`` by hibernating the least recently used idle
         actors, or waits for one to become idle."""
         aid = actor_id(spec.name, key)
-        while True:
-            act = self.awake.get(aid)
-            if act is None:
-                break
-            if act.state is State.AWAKE:
-                if act.failed is None and act.files_open and act.mailbox.found_corrupt:
-                    # A bad page was met in its mailbox (by a call on it, or an append): stop
-                    # it now (its messages are kept); with a replica, the wake-up below
-                    # restores the files.
-                    act.fail_from_outside(
-                        CorruptFileError(
-                            f"{act.describe()}: {act.mailbox.path.name} is corrupt "
-                            f"({act.mailbox.found_corrupt}); its messages are kept",
-                            path=str(act.mailbox.path),
-                        )
-                    )
-                if act.failed is None:
-                    return act
-            if act.state is State.WAKING:
-                await act.opened.wait()
-                error = act.open_error
-                if error is not None and not isinstance(error, anyio.get_cancelled_exc_class()):
-                    raise error  # (the opener's own cancellation is not ours: try again)
-                continue
-            await act.closed.wait()  # hibernating, or failed: wake it again once it is closed
+        act = await self._resident(aid)
+        if act is not None:
+            return act
         self.rt.check_open()
         entry = self.rt.directory.get(aid)
         if entry is None and spec.requires_create_arguments():
@@ -122,35 +100,7 @@ class Residency:
                     self.rt.known_actors += 1
                 elif not entry.pending:
                     self.rt.directory.mark_pending(aid, spec.name, key)
-            if self.rt.replication is not None:
-                corrupt = self.rt.replication.corrupt.pop(aid, None)
-                # Deliveries wait for the files from here on (a restore may replace them).
-                act.preparing = True
-                try:
-                    await self.rt.replication.prepare_files(
-                        act, known=entry is not None, force_restore=corrupt is not None
-                    )
-                    self.rt.check_open()
-                    try:
-                        act.open(data_may_be_missing=act.restored)
-                    except CorruptFileError as exc:
-                        # Detected at open: the replica has the last replicated state.
-                        self.rt.report(f"{spec.name} {key!r}: {exc}; restoring it from the replica")
-                        await self.rt.replication.prepare_files(act, known=True, force_restore=True)
-                        self.rt.check_open()
-                        act.open(data_may_be_missing=True)  # (the replica had none either)
-                finally:
-                    act.preparing = False
-            else:
-                act.open()
-            self.resident += 1
-            if self.rt.replication is not None:
-                try:
-                    self.rt.replication.attach(act)
-                except BaseException:
-                    self.resident -= 1
-                    act.close_connections()
-                    raise
+            await self._open(act, known=entry is not None)
         except BaseException as exc:
             del self.awake[aid]
             act.open_error = exc
@@ -172,6 +122,65 @@ class Residency:
         act.opened.set()
         self.rt.task_group.start_soon(self._run_activation, act, name=f"torpor {spec.name} {key!r}")
         return act
+
+    async def _resident(self, aid: str) -> Activation | None:
+        """The awake activation of ``aid`` once no wake-up or close of it is under way, or
+        ``None`` if it must be woken. One whose mailbox met a bad page is failed first (with a
+        replica, the wake-up that follows restores its files)."""
+        while True:
+            act = self.awake.get(aid)
+            if act is None:
+                return None
+            if act.state is State.AWAKE:
+                if act.failed is None and act.files_open and act.mailbox.found_corrupt:
+                    act.fail_from_outside(
+                        CorruptFileError(
+                            f"{act.describe()}: {act.mailbox.path.name} is corrupt "
+                            f"({act.mailbox.found_corrupt}); its messages are kept",
+                            path=str(act.mailbox.path),
+                        )
+                    )
+                if act.failed is None:
+                    return act
+            if act.state is State.WAKING:
+                await act.opened.wait()
+                error = act.open_error
+                if error is not None and not isinstance(error, anyio.get_cancelled_exc_class()):
+                    raise error  # (the opener's own cancellation is not ours: try again)
+                continue
+            await act.closed.wait()  # hibernating, or failed: wake it again once it is closed
+
+    async def _open(self, act: Activation, *, known: bool) -> None:
+        """Open a waking actor's files (with a replica: claimed, or restored, first) and count
+        it resident."""
+        rep = self.rt.replication
+        if rep is None:
+            act.open()
+            self.resident += 1
+            return
+        corrupt = rep.corrupt.pop(act.aid, None)
+        # Deliveries wait for the files from here on (a restore may replace them).
+        act.preparing = True
+        try:
+            await rep.prepare_files(act, known=known, force_restore=corrupt is not None)
+            self.rt.check_open()
+            try:
+                act.open(data_may_be_missing=act.restored)
+            except CorruptFileError as exc:
+                # Detected at open: the replica has the last replicated state.
+                self.rt.report(f"{act.describe()}: {exc}; restoring it from the replica")
+                await rep.prepare_files(act, known=True, force_restore=True)
+                self.rt.check_open()
+                act.open(data_may_be_missing=True)  # (the replica had none either)
+        finally:
+            act.preparing = False
+        self.resident += 1
+        try:
+            rep.attach(act)
+        except BaseException:
+            self.resident -= 1
+            act.close_connections()
+            raise
 
     async def _make_room(self) -> None:
         """Return once an actor may open its files without exceeding ``max_awake``: hibernate

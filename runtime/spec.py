@@ -182,7 +182,7 @@ class TypeSpec:
         return False
 
 
-def build_type_spec(cls: type, name: str | None, base: type) -> TypeSpec:
+def build_type_spec(cls: type, name: str | None, base: type) -> TypeSpec:  # noqa: C901 (one check per rule)
     """Introspect an ``Actor`` subclass; raise ``TypeError``/``ValueError`` on a bad definition."""
     type_name = name if name is not None else cls.__name__
     check_type_name(type_name)

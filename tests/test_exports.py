@@ -177,3 +177,29 @@ def test_runtime_and_ref_are_final_and_the_package_is_typed() -> None:
     assert getattr(actors.Runtime, "__final__", False) is True
     assert getattr(actors.Ref, "__final__", False) is True
     assert (ROOT / "actors" / "py.typed").is_file()
+
+
+def test_every_public_name_and_member_has_a_docstring() -> None:
+    """Each public class and function of actors and actors.testing, and each public method and
+    property of a public class, says what it does (the reference page is made of these)."""
+    import inspect
+
+    import actors.testing
+
+    missing = []
+    for package in (actors, actors.testing):
+        for name in package.__all__:
+            obj = getattr(package, name)
+            if not (inspect.isclass(obj) or inspect.isfunction(obj)):
+                continue
+            if not inspect.getdoc(obj):
+                missing.append(f"{package.__name__}.{name}")
+            if not inspect.isclass(obj) or issubclass(obj, BaseException):
+                continue
+            for member, value in vars(obj).items():
+                if member.startswith("_"):
+                    continue
+                documented = isinstance(value, property | staticmethod | classmethod)
+                if (documented or inspect.isfunction(value)) and not inspect.getdoc(value):
+                    missing.append(f"{package.__name__}.{name}.{member}")
+    assert missing == []

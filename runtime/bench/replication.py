@@ -510,7 +510,7 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _fault_lines(f: dict[str, Any], params: dict[str, Any]) -> list[str]:
+def _fault_lines(f: dict[str, Any], params: dict[str, Any]) -> list[str]:  # noqa: C901 (one optional line per fault counter)
     """The fault phase's details, as far as it got."""
     injected = ", ".join(f"{kind} {n}" for kind, n in f.get("injected", {}).items() if n)
     lines = [

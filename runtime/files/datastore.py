@@ -576,6 +576,8 @@ class Sql:
 
     @property
     def last_insert_rowid(self) -> int:
+        """The rowid of the last row this actor's handler inserted (SQLite's
+        ``last_insert_rowid()``)."""
         return int(self._conn.last_insert_rowid())
 
 

@@ -681,7 +681,7 @@ class ReplicationEngine:
             return False
         return not self.origin or aid in self.claimed
 
-    async def prepare_files(
+    async def prepare_files(  # noqa: C901 (claim, restore or adopt: one path per case)
         self, act: ReplicatedActor, known: bool, *, force_restore: bool = False
     ) -> None:
         """Before an actor's files are opened: take up the state saved at its last hibernation
