@@ -9,7 +9,6 @@ waits for work in between; the runtime's residency decides when it hibernates.
 from __future__ import annotations
 
 import collections
-import time
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -147,6 +146,7 @@ class Activation:
             key=self.key,
             image=mailbox_image,
             known_sound=rt.sound_mailboxes,
+            clock=rt.clock,
         )
         try:
             data_path = folder / DATA_FILE
@@ -163,6 +163,7 @@ class Activation:
                 type_name=self.spec.name,
                 key=self.key,
                 image=data_image,
+                clock=rt.clock,
             )
             try:
                 self.sql = Sql(self.data.conn)
@@ -585,7 +586,7 @@ class Activation:
 
     def record_wake_latency(self) -> None:
         if self.wake_started is not None:
-            self.runtime.wake_latencies.append(anyio.current_time() - self.wake_started)
+            self.runtime.wake_latencies.append(self.runtime.clock.loop() - self.wake_started)
             self.wake_started = None
 
     def _load_more(self) -> None:
@@ -636,7 +637,7 @@ class Activation:
             return
         self.mailbox.remove_applied(upto)
         self.cleaned_upto = upto
-        cutoff = time.time() - self.runtime.idempotency_ttl
+        cutoff = self.runtime.clock() - self.runtime.idempotency_ttl
         self.mailbox.prune_idempotency(cutoff, upto)
         deletable = self.outbox.deletable()
         self.data.housekeeping(deletable, cutoff)

@@ -359,6 +359,7 @@ class Delivery:
             key=key,
             image=mailbox_image,
             known_sound=self.rt.sound_mailboxes,
+            clock=self.rt.clock,
         )
         try:
             _, appended = mailbox.append_deduplicated(

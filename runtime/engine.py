@@ -29,6 +29,7 @@ import anyio.lowlevel
 
 from .activation import Activation, check_payload
 from .admin import Admin
+from .clock import Clock
 from .codec import Codec
 from .context import refuse_inside_turn as _refuse_inside_turn
 from .delivery import Delivery
@@ -155,7 +156,8 @@ class Engine:
         self.crash_hook: Callable[[str, Any, int, str], None] | None = None
         self.crashed = False
         self.runtime_id = ""  # from directory.db, at open
-        self.clock = clock
+        #: Wall time (``clock``, injectable) and loop time: runtime/clock.py.
+        self.clock = Clock(clock)
         self.stats_hibernations = 0
         self.wake_latencies: collections.deque[float] = collections.deque(maxlen=1000)
         if max_awake is None:
@@ -485,7 +487,9 @@ class Engine:
         try:
             if self.replication is not None:
                 self.replication.restore_directory_if_missing(self.root)
-            self.directory = Directory(self.root / DIRECTORY_FILE, synchronous=self.synchronous)
+            self.directory = Directory(
+                self.root / DIRECTORY_FILE, synchronous=self.synchronous, clock=self.clock
+            )
         except BaseException:
             self._release_lock()
             raise

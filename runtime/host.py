@@ -122,8 +122,6 @@ class RuntimeHost(RefHost, Protocol):
 
     def check_open(self) -> None: ...
 
-    def clock(self) -> float: ...
-
     def lifecycle_changed(
         self,
         type_name: str,

@@ -21,6 +21,7 @@ import anyio
 import anyio.lowlevel
 
 if TYPE_CHECKING:
+    from .clock import Clock
     from .spec import TypeSpec
 
 A = TypeVar("A")
@@ -32,7 +33,7 @@ class RefHost(Protocol):
     """What a ``Ref``, and an actor through its own ref, reach of their runtime
     (``runtime/engine.py``'s ``Engine``)."""
 
-    def clock(self) -> float: ...
+    clock: Clock
 
     def refuse_inside_turn(self, what: str, instead: str) -> None: ...
 

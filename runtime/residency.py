@@ -79,7 +79,7 @@ class Residency:
                 f"{spec.name} {key!r} is stopped ({entry.stopped}); its messages are kept "
                 "until Runtime.resume"
             )
-        started = anyio.current_time()
+        started = self.rt.clock.loop()
         previous = State.FAILED if aid in self.failed else State.HIBERNATED
         if resuming:
             previous = State.STOPPED
@@ -270,6 +270,7 @@ class Residency:
         )
         self.rt.report(f"{act.spec.name} {act.key!r} stopped: {why} ({reason})")
         entry = self.rt.directory.get(act.aid)
+        # (a number that only grows, across processes: the notice's sender_seq, not a time)
         notice = time.time_ns() if entry is not None and entry.parent else None
         self.rt.directory.set_stopped(act.aid, reason, notice)
         self.rt.stopped_actors += 1
@@ -317,7 +318,7 @@ class Residency:
         act.work.set()
 
     def idle(self, act: Activation) -> None:
-        now = anyio.current_time()
+        now = self.rt.clock.loop()
         self.idle_since[act.aid] = now
         self.idle_since.move_to_end(act.aid)
         if now + self.idle_timeout < self._supervisor_wakes_at:
@@ -331,7 +332,7 @@ class Residency:
         """Hibernate actors idle for ``idle_timeout`` and wake actors whose timers are due;
         sleeps until the next of those deadlines (or until poked)."""
         while True:
-            now = anyio.current_time()
+            now = self.rt.clock.loop()
             while self.idle_since:
                 aid, since = next(iter(self.idle_since.items()))
                 if since + self.idle_timeout > now:
@@ -345,7 +346,7 @@ class Residency:
             if self.next_wake_at is not None:
                 deadline = min(deadline, max(0.0, self.next_wake_at - self.rt.clock()))
             self._poke = anyio.Event()
-            self._supervisor_wakes_at = anyio.current_time() + deadline
+            self._supervisor_wakes_at = self.rt.clock.loop() + deadline
             with anyio.move_on_after(deadline):
                 await self._poke.wait()
             self._supervisor_wakes_at = -math.inf  # awake: nobody needs to poke it
@@ -437,6 +438,7 @@ class Residency:
             type_name=spec.name,
             key=key,
             known_sound=self.rt.sound_mailboxes,
+            clock=self.rt.clock,
         )
         try:
             return fn(mailbox, None)

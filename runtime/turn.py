@@ -486,7 +486,7 @@ def intensity_exceeded(act: TurnActor, error: BaseException) -> bool:
     """Count a failed turn; past the type's restart intensity, stop the actor (its messages,
     this one included, stay in the mailbox)."""
     policy = act.spec.restart_intensity
-    now = anyio.current_time()
+    now = act.runtime.clock.loop()
     times = act.failure_times
     times.append(now)
     while times and times[0] < now - policy.period:

@@ -161,9 +161,11 @@ class DataStore:
         type_name: str,
         key: str,
         image: Callable[[], bytes] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         """Open (creating if absent) an actor's ``data.db``; ``image``: create it as a copy
-        of ``image()`` (called only when the file is absent).
+        of ``image()`` (called only when the file is absent); ``clock``: epoch seconds for the
+        times it records.
 
         Private to this process while open (no ``-shm``: ``db.connect``), with a persistent
         ``-wal`` emptied at close: a hibernated actor's database is one file and an empty log.
@@ -173,6 +175,7 @@ class DataStore:
         16 KiB per hibernated actor.
         """
         self.path = path
+        self._clock = clock
         if image is not None:
             db.create_from_image(path, image, durable=synchronous == "FULL")
         self.conn = conn = db.connect(path, synchronous=synchronous, persist_wal=True, private=True)
@@ -355,7 +358,7 @@ class DataStore:
         self._exec(
             "INSERT OR REPLACE INTO _torpor_results(seq, idempotency_key, ok, payload, created_at)"
             " VALUES (?, ?, ?, ?, ?)",
-            (seq, idempotency_key, int(ok), payload, time.time()),
+            (seq, idempotency_key, int(ok), payload, self._clock()),
         )
 
     def sender_cursor(self, sender: str) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,8 +59,11 @@ class Entry:
 
 
 class Directory:
-    def __init__(self, path: Path, *, synchronous: str) -> None:
+    def __init__(
+        self, path: Path, *, synchronous: str, clock: Callable[[], float] = time.time
+    ) -> None:
         self.path = path
+        self._clock = clock  # epoch seconds for the times it records
         self.conn = db.connect(path, synchronous=synchronous)
         with db.corruption_as_error(path):
             db.migrate(
@@ -103,7 +106,7 @@ class Directory:
             self.conn.execute(
                 "INSERT INTO actors(id, type, key, pending, init, parent, created_at) "
                 "VALUES (?, ?, ?, 1, ?, ?, ?)",
-                (aid, type_name, key, init, parent, time.time()),
+                (aid, type_name, key, init, parent, self._clock()),
             )
         except apsw.ConstraintError:
             raise ActorExistsError(f"actor {type_name} {key!r} already exists") from None
@@ -113,7 +116,7 @@ class Directory:
         self.conn.execute(
             "INSERT INTO actors(id, type, key, pending, created_at) VALUES (?, ?, ?, 1, ?) "
             "ON CONFLICT(id) DO UPDATE SET pending = 1 WHERE pending = 0",
-            (aid, type_name, key, time.time()),
+            (aid, type_name, key, self._clock()),
         )
 
     def lower_wake_at(self, aid: str, at: float) -> None:

@@ -213,12 +213,15 @@ class Mailbox:
         key: str,
         image: Callable[[], bytes] | None = None,
         known_sound: db.CheckedFiles | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         """Open (creating if absent) an actor's mailbox; ``image``: create it as a copy
         of ``image()`` (called only when the file is absent). An existing file is checked for
         bad pages unless it is in ``known_sound`` (the runtime's set of the files it checked
-        since it opened: it wrote them alone since; a bad page met later takes one out)."""
+        since it opened: it wrote them alone since; a bad page met later takes one out).
+        ``clock``: epoch seconds for the times it records (the runtime's wall clock)."""
         self.path = path
+        self._clock = clock
         self._known_sound = known_sound
         #: SQLite's error for the first bad page met: the mailbox takes no new message then.
         self.found_corrupt: BaseException | None = None
@@ -290,7 +293,7 @@ class Mailbox:
         self._refuse_if_corrupt()
         self.conn.execute(
             "INSERT INTO inbox(method, payload, enqueued_at) VALUES (?, ?, ?)",
-            (method, payload, time.time()),
+            (method, payload, self._clock()),
         )
         return int(self.conn.last_insert_rowid())
 
@@ -335,7 +338,7 @@ class Mailbox:
                     if sender_seq is not None and sender_seq <= last:
                         conn.execute("COMMIT")
                         return None, False
-            now = time.time()
+            now = self._clock()
             conn.execute(
                 "INSERT INTO inbox(sender, sender_seq, method, payload, idempotency_key, "
                 "enqueued_at) VALUES (?, ?, ?, ?, ?, ?)",
@@ -436,7 +439,7 @@ class Mailbox:
                 _qualified_name(type(error)),
                 str(error),
                 text,
-                time.time(),
+                self._clock(),
             ),
         )
 
@@ -527,7 +530,7 @@ class Mailbox:
                         row.value,
                         row.until,
                         row.attempts,
-                        time.time(),
+                        self._clock(),
                     ),
                 )
                 return bytes(payload)
@@ -540,7 +543,7 @@ class Mailbox:
         cursor = self.conn.execute(
             "INSERT INTO events(name, payload, idempotency_key, sent_at) VALUES (?, ?, ?, ?) "
             "ON CONFLICT(idempotency_key) DO NOTHING RETURNING id",
-            (name, payload, idempotency_key, time.time()),
+            (name, payload, idempotency_key, self._clock()),
         )
         return bool(cursor.fetchall())
 
