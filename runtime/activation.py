@@ -558,7 +558,7 @@ class Activation:
         try:
             for name, method, payload, due_at, every, cron in data.timers(due_before=now):
                 data.add_outbox(self.spec.name, self.key, method, payload)
-                self.runtime.stats_timers_fired += 1
+                self.runtime.counters.timers_fired += 1
                 following = timers.due_again(due_at, now, every, cron)
                 if following is None:
                     data.delete_timer(name)

@@ -105,7 +105,7 @@ class Delivery:
             assert maybe_seq is not None
             seq = maybe_seq
         if appended:
-            self.rt.stats_sent += 1
+            self.rt.counters.sent += 1
             act.accept(_new_message(seq, None, None, name, payload, idempotency_key))
         if not want_reply and spec.durable and self.rt.replication is not None:
             # Durable mode: the acknowledgement of a send means "in the replica", with the
@@ -231,7 +231,7 @@ class Delivery:
                     method, payload, sender=sender, sender_seq=sender_seq, idempotency_key=None
                 )
                 if appended:
-                    self.rt.stats_sent += 1
+                    self.rt.counters.sent += 1
                     act.backlog = True
                     self.residency.wake_later(spec, key)
                 await anyio.lowlevel.checkpoint()
@@ -257,7 +257,7 @@ class Delivery:
             method, payload, sender=sender, sender_seq=sender_seq, idempotency_key=None
         )
         if appended and seq is not None:
-            self.rt.stats_sent += 1
+            self.rt.counters.sent += 1
             act.accept(_new_message(seq, sender, sender_seq, method, payload, None))
         await anyio.lowlevel.checkpoint()
         return rep.append_token(aid) if rep else None
@@ -372,7 +372,7 @@ class Delivery:
         finally:
             mailbox.close()
         if appended:
-            self.rt.stats_sent += 1
+            self.rt.counters.sent += 1
         if (entry is None or entry.stopped is None) and aid not in self.residency.awake:
             self.residency.wake_later(spec, key)
         return appended

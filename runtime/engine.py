@@ -32,6 +32,7 @@ from .admin import Admin
 from .clock import Clock
 from .codec import Codec
 from .context import refuse_inside_turn as _refuse_inside_turn
+from .counters import Counters
 from .delivery import Delivery
 from .errors import (
     RuntimeClosedError,
@@ -141,24 +142,16 @@ class Engine:
         self.closed = False
         self.unknown_types: set[str] = set()
         self.reports: collections.deque[str] = collections.deque(maxlen=1000)
-        self.stats_sent = 0
-        self.stats_turns = 0
-        self.stats_applied = 0
-        self.stats_retries = 0
-        self.stats_dead_letters = 0
         #: Mailboxes checked for bad pages since the runtime opened (runtime/files/mailbox.py).
         self.sound_mailboxes = db.CheckedFiles()
-        self.stats_timers_fired = 0
-        self.stats_steps = 0
+        self.counters = Counters()
         self.parked_waiters: dict[str, dict[int, Waiter]] = {}  # askers of hibernated actors
-        self.stats_step_retries = 0
         #: Test kit hook (actors.testing): called at each crash point of a turn.
         self.crash_hook: Callable[[str, Any, int, str], None] | None = None
         self.crashed = False
         self.runtime_id = ""  # from directory.db, at open
         #: Wall time (``clock``, injectable) and loop time: runtime/clock.py.
         self.clock = Clock(clock)
-        self.stats_hibernations = 0
         self.wake_latencies: collections.deque[float] = collections.deque(maxlen=1000)
         if max_awake is None:
             max_awake = default_max_awake()
@@ -264,18 +257,18 @@ class Engine:
             stopped=self.stopped_actors,
             max_awake=self.residency.max_awake,
             wakes=self.residency.stats_wakes,
-            timers_fired=self.stats_timers_fired,
+            timers_fired=self.counters.timers_fired,
             actors_with_timers=self.actors_with_timers,
-            steps=self.stats_steps,
-            step_retries=self.stats_step_retries,
-            hibernations=self.stats_hibernations,
+            steps=self.counters.steps,
+            step_retries=self.counters.step_retries,
+            hibernations=self.counters.hibernations,
             wake_latency_p50=_quantile(latencies, 0.50),
             wake_latency_p99=_quantile(latencies, 0.99),
-            messages_sent=self.stats_sent,
-            turns=self.stats_turns,
-            messages_applied=self.stats_applied,
-            retries=self.stats_retries,
-            dead_letters=self.stats_dead_letters,
+            messages_sent=self.counters.sent,
+            turns=self.counters.turns,
+            messages_applied=self.counters.applied,
+            retries=self.counters.retries,
+            dead_letters=self.counters.dead_letters,
             unknown_types=tuple(sorted(self.unknown_types)),
             replication=self.replication.statistics() if self.replication else None,
         )
@@ -558,7 +551,7 @@ class Engine:
         if body_error is not None:
             raise body_error
 
-    # (replication's ReplicationHost protocol still names these three with an underscore)
+    # (replication's ReplicationHost protocol still names these with an underscore, or stats_)
     def _report(self, text: str) -> None:
         self.report(text)
 
@@ -572,6 +565,14 @@ class Engine:
     @_task_group.setter
     def _task_group(self, value: Any) -> None:
         self.task_group = value
+
+    @property
+    def stats_hibernations(self) -> int:
+        return self.counters.hibernations
+
+    @stats_hibernations.setter
+    def stats_hibernations(self, value: int) -> None:
+        self.counters.hibernations = value
 
     def close_files(self) -> None:
         self.closed = True

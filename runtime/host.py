@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     import collections
 
     from .codec import Codec
+    from .counters import Counters
     from .files.datastore import DataStore
     from .files.db import CheckedFiles
     from .files.directory import Directory
@@ -92,15 +93,7 @@ class RuntimeHost(RefHost, Protocol):
     idempotency_ttl: float
     crashed: bool
     actors_with_timers: int
-    stats_turns: int
-    stats_applied: int
-    stats_retries: int
-    stats_dead_letters: int
-    stats_timers_fired: int
-    stats_steps: int
-    stats_step_retries: int
-    stats_sent: int
-    stats_hibernations: int
+    counters: Counters
     known_actors: int
     stopped_actors: int
     unknown_types: set[str]

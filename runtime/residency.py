@@ -253,7 +253,7 @@ class Residency:
                             Event.IDLE
                         )  # (its loop ended unasked: it closes all the same)
                     act.lifecycle.fire(Event.CLOSED)
-                    self.rt.stats_hibernations += 1
+                    self.rt.counters.hibernations += 1
                 act.closed.set()
                 self.room_changed()
 

@@ -330,17 +330,17 @@ class TurnState:
                         self._clock(),
                     )
                     self.write(record)
-                    rt.stats_steps += 1
+                    rt.counters.steps += 1
                     rt.crash_point("after step", self, n, name)
                     raise _step_failed(self, record, exc) from exc
-                rt.stats_step_retries += 1
+                rt.counters.step_retries += 1
                 await anyio.sleep(retry.delay(attempt))
                 continue
             finally:
                 context.CURRENT.reset(handler)
                 CURRENT_STEP.reset(token)
             self.write(JournalRow(n, "step", name, "done", payload, None, attempt, self._clock()))
-            rt.stats_steps += 1
+            rt.counters.steps += 1
             rt.crash_point("after step", self, n, name)
             return rt.codec.decode(payload)
 
@@ -514,7 +514,7 @@ class TurnState:
                 rt.crash_point("after step", self, n, name)
                 raise _step_failed(self, record, exc) from exc
             self.write(JournalRow(n, "ask", name, "done", payload, None, 1, self._clock()))
-            rt.stats_steps += 1
+            rt.counters.steps += 1
             rt.crash_point("after step", self, n, name)
             return result
         finally:

@@ -365,8 +365,8 @@ class Batch:
                     waiter.set_result(answer)
             if act.replica_files:
                 act.applied_marks.append((act.replica_files[0].commits, act.applied_seq))
-            rt.stats_turns += 1
-            rt.stats_applied += len(done)
+            rt.counters.turns += 1
+            rt.counters.applied += len(done)
         if self.stop is not None:
             stop_nondeterministic(act, self.stop)
         elif self.failure is not None:
@@ -447,7 +447,7 @@ async def fail(act: TurnActor, message: Message, error: BaseException | None) ->
             return
         retryable = not isinstance(error, (*_DETERMINISTIC, _ProcessDied))
         if retryable and attempts < act.spec.retry.max_attempts:
-            rt.stats_retries += 1
+            rt.counters.retries += 1
             with anyio.move_on_after(act.spec.retry.delay(attempts)):
                 await rt.closing.wait()
             return
@@ -469,7 +469,7 @@ async def fail(act: TurnActor, message: Message, error: BaseException | None) ->
         raise
     act.queue.popleft()
     act.applied_seq = message.seq
-    rt.stats_dead_letters += 1
+    rt.counters.dead_letters += 1
     waiter = act.waiters.pop(message.seq, None)
     if waiter is not None:
         failed = MessageFailedError(
@@ -543,7 +543,7 @@ async def create(act: TurnActor) -> None:
             if attempt >= act.spec.retry.max_attempts:
                 act.stop_failed(exc)
                 return
-            rt.stats_retries += 1
+            rt.counters.retries += 1
             with anyio.move_on_after(act.spec.retry.delay(attempt)):
                 await rt.closing.wait()
             if act.closing:
