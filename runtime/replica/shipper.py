@@ -64,6 +64,7 @@ from ..errors import (
     ReplicaError,
     ReplicaUnavailableError,
     RestorePointError,
+    RuntimeInternalError,
 )
 from ..files.layout import DATA_FILE, DIRECTORY_FILE, MAILBOX_FILE, actor_dir, actor_id
 from ..records import ReplicationStatistics
@@ -79,6 +80,7 @@ from .replicator import (
     read_tail,
     restore,
 )
+from .state import INITIAL, SHIPPABLE, Event, State, next_state
 from .store import ReplicaStore
 from .wal import WalPosition
 
@@ -212,7 +214,8 @@ class Replication:
 
 
 class _File:
-    """A tracked file: its replica writer and what the WAL hook reported."""
+    """A tracked file: its replica writer, its replication state (``state.py``: changed only
+    through :meth:`advance`), and what the WAL hook reported."""
 
     def __init__(
         self,
@@ -221,25 +224,28 @@ class _File:
         conn: apsw.Connection,
         replica: FileReplica,
         act: ReplicatedActor | None,
+        state: State,
     ) -> None:
+        if state not in INITIAL:
+            raise RuntimeInternalError(f"{name!r} cannot be tracked from state {state.value!r}")
         self.name = name
         self.path = path
         self.conn = conn
         self.replica = replica
         self.act = act
-        self.claimed = True
+        self.state = state
         self.end = 0  # committed frames in the WAL (the hook's last count)
         self.commits = 0  # commits seen (monotonic)
         self.acked = 0  # commits known to be in the replica, fences checked
         self.first_unacked_at: float | None = None  # when the oldest unacked commit happened
         self.commit_times: list[tuple[int, float]] = []  # (commit number, time), unacked
         self.reading = False  # a round is preparing or shipping it
-        self.capture: Captured | None = None  # a snapshot waiting for its upload
-        self.capture_commits = 0
+        #: The snapshot read, waiting for its upload (state ``captured``; kept after a fence).
+        self.capture: Captured | None = None
+        self.capture_commits = 0  # commits when the last snapshot was captured
         self.uploading = False
-        self.want_snapshot = False
-        self.changed_since_snapshot = False
         self.tail_set = False  # the stored manifest points at this session's log
+        #: Why it was fenced (state ``fenced``, or ``closed`` after a fence).
         self.fenced: FencedError | None = None
         self.in_pending = False  # its segment is in a log object not stored yet
         #: Frames read just before a checkpoint, not shipped yet: (segment, commits, frame).
@@ -252,9 +258,6 @@ class _File:
         #: session's hibernation unchanged, or a snapshot of it uploaded since).
         self.baseline_shipped = False
         self.closing = False  # hibernating: a background upload stops retrying
-        #: Closed and untracked: its background work makes no more requests (a later wake-up
-        #: of the actor has a writer of its own for the file), and a fence it meets is no news.
-        self.retired = False
         self.acked_event = anyio.Event()
         self.quiet_event = anyio.Event()
         self.claim_lock = anyio.Lock()
@@ -264,6 +267,29 @@ class _File:
         spread = random.Random(name)
         self.fold_factor = spread.uniform(0.75, 1.25)
         self.compact_factor = spread.uniform(0.75, 1.0)
+
+    def advance(self, event: Event) -> None:
+        """The one writer of :attr:`state`."""
+        self.state = next_state(self.state, event, self.name)
+
+    @property
+    def claimed(self) -> bool:
+        """Its writer holds an epoch of the replica (claimed, perhaps fenced since)."""
+        return self.replica.epoch is not None
+
+    @property
+    def want_snapshot(self) -> bool:
+        return self.state is State.SNAPSHOT_DUE
+
+    @property
+    def retired(self) -> bool:
+        """Closed and untracked: its background work makes no more requests (a later wake-up
+        of the actor has a writer of its own for the file), and a fence it meets is no news."""
+        return self.state is State.CLOSED
+
+    @property
+    def changed_since_snapshot(self) -> bool:
+        return self.commits > self.capture_commits
 
     async def quiet(self) -> None:
         """Return once no round reads the file and no snapshot of it is uploading."""
@@ -288,7 +314,6 @@ class _File:
     def committed(self, frames: int) -> None:
         self.end = frames
         self.commits += 1
-        self.changed_since_snapshot = True
         now = time.monotonic()
         if self.first_unacked_at is None:
             self.first_unacked_at = now
@@ -502,14 +527,16 @@ class ReplicationEngine:
         self.writer = f"{rt.runtime_id}/{self.session}"
         conn = rt.directory.conn
         replica = self._replica(DIRECTORY_FILE)
-        tracked = _File(DIRECTORY_FILE, rt.root / DIRECTORY_FILE, conn, replica, None)
+        state = State.SNAPSHOT_DUE
         try:
             previous = _retrying(lambda: self._takeover(replica))
         except ReplicaUnavailableError as exc:
             self._error(exc)
-            tracked.claimed = False
-            self.unclaimed[DIRECTORY_FILE] = tracked
+            state = State.UNCLAIMED
             previous = None
+        tracked = _File(DIRECTORY_FILE, rt.root / DIRECTORY_FILE, conn, replica, None, state)
+        if state is State.UNCLAIMED:
+            self.unclaimed[DIRECTORY_FILE] = tracked
         self.origin = _read_origin(rt.root)
         if previous is not None and previous.snapshot is not None:
             owner = previous.writer.split("/")[0]
@@ -550,7 +577,7 @@ class ReplicationEngine:
         tracked.conn.set_wal_hook(hook)
 
     def _untrack(self, tracked: _File) -> None:
-        tracked.retired = True
+        tracked.advance(Event.CLOSED)
         if self.unclaimed.get(tracked.name) is tracked:
             del self.unclaimed[tracked.name]
         with contextlib.suppress(Exception):
@@ -797,15 +824,15 @@ class ReplicationEngine:
                     checkpointed_frame=payload["checkpointed_frame"],
                     sequence=payload["sequence"],
                 )
-                tracked = _File(name, path, conn, replica, act)
+                tracked = _File(name, path, conn, replica, act, State.SHIPPING)
                 snapshot = replica.needs_snapshot
                 tracked.baseline_shipped = not snapshot
             elif mode == "claimed":
-                tracked = _File(name, path, conn, payload, act)
-                snapshot = True  # a new session: the WAL cannot be trusted to go on
+                # A new session: the WAL cannot be trusted to go on.
+                tracked = _File(name, path, conn, payload, act, State.SNAPSHOT_DUE)
+                snapshot = True
             else:
-                tracked = _File(name, path, conn, self._replica(name), act)
-                tracked.claimed = False
+                tracked = _File(name, path, conn, self._replica(name), act, State.UNCLAIMED)
                 self.unclaimed[name] = tracked
                 snapshot = False  # decided once claimed
             act.replica_files.append(tracked)
@@ -824,7 +851,7 @@ class ReplicationEngine:
         self.capture_due(act)
 
     def _want_snapshot(self, tracked: _File) -> None:
-        tracked.want_snapshot = True
+        tracked.advance(Event.SNAPSHOT_NEEDED)
         if tracked.act is not None:
             tracked.act.replication_due = True
             tracked.act.work.set()  # an idle turn loop takes it now
@@ -840,16 +867,14 @@ class ReplicationEngine:
         """Between turns (no transaction open): take the snapshots and checkpoints due."""
         act.replication_due = False
         for tracked in act.replica_files:
-            if tracked.fenced is not None or not tracked.claimed:
-                continue
-            if tracked.want_snapshot and tracked.capture is None:
+            if tracked.state is State.SNAPSHOT_DUE:
                 if tracked.reading:
                     act.replication_due = True  # a round reads it: at the next gap
                 else:
                     self._capture(tracked)
             elif (
-                tracked.end >= self.options.checkpoint_frames
-                and tracked.capture is None
+                tracked.state is State.SHIPPING
+                and tracked.end >= self.options.checkpoint_frames
                 and not tracked.reading
                 and not tracked.folding
             ):
@@ -859,7 +884,7 @@ class ReplicationEngine:
 
     def _capture(self, tracked: _File, *, upload: bool = True) -> None:
         try:
-            tracked.capture = tracked.replica.capture(tracked.conn, tracked.path, owned=True)
+            captured = tracked.replica.capture(tracked.conn, tracked.path, owned=True)
         except FencedError as exc:
             self._fenced(tracked, exc)
             return
@@ -870,13 +895,13 @@ class ReplicationEngine:
                 # event that happens to ask for it (sends at the actor's gate wait for it)
                 self.rt._task_group.start_soon(self._capture_again, tracked)
             return
+        tracked.capture = captured
+        tracked.advance(Event.CAPTURED)
         tracked.capture_commits = tracked.commits
         act = tracked.act
         if act is not None and len(act.replica_files) > 1 and tracked is act.replica_files[0]:
             tracked.mailbox_commits_at_capture = act.replica_files[1].commits
         tracked.carry = None  # (its frames are in the snapshot)
-        tracked.want_snapshot = False
-        tracked.changed_since_snapshot = False
         tracked.end = 0
         self.dirty.pop(tracked.name, None)
         self.awaiting.pop(tracked.name, None)  # (acknowledged by the snapshot's upload)
@@ -978,6 +1003,7 @@ class ReplicationEngine:
                 self.stats["bytes"] += result.bytes
                 self.last_error = None
                 tracked.capture = None
+                tracked.advance(Event.UPLOADED)
                 tracked.tail_set = not final
                 tracked.ack(tracked.capture_commits, self.lags)
                 tracked.poke()
@@ -1116,9 +1142,7 @@ class ReplicationEngine:
         files = [
             t
             for t in self.dirty.values()
-            if t.fenced is None
-            and t.claimed
-            and t.capture is None
+            if t.state in SHIPPABLE
             and not t.in_pending
             and not t.folding
             and not self._mailbox_blocks(t)
@@ -1447,7 +1471,7 @@ class ReplicationEngine:
         except FencedError as exc:
             self._fenced(tracked, exc)
             return
-        tracked.claimed = True
+        tracked.advance(Event.CLAIMED)
         if self.unclaimed.get(tracked.name) is tracked:
             del self.unclaimed[tracked.name]
         act = tracked.act
@@ -1471,6 +1495,7 @@ class ReplicationEngine:
         if tracked.fenced is not None:
             return
         tracked.fenced = error
+        tracked.advance(Event.FENCED)
         tracked.acked_event.set()
         if tracked.retired:
             # A closed file's last background write met the claim of the actor's next
@@ -1491,6 +1516,7 @@ class ReplicationEngine:
         """A file to snapshot is corrupt: it is not uploaded; it stops being replicated, and
         its actor stops (restored from the replica at its next wake-up)."""
         tracked.capture = None
+        tracked.advance(Event.DROPPED)
         tracked.replica.abandon_capture()
         self._fenced(
             tracked,
@@ -1724,8 +1750,8 @@ class ReplicationEngine:
                 # A snapshot taken earlier and not uploaded yet (its upload waited, then
                 # stopped for the closing): commits came since, so take it again.
                 tracked.capture = None
+                tracked.advance(Event.DROPPED)
                 tracked.replica.abandon_capture()
-                tracked.changed_since_snapshot = True
             if tracked.capture is None and (
                 tracked.changed_since_snapshot or tracked.want_snapshot
             ):
