@@ -26,7 +26,10 @@ One :class:`ReplicationEngine` per open runtime, when ``open_runtime(replica=...
   up once a round succeeds.
 - **Waking** an actor for the first time in this process takes ownership of its files (a higher
   epoch, the previous writer fenced, its log tail closed), and restores the files from the
-  replica when they are missing here, were last written by another runtime, or are corrupt.
+  replica (``restore.py``) when they are missing here, were last written by another runtime,
+  or are corrupt.
+- **State.** Each tracked file's replication state (unclaimed, shipping, snapshot due,
+  captured, fenced, closed) is one table in ``state.py``, changed only by ``_File.advance``.
 - **Cross-file order.** Each file is restored to its own latest state, so the runtime orders
   what could contradict: applied messages leave the mailbox, and delivered outbox rows leave
   the sender, only once what they depend on is in the replica.
@@ -42,12 +45,10 @@ import json
 import math
 import os
 import random
-import shutil
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import anyio.to_thread
@@ -63,7 +64,6 @@ from ..errors import (
     ReplicaConflictError,
     ReplicaError,
     ReplicaUnavailableError,
-    RestorePointError,
     RuntimeInternalError,
 )
 from ..files.layout import DATA_FILE, DIRECTORY_FILE, MAILBOX_FILE, actor_dir, actor_id
@@ -78,7 +78,19 @@ from .replicator import (
     SnapshotNeeded,
     manifest_key,
     read_tail,
-    restore,
+)
+from .restore import (
+    ACTORS_PREFIX,
+    ORIGIN_FILE,
+    STAGING_PREFIX,
+    STATE_FILE,
+    actor_file_name,
+    read_origin,
+    restore_actor,
+    restore_actor_files,
+    restore_directory_if_missing,
+    restore_runtime,
+    retrying,
 )
 from .state import INITIAL, SHIPPABLE, Event, State, next_state
 from .store import ReplicaStore
@@ -91,18 +103,6 @@ if TYPE_CHECKING:
     from ..files.directory import Directory
     from ..files.mailbox import Mailbox
     from ..spec import TypeSpec
-
-T = TypeVar("T")
-
-#: The file in an actor's folder that lets a later wake-up in the same process go on without
-#: a request (not replicated; ignored by another process).
-STATE_FILE = "replica.json"
-
-#: Folders in an actor's folder where a restore puts its files before swapping them in.
-STAGING_PREFIX = ".restore-"
-
-#: Store names of the replicated files.
-ACTORS_PREFIX = "actors"
 
 
 class ReplicatedActor(Protocol):
@@ -468,7 +468,7 @@ class ReplicationEngine:
 
     @staticmethod
     def actor_name(aid: str, file: str) -> str:
-        return f"{ACTORS_PREFIX}/{aid}/{file}"
+        return actor_file_name(aid, file)
 
     def _replica(self, name: str) -> FileReplica:
         return FileReplica(
@@ -485,38 +485,9 @@ class ReplicationEngine:
 
     def restore_directory_if_missing(self, root: Path) -> bool:
         """Before the directory is opened: restore it from the replica when it is missing
-        here (a fresh machine). Returns whether it was restored."""
-        path = root / DIRECTORY_FILE
-        if path.exists():
+        here (a fresh machine). Returns whether it was restored (``restore.py``)."""
+        if not restore_directory_if_missing(self.store, root):
             return False
-        try:
-            got = _retrying(lambda: self.store.get(manifest_key(DIRECTORY_FILE)))
-        except ReplicaUnavailableError as exc:
-            # A new runtime, or a lost machine's to restore: starting empty in the second case
-            # would answer from nothing and then be fenced as diverged. Refuse, clearly.
-            raise ReplicaUnavailableError(
-                f"{root} holds no runtime and the replica cannot be reached to find out whether "
-                f"one should be restored from it ({exc}); open again once it is reachable"
-            ) from exc
-        if got is None:
-            return False
-        manifest = Manifest.decode(got[0], key=manifest_key(DIRECTORY_FILE))
-        if manifest.snapshot is None:
-            return False
-        for suffix in ("-wal", "-shm"):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(f"{path}{suffix}")
-        try:
-            _retrying(lambda: restore(self.store, DIRECTORY_FILE, path, manifest=manifest))
-        except ReplicaUnavailableError as exc:
-            for suffix in ("", "-wal", "-shm"):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(f"{path}{suffix}")
-            raise ReplicaUnavailableError(
-                f"{root} holds no runtime, the replica holds one, and it could not be read "
-                f"to restore it ({exc}); open again once the store is reachable"
-            ) from exc
-        become_restored_runtime(root, manifest.writer.split("/")[0], at_time=None)
         self.stats["restores"] += 1
         return True
 
@@ -529,7 +500,7 @@ class ReplicationEngine:
         replica = self._replica(DIRECTORY_FILE)
         state = State.SNAPSHOT_DUE
         try:
-            previous = _retrying(lambda: self._takeover(replica))
+            previous = retrying(lambda: self._takeover(replica))
         except ReplicaUnavailableError as exc:
             self._error(exc)
             state = State.UNCLAIMED
@@ -537,7 +508,7 @@ class ReplicationEngine:
         tracked = _File(DIRECTORY_FILE, rt.root / DIRECTORY_FILE, conn, replica, None, state)
         if state is State.UNCLAIMED:
             self.unclaimed[DIRECTORY_FILE] = tracked
-        self.origin = _read_origin(rt.root)
+        self.origin = read_origin(rt.root)
         if previous is not None and previous.snapshot is not None:
             owner = previous.writer.split("/")[0]
             if (
@@ -768,33 +739,15 @@ class ReplicationEngine:
             async with self.limiter:
                 await anyio.to_thread.run_sync(lambda: [self._takeover(r) for r in rest])
         replicas = [*to_claim, *rest]
-        folder.mkdir(parents=True, exist_ok=True)
-
-        def restore_all() -> None:
-            # Both files, or neither: restored into a staging folder, then swapped in together
-            # (a data.db restored beside a mailbox that is not would lose the mailbox's work).
-            staging = folder / f"{STAGING_PREFIX}{uuid.uuid4().hex[:8]}"
-            staging.mkdir()
-            try:
-                restored = []
-                for r in replicas:
-                    manifest = r.manifest
-                    assert manifest is not None
-                    if manifest.snapshot is None:
-                        continue
-                    file = r.name.rsplit("/", 1)[1]
-                    restore(self.store, r.name, staging / file, manifest=manifest)
-                    restored.append(file)
-                if any(
-                    not name.startswith(("superseded-", STAGING_PREFIX))
-                    for name in os.listdir(folder)
-                ):
-                    _move_aside(folder)  # (a -wal left alone would be replayed onto the copy)
-                for file in restored:
-                    os.replace(staging / file, folder / file)
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
-
+        manifests: dict[str, Manifest] = {}
+        for r in replicas:
+            assert r.manifest is not None
+            manifests[r.name] = r.manifest
+        # Both files, or neither: a data.db restored beside a mailbox that is not would lose
+        # the mailbox's work. The local files are kept aside, in a superseded-* folder.
+        restore_all = functools.partial(
+            restore_actor, self.store, act.aid, folder, manifests=manifests, supersede=True
+        )
         async with self.limiter:
             await anyio.to_thread.run_sync(restore_all)
         self.stats["restores"] += 1
@@ -1845,26 +1798,6 @@ class ReplicationEngine:
         )
 
 
-#: Attempts of a store request made while a runtime opens (a flaky store is tried again,
-#: with a growing pause, before the open gives up): about 3 s in all.
-OPEN_ATTEMPTS = 6
-
-
-def _retrying(fn: Callable[[], T]) -> T:
-    """``fn()``, tried again while the store is unavailable, up to :data:`OPEN_ATTEMPTS`
-    times (blocking: for the opening of a runtime, before its event loop work starts)."""
-    delay = 0.1
-    for attempt in range(OPEN_ATTEMPTS):
-        try:
-            return fn()
-        except ReplicaUnavailableError:
-            if attempt == OPEN_ATTEMPTS - 1:
-                raise
-            time.sleep(delay)
-            delay = min(delay * 2, 1.0)
-    raise AssertionError("unreachable")
-
-
 def _mailbox_moved_on(files: list[_File]) -> bool:
     """Whether a hibernation pass left ``data.db``'s snapshot waiting only because its mailbox
     took a delivery after the mailbox's own snapshot (another pass then completes)."""
@@ -1943,170 +1876,11 @@ def _unchanged(file: str, now: dict[str, Any], then: dict[str, Any] | None) -> b
     )
 
 
-def _move_aside(folder: Path) -> None:
-    """Keep local files that the replica superseded, for inspection, out of the way."""
-    aside = folder / f"superseded-{int(time.time())}-{uuid.uuid4().hex[:6]}"
-    aside.mkdir()
-    for name in os.listdir(folder):
-        if name.startswith(("superseded-", STAGING_PREFIX)):
-            continue
-        shutil.move(str(folder / name), str(aside / name))
-
-
-def restore_runtime(
-    store: ReplicaStore,
-    root: Path,
-    *,
-    at_time: float | None = None,
-    progress: Callable[[int, int], None] | None = None,
-) -> dict[str, Any]:
-    """``torpor restore``: rebuild a whole runtime directory from the replica (``root`` must
-    not hold one). Restores directory.db, then every actor it lists, at ``at_time`` or the
-    latest. Returns counts."""
-    from ..files.directory import Directory
-
-    root.mkdir(parents=True, exist_ok=True)
-    if (root / DIRECTORY_FILE).exists():
-        raise FileExistsError(f"{root} already holds a runtime: restore into an empty directory")
-    got = store.get(manifest_key(DIRECTORY_FILE))
-    if got is None:
-        raise RestorePointError(f"there is no replica of {DIRECTORY_FILE!r} in {store!r}")
-    manifest = Manifest.decode(got[0], key=manifest_key(DIRECTORY_FILE))
-    restore(store, DIRECTORY_FILE, root / DIRECTORY_FILE, at_time=at_time, manifest=manifest)
-    become_restored_runtime(root, manifest.writer.split("/")[0], at_time=at_time)
-    directory = Directory(root / DIRECTORY_FILE, synchronous="NORMAL")
-    try:
-        aids = [row[0] for row in directory.conn.execute("SELECT id FROM actors")]
-    finally:
-        directory.close()
-    restored = missing = 0
-    for i, aid in enumerate(aids):
-        folder = actor_dir(root, aid)
-        folder.mkdir(parents=True, exist_ok=True)
-        try:
-            for file in (DATA_FILE, MAILBOX_FILE):
-                restore(
-                    store, ReplicationEngine.actor_name(aid, file), folder / file, at_time=at_time
-                )
-            restored += 1
-        except RestorePointError:
-            missing += 1  # never replicated (or not at that time): it wakes empty, or not at all
-            for file in (DATA_FILE, MAILBOX_FILE):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(folder / file)
-        if progress is not None:
-            progress(i + 1, len(aids))
-    return {"actors": len(aids), "restored": restored, "not_replicated": missing}
-
-
-#: A runtime directory restored from a replica records where from (JSON: runtime, at).
-ORIGIN_FILE = "REPLICA_ORIGIN"
-
-
-def become_restored_runtime(root: Path, origin: str, *, at_time: float | None) -> None:
-    """Give a restored ``directory.db`` a runtime id of its own: a restored runtime is another
-    writer than the one it came from (which may still run, or come back), so their histories
-    are told apart and fenced, never merged. Record the origin for the ownership rules."""
-    conn = apsw.Connection(str(root / DIRECTORY_FILE))
-    try:
-        conn.execute("UPDATE runtime SET runtime_id = lower(hex(randomblob(8))) WHERE id = 1")
-    finally:
-        conn.close()
-    tmp = root / f".{ORIGIN_FILE}.new"
-    tmp.write_text(json.dumps({"runtime": origin, "at": at_time}))
-    os.replace(tmp, root / ORIGIN_FILE)
-
-
-def _read_origin(root: Path) -> dict[str, Any]:
-    try:
-        origin = json.loads((root / ORIGIN_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-    return origin if isinstance(origin, dict) else {}
-
-
-def restore_actor_files(
-    store: ReplicaStore,
-    aid: str,
-    folder: Path,
-    *,
-    at_time: float | None = None,
-    at_txid: int | None = None,
-) -> None:
-    """Restore one actor's two files into ``folder`` (for ``torpor restore --actor`` and
-    ``torpor fork``), replacing what is there only once both are restored and verified.
-    ``at_txid`` is ``data.db``'s txid; ``mailbox.db`` is restored at that flush's time."""
-    if at_txid is not None and at_time is not None:
-        raise ValueError("pass at most one of at_time= and at_txid=")
-    data_name = ReplicationEngine.actor_name(aid, DATA_FILE)
-    if at_txid is not None:
-        at_time = _flush_time(store, data_name, at_txid)
-    folder.mkdir(parents=True, exist_ok=True)
-    staging = folder / f".restore-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
-    try:
-        for file in (DATA_FILE, MAILBOX_FILE):
-            restore(
-                store,
-                ReplicationEngine.actor_name(aid, file),
-                staging / file,
-                at_time=None if file == DATA_FILE and at_txid is not None else at_time,
-                at_txid=at_txid if file == DATA_FILE else None,
-            )
-        if at_time is not None or at_txid is not None:
-            _new_incarnation(staging / DATA_FILE)
-        for file in (DATA_FILE, MAILBOX_FILE):
-            for suffix in ("-wal", "-shm"):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(folder / f"{file}{suffix}")
-            os.replace(staging / file, folder / file)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(folder / STATE_FILE)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def _new_incarnation(path: Path) -> None:
-    """An actor restored to an earlier point numbers its outbox rows again from there: it
-    sends as a new incarnation, so that receivers, whose cursors saw the later numbers, do
-    not drop its new messages as repeats (a file from before incarnations gets the column
-    when it is next opened: it is then at 0, and this bump is skipped)."""
-    conn = apsw.Connection(str(path))
-    try:
-        columns = [row[1] for row in conn.execute("PRAGMA table_info(_torpor_state)")]
-        if "incarnation" in columns:
-            with conn:
-                conn.execute(
-                    "UPDATE _torpor_state SET incarnation = incarnation + 1, incarnation_from = "
-                    "(SELECT coalesce(max(seq), 0) + 1 FROM sqlite_sequence "
-                    "WHERE name = '_torpor_outbox')"
-                )
-    finally:
-        conn.close()
-
-
-def _flush_time(store: ReplicaStore, name: str, txid: int) -> float:
-    """When the flush that made ``txid`` of ``name`` ran (for restoring a second file at the
-    same moment)."""
-    got = store.get(manifest_key(name))
-    if got is None:
-        raise RestorePointError(f"there is no replica of {name!r} in {store!r}")
-    manifest = Manifest.decode(got[0], key=manifest_key(name))
-    chain: list[Any] = []
-    for generation in manifest.history:
-        chain.append(generation.snapshot)
-        chain.extend(generation.segments)
-    if manifest.snapshot is not None:
-        chain.append(manifest.snapshot)
-    chain.extend(manifest.segments)
-    chain.extend(read_tail(store, manifest))
-    for item in chain:
-        if item.txid == txid:
-            return float(getattr(item, "flushed_at", None) or item.created_at)
-    raise RestorePointError(f"txid {txid} of {name!r} is not retained")
-
-
 __all__ = [
+    "ACTORS_PREFIX",
+    "ORIGIN_FILE",
+    "STAGING_PREFIX",
+    "STATE_FILE",
     "CorruptReplicaError",
     "ReplicaConflictError",
     "Replication",
