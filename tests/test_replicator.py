@@ -368,8 +368,7 @@ def test_random_rounds_restore_exactly_on_s3(any_store: ReplicaStore, tmp_path: 
 def test_checkpoint_after_shipping_continues_in_a_new_generation(
     store: DirectoryStore, tmp_path: Path
 ) -> None:
-    """After the runtime's checkpoint (frames shipped first, or carried past it), the next WAL
-    generation ships from frame 0 without a snapshot."""
+    """After the runtime's checkpoint, the next WAL generation ships from frame 0, no snapshot."""
     for carry in (False, True):
         source = Source(tmp_path / f"c{carry}" / "data.db")
         name = f"actors/c{carry}/data.db"
@@ -458,8 +457,7 @@ def epoch_of(key: str) -> int:
 
 
 def test_a_zombie_writer_is_fenced(any_store: ReplicaStore, tmp_path: Path) -> None:
-    """A second writer claims a higher epoch; the first's next manifest write raises
-    FencedError, and it makes no request after that."""
+    """A second writer claims a higher epoch; the first is fenced and makes no more requests."""
     rng = random.Random(5)
     a_src = Source(tmp_path / "a" / "data.db")
     a = Writer(any_store, writer="a")
@@ -627,8 +625,7 @@ def test_restore_points_out_of_range(store: DirectoryStore, tmp_path: Path) -> N
 
 
 def test_snapshot_retires_the_old_chain(store: DirectoryStore, tmp_path: Path) -> None:
-    """A snapshot starts a new chain and deletes the old snapshot, without listing; the log
-    objects holding the old segments are left to their writer (deleted by age)."""
+    """A snapshot starts a new chain and deletes the old snapshot (not the log), without listing."""
     source = Source(tmp_path / "data.db")
     replica = Writer(store)
     replica.claim()
@@ -655,8 +652,7 @@ def test_snapshot_retires_the_old_chain(store: DirectoryStore, tmp_path: Path) -
 def test_a_restart_by_someone_else_after_our_checkpoint_costs_a_snapshot(
     store: DirectoryStore, tmp_path: Path
 ) -> None:
-    """After the runtime's checkpoint, a second restart by someone else (salt-1 two ahead) is
-    not trusted."""
+    """After our checkpoint, a second WAL restart by someone else costs a snapshot."""
     source = Source(tmp_path / "data.db")
     replica = Writer(store)
     replica.claim()
