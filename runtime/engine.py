@@ -551,29 +551,6 @@ class Engine:
         if body_error is not None:
             raise body_error
 
-    # (replication's ReplicationHost protocol still names these with an underscore, or stats_)
-    def _report(self, text: str) -> None:
-        self.report(text)
-
-    def _wake_later(self, spec: TypeSpec, key: str) -> None:
-        self.residency.wake_later(spec, key)
-
-    @property
-    def _task_group(self) -> Any:
-        return self.task_group
-
-    @_task_group.setter
-    def _task_group(self, value: Any) -> None:
-        self.task_group = value
-
-    @property
-    def stats_hibernations(self) -> int:
-        return self.counters.hibernations
-
-    @stats_hibernations.setter
-    def stats_hibernations(self, value: int) -> None:
-        self.counters.hibernations = value
-
     def close_files(self) -> None:
         self.closed = True
         for stream in self._subscribers:  # subscribers' loops end once they have read the rest

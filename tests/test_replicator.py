@@ -1,7 +1,11 @@
 """The per-file replicator (``runtime.replica.replicator``), checked against SQLite itself.
 
-The oracle is SQLite: the image a restore must reproduce at a flush is what SQLite makes of the
-source file and the WAL frames committed at that flush (a copy, opened and checkpointed), as in
+The replica is written the way the runtime writes it (:class:`Writer`: ``prepare``, a log
+object, ``shipped``, ``fold``; ``capture`` and ``upload`` for snapshots; the runtime's own
+``TRUNCATE`` checkpoint, then ``mark_checkpointed``), one file and one round at a time.
+
+The oracle is SQLite: the image a restore must reproduce at a round is what SQLite makes of the
+source file and the WAL frames committed at that round (a copy, opened and checkpointed), as in
 ``tests/test_wal.py``.
 """
 
@@ -12,11 +16,13 @@ import random
 import shutil
 import tempfile
 import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import apsw
+import attrs
 import pytest
 
 from runtime.errors import (
@@ -26,13 +32,20 @@ from runtime.errors import (
     RestorePointError,
 )
 from runtime.replica.directory_store import DirectoryStore
-from runtime.replica.replicator import FileReplica, Manifest, manifest_key, restore
+from runtime.replica.log import encode_log, log_key, session_prefix
+from runtime.replica.replicator import (
+    FileReplica,
+    Manifest,
+    Prepared,
+    SnapshotNeeded,
+    manifest_key,
+    restore,
+)
 from runtime.replica.s3_store import S3Store
 from runtime.replica.store import Data, ReplicaStore
 from runtime.replica.wal import FRAME_HEADER_BYTES, WAL_HEADER_BYTES
 from tests.s3server import S3Server
 
-PASSIVE = apsw.SQLITE_CHECKPOINT_PASSIVE
 RESTART = apsw.SQLITE_CHECKPOINT_RESTART
 TRUNCATE = apsw.SQLITE_CHECKPOINT_TRUNCATE
 NOOP = apsw.SQLITE_CHECKPOINT_NOOP
@@ -115,7 +128,7 @@ class Source:
 
 
 class Clock:
-    """A clock that advances one second a call: every flush has its own time."""
+    """A clock that advances one second a call: every round has its own time."""
 
     def __init__(self) -> None:
         self.now = 1_000_000.0
@@ -123,6 +136,116 @@ class Clock:
     def __call__(self) -> float:
         self.now += 1.0
         return self.now
+
+
+@attrs.frozen
+class Round:
+    """What one call of :class:`Writer` did."""
+
+    #: WAL frames shipped in a segment (0 when only a snapshot was taken, or nothing).
+    frames: int
+    #: The txid the replica is at afterwards.
+    txid: int
+    #: Whether a snapshot was taken.
+    snapshot: bool
+    #: Requests the store saw (GET, PUT, DELETE, LIST).
+    requests: int
+
+
+def requests_of(store: ReplicaStore) -> int:
+    s = store.statistics()
+    return s.gets + s.puts + s.deletes + s.lists
+
+
+class Writer:
+    """One file's replica written as the runtime's rounds write it, one file per log object:
+    ``prepare`` the committed frames, PUT them in a log object of this writer's session,
+    ``shipped``, then ``fold`` (the manifest lists the segment, no log tail); a snapshot
+    (``capture``, ``upload``) when the chain cannot go on (``SnapshotNeeded``)."""
+
+    def __init__(
+        self,
+        store: ReplicaStore,
+        name: str = NAME,
+        *,
+        writer: str | None = None,
+        clock: Callable[[], float] = time.time,
+        keep_generations: int = 0,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.replica = FileReplica(
+            store, name, writer=writer, clock=clock, keep_generations=keep_generations
+        )
+        self.session = uuid.uuid4().hex[:16]
+        self.prefix = session_prefix(writer or "test", self.session)
+        self.seq = 0
+
+    @property
+    def manifest(self) -> Manifest | None:
+        return self.replica.manifest
+
+    @property
+    def txid(self) -> int:
+        return self.replica.txid
+
+    def claim(self, epoch: int | None = None) -> int:
+        return self.replica.claim(epoch)
+
+    def ship(self, source: Source) -> Round:
+        """Ship what ``source`` committed since the last round (a snapshot if needed)."""
+        before = requests_of(self.store)
+        try:
+            prepared = self.replica.prepare(source.path, source.committed_end())
+        except SnapshotNeeded:
+            return self.snapshot(source)
+        if prepared is None:
+            return Round(0, self.txid, False, requests_of(self.store) - before)
+        self.land(prepared)
+        return Round(prepared.frames, self.txid, False, requests_of(self.store) - before)
+
+    def land(self, prepared: Prepared) -> None:
+        """PUT a prepared segment in a log object, record it, and write the manifest."""
+        self.seq += 1
+        at = self.clock()
+        data, entries = encode_log(self.session, self.seq, at, [(prepared.meta, prepared.data)])
+        key = log_key(self.prefix, self.seq)
+        self.store.put(key, data, if_none_match=True)
+        assert self.replica.shipped(prepared, key, entries[0].offset, at) is not None
+        self.replica.fold(tail=None, tail_from=0)
+
+    def snapshot(self, source: Source) -> Round:
+        """Capture the whole file (a ``TRUNCATE`` checkpoint) and upload it: a new chain."""
+        before = requests_of(self.store)
+        self.replica.upload(self.replica.capture(source.conn, source.path))
+        return Round(0, self.txid, True, requests_of(self.store) - before)
+
+    def checkpoint(self, source: Source, *, carry: bool = False) -> Round:
+        """The runtime's checkpoint: ship (or, ``carry``, only read the unshipped frames into
+        a segment, shipped after the checkpoint), ``TRUNCATE``, then ``mark_checkpointed`` if
+        it copied exactly the shipped frames."""
+        before = requests_of(self.store)
+        snapshot = False
+        carried: Prepared | None = None
+        if carry:
+            try:
+                carried = self.replica.prepare(source.path, source.committed_end())
+            except SnapshotNeeded:
+                return self.snapshot(source)
+        else:
+            snapshot = self.ship(source).snapshot
+        frame = source.committed_end()
+        if frame == 0:
+            # An empty WAL: nothing to copy (the runtime checkpoints past checkpoint_frames).
+            return Round(0, self.txid, snapshot, requests_of(self.store) - before)
+        if source.conn.wal_checkpoint(mode=TRUNCATE) == (0, 0):
+            if carried is not None:
+                self.land(carried)
+            self.replica.mark_checkpointed(frame)
+        elif carried is not None:
+            self.land(carried)
+        frames = carried.frames if carried is not None else 0
+        return Round(frames, self.txid, snapshot, requests_of(self.store) - before)
 
 
 @pytest.fixture(params=["directory", "s3"])
@@ -177,7 +300,7 @@ def run_program(store: ReplicaStore, folder: Path, seed: int, steps: int) -> dic
     rng = random.Random(seed)
     source = Source(folder / "src" / "data.db", page_size=rng.choice([512, 1024]))
     clock = Clock()
-    replica = FileReplica(store, NAME, keep_generations=0, clock=clock)
+    replica = Writer(store, clock=clock)
     replica.claim()
     images: dict[int, bytes] = {}
     times: dict[int, float] = {}
@@ -202,8 +325,8 @@ def run_program(store: ReplicaStore, folder: Path, seed: int, steps: int) -> dic
         elif r < 0.85:
             before = replica.manifest
             assert before is not None
-            result = replica.flush(source.conn, source.path)
-            # Only the first flush takes a snapshot: checkpoints keep the chain going.
+            result = replica.ship(source)
+            # Only the first round takes a snapshot: checkpoints keep the chain going.
             assert not result.snapshot or before.snapshot is None
             kinds["snapshot" if result.snapshot else "segment"] += bool(result.requests)
             if result.frames and before.position is not None:
@@ -213,15 +336,14 @@ def run_program(store: ReplicaStore, folder: Path, seed: int, steps: int) -> dic
         elif r < 0.95:
             before = replica.manifest
             assert before is not None
-            mode = rng.choice([PASSIVE, RESTART, TRUNCATE])
-            result = replica.checkpoint(source.conn, source.path, mode=mode)
+            result = replica.checkpoint(source, carry=rng.random() < 0.5)
             assert not result.snapshot or before.snapshot is None
             record(result.txid, bool(result.requests))
         else:
-            result = replica.snapshot(source.conn, source.path)
+            result = replica.snapshot(source)
             assert result.snapshot
             record(result.txid, True)
-    result = replica.flush(source.conn, source.path)
+    result = replica.ship(source)
     record(result.txid, bool(result.requests))
     source.close()
     assert check_restores(store, folder, images, times) >= 1
@@ -232,12 +354,12 @@ def run_program(store: ReplicaStore, folder: Path, seed: int, steps: int) -> dic
 
 
 @pytest.mark.parametrize("seed", range(8))
-def test_random_flushes_restore_exactly(store: DirectoryStore, tmp_path: Path, seed: int) -> None:
-    """Random commits, rollbacks, vacuums, flushes, checkpoints: every flush restores exactly."""
+def test_random_rounds_restore_exactly(store: DirectoryStore, tmp_path: Path, seed: int) -> None:
+    """Random commits, rollbacks, vacuums, rounds, checkpoints: every round restores exactly."""
     run_program(store, tmp_path, seed, steps=60)
 
 
-def test_random_flushes_restore_exactly_on_s3(any_store: ReplicaStore, tmp_path: Path) -> None:
+def test_random_rounds_restore_exactly_on_s3(any_store: ReplicaStore, tmp_path: Path) -> None:
     """The same program restores exactly from a directory and from S3."""
     kinds = run_program(any_store, tmp_path, seed=101, steps=40)
     assert kinds["continued"] >= 1  # shipping went on into a new WAL generation
@@ -246,27 +368,27 @@ def test_random_flushes_restore_exactly_on_s3(any_store: ReplicaStore, tmp_path:
 def test_checkpoint_after_shipping_continues_in_a_new_generation(
     store: DirectoryStore, tmp_path: Path
 ) -> None:
-    """After checkpoint(), the next WAL generation ships from frame 0 without a snapshot."""
-    for mode in (PASSIVE, RESTART, TRUNCATE):
-        source = Source(tmp_path / f"m{mode}" / "data.db")
-        name = f"actors/m{mode}/data.db"
-        replica = FileReplica(store, name, keep_generations=0)
+    """After the runtime's checkpoint, the next WAL generation ships from frame 0, no snapshot."""
+    for carry in (False, True):
+        source = Source(tmp_path / f"c{carry}" / "data.db")
+        name = f"actors/c{carry}/data.db"
+        replica = Writer(store, name)
         replica.claim()
-        assert replica.flush(source.conn, source.path).snapshot
+        assert replica.ship(source).snapshot
         source.insert(1)
-        first = replica.flush(source.conn, source.path)
+        first = replica.ship(source)
         assert first.frames and not first.snapshot
         source.insert(2)
-        replica.checkpoint(source.conn, source.path, mode=mode)
-        assert source.committed_end() in (0, replica.manifest.position.frame_count)  # type: ignore[union-attr]
+        replica.checkpoint(source, carry=carry)
+        assert source.committed_end() == 0
         source.insert(3)
-        after = replica.flush(source.conn, source.path)
+        after = replica.ship(source)
         assert not after.snapshot and after.frames
         segments = replica.manifest.segments  # type: ignore[union-attr]
         assert segments[-1].first_frame == 0
         assert (segments[-1].salt1, segments[-1].salt2) != (segments[-2].salt1, segments[-2].salt2)
         image = source.image()
-        dest = tmp_path / f"m{mode}.db"
+        dest = tmp_path / f"c{carry}.db"
         restore(store, name, dest)
         assert dest.read_bytes() == image
         source.close()
@@ -278,14 +400,14 @@ def test_a_checkpoint_by_someone_else_costs_a_snapshot(
     """A WAL restarted by a checkpoint the replicator did not run is answered by a snapshot."""
     rng = random.Random(8)
     source = Source(tmp_path / "data.db")
-    replica = FileReplica(store, NAME, keep_generations=0)
+    replica = Writer(store)
     replica.claim()
-    replica.flush(source.conn, source.path)
+    replica.ship(source)
     source.commit(rng)
     source.commit(rng)  # committed, never shipped: only a snapshot can carry it now
     source.conn.wal_checkpoint(mode=RESTART)
     source.commit(rng)
-    result = replica.flush(source.conn, source.path)
+    result = replica.ship(source)
     assert result.snapshot
     dest = tmp_path / "restored.db"
     restore(store, NAME, dest)
@@ -297,27 +419,27 @@ def test_a_checkpoint_by_someone_else_costs_a_snapshot(
 
 
 def test_an_idle_file_makes_no_request(any_store: ReplicaStore, tmp_path: Path) -> None:
-    """flush() with no new commit makes zero requests, also after each kind of checkpoint."""
+    """A round with no new commit makes zero requests, also after each kind of checkpoint."""
     rng = random.Random(3)
     source = Source(tmp_path / "data.db")
-    replica = FileReplica(any_store, NAME, keep_generations=0)
+    replica = Writer(any_store)
     replica.claim()
-    replica.flush(source.conn, source.path)
+    replica.ship(source)
 
     def idle() -> None:
         before = any_store.statistics()
-        result = replica.flush(source.conn, source.path)
-        assert (result.requests, result.frames, result.bytes) == (0, 0, 0)
+        result = replica.ship(source)
+        assert (result.requests, result.frames) == (0, 0)
         assert any_store.statistics() == before
 
     idle()
     source.commit(rng)
-    shipped = replica.flush(source.conn, source.path)
-    assert shipped.requests == 2  # the segment and the manifest
+    shipped = replica.ship(source)
+    assert shipped.requests == 2  # the log object and the manifest
     idle()
-    for mode in (PASSIVE, RESTART, TRUNCATE):
+    for carry in (False, True, False):
         source.commit(rng)
-        replica.checkpoint(source.conn, source.path, mode=mode)
+        replica.checkpoint(source, carry=carry)
         idle()
         idle()
     source.close()
@@ -335,45 +457,48 @@ def epoch_of(key: str) -> int:
 
 
 def test_a_zombie_writer_is_fenced(any_store: ReplicaStore, tmp_path: Path) -> None:
-    """A second writer claims a higher epoch; the first's next flush raises FencedError."""
+    """A second writer claims a higher epoch; the first is fenced and makes no more requests."""
     rng = random.Random(5)
     a_src = Source(tmp_path / "a" / "data.db")
-    a = FileReplica(any_store, NAME, keep_generations=0, writer="a")
+    a = Writer(any_store, writer="a")
     assert a.claim() == 1
-    a.flush(a_src.conn, a_src.path)
+    a.ship(a_src)
     a_src.commit(rng)
-    a.flush(a_src.conn, a_src.path)
+    a.ship(a_src)
 
     # The second runtime restores the file, claims it, and writes its own history.
     b_path = tmp_path / "b" / "data.db"
     b_path.parent.mkdir()
     restore(any_store, NAME, b_path)
     b_src = Source(b_path, create=False)
-    b = FileReplica(any_store, NAME, keep_generations=0, writer="b")
+    b = Writer(any_store, writer="b")
     assert b.claim() == 2
     b_src.commit(rng)
-    assert b.flush(b_src.conn, b_src.path).snapshot  # its WAL is not the chain's
+    assert b.ship(b_src).snapshot  # its WAL is not the chain's
 
     a_src.commit(rng)
     with pytest.raises(FencedError, match="another writer claimed") as info:
-        a.flush(a_src.conn, a_src.path)
+        a.ship(a_src)
     assert (info.value.epoch, info.value.current_epoch) == (1, 2)
+    orphan = log_key(a.prefix, a.seq)  # A's last segment: in A's log, named by no manifest
     before = any_store.statistics()
     with pytest.raises(FencedError, match="fenced out"):
-        a.flush(a_src.conn, a_src.path)
+        a.ship(a_src)
     with pytest.raises(FencedError):
-        a.snapshot(a_src.conn, a_src.path)
+        a.snapshot(a_src)
     assert any_store.statistics() == before  # a fenced writer makes no request at all
 
     b_src.commit(rng)
-    assert b.flush(b_src.conn, b_src.path).frames
+    assert b.ship(b_src).frames
     got = any_store.get(manifest_key(NAME))
     assert got is not None
     manifest = Manifest.decode(got[0], key="m")
     assert manifest.epoch == 2 and manifest.writer == "b"
-    named = [manifest.snapshot.key] + [s.key for s in manifest.segments]  # type: ignore[union-attr]
-    assert {epoch_of(k) for k in named} == {2}
-    assert sorted(keys_of(any_store)) == sorted(named)  # A's orphan segment was deleted
+    assert manifest.snapshot is not None and epoch_of(manifest.snapshot.key) == 2
+    assert all(s.key.startswith(b.prefix + "/") for s in manifest.segments)
+    assert orphan not in {s.key for s in manifest.segments}
+    # A's snapshot went with A's generation (keep_generations=0): only B's objects are named.
+    assert keys_of(any_store) == [manifest.snapshot.key]
     dest = tmp_path / "restored.db"
     restore(any_store, NAME, dest)
     assert dest.read_bytes() == b_src.image()
@@ -387,26 +512,26 @@ def test_a_takeover_on_the_same_wal_continues_the_chain(
     """A new writer on the same file continues the chain; the old one's history stops there."""
     rng = random.Random(6)
     source = Source(tmp_path / "data.db")
-    a = FileReplica(store, NAME, keep_generations=0, writer="a")
+    a = Writer(store, writer="a")
     a.claim()
-    a.flush(source.conn, source.path)
+    a.ship(source)
     source.commit(rng)
-    a.flush(source.conn, source.path)
-    b = FileReplica(store, NAME, keep_generations=0, writer="b")
+    a.ship(source)
+    b = Writer(store, writer="b")
     b.claim()
     taken_at = b.txid
     source.commit(rng)
-    result = b.flush(source.conn, source.path)
+    result = b.ship(source)
     assert not result.snapshot and result.frames
     source.commit(rng)
     with pytest.raises(FencedError):
-        a.flush(source.conn, source.path)
-    assert b.flush(source.conn, source.path).frames
+        a.ship(source)
+    assert b.ship(source).frames
     manifest = b.manifest
     assert manifest is not None
-    assert all(epoch_of(s.key) == 2 for s in manifest.segments if s.txid > taken_at)
-    assert all(epoch_of(s.key) == 1 for s in manifest.segments if s.txid <= taken_at)
-    b.flush(source.conn, source.path)
+    assert all(s.key.startswith(b.prefix + "/") for s in manifest.segments if s.txid > taken_at)
+    assert all(s.key.startswith(a.prefix + "/") for s in manifest.segments if s.txid <= taken_at)
+    b.ship(source)
     dest = tmp_path / "restored.db"
     restore(store, NAME, dest)
     assert dest.read_bytes() == source.image()
@@ -420,7 +545,7 @@ def test_claim_refuses_an_epoch_not_above_the_manifest(store: DirectoryStore) ->
         FileReplica(store, NAME, keep_generations=0).claim(5)
     assert FileReplica(store, NAME, keep_generations=0).claim() == 6
     with pytest.raises(RuntimeError, match="claim"):
-        FileReplica(store, "other").flush(None, "x")  # type: ignore[arg-type]
+        FileReplica(store, "other").prepare("x", 0)
 
 
 # -- Bad replicas ------------------------------------------------------------------------------
@@ -429,12 +554,12 @@ def test_claim_refuses_an_epoch_not_above_the_manifest(store: DirectoryStore) ->
 def shipped_replica(store: ReplicaStore, tmp_path: Path) -> tuple[Manifest, dict[int, bytes]]:
     rng = random.Random(9)
     source = Source(tmp_path / "src" / "data.db")
-    replica = FileReplica(store, NAME, keep_generations=0)
+    replica = Writer(store)
     replica.claim()
     images = {}
     for _ in range(4):
         source.commit(rng)
-        images[replica.flush(source.conn, source.path).txid] = source.image()
+        images[replica.ship(source).txid] = source.image()
     source.close()
     assert replica.manifest is not None
     return replica.manifest, images
@@ -447,7 +572,7 @@ def test_a_corrupt_segment_fails_restore_clearly(any_store: ReplicaStore, tmp_pa
     got = any_store.get(bad.key)
     assert got is not None
     damaged = bytearray(got[0])
-    damaged[len(damaged) // 2] ^= 0x40
+    damaged[bad.offset + bad.length // 2] ^= 0x40  # in the segment, not the log index
     any_store.put(bad.key, bytes(damaged))
     dest = tmp_path / "restored.db"
     with pytest.raises(CorruptReplicaError, match="fails its checksum") as info:
@@ -500,21 +625,24 @@ def test_restore_points_out_of_range(store: DirectoryStore, tmp_path: Path) -> N
 
 
 def test_snapshot_retires_the_old_chain(store: DirectoryStore, tmp_path: Path) -> None:
-    """snapshot() starts a new chain and deletes the objects of the old one, without listing."""
+    """A snapshot starts a new chain and deletes the old snapshot (not the log), without listing."""
     source = Source(tmp_path / "data.db")
-    replica = FileReplica(store, NAME, keep_generations=0)
+    replica = Writer(store)
     replica.claim()
     for key in range(3):
         source.insert(key)
-        replica.flush(source.conn, source.path)
+        replica.ship(source)
     old = keys_of(store)
-    assert len(old) == 3  # one snapshot, two segments (the first flush took the snapshot)
+    assert len(old) == 1  # one snapshot (the first round took it), its segments in the log
+    logs = list(store.list(replica.prefix + "/"))
+    assert len(logs) == 2
     before = store.statistics()
-    result = replica.snapshot(source.conn, source.path)
+    result = replica.snapshot(source)
     after = store.statistics()
     assert after.lists == before.lists
-    assert result.requests == 2 + len(old)  # snapshot, manifest, one delete per old object
+    assert result.requests == 2 + len(old)  # snapshot, manifest, one delete per old snapshot
     assert keys_of(store) == [replica.manifest.snapshot.key]  # type: ignore[union-attr]
+    assert list(store.list(replica.prefix + "/")) == logs
     dest = tmp_path / "restored.db"
     restore(store, NAME, dest)
     assert dest.read_bytes() == source.image()
@@ -524,18 +652,18 @@ def test_snapshot_retires_the_old_chain(store: DirectoryStore, tmp_path: Path) -
 def test_a_restart_by_someone_else_after_our_checkpoint_costs_a_snapshot(
     store: DirectoryStore, tmp_path: Path
 ) -> None:
-    """After checkpoint(), a second restart by someone else (salt-1 two ahead) is not trusted."""
+    """After our checkpoint, a second WAL restart by someone else costs a snapshot."""
     source = Source(tmp_path / "data.db")
-    replica = FileReplica(store, NAME, keep_generations=0)
+    replica = Writer(store)
     replica.claim()
-    replica.flush(source.conn, source.path)
+    replica.ship(source)
     source.insert(1)
-    replica.checkpoint(source.conn, source.path, mode=PASSIVE)
+    replica.checkpoint(source)
     source.insert(2)  # restarts the WAL: the generation the replicator expects
     source.insert(3)
     source.conn.wal_checkpoint(mode=TRUNCATE)  # folds 2 and 3 into the file, unshipped
     source.insert(4)
-    assert replica.flush(source.conn, source.path).snapshot
+    assert replica.ship(source).snapshot
     dest = tmp_path / "restored.db"
     restore(store, NAME, dest)
     assert dest.read_bytes() == source.image()
@@ -565,25 +693,25 @@ def test_a_manifest_write_with_a_lost_answer_is_read_back(tmp_path: Path) -> Non
     """A manifest put whose answer was lost (or retried after landing) is adopted, not fenced."""
     store = LostAnswers(tmp_path / "replica")
     source = Source(tmp_path / "data.db")
-    replica = FileReplica(store, NAME, keep_generations=0)
+    replica = Writer(store)
     replica.claim()
-    replica.flush(source.conn, source.path)
+    replica.ship(source)
     source.insert(1)
     store.mode = "retried"
-    assert replica.flush(source.conn, source.path).frames  # the retry's 412 was our own write
+    assert replica.ship(source).frames  # the retry's 412 was our own write
     source.insert(2)
     store.mode = "unavailable"
     with pytest.raises(ReplicaUnavailableError):
-        replica.flush(source.conn, source.path)
+        replica.ship(source)
     source.insert(3)
-    result = replica.flush(source.conn, source.path)  # reads the manifest back, goes on
+    result = replica.ship(source)  # reads the manifest back, goes on
     assert result.frames and not result.snapshot
     dest = tmp_path / "restored.db"
     restore(store, NAME, dest)
     assert dest.read_bytes() == source.image()
-    # The writer kept its own chain (the landed write was a prefix of nothing new): the frames
-    # of the write with the lost answer were shipped again, with the next ones, as txid 3.
-    assert [s.txid for s in replica.manifest.segments] == [2, 3]  # type: ignore[union-attr]
+    # The writer kept its own chain: the segment shipped before the write with the lost answer
+    # stays in it (txid 3), and the next one follows it (txid 4).
+    assert [s.txid for s in replica.manifest.segments] == [2, 3, 4]  # type: ignore[union-attr]
     source.close()
 
 
@@ -609,9 +737,9 @@ def test_racing_claims_get_distinct_epochs(store: DirectoryStore) -> None:
 def test_an_uncommitted_spill_is_never_shipped(store: DirectoryStore, tmp_path: Path) -> None:
     """Frames spilled by another connection's open transaction are not shipped nor restored."""
     source = Source(tmp_path / "data.db")
-    replica = FileReplica(store, NAME, keep_generations=0)
+    replica = Writer(store)
     replica.claim()
-    replica.flush(source.conn, source.path)
+    replica.ship(source)
     source.insert(1)
     other = apsw.Connection(str(source.path))
     other.pragma("cache_size", 4)
@@ -622,12 +750,12 @@ def test_an_uncommitted_spill_is_never_shipped(store: DirectoryStore, tmp_path: 
     wal_frames = (source.wal.stat().st_size - WAL_HEADER_BYTES) // (FRAME_HEADER_BYTES + 1024)
     assert wal_frames > source.committed_end()  # spilled, uncommitted
     image = source.image()
-    replica.flush(source.conn, source.path)
+    replica.ship(source)
     dest = tmp_path / "restored.db"
     restore(store, NAME, dest)
     assert dest.read_bytes() == image
     other.execute("commit").fetchall()
-    replica.flush(source.conn, source.path)
+    replica.ship(source)
     restore(store, NAME, dest)
     assert dest.read_bytes() == source.image()
     other.close()

@@ -1,44 +1,48 @@
 """One database file replicated to a store: a fenced manifest, a snapshot, ordered segments.
 
-Standalone for now (not wired into the runtime): a :class:`FileReplica` ships the committed WAL
-frames of one SQLite file in WAL mode (DESIGN §6), and :func:`restore` rebuilds the file, byte
-for byte, at any retained flush.
+A :class:`FileReplica` is the writer of one SQLite file's replica (DESIGN §6); the runtime's
+shipping rounds (``shipper.py``) drive it, and :func:`restore` rebuilds the file, byte for byte,
+at any retained round.
 
 **Objects in the store**, under the file's ``name`` (e.g. ``actors/<id>/data.db``)::
 
     <name>/manifest                    JSON, rewritten only with If-Match (or If-None-Match)
     <name>/snapshots/<epoch>-<seq>     the whole checkpointed database, zlib, checksummed
-    <name>/segments/<epoch>-<seq>      one flush: committed frames as a segment (``wal.py``)
 
-Snapshots and segments are immutable and written with ``if_none_match=True`` under keys no other
-writer can use (the epoch is the writer's own, the sequence counts its uploads). The manifest
-names the one snapshot and the ordered segments after it, each with its ``txid`` (one per
-flush: the snapshot's, then one more per segment), checksums and flush time. It also holds the
-WAL position after the last segment, so that a writer that takes over continues the chain when
-its WAL is the same one (salts and checksum chain verify), and takes a snapshot otherwise.
+and the segments (committed WAL frames, ``wal.py``) in the writer's log objects (``log.py``),
+many files' segments to an object. Snapshots are immutable and written with
+``if_none_match=True`` under keys no other writer can use (the epoch is the writer's own, the
+sequence counts its uploads). The manifest names the one snapshot and the ordered segments
+after it, each with its ``txid`` (the snapshot's, then one more per segment), checksums, its
+place in its log object and the time of the round that shipped it; then the log (``tail``)
+where the chain goes on after the listed segments. It also holds the WAL position after the
+last listed segment, so that a writer that takes over continues the chain when its WAL is the
+same one (salts and checksum chain verify), and takes a snapshot otherwise.
+
+**Writing.** :meth:`FileReplica.claim` (or :meth:`~FileReplica.adopt` of a manifest claimed
+before) takes the replica. Then, per round: :meth:`~FileReplica.prepare` reads the committed
+frames not shipped yet into a segment (no request; :class:`SnapshotNeeded` when the WAL does
+not continue the chain), the caller stores it in a log object, :meth:`~FileReplica.shipped`
+records it in memory, and :meth:`~FileReplica.fold` writes the manifest listing what was
+shipped (one PUT). A snapshot is :meth:`~FileReplica.capture` (local: a ``TRUNCATE``
+checkpoint and the file's bytes) then :meth:`~FileReplica.upload` (the snapshot, the manifest,
+and a DELETE per snapshot that retention drops). Nothing ever lists.
 
 **Fencing.** :meth:`FileReplica.claim` bumps the manifest's epoch with a conditional write. Every
 later manifest write is conditional on the ETag this writer last wrote, so once another writer
 has claimed, the old one's next write fails its condition: :class:`FencedError`, and that
-replica refuses every later call. The segment it had just uploaded is deleted (it is not named
-by any manifest), so the history in the manifest is one writer's after a takeover, never a
-merge.
+replica refuses every later call. A snapshot it had just uploaded is deleted (no manifest names
+it), so the history in the manifest is one writer's after a takeover, never a merge.
 
-**Requests.** A flush with nothing new makes no request at all (it reads only the local WAL).
-A flush with new commits makes two PUTs (segment, manifest); a snapshot two PUTs and one DELETE
-per object it retires. Nothing ever lists.
+**Checkpoints.** The caller turns SQLite's auto-checkpoint off and checkpoints itself
+(``TRUNCATE``) once the frames are shipped or read into a prepared segment, then calls
+:meth:`FileReplica.mark_checkpointed`: the next generation of the WAL is shipped from its frame
+0. Any other restart of the WAL (a checkpoint by someone else) costs a new snapshot: salt-1
+then is not the one expected.
 
-**Checkpoints.** The caller turns SQLite's auto-checkpoint off and calls
-:meth:`FileReplica.checkpoint`, which ships first and checks that SQLite's checkpoint copied
-exactly the shipped frames; then the next generation of the WAL is shipped from its frame 0.
-Any other restart of the WAL (a checkpoint by someone else) costs a new snapshot.
-
-Concurrency: a :class:`FileReplica` is not thread-safe, and the caller serialises commits on the
-file with :meth:`~FileReplica.checkpoint` and :meth:`~FileReplica.snapshot` (the runtime's one
-connection per actor file does): a commit by another connection between the last ship and a
-``TRUNCATE`` checkpoint would be folded into the file without being shipped. It is detected for
-``PASSIVE`` and ``RESTART`` checkpoints (the next restart then takes a snapshot), not for
-``TRUNCATE``.
+Concurrency: a :class:`FileReplica` is not thread-safe, except that :meth:`~FileReplica.shipped`
+and :meth:`~FileReplica.fold` may run in different threads; the caller serialises commits on
+the file with :meth:`~FileReplica.capture` (the runtime's one connection per actor file does).
 """
 
 from __future__ import annotations
@@ -91,7 +95,7 @@ from .wal import (
 MANIFEST_VERSION = 2
 
 #: zlib level of snapshots: level 1, as for segments (``wal.py`` has the measurements); a
-#: snapshot is taken rarely, but it is on the path of a flush that found the WAL restarted.
+#: snapshot is taken rarely, but it is on the path of a round that found the WAL restarted.
 SNAPSHOT_ZLIB_LEVEL = 1
 
 #: ``next_salt1`` for :meth:`FileReplica.adopt` when the caller verified that the database file
@@ -113,29 +117,19 @@ DIGEST_BYTES = 16
 
 _MANIFEST = "manifest"
 _MASK = 0xFFFFFFFF
-_PASSIVE = apsw.SQLITE_CHECKPOINT_PASSIVE
-_RESTART = apsw.SQLITE_CHECKPOINT_RESTART
 _TRUNCATE = apsw.SQLITE_CHECKPOINT_TRUNCATE
-_NOOP = apsw.SQLITE_CHECKPOINT_NOOP
-_CHECKPOINT_MODES = {_PASSIVE: "PASSIVE", _RESTART: "RESTART", _TRUNCATE: "TRUNCATE"}
 
 
 @attrs.frozen
-class FlushResult:
-    """What one call shipped, from :meth:`FileReplica.flush` and friends."""
+class UploadResult:
+    """What :meth:`FileReplica.upload` did."""
 
-    #: WAL frames shipped in a segment (0 when only a snapshot was taken, or nothing).
-    frames: int
-    #: Distinct pages in that segment.
-    pages: int
-    #: Bytes uploaded (segment and snapshot objects, and the manifest).
+    #: Bytes uploaded (the snapshot object and the manifest).
     bytes: int
     #: Requests made to the store (GET, PUT, DELETE).
     requests: int
-    #: The txid the replica is at afterwards.
+    #: The snapshot's txid.
     txid: int
-    #: Whether a snapshot was taken.
-    snapshot: bool
 
 
 class SnapshotNeeded(ReplicaError):
@@ -218,7 +212,7 @@ class SegmentEntry:
     end_frame: int
     #: Database size in pages after the segment.
     db_size: int
-    #: When the flush that shipped it ran: every commit in it happened at or before this time.
+    #: When the round that shipped it ran: every commit in it happened at or before this time.
     flushed_at: float
     #: Where the segment's bytes are in the object ``key`` (a log object holds many files'
     #: segments); ``length`` -1 means the whole object.
@@ -369,11 +363,12 @@ def _digest(data: bytes | memoryview) -> str:
 class FileReplica:
     """The writer of one file's replica in ``store`` under ``name`` (a key prefix).
 
-    Call :meth:`claim` once, then :meth:`flush` after commits (with the database connection and
-    the file's path), :meth:`checkpoint` instead of SQLite's auto-checkpoint, and
-    :meth:`snapshot` to start a new chain (retention). ``clock`` gives the flush times recorded
-    for point-in-time restore (``time.time`` by default); ``writer`` names this writer in the
-    manifest (a random id by default).
+    Call :meth:`claim` (or :meth:`adopt`) once, then per round :meth:`prepare`, store the
+    segment, :meth:`shipped` and :meth:`fold`; :meth:`mark_checkpointed` after the caller's own
+    checkpoint; :meth:`capture` and :meth:`upload` to start a new chain (the module docstring
+    has the whole protocol). ``clock`` gives the snapshot times recorded for point-in-time
+    restore (``time.time`` by default; segments get the round's time from the caller);
+    ``writer`` names this writer in the manifest (a random id by default).
     """
 
     def __init__(
@@ -445,8 +440,8 @@ class FileReplica:
 
         ``epoch`` defaults to one more than the manifest's (1 for a new replica); one not above
         the manifest's raises :class:`FencedError`, as does losing a race with another claim.
-        The chain in the manifest is kept: the first :meth:`flush` continues it if the WAL is
-        the one it came from, and takes a snapshot otherwise.
+        The chain in the manifest is kept: the first :meth:`prepare` continues it if the WAL is
+        the one it came from, and raises :class:`SnapshotNeeded` otherwise.
         """
         self._check_not_fenced()
         if epoch is not None and (not isinstance(epoch, int) or epoch < 1):
@@ -485,113 +480,6 @@ class FileReplica:
         self._checkpointed_frame = None
         self._uncertain = False
         return new_epoch
-
-    def flush(self, conn: apsw.Connection, path: str | os.PathLike[str]) -> FlushResult:
-        """Ship the frames committed since the last flush as one segment, then the manifest.
-
-        ``conn`` is a connection to the database at ``path`` in WAL mode, with auto-checkpoint
-        off; the committed end is the frame count of a ``NOOP`` checkpoint. Nothing new: no
-        request. A snapshot is taken instead when the replica has none, when the WAL was
-        restarted by a checkpoint other than :meth:`checkpoint`'s, or when the WAL cannot
-        continue the chain. Raises :class:`FencedError` once another writer has claimed.
-        """
-        manifest = self._writable()
-        self._requests = 0
-        if manifest.snapshot is None:
-            return self._snapshot(conn, path)
-        end = self._committed_end(conn)
-        since = manifest.position
-        wal: str | bytes = f"{os.fspath(path)}-wal"
-        if not os.path.exists(wal):
-            wal = b""  # never written, or deleted when the last connection closed
-        try:
-            batch = self._batch(wal, end, since)
-        except (WalFormatError, ValueError):
-            # The WAL does not continue the chain (restarted by someone else's checkpoint, a
-            # writer's file that is not the chain's, damage): start a new chain.
-            return self._snapshot(conn, path)
-        if batch is None:
-            return FlushResult(0, 0, 0, self._requests, manifest.txid, snapshot=False)
-        segment = batch.segment()
-        data = encode_segment(segment, codec=self._codec)
-        key = self._object_key("segments")
-        self._put(key, data, if_none_match=True)
-        entry = SegmentEntry(
-            key=key,
-            txid=manifest.txid + 1,
-            checksum=_digest(data),
-            stored_bytes=len(data),
-            salt1=segment.salt1,
-            salt2=segment.salt2,
-            first_frame=segment.first_frame,
-            end_frame=segment.end_frame,
-            db_size=segment.db_size,
-            flushed_at=self._clock(),
-        )
-        new = attrs.evolve(manifest, segments=(*manifest.segments, entry), position=batch.end)
-        sent = self._write_manifest(new, orphans=[key])
-        self._checkpointed_frame = None
-        return FlushResult(
-            frames=len(batch.frames),
-            pages=len(segment.pages),
-            bytes=len(data) + sent,
-            requests=self._requests,
-            txid=entry.txid,
-            snapshot=False,
-        )
-
-    def checkpoint(
-        self, conn: apsw.Connection, path: str | os.PathLike[str], *, mode: int = _TRUNCATE
-    ) -> FlushResult:
-        """Ship everything committed, then checkpoint (``mode`` is ``apsw``'s ``PASSIVE``,
-        ``RESTART`` or ``TRUNCATE``), and remember that the checkpoint copied only shipped
-        frames, so the next :meth:`flush` ships the WAL's next generation from its frame 0.
-
-        Returns what the shipping flush did. If the checkpoint copied frames that were not
-        shipped (a commit slipped in), or did not finish, nothing is remembered and a restart
-        of the WAL will cost a snapshot. SQLite's ``BusyError`` (readers in the way of a
-        ``RESTART`` or ``TRUNCATE``) propagates.
-
-        ``TRUNCATE`` (the default) is the safest: the WAL restarts at once, so a restart by
-        anyone else afterwards shows as a salt-1 more than one ahead, and costs a snapshot
-        instead of a gap. After a ``PASSIVE`` one, readers may keep the WAL from restarting
-        and new commits are appended to the old generation: they are shipped by the next
-        flush as usual, but if someone else checkpoints them and restarts the WAL before that
-        flush, the gap cannot be seen. The runtime owns checkpoints, so that someone else is
-        a bug (auto-checkpoint left on, another process).
-        """
-        if mode not in _CHECKPOINT_MODES:
-            raise ValueError(
-                f"mode must be apsw.SQLITE_CHECKPOINT_PASSIVE, _RESTART or _TRUNCATE (got {mode!r})"
-            )
-        result = self.flush(conn, path)
-        manifest = self._writable()
-        position = manifest.position
-        if position is None or self._committed_end(conn) != position.frame_count:
-            # Nothing shipped since the snapshot (so nothing to copy: a TRUNCATE would only
-            # restart the WAL once more), an emptied WAL, or a commit that slipped in after the
-            # flush (the next flush ships it): leave the WAL alone.
-            return result
-        shipped = position.frame_count
-        self._checkpointed_frame = None
-        log, done = conn.wal_checkpoint(mode=mode)
-        expected = 0 if mode == _TRUNCATE else shipped  # TRUNCATE reports the emptied log
-        if log == done == expected:
-            self._checkpointed_frame = shipped
-        return result
-
-    def snapshot(self, conn: apsw.Connection, path: str | os.PathLike[str]) -> FlushResult:
-        """Checkpoint the whole WAL into the file (``TRUNCATE``), upload the file as a new
-        snapshot, make it the start of the manifest's chain, and delete the objects of the old
-        chain. Commits not shipped yet are in the snapshot.
-        """
-        self._writable()
-        self._requests = 0
-        return self._snapshot(conn, path)
-
-    def _snapshot(self, conn: apsw.Connection, path: str | os.PathLike[str]) -> FlushResult:
-        captured = self.capture(conn, path)
-        return self.upload(captured)
 
     # -- the runtime's split operations (log shipping) -------------------------------------------
 
@@ -812,10 +700,11 @@ class FileReplica:
         tail: str | None = None,
         tail_from: int = 0,
         verify: bool = False,
-    ) -> FlushResult:
+    ) -> UploadResult:
         """The remote half of a snapshot: upload it, make it the start of a new generation in
         the manifest (the shipped chain becomes history), drop what retention no longer
-        keeps. Raises like :meth:`flush`; after :class:`ReplicaUnavailableError`, call again
+        keeps. Raises :class:`FencedError` once another writer claimed the file; after
+        :class:`ReplicaUnavailableError`, call again
         with the same ``captured``. ``tail``/``tail_from``: where the new chain goes on (the
         writer's log, from the next object: what it shipped before is in the snapshot), or
         ``None`` when nothing follows (hibernation, standalone use). ``verify``: run SQLite's
@@ -876,14 +765,15 @@ class FileReplica:
         retired = []
         for g in dropped:
             retired.append(g.snapshot.key)
-            # Segments of their own (standalone flushes) go with it; log objects are shared
-            # by many files and deleted by their writer by age.
+            # Segments in objects of their own (``length`` -1: none is written any more, but
+            # a manifest may still name them) go with it; log objects are shared by many
+            # files and deleted by their writer by age.
             retired.extend(s.key for s in g.segments if s.length < 0)
         for old in retired:
             with contextlib.suppress(ReplicaUnavailableError):
                 self._requests += 1
                 self.store.delete(old)
-        return FlushResult(0, 0, len(data) + sent, self._requests, entry.txid, snapshot=True)
+        return UploadResult(len(data) + sent, self._requests, entry.txid)
 
     def abandon_capture(self) -> None:
         """Give up an upload of a capture (the next prepare asks for a new snapshot)."""
@@ -1016,12 +906,6 @@ class FileReplica:
             self._manifest = new
         return len(data)
 
-    def _committed_end(self, conn: apsw.Connection) -> int:
-        log, _ = conn.wal_checkpoint(mode=_NOOP)
-        if log < 0:
-            raise ValueError(f"the database of {self.name!r} is not in WAL mode")
-        return int(log)
-
     def _object_key(self, kind: str) -> str:
         assert self._manifest is not None
         if self._shared_sequence is not None:
@@ -1057,7 +941,7 @@ def restore(
     """Rebuild the file replicated under ``name`` at ``dest_path``, atomically.
 
     The latest state by default (the manifest's chain, then its tail in the writer's log);
-    ``at_txid`` picks a flush by txid, ``at_time`` the last flush at or before that time (as
+    ``at_txid`` picks a state by txid, ``at_time`` the last round at or before that time (as
     the writer's clock recorded it), in the current generation or a retained earlier one.
     Every object is checked against the manifest's checksums and the segments' chain before
     the file is renamed into place: :class:`CorruptReplicaError` if one fails,

@@ -26,7 +26,10 @@ One :class:`ReplicationEngine` per open runtime, when ``open_runtime(replica=...
   up once a round succeeds.
 - **Waking** an actor for the first time in this process takes ownership of its files (a higher
   epoch, the previous writer fenced, its log tail closed), and restores the files from the
-  replica when they are missing here, were last written by another runtime, or are corrupt.
+  replica (``restore.py``) when they are missing here, were last written by another runtime,
+  or are corrupt.
+- **State.** Each tracked file's replication state (unclaimed, shipping, snapshot due,
+  captured, fenced, closed) is one table in ``state.py``, changed only by ``_File.advance``.
 - **Cross-file order.** Each file is restored to its own latest state, so the runtime orders
   what could contradict: applied messages leave the mailbox, and delivered outbox rows leave
   the sender, only once what they depend on is in the replica.
@@ -42,12 +45,10 @@ import json
 import math
 import os
 import random
-import shutil
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import anyio.to_thread
@@ -63,7 +64,7 @@ from ..errors import (
     ReplicaConflictError,
     ReplicaError,
     ReplicaUnavailableError,
-    RestorePointError,
+    RuntimeInternalError,
 )
 from ..files.layout import DATA_FILE, DIRECTORY_FILE, MAILBOX_FILE, actor_dir, actor_id
 from ..records import ReplicationStatistics
@@ -77,30 +78,32 @@ from .replicator import (
     SnapshotNeeded,
     manifest_key,
     read_tail,
-    restore,
 )
+from .restore import (
+    ACTORS_PREFIX,
+    ORIGIN_FILE,
+    STAGING_PREFIX,
+    STATE_FILE,
+    actor_file_name,
+    read_origin,
+    restore_actor,
+    restore_actor_files,
+    restore_directory_if_missing,
+    restore_runtime,
+    retrying,
+)
+from .state import INITIAL, SHIPPABLE, Event, State, next_state
 from .store import ReplicaStore
 from .wal import WalPosition
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
+    from ..counters import Counters
     from ..files.datastore import DataStore
     from ..files.directory import Directory
     from ..files.mailbox import Mailbox
     from ..spec import TypeSpec
-
-T = TypeVar("T")
-
-#: The file in an actor's folder that lets a later wake-up in the same process go on without
-#: a request (not replicated; ignored by another process).
-STATE_FILE = "replica.json"
-
-#: Folders in an actor's folder where a restore puts its files before swapping them in.
-STAGING_PREFIX = ".restore-"
-
-#: Store names of the replicated files.
-ACTORS_PREFIX = "actors"
 
 
 class ReplicatedActor(Protocol):
@@ -141,23 +144,23 @@ class ReplicatedActor(Protocol):
 
 
 class ReplicationHost(Protocol):
-    """What replication sees of the runtime (``runtime/engine.py``'s ``Runtime``)."""
+    """What replication sees of the runtime (``runtime/engine.py``'s ``Engine``)."""
 
     root: Path
     runtime_id: str
     directory: Directory
     closing: anyio.Event
-    stats_hibernations: int
-    _task_group: Any
+    counters: Counters
+    task_group: Any
 
     @property
     def awake(self) -> Mapping[str, ReplicatedActor]: ...
 
     def clock(self) -> float: ...
 
-    def _report(self, text: str) -> None: ...
+    def report(self, text: str) -> None: ...
 
-    def _wake_later(self, spec: TypeSpec, key: str) -> None: ...
+    def wake_later(self, spec: TypeSpec, key: str) -> None: ...
 
 
 @attrs.frozen
@@ -216,7 +219,8 @@ class Replication:
 
 
 class _File:
-    """A tracked file: its replica writer and what the WAL hook reported."""
+    """A tracked file: its replica writer, its replication state (``state.py``: changed only
+    through :meth:`advance`), and what the WAL hook reported."""
 
     def __init__(
         self,
@@ -225,25 +229,28 @@ class _File:
         conn: apsw.Connection,
         replica: FileReplica,
         act: ReplicatedActor | None,
+        state: State,
     ) -> None:
+        if state not in INITIAL:
+            raise RuntimeInternalError(f"{name!r} cannot be tracked from state {state.value!r}")
         self.name = name
         self.path = path
         self.conn = conn
         self.replica = replica
         self.act = act
-        self.claimed = True
+        self.state = state
         self.end = 0  # committed frames in the WAL (the hook's last count)
         self.commits = 0  # commits seen (monotonic)
         self.acked = 0  # commits known to be in the replica, fences checked
         self.first_unacked_at: float | None = None  # when the oldest unacked commit happened
         self.commit_times: list[tuple[int, float]] = []  # (commit number, time), unacked
         self.reading = False  # a round is preparing or shipping it
-        self.capture: Captured | None = None  # a snapshot waiting for its upload
-        self.capture_commits = 0
+        #: The snapshot read, waiting for its upload (state ``captured``; kept after a fence).
+        self.capture: Captured | None = None
+        self.capture_commits = 0  # commits when the last snapshot was captured
         self.uploading = False
-        self.want_snapshot = False
-        self.changed_since_snapshot = False
         self.tail_set = False  # the stored manifest points at this session's log
+        #: Why it was fenced (state ``fenced``, or ``closed`` after a fence).
         self.fenced: FencedError | None = None
         self.in_pending = False  # its segment is in a log object not stored yet
         #: Frames read just before a checkpoint, not shipped yet: (segment, commits, frame).
@@ -256,9 +263,6 @@ class _File:
         #: session's hibernation unchanged, or a snapshot of it uploaded since).
         self.baseline_shipped = False
         self.closing = False  # hibernating: a background upload stops retrying
-        #: Closed and untracked: its background work makes no more requests (a later wake-up
-        #: of the actor has a writer of its own for the file), and a fence it meets is no news.
-        self.retired = False
         self.acked_event = anyio.Event()
         self.quiet_event = anyio.Event()
         self.claim_lock = anyio.Lock()
@@ -268,6 +272,29 @@ class _File:
         spread = random.Random(name)
         self.fold_factor = spread.uniform(0.75, 1.25)
         self.compact_factor = spread.uniform(0.75, 1.0)
+
+    def advance(self, event: Event) -> None:
+        """The one writer of :attr:`state`."""
+        self.state = next_state(self.state, event, self.name)
+
+    @property
+    def claimed(self) -> bool:
+        """Its writer holds an epoch of the replica (claimed, perhaps fenced since)."""
+        return self.replica.epoch is not None
+
+    @property
+    def want_snapshot(self) -> bool:
+        return self.state is State.SNAPSHOT_DUE
+
+    @property
+    def retired(self) -> bool:
+        """Closed and untracked: its background work makes no more requests (a later wake-up
+        of the actor has a writer of its own for the file), and a fence it meets is no news."""
+        return self.state is State.CLOSED
+
+    @property
+    def changed_since_snapshot(self) -> bool:
+        return self.commits > self.capture_commits
 
     async def quiet(self) -> None:
         """Return once no round reads the file and no snapshot of it is uploading."""
@@ -292,7 +319,6 @@ class _File:
     def committed(self, frames: int) -> None:
         self.end = frames
         self.commits += 1
-        self.changed_since_snapshot = True
         now = time.monotonic()
         if self.first_unacked_at is None:
             self.first_unacked_at = now
@@ -447,7 +473,7 @@ class ReplicationEngine:
 
     @staticmethod
     def actor_name(aid: str, file: str) -> str:
-        return f"{ACTORS_PREFIX}/{aid}/{file}"
+        return actor_file_name(aid, file)
 
     def _replica(self, name: str) -> FileReplica:
         return FileReplica(
@@ -464,38 +490,9 @@ class ReplicationEngine:
 
     def restore_directory_if_missing(self, root: Path) -> bool:
         """Before the directory is opened: restore it from the replica when it is missing
-        here (a fresh machine). Returns whether it was restored."""
-        path = root / DIRECTORY_FILE
-        if path.exists():
+        here (a fresh machine). Returns whether it was restored (``restore.py``)."""
+        if not restore_directory_if_missing(self.store, root):
             return False
-        try:
-            got = _retrying(lambda: self.store.get(manifest_key(DIRECTORY_FILE)))
-        except ReplicaUnavailableError as exc:
-            # A new runtime, or a lost machine's to restore: starting empty in the second case
-            # would answer from nothing and then be fenced as diverged. Refuse, clearly.
-            raise ReplicaUnavailableError(
-                f"{root} holds no runtime and the replica cannot be reached to find out whether "
-                f"one should be restored from it ({exc}); open again once it is reachable"
-            ) from exc
-        if got is None:
-            return False
-        manifest = Manifest.decode(got[0], key=manifest_key(DIRECTORY_FILE))
-        if manifest.snapshot is None:
-            return False
-        for suffix in ("-wal", "-shm"):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(f"{path}{suffix}")
-        try:
-            _retrying(lambda: restore(self.store, DIRECTORY_FILE, path, manifest=manifest))
-        except ReplicaUnavailableError as exc:
-            for suffix in ("", "-wal", "-shm"):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(f"{path}{suffix}")
-            raise ReplicaUnavailableError(
-                f"{root} holds no runtime, the replica holds one, and it could not be read "
-                f"to restore it ({exc}); open again once the store is reachable"
-            ) from exc
-        become_restored_runtime(root, manifest.writer.split("/")[0], at_time=None)
         self.stats["restores"] += 1
         return True
 
@@ -506,15 +503,17 @@ class ReplicationEngine:
         self.writer = f"{rt.runtime_id}/{self.session}"
         conn = rt.directory.conn
         replica = self._replica(DIRECTORY_FILE)
-        tracked = _File(DIRECTORY_FILE, rt.root / DIRECTORY_FILE, conn, replica, None)
+        state = State.SNAPSHOT_DUE
         try:
-            previous = _retrying(lambda: self._takeover(replica))
+            previous = retrying(lambda: self._takeover(replica))
         except ReplicaUnavailableError as exc:
             self._error(exc)
-            tracked.claimed = False
-            self.unclaimed[DIRECTORY_FILE] = tracked
+            state = State.UNCLAIMED
             previous = None
-        self.origin = _read_origin(rt.root)
+        tracked = _File(DIRECTORY_FILE, rt.root / DIRECTORY_FILE, conn, replica, None, state)
+        if state is State.UNCLAIMED:
+            self.unclaimed[DIRECTORY_FILE] = tracked
+        self.origin = read_origin(rt.root)
         if previous is not None and previous.snapshot is not None:
             owner = previous.writer.split("/")[0]
             if (
@@ -554,7 +553,7 @@ class ReplicationEngine:
         tracked.conn.set_wal_hook(hook)
 
     def _untrack(self, tracked: _File) -> None:
-        tracked.retired = True
+        tracked.advance(Event.CLOSED)
         if self.unclaimed.get(tracked.name) is tracked:
             del self.unclaimed[tracked.name]
         with contextlib.suppress(Exception):
@@ -681,7 +680,7 @@ class ReplicationEngine:
             return False
         return not self.origin or aid in self.claimed
 
-    async def prepare_files(  # noqa: C901 (claim, restore or adopt: one path per case)
+    async def prepare_files(
         self, act: ReplicatedActor, known: bool, *, force_restore: bool = False
     ) -> None:
         """Before an actor's files are opened: take up the state saved at its last hibernation
@@ -745,33 +744,15 @@ class ReplicationEngine:
             async with self.limiter:
                 await anyio.to_thread.run_sync(lambda: [self._takeover(r) for r in rest])
         replicas = [*to_claim, *rest]
-        folder.mkdir(parents=True, exist_ok=True)
-
-        def restore_all() -> None:
-            # Both files, or neither: restored into a staging folder, then swapped in together
-            # (a data.db restored beside a mailbox that is not would lose the mailbox's work).
-            staging = folder / f"{STAGING_PREFIX}{uuid.uuid4().hex[:8]}"
-            staging.mkdir()
-            try:
-                restored = []
-                for r in replicas:
-                    manifest = r.manifest
-                    assert manifest is not None
-                    if manifest.snapshot is None:
-                        continue
-                    file = r.name.rsplit("/", 1)[1]
-                    restore(self.store, r.name, staging / file, manifest=manifest)
-                    restored.append(file)
-                if any(
-                    not name.startswith(("superseded-", STAGING_PREFIX))
-                    for name in os.listdir(folder)
-                ):
-                    _move_aside(folder)  # (a -wal left alone would be replayed onto the copy)
-                for file in restored:
-                    os.replace(staging / file, folder / file)
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
-
+        manifests: dict[str, Manifest] = {}
+        for r in replicas:
+            assert r.manifest is not None
+            manifests[r.name] = r.manifest
+        # Both files, or neither: a data.db restored beside a mailbox that is not would lose
+        # the mailbox's work. The local files are kept aside, in a superseded-* folder.
+        restore_all = functools.partial(
+            restore_actor, self.store, act.aid, folder, manifests=manifests, supersede=True
+        )
         async with self.limiter:
             await anyio.to_thread.run_sync(restore_all)
         self.stats["restores"] += 1
@@ -801,15 +782,15 @@ class ReplicationEngine:
                     checkpointed_frame=payload["checkpointed_frame"],
                     sequence=payload["sequence"],
                 )
-                tracked = _File(name, path, conn, replica, act)
+                tracked = _File(name, path, conn, replica, act, State.SHIPPING)
                 snapshot = replica.needs_snapshot
                 tracked.baseline_shipped = not snapshot
             elif mode == "claimed":
-                tracked = _File(name, path, conn, payload, act)
-                snapshot = True  # a new session: the WAL cannot be trusted to go on
+                # A new session: the WAL cannot be trusted to go on.
+                tracked = _File(name, path, conn, payload, act, State.SNAPSHOT_DUE)
+                snapshot = True
             else:
-                tracked = _File(name, path, conn, self._replica(name), act)
-                tracked.claimed = False
+                tracked = _File(name, path, conn, self._replica(name), act, State.UNCLAIMED)
                 self.unclaimed[name] = tracked
                 snapshot = False  # decided once claimed
             act.replica_files.append(tracked)
@@ -828,7 +809,7 @@ class ReplicationEngine:
         self.capture_due(act)
 
     def _want_snapshot(self, tracked: _File) -> None:
-        tracked.want_snapshot = True
+        tracked.advance(Event.SNAPSHOT_NEEDED)
         if tracked.act is not None:
             tracked.act.replication_due = True
             tracked.act.work.set()  # an idle turn loop takes it now
@@ -844,16 +825,14 @@ class ReplicationEngine:
         """Between turns (no transaction open): take the snapshots and checkpoints due."""
         act.replication_due = False
         for tracked in act.replica_files:
-            if tracked.fenced is not None or not tracked.claimed:
-                continue
-            if tracked.want_snapshot and tracked.capture is None:
+            if tracked.state is State.SNAPSHOT_DUE:
                 if tracked.reading:
                     act.replication_due = True  # a round reads it: at the next gap
                 else:
                     self._capture(tracked)
             elif (
-                tracked.end >= self.options.checkpoint_frames
-                and tracked.capture is None
+                tracked.state is State.SHIPPING
+                and tracked.end >= self.options.checkpoint_frames
                 and not tracked.reading
                 and not tracked.folding
             ):
@@ -863,29 +842,29 @@ class ReplicationEngine:
 
     def _capture(self, tracked: _File, *, upload: bool = True) -> None:
         try:
-            tracked.capture = tracked.replica.capture(tracked.conn, tracked.path, owned=True)
+            captured = tracked.replica.capture(tracked.conn, tracked.path, owned=True)
         except FencedError as exc:
             self._fenced(tracked, exc)
             return
         except (ReplicaError, apsw.Error) as exc:
             self._error(exc)
-            if tracked.act is not None and self.rt._task_group is not None:
+            if tracked.act is not None and self.rt.task_group is not None:
                 # (a reader holding the file, say): tried again soon, not only at the next
                 # event that happens to ask for it (sends at the actor's gate wait for it)
-                self.rt._task_group.start_soon(self._capture_again, tracked)
+                self.rt.task_group.start_soon(self._capture_again, tracked)
             return
+        tracked.capture = captured
+        tracked.advance(Event.CAPTURED)
         tracked.capture_commits = tracked.commits
         act = tracked.act
         if act is not None and len(act.replica_files) > 1 and tracked is act.replica_files[0]:
             tracked.mailbox_commits_at_capture = act.replica_files[1].commits
         tracked.carry = None  # (its frames are in the snapshot)
-        tracked.want_snapshot = False
-        tracked.changed_since_snapshot = False
         tracked.end = 0
         self.dirty.pop(tracked.name, None)
         self.awaiting.pop(tracked.name, None)  # (acknowledged by the snapshot's upload)
-        if upload and self.rt._task_group is not None:
-            self.rt._task_group.start_soon(self._upload, tracked)
+        if upload and self.rt.task_group is not None:
+            self.rt.task_group.start_soon(self._upload, tracked)
 
     async def _capture_again(self, tracked: _File) -> None:
         await anyio.sleep(CAPTURE_RETRY)
@@ -982,6 +961,7 @@ class ReplicationEngine:
                 self.stats["bytes"] += result.bytes
                 self.last_error = None
                 tracked.capture = None
+                tracked.advance(Event.UPLOADED)
                 tracked.tail_set = not final
                 tracked.ack(tracked.capture_commits, self.lags)
                 tracked.poke()
@@ -1071,10 +1051,10 @@ class ReplicationEngine:
         gate): the next round comes within ``min_delay``, as for a durable actor's commits,
         not after the load's delay. Not at once: under load, the commits of ``min_delay`` go
         together (a round at once for each held send made about one PUT per turn)."""
-        if self.hurrying or self.rt._task_group is None:
+        if self.hurrying or self.rt.task_group is None:
             return
         self.hurrying = True
-        self.rt._task_group.start_soon(self._hurry)
+        self.rt.task_group.start_soon(self._hurry)
 
     async def _hurry(self) -> None:
         try:
@@ -1120,9 +1100,7 @@ class ReplicationEngine:
         files = [
             t
             for t in self.dirty.values()
-            if t.fenced is None
-            and t.claimed
-            and t.capture is None
+            if t.state in SHIPPABLE
             and not t.in_pending
             and not t.folding
             and not self._mailbox_blocks(t)
@@ -1227,7 +1205,7 @@ class ReplicationEngine:
                 continue
             except Exception as exc:  # (a bug: the chain goes on from a new snapshot)
                 self._error(exc)
-                self.rt._report(f"replication of {tracked.name!r}: {exc!r}; taking a snapshot")
+                self.rt.report(f"replication of {tracked.name!r}: {exc!r}; taking a snapshot")
                 tracked.replica.abandon_capture()
                 self._want_snapshot(tracked)
                 continue
@@ -1292,8 +1270,8 @@ class ReplicationEngine:
                     # Listing the segments is not needed for the acknowledgement (the log
                     # tail finds them): off the round, so that it does not add to the lag.
                     tracked.folding = True
-                    if self.rt._task_group is not None:
-                        self.rt._task_group.start_soon(self._fold_later, tracked)
+                    if self.rt.task_group is not None:
+                        self.rt.task_group.start_soon(self._fold_later, tracked)
         return ok
 
     async def _fold_later(self, tracked: _File) -> None:
@@ -1451,7 +1429,7 @@ class ReplicationEngine:
         except FencedError as exc:
             self._fenced(tracked, exc)
             return
-        tracked.claimed = True
+        tracked.advance(Event.CLAIMED)
         if self.unclaimed.get(tracked.name) is tracked:
             del self.unclaimed[tracked.name]
         act = tracked.act
@@ -1475,6 +1453,7 @@ class ReplicationEngine:
         if tracked.fenced is not None:
             return
         tracked.fenced = error
+        tracked.advance(Event.FENCED)
         tracked.acked_event.set()
         if tracked.retired:
             # A closed file's last background write met the claim of the actor's next
@@ -1486,15 +1465,16 @@ class ReplicationEngine:
         self.stats["fenced"] += 1
         act = tracked.act
         if act is None:
-            self.rt._report(f"directory.db is no longer replicated: {error}")
+            self.rt.report(f"directory.db is no longer replicated: {error}")
             return
-        self.rt._report(f"{act.describe()} stopped: another runtime owns it now ({error})")
+        self.rt.report(f"{act.describe()} stopped: another runtime owns it now ({error})")
         act.fence(error)
 
     def _corrupt(self, tracked: _File, error: CorruptSnapshotError) -> None:
         """A file to snapshot is corrupt: it is not uploaded; it stops being replicated, and
         its actor stops (restored from the replica at its next wake-up)."""
         tracked.capture = None
+        tracked.advance(Event.DROPPED)
         tracked.replica.abandon_capture()
         self._fenced(
             tracked,
@@ -1503,14 +1483,14 @@ class ReplicationEngine:
         )
         act = tracked.act
         if act is None:
-            self.rt._report(f"directory.db is no longer replicated: {error}")
+            self.rt.report(f"directory.db is no longer replicated: {error}")
             return
         corrupt = CorruptFileError(
             f"{act.describe()}: {error}; it is restored from the replica at its next wake-up",
             path=str(tracked.path),
         )
         corrupt.__cause__ = error
-        self.rt._report(str(corrupt))
+        self.rt.report(str(corrupt))
         act.fail_from_outside(corrupt)
 
     def _error(self, exc: BaseException) -> None:
@@ -1530,7 +1510,7 @@ class ReplicationEngine:
         snapshots (they stay counted as behind until they are tracked again)."""
         for aid, (spec, key) in list(self.behind.items()):
             if aid not in self.rt.awake and not self.rt.closing.is_set():
-                self.rt._wake_later(spec, key)
+                self.rt.wake_later(spec, key)
 
     async def _expire_logs(self) -> None:
         """Delete this session's log objects older than the retention, except those the
@@ -1631,12 +1611,12 @@ class ReplicationEngine:
         waited for too (what they commit, to ship the actor's last state, is part of it)."""
         passes = 0
         while True:
-            hibernations = self.rt.stats_hibernations
+            hibernations = self.rt.counters.hibernations
             await self._wait_tracked()
             closing = [act for act in self.rt.awake.values() if act.hibernating]
             for act in closing:
                 await act.closed.wait()
-            if (closing or self.rt.stats_hibernations != hibernations) and passes < 3:
+            if (closing or self.rt.counters.hibernations != hibernations) and passes < 3:
                 passes += 1  # what those hibernations committed (a pending mark cleared)
                 continue
             if not self.behind or self.rt.closing.is_set():
@@ -1728,8 +1708,8 @@ class ReplicationEngine:
                 # A snapshot taken earlier and not uploaded yet (its upload waited, then
                 # stopped for the closing): commits came since, so take it again.
                 tracked.capture = None
+                tracked.advance(Event.DROPPED)
                 tracked.replica.abandon_capture()
-                tracked.changed_since_snapshot = True
             if tracked.capture is None and (
                 tracked.changed_since_snapshot or tracked.want_snapshot
             ):
@@ -1823,26 +1803,6 @@ class ReplicationEngine:
         )
 
 
-#: Attempts of a store request made while a runtime opens (a flaky store is tried again,
-#: with a growing pause, before the open gives up): about 3 s in all.
-OPEN_ATTEMPTS = 6
-
-
-def _retrying(fn: Callable[[], T]) -> T:
-    """``fn()``, tried again while the store is unavailable, up to :data:`OPEN_ATTEMPTS`
-    times (blocking: for the opening of a runtime, before its event loop work starts)."""
-    delay = 0.1
-    for attempt in range(OPEN_ATTEMPTS):
-        try:
-            return fn()
-        except ReplicaUnavailableError:
-            if attempt == OPEN_ATTEMPTS - 1:
-                raise
-            time.sleep(delay)
-            delay = min(delay * 2, 1.0)
-    raise AssertionError("unreachable")
-
-
 def _mailbox_moved_on(files: list[_File]) -> bool:
     """Whether a hibernation pass left ``data.db``'s snapshot waiting only because its mailbox
     took a delivery after the mailbox's own snapshot (another pass then completes)."""
@@ -1921,170 +1881,11 @@ def _unchanged(file: str, now: dict[str, Any], then: dict[str, Any] | None) -> b
     )
 
 
-def _move_aside(folder: Path) -> None:
-    """Keep local files that the replica superseded, for inspection, out of the way."""
-    aside = folder / f"superseded-{int(time.time())}-{uuid.uuid4().hex[:6]}"
-    aside.mkdir()
-    for name in os.listdir(folder):
-        if name.startswith(("superseded-", STAGING_PREFIX)):
-            continue
-        shutil.move(str(folder / name), str(aside / name))
-
-
-def restore_runtime(
-    store: ReplicaStore,
-    root: Path,
-    *,
-    at_time: float | None = None,
-    progress: Callable[[int, int], None] | None = None,
-) -> dict[str, Any]:
-    """``torpor restore``: rebuild a whole runtime directory from the replica (``root`` must
-    not hold one). Restores directory.db, then every actor it lists, at ``at_time`` or the
-    latest. Returns counts."""
-    from ..files.directory import Directory
-
-    root.mkdir(parents=True, exist_ok=True)
-    if (root / DIRECTORY_FILE).exists():
-        raise FileExistsError(f"{root} already holds a runtime: restore into an empty directory")
-    got = store.get(manifest_key(DIRECTORY_FILE))
-    if got is None:
-        raise RestorePointError(f"there is no replica of {DIRECTORY_FILE!r} in {store!r}")
-    manifest = Manifest.decode(got[0], key=manifest_key(DIRECTORY_FILE))
-    restore(store, DIRECTORY_FILE, root / DIRECTORY_FILE, at_time=at_time, manifest=manifest)
-    become_restored_runtime(root, manifest.writer.split("/")[0], at_time=at_time)
-    directory = Directory(root / DIRECTORY_FILE, synchronous="NORMAL")
-    try:
-        aids = [row[0] for row in directory.conn.execute("SELECT id FROM actors")]
-    finally:
-        directory.close()
-    restored = missing = 0
-    for i, aid in enumerate(aids):
-        folder = actor_dir(root, aid)
-        folder.mkdir(parents=True, exist_ok=True)
-        try:
-            for file in (DATA_FILE, MAILBOX_FILE):
-                restore(
-                    store, ReplicationEngine.actor_name(aid, file), folder / file, at_time=at_time
-                )
-            restored += 1
-        except RestorePointError:
-            missing += 1  # never replicated (or not at that time): it wakes empty, or not at all
-            for file in (DATA_FILE, MAILBOX_FILE):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(folder / file)
-        if progress is not None:
-            progress(i + 1, len(aids))
-    return {"actors": len(aids), "restored": restored, "not_replicated": missing}
-
-
-#: A runtime directory restored from a replica records where from (JSON: runtime, at).
-ORIGIN_FILE = "REPLICA_ORIGIN"
-
-
-def become_restored_runtime(root: Path, origin: str, *, at_time: float | None) -> None:
-    """Give a restored ``directory.db`` a runtime id of its own: a restored runtime is another
-    writer than the one it came from (which may still run, or come back), so their histories
-    are told apart and fenced, never merged. Record the origin for the ownership rules."""
-    conn = apsw.Connection(str(root / DIRECTORY_FILE))
-    try:
-        conn.execute("UPDATE runtime SET runtime_id = lower(hex(randomblob(8))) WHERE id = 1")
-    finally:
-        conn.close()
-    tmp = root / f".{ORIGIN_FILE}.new"
-    tmp.write_text(json.dumps({"runtime": origin, "at": at_time}))
-    os.replace(tmp, root / ORIGIN_FILE)
-
-
-def _read_origin(root: Path) -> dict[str, Any]:
-    try:
-        origin = json.loads((root / ORIGIN_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-    return origin if isinstance(origin, dict) else {}
-
-
-def restore_actor_files(
-    store: ReplicaStore,
-    aid: str,
-    folder: Path,
-    *,
-    at_time: float | None = None,
-    at_txid: int | None = None,
-) -> None:
-    """Restore one actor's two files into ``folder`` (for ``torpor restore --actor`` and
-    ``torpor fork``), replacing what is there only once both are restored and verified.
-    ``at_txid`` is ``data.db``'s txid; ``mailbox.db`` is restored at that flush's time."""
-    if at_txid is not None and at_time is not None:
-        raise ValueError("pass at most one of at_time= and at_txid=")
-    data_name = ReplicationEngine.actor_name(aid, DATA_FILE)
-    if at_txid is not None:
-        at_time = _flush_time(store, data_name, at_txid)
-    folder.mkdir(parents=True, exist_ok=True)
-    staging = folder / f".restore-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
-    try:
-        for file in (DATA_FILE, MAILBOX_FILE):
-            restore(
-                store,
-                ReplicationEngine.actor_name(aid, file),
-                staging / file,
-                at_time=None if file == DATA_FILE and at_txid is not None else at_time,
-                at_txid=at_txid if file == DATA_FILE else None,
-            )
-        if at_time is not None or at_txid is not None:
-            _new_incarnation(staging / DATA_FILE)
-        for file in (DATA_FILE, MAILBOX_FILE):
-            for suffix in ("-wal", "-shm"):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(folder / f"{file}{suffix}")
-            os.replace(staging / file, folder / file)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(folder / STATE_FILE)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def _new_incarnation(path: Path) -> None:
-    """An actor restored to an earlier point numbers its outbox rows again from there: it
-    sends as a new incarnation, so that receivers, whose cursors saw the later numbers, do
-    not drop its new messages as repeats (a file from before incarnations gets the column
-    when it is next opened: it is then at 0, and this bump is skipped)."""
-    conn = apsw.Connection(str(path))
-    try:
-        columns = [row[1] for row in conn.execute("PRAGMA table_info(_torpor_state)")]
-        if "incarnation" in columns:
-            with conn:
-                conn.execute(
-                    "UPDATE _torpor_state SET incarnation = incarnation + 1, incarnation_from = "
-                    "(SELECT coalesce(max(seq), 0) + 1 FROM sqlite_sequence "
-                    "WHERE name = '_torpor_outbox')"
-                )
-    finally:
-        conn.close()
-
-
-def _flush_time(store: ReplicaStore, name: str, txid: int) -> float:
-    """When the flush that made ``txid`` of ``name`` ran (for restoring a second file at the
-    same moment)."""
-    got = store.get(manifest_key(name))
-    if got is None:
-        raise RestorePointError(f"there is no replica of {name!r} in {store!r}")
-    manifest = Manifest.decode(got[0], key=manifest_key(name))
-    chain: list[Any] = []
-    for generation in manifest.history:
-        chain.append(generation.snapshot)
-        chain.extend(generation.segments)
-    if manifest.snapshot is not None:
-        chain.append(manifest.snapshot)
-    chain.extend(manifest.segments)
-    chain.extend(read_tail(store, manifest))
-    for item in chain:
-        if item.txid == txid:
-            return float(getattr(item, "flushed_at", None) or item.created_at)
-    raise RestorePointError(f"txid {txid} of {name!r} is not retained")
-
-
 __all__ = [
+    "ACTORS_PREFIX",
+    "ORIGIN_FILE",
+    "STAGING_PREFIX",
+    "STATE_FILE",
     "CorruptReplicaError",
     "ReplicaConflictError",
     "Replication",
