@@ -35,6 +35,7 @@ from .files.mailbox import image as mailbox_image
 from .host import RuntimeHost, Waiter
 from .lifecycle import Lifecycle, State
 from .outbox import OUTBOX_RETRY_MIN, Outbox
+from .replica.shipper import ActorReplica
 from .steps import TurnState
 from .turn import MAX_BATCH
 
@@ -95,7 +96,6 @@ class Activation:
         self.waiting = False  # the loop waits for work
         self.files_open = False
         self.preparing = False  # its files are being claimed or restored from the replica
-        self.restored = False  # its files were just restored from the replica
         self.queries = 0  # @query handlers running now
         self.wake_started: float | None = None
         self.wake_hint: float | None = None  # directory.db's wake_at for this actor, as written
@@ -107,13 +107,9 @@ class Activation:
         self.turn: TurnState | None = None  # the durable state of the message running now
         self.suspended_seq: int | None = None  # a turn rolled back in a journaled wait
         self.arrivals: dict[str, anyio.Event] = {}  # event name -> set when one arrives
-        # Replication (runtime/replica/shipper.py): the tracked files, and what waking or
-        # hibernating hands over.
-        self.replication_due = False  # a snapshot or checkpoint waits for a gap between turns
-        self.replica_files: list[Any] = []
-        self.replica_plan: Any = None
-        self.replica_saved: Any = None
-        self.clear_pending_when_shipped = False
+        #: Replication's own record of it (runtime/replica/shipper.py): its tracked files, and
+        #: what waking and hibernating hand over.
+        self.replica = ActorReplica()
 
     @property
     def state(self) -> State:
@@ -277,10 +273,10 @@ class Activation:
         """Nothing left to run: clear the directory's pending mark, unless commits of its files
         are not in the replica yet (then the mark stays until hibernation has shipped them:
         a process killed meanwhile leaves it pending, so the next one wakes it and ships them)."""
-        if self.replica_files and any(
-            t.commits > t.acked or t.capture is not None for t in self.replica_files
+        if self.replica.files and any(
+            t.commits > t.acked or t.capture is not None for t in self.replica.files
         ):
-            self.clear_pending_when_shipped = True
+            self.replica.clear_pending_when_shipped = True
             return
         self.runtime.directory.clear_pending(self.aid)
 
@@ -455,7 +451,7 @@ class Activation:
         """What waits for a gap between turns: a replica capture, due timers, the wake-up hint,
         committed outbox rows."""
         rt = self.runtime
-        if self.replication_due and rt.replication is not None:
+        if self.replica.due and rt.replication is not None:
             rt.replication.capture_due(self)
         if self.timers_due:
             self._fire_timers()
@@ -489,8 +485,8 @@ class Activation:
         if (
             self.spec.durable
             and rt.replication is not None
-            and self.replica_files
-            and not self.replica_files[0].baseline_shipped
+            and self.replica.files
+            and not self.replica.files[0].baseline_shipped
         ):
             await rt.replication.wait_baseline(self)
             return not (self.closing or self.failed is not None)
@@ -619,9 +615,9 @@ class Activation:
         last applied). Applied messages and their journals leave the mailbox only up to it:
         each file is restored to its own latest state, so a mailbox whose cleanup reached the
         replica before ``data.db``'s turns did would lose those messages in a restore."""
-        if self.runtime.replication is None or not self.replica_files:
+        if self.runtime.replication is None or not self.replica.files:
             return self.applied_seq
-        data = self.replica_files[0]
+        data = self.replica.files[0]
         marks = self.applied_marks
         while marks and data.acked >= marks[0][0] and data.capture is None:
             if data.want_snapshot:

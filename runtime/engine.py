@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import fcntl
-import os
 import resource
 import time
 import uuid
@@ -36,14 +34,12 @@ from .counters import Counters
 from .delivery import Delivery
 from .errors import (
     RuntimeClosedError,
-    RuntimeLockedError,
     UnknownActorTypeError,
 )
-from .files import db
+from .files import db, lock
 from .files.directory import Directory
 from .files.layout import (
     DIRECTORY_FILE,
-    LOCK_FILE,
     actor_id,
 )
 from .host import Waiter
@@ -456,27 +452,11 @@ class Engine:
 
     def _open_lock_and_directory(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-        # Inspection tools (torpor status, ls) take a shared lock for an instant to see whether
-        # the runtime is open: retry briefly before concluding another runtime holds it.
-        deadline = time.monotonic() + LOCK_WAIT
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() < deadline:
-                    time.sleep(0.005)
-                    continue
-                holder = _lock_holder(fd)
-                os.close(fd)
-                raise RuntimeLockedError(
-                    f"{self.root} is open in {holder}; one runtime directory belongs to one "
-                    "process at a time"
-                ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)  # who holds it, for error messages
-        self._lock_fd = fd
+        self._lock_fd = lock.take(
+            self.root,
+            "one runtime directory belongs to one process at a time",
+            wait=lock.LOCK_WAIT,
+        )
         try:
             if self.replication is not None:
                 self.replication.restore_directory_if_missing(self.root)
@@ -489,7 +469,7 @@ class Engine:
 
     def _release_lock(self) -> None:
         if self._lock_fd is not None:
-            os.close(self._lock_fd)
+            lock.release(self._lock_fd)
             self._lock_fd = None
 
     @contextlib.asynccontextmanager
@@ -570,28 +550,6 @@ class Engine:
             self.directory.close()
         finally:
             self._release_lock()
-
-
-#: Seconds to retry taking the runtime's LOCK before reporting it held.
-LOCK_WAIT = 0.2
-
-
-def _lock_holder(fd: int) -> str:
-    """Who holds the runtime's ``LOCK``, from the pid its holder wrote there: "another process
-    (pid N)", or, when N is this process's own pid, "this very process" (an ``open_runtime`` of
-    the same directory not closed yet, or a process of another pid namespace with that pid)."""
-    try:
-        pid = os.pread(fd, 32, 0).decode().strip()
-    except (OSError, UnicodeDecodeError):
-        return "another process"
-    if not pid.isdigit():
-        return "another process"
-    if int(pid) == os.getpid():
-        return (
-            f"this very process (pid {pid}, by an open_runtime not closed yet; or by a process "
-            "of another container that has the same pid)"
-        )
-    return f"another process (pid {pid})"
 
 
 def _quantile(ordered: list[float], q: float) -> float | None:

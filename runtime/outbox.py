@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from .files.datastore import DataStore
     from .host import RuntimeHost
     from .ref import Ref
+    from .replica.shipper import ActorReplica
     from .spec import TypeSpec
 
 #: Backoff bounds for retrying an outbox delivery that failed (target unopenable, EMFILE).
@@ -32,7 +33,7 @@ class OutboxActor(Protocol):
     spec: TypeSpec
     key: str
     data: DataStore
-    replica_files: list[Any]
+    replica: ActorReplica
     sender_id: str
     earlier_sender_id: str
     incarnation_from: int
@@ -125,9 +126,9 @@ class Outbox:
         """The last outbox row whose commit is in the replica (``None``: no replica, no gate).
         Rows present when the actor woke count as committed before its files were attached:
         they wait until the files' state then is known to be in the replica."""
-        if self.act.runtime.replication is None or not self.act.replica_files:
+        if self.act.runtime.replication is None or not self.act.replica.files:
             return None
-        data = self.act.replica_files[0]
+        data = self.act.replica.files[0]
         marks = self.marks
         if last_row > (marks[-1][1] if marks else self.gate_upto):
             marks.append((data.commits, last_row))  # (written at or before this commit)
@@ -139,9 +140,9 @@ class Outbox:
     def gate_stuck(self) -> bool:
         """Rows at the output gate cannot expect an acknowledgement soon."""
         rep = self.act.runtime.replication
-        if rep is None or rep.unavailable or not self.act.replica_files:
+        if rep is None or rep.unavailable or not self.act.replica.files:
             return True
-        data = self.act.replica_files[0]
+        data = self.act.replica.files[0]
         return not data.claimed or data.fenced is not None
 
     def deletable(self) -> int:

@@ -165,7 +165,7 @@ class Residency:
             await rep.prepare_files(act, known=known, force_restore=corrupt is not None)
             self.rt.check_open()
             try:
-                act.open(data_may_be_missing=act.restored)
+                act.open(data_may_be_missing=act.replica.restored)
             except CorruptFileError as exc:
                 # Detected at open: the replica has the last replicated state.
                 self.rt.report(f"{act.describe()}: {exc}; restoring it from the replica")

@@ -91,7 +91,6 @@ class TurnActor(ActorHost, ReplicatedActor, Protocol):
     suspended_seq: int | None
     closing: bool
     failure_times: collections.deque[float]
-    replica_files: list[Any]
     outbox: Outbox
     created: anyio.Event
     settled: anyio.Event
@@ -363,8 +362,8 @@ class Batch:
                     fill_from_store(act, waiter, message.seq)
                 else:
                     waiter.set_result(answer)
-            if act.replica_files:
-                act.applied_marks.append((act.replica_files[0].commits, act.applied_seq))
+            if act.replica.files:
+                act.applied_marks.append((act.replica.files[0].commits, act.applied_seq))
             rt.counters.turns += 1
             rt.counters.applied += len(done)
         if self.stop is not None:

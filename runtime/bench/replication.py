@@ -1227,7 +1227,7 @@ def _held_outboxes(rt: Any) -> list[str]:
         rows = act.data.outbox_after(act.outbox.delivered_upto)
         if not rows:
             continue
-        data = act.replica_files[0] if act.replica_files else None
+        data = act.replica.files[0] if act.replica.files else None
         gate = (
             "no replica file"
             if data is None

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..errors import RuntimeLockedError
-from ..files.layout import LOCK_FILE
+from ..files import lock
 from .inspect import check_root
 
 
@@ -23,21 +20,10 @@ def runtime_lock(root: Path, what: str, *, check: bool = True) -> Iterator[None]
     the runtime open; ``check``: the directory must hold a runtime already
     (:class:`NotARuntimeError` if not).
     """
-    from ..engine import _lock_holder  # the engine's reading of the pid its holder wrote
-
     if check:
         check_root(root)
-    fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = lock.take(root, f"{what} in that process (Runtime methods) or once it has closed")
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RuntimeLockedError(
-                f"{root} is open in {_lock_holder(fd)}; {what} in that process (Runtime "
-                "methods) or once it has closed"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
-        os.close(fd)
+        lock.release(fd)

@@ -106,6 +106,19 @@ if TYPE_CHECKING:
     from ..spec import TypeSpec
 
 
+@attrs.define
+class ActorReplica:
+    """What replication keeps on an awake actor, and reads and writes alone: its tracked files
+    (``data.db`` first, then ``mailbox.db``), and what its wake-up and hibernation hand over."""
+
+    files: list[_File] = attrs.Factory(list)
+    plan: Any = None  # the wake-up's plan for its files (claim, restore, adopt)
+    saved: Any = None  # what the last hibernation left for the next wake-up
+    due: bool = False  # a snapshot or checkpoint waits for a gap between turns
+    clear_pending_when_shipped: bool = False  # the directory's pending mark goes once shipped
+    restored: bool = False  # its files were just restored from the replica
+
+
 class ReplicatedActor(Protocol):
     """What replication sees of an awake actor (``runtime/activation.py``'s ``Activation``):
     its files, the hand-over state of its wake-up and hibernation, and the few signals it
@@ -118,15 +131,10 @@ class ReplicatedActor(Protocol):
     data: DataStore
     work: anyio.Event
     closed: anyio.Event
-    replica_files: list[Any]
-    replica_plan: Any
-    replica_saved: Any
-    replication_due: bool
-    clear_pending_when_shipped: bool
+    replica: ActorReplica
     waiting: bool
     closing: bool
     files_open: bool
-    restored: bool
 
     @property
     def hibernating(self) -> bool: ...
@@ -305,7 +313,7 @@ class _File:
         """A round or an upload let go of the file."""
         self.quiet_event.set()
         self.quiet_event = anyio.Event()
-        if self.want_snapshot and self.act is not None and self.act.replication_due:
+        if self.want_snapshot and self.act is not None and self.act.replica.due:
             self.act.work.set()  # the snapshot it could not take while the round read it
             self.poke()
 
@@ -547,7 +555,7 @@ class ReplicationEngine:
                 self.dirty[tracked.name] = tracked
             self.dirty_event.set()
             if tracked.end >= self.options.checkpoint_frames and tracked.act is not None:
-                tracked.act.replication_due = True
+                tracked.act.replica.due = True
             return apsw.SQLITE_OK
 
         tracked.conn.set_wal_hook(hook)
@@ -703,14 +711,14 @@ class ReplicationEngine:
                 replica = self._replica(name)
                 to_claim.append(replica)
                 plan.append((name, "claimed", replica))
-        act.replica_plan = plan
+        act.replica.plan = plan
         if not to_claim:
             return
         local = (folder / DATA_FILE).exists() and not force_restore
         if self.unavailable and local:
             # The store is failing: the wake-up does not wait for it. The files open
             # unclaimed, and a round claims them once the store answers again.
-            act.replica_plan = [(name, "unclaimed", None) for name, _, _ in plan]
+            act.replica.plan = [(name, "unclaimed", None) for name, _, _ in plan]
             return
 
         def claim_all() -> list[Manifest | None]:
@@ -729,7 +737,7 @@ class ReplicationEngine:
                     f"{act.describe()} has no usable files here and the replica cannot be "
                     f"reached to restore them ({exc}); it is tried again at the next message"
                 ) from exc
-            act.replica_plan = [(name, "unclaimed", None) for name, _, _ in plan]
+            act.replica.plan = [(name, "unclaimed", None) for name, _, _ in plan]
             return
         restore_needed = force_restore or any(
             p is not None and p.snapshot is not None and (not local or not self._ours(p))
@@ -756,9 +764,11 @@ class ReplicationEngine:
         async with self.limiter:
             await anyio.to_thread.run_sync(restore_all)
         self.stats["restores"] += 1
-        act.restored = True  # (what the replica has is the state: a data.db it lacks is new)
+        act.replica.restored = (
+            True  # (what the replica has is the state: a data.db it lacks is new)
+        )
         by_name = {r.name: r for r in replicas}
-        act.replica_plan = [(name, "claimed", by_name[name]) for name, _, _ in plan]
+        act.replica.plan = [(name, "claimed", by_name[name]) for name, _, _ in plan]
 
     def attach(self, act: ReplicatedActor) -> None:
         """After an actor's files are opened: track them (a snapshot is taken when the chain
@@ -768,8 +778,8 @@ class ReplicationEngine:
             self.actor_name(act.aid, DATA_FILE): (act.data.path, act.data.conn),
             self.actor_name(act.aid, MAILBOX_FILE): (act.mailbox.path, act.mailbox.conn),
         }
-        plan = act.replica_plan or [(name, "unclaimed", None) for name in conns]
-        act.replica_files = []
+        plan = act.replica.plan or [(name, "unclaimed", None) for name in conns]
+        act.replica.files = []
         for name, mode, payload in plan:
             path, conn = conns[name]
             if mode == "state":
@@ -793,7 +803,7 @@ class ReplicationEngine:
                 tracked = _File(name, path, conn, self._replica(name), act, State.UNCLAIMED)
                 self.unclaimed[name] = tracked
                 snapshot = False  # decided once claimed
-            act.replica_files.append(tracked)
+            act.replica.files.append(tracked)
             self._track(tracked)
             if name.endswith(MAILBOX_FILE):
                 for token in self.waiting_appends.pop(act.aid, ()):
@@ -802,18 +812,18 @@ class ReplicationEngine:
                 self._want_snapshot(tracked)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(folder / STATE_FILE)
-        if self.origin and all(t.claimed for t in act.replica_files):
+        if self.origin and all(t.claimed for t in act.replica.files):
             self.claimed.add(act.aid)
         self.behind.pop(act.aid, None)  # tracked again: counted through its files
-        act.replica_plan = None
+        act.replica.plan = None
         self.capture_due(act)
 
     def _want_snapshot(self, tracked: _File) -> None:
         tracked.advance(Event.SNAPSHOT_NEEDED)
         if tracked.act is not None:
-            tracked.act.replication_due = True
+            tracked.act.replica.due = True
             tracked.act.work.set()  # an idle turn loop takes it now
-            for each in tracked.act.replica_files or (tracked,):
+            for each in tracked.act.replica.files or (tracked,):
                 each.poke()  # a durable turn waiting for any of its files takes it now
         else:
             self.dirty[tracked.name] = tracked
@@ -823,11 +833,11 @@ class ReplicationEngine:
 
     def capture_due(self, act: ReplicatedActor) -> None:
         """Between turns (no transaction open): take the snapshots and checkpoints due."""
-        act.replication_due = False
-        for tracked in act.replica_files:
+        act.replica.due = False
+        for tracked in act.replica.files:
             if tracked.state is State.SNAPSHOT_DUE:
                 if tracked.reading:
-                    act.replication_due = True  # a round reads it: at the next gap
+                    act.replica.due = True  # a round reads it: at the next gap
                 else:
                     self._capture(tracked)
             elif (
@@ -838,7 +848,7 @@ class ReplicationEngine:
             ):
                 self._checkpoint(tracked)
                 if tracked.end >= self.options.checkpoint_frames:
-                    act.replication_due = True  # not now (a round reads it): next gap
+                    act.replica.due = True  # not now (a round reads it): next gap
 
     def _capture(self, tracked: _File, *, upload: bool = True) -> None:
         try:
@@ -857,8 +867,8 @@ class ReplicationEngine:
         tracked.advance(Event.CAPTURED)
         tracked.capture_commits = tracked.commits
         act = tracked.act
-        if act is not None and len(act.replica_files) > 1 and tracked is act.replica_files[0]:
-            tracked.mailbox_commits_at_capture = act.replica_files[1].commits
+        if act is not None and len(act.replica.files) > 1 and tracked is act.replica.files[0]:
+            tracked.mailbox_commits_at_capture = act.replica.files[1].commits
         tracked.carry = None  # (its frames are in the snapshot)
         tracked.end = 0
         self.dirty.pop(tracked.name, None)
@@ -870,7 +880,7 @@ class ReplicationEngine:
         await anyio.sleep(CAPTURE_RETRY)
         act = tracked.act
         if act is not None and tracked.want_snapshot and not tracked.retired:
-            act.replication_due = True
+            act.replica.due = True
             act.work.set()
 
     def _checkpoint(self, tracked: _File) -> None:
@@ -1314,9 +1324,9 @@ class ReplicationEngine:
         after it, never before: not while the mailbox cannot ship (a snapshot uploading, a
         manifest being written, a log object not stored yet)."""
         act = tracked.act
-        if act is None or len(act.replica_files) < 2 or tracked is not act.replica_files[0]:
+        if act is None or len(act.replica.files) < 2 or tracked is not act.replica.files[0]:
             return False
-        mailbox: _File = act.replica_files[1]
+        mailbox: _File = act.replica.files[1]
         if mailbox.fenced is not None:
             return False
         return (
@@ -1331,9 +1341,9 @@ class ReplicationEngine:
         the capture are in the replica (same reason as :meth:`_mailbox_blocks`). ``False``
         if they cannot be (the mailbox fenced, or closed behind)."""
         act = tracked.act
-        if act is None or len(act.replica_files) < 2 or tracked is not act.replica_files[0]:
+        if act is None or len(act.replica.files) < 2 or tracked is not act.replica.files[0]:
             return True
-        mailbox: _File = act.replica_files[1]
+        mailbox: _File = act.replica.files[1]
         target = tracked.mailbox_commits_at_capture
         while mailbox.acked < target or mailbox.capture is not None:
             if (
@@ -1433,7 +1443,7 @@ class ReplicationEngine:
         if self.unclaimed.get(tracked.name) is tracked:
             del self.unclaimed[tracked.name]
         act = tracked.act
-        if self.origin and act is not None and all(t.claimed for t in act.replica_files):
+        if self.origin and act is not None and all(t.claimed for t in act.replica.files):
             self.claimed.add(act.aid)
         if previous is not None and previous.snapshot is not None and not self._ours(previous):
             self._fenced(
@@ -1548,7 +1558,7 @@ class ReplicationEngine:
     async def wait_replicated(self, act: ReplicatedActor) -> None:
         """Return once every commit of the actor's files so far is in the replica (durable
         mode: replies and acknowledgements wait for this)."""
-        files: list[_File] = list(act.replica_files)
+        files: list[_File] = list(act.replica.files)
         for tracked in files:
             target = tracked.commits
             while (
@@ -1558,7 +1568,7 @@ class ReplicationEngine:
                 and self.files.get(tracked.name) is tracked
             ):
                 event = tracked.acked_event
-                if act.replication_due:
+                if act.replica.due:
                     self.capture_due(act)  # no transaction is open here: a snapshot may run
                 if tracked.capture is None and tracked.name not in self.dirty:
                     self.dirty[tracked.name] = tracked
@@ -1571,7 +1581,7 @@ class ReplicationEngine:
     async def wait_baseline(self, act: ReplicatedActor) -> None:
         """Return once the actor's ``data.db`` as it was when woken is in the replica (between
         turns: a snapshot may be taken here). A fence stops the actor; it returns then."""
-        tracked: _File = act.replica_files[0]
+        tracked: _File = act.replica.files[0]
         while (
             not tracked.baseline_shipped
             and tracked.fenced is None
@@ -1579,7 +1589,7 @@ class ReplicationEngine:
             and not act.closing
         ):
             event = tracked.acked_event
-            if act.replication_due:
+            if act.replica.due:
                 self.capture_due(act)
             self.urgent.set()
             self.dirty_event.set()
@@ -1636,7 +1646,7 @@ class ReplicationEngine:
             ):
                 event = tracked.acked_event
                 act = tracked.act
-                if act is not None and act.replication_due and act.waiting:
+                if act is not None and act.replica.due and act.waiting:
                     self.capture_due(act)
                 if tracked.capture is None and tracked.name not in self.dirty:
                     self.dirty[tracked.name] = tracked
@@ -1651,7 +1661,7 @@ class ReplicationEngine:
         manifest without a log tail, one attempt each (the store client retries inside); if
         the store cannot be reached, the actor is left behind and woken to catch up once a
         round succeeds."""
-        files = list(act.replica_files)
+        files = list(act.replica.files)
         if not files:
             return
         with anyio.CancelScope(shield=True):
@@ -1670,22 +1680,22 @@ class ReplicationEngine:
             for tracked in files:
                 tracked.replica.abandon_capture()
                 tracked.abandoned = True
-            act.replica_saved = None
+            act.replica.saved = None
             self.behind[act.aid] = (act.spec, act.key)
             self.rt.directory.mark_pending(act.aid, act.spec.name, act.key)
             return
-        if act.clear_pending_when_shipped and not any(t.fenced for t in files):
-            act.clear_pending_when_shipped = False
+        if act.replica.clear_pending_when_shipped and not any(t.fenced for t in files):
+            act.replica.clear_pending_when_shipped = False
             if all(t.commits == t.acked for t in files):
                 self.rt.directory.clear_pending(act.aid)
         saved = {}
         for tracked in files:
             state = tracked.replica.saved_state()
             if state is None or tracked.fenced is not None:
-                act.replica_saved = None
+                act.replica.saved = None
                 return
             saved[tracked.name] = state
-        act.replica_saved = {"session": self.session, "files": saved}
+        act.replica.saved = {"session": self.session, "files": saved}
 
     async def _detach_pass(self, files: list[_File]) -> bool:
         """One pass of :meth:`detach` over an actor's files; whether all are in the replica
@@ -1729,9 +1739,9 @@ class ReplicationEngine:
     def after_close(self, act: ReplicatedActor) -> None:
         """After an actor's connections closed: save what the next wake-up needs (unless a
         commit came after the final snapshot: a delivery while it closed)."""
-        saved = act.replica_saved
-        files: list[_File] = act.replica_files
-        act.replica_files = []
+        saved = act.replica.saved
+        files: list[_File] = act.replica.files
+        act.replica.files = []
         for tracked in files:
             self._untrack(tracked)
             if tracked.commits != tracked.final_commits:
