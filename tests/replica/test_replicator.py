@@ -1,0 +1,643 @@
+"""The per-file replicator (``runtime.replica.replicator``), checked against SQLite itself.
+
+The oracle is SQLite: the image a restore must reproduce at a flush is what SQLite makes of the
+source file and the WAL frames committed at that flush (a copy, opened and checkpointed), as in
+``tests/test_wal.py``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import random
+import shutil
+import tempfile
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import apsw
+import pytest
+
+from runtime.errors import (
+    CorruptReplicaError,
+    FencedError,
+    ReplicaUnavailableError,
+    RestorePointError,
+)
+from runtime.replica.directory_store import DirectoryStore
+from runtime.replica.replicator import FileReplica, Manifest, manifest_key, restore
+from runtime.replica.s3_store import S3Store
+from runtime.replica.store import Data, ReplicaStore
+from runtime.replica.wal import FRAME_HEADER_BYTES, WAL_HEADER_BYTES
+from tests.support.s3server import S3Server
+
+PASSIVE = apsw.SQLITE_CHECKPOINT_PASSIVE
+RESTART = apsw.SQLITE_CHECKPOINT_RESTART
+TRUNCATE = apsw.SQLITE_CHECKPOINT_TRUNCATE
+NOOP = apsw.SQLITE_CHECKPOINT_NOOP
+
+NAME = "actors/a1/data.db"
+
+
+class Source:
+    """A WAL database written by a test, auto-checkpoint off (a wal hook)."""
+
+    def __init__(self, path: Path, *, page_size: int = 1024, create: bool = True) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.conn = apsw.Connection(str(path))
+        if create:
+            self.conn.pragma("page_size", page_size)
+        assert self.conn.pragma("journal_mode", "wal") == "wal"
+        self.conn.pragma("cache_size", 8)  # small: big transactions spill frames
+        self.conn.set_wal_hook(lambda conn, name, frames: apsw.SQLITE_OK)
+        self.page_size = int(self.conn.pragma("page_size"))
+        if create:
+            self.conn.execute("create table t(k integer primary key, v)").fetchall()
+
+    @property
+    def wal(self) -> Path:
+        return Path(f"{self.path}-wal")
+
+    def committed_end(self) -> int:
+        return int(self.conn.wal_checkpoint(mode=NOOP)[0])
+
+    def image(self) -> bytes:
+        """The database SQLite makes of the file and the WAL's committed frames."""
+        end = self.committed_end()
+        with tempfile.TemporaryDirectory(dir=self.path.parent) as tmp:
+            copy = Path(tmp) / "copy.db"
+            shutil.copyfile(self.path, copy)
+            wal = self.wal.read_bytes() if self.wal.exists() else b""
+            size = WAL_HEADER_BYTES + end * (FRAME_HEADER_BYTES + self.page_size)
+            Path(f"{copy}-wal").write_bytes(wal[:size] if end else b"")
+            conn = apsw.Connection(str(copy))
+            conn.execute("select count(*) from sqlite_schema").fetchall()  # reads the WAL
+            conn.wal_checkpoint(mode=TRUNCATE)
+            conn.close()
+            return copy.read_bytes()
+
+    def commit(self, rng: random.Random, *, rollback: bool = False) -> None:
+        """One transaction of random upserts, fills and deletes (rolled back if asked)."""
+
+        class Rollback(Exception):
+            pass
+
+        try:
+            with self.conn:
+                for _ in range(rng.randint(1, 6)):
+                    op, key = rng.random(), rng.randint(0, 60)
+                    if op < 0.5:
+                        size = rng.choice([10, 200, 3000])
+                        self.conn.execute(
+                            "insert or replace into t values(?, ?)", (key, rng.randbytes(size))
+                        )
+                    elif op < 0.7:
+                        rows = [(k, f"row {k} ".encode() * 150) for k in range(key, key + 20)]
+                        self.conn.executemany("insert or replace into t values(?, ?)", rows)
+                    else:
+                        self.conn.execute(
+                            "delete from t where k between ? and ?", (key, key + rng.randint(0, 40))
+                        )
+                if rollback:
+                    raise Rollback
+        except Rollback:
+            pass
+
+    def insert(self, key: int, value: bytes = b"x" * 300) -> None:
+        """One transaction that surely changes the file."""
+        with self.conn:
+            self.conn.execute("insert or replace into t values(?, ?)", (key, value))
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class Clock:
+    """A clock that advances one second a call: every flush has its own time."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+@pytest.fixture(params=["directory", "s3"])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ReplicaStore]:
+    """A fresh store: a directory, or a prefix of its own on the SeaweedFS server."""
+    store: ReplicaStore
+    if request.param == "directory":
+        store = DirectoryStore(tmp_path / "replica")
+    else:
+        server: S3Server = request.getfixturevalue("s3_credentials")
+        store = S3Store(
+            server.bucket,
+            prefix=f"test-{uuid.uuid4().hex[:12]}",
+            endpoint_url=server.endpoint_url,
+            region=server.region,
+            path_style=True,
+        )
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> DirectoryStore:
+    """A fresh directory store."""
+    return DirectoryStore(tmp_path / "replica")
+
+
+def check_restores(
+    store: ReplicaStore, tmp: Path, images: dict[int, bytes], times: dict[int, float]
+) -> int:
+    """Every retained txid restores to its image, by txid and by time; return how many."""
+    got = store.get(manifest_key(NAME))
+    assert got is not None
+    manifest = Manifest.decode(got[0], key="m")
+    assert manifest.snapshot is not None
+    retained = [t for t in sorted(images) if t >= manifest.snapshot.txid]
+    assert retained[-1] == manifest.txid
+    dest = tmp / "restored.db"
+    for txid in retained:
+        result = restore(store, NAME, dest, at_txid=txid)
+        assert result.txid == txid
+        assert dest.read_bytes() == images[txid], f"txid {txid}"
+        if txid in times:
+            assert restore(store, NAME, dest, at_time=times[txid] + 0.5).txid == txid
+            assert dest.read_bytes() == images[txid]
+    assert restore(store, NAME, dest).txid == manifest.txid
+    assert dest.read_bytes() == images[manifest.txid]
+    return len(retained)
+
+
+def run_program(store: ReplicaStore, folder: Path, seed: int, steps: int) -> dict[str, int]:
+    rng = random.Random(seed)
+    source = Source(folder / "src" / "data.db", page_size=rng.choice([512, 1024]))
+    clock = Clock()
+    replica = FileReplica(store, NAME, keep_generations=0, clock=clock)
+    replica.claim()
+    images: dict[int, bytes] = {}
+    times: dict[int, float] = {}
+
+    def record(txid: int, shipped: bool) -> None:
+        image = source.image()
+        if txid in images:
+            assert images[txid] == image  # nothing new was committed
+        images[txid] = image
+        if shipped:
+            times[txid] = clock.now
+
+    kinds = {"segment": 0, "snapshot": 0, "continued": 0}
+    for _ in range(steps):
+        r = rng.random()
+        if r < 0.5:
+            source.commit(rng)
+        elif r < 0.55:
+            source.commit(rng, rollback=True)
+        elif r < 0.58:
+            source.conn.execute("vacuum").fetchall()
+        elif r < 0.85:
+            before = replica.manifest
+            assert before is not None
+            result = replica.flush(source.conn, source.path)
+            # Only the first flush takes a snapshot: checkpoints keep the chain going.
+            assert not result.snapshot or before.snapshot is None
+            kinds["snapshot" if result.snapshot else "segment"] += bool(result.requests)
+            if result.frames and before.position is not None:
+                first = replica.manifest.segments[-1]  # type: ignore[union-attr]
+                kinds["continued"] += first.salt1 != before.position.salt1
+            record(result.txid, bool(result.requests))
+        elif r < 0.95:
+            before = replica.manifest
+            assert before is not None
+            mode = rng.choice([PASSIVE, RESTART, TRUNCATE])
+            result = replica.checkpoint(source.conn, source.path, mode=mode)
+            assert not result.snapshot or before.snapshot is None
+            record(result.txid, bool(result.requests))
+        else:
+            result = replica.snapshot(source.conn, source.path)
+            assert result.snapshot
+            record(result.txid, True)
+    result = replica.flush(source.conn, source.path)
+    record(result.txid, bool(result.requests))
+    source.close()
+    assert check_restores(store, folder, images, times) >= 1
+    return kinds
+
+
+# -- Restore equals the source at every retained flush -------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_random_flushes_restore_exactly(store: DirectoryStore, tmp_path: Path, seed: int) -> None:
+    """Random commits, rollbacks, vacuums, flushes, checkpoints: every flush restores exactly."""
+    run_program(store, tmp_path, seed, steps=60)
+
+
+def test_random_flushes_restore_exactly_on_s3(any_store: ReplicaStore, tmp_path: Path) -> None:
+    """The same program restores exactly from a directory and from S3."""
+    kinds = run_program(any_store, tmp_path, seed=101, steps=40)
+    assert kinds["continued"] >= 1  # shipping went on into a new WAL generation
+
+
+def test_checkpoint_after_shipping_continues_in_a_new_generation(
+    store: DirectoryStore, tmp_path: Path
+) -> None:
+    """After checkpoint(), the next WAL generation ships from frame 0 without a snapshot."""
+    for mode in (PASSIVE, RESTART, TRUNCATE):
+        source = Source(tmp_path / f"m{mode}" / "data.db")
+        name = f"actors/m{mode}/data.db"
+        replica = FileReplica(store, name, keep_generations=0)
+        replica.claim()
+        assert replica.flush(source.conn, source.path).snapshot
+        source.insert(1)
+        first = replica.flush(source.conn, source.path)
+        assert first.frames and not first.snapshot
+        source.insert(2)
+        replica.checkpoint(source.conn, source.path, mode=mode)
+        assert source.committed_end() in (0, replica.manifest.position.frame_count)  # type: ignore[union-attr]
+        source.insert(3)
+        after = replica.flush(source.conn, source.path)
+        assert not after.snapshot and after.frames
+        segments = replica.manifest.segments  # type: ignore[union-attr]
+        assert segments[-1].first_frame == 0
+        assert (segments[-1].salt1, segments[-1].salt2) != (segments[-2].salt1, segments[-2].salt2)
+        image = source.image()
+        dest = tmp_path / f"m{mode}.db"
+        restore(store, name, dest)
+        assert dest.read_bytes() == image
+        source.close()
+
+
+def test_a_checkpoint_by_someone_else_costs_a_snapshot(
+    store: DirectoryStore, tmp_path: Path
+) -> None:
+    """A WAL restarted by a checkpoint the replicator did not run is answered by a snapshot."""
+    rng = random.Random(8)
+    source = Source(tmp_path / "data.db")
+    replica = FileReplica(store, NAME, keep_generations=0)
+    replica.claim()
+    replica.flush(source.conn, source.path)
+    source.commit(rng)
+    source.commit(rng)  # committed, never shipped: only a snapshot can carry it now
+    source.conn.wal_checkpoint(mode=RESTART)
+    source.commit(rng)
+    result = replica.flush(source.conn, source.path)
+    assert result.snapshot
+    dest = tmp_path / "restored.db"
+    restore(store, NAME, dest)
+    assert dest.read_bytes() == source.image()
+    source.close()
+
+
+# -- Requests ----------------------------------------------------------------------------------
+
+
+def test_an_idle_file_makes_no_request(any_store: ReplicaStore, tmp_path: Path) -> None:
+    """flush() with no new commit makes zero requests, also after each kind of checkpoint."""
+    rng = random.Random(3)
+    source = Source(tmp_path / "data.db")
+    replica = FileReplica(any_store, NAME, keep_generations=0)
+    replica.claim()
+    replica.flush(source.conn, source.path)
+
+    def idle() -> None:
+        before = any_store.statistics()
+        result = replica.flush(source.conn, source.path)
+        assert (result.requests, result.frames, result.bytes) == (0, 0, 0)
+        assert any_store.statistics() == before
+
+    idle()
+    source.commit(rng)
+    shipped = replica.flush(source.conn, source.path)
+    assert shipped.requests == 2  # the segment and the manifest
+    idle()
+    for mode in (PASSIVE, RESTART, TRUNCATE):
+        source.commit(rng)
+        replica.checkpoint(source.conn, source.path, mode=mode)
+        idle()
+        idle()
+    source.close()
+
+
+# -- Fencing -----------------------------------------------------------------------------------
+
+
+def keys_of(store: ReplicaStore) -> list[str]:
+    return [k for k in store.list(NAME + "/") if not k.endswith("/manifest")]
+
+
+def epoch_of(key: str) -> int:
+    return int(key.rsplit("/", 1)[1].split("-")[0])
+
+
+def test_a_zombie_writer_is_fenced(any_store: ReplicaStore, tmp_path: Path) -> None:
+    """A second writer claims a higher epoch; the first's next flush raises FencedError."""
+    rng = random.Random(5)
+    a_src = Source(tmp_path / "a" / "data.db")
+    a = FileReplica(any_store, NAME, keep_generations=0, writer="a")
+    assert a.claim() == 1
+    a.flush(a_src.conn, a_src.path)
+    a_src.commit(rng)
+    a.flush(a_src.conn, a_src.path)
+
+    # The second runtime restores the file, claims it, and writes its own history.
+    b_path = tmp_path / "b" / "data.db"
+    b_path.parent.mkdir()
+    restore(any_store, NAME, b_path)
+    b_src = Source(b_path, create=False)
+    b = FileReplica(any_store, NAME, keep_generations=0, writer="b")
+    assert b.claim() == 2
+    b_src.commit(rng)
+    assert b.flush(b_src.conn, b_src.path).snapshot  # its WAL is not the chain's
+
+    a_src.commit(rng)
+    with pytest.raises(FencedError, match="another writer claimed") as info:
+        a.flush(a_src.conn, a_src.path)
+    assert (info.value.epoch, info.value.current_epoch) == (1, 2)
+    before = any_store.statistics()
+    with pytest.raises(FencedError, match="fenced out"):
+        a.flush(a_src.conn, a_src.path)
+    with pytest.raises(FencedError):
+        a.snapshot(a_src.conn, a_src.path)
+    assert any_store.statistics() == before  # a fenced writer makes no request at all
+
+    b_src.commit(rng)
+    assert b.flush(b_src.conn, b_src.path).frames
+    got = any_store.get(manifest_key(NAME))
+    assert got is not None
+    manifest = Manifest.decode(got[0], key="m")
+    assert manifest.epoch == 2 and manifest.writer == "b"
+    named = [manifest.snapshot.key] + [s.key for s in manifest.segments]  # type: ignore[union-attr]
+    assert {epoch_of(k) for k in named} == {2}
+    assert sorted(keys_of(any_store)) == sorted(named)  # A's orphan segment was deleted
+    dest = tmp_path / "restored.db"
+    restore(any_store, NAME, dest)
+    assert dest.read_bytes() == b_src.image()
+    a_src.close()
+    b_src.close()
+
+
+def test_a_takeover_on_the_same_wal_continues_the_chain(
+    store: DirectoryStore, tmp_path: Path
+) -> None:
+    """A new writer on the same file continues the chain; the old one's history stops there."""
+    rng = random.Random(6)
+    source = Source(tmp_path / "data.db")
+    a = FileReplica(store, NAME, keep_generations=0, writer="a")
+    a.claim()
+    a.flush(source.conn, source.path)
+    source.commit(rng)
+    a.flush(source.conn, source.path)
+    b = FileReplica(store, NAME, keep_generations=0, writer="b")
+    b.claim()
+    taken_at = b.txid
+    source.commit(rng)
+    result = b.flush(source.conn, source.path)
+    assert not result.snapshot and result.frames
+    source.commit(rng)
+    with pytest.raises(FencedError):
+        a.flush(source.conn, source.path)
+    assert b.flush(source.conn, source.path).frames
+    manifest = b.manifest
+    assert manifest is not None
+    assert all(epoch_of(s.key) == 2 for s in manifest.segments if s.txid > taken_at)
+    assert all(epoch_of(s.key) == 1 for s in manifest.segments if s.txid <= taken_at)
+    b.flush(source.conn, source.path)
+    dest = tmp_path / "restored.db"
+    restore(store, NAME, dest)
+    assert dest.read_bytes() == source.image()
+    source.close()
+
+
+def test_claim_refuses_an_epoch_not_above_the_manifest(store: DirectoryStore) -> None:
+    """claim(epoch) at or below the current epoch raises FencedError; a higher one wins."""
+    FileReplica(store, NAME, keep_generations=0).claim(5)
+    with pytest.raises(FencedError, match="at epoch 5 already"):
+        FileReplica(store, NAME, keep_generations=0).claim(5)
+    assert FileReplica(store, NAME, keep_generations=0).claim() == 6
+    with pytest.raises(RuntimeError, match="claim"):
+        FileReplica(store, "other").flush(None, "x")  # type: ignore[arg-type]
+
+
+# -- Bad replicas ------------------------------------------------------------------------------
+
+
+def shipped_replica(store: ReplicaStore, tmp_path: Path) -> tuple[Manifest, dict[int, bytes]]:
+    rng = random.Random(9)
+    source = Source(tmp_path / "src" / "data.db")
+    replica = FileReplica(store, NAME, keep_generations=0)
+    replica.claim()
+    images = {}
+    for _ in range(4):
+        source.commit(rng)
+        images[replica.flush(source.conn, source.path).txid] = source.image()
+    source.close()
+    assert replica.manifest is not None
+    return replica.manifest, images
+
+
+def test_a_corrupt_segment_fails_restore_clearly(any_store: ReplicaStore, tmp_path: Path) -> None:
+    """A flipped byte in a stored segment: CorruptReplicaError naming it; earlier txids work."""
+    manifest, images = shipped_replica(any_store, tmp_path)
+    bad = manifest.segments[1]
+    got = any_store.get(bad.key)
+    assert got is not None
+    damaged = bytearray(got[0])
+    damaged[len(damaged) // 2] ^= 0x40
+    any_store.put(bad.key, bytes(damaged))
+    dest = tmp_path / "restored.db"
+    with pytest.raises(CorruptReplicaError, match="fails its checksum") as info:
+        restore(any_store, NAME, dest)
+    assert info.value.key == bad.key
+    assert not dest.exists()
+    assert list(tmp_path.glob(".restored.db*")) == []  # no temporary file left behind
+    restore(any_store, NAME, dest, at_txid=bad.txid - 1)
+    assert dest.read_bytes() == images[bad.txid - 1]
+
+
+def test_a_swapped_or_missing_object_fails_restore(store: DirectoryStore, tmp_path: Path) -> None:
+    """Another valid segment in a segment's place, a missing one, a bad snapshot: all refused."""
+    manifest, _ = shipped_replica(store, tmp_path)
+    first, second = manifest.segments[0], manifest.segments[1]
+    second_bytes = store.get(second.key)
+    assert second_bytes is not None
+    store.put(first.key, second_bytes[0])
+    dest = tmp_path / "restored.db"
+    with pytest.raises(CorruptReplicaError, match="checksum"):
+        restore(store, NAME, dest)
+    store.delete(first.key)
+    with pytest.raises(CorruptReplicaError, match="is missing"):
+        restore(store, NAME, dest)
+    assert manifest.snapshot is not None
+    store.put(manifest.snapshot.key, b"not a snapshot")
+    with pytest.raises(CorruptReplicaError, match=r"snapshot .* fails its checksum"):
+        restore(store, NAME, dest)
+    store.put(manifest_key(NAME), b"{not json")
+    with pytest.raises(CorruptReplicaError, match="manifest"):
+        restore(store, NAME, dest)
+    assert not dest.exists()
+
+
+def test_restore_points_out_of_range(store: DirectoryStore, tmp_path: Path) -> None:
+    """No replica, a txid out of range, a time before the snapshot: RestorePointError."""
+    dest = tmp_path / "restored.db"
+    with pytest.raises(RestorePointError, match="no replica"):
+        restore(store, NAME, dest)
+    manifest, _ = shipped_replica(store, tmp_path)
+    assert manifest.snapshot is not None
+    with pytest.raises(RestorePointError, match="not retained"):
+        restore(store, NAME, dest, at_txid=manifest.txid + 1)
+    with pytest.raises(RestorePointError, match="not retained"):
+        restore(store, NAME, dest, at_txid=manifest.snapshot.txid - 1)
+    with pytest.raises(RestorePointError, match="at or before"):
+        restore(store, NAME, dest, at_time=manifest.snapshot.created_at - 1)
+    with pytest.raises(ValueError, match="at most one"):
+        restore(store, NAME, dest, at_txid=1, at_time=1.0)
+
+
+def test_snapshot_retires_the_old_chain(store: DirectoryStore, tmp_path: Path) -> None:
+    """snapshot() starts a new chain and deletes the objects of the old one, without listing."""
+    source = Source(tmp_path / "data.db")
+    replica = FileReplica(store, NAME, keep_generations=0)
+    replica.claim()
+    for key in range(3):
+        source.insert(key)
+        replica.flush(source.conn, source.path)
+    old = keys_of(store)
+    assert len(old) == 3  # one snapshot, two segments (the first flush took the snapshot)
+    before = store.statistics()
+    result = replica.snapshot(source.conn, source.path)
+    after = store.statistics()
+    assert after.lists == before.lists
+    assert result.requests == 2 + len(old)  # snapshot, manifest, one delete per old object
+    assert keys_of(store) == [replica.manifest.snapshot.key]  # type: ignore[union-attr]
+    dest = tmp_path / "restored.db"
+    restore(store, NAME, dest)
+    assert dest.read_bytes() == source.image()
+    source.close()
+
+
+def test_a_restart_by_someone_else_after_our_checkpoint_costs_a_snapshot(
+    store: DirectoryStore, tmp_path: Path
+) -> None:
+    """After checkpoint(), a second restart by someone else (salt-1 two ahead) is not trusted."""
+    source = Source(tmp_path / "data.db")
+    replica = FileReplica(store, NAME, keep_generations=0)
+    replica.claim()
+    replica.flush(source.conn, source.path)
+    source.insert(1)
+    replica.checkpoint(source.conn, source.path, mode=PASSIVE)
+    source.insert(2)  # restarts the WAL: the generation the replicator expects
+    source.insert(3)
+    source.conn.wal_checkpoint(mode=TRUNCATE)  # folds 2 and 3 into the file, unshipped
+    source.insert(4)
+    assert replica.flush(source.conn, source.path).snapshot
+    dest = tmp_path / "restored.db"
+    restore(store, NAME, dest)
+    assert dest.read_bytes() == source.image()
+    source.close()
+
+
+class LostAnswers(DirectoryStore):
+    """A directory store that loses the answer of chosen manifest writes."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.mode: str | None = None
+
+    def put(
+        self, key: str, data: Data, *, if_match: str | None = None, if_none_match: bool = False
+    ) -> str:
+        etag = super().put(key, data, if_match=if_match, if_none_match=if_none_match)
+        mode, self.mode = (self.mode, None) if key.endswith("/manifest") else (None, self.mode)
+        if mode == "unavailable":
+            raise ReplicaUnavailableError("the answer was lost")
+        if mode == "retried":  # as S3's retry of a conditional put whose answer was lost
+            return super().put(key, data, if_match=if_match, if_none_match=if_none_match)
+        return etag
+
+
+def test_a_manifest_write_with_a_lost_answer_is_read_back(tmp_path: Path) -> None:
+    """A manifest put whose answer was lost (or retried after landing) is adopted, not fenced."""
+    store = LostAnswers(tmp_path / "replica")
+    source = Source(tmp_path / "data.db")
+    replica = FileReplica(store, NAME, keep_generations=0)
+    replica.claim()
+    replica.flush(source.conn, source.path)
+    source.insert(1)
+    store.mode = "retried"
+    assert replica.flush(source.conn, source.path).frames  # the retry's 412 was our own write
+    source.insert(2)
+    store.mode = "unavailable"
+    with pytest.raises(ReplicaUnavailableError):
+        replica.flush(source.conn, source.path)
+    source.insert(3)
+    result = replica.flush(source.conn, source.path)  # reads the manifest back, goes on
+    assert result.frames and not result.snapshot
+    dest = tmp_path / "restored.db"
+    restore(store, NAME, dest)
+    assert dest.read_bytes() == source.image()
+    # The writer kept its own chain (the landed write was a prefix of nothing new): the frames
+    # of the write with the lost answer were shipped again, with the next ones, as txid 3.
+    assert [s.txid for s in replica.manifest.segments] == [2, 3]  # type: ignore[union-attr]
+    source.close()
+
+
+def test_racing_claims_get_distinct_epochs(store: DirectoryStore) -> None:
+    """Eight writers claim at once: the winners' epochs differ, the losers are fenced."""
+    barrier = threading.Barrier(8)
+
+    def claim(i: int) -> int | None:
+        barrier.wait()
+        try:
+            return FileReplica(store, NAME, keep_generations=0, writer=str(i)).claim()
+        except FencedError:
+            return None
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        epochs = [e for e in pool.map(claim, range(8)) if e is not None]
+    assert epochs and len(set(epochs)) == len(epochs)
+    got = store.get(manifest_key(NAME))
+    assert got is not None
+    assert Manifest.decode(got[0], key="m").epoch == max(epochs)
+
+
+def test_an_uncommitted_spill_is_never_shipped(store: DirectoryStore, tmp_path: Path) -> None:
+    """Frames spilled by another connection's open transaction are not shipped nor restored."""
+    source = Source(tmp_path / "data.db")
+    replica = FileReplica(store, NAME, keep_generations=0)
+    replica.claim()
+    replica.flush(source.conn, source.path)
+    source.insert(1)
+    other = apsw.Connection(str(source.path))
+    other.pragma("cache_size", 4)
+    other.execute("begin immediate").fetchall()
+    other.executemany(
+        "insert into t values(?, ?)", [(k, bytes([k % 251]) * 900) for k in range(100, 300)]
+    )
+    wal_frames = (source.wal.stat().st_size - WAL_HEADER_BYTES) // (FRAME_HEADER_BYTES + 1024)
+    assert wal_frames > source.committed_end()  # spilled, uncommitted
+    image = source.image()
+    replica.flush(source.conn, source.path)
+    dest = tmp_path / "restored.db"
+    restore(store, NAME, dest)
+    assert dest.read_bytes() == image
+    other.execute("commit").fetchall()
+    replica.flush(source.conn, source.path)
+    restore(store, NAME, dest)
+    assert dest.read_bytes() == source.image()
+    other.close()
+    source.close()
+
+
+def test_restore_refuses_a_destination_with_a_wal(store: DirectoryStore, tmp_path: Path) -> None:
+    """A -wal file beside the destination would corrupt the restored file: refused."""
+    shipped_replica(store, tmp_path)
+    dest = tmp_path / "restored.db"
+    Path(f"{dest}-wal").write_bytes(b"old")
+    with pytest.raises(FileExistsError, match="-wal exists"):
+        restore(store, NAME, dest)
