@@ -1,6 +1,6 @@
-"""Regression tests from a review of durable steps: each names the defect it pins down
-(cancel or restart of a batched message, step calls in finally blocks during a suspension,
-parked askers, signal keys after cleanup, graceful closes during long steps, ...)."""
+"""Durable steps at their edges: cancel or restart of a batched message, step calls in finally
+blocks during a suspension, parked askers, signal keys after cleanup, graceful closes during long
+steps, and the calls a step's function or a gathered helper may not make."""
 
 from __future__ import annotations
 
@@ -24,8 +24,9 @@ def runtime(root: Path, *types: type, **options: Any) -> Any:
     return actors.open_runtime(root, types=list(types), **options)
 
 
-# R3: graceful close while self.ask waits journals a permanent failure ---------------------
-async def test_r3_close_during_self_ask_dead_letters_the_asker(root: Path) -> None:
+async def test_a_close_during_a_self_ask_does_not_dead_letter_the_asker(root: Path) -> None:
+    """A graceful close while a handler awaits its ask of another actor dead-letters nothing."""
+
     class B(actors.Actor, name="B"):
         async def slow(self) -> str:
             await self.sleep(1000)
@@ -48,8 +49,9 @@ async def test_r3_close_during_self_ask_dead_letters_the_asker(root: Path) -> No
         assert dead == [], "A's message was dead-lettered only because the runtime closed"
 
 
-# R4: a signal's idempotency key is forgotten once the event is consumed and cleaned --------
-async def test_r4_signal_idempotency_forgotten_after_cleanup(root: Path) -> None:
+async def test_a_signal_idempotency_key_outlives_the_cleanup_of_its_event(root: Path) -> None:
+    """A signal's idempotency key still refuses a retry after its event was consumed and cleaned."""
+
     class Approval(actors.Actor, name="Approval"):
         async def wait(self) -> Any:
             return await self.wait_for_event("approved")
@@ -66,8 +68,8 @@ async def test_r4_signal_idempotency_forgotten_after_cleanup(root: Path) -> None
         assert not added, "the same idempotency key was accepted twice"
 
 
-# R7: awaiting one StepCall twice runs its function twice ------------------------------------
-async def test_r7_step_awaited_twice_runs_twice(root: Path) -> None:
+async def test_a_step_call_awaited_twice_is_refused_and_runs_once(root: Path) -> None:
+    """Awaiting one StepCall twice raises RuntimeError; its function runs once."""
     calls: list[int] = []
 
     async def charge() -> int:
@@ -87,8 +89,9 @@ async def test_r7_step_awaited_twice_runs_twice(root: Path) -> None:
     assert calls == [1], f"the step ran {len(calls)} times"
 
 
-# R8: cancel_turn of an applied message reports success ---------------------------------------
-async def test_r8_cancel_turn_of_applied_message(root: Path) -> None:
+async def test_cancel_turn_of_an_applied_message_raises_lookup_error(root: Path) -> None:
+    """cancel_turn of a message already applied raises LookupError, never reports success."""
+
     class C(actors.Actor, name="C"):
         async def go(self) -> int:
             self.kv["n"] = self.kv.get("n", 0) + 1
@@ -101,8 +104,8 @@ async def test_r8_cancel_turn_of_applied_message(root: Path) -> None:
             await rt.cancel_turn(ref, 1, "too late")
 
 
-# R9: cancel_turn of a batched (nested) message rolls back the messages before it -----------
-async def test_r9_cancel_nested_message_loses_earlier_acknowledged_messages(root: Path) -> None:
+async def test_cancel_of_a_batched_message_keeps_the_acknowledged_ones_before(root: Path) -> None:
+    """cancel_turn of a batched message keeps the acknowledged messages batched before it."""
     gate = trio.Event()
     replies: list[Any] = []
 
@@ -144,8 +147,9 @@ async def test_r9_cancel_nested_message_loses_earlier_acknowledged_messages(root
         assert await ref.ask(C.state) is True, "the acknowledged write was rolled back"
 
 
-# R10: cancel_turn while the actor is closing (on_hibernate awaits) is never acted on -------
-async def test_r10_cancel_during_hibernation_window(root: Path) -> None:
+async def test_cancel_turn_while_the_actor_hibernates_is_acted_on(root: Path) -> None:
+    """cancel_turn while the actor is hibernating (on_hibernate awaits) still cancels the turn."""
+
     class W(actors.Actor, name="W"):
         async def on_hibernate(self) -> None:
             await trio.sleep(5)
@@ -163,8 +167,9 @@ async def test_r10_cancel_during_hibernation_window(root: Path) -> None:
         assert await rt.turns(ref) == []  # (turns() does not wake the actor)
 
 
-# R11: a long step interrupted by graceful closes counts as process deaths -----------------
-async def test_r11_graceful_closes_during_a_long_step_dead_letter_it(root: Path) -> None:
+async def test_graceful_closes_during_a_long_step_never_dead_letter_it(root: Path) -> None:
+    """Graceful closes that interrupt a long step do not count as process deaths: no dead letter."""
+
     async def long() -> str:
         await trio.sleep(100)
         return "done"
@@ -184,8 +189,8 @@ async def test_r11_graceful_closes_during_a_long_step_dead_letter_it(root: Path)
         assert dead == [], [(d.error_type, d.error_message) for d in dead]
 
 
-# R9b: restart_turn of a nested message: earlier messages answered but never committed ------
-async def test_r9b_restart_nested_message(root: Path) -> None:
+async def test_restart_of_a_batched_message_commits_the_answered_ones_before_it(root: Path) -> None:
+    """restart_turn of a batched message commits the answered messages before it exactly once."""
     gate = trio.Event()
     replies: list[Any] = []
 
@@ -231,8 +236,9 @@ async def test_r9b_restart_nested_message(root: Path) -> None:
         assert await ref.ask(C.state) == 1
 
 
-# R12: cancelling queued messages counts toward restart intensity and stops the actor ------
-async def test_r12_cancel_many_stops_actor(root: Path) -> None:
+async def test_cancelling_many_queued_messages_does_not_stop_the_actor(root: Path) -> None:
+    """Cancelled queued messages do not count toward restart intensity: the actor goes on."""
+
     class C(actors.Actor, name="C"):
         async def wait(self) -> None:
             await self.wait_for_event("go")
@@ -254,8 +260,8 @@ async def test_r12_cancel_many_stops_actor(root: Path) -> None:
         assert await ref.ask(C.later) is None
 
 
-# R15: check_crashes ignores a caller's clock after the crash-free run -----------------------
-def test_r15_check_crashes_clock_only_for_baseline(tmp_path: Path) -> None:
+def test_check_crashes_uses_the_callers_clock_in_every_run(tmp_path: Path) -> None:
+    """check_crashes uses a caller's clock in the crash runs too, not only the crash-free one."""
     from actors.testing import check_crashes
 
     async def f() -> int:
@@ -272,8 +278,9 @@ def test_r15_check_crashes_clock_only_for_baseline(tmp_path: Path) -> None:
     check_crashes(scenario, types=[T], clock=lambda: 1000.0 + trio.current_time(), settle=1)
 
 
-# R16: the error for ref.signal inside a turn suggests "a step that signals": allowed there ----
-async def test_r16_signal_inside_step(root: Path) -> None:
+async def test_a_step_may_signal_an_actor(root: Path) -> None:
+    """ref.signal inside a step is allowed (outside a step, the error suggests one)."""
+
     class A(actors.Actor, name="A"):
         async def poke(self) -> None:
             async def sig() -> bool:
@@ -289,8 +296,9 @@ async def test_r16_signal_inside_step(root: Path) -> None:
         await rt.ref(A, "a").ask(A.poke)
 
 
-# R17: signal to a never-messaged actor: misleading ActorNotFoundError ------------------------
-async def test_r17_signal_unknown_actor_message(root: Path) -> None:
+async def test_a_signal_to_a_new_actor_does_not_blame_on_create_arguments(root: Path) -> None:
+    """A signal to a never-messaged actor does not fail with a misleading on_create error."""
+
     class A(actors.Actor, name="A"):
         async def wait(self) -> Any:
             return await self.wait_for_event("e")
@@ -302,8 +310,9 @@ async def test_r17_signal_unknown_actor_message(root: Path) -> None:
             assert "on_create needs arguments" not in str(exc), str(exc)
 
 
-# R19: a durable wait inside the user's own nursery: hibernation crashes the runtime --------
-async def test_r19_wait_in_user_nursery_then_hibernate(root: Path) -> None:
+async def test_a_durable_wait_in_the_handlers_own_nursery_survives_hibernation(root: Path) -> None:
+    """A durable wait inside a handler's own nursery survives hibernation and ends on its signal."""
+
     class W(actors.Actor, name="W"):
         async def go(self) -> Any:
             out: list[Any] = []
@@ -324,8 +333,8 @@ async def test_r19_wait_in_user_nursery_then_hibernate(root: Path) -> None:
         assert await rt.turns(ref) == []
 
 
-# R20: a step in `finally` around a durable wait runs at hibernation, then breaks replay ------
-async def test_r20_step_in_finally_runs_on_suspension(root: Path) -> None:
+async def test_a_step_in_finally_around_a_durable_wait_runs_once_after_it(root: Path) -> None:
+    """A step in a finally around a durable wait runs once, after the wait, not at hibernation."""
     calls: list[str] = []
 
     async def work() -> None:
@@ -351,8 +360,10 @@ async def test_r20_step_in_finally_runs_on_suspension(root: Path) -> None:
         assert calls == ["work", "cleanup"]
 
 
-# R21: parked askers are dropped when a wake-up fails to open the files ------------------
-async def test_r21_parked_waiter_lost_on_failed_open(root: Path, monkeypatch: Any) -> None:
+async def test_a_parked_asker_gets_its_reply_after_a_failed_wake_up(
+    root: Path, monkeypatch: Any
+) -> None:
+    """An asker parked on a hibernated actor gets its reply although one wake-up failed to open."""
     from runtime import activation as activation_module
     from runtime.errors import StorageError
 
@@ -392,7 +403,6 @@ async def test_r21_parked_waiter_lost_on_failed_open(root: Path, monkeypatch: An
             assert got == [2]
 
 
-# State and durable calls inside a step's function are refused -----------------------------
 async def test_state_and_durable_calls_inside_a_step_function_are_refused(root: Path) -> None:
     class Shop(actors.Actor, name="Shop"):
         async def _charge(self) -> str:
@@ -416,7 +426,6 @@ async def test_state_and_durable_calls_inside_a_step_function_are_refused(root: 
         assert "only while a handler" in await ref.ask(Shop.buy, "now")
 
 
-# Durable calls inside helper coroutines run by gather are refused (scheduling order) ----------
 async def test_durable_calls_in_gathered_helper_coroutines_are_refused(root: Path) -> None:
     async def search(topic: str) -> str:
         return f"result for {topic}"
