@@ -63,6 +63,7 @@ CHILD = textwrap.dedent(
 
 
 def test_a_full_disk_is_a_storage_error_and_loses_nothing(tmp_path: Path) -> None:
+    """Writes past the file-size limit raise StorageError; every acknowledged send survives."""
     done = subprocess.run(
         [sys.executable, "-c", CHILD, str(tmp_path / "rt")],
         capture_output=True,

@@ -31,6 +31,7 @@ def runtime(root: Path, *types: type, **options: Any) -> Any:
 
 
 async def test_a_completed_step_does_not_run_again_when_its_turn_is_retried(root: Path) -> None:
+    """A retried turn replays its completed step from the journal instead of running it again."""
     calls: list[str] = []
     failures = [1]
 
@@ -55,6 +56,7 @@ async def test_a_completed_step_does_not_run_again_when_its_turn_is_retried(root
 
 
 async def test_sync_steps_run_in_a_worker_thread_and_async_ones_in_the_loop(root: Path) -> None:
+    """A sync step function runs in a worker thread, an async one in the event loop."""
     loop_thread = threading.get_ident()
     seen: dict[str, int] = {}
 
@@ -77,6 +79,7 @@ async def test_sync_steps_run_in_a_worker_thread_and_async_ones_in_the_loop(root
 
 
 async def test_step_retries_with_backoff_then_fails_with_a_typed_error(root: Path) -> None:
+    """A failing step retries with backoff, then raises StepFailedError in the handler."""
     attempts: list[float] = []
 
     async def flaky() -> str:
@@ -114,6 +117,7 @@ async def test_step_retries_with_backoff_then_fails_with_a_typed_error(root: Pat
 
 
 async def test_non_retryable_stops_at_once_and_the_failure_is_journaled(root: Path) -> None:
+    """A non-retryable error ends the step at once and its failure is journaled."""
     calls: list[int] = []
     turn_failures = [1]
 
@@ -140,6 +144,7 @@ async def test_non_retryable_stops_at_once_and_the_failure_is_journaled(root: Pa
 
 
 async def test_a_step_attempt_past_its_deadline_is_retried(root: Path) -> None:
+    """A step attempt that runs past its deadline is cancelled and retried."""
     durations = [100.0, 1.0]
 
     async def slow() -> str:
@@ -159,6 +164,7 @@ async def test_a_step_attempt_past_its_deadline_is_retried(root: Path) -> None:
 
 
 async def test_the_step_idempotency_key_is_stable_across_attempts_and_replays(root: Path) -> None:
+    """A step's idempotency key is the same in every attempt and every replay."""
     keys: list[tuple[str, int, str]] = []
     fail = [1]
 
@@ -202,6 +208,7 @@ async def test_the_step_idempotency_key_is_stable_across_attempts_and_replays(ro
 
 
 async def test_large_step_results_stay_in_the_actor_files(root: Path) -> None:
+    """A 5 MiB step result is journaled in the actor's files and replays intact, not rerun."""
     blob = bytes(range(256)) * (5 * 4096)  # 5 MiB
     calls: list[int] = []
     fail = [1]
@@ -226,6 +233,8 @@ async def test_large_step_results_stay_in_the_actor_files(root: Path) -> None:
 
 
 async def test_durable_calls_outside_message_handlers_are_refused(root: Path) -> None:
+    """A step outside a message handler (in on_create) is refused with a clear error."""
+
     class Agent(actors.Actor, name="Agent"):
         async def on_create(self) -> None:
             try:
@@ -246,6 +255,7 @@ async def test_durable_calls_outside_message_handlers_are_refused(root: Path) ->
 
 
 async def test_now_random_and_uuid_replay_the_same_values(root: Path) -> None:
+    """self.now(), self.random() and self.uuid() return the same values when a turn replays."""
     seen: list[tuple[Any, ...]] = []
     fail = [1]
 
@@ -275,6 +285,7 @@ async def test_now_random_and_uuid_replay_the_same_values(root: Path) -> None:
 
 
 async def test_a_long_sleep_hibernates_the_actor_and_the_turn_resumes_on_time(root: Path) -> None:
+    """A long durable sleep lets the actor hibernate; the turn resumes at its deadline."""
     log: list[tuple[str, float]] = []
 
     async def record(what: str) -> None:
@@ -308,6 +319,7 @@ async def test_a_long_sleep_hibernates_the_actor_and_the_turn_resumes_on_time(ro
 
 
 async def test_a_sleep_survives_closing_and_reopening_the_runtime(root: Path) -> None:
+    """A durable sleep survives closing and reopening the runtime and ends on time."""
     calls: list[str] = []
 
     async def record(what: str) -> None:
@@ -337,6 +349,8 @@ async def test_a_sleep_survives_closing_and_reopening_the_runtime(root: Path) ->
 
 
 async def test_an_event_wakes_the_waiting_turn_and_does_not_queue_behind_it(root: Path) -> None:
+    """An event wakes the turn waiting for it at once; it does not queue behind that turn."""
+
     class Approval(actors.Actor, name="Approval"):
         async def request(self, what: str) -> str:
             decision: dict[str, str] = await self.wait_for_event("decision")
@@ -372,6 +386,8 @@ async def test_an_event_wakes_the_waiting_turn_and_does_not_queue_behind_it(root
 async def test_an_event_sent_before_the_wait_is_kept_and_signals_are_idempotent(
     root: Path,
 ) -> None:
+    """An event signalled before its wait is kept for it; a signal's idempotency key dedupes."""
+
     class Agent(actors.Actor, name="Agent"):
         async def hello(self) -> None:
             pass
@@ -396,6 +412,8 @@ async def test_an_event_sent_before_the_wait_is_kept_and_signals_are_idempotent(
 
 
 async def test_signals_to_unknown_actors_are_refused(root: Path) -> None:
+    """A signal to an actor that does not exist is refused."""
+
     class Agent(actors.Actor, name="Agent"):
         async def hello(self) -> None:
             pass
@@ -411,6 +429,7 @@ async def test_signals_to_unknown_actors_are_refused(root: Path) -> None:
 
 
 async def test_ask_is_a_step_sent_once_even_when_the_asking_turn_is_retried(root: Path) -> None:
+    """An ask from a handler is a step: sent once even when the asking turn is retried."""
     fail = [1]
 
     class Worker(actors.Actor, name="Worker"):
@@ -442,6 +461,7 @@ async def test_ask_is_a_step_sent_once_even_when_the_asking_turn_is_retried(root
 
 
 async def test_gathered_steps_are_numbered_in_the_order_the_code_wrote_them(root: Path) -> None:
+    """Gathered steps are numbered in the order the code wrote them, not the order they end."""
     delays = {"slow": 30.0, "fast": 1.0, "medium": 10.0}
 
     async def work(name: str) -> str:
@@ -470,6 +490,8 @@ async def test_gathered_steps_are_numbered_in_the_order_the_code_wrote_them(root
 
 
 async def test_an_ask_to_itself_is_refused(root: Path) -> None:
+    """An actor asking itself is refused (it would wait on its own turn forever)."""
+
     class Agent(actors.Actor, name="Agent"):
         async def loop(self) -> str:
             try:
@@ -486,6 +508,7 @@ async def test_an_ask_to_itself_is_refused(root: Path) -> None:
 
 
 async def test_a_diverging_replay_stops_the_actor_with_nondeterminism_error(root: Path) -> None:
+    """A replay that diverges from the journal stops the actor with NondeterminismError."""
     code = {"first": "fetch"}
 
     async def noop() -> None:
@@ -518,6 +541,7 @@ async def test_a_diverging_replay_stops_the_actor_with_nondeterminism_error(root
 
 
 async def test_patched_keeps_turns_in_flight_on_the_old_path(root: Path) -> None:
+    """self.patched() keeps turns already in flight on the old code path, new ones on the new."""
     version = {"new": False}
     calls: list[str] = []
 
@@ -550,6 +574,8 @@ async def test_patched_keeps_turns_in_flight_on_the_old_path(root: Path) -> None
 
 
 async def test_cancel_a_waiting_turn_dead_letters_it_and_the_actor_moves_on(root: Path) -> None:
+    """Cancelling a waiting turn dead-letters it and the actor goes on to its next message."""
+
     class Agent(actors.Actor, name="Agent"):
         async def wait(self) -> str:
             self.kv["wrote"] = True
@@ -584,6 +610,7 @@ async def test_cancel_a_waiting_turn_dead_letters_it_and_the_actor_moves_on(root
 
 
 async def test_restart_a_turn_from_a_step_reruns_the_later_steps_only(root: Path) -> None:
+    """Restarting a turn from a step reruns that step and the later ones, not the earlier ones."""
     calls: list[str] = []
 
     async def record(what: str) -> str:
@@ -619,6 +646,7 @@ async def test_restart_a_turn_from_a_step_reruns_the_later_steps_only(root: Path
 
 
 async def test_a_quick_message_batched_before_a_long_step_is_answered_first(root: Path) -> None:
+    """A quick message batched before a long step is answered before the step ends."""
     gate = anyio.Event()
 
     async def hold() -> None:
@@ -657,6 +685,8 @@ async def test_a_quick_message_batched_before_a_long_step_is_answered_first(root
 async def test_a_step_failure_escaping_the_handler_is_dead_lettered_without_retries(
     root: Path,
 ) -> None:
+    """A StepFailedError that escapes the handler dead-letters the message without retries."""
+
     async def refuse() -> None:
         raise actors.NonRetryable("quota exceeded")
 
@@ -678,6 +708,8 @@ async def test_a_step_failure_escaping_the_handler_is_dead_lettered_without_retr
 
 
 async def test_an_event_that_ends_a_wait_early_clears_its_wake_up_hint(root: Path) -> None:
+    """An event that ends a timed wait early clears the wake-up hint the wait left."""
+
     class Agent(actors.Actor, name="Agent"):
         async def go(self) -> str:
             return str(await self.wait_for_event("e", timeout=3600))

@@ -404,6 +404,8 @@ async def test_a_parked_asker_gets_its_reply_after_a_failed_wake_up(
 
 
 async def test_state_and_durable_calls_inside_a_step_function_are_refused(root: Path) -> None:
+    """A step's function may not touch the actor's state nor make durable calls (self.now())."""
+
     class Shop(actors.Actor, name="Shop"):
         async def _charge(self) -> str:
             self.kv["charged"] = True  # lost on replay if it were allowed
@@ -427,6 +429,8 @@ async def test_state_and_durable_calls_inside_a_step_function_are_refused(root: 
 
 
 async def test_durable_calls_in_gathered_helper_coroutines_are_refused(root: Path) -> None:
+    """Durable calls in helper coroutines run by gather are refused; gathered steps are fine."""
+
     async def search(topic: str) -> str:
         return f"result for {topic}"
 

@@ -193,6 +193,8 @@ def test_bad_restart_intensity_is_refused_at_definition() -> None:
 
 
 async def test_a_failed_actor_is_counted_failed_and_not_hibernated(root: Path) -> None:
+    """An actor whose on_create keeps failing is counted failed, not awake nor hibernated."""
+
     class Broken(actors.Actor, name="Broken"):
         retry = actors.Retry(max_attempts=1)
 

@@ -49,6 +49,7 @@ RESEARCH_POINTS = (
 
 
 def test_a_correct_agent_survives_a_crash_at_every_point() -> None:
+    """check_crashes passes an agent whose state is the same after a crash at every point."""
     report = check_crashes(research_scenario, types=[Researcher])
     assert report.points == RESEARCH_POINTS
     assert report.calls == {("kit.Researcher", "r1", "llm"): 1}
@@ -87,6 +88,7 @@ async def forgetful_scenario(rt: Any) -> None:
 
 
 def test_nondeterministic_state_is_reported_with_its_crash_point() -> None:
+    """check_crashes reports state that differs after a crash, naming the crash point."""
     with pytest.raises(AssertionError, match=r"after a crash at point 2 \(after step 'llm'"):
         check_crashes(forgetful_scenario, types=[Forgetful], points=[2])
 
@@ -102,11 +104,13 @@ async def retrying_without_keys(rt: Any) -> None:
 
 
 def test_a_scenario_retried_without_idempotency_keys_is_caught() -> None:
+    """check_crashes catches a scenario whose retried ask, without a key, applies twice."""
     with pytest.raises(AssertionError, match="after a crash at point 4"):
         check_crashes(retrying_without_keys, types=[Counter], points=[4])
 
 
 def test_bad_crash_points_are_refused() -> None:
+    """check_crashes refuses crash points the scenario never reaches."""
     with pytest.raises(ValueError, match="crash points"):
         check_crashes(research_scenario, types=[Researcher], points=[99])
 

@@ -24,6 +24,7 @@ def make(root: Path) -> Path:
 
 
 def test_ask_prints_the_reply_and_send_is_applied(tmp_path: Path) -> None:
+    """torpor ask prints the handler's reply as JSON; torpor send's message is applied."""
     root = make(tmp_path / "rt")
     assert ok(
         torpor("ask", root, "Counter", "alice", "incr", "--args", "[5]", "--types", TYPES)
@@ -39,6 +40,7 @@ def test_ask_prints_the_reply_and_send_is_applied(tmp_path: Path) -> None:
 
 
 def test_an_idempotency_key_makes_a_retried_ask_a_no_op(tmp_path: Path) -> None:
+    """torpor ask with an idempotency key applies a retried call once."""
     root = make(tmp_path / "rt")
     call = ("ask", root, "Counter", "alice", "incr", "--args", "[10]", "--types", TYPES)
     first = ok(torpor(*call, "--idempotency-key", "k1"))
@@ -48,6 +50,7 @@ def test_an_idempotency_key_makes_a_retried_ask_a_no_op(tmp_path: Path) -> None:
 
 
 def test_bad_calls_get_clear_errors_and_change_nothing(tmp_path: Path) -> None:
+    """Bad torpor send/ask calls print a clear error, exit non-zero and store nothing."""
     root = make(tmp_path / "rt")
     err = failed(torpor("ask", root, "Counter", "alice", "nope", "--types", TYPES), 1)
     assert "nope" in err
@@ -66,6 +69,7 @@ def test_bad_calls_get_clear_errors_and_change_nothing(tmp_path: Path) -> None:
 
 
 def test_a_call_is_refused_while_the_runtime_is_open(tmp_path: Path) -> None:
+    """torpor send/ask is refused while another process has the runtime open."""
     root = make(tmp_path / "rt")
 
     async def hold() -> str:

@@ -35,6 +35,7 @@ def state(report: dict[str, Any]) -> tuple[Any, Any]:
 
 
 def test_inspect_from_replica_matches_local(made: Made) -> None:
+    """inspect --from-replica shows the same state as the local inspect and changes nothing."""
     before, replica_before = digest(made.root), digest(made.replica)
     local = json.loads(ok(torpor("inspect", made.root, TYPE, "alice", "--json")))
     remote = json.loads(
@@ -51,6 +52,7 @@ def test_inspect_from_replica_matches_local(made: Made) -> None:
 
 
 def test_inspect_from_replica_at_an_earlier_time(made: Made) -> None:
+    """inspect --from-replica --at shows the actor's state at that earlier time."""
     before = digest(made.root)
     past = json.loads(
         ok(
@@ -89,6 +91,7 @@ def test_inspect_from_replica_at_an_earlier_time(made: Made) -> None:
 
 
 def test_sql_from_replica_every_actor(made: Made) -> None:
+    """sql --from-replica runs the query on every actor of the type, as locally."""
     before = digest(made.root)
     query = "SELECT count(*) FROM notes"
     local = json.loads(ok(torpor("sql", made.root, query, "--type", TYPE, "--json")))
@@ -138,8 +141,9 @@ def test_sql_from_replica_every_actor(made: Made) -> None:
     assert digest(made.root) == before
 
 
-def test_usage_errors(made: Made, tmp_path: Path) -> None:
+def test_misused_replica_options_are_usage_errors(made: Made, tmp_path: Path) -> None:
     # replica options without --from-replica: a usage error, not silently ignored
+    """Replica options without --from-replica, or a replica without directory.db, are errors."""
     failed(torpor("inspect", made.root, TYPE, "alice", "--replica", made.replica), 2)
     # --from-replica without a replica
     failed(torpor("inspect", TYPE, "alice", "--from-replica"), 2)
