@@ -42,12 +42,10 @@ from __future__ import annotations
 import collections
 import itertools
 import json
-import queue
 import random
 import shutil
 import struct
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -77,6 +75,10 @@ S3_KILLS = 3
 #: kill waits for within ACKS_TIMEOUT of READY (hundreds a second when nothing is wrong).
 READY_TIMEOUT = 30.0
 ACKS_TIMEOUT = 20.0
+#: The child, on the one crash harness: acknowledgements are ``acked`` lines of the side file.
+HARNESS = support.SideFileHarness(
+    PROGRAM, ready_timeout=READY_TIMEOUT, work_timeout=ACKS_TIMEOUT, ack_marker=b"acked "
+)
 #: How often the next child starts on a new, empty directory (a lost machine).
 FRESH_CHANCE = 0.12
 #: A turn of each actor of a runtime opened on a restored directory finishes within this many
@@ -609,25 +611,6 @@ def check_replica(
 # -- the campaign -----------------------------------------------------------------------------
 
 
-@attrs.define
-class Run:
-    number: int
-    root: Path
-    mode: str
-    delay: float
-    ready: bool = False
-    killed: bool = False
-    phase: str = ""
-    seconds: float = 0.0
-
-    def __str__(self) -> str:
-        when = f"{self.delay:.0f} acks" if self.mode == "acks" else f"{self.delay:.3f}s"
-        return (
-            f"run {self.number} on {self.root.name}: kill {self.mode}+{when}, "
-            f"ready={self.ready}, killed while {self.phase} after {self.seconds:.2f}s"
-        )
-
-
 def plan_kill(rng: random.Random) -> tuple[str, float]:
     """When to kill the next child: seconds after its start or after READY, or once it
     acknowledged so many more asks (whatever the store's speed)."""
@@ -641,73 +624,12 @@ def plan_kill(rng: random.Random) -> tuple[str, float]:
     return "acks", rng.randint(1, 400)
 
 
-def count_lines(path: Path, offset: int) -> int:
-    """Lines appended to ``path`` after byte ``offset``."""
-    try:
-        with path.open("rb") as f:
-            f.seek(offset)
-            return f.read().count(b"\n")
-    except FileNotFoundError:
-        return 0
-
-
-def run_child(tmp: Path, run: Run, spec: dict[str, Any], acks: Path, seed: int) -> None:
+def run_child(
+    tmp: Path, run: support.SideFileRun, spec: dict[str, Any], acks: Path, seed: int
+) -> None:
     """Start one child on ``run.root`` and SIGKILL it per the run's plan."""
-    offset = acks.stat().st_size if acks.exists() else 0
-    child = support.Child(
-        PROGRAM,
-        ["run", str(run.root), json.dumps(spec), str(acks), str(seed)],
-        tmp / f"stderr-{run.number}.txt",
-    )
-    began = time.monotonic()
-    kill_at = began + run.delay if run.mode == "startup" else None
-    limit = began + READY_TIMEOUT
-    try:
-        while not run.killed:
-            now = time.monotonic()
-            if run.mode == "acks" and run.ready:
-                if count_lines(acks, offset) >= run.delay:
-                    kill_at = now
-                elif now >= limit:
-                    raise AssertionError(
-                        f"child run {run.number} did not acknowledge {run.delay:.0f} asks in "
-                        f"{ACKS_TIMEOUT}s; stderr:\n{child.stderr_text()}"
-                    )
-            if kill_at is not None and now >= kill_at:
-                run.phase = "working" if run.ready else "starting"
-                run.killed = child.kill()
-                if not run.killed:
-                    break
-                continue
-            if kill_at is None and not run.ready and now >= limit:
-                raise AssertionError(
-                    f"child run {run.number} did not get READY in {READY_TIMEOUT}s; "
-                    f"stderr:\n{child.stderr_text()}"
-                )
-            wait = 0.01 if run.mode == "acks" else (limit if kill_at is None else kill_at) - now
-            try:
-                line = child.lines.get(timeout=max(0.0, min(wait, 0.5)))
-            except queue.Empty:
-                continue
-            if line is None:
-                break
-            if line == "READY":
-                run.ready = True
-                if run.mode == "ready":
-                    kill_at = time.monotonic() + run.delay
-                elif run.mode == "acks":
-                    limit = time.monotonic() + ACKS_TIMEOUT
-            elif line != "OPEN":
-                raise AssertionError(f"child run {run.number} printed {line!r}")
-        child.proc.wait(timeout=support.REAP_TIMEOUT)
-    finally:
-        run.seconds = time.monotonic() - began
-        child.finish()
-    if not run.killed:
-        raise AssertionError(
-            f"child run {run.number} exited {child.proc.returncode} before its kill; "
-            f"stderr:\n{child.stderr_text()}"
-        )
+    args = ["run", str(run.root), json.dumps(spec), str(acks), str(seed)]
+    support.run_side_file_child(HARNESS, tmp, run, args, acks)
 
 
 def campaign(
@@ -727,7 +649,7 @@ def campaign(
     rng = random.Random(seed)
     acks = tmp / "acks.log"
     tally = Tally()
-    history: list[Run] = []
+    history: list[support.SideFileRun] = []
     root = tmp / "rt-0"
     while tally.kills < kills:
         if tally.runs and rng.random() < FRESH_CHANCE:
@@ -737,7 +659,7 @@ def campaign(
         plan = plan_kill(rng)
         if mid_work_every and tally.runs % mid_work_every == 1 % mid_work_every:
             plan = ("acks", rng.randint(20, 400))
-        run = Run(tally.runs, root, *plan)
+        run = support.SideFileRun(tally.runs, root, *plan)
         history.append(run)
         errors: list[str] = []
         try:

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import collections
 import json
-import queue
 import random
 import signal
 import threading
@@ -68,6 +67,14 @@ RUN_TIMEOUT = 120.0
 #: The fresh machine drains every chain within this many seconds (about one when all is well).
 DRAIN_TIMEOUT = 20.0
 POLL = 0.05
+#: The child, on the one crash harness: acknowledgements are ``acked`` lines of the side file.
+HARNESS = support.SideFileHarness(
+    PROGRAM,
+    ready_timeout=READY_TIMEOUT,
+    work_timeout=RUN_TIMEOUT,
+    ack_marker=b"acked ",
+    poll=0.005,
+)
 #: How often the next child of a campaign starts on a new, empty directory.
 FRESH_CHANCE = 0.4
 no_orphans = support.no_orphans
@@ -383,23 +390,7 @@ def _value(path: Path, sql: str) -> Any:
 # -- the children -------------------------------------------------------------------------------
 
 
-@attrs.define
-class Run:
-    number: int
-    root: Path
-    end: str  # close | kill
-    kill_after: int = 0  # acks after READY (kill mode)
-    killed: bool = False
-    done: bool = False
-    seconds: float = 0.0
-    returncode: int | None = None
-
-    def __str__(self) -> str:
-        fate = "closed" if self.done else f"killed after {self.kill_after} acks"
-        return (
-            f"run {self.number} on {self.root.name}: {fate} in {self.seconds:.1f}s "
-            f"(exit status {self.returncode})"
-        )
+Run = support.SideFileRun
 
 
 class Hooks:
@@ -433,82 +424,15 @@ def run_child(
     per_client: int,
     hooks: Hooks,
 ) -> None:
-    """One child on ``run.root``: let it close cleanly, or SIGKILL it once it acknowledged
-    ``run.kill_after`` messages (or finished sending) and ``hooks`` let it."""
-    offset = acks.stat().st_size if acks.exists() else 0
+    """One child on ``run.root``: let it close cleanly (mode "close"), or SIGKILL it once it
+    acknowledged ``run.param`` messages (or finished sending) and ``hooks`` let it."""
     hooks.started(run, acks)
-    child = support.Child(
-        PROGRAM,
-        [
-            "run",
-            str(run.root),
-            json.dumps(spec),
-            str(acks),
-            str(effects),
-            str(seed),
-            str(run.number),
-            str(per_client),
-            run.end,
-        ],
-        tmp / f"stderr-{run.number}.txt",
+    end = "close" if run.mode == "close" else "kill"
+    args = ["run", str(run.root), json.dumps(spec), str(acks), str(effects), str(seed)]
+    args += [str(run.number), str(per_client), end]
+    support.run_side_file_child(
+        HARNESS, tmp, run, args, acks, may_kill=hooks.may_kill, on_ready=lambda: hooks.ready(run)
     )
-    began = time.monotonic()
-    ready = sent = False
-    try:
-        while True:
-            now = time.monotonic()
-            limit = began + (RUN_TIMEOUT if ready else READY_TIMEOUT)
-            if now > limit:
-                raise AssertionError(
-                    f"child run {run.number} did not {'finish' if ready else 'get READY'} in "
-                    f"time; stderr:\n{child.stderr_text()}"
-                )
-            if (
-                run.end == "kill"
-                and ready
-                and (sent or _acks_since(acks, offset) >= run.kill_after)
-                and hooks.may_kill()
-            ):
-                run.killed = child.kill()
-                break
-            try:
-                line = child.lines.get(timeout=0.005 if run.end == "kill" else 0.5)
-            except queue.Empty:
-                continue
-            if line is None:
-                break
-            if line == "READY":
-                ready = True
-                hooks.ready(run)
-            elif line == "SENT":
-                sent = True
-            elif line == "DONE":
-                run.done = True
-            elif line != "OPEN":
-                raise AssertionError(f"child run {run.number} printed {line!r}")
-        child.proc.wait(timeout=support.REAP_TIMEOUT)
-    finally:
-        run.seconds = time.monotonic() - began
-        child.finish()
-        run.returncode = child.proc.returncode
-    if run.end == "close" and (child.proc.returncode != 0 or not run.done):
-        raise AssertionError(
-            f"child run {run.number} exited {child.proc.returncode}; stderr:\n{child.stderr_text()}"
-        )
-    if run.end == "kill" and not run.killed:
-        raise AssertionError(
-            f"child run {run.number} exited {child.proc.returncode} before its kill; stderr:\n"
-            f"{child.stderr_text()}"
-        )
-
-
-def _acks_since(path: Path, offset: int) -> int:
-    try:
-        with path.open("rb") as f:
-            f.seek(offset)
-            return f.read().count(b"acked ")
-    except FileNotFoundError:
-        return 0
 
 
 def campaign(
@@ -531,8 +455,8 @@ def campaign(
     for number in range(1, kills + 2):
         if number > 1 and rng.random() < FRESH_CHANCE:
             root = tmp / f"rt-{number}"  # a lost machine: the next run starts from the replica
-        end = "kill" if number <= kills else last_end
-        run = Run(number, root, end, kill_after=rng.randint(5, per_client * len(workload.CLIENTS)))
+        mode = "acks" if number <= kills or last_end == "kill" else "close"
+        run = Run(number, root, mode, rng.randint(5, per_client * len(workload.CLIENTS)))
         history.append(run)
         run_child(tmp, run, spec, acks, effects, rng.randrange(1 << 30), per_client, hooks)
     hooks.before_fresh()
@@ -730,7 +654,7 @@ class FaultWeather(Hooks):
     def check(self, tmp: Path, history: list[Run]) -> tuple[list[str], str]:
         errors = list(self.failures)
         for run in history:
-            if run.returncode != (0 if run.end == "close" else -signal.SIGKILL):
+            if run.returncode != (0 if run.mode == "close" else -signal.SIGKILL):
                 errors.append(f"child run {run.number} died on its own: {run}")
         fenced: list[str] = []
         unavailable = 0

@@ -1,11 +1,22 @@
-"""What the SIGKILL crash harnesses (``tests/crash/test_crash*.py``) share.
+"""The one SIGKILL crash harness, shared by every crash test (``tests/crash/test_*.py``).
 
-A harness starts its child program (``Child``), kills it per a plan (``run_child``), restarts it
-until enough kills landed and lets a last run finish (``Campaign``), reads the child's ``verify``
-output (``read_state``) and checks the acknowledged sends against a plain-Python ``Model``
-(``check_sends``). Each harness keeps its own kill schedule, workload and checks; ``Harness``
-names its child program, timeouts and the async backend the child runs on
-(``tests/support/crash_child.py`` reads it from ``TORPOR_CRASH_BACKEND``).
+A harness starts its child program (``Child``: ``python -m tests.crash.<workload>`` from the
+repository root), SIGKILLs it per a plan, restarts it, then checks invariants against what the
+child acknowledged. Children report their acknowledgements one of two ways:
+
+- On stdout, as ``ACK s i`` lines (test_crash, test_crash_steps, test_crash_timers):
+  ``run_child`` kills a run per a plan, ``Campaign`` restarts it until enough kills landed and
+  lets a last run finish, ``read_state`` reads the child's ``verify`` output, and
+  ``check_order``/``check_sends`` check the acknowledged sends against a plain-Python ``Model``.
+  ``Harness`` names the child program, timeouts and the async backend the child runs on
+  (``tests/support/crash_child.py`` reads it from ``TORPOR_CRASH_BACKEND``).
+- In an fsynced side file (test_crash_replication, test_machine_loss): ``run_side_file_child``
+  kills a ``SideFileRun`` per its mode (seconds after the start or after READY, or once so many
+  acknowledgements are in the side file) or lets it close; ``SideFileHarness`` names the child
+  program and its timeouts. These harnesses check restores from the replica, their own.
+
+``no_orphans`` fails a test that leaves a child process behind; ``invariants_first`` sorts the
+invariant violations first; ``seed`` and ``kills_option`` read the seed and the kill count.
 """
 
 from __future__ import annotations
@@ -477,3 +488,146 @@ def no_orphans() -> Iterator[None]:
     yield
     left = set(children_of_this_process()) - before
     assert not left, f"child processes left behind: {sorted(left)}"
+
+
+# -- children that acknowledge into a side file (replication, machine loss) ----------------------
+
+
+@attrs.frozen
+class SideFileHarness:
+    """A harness whose child appends its acknowledgements to a side file (fsynced, so that they
+    outlive the SIGKILL) instead of printing ``ACK`` lines; it prints ``OPEN``, ``READY``, maybe
+    ``SENT`` (every send acknowledged) and ``DONE`` (closed cleanly)."""
+
+    program: Path
+    #: A child must print READY within this many seconds of its start.
+    ready_timeout: float
+    #: After READY, a run must reach its kill (mode "acks") or finish (mode "close") within this.
+    work_timeout: float
+    #: What an acknowledgement line of the side file starts with (b"": every line is one).
+    ack_marker: bytes = b""
+    #: How often a run waiting on the side file looks at it again.
+    poll: float = 0.01
+
+
+@attrs.define
+class SideFileRun:
+    """One run of a side-file child: how it ends, and what it did (for the failure message)."""
+
+    number: int
+    root: Path
+    #: "startup": SIGKILL ``param`` seconds after the start; "ready": ``param`` seconds after
+    #: READY; "acks": once ``param`` more acknowledgements are in the side file (or SENT);
+    #: "close": never killed, it must print DONE and exit 0.
+    mode: str
+    param: float = 0.0
+    ready: bool = False
+    killed: bool = False
+    done: bool = False
+    phase: str = ""  # where the kill landed: "starting" (before READY) or "working"
+    seconds: float = 0.0
+    returncode: int | None = None
+
+    def __str__(self) -> str:
+        if self.mode == "close":
+            plan = "close"
+        elif self.mode == "acks":
+            plan = f"kill after {self.param:.0f} acks"
+        else:
+            plan = f"kill {self.mode}+{self.param:.3f}s"
+        fate = f"killed while {self.phase}" if self.killed else f"exit {self.returncode}"
+        return (
+            f"run {self.number} on {self.root.name}: {plan}, ready={self.ready}, "
+            f"done={self.done}, {fate} after {self.seconds:.2f}s"
+        )
+
+
+def count_acks(path: Path, offset: int, marker: bytes = b"") -> int:
+    """Acknowledgements (lines, or lines starting with ``marker``) appended after ``offset``."""
+    try:
+        with path.open("rb") as f:
+            f.seek(offset)
+            appended = f.read()
+    except FileNotFoundError:
+        return 0
+    lines = appended.split(b"\n")[:-1]  # (a cut last line is not an acknowledgement yet)
+    return sum(line.startswith(marker) for line in lines)
+
+
+def run_side_file_child(
+    harness: SideFileHarness,
+    tmp: Path,
+    run: SideFileRun,
+    args: list[str],
+    acks: Path,
+    *,
+    may_kill: Callable[[], bool] = lambda: True,
+    on_ready: Callable[[], None] = lambda: None,
+) -> None:
+    """Start one child (``args`` after the program), SIGKILL it or let it close per ``run``.
+
+    ``may_kill`` can hold a due "acks" kill back (it is asked again soon); ``on_ready`` runs when
+    the child prints READY. Raises AssertionError if the child hangs, prints something unknown,
+    exits before its kill, or (mode "close") does not finish cleanly."""
+    offset = acks.stat().st_size if acks.exists() else 0
+    child = Child(harness.program, args, tmp / f"stderr-{run.number}.txt")
+    began = time.monotonic()
+    kill_at = began + run.param if run.mode == "startup" else None
+    limit = began + harness.ready_timeout
+    sent = False
+    try:
+        while not run.killed:
+            now = time.monotonic()
+            if (
+                run.mode == "acks"
+                and run.ready
+                and (sent or count_acks(acks, offset, harness.ack_marker) >= run.param)
+                and may_kill()
+            ):
+                kill_at = now
+            if kill_at is not None and now >= kill_at:
+                run.phase = "working" if run.ready else "starting"
+                run.killed = child.kill()
+                if not run.killed:
+                    break
+                continue
+            if kill_at is None and now >= limit:
+                raise AssertionError(
+                    f"child run {run.number} did not "
+                    f"{'get READY' if not run.ready else 'reach its end'} in time; "
+                    f"stderr:\n{child.stderr_text()}"
+                )
+            wait = harness.poll if run.mode == "acks" else (kill_at or limit) - now
+            try:
+                line = child.lines.get(timeout=max(0.0, min(wait, 0.5)))
+            except queue.Empty:
+                continue
+            if line is None:
+                break
+            if line == "READY":
+                run.ready = True
+                limit = time.monotonic() + harness.work_timeout
+                if run.mode == "ready":
+                    kill_at = time.monotonic() + run.param
+                on_ready()
+            elif line == "SENT":
+                sent = True
+            elif line == "DONE":
+                run.done = True
+            elif line != "OPEN":
+                raise AssertionError(f"child run {run.number} printed {line!r}")
+        child.proc.wait(timeout=REAP_TIMEOUT)
+    finally:
+        run.seconds = time.monotonic() - began
+        child.finish()
+        run.returncode = child.proc.returncode
+    if run.mode == "close" and (run.returncode != 0 or not run.done):
+        raise AssertionError(
+            f"child run {run.number} exited {run.returncode} (done={run.done}); stderr:\n"
+            f"{child.stderr_text()}"
+        )
+    if run.mode != "close" and not run.killed:
+        raise AssertionError(
+            f"child run {run.number} exited {run.returncode} before its kill; stderr:\n"
+            f"{child.stderr_text()}"
+        )
