@@ -1,5 +1,5 @@
 """A corrupt ``mailbox.db`` and a really full file system give typed errors and acknowledge
-nothing they cannot keep (issue 12, items 2 and 3; DESIGN §7.1 and §7.7)."""
+nothing they cannot keep (DESIGN §7.1 and §7.7)."""
 
 from __future__ import annotations
 

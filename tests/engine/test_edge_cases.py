@@ -1,4 +1,4 @@
-"""Regression tests for the edge cases found in code review (crash windows, shutdown, bounds)."""
+"""The engine at its edges: crash windows, shutdown, bounds, key reuse."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 12, item 5: a graceful close that interrupts a turn inside a step or an ask leaves it
+"""A graceful close that interrupts a turn inside a step or an ask leaves it
 for the next ``open_runtime`` to resume, at once and by itself (its completed step replayed,
 not run again); only a turn parked in a journaled durable wait sleeps until that wait ends.
 
@@ -77,7 +77,7 @@ class Scene:
 async def close_during_step(root: Path, bound: float = RESUME_BOUND) -> None:
     scene = Scene(root)
 
-    class Shop(actors.Actor, name="issue12close.Shop"):
+    class Shop(actors.Actor, name="close.Shop"):
         async def buy(self, amount: int) -> str:
             receipt: str = await self.step("charge", scene.charge, amount)
             await self.step("confirm", scene.confirm, receipt)
@@ -104,7 +104,7 @@ async def close_during_step(root: Path, bound: float = RESUME_BOUND) -> None:
 async def close_during_ask(root: Path, bound: float = RESUME_BOUND) -> None:
     scene = Scene(root)
 
-    class Bank(actors.Actor, name="issue12close.Bank"):
+    class Bank(actors.Actor, name="close.Bank"):
         async def pay(self, amount: int) -> str:
             receipt: str = await self.step("charge", scene.charge, amount)
             self.kv["paid"] = [*self.kv.get("paid", []), receipt]
@@ -113,7 +113,7 @@ async def close_during_ask(root: Path, bound: float = RESUME_BOUND) -> None:
         async def payments(self) -> list[str]:
             return list(self.kv.get("paid", []))
 
-    class Shop(actors.Actor, name="issue12close.AskingShop"):
+    class Shop(actors.Actor, name="close.AskingShop"):
         async def buy(self, amount: int) -> str:
             receipt: str = await self.ask(self.ref_to(Bank, "b"), Bank.pay, amount)
             await self.step("confirm", scene.confirm, receipt)
@@ -156,7 +156,7 @@ async def test_a_turn_closed_in_a_durable_sleep_still_wakes_at_its_deadline(root
     async def before() -> None:
         note(scene.log, "before")
 
-    class Nap(actors.Actor, name="issue12close.Nap"):
+    class Nap(actors.Actor, name="close.Nap"):
         async def nap(self) -> None:
             await self.step("before", before)
             await self.sleep(3600)
@@ -175,7 +175,7 @@ async def test_a_turn_closed_in_a_durable_sleep_still_wakes_at_its_deadline(root
     assert effects(scene.log) == ["before"]
     async with runtime(root, Nap) as rt:
         # (Its wait's deadline wakes it: not every open of the runtime.)
-        entry = rt.directory.get(actor_id("issue12close.Nap", "n"))
+        entry = rt.directory.get(actor_id("close.Nap", "n"))
         assert entry is not None and not entry.pending
         with trio.fail_after(3600 + RESUME_BOUND):
             await scene.finished.wait()
@@ -189,7 +189,7 @@ async def test_a_sleep_refused_by_the_close_begins_when_the_turn_resumes(root: P
     its sleep, journaled then, ends at its deadline counted from there."""
     scene = Scene(root)
 
-    class Reminder(actors.Actor, name="issue12close.Reminder"):
+    class Reminder(actors.Actor, name="close.Reminder"):
         async def remind(self) -> None:
             await self.step("charge", scene.charge, 1)
             await self.sleep(3600)

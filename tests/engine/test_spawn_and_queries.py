@@ -1,4 +1,4 @@
-"""Issue 12, items 7, 8 and 10: spawn-then-message in one turn, asking a ``@query`` from a
+"""Spawn-then-message in one turn, asking a ``@query`` from a
 handler, and a ``@query`` (or event, dead letters, turns) on an actor that does not exist."""
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ async def eventually(read: Callable[[], Awaitable[Any]], expected: Any) -> None:
     raise AssertionError(f"still {got!r}, expected {expected!r}")
 
 
-class Account(actors.Actor, name="issue12.Account"):
+class Account(actors.Actor, name="spawn.Account"):
     """A child whose ``on_create`` needs an argument."""
 
     async def on_create(self, owner: str, level: int = 1) -> None:
@@ -53,7 +53,7 @@ class Account(actors.Actor, name="issue12.Account"):
         return (str(self.kv["owner"]), list(self.kv.get("notes", [])))
 
 
-class Profile(actors.Actor, name="issue12.Profile"):
+class Profile(actors.Actor, name="spawn.Profile"):
     """A child whose ``on_create`` arguments all have defaults."""
 
     async def on_create(self, owner: str = "nobody") -> None:
@@ -63,7 +63,7 @@ class Profile(actors.Actor, name="issue12.Profile"):
         return str(self.kv["owner"])
 
 
-class Parent(actors.Actor, name="issue12.Parent"):
+class Parent(actors.Actor, name="spawn.Parent"):
     retry = actors.Retry(max_attempts=1)
 
     async def spawn_and_ask(self) -> list[Any]:
@@ -88,9 +88,9 @@ async def test_spawn_then_ask_in_one_turn_creates_the_child_with_its_arguments(r
     async with runtime(root, Parent, Account, Profile) as rt:
         parent = rt.ref(Parent, "boss")
         assert await parent.ask(Parent.spawn_and_ask) == [("ann", 3), "bob"]
-        for type_name, key in (("issue12.Account", "a"), ("issue12.Profile", "p")):
+        for type_name, key in (("spawn.Account", "a"), ("spawn.Profile", "p")):
             entry = rt.directory.get(actor_id(type_name, key))
-            assert entry is not None and entry.parent == actor_id("issue12.Parent", "boss")
+            assert entry is not None and entry.parent == actor_id("spawn.Parent", "boss")
         assert await rt.dead_letters(parent) == []
 
 
@@ -102,8 +102,8 @@ async def test_spawn_then_send_in_one_turn_reaches_a_child_needing_arguments(roo
         await parent.ask(Parent.spawn_and_send)
         account = rt.ref(Account, "a")
         await eventually(lambda: account.ask(Account.notes), ("ann", ["hello"]))
-        entry = rt.directory.get(actor_id("issue12.Account", "a"))
-        assert entry is not None and entry.parent == actor_id("issue12.Parent", "boss")
+        entry = rt.directory.get(actor_id("spawn.Account", "a"))
+        assert entry is not None and entry.parent == actor_id("spawn.Parent", "boss")
         assert await rt.dead_letters(parent) == []
 
 
@@ -128,15 +128,15 @@ def test_spawn_then_ask_creates_the_child_once_whatever_the_crash_point() -> Non
         _spawn_and_ask_scenario, types=[Parent, Account, Profile], state=_state_and_parents
     )
     state, parents = report.state
-    assert state[("issue12.Account", "a")]["_torpor_kv"]
-    assert ("issue12.Account", "a", actor_id("issue12.Parent", "boss")) in parents
+    assert state[("spawn.Account", "a")]["_torpor_kv"]
+    assert ("spawn.Account", "a", actor_id("spawn.Parent", "boss")) in parents
     assert len(report.points) > 4  # the asks' crash points and the commit's
 
 
 # -- item 8: asking a @query from a handler -------------------------------------------------------
 
 
-class Auditor(actors.Actor, name="issue12.Auditor"):
+class Auditor(actors.Actor, name="spawn.Auditor"):
     retry = actors.Retry(max_attempts=1)
 
     async def audit(self, counter: actors.Ref[Counter]) -> int:

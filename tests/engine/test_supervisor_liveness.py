@@ -1,4 +1,4 @@
-"""Supervisor liveness (review 2): no deadlock or lost wake-up between outbox delivery, awake
+"""Supervisor liveness: no deadlock or lost wake-up between outbox delivery, awake
 slots (max_awake), queries, hibernation, timers and shutdown. Virtual time (MockClock) except
 the asyncio variants; every wait is bounded, so a regression fails instead of hanging."""
 

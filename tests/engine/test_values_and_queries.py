@@ -1,4 +1,4 @@
-"""Issue 12, items 6, 9, 11 and 12: values that come back changed or crash the codec, schema
+"""Values that come back changed or crash the codec, schema
 pragmas in a ``@query``, listing one's own tables, and ``durable = True`` without a replica."""
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ async def test_datetimes_with_sub_second_utc_offsets_round_trip(root: Path) -> N
 # -- item 9: schema pragmas in a @query, refusals as torpor errors ------------------------------
 
 
-class Schema(actors.Actor, name="tests.issue12.Schema"):
+class Schema(actors.Actor, name="tests.values.Schema"):
     migrations = ("CREATE TABLE notes(id INTEGER PRIMARY KEY, body TEXT)",)
 
     async def on_create(self) -> None:
@@ -148,7 +148,7 @@ async def test_sql_tables_lists_only_the_actors_own_tables(root: Path) -> None:
 # -- item 12: durable = True needs a replica ----------------------------------------------------
 
 
-class Ledger(actors.Actor, name="tests.issue12.Ledger"):
+class Ledger(actors.Actor, name="tests.values.Ledger"):
     durable = True
 
     async def credit(self, amount: int) -> int:
@@ -159,7 +159,7 @@ class Ledger(actors.Actor, name="tests.issue12.Ledger"):
 
 async def test_durable_type_without_a_replica_is_refused_at_open(root: Path) -> None:
     """open_runtime without a replica refuses a durable = True type, naming it, creating nothing."""
-    with pytest.raises(ValueError, match=r"'tests\.issue12\.Ledger' is durable = True.*replica"):
+    with pytest.raises(ValueError, match=r"'tests\.values\.Ledger' is durable = True.*replica"):
         async with actors.open_runtime(root, types=[Counter, Ledger]):
             pass
     assert not await trio.Path(root).exists()

@@ -1,4 +1,4 @@
-"""Issue 12, items 16-21: ``torpor ask --timeout`` and duplicate sends, ``torpor bench``'s
+"""What the CLI tells its user: ``torpor ask --timeout`` and duplicate sends, ``torpor bench``'s
 suite wherever it stands, ``fork --as`` keys, a runtime open in this very process, ``sql`` of
 an unknown type, and ``--from-replica``/restore errors in the user's terms."""
 
@@ -46,7 +46,7 @@ class Gate(actors.Actor, name="tests.Gate"):
 @pytest.fixture(scope="module")
 def made(tmp_path_factory: pytest.TempPathFactory) -> Made:
     """A replicated runtime, closed (the tests only read it, or copies of it)."""
-    return make(tmp_path_factory.mktemp("issue12"))
+    return make(tmp_path_factory.mktemp("diagnostics"))
 
 
 def copy_of(made: Made, tmp_path: Path) -> Made:
