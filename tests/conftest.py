@@ -1,5 +1,13 @@
 """Test setup: async tests run under virtual time that jumps when everything sleeps.
 
+The suites, grouped by behaviour: ``tests/unit`` (pure: codec, lifecycle table, WAL parsing,
+replica formats, import graph, exports, typing), ``tests/engine`` (a runtime in this process:
+turns, steps, timers, hibernation, supervision, files, bad input, close, observe),
+``tests/replica`` (replication, stores, restore, S3 faults), ``tests/crash`` (the SIGKILL
+harnesses and their child workloads), ``tests/ops`` (CLI, ops, bench) and ``tests/docs`` (docs
+and examples). Shared support lives in ``tests/support``: actor types, strategies, replication
+helpers, the S3 server fixtures (a plugin, below) and the crash harness.
+
 An ``async def test_...`` runs in ``runtime.testing.run_virtual``: on trio, ``trio.run(...,
 clock=MockClock(autojump_threshold=0))``; on asyncio, a looptime event loop that jumps the same
 way. So a test that waits a year of retries or timers finishes at once. Its fixtures are ordinary
@@ -8,10 +16,10 @@ way. So a test that waits a year of retries or timers finishes at once. Its fixt
 Backends: the async tests of a module marked ``pytestmark = pytest.mark.both_backends`` run
 twice, as ``test_x[trio]`` and ``test_x[asyncio]`` (they write ``anyio`` calls, not ``trio``
 ones, and may take the ``backend`` fixture). So far these are the suites that prove the core:
-test_turns, test_steps, test_timers and test_hibernation. Any other test that takes the
-``backend`` fixture runs twice as well: the SIGKILL crash harnesses (test_crash, test_crash_steps,
-test_crash_timers) run their child program on it. Every other module runs on trio only, for now;
-new tests are written for both.
+engine/test_turns, engine/test_steps, engine/test_timers and engine/test_hibernation. Any other
+test that takes the ``backend`` fixture runs twice as well: the SIGKILL crash harnesses
+(crash/test_crash, crash/test_crash_steps, crash/test_crash_timers) run their child program on
+it. Every other module runs on trio only, for now; new tests are written for both.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ import trio
 
 from runtime.testing import BACKENDS, Backend, run_virtual
 
-pytest_plugins = ["tests.conftest_s3"]
+pytest_plugins = ["tests.support.s3_fixtures"]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

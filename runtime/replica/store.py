@@ -4,7 +4,7 @@ Replication (DESIGN §6) needs four requests and two conditions: ``get``, ``put`
 create-only, or compare-and-swap on an ETag), ``delete``, and ``list`` for admin tools only. Every
 implementation (:class:`~runtime.replica.directory_store.DirectoryStore`,
 :class:`~runtime.replica.s3_store.S3Store`) passes the same conformance suite
-(``tests/test_replica_store.py``), so the replicator can be tested on either.
+(``tests/replica/test_replica_store.py``), so the replicator can be tested on either.
 
 The calls block (boto3 is synchronous); the runtime makes them from worker threads, so every
 store is safe to share between threads.

@@ -1,0 +1,1 @@
+"""The README, docs/ and examples/ run and do what they claim."""

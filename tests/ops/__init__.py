@@ -1,0 +1,1 @@
+"""Operator tooling: the ``torpor`` CLI, ``runtime.ops``, the benchmarks."""

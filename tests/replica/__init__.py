@@ -1,0 +1,2 @@
+"""Replication: the per-file replicator, replica stores, restore, exactly-once restore, S3
+faults, the fault proxy."""
