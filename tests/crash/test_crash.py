@@ -183,7 +183,9 @@ def _clean_state(model: Model) -> dict[str, Any]:
 
 
 def test_checker_catches_violations() -> None:
-    """The checker reports a lost, a duplicated and a reordered message, and bad forwards."""
+    """The steps checker reports each kind of violation of exactly-once steps and replies."""
+    # The violations: a completed step run again, a workflow applied twice, a lost one, a step fed a
+    # wrong input, values not replayed, and a result from the wrong call.
     model = Model(end=20, acked=[20] * workload.SENDERS)
     model.acked_in = {(s, i): 1 for s in range(workload.SENDERS) for i in range(1, 21)}
     assert check_state(_clean_state(model), model) == []

@@ -691,8 +691,8 @@ def campaign(
 def test_crash_replication_restores_every_acknowledged_turn(
     tmp_path: Path, request: pytest.FixtureRequest, no_orphans: None
 ) -> None:
-    """SIGKILL mid-replication, restore onto an empty directory: every acknowledged durable
-    turn is there once, in order, and each file is byte-exact at its restored transaction."""
+    """A restore after a SIGKILL mid-replication has every acked durable turn once, in order."""
+    # The restore goes onto an empty directory; each file is byte-exact at its restored transaction.
     kills = support.kills_option(request, DEFAULT_KILLS)
     spec = {"kind": "directory", "path": str(tmp_path / "replica")}
     store = workload.open_store(spec)
@@ -730,8 +730,8 @@ def test_crash_replication_on_s3(
 
 
 def test_checker_catches_lost_duplicated_and_phantom_rows() -> None:
-    """The row check reports a lost acknowledged durable row, a row applied twice, a gap, and
-    a row never sent; it accepts an unacknowledged tail and a loose actor behind its acks."""
+    """The row check reports lost, doubled, gapped and never-sent rows, and no legitimate one."""
+    # Legitimate: an unacknowledged tail, and a loose actor behind its acknowledgements.
     acks, errors = read_acks("start d0 1\nacked d0 1\nacked d0 2\nstart l0 1\nacked l0 1\n")
     assert errors == []
     assert check_rows("d0", [1, 2], acks, "x") == []
@@ -748,8 +748,8 @@ def test_checker_catches_lost_duplicated_and_phantom_rows() -> None:
 
 
 def test_sqlite_image_is_the_database_at_that_frame(tmp_path: Path) -> None:
-    """The independent image is the database as SQLite saw it at the given commit frame, and
-    a difference left by a checkpoint cut short is told apart from any other."""
+    """The independent image is the database as SQLite saw it at the given commit frame."""
+    # A difference left by a checkpoint cut short is told apart from any other.
     path = tmp_path / "a.db"
     conn = apsw.Connection(str(path))
     conn.pragma("journal_mode", "wal")

@@ -320,8 +320,9 @@ def test_checker_accepts_a_step_rerun_after_a_kill_in_flight() -> None:
 
 
 def test_checker_catches_violations() -> None:
-    """The checker reports a completed step run again, a workflow applied twice, a lost one,
-    a step fed a wrong input, values not replayed, and a result from the wrong call."""
+    """The steps checker reports each kind of violation of exactly-once steps and replies."""
+    # The violations: a completed step run again, a workflow applied twice, a lost one, a step fed a
+    # wrong input, values not replayed, and a result from the wrong call.
     model = Model(end=3, acked=[3] * workload.SENDERS)
 
     state, lines = _clean(model)

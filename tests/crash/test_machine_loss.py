@@ -698,8 +698,9 @@ def weather_campaign(tmp: Path, server: S3Server, *, kills: int, per_client: int
 
 
 def test_fresh_machine_after_a_clean_close(tmp_path: Path, no_orphans: None) -> None:
-    """A runtime closed cleanly, then opened on an empty machine with its replica, applies
-    every message once: no actor-to-actor message twice, nothing lost, every file sound."""
+    """A closed runtime reopened on an empty machine from its replica applies each message once."""
+    # The runtime is closed cleanly first. No actor-to-actor message is applied twice, nothing is
+    # lost, and every file is sound.
     print(
         campaign(
             tmp_path,
@@ -712,8 +713,9 @@ def test_fresh_machine_after_a_clean_close(tmp_path: Path, no_orphans: None) -> 
 
 
 def test_fresh_machine_after_a_kill(tmp_path: Path, no_orphans: None) -> None:
-    """A runtime killed at a random instant, then opened on an empty machine with its
-    replica, keeps every covered acknowledgement once, in order, and runs no finished step again."""
+    """A runtime killed at random, reopened on an empty machine, keeps each covered ack once."""
+    # The empty machine has only the replica; acknowledgements stay in order, and no finished step
+    # runs again.
     seed = support.seed(DEFAULT_SEED) + 1
     print(
         campaign(
@@ -723,8 +725,9 @@ def test_fresh_machine_after_a_kill(tmp_path: Path, no_orphans: None) -> None:
 
 
 def test_machines_lost_and_replaced(tmp_path: Path, no_orphans: None) -> None:
-    """Kills, machines thrown away and replaced by empty directories, a clean last run, then a
-    fresh machine: every covered acknowledgement applied once and in order, nothing twice."""
+    """Machines killed and replaced by empty ones apply each covered ack once, in order."""
+    # The scenario: kills, machines thrown away and replaced by empty directories, a clean last run,
+    # then a fresh machine; nothing is applied twice.
     seed = support.seed(DEFAULT_SEED) + 2
     print(campaign(tmp_path, directory_spec(tmp_path), kills=3, per_client=6, seed=seed))
 
@@ -749,8 +752,8 @@ def test_machines_lost_under_s3_faults(
 
 @pytest.mark.slow
 def test_machine_loss_soak(tmp_path: Path, no_orphans: None) -> None:
-    """Thirty kills with lost machines in between never apply a message twice nor lose a
-    covered one, and the last fresh machine drains every chain."""
+    """Thirty kills with lost machines never apply a message twice nor lose a covered one."""
+    # The last fresh machine drains every chain.
     seed = support.seed(DEFAULT_SEED) + 4
     print(campaign(tmp_path, directory_spec(tmp_path), kills=30, per_client=40, seed=seed))
 

@@ -202,9 +202,9 @@ def test_openai_agent_against_configured_api(tmp_path: Path) -> None:
 
 
 def test_replication_restores_on_a_fresh_machine_and_forks_the_past(tmp_path: Path) -> None:
-    """replication: after machine A's directory is lost, machine B opens an empty directory
-    with the same replica and has alice's whole history; the fork made with --at has only
-    the history before that time, and alice keeps hers."""
+    """replication: a fresh machine gets alice's history from the replica; fork --at, her past."""
+    # Machine A's directory is lost; machine B opens an empty directory with the same replica. The
+    # fork made with --at has only the history before that time, and alice keeps hers.
     out = run_example("replication.py", str(tmp_path / "demo"))
     history = ["hello", "plan a trip", "make it Lisbon"]
     lines = [line.strip() for line in out.splitlines()]
@@ -222,8 +222,9 @@ def test_replication_restores_on_a_fresh_machine_and_forks_the_past(tmp_path: Pa
 
 
 def test_asyncio_host_serves_http_and_closes_the_runtime(tmp_path: Path) -> None:
-    """asyncio_host --demo: torpor on asyncio behind a stdlib HTTP endpoint answers JSON, honours
-    an Idempotency-Key, refuses bad routes, and closes the runtime before exiting."""
+    """asyncio_host --demo serves JSON over HTTP, honours Idempotency-Key and closes the runtime."""
+    # torpor runs on asyncio behind a stdlib HTTP endpoint; bad routes are refused, and the runtime
+    # is closed before the program exits.
     out = run_example("asyncio_host.py", str(tmp_path / "torpor"), "--demo")
     answers = {
         line.split(" -> ", 1)[0]: line.split(" -> ", 1)[1]
@@ -243,9 +244,9 @@ def test_asyncio_host_serves_http_and_closes_the_runtime(tmp_path: Path) -> None
 
 
 def test_chat_agent_answers_with_tools_and_keeps_its_history(tmp_path: Path) -> None:
-    """chat_agent: the fake LLM calls the weather and calculator tools, each LLM round and
-    tool call runs once, and the history survives a reopen; the same say again with its
-    idempotency key returns the first answer without calling anything."""
+    """chat_agent runs each LLM round and tool call once and keeps its history across a reopen."""
+    # The fake LLM calls the weather and calculator tools; the same say again with its idempotency
+    # key returns the first answer without calling anything.
     out = run_example("chat_agent.py", str(tmp_path / "torpor"))
     answers = [line.strip().removeprefix("agent:").strip() for line in out.splitlines()]
     assert "Here you go: Lisbon: 22°C, sunny." in answers
@@ -286,9 +287,8 @@ def dir_arguments(name: str, folder: Path) -> list[str]:
 def test_example_refuses_a_folder_that_is_not_a_runtime_and_deletes_nothing(
     name: str, tmp_path: Path
 ) -> None:
-    """Every example given a non-empty folder that is not a torpor runtime (``python
-    examples/quickstart.py .`` in a checkout) refuses it, says why, and neither deletes nor
-    adds anything there."""
+    """Each example refuses a non-empty folder that is not a runtime, says why, changes nothing."""
+    # As ``python examples/quickstart.py .`` run in a checkout gives: nothing is deleted or added.
     folder = tmp_path / "mine"
     (folder / "src").mkdir(parents=True)
     (folder / "notes.txt").write_text("keep me")
@@ -308,8 +308,8 @@ def test_example_refuses_a_folder_that_is_not_a_runtime_and_deletes_nothing(
 
 
 def test_quickstart_twice_on_one_folder_goes_on_from_the_first_run(tmp_path: Path) -> None:
-    """The README's demo run twice on one folder: the second run opens the first one's runtime
-    (alice keeps her notes), and nothing acknowledged is lost either time."""
+    """The README's demo run twice on one folder reopens the first runtime and loses no ack."""
+    # On the second run, alice keeps her notes.
     folder = tmp_path / "demo"
     first = run_example("quickstart.py", str(folder))
     second = run_example("quickstart.py", str(folder))

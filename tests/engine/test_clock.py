@@ -24,8 +24,9 @@ class Pay(actors.Actor, name="clock.Pay"):
 
 
 async def test_idempotency_keys_expire_by_the_runtimes_clock(root: Path) -> None:
-    """A retried call is a no-op until idempotency_ttl has passed on the clock given to
-    open_runtime (not on the machine's), and is applied again after."""
+    """A retried call is a no-op only until idempotency_ttl passes on the runtime's clock."""
+    # The runtime's clock is the one given to open_runtime, not the machine's; once the ttl has
+    # passed, the call is applied again.
     now = [2_000_000_000.0]
     options = {"types": [Pay], "idempotency_ttl": 100.0, "clock": lambda: now[0]}
     async with actors.open_runtime(root, **options) as rt:  # type: ignore[arg-type]

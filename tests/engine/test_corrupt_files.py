@@ -74,8 +74,8 @@ def _write_at(path: Path, offset: int, data: bytes) -> None:
 async def test_a_send_into_a_corrupt_mailbox_is_refused_with_a_corrupt_file_error(
     root: Path, table: str
 ) -> None:
-    """A mailbox.db with a bad page (whichever table it holds) refuses sends and asks with
-    CorruptFileError naming the file, stores none of them, and other actors keep working."""
+    """Sends and asks into a corrupt mailbox.db raise CorruptFileError naming it; none is stored."""
+    # The bad page may be in whichever table the mailbox holds; other actors keep working.
     async with actors.open_runtime(root, types=[Box]) as rt:
         box = rt.ref(Box, "b")
         await box.options(idempotency_key="first").send(Box.put, 1)
@@ -104,8 +104,8 @@ async def test_a_send_into_a_corrupt_mailbox_is_refused_with_a_corrupt_file_erro
 
 
 def test_a_mailbox_found_corrupt_while_open_takes_no_new_message(tmp_path: Path) -> None:
-    """A bad page met while a mailbox is open (by the turn loop, say) is a CorruptFileError,
-    not a raw apsw error, and from then on the mailbox refuses new messages."""
+    """A bad page met in an open mailbox is a CorruptFileError; then it takes no new message."""
+    # Met by the turn loop, say; it is never a raw apsw error.
     path = tmp_path / MAILBOX_FILE
     box = Mailbox(path, synchronous="NORMAL", type_name="Box", key="b", image=mailboxes.image)
     try:
@@ -248,9 +248,9 @@ def _unshare_or_skip(tmp_path: Path) -> None:
 def test_a_really_full_disk_refuses_sends_with_storage_error_and_loses_nothing(
     tmp_path: Path,
 ) -> None:
-    """On a full file system (ENOSPC, not a file-size limit) every refused send or ask is a
-    StorageError, never a raw apsw error; once space is free, every acknowledged send is
-    applied exactly once, no refused one is, and every file passes integrity_check."""
+    """A full disk refuses sends with StorageError; once freed, each acked send applies once."""
+    # ENOSPC, not a file-size limit. Sends and asks are refused with StorageError, never a raw apsw
+    # error; once space is free, no refused one is applied, and every file passes integrity_check.
     _unshare_or_skip(tmp_path)
     mount = tmp_path / "mnt"
     mount.mkdir()
@@ -317,9 +317,10 @@ def test_the_runtime_remembers_a_bounded_number_of_checked_mailboxes(tmp_path: P
 async def test_an_awake_actor_whose_mailbox_turns_out_corrupt_is_restored_from_the_replica(
     tmp_path: Path,
 ) -> None:
-    """A bad page met by a call on an awake actor (here: listing its dead letters) stops the
-    actor, and its next message wakes it restored from the replica, instead of every send
-    being refused until it happens to hibernate."""
+    """An awake actor whose mailbox proves corrupt stops; its next message restores it."""
+    # The bad page is met by a call on the awake actor (here: listing its dead letters), and the
+    # next message wakes it restored from the replica; otherwise every send would be refused until
+    # the actor happened to hibernate.
     root, replica = tmp_path / "rt", actors.DirectoryStore(tmp_path / "replica")
     fast = actors.Replication(min_delay=0.005, max_delay=0.05)
     async with actors.open_runtime(root, types=[Box], replica=replica, replication=fast) as rt:

@@ -120,8 +120,8 @@ async def test_message_already_dead_lettered_is_not_run_again(root: Path) -> Non
 
 
 async def test_insert_or_rollback_rolls_back_whole_turn_and_retries(root: Path) -> None:
-    """A handler whose statement ends the transaction persists nothing, is retried, then
-    dead-lettered; the messages batched before it are applied exactly once."""
+    """A handler whose SQL ends the transaction persists nothing, is retried, then dead-lettered."""
+    # The messages batched before it are applied exactly once.
     gate = trio.Event()
     entered = trio.Event()
     culprit_errors: list[str] = []
@@ -266,8 +266,8 @@ async def test_idempotency_key_of_queued_message_survives_close(root: Path) -> N
 
 
 async def test_runtime_closed_error_in_handler_keeps_message_queued(root: Path) -> None:
-    """A handler raising RuntimeClosedError while closing burns no attempt, is not
-    dead-lettered, and its message is applied at the next open."""
+    """RuntimeClosedError from a handler at close burns no attempt; the message runs next open."""
+    # Nor is the message dead-lettered.
     closed_once = {"raise": True}
     entered = trio.Event()
 
@@ -307,8 +307,7 @@ async def test_runtime_closed_error_in_handler_keeps_message_queued(root: Path) 
 
 
 async def test_runtime_closed_error_while_open_does_not_spin(root: Path) -> None:
-    """A handler raising RuntimeClosedError while the runtime is open is not re-run at once in
-    a loop that never yields to the event loop."""
+    """A handler raising RuntimeClosedError while open is not re-run in a loop that never yields."""
     times: list[float] = []
 
     class Spin(actors.Actor, name="Spin"):
@@ -359,8 +358,7 @@ async def test_new_sends_after_mailbox_loss_are_applied(root: Path) -> None:
 
 
 async def test_shutdown_grace_cancels_a_stuck_turn(root: Path) -> None:
-    """A turn that never returns delays close by shutdown_grace only, rolls back, and runs
-    again (successfully) at the next open."""
+    """A stuck turn delays close by shutdown_grace only, rolls back, and runs at the next open."""
     stuck = {"on": True}
     entered = trio.Event()
 
@@ -396,8 +394,8 @@ async def test_shutdown_grace_cancels_a_stuck_turn(root: Path) -> None:
 
 
 async def test_outbox_delivery_retried_with_backoff(root: Path) -> None:
-    """A delivery that fails is retried with growing delays and arrives once the target can be
-    opened, without any new message to the sender."""
+    """A failed delivery is retried with growing delays until the target opens, unprompted."""
+    # The delivery arrives without any new message to the sender.
 
     class Target(actors.Actor, name="Target"):
         async def got(self) -> None:
@@ -500,8 +498,8 @@ trio.run(main, sys.argv[1], sys.argv[2])
 
 
 def test_poison_message_is_dead_lettered_after_max_crashes(tmp_path: Path) -> None:
-    """A message that kills the process every time is dead-lettered after max_crashes deaths,
-    and the messages after it run."""
+    """A message killing the process every time is dead-lettered after max_crashes deaths."""
+    # The messages after it run.
     script = tmp_path / "poison_child.py"
     script.write_text(textwrap.dedent(POISON_CHILD))
     root = tmp_path / "rt"
@@ -577,8 +575,7 @@ async def test_in_memory_queue_is_bounded(root: Path) -> None:
 
 
 async def test_attrs_private_field_round_trips_and_init_false_is_refused(root: Path) -> None:
-    """An attrs message with a private field travels both ways; one with an init=False field is
-    refused at open_runtime with TypeError."""
+    """An attrs private field round-trips; an init=False field makes open_runtime a TypeError."""
 
     class Vault(actors.Actor, name="Vault"):
         async def keep(self, item: Secret) -> Secret:
@@ -607,8 +604,8 @@ async def test_attrs_private_field_round_trips_and_init_false_is_refused(root: P
 
 
 async def test_spawn_that_cannot_open_files_leaves_no_actor(root: Path) -> None:
-    """A spawn whose files cannot be opened raises StorageError and leaves nothing behind: a
-    retried spawn with the same key succeeds with its own arguments."""
+    """A spawn whose files cannot open raises StorageError and leaves no actor behind."""
+    # A retried spawn with the same key then succeeds with its own arguments.
 
     class Agent(actors.Actor, name="Agent"):
         async def on_create(self, model: str) -> None:
@@ -649,8 +646,8 @@ def test_async_migration_is_refused_at_definition() -> None:
 
 
 async def test_task_outliving_handler_cannot_touch_state(root: Path) -> None:
-    """A task started by a handler gets RuntimeError on self.kv / self.sql once the handler
-    returned, also while a later turn is running, and writes nothing."""
+    """A task outliving its handler gets RuntimeError on self.kv and self.sql; it writes nothing."""
+    # Also while a later turn is running.
     shared: dict[str, Any] = {}
     go = trio.Event()
     tried = trio.Event()
@@ -750,8 +747,8 @@ async def test_query_cannot_turn_query_only_off(root: Path) -> None:
 
 
 async def test_dead_letter_api_after_close_raises_runtime_closed(root: Path) -> None:
-    """dead_letters, replay_dead_letter and drop_dead_letter raise RuntimeClosedError after
-    the runtime closed."""
+    """The dead-letter calls raise RuntimeClosedError after the runtime closed."""
+    # dead_letters, replay_dead_letter and drop_dead_letter.
     async with actors.open_runtime(root, types=[Counter]) as rt:
         ref = rt.ref(Counter, "c")
         await ref.ask(Counter.incr)
@@ -768,8 +765,8 @@ async def test_dead_letter_api_after_close_raises_runtime_closed(root: Path) -> 
 
 
 async def test_idempotency_key_reused_for_another_call_raises(root: Path) -> None:
-    """A key reused for a different call raises IdempotencyKeyReusedError and stores nothing;
-    the same call with the same key is still deduplicated."""
+    """A key reused for another call raises IdempotencyKeyReusedError and stores nothing."""
+    # The same call with the same key is still deduplicated.
     async with actors.open_runtime(root, types=[Counter]) as rt:
         ref = rt.ref(Counter, "c")
         assert await ref.options(idempotency_key="req-7").ask(Counter.incr, 5) == 5

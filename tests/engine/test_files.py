@@ -94,8 +94,9 @@ def test_any_valid_key_round_trips(tmp_path_factory: pytest.TempPathFactory, key
 
 
 async def test_a_file_recreated_from_the_image_ignores_a_stale_log(root: Path) -> None:
-    """A mailbox deleted by hand leaves its -wal (with valid frames of the old file) behind; the
-    new mailbox, a copy of the prebuilt image, must not have those frames replayed onto it."""
+    """A mailbox re-created from the image never has the old file's stale -wal replayed onto it."""
+    # A mailbox deleted by hand leaves its -wal (with valid frames of the old file) behind; the new
+    # mailbox is a copy of the prebuilt image.
 
     class Agent(actors.Actor, name="Agent"):
         async def note(self, text: str) -> int:
@@ -118,8 +119,9 @@ async def test_a_file_recreated_from_the_image_ignores_a_stale_log(root: Path) -
 async def test_a_crash_between_copying_the_image_and_naming_the_actor_is_harmless(
     root: Path,
 ) -> None:
-    """A new actor's files are copies of an anonymous image, given the actor's type and key just
-    after; a kill -9 in between leaves anonymous files, which the next open identifies."""
+    """A kill -9 between copying the image and naming the actor leaves files the open identifies."""
+    # A new actor's files are copies of an anonymous image, given the actor's type and key just
+    # after; the kill leaves anonymous files.
     from runtime.files.datastore import image as data_image
     from runtime.files.mailbox import image as mailbox_image
 

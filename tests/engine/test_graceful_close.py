@@ -185,8 +185,9 @@ async def test_a_turn_closed_in_a_durable_sleep_still_wakes_at_its_deadline(root
 
 
 async def test_a_sleep_refused_by_the_close_begins_when_the_turn_resumes(root: Path) -> None:
-    """A close during a step followed by a sleep: the next open resumes the turn at once, and
-    its sleep, journaled then, ends at its deadline counted from there."""
+    """A sleep refused by a close starts when its turn resumes, its deadline counted from then."""
+    # The close comes during a step followed by a sleep; the next open resumes the turn at once, and
+    # the sleep is journaled then.
     scene = Scene(root)
 
     class Reminder(actors.Actor, name="close.Reminder"):

@@ -31,8 +31,8 @@ def _drop(path: Path, how: str) -> None:
 async def test_a_lost_data_file_is_a_corrupt_file_error_not_a_new_actor(
     tmp_path: Path, how: str
 ) -> None:
-    """A counter whose data.db vanished or was emptied is refused with CorruptFileError; its
-    file is not re-created empty and its count does not silently start again from zero."""
+    """An actor whose data.db vanished or was emptied raises CorruptFileError, and is not reset."""
+    # Its file is not re-created empty, and the counter does not silently start again from zero.
     root = tmp_path / "rt"
     async with actors.open_runtime(root, types=[Counter]) as rt:
         assert await rt.ref(Counter, "c").ask(Counter.incr, 5) == 5

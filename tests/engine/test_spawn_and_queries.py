@@ -83,8 +83,8 @@ class Parent(actors.Actor, name="spawn.Parent"):
 
 
 async def test_spawn_then_ask_in_one_turn_creates_the_child_with_its_arguments(root: Path) -> None:
-    """A child spawned and asked in the same turn runs on_create with the spawn arguments and
-    has the spawning actor as its parent."""
+    """A child spawned and asked in one turn gets its spawn arguments and the spawner as parent."""
+    # on_create runs with the spawn arguments before the ask.
     async with runtime(root, Parent, Account, Profile) as rt:
         parent = rt.ref(Parent, "boss")
         assert await parent.ask(Parent.spawn_and_ask) == [("ann", 3), "bob"]
@@ -95,8 +95,8 @@ async def test_spawn_then_ask_in_one_turn_creates_the_child_with_its_arguments(r
 
 
 async def test_spawn_then_send_in_one_turn_reaches_a_child_needing_arguments(root: Path) -> None:
-    """self.send to a child spawned earlier in the same turn is accepted, even when its
-    on_create needs arguments, and arrives after the child was created with them."""
+    """A send to a child spawned earlier in the turn arrives after on_create ran with its args."""
+    # self.send is accepted even when the child's on_create needs arguments.
     async with runtime(root, Parent, Account) as rt:
         parent = rt.ref(Parent, "boss")
         await parent.ask(Parent.spawn_and_send)
@@ -122,8 +122,8 @@ async def _spawn_and_ask_scenario(rt: actors.Runtime) -> None:
 
 
 def test_spawn_then_ask_creates_the_child_once_whatever_the_crash_point() -> None:
-    """Crashing at any point of a spawn-then-ask turn ends with the child created once, with
-    its spawn arguments and its parent, as without a crash."""
+    """A crash anywhere in a spawn-then-ask turn still ends with the child created exactly once."""
+    # With its spawn arguments and its parent, as without a crash.
     report = check_crashes(
         _spawn_and_ask_scenario, types=[Parent, Account, Profile], state=_state_and_parents
     )
@@ -146,8 +146,7 @@ class Auditor(actors.Actor, name="spawn.Auditor"):
 
 
 async def test_a_handler_can_ask_a_query_as_a_journaled_step(root: Path) -> None:
-    """await self.ask(other, Other.some_query) returns the query's result, journaled as an ask
-    step like any other."""
+    """self.ask(other, Other.some_query) returns the query's result, journaled as an ask step."""
     async with runtime(root, Auditor, Counter) as rt:
         counter = rt.ref(Counter, "c")
         await counter.ask(Counter.incr, 5)
@@ -176,8 +175,8 @@ async def _step_statuses(rt: actors.Runtime, ref: actors.Ref[Any]) -> list[tuple
 
 
 async def test_a_query_on_a_missing_actor_raises_and_creates_nothing(root: Path) -> None:
-    """A @query on an actor never created raises ActorNotFoundError and creates nothing, like
-    an event; its dead letters and turns are empty lists, whatever on_create takes."""
+    """A @query on a never-created actor raises ActorNotFoundError and creates nothing."""
+    # Like an event; its dead letters and turns are empty lists, whatever on_create takes.
     async with runtime(root, Counter, Account) as rt:
         for ref, query in (
             (rt.ref(Counter, "ghost"), Counter.value),
@@ -199,8 +198,8 @@ async def test_a_query_on_a_missing_actor_raises_and_creates_nothing(root: Path)
 
 @real_time
 async def test_a_query_finds_an_actor_known_only_to_the_replica(tmp_path: Path) -> None:
-    """On a runtime restored from a replica whose directory predates an actor, a @query still
-    finds the actor in the replica; an actor the replica does not have either is not found."""
+    """A @query finds an actor known only to the replica; one the replica lacks too is not found."""
+    # The runtime is restored from a replica whose directory predates the actor.
     store = actors.DirectoryStore(tmp_path / "replica")
     source, target = tmp_path / "source", tmp_path / "target"
     async with actors.open_runtime(source, types=[Counter], replica=store) as rt:

@@ -53,8 +53,8 @@ class Node(actors.Actor, name="LiveNode"):
 async def test_full_slots_of_senders_to_asleep_actors_do_not_deadlock(
     root: Path, max_awake: int
 ) -> None:
-    """With max_awake=N and N awake actors all sending to new actors at once, every message
-    is applied."""
+    """With max_awake=N and N awake actors all sending to new actors, every message is applied."""
+    # The N awake actors all send at once; none may deadlock waiting for a slot.
     with trio.fail_after(HANG_LIMIT):
         async with actors.open_runtime(
             root, types=[Node], max_awake=max_awake, idle_timeout=5, shutdown_grace=1
@@ -114,8 +114,7 @@ async def callers_waiting_for_slots(root: Path, max_awake: int, release: bool) -
 async def test_callers_waiting_for_a_slot_all_get_through_and_close_does_not_hang(
     root: Path, max_awake: int
 ) -> None:
-    """Several callers waiting for an awake slot all get through once slots free; closing the
-    runtime while callers wait ends their wait instead of hanging."""
+    """Callers waiting for an awake slot all get through, and a close ends their wait."""
     with trio.fail_after(HANG_LIMIT):
         results = await callers_waiting_for_slots(root / "released", max_awake, release=True)
     busy = {f"x{i}": "done" for i in range(max_awake)}
@@ -178,15 +177,14 @@ async def query_while_queued(root: Path, idle_timeout: float) -> None:
 async def test_query_ending_while_a_message_is_queued_does_not_hibernate_the_actor(
     root: Path,
 ) -> None:
-    """A @query finishing while a message is queued does not get the busy actor hibernated;
-    the messages behind it are applied."""
+    """A @query ending while a message is queued does not hibernate the busy actor."""
+    # The messages behind the query are applied.
     with trio.fail_after(HANG_LIMIT):
         await query_while_queued(root, idle_timeout=10)
 
 
 def test_query_ending_while_a_message_is_queued_under_asyncio(root: Path) -> None:
-    """Under asyncio too, a @query finishing while a message is queued does not get the busy
-    actor hibernated."""
+    """On asyncio, a @query ending while a message is queued does not hibernate the busy actor."""
     asyncio.run(asyncio.wait_for(query_while_queued(root, idle_timeout=0.2), 30))
 
 
@@ -196,8 +194,8 @@ def test_query_ending_while_a_message_is_queued_under_asyncio(root: Path) -> Non
 async def test_self_delivery_racing_hibernation_does_not_stall_the_supervisor(
     root: Path,
 ) -> None:
-    """An actor delivering an outbox row to itself while racing hibernation does not deadlock
-    the supervisor: an idle actor still hibernates afterwards."""
+    """An actor's outbox delivery to itself racing hibernation does not deadlock the supervisor."""
+    # An idle actor still hibernates afterwards.
     go = [trio.Event() for _ in range(3)]  # as in query_while_queued
 
     class Napper(actors.Actor, name="LiveNapper"):
@@ -261,8 +259,7 @@ class Relay(actors.Actor, name="LiveRelay"):
 
 
 async def test_failed_outbox_delivery_is_retried_after_a_query(root: Path) -> None:
-    """An outbox row whose delivery failed is retried and arrives even if a query ran on the
-    sender meanwhile."""
+    """A failed outbox delivery is retried and arrives even if a query ran on the sender since."""
     with trio.fail_after(HANG_LIMIT):
         async with actors.open_runtime(root, types=[Relay, Node], idle_timeout=10) as rt:
             target = await rt.spawn(Node, key="b")  # (a query creates no actor)
@@ -320,8 +317,7 @@ async def shared_wake_with_a_cancelled_caller(root: Path, unit: float) -> dict[s
 
 
 async def test_cancelled_caller_does_not_cancel_a_caller_sharing_its_wake_up(root: Path) -> None:
-    """A caller whose wake-up is shared with a cancelled caller does not receive that caller's
-    cancellation: it gets its reply."""
+    """A caller sharing its wake-up with a cancelled caller gets its reply, not the cancellation."""
     with trio.fail_after(HANG_LIMIT):
         out = await shared_wake_with_a_cancelled_caller(root, unit=0.05)
     assert out == {"first": "gave up", "second": "pong"}
@@ -339,8 +335,7 @@ def test_cancelled_caller_does_not_cancel_a_caller_sharing_its_wake_up_asyncio(
 
 
 async def test_slow_on_hibernate_does_not_delay_another_actors_timer(root: Path) -> None:
-    """A slow on_hibernate of one actor does not delay another actor's timer: it fires at its
-    due time."""
+    """A slow on_hibernate of one actor does not delay another actor's timer past its due time."""
     fired: list[float] = []
 
     class Flusher(actors.Actor, name="LiveFlusher"):
@@ -372,8 +367,8 @@ async def test_slow_on_hibernate_does_not_delay_another_actors_timer(root: Path)
 
 
 async def test_timer_whose_wake_failed_fires_once_the_file_opens(root: Path) -> None:
-    """A timer whose wake-up failed (its file briefly unopenable) fires once the problem is
-    fixed, without any new message."""
+    """A timer whose wake-up failed fires once its file opens again, without any new message."""
+    # The file is briefly unopenable.
     fired: list[float] = []
 
     class Pager(actors.Actor, name="LivePager"):

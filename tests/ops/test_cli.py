@@ -176,8 +176,8 @@ def test_ls_json_and_filters(made: Path) -> None:
 
 
 def test_inspect_does_not_wake_or_touch_files(made: Path) -> None:
-    """inspect, ls, sql, dead-letters and status leave every file byte for byte as they were,
-    and create none (no -shm, no -wal)."""
+    """inspect, ls, sql, dead-letters and status leave every file byte for byte and create none."""
+    # Not even a -shm or a -wal.
     before = snapshot(made)
     ok(torpor("inspect", made, "Counter", "alice"))
     ok(torpor("inspect", made, "Sleeper", "s1", "--json"))
@@ -221,8 +221,7 @@ def test_inspect_shows_tables_kv_and_dead_letters(made: Path) -> None:
 
 
 def test_inspect_shows_the_turn_in_flight_and_timers(made: Path) -> None:
-    """A turn suspended in a durable sleep shows with its journaled steps; timers show with
-    their decoded call."""
+    """inspect shows a turn in a durable sleep with its journaled steps, and timers decoded."""
     report = json.loads(ok(torpor("inspect", made, "Sleeper", "s1", "--json")))
     [message] = report["inbox"]
     assert (message["method"], message["args"]) == ("nap", [3600])
@@ -392,8 +391,9 @@ trio.run(main)
 
 
 def test_commands_against_a_running_runtime(fresh: Path, tmp_path: Path) -> None:
-    """With the runtime open elsewhere and alice awake there: inspect says so in one line,
-    ls and status see it, sql skips her, and replay refuses (the runtime holds LOCK)."""
+    """Against a runtime open elsewhere, inspect, ls, status and sql work and replay refuses."""
+    # alice is awake in the other runtime: inspect says so in one line, ls and status see her, sql
+    # skips her, and replay refuses because that runtime holds LOCK.
     script = tmp_path / "holder.py"
     script.write_text(HOLDER)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -440,7 +440,8 @@ def _blocks(kind: str) -> list[str]:
 
 
 def test_howto_commands_run(tmp_path: Path) -> None:
-    """Every command in docs/howto/cli.md's sh blocks runs (after the page's Python program)."""
+    """Each command in docs/howto/replication.md's sh blocks runs in order and does as it says."""
+    # They run after the page's first program, with the time it printed.
     [program] = _blocks("python")
     (tmp_path / "make_agents.py").write_text(program)
     done = subprocess.run(

@@ -171,8 +171,8 @@ def inspect_json(root: Path, key: str, type_name: str = "tests.Notebook") -> dic
 
 
 def test_restore_rebuilds_the_runtime_and_it_opens(made: Made, tmp_path: Path) -> None:
-    """restore into a new directory: every actor's files, then the runtime opens there and
-    has the latest state (the turn in flight still waiting)."""
+    """restore into a new directory rebuilds every actor, and the runtime opens there up to date."""
+    # The runtime has the latest state, with the turn in flight still waiting.
     target, replica = tmp_path / "restored", replica_copy(made, tmp_path)
     out = ok(torpor("restore", target, "--replica", replica))
     assert out.startswith(f"restored {target} (the latest state): 2 actors")
@@ -196,8 +196,8 @@ def test_restore_rebuilds_the_runtime_and_it_opens(made: Made, tmp_path: Path) -
 
 
 def test_restore_at_a_point_in_time(made: Made, tmp_path: Path) -> None:
-    """--at (epoch seconds or ISO-8601) restores the state as it was then: bob did not exist
-    yet and alice had two notes."""
+    """restore --at (epoch seconds or ISO-8601) restores the state as it was at that time."""
+    # Then, bob did not exist yet and alice had two notes.
     iso = dt.datetime.fromtimestamp(made.middle, dt.UTC).isoformat().replace("+00:00", "Z")
     for at in (str(made.middle), iso):
         target = tmp_path / f"at-{len(at)}"
@@ -213,8 +213,8 @@ def test_restore_at_a_point_in_time(made: Made, tmp_path: Path) -> None:
 
 
 def test_restore_refuses_a_target_that_is_not_empty(made: Made, tmp_path: Path) -> None:
-    """A directory holding a runtime, or anything, is refused and left as it was; so is a
-    missing replica or a time before the history; nothing is left behind."""
+    """restore refuses a non-empty target, a missing replica or a time before the history."""
+    # A target holding a runtime, or anything, is left as it was, and nothing is left behind.
     err = failed(torpor("restore", made.root, "--replica", made.replica), 1)
     assert "already holds a runtime (directory.db)" in err and "--actor TYPE KEY" in err
     cluttered = tmp_path / "cluttered"
@@ -236,8 +236,8 @@ def test_restore_refuses_a_target_that_is_not_empty(made: Made, tmp_path: Path) 
 
 
 def test_replica_options_are_checked(made: Made, tmp_path: Path) -> None:
-    """No replica, two replicas, an S3 option with a directory, or a time without its zone
-    are usage errors (status 2)."""
+    """Missing, doubled or mixed replica options, or a zoneless time, are usage errors (exit 2)."""
+    # No replica, two replicas, an S3 option with a directory, or a time without its zone.
     target = tmp_path / "t"
     assert "--replica DIR or --s3-bucket" in failed(torpor("restore", target), 2)
     both = torpor("restore", target, "--replica", made.replica, "--s3-bucket", "b")
@@ -253,8 +253,8 @@ def test_replica_options_are_checked(made: Made, tmp_path: Path) -> None:
 
 
 def test_progress_bar_only_on_a_terminal(made: Made, tmp_path: Path) -> None:
-    """On a terminal, stderr shows a bar redrawn with \\r; piped, stderr stays empty; the
-    summary line is printed either way."""
+    """The progress bar is drawn only on a terminal; the summary line is printed either way."""
+    # On a terminal the bar is redrawn with \r; piped, stderr stays empty.
     done = torpor("restore", tmp_path / "piped", "--replica", made.replica)
     assert ok(done).startswith("restored ") and done.stderr == ""
 
@@ -285,8 +285,8 @@ def test_progress_bar_only_on_a_terminal(made: Made, tmp_path: Path) -> None:
 
 
 def test_restore_one_actor_into_the_closed_runtime(fresh: Made) -> None:
-    """--actor --at puts alice back as she was at that time (her previous files kept aside,
-    pending so that she wakes); bob is untouched."""
+    """restore --actor --at puts alice back as she was at that time, and leaves bob untouched."""
+    # Her previous files are kept aside, and she is pending so that she wakes.
     out = ok(
         torpor(
             "restore",
@@ -359,8 +359,8 @@ def test_restore_of_an_actor_the_replica_lacks(fresh: Made) -> None:
 
 
 def test_restore_and_fork_refuse_while_the_runtime_is_open(fresh: Made) -> None:
-    """With the runtime open (it holds LOCK), restore --actor and fork refuse and change
-    nothing."""
+    """restore --actor and fork refuse and change nothing while the runtime is open."""
+    # The open runtime holds LOCK.
 
     async def attempt(rt: actors.Runtime) -> list[subprocess.CompletedProcess[str]]:
         await book(rt, "bob").ask(Notebook.add, "again")
@@ -388,8 +388,8 @@ def test_restore_and_fork_refuse_while_the_runtime_is_open(fresh: Made) -> None:
 
 
 def test_fork_at_a_point_in_time(fresh: Made) -> None:
-    """fork --at makes a new actor with alice's past state; once the runtime is open, the
-    fork answers with it while alice keeps her current state."""
+    """fork --at makes a new actor with alice's past state, while alice keeps her current state."""
+    # Once the runtime is open, the fork answers with that past state.
     out = ok(
         torpor(
             "fork",
@@ -423,8 +423,9 @@ def test_fork_at_a_point_in_time(fresh: Made) -> None:
 
 
 def test_fork_does_not_run_the_originals_queued_work(fresh: Made) -> None:
-    """Forking the latest state: alice's nap in flight becomes a dead letter of the fork (it
-    does not run by surprise; replaying it runs it), and her reminder is not kept."""
+    """A fork of the latest state has the original's turn in flight as a dead letter, not a run."""
+    # Here alice's nap in flight: it does not run by surprise, replaying the dead letter runs it,
+    # and her reminder is not kept.
     report = json.loads(
         ok(
             torpor(
@@ -513,9 +514,9 @@ def test_fork_keep_timers(fresh: Made) -> None:
 
 
 def test_fork_leaves_unsent_messages_to_the_original(made: Made, tmp_path: Path) -> None:
-    """Of the messages the original had yet to send, the fork keeps none: one to another
-    actor stays the original's to send, one to herself (a timer's firing) becomes a dead
-    letter of the fork."""
+    """A fork sends none of the original's unsent messages: they stay hers or are dead letters."""
+    # One to another actor stays the original's to send; one to herself (a timer's firing) becomes a
+    # dead letter of the fork.
     folder = tmp_path / "fork"
     restore_actor_files(
         actors.DirectoryStore(made.replica), actor_id("tests.Notebook", "alice"), folder
@@ -548,8 +549,8 @@ def test_fork_leaves_unsent_messages_to_the_original(made: Made, tmp_path: Path)
 
 
 def test_restore_from_s3(s3_credentials: S3Server, tmp_path: Path) -> None:
-    """The --s3-* options name an S3Store (credentials from the environment, as boto3 finds
-    them): a runtime replicated to SeaweedFS is restored from it."""
+    """The --s3-* options name an S3Store: a runtime replicated to SeaweedFS is restored from it."""
+    # Credentials come from the environment, as boto3 finds them.
     server, prefix = s3_credentials, f"cli-{uuid.uuid4().hex[:12]}"
     store = actors.S3Store(
         server.bucket,
@@ -585,9 +586,9 @@ def test_restore_from_s3(s3_credentials: S3Server, tmp_path: Path) -> None:
 
 
 def test_restore_of_an_actor_another_runtime_wrote_is_refused(made: Made, tmp_path: Path) -> None:
-    """In a runtime restored elsewhere (its own runtime id), restoring alice's past with --at
-    is refused (the next wake-up would fetch the original's latest over it); forking her past
-    into a new key works there."""
+    """In a runtime restored elsewhere, restore --at of an actor's past is refused; fork works."""
+    # Here alice, in a runtime with its own runtime id: the next wake-up would fetch the original's
+    # latest over the restored past. Forking her past into a new key works there.
     target, replica = tmp_path / "elsewhere", replica_copy(made, tmp_path)
     ok(torpor("restore", target, "--replica", replica))
     args = ("--replica", replica, "--at", str(made.middle))
@@ -621,8 +622,8 @@ def _blocks(kind: str) -> list[str]:
 
 
 def test_howto_commands_run(tmp_path: Path) -> None:
-    """Every command in docs/howto/replication.md's sh blocks runs, in order, after the page's
-    first program (with the time it printed), and does what the page says."""
+    """Each command in docs/howto/replication.md's sh blocks runs in order and does as it says."""
+    # They run after the page's first program, with the time it printed.
     program = _blocks("python")[0]
     (tmp_path / "assistant.py").write_text(program)
     done = subprocess.run(

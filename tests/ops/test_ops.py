@@ -33,8 +33,7 @@ def own_copy(made: Made, tmp_path: Path) -> Made:
 
 
 def test_restore_runtime_reports_its_counts_and_progress(made: Made, tmp_path: Path) -> None:
-    """A whole restore says it is starting once, then reports each actor done, and returns
-    the counts of its record."""
+    """A whole restore says it starts once, reports each actor done, and returns its counts."""
     calls: list[object] = []
     store = actors.DirectoryStore(made.replica)
     try:
@@ -52,8 +51,8 @@ def test_restore_runtime_reports_its_counts_and_progress(made: Made, tmp_path: P
 
 
 def test_restore_to_read_fetches_the_selected_actors_only(made: Made, tmp_path: Path) -> None:
-    """A read from the replica fetches directory.db and the files of the actors of a type whose
-    key has the prefix, saying each before fetching it; nothing else."""
+    """A read from the replica fetches directory.db and the selected actors' files, nothing else."""
+    # Selected: the actors of a type whose key has the prefix; each is announced before its fetch.
     seen: list[tuple[str, str, str]] = []
     store = actors.DirectoryStore(made.replica)
     try:
@@ -100,8 +99,8 @@ def test_fork_actor_refuses_a_key_the_runtime_refuses(made: Made, tmp_path: Path
 
 
 def test_fork_actor_returns_what_it_left_out(made: Made, tmp_path: Path) -> None:
-    """A fork's record names the new actor and what it left out; the fork is not pending, and
-    wakes for none of the original's timers when it keeps none."""
+    """A fork's record names the new actor and what it left out; the fork is not pending."""
+    # Keeping none of the original's timers, it wakes for none of them.
     mine = own_copy(made, tmp_path)
     store = actors.DirectoryStore(mine.replica)
     try:

@@ -377,8 +377,8 @@ class _StuckFor(FlakyStore):
 
 @real_time
 async def test_a_send_leaves_only_once_its_turn_is_in_the_replica(tmp_path: Path) -> None:
-    """A message an actor sends is delivered only once the turn that sent it is in the replica,
-    so a machine lost meanwhile never leaves a receiver holding a message its sender lost."""
+    """A message an actor sends is delivered only once the turn that sent it is in the replica."""
+    # So a machine lost meanwhile never leaves a receiver holding a message its sender lost.
     replica = actors.DirectoryStore(tmp_path / "replica")
     lost, late = (f"actors/{actor_id('EoRelay', k)}/data.db" for k in ("a", "c"))
     store = _StuckFor(replica, {lost, late})  # neither relay's data.db reaches the store
@@ -407,9 +407,10 @@ async def test_a_send_leaves_only_once_its_turn_is_in_the_replica(tmp_path: Path
 async def test_a_restored_machine_does_not_open_an_unknown_actor_empty_while_the_store_is_down(
     tmp_path: Path,
 ) -> None:
-    """On a machine restored from the replica, an actor that is not here cannot be told apart
-    from one only in the replica while the store is down: its message fails with a typed
-    error, and once the store is back it opens with its replicated state."""
+    """While the store is down, a message to an actor unknown here fails with a typed error."""
+    # On a machine restored from the replica, an actor not here cannot be told apart from one only
+    # in the replica while the store is down; once the store is back, it opens with its replicated
+    # state.
     replica = actors.DirectoryStore(tmp_path / "replica")
     async with actors.open_runtime(
         tmp_path / "m1", types=[Inbox, Relay], replica=replica, replication=FAST

@@ -167,9 +167,9 @@ NOTES = {"n1": ["hello", "w\u00f6rld"], "n2": ["x" * 5000, "y" * 9000]}
 
 @real_time
 async def test_round_trip_onto_an_empty_directory(make_store: MakeStore, tmp_path: Path) -> None:
-    """Close a runtime gracefully; a new runtime on an empty directory, pointed at the same
-    replica, has every actor's state, and each restored data.db is the source's byte for
-    byte."""
+    """An empty directory on a closed runtime's replica gets every actor's state, byte for byte."""
+    # The source runtime is closed gracefully; every actor's state is there, and each restored
+    # data.db is the source's byte for byte.
     source, target = tmp_path / "source", tmp_path / "target"
     expected: dict[tuple[str, str], object] = {}
     async with open_rt(source, make_store("replica")) as rt:
@@ -227,8 +227,8 @@ async def test_round_trip_onto_an_empty_directory(make_store: MakeStore, tmp_pat
 async def test_lost_actor_files_are_restored_on_the_next_message(
     store: actors.DirectoryStore, tmp_path: Path
 ) -> None:
-    """An actor whose folder was emptied while the runtime was closed comes back from the
-    replica on its next message, with its state, and goes on; the others are untouched."""
+    """An actor whose folder was emptied while closed is restored from the replica when messaged."""
+    # It has its state and goes on; the other actors are untouched.
     root = tmp_path / "rt"
     async with open_rt(root, store, idle_timeout=0.2) as rt:
         for key in "xyz":
@@ -260,9 +260,9 @@ BATCHES = [[1, 2], [3], [4, 5, 6], [7]]
 
 @real_time
 async def test_point_in_time_restore(make_store: MakeStore, tmp_path: Path) -> None:
-    """Between batches of writes, note the time and the replica's txid; restoring at that
-    time, or at that txid, gives exactly the state after the batch: while the runtime runs
-    (the chain's tail is in its log) and after it closed (an earlier generation)."""
+    """A restore at a noted time or txid gives exactly the state after that batch of writes."""
+    # Time and txid are noted between batches of writes. Checked while the runtime runs (the chain's
+    # tail is in its log) and after it closed (an earlier generation).
     store = make_store("replica")
     start = time.time()
     offset = [0.0]  # the runtime's clock: wall time, moved on by hand between batches
@@ -320,9 +320,9 @@ async def test_point_in_time_restore(make_store: MakeStore, tmp_path: Path) -> N
 @pytest.mark.parametrize("a_state", ["awake", "hibernated"])
 @real_time
 async def test_zombie_writer_is_fenced(make_store: MakeStore, tmp_path: Path, a_state: str) -> None:
-    """Runtime B takes actor X over from runtime A (both open, one replica): B restores A's
-    replicated state; A's next write to X stops X in A (fenced, reported), and the replica
-    keeps B's history only."""
+    """When runtime B takes an actor over from A, A's next write is fenced; B's history is kept."""
+    # Both runtimes are open on one replica; B restores A's replicated state; A's next write stops
+    # the actor in A (fenced, reported), and the replica keeps B's history only.
     a_idle = 60.0 if a_state == "awake" else 0.2
     async with open_rt(tmp_path / "a", make_store("replica"), idle_timeout=a_idle) as rt_a:
         xa = rt_a.ref(Counter, "x")
@@ -374,9 +374,9 @@ async def test_zombie_writer_is_fenced(make_store: MakeStore, tmp_path: Path, a_
 async def test_an_old_directory_reopened_does_not_override_newer_replica(
     store: actors.DirectoryStore, tmp_path: Path
 ) -> None:
-    """Machine A closes; machine B restores from the replica and acknowledges a write; A's
-    directory is opened again: the write B acknowledged must not be lost (A restores the
-    newer state, or refuses with a clear error)."""
+    """An old directory reopened never loses a write that another machine has since acknowledged."""
+    # Machine A closes; B restores from the replica and acknowledges a write; A's directory opened
+    # again either restores the newer state or refuses with a clear error.
     async with open_rt(tmp_path / "a", store, idle_timeout=0.2) as rt:
         assert await rt.ref(Counter, "x").ask(Counter.incr, 1) == 1
     async with open_rt(tmp_path / "b", store, idle_timeout=0.2) as rt:
@@ -409,10 +409,9 @@ async def test_an_old_directory_reopened_does_not_override_newer_replica(
 async def test_store_down_then_back(
     store: actors.DirectoryStore, tmp_path: Path, idle_timeout: float
 ) -> None:
-    """While the store is unreachable actors keep answering and statistics show the outage
-    (errors, files behind, a growing lag); once it is back, everything catches up and a
-    fresh restore has every write. With a short idle timeout, actors also hibernate during
-    the outage."""
+    """Actors keep answering in a store outage, which statistics show, and catch up after it."""
+    # Statistics show errors, files behind and a growing lag; afterwards a fresh restore has every
+    # write. With a short idle timeout, actors also hibernate during the outage.
     flaky = FlakyStore(store)
     async with open_rt(tmp_path / "rt", flaky, idle_timeout=idle_timeout) as rt:
         old = rt.ref(Counter, "old")
@@ -464,8 +463,7 @@ async def test_store_down_then_back(
 async def test_durable_reply_waits_for_the_replica(
     store: actors.DirectoryStore, tmp_path: Path
 ) -> None:
-    """A durable actor's reply is held while the store is down, and comes once it is back;
-    a non-durable actor answers meanwhile."""
+    """A durable actor's reply waits out a store outage; a non-durable actor answers meanwhile."""
     flaky = FlakyStore(store)
     async with open_rt(tmp_path / "rt", flaky) as rt:
         d = rt.ref(Durable, "d")
@@ -492,8 +490,9 @@ async def test_durable_reply_waits_for_the_replica(
 async def test_durable_reply_comes_after_a_restart_or_outage(
     store: actors.DirectoryStore, tmp_path: Path, how: str
 ) -> None:
-    """A durable actor answers once its commit is replicated: on its first message after
-    the runtime was reopened, and when it was first woken while the store was down."""
+    """A durable actor answers once its commit is replicated, after a reopen or an outage wake."""
+    # The two cases: its first message after the runtime was reopened, and its first wake-up while
+    # the store was down.
     flaky = FlakyStore(store)
     root = tmp_path / "rt"
     if how == "restarted":
@@ -516,8 +515,8 @@ async def test_durable_reply_comes_after_a_restart_or_outage(
 async def test_a_durable_retry_after_a_restart_is_acknowledged_once_replicated(
     store: actors.DirectoryStore, tmp_path: Path, call: str
 ) -> None:
-    """A durable send or ask retried with its idempotency key after the runtime restarted is
-    acknowledged only once the first one is in the replica, not at once from the local files."""
+    """A durable retry after a restart is acked only once the first one is in the replica."""
+    # A send or an ask retried with its idempotency key: the local files alone never acknowledge it.
     flaky = FlakyStore(store)
     root = tmp_path / "rt"
 
@@ -551,8 +550,8 @@ async def test_a_durable_retry_after_a_restart_is_acknowledged_once_replicated(
 async def test_writes_after_a_restore_replicate_while_the_actor_stays_awake(
     store: actors.DirectoryStore, tmp_path: Path
 ) -> None:
-    """After a runtime reopens (or restores onto a fresh directory), an actor's writes reach
-    the replica within the replication delay, not only when it hibernates."""
+    """After a reopen or restore, an awake actor's writes reach the replica within the delay."""
+    # Not only when it hibernates; a restore onto a fresh directory is checked as well as a reopen.
     async with open_rt(tmp_path / "a", store) as rt:
         assert await rt.ref(Counter, "x").ask(Counter.incr, 1) == 1
     async with open_rt(tmp_path / "b", store) as rt:
@@ -598,10 +597,10 @@ def corrupt(db: Path, where: str) -> None:
 @pytest.mark.parametrize("where", ["header", "pages"])
 @real_time
 async def test_corrupt_local_file(store: actors.DirectoryStore, tmp_path: Path, where: str) -> None:
-    """A hibernated actor's data.db corrupted on disk while the runtime was closed: its next
-    message gets a typed CorruptFileError, or the actor is restored from the replica (what
-    this runtime does: it reports it). Then, with its files deleted, the next message
-    restores it from the replica with its last replicated state."""
+    """A hibernated actor's corrupt or deleted data.db is restored from the replica."""
+    # Corrupted on disk while the runtime was closed, the next message may get a typed
+    # CorruptFileError or the restored actor (what this runtime does: it reports it). With its files
+    # deleted, the next message restores its last replicated state.
     root = tmp_path / "rt"
     async with open_rt(root, store, idle_timeout=0.2) as rt:
         for by in (1, 2, 3):
@@ -638,8 +637,8 @@ async def test_corrupt_local_file(store: actors.DirectoryStore, tmp_path: Path, 
 
 @real_time
 async def test_corruption_found_by_a_handler(store: actors.DirectoryStore, tmp_path: Path) -> None:
-    """Corruption in a page that only a handler reads: the handler's caller gets a typed
-    CorruptFileError (or the replicated state), and the replica keeps a sound file."""
+    """Corruption a handler meets raises CorruptFileError to its caller; the replica stays sound."""
+    # The bad page is one only a handler reads; the caller may instead get the replicated state.
     root = tmp_path / "rt"
     async with open_rt(root, store, idle_timeout=0.2) as rt:
         for by in (1, 2, 3):

@@ -35,8 +35,7 @@ class Sender(actors.Actor):
 
 
 async def test_messages_between_actors_survive_a_restore(tmp_path: Path) -> None:
-    """Messages one actor sent another are all there, once each, on a machine restored from
-    the replica."""
+    """A machine restored from the replica has every message between actors, once each."""
     store = actors.DirectoryStore(tmp_path / "replica")
     async with actors.open_runtime(
         tmp_path / "a", types=[Sender, Inbox], replica=store, idle_timeout=5.0
@@ -100,8 +99,8 @@ def outbox_rows(rt: actors.Runtime, ref: actors.Ref[Any]) -> int:
 
 @pytest.mark.real_clock
 async def test_an_outbox_row_stays_until_its_delivery_is_replicated(tmp_path: Path) -> None:
-    """A sender keeps a delivered outbox row until the receiver's copy is in the replica, so
-    a restore from the replica then never loses the message."""
+    """A sender keeps a delivered outbox row until the receiver's copy is in the replica."""
+    # So a restore from the replica then never loses the message.
     store = Flaky(tmp_path / "replica")
     # The receivers' files cannot be claimed or snapshotted: what they receive stays local.
     store.stuck = {f"actors/{actor_id('Inbox', f'in{k}')}/" for k in range(3)}

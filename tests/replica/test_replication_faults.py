@@ -57,10 +57,10 @@ async def until(condition: Callable[[], bool], what: str, within: float = 15.0) 
 
 @pytest.mark.real_clock
 async def test_a_log_object_landing_while_manifests_fail(tmp_path: Path) -> None:
-    """A log object left pending by an outage lands while manifest requests still fail (S3
-    throttles per prefix), with one of its files' manifests in doubt: the runtime goes on,
-    and once the store is back every write is replicated (found by review: the retry of a
-    half-recorded log object raised 'shipped out of order' and took the runtime down)."""
+    """A log object landing while manifests fail leaves the runtime up, and every write ships."""
+    # The log object was left pending by an outage, and lands while manifest requests still fail (S3
+    # throttles per prefix), with one of its files' manifests in doubt. The retry of a half-recorded
+    # log object once raised 'shipped out of order' and took the runtime down.
     store = ScriptedStore(tmp_path / "replica")
     options = actors.Replication(min_delay=0.3, max_delay=0.3)
     async with actors.open_runtime(

@@ -96,8 +96,8 @@ async def applied(rt: actors.Runtime) -> set[int]:
 async def test_a_restart_during_an_outage_catches_up_once_the_store_is_back(
     tmp_path: Path,
 ) -> None:
-    """After a restart during a store outage, with actor-to-actor sends and a small max_awake,
-    every acknowledged message is applied and replicated() returns once the store is back."""
+    """After a restart in an outage, every acked message applies and replicates once it ends."""
+    # With actor-to-actor sends and a small max_awake; replicated() returns once the store is back.
     store = FlakyStore(actors.DirectoryStore(tmp_path / "replica"))
     store.latency = LATENCY
     root = tmp_path / "rt"

@@ -20,9 +20,9 @@ class A(actors.Actor, name="A"):
 
 @pytest.mark.real_clock
 async def test_log_retention_keeps_what_the_directory_chain_needs(tmp_path: Path) -> None:
-    """Log objects older than the retention are deleted, but not while a file's current chain
-    (here directory.db's, which never hibernates) still names them: that file is
-    snapshotted first. Every actor created over a run longer than the retention restores."""
+    """Retention deletes old log objects, but not while a file's current chain still names them."""
+    # directory.db never hibernates, so its chain is snapshotted first; every actor created over a
+    # run longer than the retention restores.
     store = actors.DirectoryStore(tmp_path / "bucket")
     options = actors.Replication(retention=0.6, max_delay=0.05, min_delay=0.01)
     async with actors.open_runtime(
@@ -42,8 +42,8 @@ async def test_log_retention_keeps_what_the_directory_chain_needs(tmp_path: Path
 
 
 async def test_a_failed_actor_restore_leaves_the_local_files(tmp_path: Path) -> None:
-    """A restore to a point the replica cannot reach raises and leaves the actor's files as
-    they were, with no staging folder behind."""
+    """A restore to a point the replica cannot reach raises and leaves the actor's files as is."""
+    # No staging folder is left behind.
     store = actors.DirectoryStore(tmp_path / "bucket")
     async with actors.open_runtime(tmp_path / "rt", types=[A], replica=store) as rt:
         await rt.ref(A, "x").ask(A.incr)

@@ -93,8 +93,8 @@ WORKLOAD_BOUND = 30.0
 async def test_one_runtime_never_fences_itself_while_actors_hibernate_and_wake(
     make_store: MakeStore, tmp_path: Path
 ) -> None:
-    """A runtime alone on its replica never reports its own actors fenced, never stops them,
-    and every ask returns, while actors hibernate and wake quickly under a stream of messages."""
+    """A runtime alone on its replica never fences or stops its own actors; every ask returns."""
+    # Under a stream of messages, with actors hibernating and waking quickly.
     async with actors.open_runtime(
         tmp_path / "rt",
         types=[Relay],
@@ -218,8 +218,8 @@ class HeldStore(actors.ReplicaStore):
 
 @pytest.mark.real_clock
 async def test_an_ask_to_an_actor_stopped_as_fenced_fails_at_once(tmp_path: Path) -> None:
-    """An ask to an actor that another runtime took over fails at once with a typed error
-    (ActorStoppedError or FencedError), even while the fenced actor is still closing."""
+    """An ask to an actor another runtime took over fails at once with a typed error."""
+    # ActorStoppedError or FencedError, even while the fenced actor is still closing.
     replica = tmp_path / "replica"
     store_a = HeldStore(actors.DirectoryStore(replica))
     store_b = HeldStore(actors.DirectoryStore(replica))

@@ -180,8 +180,9 @@ def test_runtime_and_ref_are_final_and_the_package_is_typed() -> None:
 
 
 def test_every_public_name_and_member_has_a_docstring() -> None:
-    """Each public class and function of actors and actors.testing, and each public method and
-    property of a public class, says what it does (the reference page is made of these)."""
+    """Each public name and public member of actors and actors.testing has a docstring."""
+    # Each public class and function, and each public method and property of a public class; the
+    # reference page is made of these docstrings.
     import inspect
 
     import actors.testing

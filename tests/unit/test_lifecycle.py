@@ -103,8 +103,8 @@ def test_a_failure_while_hibernating_ends_like_one_while_awake() -> None:
 
 
 def test_a_lifecycle_changes_only_as_the_table_says_and_tells_its_listener() -> None:
-    """Lifecycle.fire moves along the table, tells the listener, and refuses an impossible event
-    without changing state."""
+    """Lifecycle.fire moves along the table, tells the listener, and refuses an impossible event."""
+    # A refused event leaves the state unchanged.
     seen: list[tuple[State, Event, State, str | None]] = []
     life = Lifecycle(State.HIBERNATED, lambda *change: seen.append(change))
     assert life.fire(Event.WAKE) is State.WAKING
@@ -119,9 +119,9 @@ def test_a_lifecycle_changes_only_as_the_table_says_and_tells_its_listener() -> 
 
 
 def test_nothing_but_the_state_tables_owners_write_a_state() -> None:
-    """No code of the engine assigns a ``.state`` attribute, except the one writer of each
-    table: an actor's ``Lifecycle`` (which keeps its own) and a tracked file's ``_File.advance``
-    in replica/ (and its constructor), so neither state can change off its table."""
+    """No engine code assigns a .state attribute except the one writer of each state table."""
+    # The writers: an actor's Lifecycle (which keeps its own) and a tracked file's _File.advance in
+    # replica/ (and its constructor), so neither state can change off its table.
     root = Path(__file__).resolve().parents[2] / "runtime"
     allowed = {
         ("replica/shipper.py", "_File", "__init__"),
