@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 LOAD_CHUNK = 512
 #: Messages held in memory per actor at most; beyond, they wait in ``mailbox.db`` only.
 QUEUE_CAP = 1024
-#: Applied inbox rows are deleted in batches of this many (DESIGN §8: batch the cleanup).
+#: Applied inbox rows are deleted in batches of this many (the cleanup is batched).
 CLEANUP_EVERY = 256
 
 

@@ -1,8 +1,9 @@
 """Delivery: messages into mailboxes, and the calls that read or wait on them.
 
 :class:`Delivery` validates and encodes a call (``encode_call``), stores a message in its
-target's ``mailbox.db`` (through the open mailbox of an awake actor, or the file of a hibernated
-one, which is then woken), waits for an ask's reply, runs a ``@query`` on a read-only connection,
+target's ``mailbox.db`` (through the open mailbox of an awake actor, which ``send`` wakes first
+if needed; or the closed file of a stopped actor, or of an outbox row's target when no awake slot
+is free, woken later), waits for an ask's reply, runs a ``@query`` on a read-only connection,
 delivers an outbox row from one actor to another (deduplicated by the sender's cursor), and
 writes the outbox rows of ``self.send`` / ``self.spawn`` / ``self.schedule`` inside a turn. It
 asks :class:`~runtime.residency.Residency` for awake actors; it never opens or closes one itself.

@@ -1,4 +1,6 @@
-"""Durable steps inside a turn (DESIGN §4): journaled effects, values, waits and asks.
+"""Durable steps inside a turn: journaled effects, values, waits and asks.
+
+(For users: docs/explanation/turns.md, "Steps: effects that must not run twice".)
 
 Every durable call of a handler (``self.step``, ``self.now``, ``self.sleep``, ``self.ask``, ...)
 gets the next *step number* of its turn when it is called, not when it is awaited, so that steps

@@ -1,12 +1,12 @@
 """One turn: a batch of an actor's messages applied in one ``data.db`` transaction.
 
-This is the commit point of DESIGN §4. :class:`Batch` takes the queued messages in seq order, runs
-up to ``MAX_BATCH`` of them in one transaction (a savepoint each but the first), and commits, with
-the user's writes, ``applied_seq``, the senders' cursors, the outbox rows and stored results.
-Replies are released only after that commit (and, for a durable type with a replica, once the
-commit is in the replica). A handler that raises rolls back its savepoint; the message is retried
-with backoff (blocking the actor's later messages, to keep per-sender order) and then
-dead-lettered (:func:`fail`).
+This is the commit point (docs/explanation/turns.md, "A turn is one transaction"). :class:`Batch`
+takes the queued messages in seq order, runs up to ``MAX_BATCH`` of them in one transaction (a
+savepoint each but the first), and commits, with the user's writes, ``applied_seq``, the senders'
+cursors, the outbox rows and stored results. Replies are released only after that commit (and, for a
+durable type with a replica, once the commit is in the replica). A handler that raises rolls back
+its savepoint; the message is retried with backoff (blocking the actor's later messages, to keep
+per-sender order) and then dead-lettered (:func:`fail`).
 
 Messages read back from ``mailbox.db`` at wake-up (rather than appended by this process) may have
 been running when a previous process died. They run one per transaction, and each start is
@@ -53,7 +53,7 @@ from .replica.shipper import ReplicatedActor
 from .spec import HandlerSpec
 from .steps import Interrupted, SplitBatch, Suspended, TurnState
 
-#: Messages applied in one ``data.db`` transaction at most (group commit, DESIGN §8).
+#: Messages applied in one ``data.db`` transaction at most (group commit: docs/benchmarks.md).
 MAX_BATCH = 128
 
 #: Sender of the durable notice a parent gets when a child is stopped.

@@ -3,7 +3,7 @@
 The runtime tables (``_torpor_*``) hold the applied-message cursor, the outbox and the stored
 results of idempotent calls. Users' statements may read them but not change them: an authorizer
 refuses writes to ``_torpor_*`` tables and any transaction control, because a turn is exactly one
-transaction that the runtime opens and commits (DESIGN §4).
+transaction that the runtime opens and commits (docs/explanation/turns.md).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Opening SQLite files the way every torpor file is opened, and schema versions.
 
-apsw runs statements lazily (DESIGN §8): settings go through ``Connection.pragma`` one at a time,
+apsw runs statements lazily: settings go through ``Connection.pragma`` one at a time,
 and each one is read back, so a setting that did not take effect is an error, not a surprise.
 """
 

@@ -1,9 +1,9 @@
 """``mailbox.db``: an actor's pending messages, sender cursors, idempotency keys, dead letters.
 
 It is a file of its own so that senders can append at any time while a turn holds its write
-transaction on ``data.db`` (DESIGN §3). Whether a message was applied is not recorded here but in
-``data.db`` (``applied_seq``), atomically with the turn's effects; inbox rows at or below that
-cursor are garbage, removed in batches.
+transaction on ``data.db`` (docs/explanation/turns.md, "The files of one actor"). Whether a message
+was applied is not recorded here but in ``data.db`` (``applied_seq``), atomically with the turn's
+effects; inbox rows at or below that cursor are garbage, removed in batches.
 """
 
 from __future__ import annotations
@@ -57,8 +57,9 @@ _MIGRATIONS = (
         failed_at REAL NOT NULL
     );
     """,
-    # Durable steps (DESIGN §4): the journal of the turns in flight, keyed by (message, step
-    # number), the events (signals) delivered to the actor, and a turn cancelled through the API.
+    # Durable steps (docs/explanation/turns.md, "Steps"): the journal of the turns in flight, keyed
+    # by (message, step number), the events (signals) delivered to the actor, and a turn cancelled
+    # through the API.
     """
     CREATE TABLE journal(
         seq INTEGER NOT NULL,

@@ -1,4 +1,6 @@
-"""Replication of a runtime's files to a replica store, wired into the runtime (DESIGN §6).
+"""Replication of a runtime's files to a replica store, wired into the runtime.
+
+(How it works, for users: docs/explanation/replication.md.)
 
 One :class:`ReplicationEngine` per open runtime, when ``open_runtime(replica=...)`` is given:
 
@@ -1228,7 +1230,7 @@ class ReplicationEngine:
 
     async def _acknowledge(self) -> bool:
         """Read the fences, write the manifests due, acknowledge: only commits shipped before
-        a fences read that does not name their file are acknowledged (DESIGN §6, log.py)."""
+        a fences read that does not name their file are acknowledged (log.py)."""
         try:
             self.stats["requests"] += 1
             fences = await anyio.to_thread.run_sync(

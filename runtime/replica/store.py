@@ -1,8 +1,8 @@
 """The replica store interface: a small sync key-value API over object storage.
 
-Replication (DESIGN §6) needs four requests and two conditions: ``get``, ``put`` (plain,
-create-only, or compare-and-swap on an ETag), ``delete``, and ``list`` for admin tools only. Every
-implementation (:class:`~runtime.replica.directory_store.DirectoryStore`,
+Replication (docs/explanation/replication.md) needs four requests and two conditions: ``get``,
+``put`` (plain, create-only, or compare-and-swap on an ETag), ``delete``, and ``list`` for admin
+tools only. Every implementation (:class:`~runtime.replica.directory_store.DirectoryStore`,
 :class:`~runtime.replica.s3_store.S3Store`) passes the same conformance suite
 (``tests/replica/test_replica_store.py``), so the replicator can be tested on either.
 

@@ -1,9 +1,9 @@
 """Committed WAL frames as segments: read SQLite's WAL, keep what committed, pack it, apply it.
 
-The building block of replication (DESIGN §6), free of I/O to the replica: the replicator asks
-SQLite how many frames are committed, calls :func:`committed_frames` for the frames it has not
-shipped yet (``None`` when there are none), writes ``encode_segment(batch.segment())`` to the
-store, and remembers ``batch.end`` (a :class:`WalPosition`) to continue the checksum chain next
+The building block of replication (docs/explanation/replication.md), free of I/O to the replica: the
+replicator asks SQLite how many frames are committed, calls :func:`committed_frames` for the frames
+it has not shipped yet (``None`` when there are none), writes ``encode_segment(batch.segment())`` to
+the store, and remembers ``batch.end`` (a :class:`WalPosition`) to continue the checksum chain next
 time. Restore is ``apply_segment`` of every segment, in order, onto a copy of the snapshot.
 
 **The WAL file** (https://sqlite.org/fileformat2.html#walformat). A 32-byte header: magic
@@ -16,7 +16,7 @@ continues from the previous frame's (the first frame's from the header's): a cha
 valid when its salts are the header's, its page number is not 0 and the chain holds; SQLite
 itself reads frames up to the first invalid one and keeps them up to the last commit frame.
 
-**Why the committed end comes from SQLite** (DESIGN §8): a transaction larger than the page cache
+**Why the committed end comes from SQLite**: a transaction larger than the page cache
 spills frames into the WAL before it commits, and those frames are valid (right salts, right
 chain, until SQLite rewrites one in place: it repairs the chain at commit) but not committed; a
 rolled-back spill stays in the file until overwritten. So the end is

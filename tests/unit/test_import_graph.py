@@ -107,3 +107,54 @@ def test_the_room_check_sees_an_engine_module_importing_ops() -> None:
     """The room check names an engine module that imports runtime.ops."""
     graph = {"runtime.engine": {"runtime.ops.fork"}, "runtime.ops.fork": set()}
     assert _importers_of("runtime.ops", graph) == {"runtime.engine"}
+
+
+def _rows() -> dict[str, int]:
+    """Each room of docs/explanation/architecture.md's table (``files/``, ``turn.py``, ...) and
+    its row, from the bottom up."""
+    import re
+
+    rows: dict[str, int] = {}
+    text = (ROOT / "docs" / "explanation" / "architecture.md").read_text()
+    table = [line for line in text.splitlines() if line.startswith("| `")]
+    for number, line in enumerate(table):
+        for name in re.findall(r"`([a-z_]+(?:\.py|/))`", line.split("|")[1]):
+            rows[name] = number
+    return rows
+
+
+def _room(module: str) -> str | None:
+    """The table's name for a module of runtime/ (``runtime.files.db`` is ``files/``)."""
+    parts = module.split(".")
+    if parts[0] != "runtime" or len(parts) < 2:
+        return None
+    if len(parts) > 2 or parts[1] in ("files", "replica", "ops", "cli", "bench"):
+        return f"{parts[1]}/"
+    return f"{parts[1]}.py"
+
+
+def _upward(graph: dict[str, set[str]], rows: dict[str, int]) -> list[str]:
+    """The imports of a module from a room listed below its own in the table."""
+    found = []
+    for module, edges in graph.items():
+        here = _room(module)
+        if here is None:
+            continue
+        for target in edges:
+            there = _room(target)
+            if there is not None and rows[there] > rows[here]:
+                found.append(f"{module} -> {target}")
+    return sorted(found)
+
+
+def test_each_room_imports_only_rooms_listed_above_it_in_the_architecture_page() -> None:
+    """Every module of runtime/ has its room in architecture.md, and imports none listed below."""
+    graph, rows = _graph(), _rows()
+    assert sorted({r for m in graph if (r := _room(m)) is not None} - rows.keys()) == []
+    assert _upward(graph, rows) == []
+
+
+def test_the_order_check_names_an_import_from_below() -> None:
+    """The order check names a module that imports one listed below it."""
+    graph = {"runtime.turn": {"runtime.engine"}, "runtime.engine": set()}
+    assert _upward(graph, {"turn.py": 0, "engine.py": 1}) == ["runtime.turn -> runtime.engine"]
