@@ -119,11 +119,18 @@ def test_a_lifecycle_changes_only_as_the_table_says_and_tells_its_listener() -> 
 
 
 def test_nothing_but_the_lifecycle_writes_an_actors_state() -> None:
-    """No module of the engine assigns a ``.state`` attribute: the Lifecycle is its only writer."""
+    """No module of the engine assigns a ``.state`` attribute: the Lifecycle is its only writer
+    (a tracked file's replication state, another table's, is written by ``TrackedFile`` alone)."""
     root = Path(__file__).resolve().parents[2] / "runtime"
     writers = []
     for path in root.rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
+        tree = ast.parse(path.read_text())
+        if path.relative_to(root).as_posix() == "replica/tracking.py":
+            (tracked,) = (
+                n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "TrackedFile"
+            )
+            tree.body.remove(tracked)
+        for node in ast.walk(tree):
             targets: list[ast.expr] = []
             if isinstance(node, ast.Assign):
                 targets = node.targets
