@@ -107,7 +107,7 @@ class Activation:
         self.turn: TurnState | None = None  # the durable state of the message running now
         self.suspended_seq: int | None = None  # a turn rolled back in a journaled wait
         self.arrivals: dict[str, anyio.Event] = {}  # event name -> set when one arrives
-        #: Replication's own record of it (runtime/replica/shipper.py): its tracked files, and
+        #: Replication's own record of it (runtime/replica/tracking.py): its tracked files, and
         #: what waking and hibernating hand over.
         self.replica = ActorReplica()
 

@@ -459,7 +459,7 @@ class Delivery:
         if rep is None or not rep.origin:
             return False
         name = manifest_key(rep.actor_name(aid, DATA_FILE))
-        found = await anyio.to_thread.run_sync(rep._get, name)
+        found = await anyio.to_thread.run_sync(rep.get, name)
         self.rt.check_open()
         return (
             found is not None

@@ -96,7 +96,7 @@ class Engine:
 
     Users hold the facade (``runtime/runtime.py``'s ``Runtime``); refs, activations, turns,
     steps and replication hold this, through the protocols of ``host.py``, ``ref.py`` and
-    ``replica/shipper.py``.
+    ``replica/tracking.py``.
     """
 
     def __init__(

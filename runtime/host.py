@@ -5,7 +5,7 @@ the actor through these small protocols, never by importing the classes above th
 ``residency``, ``delivery`` and ``admin`` reach the runtime that holds them the same way):
 ``runtime/engine.py``'s ``Engine`` is a :class:`RuntimeHost`, ``runtime/activation.py``'s
 ``Activation`` an :class:`ActorHost` (and, to ``turn``, a ``turn.TurnActor``). (Replication has
-its own two, in ``runtime/replica/shipper.py``.) A test walks the import graph and fails on any
+its own two, in ``runtime/replica/tracking.py``.) A test walks the import graph and fails on any
 circle.
 """
 

@@ -737,7 +737,7 @@ async def _load_phase(
             warm_start = time.perf_counter()
             for _ in range(int(120 / 0.05)):
                 await anyio.sleep(0.05)
-                files = [t for t in engine.files.values() if t.act is not None]
+                files = [t for t in engine.tracking.files.values() if t.act is not None]
                 if time.perf_counter() - warm_start >= args.warmup and all(
                     t.tail_set for t in files
                 ):
@@ -747,8 +747,8 @@ async def _load_phase(
             # The measured window: every commit's lag, the requests, the turns.
             progress(f"  measuring {args.seconds:g} s at {args.rate:g} msg/s")
             samples: list[float] = []
-            engine.lags = _Recorder(samples)  # every commit's lag in the window
-            timer = _RoundTimer(engine)
+            engine.tracking.lags = _Recorder(samples)  # every commit's lag in the window
+            timer = _RoundTimer(engine.rounds)
             counts0, stats0, sent0 = store.snapshot(), rt.statistics(), load.sent
             t0 = time.perf_counter()
             staleness: list[float] = []
@@ -774,7 +774,7 @@ async def _load_phase(
             window = time.perf_counter() - t0
             lags = sorted(samples)
             samples = []
-            engine.lags.into = samples
+            engine.tracking.lags.into = samples
             timer.stop()
 
             # Durable asks, under the same load.
@@ -1497,7 +1497,7 @@ class _FaultRun:
             await rt.ref(ledger, key).ask(ledger.add, n)
             self.traffic.book.ack(n)
         await _settle(rt)
-        engine.lags = _Recorder(self.lag_samples["warm-up"])
+        engine.tracking.lags = _Recorder(self.lag_samples["warm-up"])
         async with anyio.create_task_group() as tg:
             tg.start_soon(self.traffic.run)
             tg.start_soon(self.watch.run)
@@ -1593,8 +1593,8 @@ class _FaultRun:
 
     def _lags_into(self, label: str) -> None:
         engine = self.rt._engine.replication
-        if isinstance(engine.lags, _Recorder):
-            engine.lags.into = self.lag_samples[label]
+        if isinstance(engine.tracking.lags, _Recorder):
+            engine.tracking.lags.into = self.lag_samples[label]
 
     def _close_window(self, label: str, start: float, before: Any) -> None:
         after = self.proxy.statistics()

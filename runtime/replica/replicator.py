@@ -1,7 +1,7 @@
 """One database file replicated to a store: a fenced manifest, a snapshot, ordered segments.
 
 A :class:`FileReplica` is the writer of one SQLite file's replica (docs/explanation/replication.md);
-the runtime's shipping rounds (``shipper.py``) drive it, and :func:`restore` rebuilds the file, byte
+the runtime's shipping rounds (``rounds.py``) drive it, and :func:`restore` rebuilds the file, byte
 for byte, at any retained round.
 
 **Objects in the store**, under the file's ``name`` (e.g. ``actors/<id>/data.db``)::

@@ -1,7 +1,7 @@
 """Restore from the replica: an actor's two files, or a whole runtime directory.
 
 An actor is restored by one operation, :func:`restore_actor`, whoever asks: a wake-up that finds
-its files missing, corrupt or last written by another runtime (``shipper.py``), ``torpor
+its files missing, corrupt or last written by another runtime (``handover.py``), ``torpor
 restore --actor`` and ``torpor fork`` (:func:`restore_actor_files`), and ``torpor restore`` of a
 whole runtime (:func:`restore_runtime`). Both files are rebuilt (``replicator.restore``, each
 verified by its checksums) in a staging folder beside them, then swapped in together: a failure

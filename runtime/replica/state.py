@@ -1,5 +1,6 @@
-"""The replication state of one tracked file, as one table. No I/O: ``shipper.py`` asks this
-module what may happen next, and every change of a file's state goes through :func:`next_state`.
+"""The replication state of one tracked file, as one table. No I/O: the replication rooms ask
+this module what may happen next, and every change of a file's state goes through
+:func:`next_state` (called only by ``tracking.py``'s ``TrackedFile.advance``).
 
 ::
 

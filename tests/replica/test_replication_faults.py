@@ -75,7 +75,7 @@ async def test_a_log_object_landing_while_manifests_fail(tmp_path: Path) -> None
         store.rule = lambda kind, key: True  # all down
         await a.ask(Counter.incr, 1)
         await b.ask(Counter.incr, 1)
-        await until(lambda: engine.pending is not None, "a log object left pending")
+        await until(lambda: engine.rounds.pending is not None, "a log object left pending")
         store.rule = lambda kind, key: "/snapshots/" not in key  # b's hibernation: in doubt
 
         async def keep_a_busy() -> None:
@@ -85,7 +85,7 @@ async def test_a_log_object_landing_while_manifests_fail(tmp_path: Path) -> None
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(keep_a_busy)
-            await until(lambda: len(engine.behind) == 1, "b hibernated behind")
+            await until(lambda: len(engine.tracking.behind) == 1, "b hibernated behind")
             store.rule = lambda kind, key: key.endswith("/manifest")
             landed = store.landed_logs
             await until(lambda: store.landed_logs > landed, "the pending log object landing")

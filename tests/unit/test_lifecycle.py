@@ -120,12 +120,12 @@ def test_a_lifecycle_changes_only_as_the_table_says_and_tells_its_listener() -> 
 
 def test_nothing_but_the_state_tables_owners_write_a_state() -> None:
     """No engine code assigns a .state attribute except the one writer of each state table."""
-    # The writers: an actor's Lifecycle (which keeps its own) and a tracked file's _File.advance in
-    # replica/ (and its constructor), so neither state can change off its table.
+    # The writers: an actor's Lifecycle (which keeps its own) and, in replica/, a tracked file's
+    # TrackedFile.advance (and its constructor), so neither state can change off its table.
     root = Path(__file__).resolve().parents[2] / "runtime"
     allowed = {
-        ("replica/shipper.py", "_File", "__init__"),
-        ("replica/shipper.py", "_File", "advance"),
+        ("replica/tracking.py", "TrackedFile", "__init__"),
+        ("replica/tracking.py", "TrackedFile", "advance"),
     }
     writers = []
     for path in root.rglob("*.py"):
