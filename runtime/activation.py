@@ -74,7 +74,7 @@ class Activation:
         self.recovered_upto = 0  # messages at or below this seq were in the file at wake-up
         self.applied_seq = 0
         self.cleaned_upto = 0
-        self.outbox = Outbox(self)
+        self.outbox = Outbox()
         # With a replica: (data.db commits, applied seq) after each turn's commit, and the
         # last applied message known to be in the replica.
         self.applied_marks: collections.deque[tuple[int, int]] = collections.deque()
@@ -142,7 +142,7 @@ class Activation:
             key=self.key,
             image=mailbox_image,
             known_sound=rt.sound_mailboxes,
-            clock=rt.clock,
+            clock=rt.clock.wall,
         )
         try:
             data_path = folder / DATA_FILE
@@ -159,7 +159,7 @@ class Activation:
                 type_name=self.spec.name,
                 key=self.key,
                 image=data_image,
-                clock=rt.clock,
+                clock=rt.clock.wall,
             )
             try:
                 self.sql = Sql(self.data.conn)
@@ -445,7 +445,7 @@ class Activation:
             if self.spec.has_on_hibernate:
                 await turn.run_hook(self, "on_hibernate")
             if self.outbox.dirty:  # sends made by on_hibernate
-                await self.outbox.deliver()
+                await self.outbox.deliver(self)
 
     async def _between_turns(self) -> None:
         """What waits for a gap between turns: a replica capture, due timers, the wake-up hint,
@@ -458,7 +458,7 @@ class Activation:
         if self.timers_changed:
             self._rewrite_wake_hint()
         if self.outbox.dirty and self.outbox.retry_delay == 0:
-            await self.outbox.deliver()
+            await self.outbox.deliver(self)
 
     async def _wait_for_work(self) -> None:
         """Nothing queued: wait for a message, a timer, an event or a closing (idle meanwhile,
@@ -470,7 +470,7 @@ class Activation:
             if self.outbox.retry_delay:
                 with anyio.move_on_after(self.outbox.retry_delay):
                     await self.work.wait()
-                await self.outbox.deliver()
+                await self.outbox.deliver(self)
             else:
                 await self.work.wait()
         finally:
@@ -505,7 +505,7 @@ class Activation:
         outbox_held = (
             self.outbox.dirty
             and not self.outbox.retry_delay
-            and not (self.outbox.gated and self.outbox.gate_stuck())
+            and not (self.outbox.gated and self.outbox.gate_stuck(self))
         )
         return self.waiting and not self.work.is_set() and not self.queue and not outbox_held
 
@@ -598,7 +598,7 @@ class Activation:
     # -- the outbox -----------------------------------------------------------------------
 
     def outbox_add(self, target: Ref[Any], method: str, payload: bytes) -> None:
-        self.outbox.add(target, method, payload)
+        self.outbox.add(self, target, method, payload)
 
     @property
     def outbox_gated(self) -> bool:

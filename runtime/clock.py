@@ -26,19 +26,20 @@ import anyio
 class Clock:
     """Wall time (injectable) and loop time, for one runtime."""
 
-    __slots__ = ("_wall",)
+    __slots__ = ("wall",)
 
     def __init__(self, wall: Callable[[], float] = time.time) -> None:
         if not callable(wall):
             raise TypeError(f"clock must be a callable returning epoch seconds (got {wall!r})")
-        self._wall = wall
+        #: The injected wall clock itself (what the files call for the times they record).
+        self.wall = wall
 
     def now(self) -> float:
         """Epoch seconds, from the injected wall clock."""
-        return self._wall()
+        return self.wall()
 
     def __call__(self) -> float:
-        return self._wall()
+        return self.wall()
 
     @staticmethod
     def loop() -> float:

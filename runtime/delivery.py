@@ -360,7 +360,7 @@ class Delivery:
             key=key,
             image=mailbox_image,
             known_sound=self.rt.sound_mailboxes,
-            clock=self.rt.clock,
+            clock=self.rt.clock.wall,
         )
         try:
             _, appended = mailbox.append_deduplicated(

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import anyio
 import anyio.lowlevel
 
-from .activation import Activation, check_payload
+from .activation import check_payload
 from .admin import Admin
 from .clock import Clock
 from .codec import Codec
@@ -53,7 +53,6 @@ from .replica.shipper import Replication, ReplicationEngine
 from .replica.store import ReplicaStore
 from .residency import Residency
 from .spec import TypeSpec, check_durable_types, check_key, index_types
-from .timers import Schedule
 
 A = TypeVar("A")
 R = TypeVar("R")
@@ -164,6 +163,18 @@ class Engine:
         self.delivery = Delivery(self, self.residency)
         self.residency.deliver_notices = self.delivery.deliver_notices
         self.admin = Admin(self, self.residency, self.delivery)
+        # What the protocols of host.py and ref.py call, answered by the rooms themselves.
+        self.send = self.delivery.send
+        self.ask = self.delivery.ask
+        self.deliver = self.delivery.deliver
+        self.outbox_send = self.delivery.outbox_send
+        self.outbox_spawn = self.delivery.outbox_spawn
+        self.create_spawned = self.delivery.create_spawned
+        self.schedule = self.delivery.schedule
+        self.busy = self.residency.busy
+        self.idle = self.residency.idle
+        self.timer_hint = self.residency.timer_hint
+        self.wake_later = self.residency.wake_later
         #: The awake actors (each from its wake-up until its files are closed), by actor id.
         self.awake = self.residency.awake
         self._subscribers: list[Any] = []
@@ -285,92 +296,9 @@ class Engine:
         return await self.delivery.signal(ref, name, payload, idempotency_key=idempotency_key)
 
     # -- what refs, activations, turns and replication call (host.py's protocols) ---------
-
-    async def send(
-        self,
-        spec: TypeSpec,
-        key: str,
-        method: Any,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        idempotency_key: str | None,
-        want_reply: bool = False,
-    ) -> tuple[Activation | None, int, bool]:
-        return await self.delivery.send(
-            spec, key, method, args, kwargs, idempotency_key, want_reply
-        )
-
-    async def ask(
-        self,
-        spec: TypeSpec,
-        key: str,
-        method: Any,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        idempotency_key: str | None,
-        *,
-        from_turn: bool = False,
-    ) -> Any:
-        return await self.delivery.ask(
-            spec, key, method, args, kwargs, idempotency_key, from_turn=from_turn
-        )
-
-    async def deliver(
-        self, spec: TypeSpec, key: str, method: str, payload: bytes, sender: str, sender_seq: int
-    ) -> Any:
-        return await self.delivery.deliver(spec, key, method, payload, sender, sender_seq)
-
-    def outbox_send(
-        self,
-        ctx: Any,
-        target: Ref[Any],
-        method: Any,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> None:
-        self.delivery.outbox_send(ctx, target, method, args, kwargs)
-
-    def outbox_spawn(
-        self,
-        ctx: Any,
-        actor_type: type[Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        key: str | None,
-    ) -> Ref[Any]:
-        return self.delivery.outbox_spawn(ctx, actor_type, args, kwargs, key)
-
-    def create_spawned(self, act: Any, target: Ref[Any]) -> None:
-        self.delivery.create_spawned(act, target)
-
-    def schedule(
-        self,
-        ctx: Any,
-        name: str,
-        method: Any,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        *,
-        at: Any,
-        after: float | None,
-        every: float | None,
-        cron: str | None,
-    ) -> Schedule:
-        return self.delivery.schedule(
-            ctx, name, method, args, kwargs, at=at, after=after, every=every, cron=cron
-        )
-
-    def busy(self, act: Any) -> None:
-        self.residency.busy(act)
-
-    def idle(self, act: Any) -> None:
-        self.residency.idle(act)
-
-    def timer_hint(self, due: float | None) -> None:
-        self.residency.timer_hint(due)
-
-    def wake_later(self, spec: TypeSpec, key: str) -> None:
-        self.residency.wake_later(spec, key)
+    # (send, ask, deliver, outbox_send, outbox_spawn, create_spawned, schedule, busy, idle,
+    # timer_hint and wake_later are the rooms' own methods, bound in __init__: no extra frame
+    # on the hot paths.)
 
     def crash_point(self, where: str, turn: Any, number: int, name: str = "") -> None:
         if self.crash_hook is not None:
@@ -431,10 +359,8 @@ class Engine:
         if self.closed or self.closing.is_set():
             raise RuntimeClosedError("the runtime is closed")
 
-    @staticmethod
-    def refuse_inside_turn(what: str, instead: str) -> None:
-        """For a ``Ref``: refuse a call made inside a turn (it would not roll back with it)."""
-        _refuse_inside_turn(what, instead)
+    #: For a ``Ref``: refuse a call made inside a turn (it would not roll back with it).
+    refuse_inside_turn = staticmethod(_refuse_inside_turn)
 
     def report(self, text: str) -> None:
         """Record an operational problem that has no caller to raise to."""
@@ -461,7 +387,7 @@ class Engine:
             if self.replication is not None:
                 self.replication.restore_directory_if_missing(self.root)
             self.directory = Directory(
-                self.root / DIRECTORY_FILE, synchronous=self.synchronous, clock=self.clock
+                self.root / DIRECTORY_FILE, synchronous=self.synchronous, clock=self.clock.wall
             )
         except BaseException:
             self._release_lock()

@@ -101,26 +101,24 @@ class Lifecycle:
     allows; an event the table has no entry for in the current state raises
     :class:`RuntimeInternalError` and changes nothing."""
 
-    __slots__ = ("_listener", "_state")
+    __slots__ = ("_listener", "state")
 
     def __init__(self, state: State, listener: Listener | None = None) -> None:
-        self._state = state
+        #: The current state: read it; only :meth:`fire` writes it (a test checks that nothing
+        #: else in the engine assigns a ``.state``).
+        self.state = state
         self._listener = listener
-
-    @property
-    def state(self) -> State:
-        return self._state
 
     def fire(self, event: Event, detail: str | None = None) -> State:
         """Apply ``event``; returns the new state (the listener has been told)."""
-        previous = self._state
-        self._state = new = next_state(previous, event)
+        previous = self.state
+        self.state = new = next_state(previous, event)
         if self._listener is not None:
             self._listener(previous, event, new, detail)
         return new
 
     def __repr__(self) -> str:
-        return f"<Lifecycle {self._state.value}>"
+        return f"<Lifecycle {self.state.value}>"
 
 
 def mermaid() -> str:

@@ -43,10 +43,10 @@ class OutboxActor(Protocol):
 
 
 class Outbox:
-    """The outbox of one awake actor, and how far its rows got."""
+    """The outbox of one awake actor, and how far its rows got. (Its methods take the actor:
+    holding it would make the pair a reference cycle, freed only by the cyclic collector.)"""
 
-    def __init__(self, act: OutboxActor) -> None:
-        self.act = act
+    def __init__(self) -> None:
         self.dirty = True  # rows may wait in the outbox (true at wake: recovery)
         self.retry_delay = 0.0  # > 0: a delivery failed; try again after this long
         self.delivered_upto = 0
@@ -60,24 +60,24 @@ class Outbox:
         self.gate_upto = 0
         self.gated = False
 
-    def add(self, target: Ref[Any], method: str, payload: bytes) -> None:
+    def add(self, act: OutboxActor, target: Ref[Any], method: str, payload: bytes) -> None:
         """Write a row in the turn's transaction (it goes once the turn has committed)."""
-        self.act.data.add_outbox(target.type_name, target.key, method, payload)
+        act.data.add_outbox(target.type_name, target.key, method, payload)
         self.dirty = True
 
-    async def deliver(self) -> None:
+    async def deliver(self, act: OutboxActor) -> None:
         """Deliver committed outbox rows in order; a row that cannot go yet stays, with the rest,
         and delivery is retried with backoff.
 
         Delivery is at-least-once; the receiver's per-sender cursor makes it exactly-once.
         """
-        rt = self.act.runtime
-        rows = self.act.data.outbox_after(self.delivered_upto)
-        gate = self.gate(rows[-1].id if rows else 0)
+        rt = act.runtime
+        rows = act.data.outbox_after(self.delivered_upto)
+        gate = self.gate(act, rows[-1].id if rows else 0)
         self.gated = False
         for row in rows:
             if gate is not None and row.id > gate:
-                gate = self.gate(0)  # (again: acknowledged while rows were delivered?)
+                gate = self.gate(act, 0)  # (again: acknowledged while rows were delivered?)
             if gate is not None and row.id > gate:
                 # Its turn's commit is not in the replica yet: it goes once it is (an
                 # acknowledgement wakes the loop; a hibernation ships it, then a wake-up).
@@ -95,9 +95,7 @@ class Outbox:
                     row.method,
                     row.payload,
                     # (rows from before a restore to an earlier point go as they were first)
-                    self.act.sender_id
-                    if row.id >= self.act.incarnation_from
-                    else self.act.earlier_sender_id,
+                    act.sender_id if row.id >= act.incarnation_from else act.earlier_sender_id,
                     row.id,
                 )
             except RuntimeClosedError:
@@ -111,7 +109,7 @@ class Outbox:
                 delay = self.retry_delay
                 self.retry_delay = min(OUTBOX_RETRY_MAX, max(OUTBOX_RETRY_MIN, delay * 2))
                 rt.report(
-                    f"{self.act.spec.name} {self.act.key!r}: outbox row {row.id} to "
+                    f"{act.spec.name} {act.key!r}: outbox row {row.id} to "
                     f"{row.target_type} {row.target_key!r} not delivered yet, retrying in "
                     f"{self.retry_delay:.2f} s: {exc!r}"
                 )
@@ -122,13 +120,13 @@ class Outbox:
         self.dirty = False
         self.retry_delay = 0.0
 
-    def gate(self, last_row: int) -> int | None:
+    def gate(self, act: OutboxActor, last_row: int) -> int | None:
         """The last outbox row whose commit is in the replica (``None``: no replica, no gate).
         Rows present when the actor woke count as committed before its files were attached:
         they wait until the files' state then is known to be in the replica."""
-        if self.act.runtime.replication is None or not self.act.replica.files:
+        if act.runtime.replication is None or not act.replica.files:
             return None
-        data = self.act.replica.files[0]
+        data = act.replica.files[0]
         marks = self.marks
         if last_row > (marks[-1][1] if marks else self.gate_upto):
             marks.append((data.commits, last_row))  # (written at or before this commit)
@@ -137,12 +135,12 @@ class Outbox:
                 self.gate_upto = marks.popleft()[1]
         return self.gate_upto
 
-    def gate_stuck(self) -> bool:
+    def gate_stuck(self, act: OutboxActor) -> bool:
         """Rows at the output gate cannot expect an acknowledgement soon."""
-        rep = self.act.runtime.replication
-        if rep is None or rep.unavailable or not self.act.replica.files:
+        rep = act.runtime.replication
+        if rep is None or rep.unavailable or not act.replica.files:
             return True
-        data = self.act.replica.files[0]
+        data = act.replica.files[0]
         return not data.claimed or data.fenced is not None
 
     def deletable(self) -> int:

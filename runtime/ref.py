@@ -125,8 +125,12 @@ class Ref(Generic[A]):
         its arguments. ``ref.options(idempotency_key=...).send(...)`` makes a retried send a
         no-op. (Deprecated: ``idempotency_key=`` among the arguments of a handler function.)
         """
-        key = _idempotency_key_argument(method, kwargs, "send")
-        await self._deliver(method, args, kwargs, key)
+        key = _idempotency_key_argument(method, kwargs, "send") if kwargs else None
+        # (the body of _deliver, inlined: a send is the hottest path there is)
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        self._runtime.refuse_inside_turn("ref.send", "self.send(ref, ...)")
+        await self._runtime.send(self._spec, self.key, method, args, kwargs, key)
+        await anyio.lowlevel.cancel_shielded_checkpoint()
 
     @overload
     async def ask(

@@ -67,6 +67,14 @@ class Residency:
         wake-up. Makes room under ``max_awake`` by hibernating the least recently used idle
         actors, or waits for one to become idle."""
         aid = actor_id(spec.name, key)
+        act = self.awake.get(aid)
+        if (
+            act is not None  # the common case first: awake and sound, no wait
+            and act.lifecycle.state is State.AWAKE
+            and act.failed is None
+            and not (act.files_open and act.mailbox.found_corrupt)
+        ):
+            return act
         act = await self._resident(aid)
         if act is not None:
             return act
@@ -438,7 +446,7 @@ class Residency:
             type_name=spec.name,
             key=key,
             known_sound=self.rt.sound_mailboxes,
-            clock=self.rt.clock,
+            clock=self.rt.clock.wall,
         )
         try:
             return fn(mailbox, None)
