@@ -426,7 +426,13 @@ class Activation:
         if due is not None and due <= self.runtime.clock():
             self.timers_due = True
         while not self.closing and self.failed is None:
-            await self._between_turns()
+            if (
+                self.replica.due
+                or self.timers_due
+                or self.timers_changed
+                or (self.outbox.dirty and self.outbox.retry_delay == 0)
+            ):
+                await self._between_turns()  # (most iterations have nothing to do there)
             if not self.queue and self.backlog:
                 self._load_more()
             if not self.queue:
@@ -438,9 +444,9 @@ class Activation:
                 if not (self.timers_due or self.timers_changed):
                     await self._wait_for_work()
                 continue
-            if not await self._lineage_replicated():
+            if self.spec.durable and not await self._lineage_replicated():
                 break
-            await turn.run_batch(self)
+            await turn.Batch(self).run()
         if self.hibernating and self.failed is None and self.gave_up is None:
             if self.spec.has_on_hibernate:
                 await turn.run_hook(self, "on_hibernate")

@@ -154,8 +154,8 @@ class Ref(Generic[A]):
         committed state, beside any turn in progress. (Deprecated: ``idempotency_key=`` among
         the arguments of a handler function.)
         """
-        key = _idempotency_key_argument(method, kwargs, "ask")
-        return await self._request(method, args, kwargs, key)
+        key = _idempotency_key_argument(method, kwargs, "ask") if kwargs else None
+        return await self._runtime.ask(self._spec, self.key, method, args, kwargs, key)
 
     def options(self, *, idempotency_key: str | None = None) -> RefOptions[A]:
         """This ref's ``send`` and ``ask`` with options: ``idempotency_key``, unique to one

@@ -372,11 +372,6 @@ class Batch:
             await fail(act, *self.failure)
 
 
-async def run_batch(act: TurnActor) -> None:
-    """Apply the messages at the head of ``act``'s queue (it holds at least one) as one turn."""
-    await Batch(act).run()
-
-
 def _take(act: TurnActor) -> list[Message]:
     """The next batch: a message recovered from a died process alone, else up to the limit."""
     queue = act.queue
