@@ -484,13 +484,13 @@ class Activation:
             self.runtime.busy(self)
 
     async def _lineage_replicated(self) -> bool:
-        """A durable actor's steps are keyed by its lineage, in data.db: that must be in the
-        replica before a call goes out, or a machine lost now would retry the acknowledged
-        message elsewhere under another key. Whether turns may go on."""
+        """For a durable type (the caller checks): its steps are keyed by its lineage, in
+        data.db, which must be in the replica before a call goes out, or a machine lost now
+        would retry the acknowledged message elsewhere under another key. Whether turns may go
+        on."""
         rt = self.runtime
         if (
-            self.spec.durable
-            and rt.replication is not None
+            rt.replication is not None
             and self.replica.files
             and not self.replica.files[0].baseline_shipped
         ):
