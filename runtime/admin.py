@@ -61,6 +61,7 @@ class Admin:
                     error_message=row.error_message,
                     traceback=row.traceback,
                     failed_at=row.failed_at,
+                    reason=row.reason,
                 )
             )
         return letters

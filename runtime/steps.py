@@ -38,12 +38,14 @@ from .errors import (
     ActorError,
     ActorFailedError,
     ActorStoppedError,
+    MessageFailedError,
     NondeterminismError,
     NonRetryable,
     RuntimeClosedError,
     StepFailedError,
     StorageError,
     StoredError,
+    TerminalError,
     WaitTimeoutError,
 )
 from .files.mailbox import JournalRow
@@ -317,8 +319,10 @@ class TurnState:
                         )
                 payload = rt.codec.encode(result)
             except Exception as exc:
-                final = isinstance(exc, NonRetryable | ActorError) and not isinstance(
-                    exc, StepDeadlineError
+                terminal = isinstance(exc, TerminalError)
+                final = terminal or (
+                    isinstance(exc, NonRetryable | ActorError)
+                    and not isinstance(exc, StepDeadlineError)
                 )
                 if attempt >= retry.max_attempts or final:
                     record = JournalRow(
@@ -326,7 +330,7 @@ class TurnState:
                         "step",
                         name,
                         "failed",
-                        rt.codec.encode(_error_info(exc)),
+                        rt.codec.encode(_error_info(exc, terminal)),
                         None,
                         attempt,
                         self._clock(),
@@ -351,7 +355,7 @@ class TurnState:
         assert row.value is not None
         if row.status == "done":
             return codec.decode(row.value)
-        type_name, message, text = codec.decode(row.value)
+        type_name, message, text = codec.decode(row.value)[:3]
         raise _step_failed(self, row, None) from StoredError(type_name, message, text)
 
     # -- durable waits --------------------------------------------------------------------
@@ -502,12 +506,16 @@ class TurnState:
             except (RuntimeClosedError, StorageError, ActorStoppedError, ActorFailedError):
                 raise  # not the request's outcome: the turn rolls back and asks again later
             except ActorError as exc:
+                # The asked message failed terminally: so does this ask (the handler may
+                # catch the TerminalError, or let it fail its own message terminally).
+                terminal = isinstance(exc, MessageFailedError) and exc.reason == "terminal"
+                shown = exc.__cause__ if terminal and exc.__cause__ is not None else exc
                 record = JournalRow(
                     n,
                     "ask",
                     name,
                     "failed",
-                    rt.codec.encode(_error_info(exc)),
+                    rt.codec.encode(_error_info(shown, terminal)),
                     None,
                     1,
                     self._clock(),
@@ -608,18 +616,29 @@ async def gather(*awaitables: Awaitable[Any]) -> list[Any]:
     return results
 
 
-def _error_info(exc: BaseException) -> list[str]:
-    return [
-        type(exc).__qualname__,
-        str(exc),
-        "".join(traceback.format_exception(exc)),
-    ]
+def _error_info(exc: BaseException, terminal: bool) -> list[Any]:
+    """A step's final error as journaled: its type, message, traceback, and (only when true,
+    so that journals written before terminal errors existed read the same) ``terminal``."""
+    if isinstance(exc, StoredError):  # (read back from disk: keep the original's type)
+        info: list[Any] = [exc.type_name, exc.message, exc.traceback]
+    else:
+        info = [type(exc).__qualname__, str(exc), "".join(traceback.format_exception(exc))]
+    if terminal:
+        info.append(True)
+    return info
 
 
-def _step_failed(turn: TurnState, row: JournalRow, exc: BaseException | None) -> StepFailedError:
+def _step_failed(
+    turn: TurnState, row: JournalRow, exc: BaseException | None
+) -> StepFailedError | TerminalError:
+    """What the handler gets for a failed step: the same error, built from the journal row,
+    on the first run and on every replay (a terminal failure is a :class:`TerminalError`)."""
     codec = turn.activation.runtime.codec
     assert row.value is not None
-    type_name, message, _text = codec.decode(row.value)
+    type_name, message, _text, *more = codec.decode(row.value)
+    if more and more[0]:
+        plain = type_name == TerminalError.__qualname__
+        return TerminalError(message if plain else f"{type_name}: {message}")
     return StepFailedError(
         f"{turn.describe()}: step {row.n} ({row.kind} {row.name!r}) failed after "
         f"{row.attempts} attempt(s): {type_name}: {message}",

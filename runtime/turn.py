@@ -41,6 +41,7 @@ from .errors import (
     RuntimeInternalError,
     StepFailedError,
     StoredError,
+    TerminalError,
     TurnCancelledError,
     UnknownHandlerError,
     WaitTimeoutError,
@@ -414,12 +415,14 @@ def fill_from_store(act: TurnActor, waiter: Waiter, seq: int) -> None:
     elif stored[0]:
         waiter.set_result(stored[1])
     else:
-        type_name, message, tb, attempts = act.runtime.codec.decode(stored[1])
+        type_name, message, tb, attempts, *more = act.runtime.codec.decode(stored[1])
+        reason = more[0] if more else "exhausted"
         error = MessageFailedError(
-            f"{act.describe()} failed message {seq} after {attempts} attempts: "
+            f"{act.describe()} failed message {seq} after {attempts} attempts ({reason}): "
             f"{type_name}: {message}",
             seq=seq,
             attempts=attempts,
+            reason=reason,
         )
         error.__cause__ = StoredError(type_name, message, tb)
         waiter.set_error(error)
@@ -427,27 +430,28 @@ def fill_from_store(act: TurnActor, waiter: Waiter, seq: int) -> None:
 
 async def fail(act: TurnActor, message: Message, error: BaseException | None) -> None:
     """Handle a failed attempt of the message at the head of the queue: retry it after the
-    type's backoff, or dead-letter it (at once for a failure that cannot succeed on a retry).
+    type's backoff, or dead-letter it (at once for a failure that cannot succeed on a retry,
+    and for a :class:`TerminalError`, which does not count toward the restart intensity).
 
     ``error`` is ``None`` for a message already copied to the dead letters before a crash.
     """
     rt = act.runtime
     if isinstance(error, RuntimeClosedError) and rt.closing.is_set():
         return  # not the message's fault: it stays queued and runs at the next open
+    reason = failure_reason(error)
     if error is not None:
         attempts = act.mailbox.record_failure(message.seq)
         message.attempts = attempts
-        if not isinstance(error, TurnCancelledError) and intensity_exceeded(act, error):
+        if reason not in ("terminal", "cancelled") and intensity_exceeded(act, error):
             return
-        retryable = not isinstance(error, (*_DETERMINISTIC, _ProcessDied))
-        if retryable and attempts < act.spec.retry.max_attempts:
+        if reason == "exhausted" and attempts < act.spec.retry.max_attempts:
             rt.counters.retries += 1
             with anyio.move_on_after(act.spec.retry.delay(attempts)):
                 await rt.closing.wait()
             return
     # Dead-letter: keep a copy first, then advance applied_seq past it (in that order; a crash
     # in between is finished by the next wake, which sees the copy and skips the run).
-    act.mailbox.dead_letter(message, error)
+    act.mailbox.dead_letter(message, error, reason)
     data = act.data
     data.begin()
     try:
@@ -455,7 +459,7 @@ async def fail(act: TurnActor, message: Message, error: BaseException | None) ->
             data.advance_senders({message.sender: message.sender_seq})
         data.set_applied(message.seq)
         if message.idempotency_key is not None:
-            info = _error_info(error, message)
+            info = _error_info(error, message, reason)
             data.store_result(message.seq, message.idempotency_key, False, rt.codec.encode(info))
         data.commit()
     except BaseException:
@@ -466,14 +470,32 @@ async def fail(act: TurnActor, message: Message, error: BaseException | None) ->
     rt.counters.dead_letters += 1
     waiter = act.waiters.pop(message.seq, None)
     if waiter is not None:
+        how = "terminally" if reason == "terminal" else f"after {message.attempts} attempt(s)"
         failed = MessageFailedError(
-            f"{act.spec.name}.{message.method} failed on {act.key!r} after "
-            f"{message.attempts} attempt(s) and was dead-lettered: {error!r}",
+            f"{act.spec.name}.{message.method} failed {how} on {act.key!r} and was "
+            f"dead-lettered: {error!r}",
             seq=message.seq,
             attempts=message.attempts,
+            reason=reason,
         )
         failed.__cause__ = error
         waiter.set_error(failed)
+
+
+def failure_reason(error: BaseException | None) -> str:
+    """Why a failed message would be dead-lettered now (a :class:`DeadLetter`'s ``reason``);
+    ``"exhausted"`` for an ordinary failure, which is retried while its policy allows."""
+    if error is None:
+        return "unknown"  # (copied to the dead letters, with its reason, before a crash)
+    if isinstance(error, TerminalError):
+        return "terminal"
+    if isinstance(error, TurnCancelledError):
+        return "cancelled"
+    if isinstance(error, _ProcessDied):
+        return "crashed"
+    if isinstance(error, _DETERMINISTIC):
+        return "not_retryable"
+    return "exhausted"
 
 
 def intensity_exceeded(act: TurnActor, error: BaseException) -> bool:
@@ -532,6 +554,9 @@ async def create(act: TurnActor) -> None:
             act.data.rollback()
             if isinstance(exc, RuntimeClosedError) and rt.closing.is_set():
                 return  # not on_create's fault: it runs again at the next open
+            if isinstance(exc, TerminalError):
+                act.stop_failed(exc)  # final: no retry, and not the actor's ill health
+                return
             if intensity_exceeded(act, exc):
                 return
             if attempt >= act.spec.retry.max_attempts:
@@ -617,8 +642,8 @@ def _cancelled(message: Message) -> TurnCancelledError:
     )
 
 
-def _error_info(error: BaseException | None, message: Message) -> list[Any]:
+def _error_info(error: BaseException | None, message: Message, reason: str) -> list[Any]:
     if error is None:
-        return ["DeadLetter", "dead-lettered before a crash", "", message.attempts]
+        return ["DeadLetter", "dead-lettered before a crash", "", message.attempts, reason]
     text = "".join(traceback.format_exception(error))
-    return [type(error).__qualname__, str(error), text, message.attempts]
+    return [type(error).__qualname__, str(error), text, message.attempts, reason]

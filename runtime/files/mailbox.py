@@ -87,11 +87,19 @@ _MIGRATIONS = (
     ALTER TABLE inbox ADD COLUMN cancelled TEXT;
     ALTER TABLE inbox ADD COLUMN restarts INTEGER NOT NULL DEFAULT 0;
     """,
+    # Failure semantics (docs/howto/failures-and-retries.md): when a message in backoff may run
+    # again (epoch seconds; NULL: at once), so that a crash does not reset its backoff; and why
+    # a dead letter was given up on ('unknown' for those recorded before this column).
+    """
+    ALTER TABLE inbox ADD COLUMN retry_at REAL;
+    ALTER TABLE dead_letters ADD COLUMN reason TEXT NOT NULL DEFAULT 'unknown';
+    """,
 )
 
 _MESSAGE_COLUMNS = (
     "seq, sender, sender_seq, method, payload, idempotency_key, attempts, started, "
-    "EXISTS (SELECT 1 FROM dead_letters d WHERE d.seq = inbox.seq), cancelled, restarts"
+    "EXISTS (SELECT 1 FROM dead_letters d WHERE d.seq = inbox.seq), cancelled, restarts, "
+    "retry_at"
 )
 
 
@@ -130,6 +138,7 @@ class Message:
     recovered: bool = False
     cancelled: str | None = None
     restarts: int = 0  # Runtime.restart_turn calls: part of the steps' idempotency keys
+    retry_at: float | None = None  # in backoff after a failed attempt: not to run before this
 
 
 @attrs.frozen
@@ -144,6 +153,7 @@ class StoredDeadLetter:
     error_message: str
     traceback: str
     failed_at: float
+    reason: str
 
 
 #: Page size of new mailboxes: their rows are small and short-lived, so small pages keep a
@@ -397,6 +407,7 @@ class Mailbox:
                 recovered=recovered,
                 cancelled=row[9],
                 restarts=row[10],
+                retry_at=row[11],
             )
             for row in rows
         ]
@@ -420,15 +431,20 @@ class Mailbox:
         return 1
 
     @_typed_errors
-    def dead_letter(self, message: Message, error: BaseException | None) -> None:
-        """Keep a copy of a message that exhausted its attempts (idempotent by seq)."""
+    def record_retry_at(self, seq: int, retry_at: float | None) -> None:
+        """Message ``seq`` may run again at ``retry_at`` (epoch seconds; ``None``: at once)."""
+        self.conn.execute("UPDATE inbox SET retry_at = ? WHERE seq = ?", (retry_at, seq))
+
+    @_typed_errors
+    def dead_letter(self, message: Message, error: BaseException | None, reason: str) -> None:
+        """Keep a copy of a message given up on, and why (``reason``; idempotent by seq)."""
         if error is None:
             return  # the copy was made before a crash; INSERT OR IGNORE would keep it anyway
         text = "".join(_traceback.format_exception(error))
         self.conn.execute(
             "INSERT OR IGNORE INTO dead_letters(seq, sender, sender_seq, method, payload, "
-            "idempotency_key, attempts, error_type, error_message, traceback, failed_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "idempotency_key, attempts, error_type, error_message, traceback, failed_at, "
+            "reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 message.seq,
                 message.sender,
@@ -441,6 +457,7 @@ class Mailbox:
                 str(error),
                 text,
                 self._clock(),
+                reason,
             ),
         )
 
@@ -563,7 +580,8 @@ class Mailbox:
                 "DELETE FROM journal WHERE seq = ? AND n >= ? RETURNING n", (seq, from_n)
             ).fetchall()
             conn.execute(
-                "UPDATE inbox SET started = 0, attempts = 0, restarts = restarts + 1 WHERE seq = ?",
+                "UPDATE inbox SET started = 0, attempts = 0, retry_at = NULL, "
+                "restarts = restarts + 1 WHERE seq = ?",
                 (seq,),
             )
         return len(removed)
@@ -617,7 +635,7 @@ class Mailbox:
             StoredDeadLetter(*row)
             for row in self.conn.execute(
                 "SELECT seq, sender, method, payload, idempotency_key, attempts, error_type, "
-                "error_message, traceback, failed_at FROM dead_letters ORDER BY seq"
+                "error_message, traceback, failed_at, reason FROM dead_letters ORDER BY seq"
             )
         ]
 
