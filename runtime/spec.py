@@ -33,12 +33,18 @@ QUERY_MARK = "__torpor_query__"
 class Retry:
     """A retry policy: how many attempts, and the exponential backoff between them.
 
-    Used for failing messages (``Actor.retry``) and for steps (``self.step(name, retry, fn)``). The
-    delay before attempt ``n + 1`` is ``min(max_delay, initial_delay * multiplier ** (n - 1))``,
-    spread by ``±jitter`` of itself.
+    Used for failing messages (``Actor.retry``, or ``@actors.handler(retry=...)`` for one
+    handler) and for steps (``self.step(name, retry, fn)``). The delay before attempt ``n + 1``
+    is ``min(max_delay, initial_delay * multiplier ** (n - 1))``, spread by ``±jitter`` of
+    itself. ``max_attempts=None`` retries forever. Attempt counts and the time of the next
+    attempt are durable, for messages and for steps: a crash neither resets a backoff nor the
+    count.
     """
 
-    max_attempts: int = attrs.field(default=3)
+    #: Attempts in all (1: no retry); ``None``: retry forever (a message's failed attempts
+    #: still count toward the actor's restart intensity, and process deaths toward
+    #: ``max_crashes``).
+    max_attempts: int | None = attrs.field(default=3)
     initial_delay: float = 0.1
     max_delay: float = 30.0
     multiplier: float = 2.0
@@ -52,9 +58,9 @@ class Retry:
     deadline: float | None = None
 
     @max_attempts.validator
-    def _check_attempts(self, _attribute: Any, value: int) -> None:
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"max_attempts must be an int >= 1 (got {value!r})")
+    def _check_attempts(self, _attribute: Any, value: int | None) -> None:
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ValueError(f"max_attempts must be an int >= 1, or None (got {value!r})")
 
     @max_crashes.validator
     def _check_crashes(self, _attribute: Any, value: int) -> None:
@@ -77,9 +83,16 @@ class Retry:
         if not 0 <= self.jitter <= 1:
             raise ValueError(f"jitter must be between 0 and 1 (got {self.jitter!r})")
 
+    def exhausted(self, attempts: int) -> bool:
+        """Whether ``attempts`` failed attempts use up this policy (never, for ``None``)."""
+        return self.max_attempts is not None and attempts >= self.max_attempts
+
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
-        base = min(self.max_delay, self.initial_delay * self.multiplier ** (attempt - 1))
+        try:
+            base = min(self.max_delay, self.initial_delay * self.multiplier ** (attempt - 1))
+        except OverflowError:  # (retrying forever: the thousandth attempt and beyond)
+            base = self.max_delay
         spread = (rng or random).uniform(-self.jitter, self.jitter)
         return max(0.0, base * (1 + spread))
 
@@ -173,6 +186,10 @@ class TypeSpec:
                 f"{shown!s} is not a handler of actor type {self.name!r} (its handlers: {known})"
             )
         return spec
+
+    def retry_for(self, method: str) -> Retry:
+        """The retry policy of messages to handler ``method`` (a persisted name)."""
+        return self.retry
 
     def requires_create_arguments(self) -> bool:
         try:

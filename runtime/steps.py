@@ -274,7 +274,7 @@ class TurnState:
     ) -> Any:
         act = self.activation
         rt = act.runtime
-        if row is not None:
+        if row is not None and row.status != "retrying":
             return self._replayed(row)
         self.write()
         rt.crash_point("before step", self, n, name)
@@ -282,7 +282,7 @@ class TurnState:
         act.turn_busy()
         try:
             with self.interruptible():
-                return await self._attempts(n, name, fn, args, kwargs, retry)
+                return await self._attempts(n, name, fn, args, kwargs, retry, row)
         finally:
             self.running -= 1
             act.turn_maybe_idle()
@@ -295,13 +295,20 @@ class TurnState:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         retry: Retry,
+        row: JournalRow | None,
     ) -> Any:
+        """Run the step's attempts; ``row``: its journal row if it was retrying when its turn
+        last ran (the attempts it made, and when the next may start), so that neither the
+        count nor the backoff starts again after a crash or a hibernation."""
         rt = self.activation.runtime
-        attempt = 0
+        attempt = 0 if row is None else row.attempts
+        next_at = None if row is None else row.until
         is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
             getattr(fn, "__call__", None)  # noqa: B004 (an async callable object)
         )
         while True:
+            if next_at is not None:
+                await anyio.sleep(max(0.0, next_at - rt.clock()))
             attempt += 1
             info = StepInfo(name, n, attempt, self.idempotency_key(n))
             rt.crash_point("step called", self, n, name)
@@ -324,7 +331,7 @@ class TurnState:
                     isinstance(exc, NonRetryable | ActorError)
                     and not isinstance(exc, StepDeadlineError)
                 )
-                if attempt >= retry.max_attempts or final:
+                if retry.exhausted(attempt) or final:
                     record = JournalRow(
                         n,
                         "step",
@@ -340,7 +347,13 @@ class TurnState:
                     rt.crash_point("after step", self, n, name)
                     raise _step_failed(self, record, exc) from exc
                 rt.counters.step_retries += 1
-                await anyio.sleep(retry.delay(attempt))
+                # The count and the next attempt's time are journaled (the row is replaced by
+                # the step's outcome): a crash in the backoff waits out the rest of it.
+                next_at = self._clock() + retry.delay(attempt)
+                last = rt.codec.encode(_error_info(exc, False))
+                self.write(
+                    JournalRow(n, "step", name, "retrying", last, next_at, attempt, self._clock())
+                )
                 continue
             finally:
                 context.CURRENT.reset(handler)

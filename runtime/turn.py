@@ -130,6 +130,8 @@ class Batch:
         data = act.data
         first = self.messages[0]
         act.record_wake_latency()
+        if first.retry_at is not None and not await self._backed_off(first):
+            return
         doomed = self._doomed(first)
         if doomed is not None:
             await fail(act, *doomed)
@@ -151,6 +153,21 @@ class Batch:
             raise
         await self._release()
 
+    async def _backed_off(self, first: Message) -> bool:
+        """A message in backoff after a failed attempt (in this process, or before a crash:
+        its time is in the inbox) waits until it may run again; whether it may run now (not
+        if the runtime began closing meanwhile: it waits out the rest at the next open)."""
+        rt = self.act.runtime
+        if not first.dead_lettered and first.cancelled is None:
+            delay = first.retry_at - rt.clock() if first.retry_at is not None else 0.0
+            if delay > 0:
+                with anyio.move_on_after(delay):
+                    await rt.closing.wait()
+                if rt.closing.is_set():
+                    return False
+        first.retry_at = None
+        return True
+
     def _doomed(self, first: Message) -> tuple[Message, BaseException | None] | None:
         """A first message that fails without running: copied to the dead letters just before a
         crash, started too many times by processes that died, or cancelled."""
@@ -159,7 +176,7 @@ class Batch:
             if first.dead_lettered:  # copied to dead letters just before a crash: finish
                 return (first, None)
             first.started = act.mailbox.record_start(first.seq)
-            if first.started > act.spec.retry.max_crashes:
+            if first.started > act.spec.retry_for(first.method).max_crashes:
                 return (first, _ProcessDied(first.started - 1))
         if first.cancelled is not None:
             return (first, _cancelled(first))
@@ -440,14 +457,20 @@ async def fail(act: TurnActor, message: Message, error: BaseException | None) ->
         return  # not the message's fault: it stays queued and runs at the next open
     reason = failure_reason(error)
     if error is not None:
-        attempts = act.mailbox.record_failure(message.seq)
-        message.attempts = attempts
+        policy = act.spec.retry_for(message.method)
+
+        def retry_at(attempts: int) -> float | None:
+            if reason != "exhausted" or policy.exhausted(attempts):
+                return None
+            return rt.clock() + policy.delay(attempts)
+
+        # The next attempt's time is durable with the count: a crash does not reset the
+        # backoff (the next batch waits it out: Batch.run).
+        message.attempts, message.retry_at = act.mailbox.record_failure(message.seq, retry_at)
         if reason not in ("terminal", "cancelled") and intensity_exceeded(act, error):
             return
-        if reason == "exhausted" and attempts < act.spec.retry.max_attempts:
+        if message.retry_at is not None:
             rt.counters.retries += 1
-            with anyio.move_on_after(act.spec.retry.delay(attempts)):
-                await rt.closing.wait()
             return
     # Dead-letter: keep a copy first, then advance applied_seq past it (in that order; a crash
     # in between is finished by the next wake, which sees the copy and skips the run).
@@ -559,7 +582,7 @@ async def create(act: TurnActor) -> None:
                 return
             if intensity_exceeded(act, exc):
                 return
-            if attempt >= act.spec.retry.max_attempts:
+            if act.spec.retry.exhausted(attempt):
                 act.stop_failed(exc)
                 return
             rt.counters.retries += 1

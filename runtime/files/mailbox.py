@@ -422,18 +422,22 @@ class Mailbox:
         return 1
 
     @_typed_errors
-    def record_failure(self, seq: int) -> int:
-        """Count one failed attempt of message ``seq`` durably; return the attempts so far."""
-        for (attempts,) in self.conn.execute(
-            "UPDATE inbox SET attempts = attempts + 1 WHERE seq = ? RETURNING attempts", (seq,)
-        ):
-            return int(attempts)
-        return 1
-
-    @_typed_errors
-    def record_retry_at(self, seq: int, retry_at: float | None) -> None:
-        """Message ``seq`` may run again at ``retry_at`` (epoch seconds; ``None``: at once)."""
-        self.conn.execute("UPDATE inbox SET retry_at = ? WHERE seq = ?", (retry_at, seq))
+    def record_failure(
+        self, seq: int, retry_at: Callable[[int], float | None] = lambda _attempts: None
+    ) -> tuple[int, float | None]:
+        """Count one failed attempt of message ``seq`` durably, with the time it may run again
+        (``retry_at(attempts)``, epoch seconds; ``None``: not again, or at once), in one
+        transaction; return the attempts so far and that time."""
+        with self.conn:
+            attempts = 1
+            for (count,) in self.conn.execute(
+                "UPDATE inbox SET attempts = attempts + 1 WHERE seq = ? RETURNING attempts", (seq,)
+            ):
+                attempts = int(count)
+            when = retry_at(attempts)
+            if when is not None:
+                self.conn.execute("UPDATE inbox SET retry_at = ? WHERE seq = ?", (when, seq))
+        return attempts, when
 
     @_typed_errors
     def dead_letter(self, message: Message, error: BaseException | None, reason: str) -> None:

@@ -736,8 +736,10 @@ def _replication_status(folder: Path) -> str:
 
 def _step_value(status: str, value: bytes | None) -> Any:
     decoded = decode(value)
-    if status == "failed" and isinstance(decoded, list) and len(decoded) == 3:
-        return {"error_type": decoded[0], "error_message": decoded[1]}
+    if status in ("failed", "retrying") and isinstance(decoded, list) and len(decoded) >= 3:
+        # (a fourth item marks a terminal failure)
+        shown = {"error_type": decoded[0], "error_message": decoded[1]}
+        return {**shown, "terminal": True} if decoded[3:] == [True] else shown
     return decoded
 
 

@@ -225,3 +225,95 @@ def test_a_mailbox_written_before_failure_reasons_opens_and_migrates(tmp_path: P
         assert [(d.seq, d.reason) for d in box.dead_letters()] == [(7, "unknown")]
     finally:
         box.close()
+
+
+# -- retry policies and durable backoff --------------------------------------------------------
+
+
+async def test_max_attempts_none_retries_a_message_and_a_step_forever(root: Path) -> None:
+    """Retry(max_attempts=None) retries a failing message and a failing step until they pass."""
+    step_calls: list[int] = []
+    turn_calls: list[float] = []
+
+    async def flaky() -> int:
+        step_calls.append(actors.current_step().attempt)
+        if len(step_calls) < 40:
+            raise ConnectionError("still down")
+        return len(step_calls)
+
+    class Patient(actors.Actor, name="Patient"):
+        retry = actors.Retry(max_attempts=None, initial_delay=1, max_delay=60, jitter=0)
+        restart_intensity = actors.RestartIntensity(max_failures=1000, period=60)
+
+        async def go(self) -> int:
+            turn_calls.append(clock())
+            if len(turn_calls) < 30:
+                raise ConnectionError("not yet")
+            forever = actors.Retry(max_attempts=None, initial_delay=1, max_delay=60, jitter=0)
+            result: int = await self.step("flaky", forever, flaky)
+            return result
+
+    async with runtime(root, Patient) as rt:
+        assert await rt.ref(Patient, "p").ask(Patient.go) == 40
+        assert step_calls == list(range(1, 41))
+        assert len(turn_calls) == 30
+        assert turn_calls[-1] - turn_calls[-2] == pytest.approx(60)  # capped by max_delay
+        assert rt.statistics().retries == 29
+
+
+async def test_a_message_in_backoff_waits_out_the_rest_after_a_reopen(root: Path) -> None:
+    """Closing in a message's backoff neither resets its attempt count nor its delay."""
+    attempts: list[float] = []
+
+    class Slow(actors.Actor, name="Slow"):
+        retry = actors.Retry(max_attempts=3, initial_delay=1000, max_delay=5000, jitter=0)
+
+        async def go(self) -> None:
+            attempts.append(clock())
+            raise ConnectionError("down")
+
+    async with runtime(root, Slow) as rt:
+        await rt.ref(Slow, "s").send(Slow.go)
+        await anyio.sleep(100)  # attempt 1 failed; 900 s of backoff remain
+        assert len(attempts) == 1
+    async with runtime(root, Slow) as rt:
+        await anyio.sleep(5000)
+        letters = await rt.dead_letters(rt.ref(Slow, "s"))
+    assert [round(t - attempts[0]) for t in attempts] == [0, 1000, 3000]
+    assert [(d.attempts, d.reason) for d in letters] == [(3, "exhausted")]
+
+
+async def test_a_step_in_backoff_keeps_its_attempt_count_and_delay_after_a_reopen(
+    root: Path,
+) -> None:
+    """Closing in a step's backoff: after a reopen the step goes on at its next attempt, on time."""
+    attempts: list[tuple[int, float]] = []
+
+    async def call_llm() -> str:
+        attempts.append((actors.current_step().attempt, clock()))
+        if len(attempts) < 3:
+            raise ConnectionError("503")
+        return "answer"
+
+    class Agent(actors.Actor, name="Agent"):
+        async def go(self) -> None:
+            slow = actors.Retry(max_attempts=5, initial_delay=1000, max_delay=5000, jitter=0)
+            self.kv["answer"] = await self.step("llm", slow, call_llm)
+
+        @actors.query
+        async def answer(self) -> str | None:
+            value: str | None = self.kv.get("answer")
+            return value
+
+    async with runtime(root, Agent, shutdown_grace=1) as rt:
+        ref = rt.ref(Agent, "a")
+        await ref.send(Agent.go)
+        await anyio.sleep(100)  # attempt 1 failed; the step waits 900 s more
+        (turn,) = await rt.turns(ref)
+        (step,) = turn.steps
+        assert (step.status, step.attempts) == ("retrying", 1)
+        assert step.until == pytest.approx(attempts[0][1] + 1000)
+    async with runtime(root, Agent) as rt:
+        await anyio.sleep(5000)
+        assert await rt.ref(Agent, "a").ask(Agent.answer) == "answer"
+    assert [(n, round(t - attempts[0][1])) for n, t in attempts] == [(1, 0), (2, 1000), (3, 3000)]
