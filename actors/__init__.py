@@ -8,7 +8,7 @@ users import it); ``actors.testing`` does the same for its own names.
 
 from importlib import metadata as _metadata
 
-from runtime.actor import Actor, query
+from runtime.actor import Actor, handler, query
 from runtime.errors import (
     ActorError,
     ActorExistsError,
@@ -131,6 +131,7 @@ __all__ = [
     "UnknownHandlerError",
     "WaitTimeoutError",
     "current_step",
+    "handler",
     "log_lifecycle",
     "open_runtime",
     "query",

@@ -317,3 +317,170 @@ async def test_a_step_in_backoff_keeps_its_attempt_count_and_delay_after_a_reope
         await anyio.sleep(5000)
         assert await rt.ref(Agent, "a").ask(Agent.answer) == "answer"
     assert [(n, round(t - attempts[0][1])) for n, t in attempts] == [(1, 0), (2, 1000), (3, 3000)]
+
+
+# -- @actors.handler ---------------------------------------------------------------------------
+
+
+async def test_a_handlers_own_retry_policy_overrides_the_types(root: Path) -> None:
+    """@actors.handler(retry=...) sets one handler's attempts; the others keep the type's."""
+    calls: list[str] = []
+
+    class Mixed(actors.Actor, name="Mixed"):
+        retry = actors.Retry(max_attempts=1)
+
+        @actors.handler(retry=actors.Retry(max_attempts=4, initial_delay=1))
+        async def patient(self) -> None:
+            calls.append("patient")
+            raise ConnectionError("down")
+
+        async def hasty(self) -> None:
+            calls.append("hasty")
+            raise ConnectionError("down")
+
+    async with runtime(root, Mixed) as rt:
+        ref = rt.ref(Mixed, "m")
+        with pytest.raises(actors.MessageFailedError) as patient:
+            await ref.ask(Mixed.patient)
+        with pytest.raises(actors.MessageFailedError) as hasty:
+            await ref.ask(Mixed.hasty)
+    assert (patient.value.attempts, hasty.value.attempts) == (4, 1)
+    assert calls == ["patient"] * 4 + ["hasty"]
+
+
+def agent_v1() -> type[actors.Actor]:
+    class Agent(actors.Actor, name="Agent"):
+        async def hold(self) -> None:
+            await self.sleep(3600)  # the messages after it stay queued
+
+        async def chat(self, text: str) -> str:
+            raise AssertionError("the old code never runs them")
+
+    return Agent
+
+
+def agent_v2() -> type[actors.Actor]:
+    class Agent(actors.Actor, name="Agent"):
+        async def hold(self) -> None:
+            await self.sleep(3600)
+
+        @actors.handler(name="chat")
+        async def reply(self, text: str) -> str:
+            self.kv["said"] = [*self.kv.get("said", []), text]
+            return text.upper()
+
+        @actors.query
+        async def said(self) -> list[str]:
+            return list(self.kv.get("said", []))
+
+    return Agent
+
+
+async def test_renaming_a_method_with_a_stable_name_keeps_queued_messages(root: Path) -> None:
+    """Messages queued under the old method name run on the renamed method that keeps it."""
+    old = agent_v1()
+    async with runtime(root, old, shutdown_grace=0) as rt:
+        ref = rt.ref(old, "a")
+        await ref.send(old.hold)  # type: ignore[attr-defined]
+        await ref.send(old.chat, "one")  # type: ignore[attr-defined]
+        await ref.send("chat", "two")
+        await anyio.sleep(10)
+    new = agent_v2()
+    async with runtime(root, new) as rt:
+        ref = rt.ref(new, "a")
+        await anyio.sleep(3700)
+        assert await ref.ask(new.reply, "three") == "THREE"  # type: ignore[attr-defined]
+        assert await ref.ask("chat", "four") == "FOUR"
+        assert await ref.ask("reply", "five") == "FIVE"  # the method's name resolves too
+        assert await ref.ask(new.said) == ["one", "two", "three", "four", "five"]  # type: ignore[attr-defined]
+        assert await rt.dead_letters(ref) == []
+
+
+def test_handler_definitions_are_checked_when_the_class_is_defined() -> None:
+    """Shared persisted names, async validators and misplaced options fail at definition."""
+    with pytest.raises(TypeError, match="share the persisted handler name 'chat'"):
+
+        class Twice(actors.Actor):
+            @actors.handler(name="chat")
+            async def a(self) -> None: ...
+
+            @actors.handler(name="chat")
+            async def b(self) -> None: ...
+
+    with pytest.raises(TypeError, match="ambiguous"):
+
+        class Crossed(actors.Actor):
+            @actors.handler(name="b")
+            async def a(self) -> None: ...
+
+            @actors.handler(name="c")
+            async def b(self) -> None: ...
+
+    async def check(text: str) -> bool:
+        return True
+
+    with pytest.raises(TypeError, match="must be a plain def"):
+        actors.handler(validator=check)
+    with pytest.raises(TypeError, match="never retried"):
+
+        class Reader(actors.Actor):
+            @actors.handler(retry=actors.Retry())
+            @actors.query
+            async def read(self) -> None: ...
+
+    with pytest.raises(TypeError, match="async method"):
+        actors.handler(lambda self: None)  # type: ignore[type-var]
+    with pytest.raises(ValueError, match="handler's name"):
+        actors.handler(name="_private")
+    with pytest.raises(ValueError, match="lifecycle hook"):
+        actors.handler(name="on_create")
+    with pytest.raises(TypeError, match="drop the leading underscore"):
+
+        class Hidden(actors.Actor):
+            @actors.handler
+            async def _secret(self) -> None: ...
+
+    with pytest.raises(TypeError, match=r"actors\.Retry"):
+        actors.handler(retry=3)  # type: ignore[call-overload]
+
+
+async def test_a_validator_refuses_a_call_in_the_sender_and_stores_nothing(root: Path) -> None:
+    """A validator's refusal is an InvalidArgumentsError at the sender; nothing is stored."""
+    ran: list[str] = []
+
+    def positive(amount: int, *, note: str = "") -> bool:
+        if amount == 0:
+            raise ValueError("the amount must not be zero")
+        return amount > 0
+
+    class Wallet(actors.Actor, name="Wallet"):
+        @actors.handler(validator=positive)
+        async def pay(self, amount: int, *, note: str = "") -> int:
+            ran.append(f"pay {amount}")
+            return amount
+
+        @actors.query
+        @actors.handler(validator=lambda n: n < 10)
+        async def peek(self, n: int) -> int:
+            return n
+
+        async def relay(self, amount: int) -> None:
+            self.send(self.ref, Wallet.pay, amount)  # refused: this turn fails
+
+    async with runtime(root, Wallet) as rt:
+        ref = rt.ref(Wallet, "w")
+        with pytest.raises(actors.InvalidArgumentsError, match="must not be zero") as raised:
+            await ref.send(Wallet.pay, 0)
+        assert isinstance(raised.value.__cause__, ValueError)
+        with pytest.raises(actors.InvalidArgumentsError, match="returned False"):
+            await ref.ask(Wallet.pay, -5, note="refund")
+        stats = rt.statistics()
+        assert (stats.messages_sent, stats.awake, stats.hibernated) == (0, 0, 0)
+        assert await ref.ask(Wallet.pay, 5) == 5
+        with pytest.raises(actors.InvalidArgumentsError, match="returned False"):
+            await ref.ask(Wallet.peek, 12)
+        assert await ref.ask(Wallet.peek, 3) == 3
+        with pytest.raises(actors.MessageFailedError) as relayed:
+            await ref.ask(Wallet.relay, -1)
+        assert isinstance(relayed.value.__cause__, actors.InvalidArgumentsError)
+    assert ran == ["pay 5"]

@@ -44,6 +44,7 @@ PUBLIC = {
     "StoredError",
     "UnknownActorTypeError",
     "UnknownHandlerError",
+    "handler",
     "open_runtime",
     "query",
     # durable steps
