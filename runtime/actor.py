@@ -110,8 +110,9 @@ class Actor:
             async def post(self, text: str) -> int: ...
 
     Class attributes configure the type: ``retry`` (an :class:`actors.Retry` for failing
-    messages), ``restart_intensity`` (an :class:`actors.RestartIntensity`: how many failed
-    turns in a period stop the actor) and ``migrations`` (SQL strings or callables, applied in
+    messages; ``@actors.handler(retry=...)`` sets one handler's own), ``restart_intensity``
+    (an :class:`actors.RestartIntensity`: how many failed turns in a period stop the actor)
+    and ``migrations`` (SQL strings or callables, applied in
     order by ``pragma user_version``; only ever append to it), and ``durable`` (with a
     replica: a reply or a send's acknowledgement waits until the commits behind it are in the
     replica, so nothing acknowledged can be lost with the machine).
@@ -279,7 +280,11 @@ class Actor:
         a worker thread. A retry policy goes before the function,
         ``self.step("llm", Retry(max_attempts=5), call_llm, prompt)``: attempts, exponential
         backoff with jitter and a per-attempt ``deadline`` (default: 3 attempts); raise
-        :class:`actors.NonRetryable` to stop. (Deprecated: ``retry=`` among ``fn``'s arguments.)
+        :class:`actors.NonRetryable` to stop (the handler gets ``StepFailedError``), or
+        :class:`actors.TerminalError` to fail the whole message (the handler gets a
+        ``TerminalError``, the same on every replay, and may catch it to compensate).
+        Between attempts the count and the next attempt's time are journaled, so a crash
+        resets neither. (Deprecated: ``retry=`` among ``fn``'s arguments.)
         ``actors.current_step().idempotency_key`` inside ``fn`` is stable across attempts and
         replays. The step is numbered when this method is called, so steps started together
         (``self.gather``) are journaled in the order the code wrote them.
