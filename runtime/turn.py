@@ -512,6 +512,8 @@ def failure_reason(error: BaseException | None) -> str:
         return "unknown"  # (copied to the dead letters, with its reason, before a crash)
     if isinstance(error, TerminalError):
         return "terminal"
+    if isinstance(error, BaseExceptionGroup) and error.split(TerminalError)[1] is None:
+        return "terminal"  # (raised in the handler's task group, every one of them terminal)
     if isinstance(error, TurnCancelledError):
         return "cancelled"
     if isinstance(error, _ProcessDied):

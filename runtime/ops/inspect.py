@@ -541,6 +541,9 @@ class DeadLetterView:
     error_message: str
     traceback: str
     failed_at: float
+    #: Why it was given up on (``DeadLetter.reason``); ``unknown`` in a file written before
+    #: reasons were kept.
+    reason: str = "unknown"
 
 
 @attrs.frozen
@@ -744,11 +747,14 @@ def _step_value(status: str, value: bytes | None) -> Any:
 
 
 def _dead_letters(conn: apsw.Connection) -> tuple[DeadLetterView, ...]:
+    # (read-only: a file the runtime has not opened since reasons were kept has no column)
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(dead_letters)")}
+    reason = "reason" if "reason" in columns else "'unknown'"
     return tuple(
         DeadLetterView(*row)
         for row in conn.execute(
             "SELECT seq, method, payload, sender, idempotency_key, attempts, error_type, "
-            "error_message, traceback, failed_at FROM dead_letters ORDER BY seq"
+            f"error_message, traceback, failed_at, {reason} FROM dead_letters ORDER BY seq"
         )
     )
 

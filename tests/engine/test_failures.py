@@ -484,3 +484,27 @@ async def test_a_validator_refuses_a_call_in_the_sender_and_stores_nothing(root:
             await ref.ask(Wallet.relay, -1)
         assert isinstance(relayed.value.__cause__, actors.InvalidArgumentsError)
     assert ran == ["pay 5"]
+
+
+async def test_terminal_errors_from_a_handlers_task_group_are_terminal(root: Path) -> None:
+    """A group of only TerminalErrors from the handler's own task group fails terminally."""
+    calls: list[int] = []
+
+    class Fanout(actors.Actor, name="Fanout"):
+        retry = actors.Retry(max_attempts=3, initial_delay=1)
+
+        async def go(self) -> None:
+            calls.append(1)
+
+            async def refuse(what: str) -> None:
+                raise actors.TerminalError(f"{what} refused")
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(refuse, "a")
+                tg.start_soon(refuse, "b")
+
+    async with runtime(root, Fanout) as rt:
+        with pytest.raises(actors.MessageFailedError) as failed:
+            await rt.ref(Fanout, "f").ask(Fanout.go)
+    assert failed.value.reason == "terminal"
+    assert calls == [1]
