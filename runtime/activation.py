@@ -446,12 +446,18 @@ class Activation:
                 continue
             if self.spec.durable and not await self._lineage_replicated():
                 break
-            await turn.Batch(self).run()
+            head = self.queue[0]  # (in backoff after a failure: it may have to wait first)
+            if head.retry_at is None or await turn.backed_off(self, head):
+                await turn.Batch(self).run()
         if self.hibernating and self.failed is None and self.gave_up is None:
-            if self.spec.has_on_hibernate:
-                await turn.run_hook(self, "on_hibernate")
-            if self.outbox.dirty:  # sends made by on_hibernate
-                await self.outbox.deliver(self)
+            await self._before_hibernating()
+
+    async def _before_hibernating(self) -> None:
+        """``on_hibernate``, and the sends it made."""
+        if self.spec.has_on_hibernate:
+            await turn.run_hook(self, "on_hibernate")
+        if self.outbox.dirty:  # sends made by on_hibernate
+            await self.outbox.deliver(self)
 
     async def _between_turns(self) -> None:
         """What waits for a gap between turns: a replica capture, due timers, the wake-up hint,

@@ -95,6 +95,7 @@ class TurnActor(ActorHost, ReplicatedActor, Protocol):
     outbox: Outbox
     created: anyio.Event
     settled: anyio.Event
+    work: anyio.Event
 
     def record_wake_latency(self) -> None: ...
 
@@ -130,8 +131,6 @@ class Batch:
         data = act.data
         first = self.messages[0]
         act.record_wake_latency()
-        if first.retry_at is not None and not await self._backed_off(first):
-            return
         doomed = self._doomed(first)
         if doomed is not None:
             await fail(act, *doomed)
@@ -152,21 +151,6 @@ class Batch:
                 act.mailbox.reset_start(first.seq)  # cut short by a graceful close, not a death
             raise
         await self._release()
-
-    async def _backed_off(self, first: Message) -> bool:
-        """A message in backoff after a failed attempt (in this process, or before a crash:
-        its time is in the inbox) waits until it may run again; whether it may run now (not
-        if the runtime began closing meanwhile: it waits out the rest at the next open)."""
-        rt = self.act.runtime
-        if not first.dead_lettered and first.cancelled is None:
-            delay = first.retry_at - rt.clock() if first.retry_at is not None else 0.0
-            if delay > 0:
-                with anyio.move_on_after(delay):
-                    await rt.closing.wait()
-                if rt.closing.is_set():
-                    return False
-        first.retry_at = None
-        return True
 
     def _doomed(self, first: Message) -> tuple[Message, BaseException | None] | None:
         """A first message that fails without running: copied to the dead letters just before a
@@ -404,6 +388,27 @@ def _take(act: TurnActor) -> list[Message]:
     return batch
 
 
+async def backed_off(act: TurnActor, head: Message) -> bool:
+    """Whether the message at the head of the queue, in backoff after a failed attempt (in
+    this process, or before a crash: its time is in the inbox), may run now. If not, wait
+    until it may, or until the turn loop has something else to do (a cancel, a close, a due
+    timer, a new message: they set ``work``); the loop then calls this again, and the rest of
+    the delay is waited then (or, after a close, at the next open)."""
+    delay = 0.0
+    if head.retry_at is not None and not head.dead_lettered and head.cancelled is None:
+        delay = head.retry_at - act.runtime.clock()
+    if delay <= 0:
+        head.retry_at = None
+        return True
+    act.work = anyio.Event()
+    with anyio.move_on_after(delay) as waited:
+        await act.work.wait()
+    if waited.cancelled_caught:  # the delay is over (by the loop's clock: it paces waits)
+        head.retry_at = None
+        return True
+    return False
+
+
 def applied_before(act: TurnActor, message: Message) -> bool:
     """Whether ``message`` was applied already under another mailbox seq: a delivery from a
     sender at or below its cursor in ``data.db``, or a call whose idempotency key ``data.db``
@@ -465,7 +470,7 @@ async def fail(act: TurnActor, message: Message, error: BaseException | None) ->
             return rt.clock() + policy.delay(attempts)
 
         # The next attempt's time is durable with the count: a crash does not reset the
-        # backoff (the next batch waits it out: Batch.run).
+        # backoff (the turn loop waits it out: backed_off).
         message.attempts, message.retry_at = act.mailbox.record_failure(message.seq, retry_at)
         if reason not in ("terminal", "cancelled") and intensity_exceeded(act, error):
             return

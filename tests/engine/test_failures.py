@@ -508,3 +508,43 @@ async def test_terminal_errors_from_a_handlers_task_group_are_terminal(root: Pat
             await rt.ref(Fanout, "f").ask(Fanout.go)
     assert failed.value.reason == "terminal"
     assert calls == [1]
+
+
+async def test_a_message_in_backoff_can_be_cancelled_at_once(root: Path) -> None:
+    """Cancelling a message in a long backoff dead-letters it now, not when the delay ends."""
+    calls: list[float] = []
+
+    class Stuck(actors.Actor, name="Stuck"):
+        retry = actors.Retry(max_attempts=None, initial_delay=3600, jitter=0)
+
+        async def go(self) -> None:
+            calls.append(clock())
+            raise ConnectionError("down")
+
+        async def ping(self) -> str:
+            return "pong"
+
+    async with runtime(root, Stuck) as rt:
+        ref = rt.ref(Stuck, "s")
+        async with anyio.create_task_group() as tg:
+            outcome: list[BaseException] = []
+
+            async def ask() -> None:
+                try:
+                    await ref.ask(Stuck.go)
+                except actors.MessageFailedError as exc:
+                    outcome.append(exc)
+
+            tg.start_soon(ask)
+            await anyio.sleep(10)
+            await ref.send(Stuck.ping)  # arrives during the backoff: it waits behind
+            await anyio.sleep(10)
+            assert len(calls) == 1 and not outcome
+            cancelled_at = clock()
+            await rt.cancel_turn(ref, 1)  # (the actor's first message)
+        assert [e.reason for e in outcome if isinstance(e, actors.MessageFailedError)] == [
+            "cancelled"
+        ]
+        assert clock() - cancelled_at < 1
+        assert await ref.ask(Stuck.ping) == "pong"
+    assert len(calls) == 1
