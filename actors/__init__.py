@@ -8,7 +8,7 @@ users import it); ``actors.testing`` does the same for its own names.
 
 from importlib import metadata as _metadata
 
-from runtime.actor import Actor, query
+from runtime.actor import Actor, handler, query
 from runtime.errors import (
     ActorError,
     ActorExistsError,
@@ -40,6 +40,7 @@ from runtime.errors import (
     StepFailedError,
     StorageError,
     StoredError,
+    TerminalError,
     TurnCancelledError,
     UnknownActorTypeError,
     UnknownHandlerError,
@@ -123,12 +124,14 @@ __all__ = [
     "StepRecord",
     "StorageError",
     "StoredError",
+    "TerminalError",
     "TurnCancelledError",
     "TurnInfo",
     "UnknownActorTypeError",
     "UnknownHandlerError",
     "WaitTimeoutError",
     "current_step",
+    "handler",
     "log_lifecycle",
     "open_runtime",
     "query",

@@ -450,7 +450,9 @@ class Activation:
                 continue
             if self.spec.durable and not await self._lineage_replicated():
                 break
-            await turn.Batch(self).run()
+            head = self.queue[0]  # (in backoff after a failure: it may have to wait first)
+            if head.retry_at is None or await turn.backed_off(self, head):
+                await turn.Batch(self).run()
         if self.hibernating and self.failed is None and self.gave_up is None:
             await self._close_turns()
 

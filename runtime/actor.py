@@ -1,15 +1,23 @@
-"""The ``Actor`` base class and the ``@query`` decorator."""
+"""The ``Actor`` base class and the ``@query`` and ``@handler`` decorators."""
 
 from __future__ import annotations
 
 import datetime
+import inspect
 import uuid as _uuid
 import warnings
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Concatenate, ParamSpec, TypeVar, overload
 
 from . import context
-from .spec import QUERY_MARK, RestartIntensity, Retry, build_type_spec
+from .spec import (
+    HANDLER_MARK,
+    QUERY_MARK,
+    RestartIntensity,
+    Retry,
+    build_type_spec,
+    check_handler_options,
+)
 from .steps import DEFAULT_STEP_RETRY, StepCall, current_durable, gather, new_random, new_uuid
 from .timers import Schedule
 
@@ -37,6 +45,61 @@ def query(fn: F) -> F:
     return fn
 
 
+@overload
+def handler(fn: F, /) -> F: ...
+
+
+@overload
+def handler(
+    *,
+    name: str | None = None,
+    retry: Retry | None = None,
+    validator: Callable[..., object] | None = None,
+) -> Callable[[F], F]: ...
+
+
+def handler(
+    fn: F | None = None,
+    /,
+    *,
+    name: str | None = None,
+    retry: Retry | None = None,
+    validator: Callable[..., object] | None = None,
+) -> F | Callable[[F], F]:
+    """Declare a message handler's options; ``@actors.handler`` alone changes nothing.
+
+    ``name``: the handler's persisted name, stored with every message to it (default: the
+    method's name). Keep it when renaming the method, and messages already queued under it
+    still run; a send may name the method (``ref.send(Agent.renamed, ...)``) or the persisted
+    name as a string. ``retry``: this handler's :class:`actors.Retry`, instead of the actor
+    type's ``retry``. ``validator``: a plain function called in the sender with the handler's
+    arguments (without ``self``), after the arity check and before anything is stored; if it
+    raises (any ``Exception``) or returns ``False``, the send, ask or ``self.send`` raises
+    :class:`actors.InvalidArgumentsError` carrying its message, and nothing is stored. It must
+    not be async (it runs before the message exists; do I/O in the handler). It also applies to
+    a ``@query``, which accepts ``name`` and ``validator`` but not ``retry`` (a query is never
+    retried)::
+
+        class Agent(actors.Actor, name="agent"):
+            @actors.handler(name="chat", retry=actors.Retry(max_attempts=None),
+                            validator=lambda text: bool(text.strip()))
+            async def reply(self, text: str) -> str: ...
+    """
+    options = check_handler_options(name, retry, validator)
+
+    def mark(method: F) -> F:
+        checked: Any = method  # (a TypeGuard would narrow F away)
+        if not inspect.iscoroutinefunction(checked):
+            raise TypeError(
+                f"@actors.handler decorates an async method (got {method!r}); handlers are "
+                "async def"
+            )
+        setattr(method, HANDLER_MARK, options)
+        return method
+
+    return mark if fn is None else mark(fn)
+
+
 class Actor:
     """Base class of actor types. Public ``async def`` methods are its message handlers.
 
@@ -47,8 +110,9 @@ class Actor:
             async def post(self, text: str) -> int: ...
 
     Class attributes configure the type: ``retry`` (an :class:`actors.Retry` for failing
-    messages), ``restart_intensity`` (an :class:`actors.RestartIntensity`: how many failed
-    turns in a period stop the actor) and ``migrations`` (SQL strings or callables, applied in
+    messages; ``@actors.handler(retry=...)`` sets one handler's own), ``restart_intensity``
+    (an :class:`actors.RestartIntensity`: how many failed turns in a period stop the actor)
+    and ``migrations`` (SQL strings or callables, applied in
     order by ``pragma user_version``; only ever append to it), and ``durable`` (with a
     replica: a reply or a send's acknowledgement waits until the commits behind it are in the
     replica, so nothing acknowledged can be lost with the machine).
@@ -216,7 +280,11 @@ class Actor:
         a worker thread. A retry policy goes before the function,
         ``self.step("llm", Retry(max_attempts=5), call_llm, prompt)``: attempts, exponential
         backoff with jitter and a per-attempt ``deadline`` (default: 3 attempts); raise
-        :class:`actors.NonRetryable` to stop. (Deprecated: ``retry=`` among ``fn``'s arguments.)
+        :class:`actors.NonRetryable` to stop (the handler gets ``StepFailedError``), or
+        :class:`actors.TerminalError` to fail the whole message (the handler gets a
+        ``TerminalError``, the same on every replay, and may catch it to compensate).
+        Between attempts the count and the next attempt's time are journaled, so a crash
+        resets neither. (Deprecated: ``retry=`` among ``fn``'s arguments.)
         ``actors.current_step().idempotency_key`` inside ``fn`` is stable across attempts and
         replays. The step is numbered when this method is called, so steps started together
         (``self.gather``) are journaled in the order the code wrote them.

@@ -61,6 +61,7 @@ class Admin:
                     error_message=row.error_message,
                     traceback=row.traceback,
                     failed_at=row.failed_at,
+                    reason=row.reason,
                 )
             )
         return letters
@@ -178,8 +179,10 @@ class Admin:
                 for message in act.queue:
                     if message.seq == seq:
                         message.restarts += 1
+                        message.retry_at = None  # (its attempts start again: no backoff)
                 if act.turn is not None and act.turn.seq == seq:
                     act.turn.interrupt_with("restart")
+                act.work.set()
             return removed
 
         removed = self.residency.with_mailbox(spec, key, rewind)

@@ -60,6 +60,8 @@ class Delivery:
     ) -> tuple[str, bytes, bool]:
         handler = spec.handler(method)
         handler.check_arguments(spec.name, args, kwargs)
+        if handler.validator is not None:
+            handler.validate(spec.name, args, kwargs)
         payload = self.rt.codec.encode([list(args), kwargs])
         check_payload(self.rt, payload, f"a message to {spec.name}.{handler.name}")
         return handler.name, payload, handler.is_query

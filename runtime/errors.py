@@ -101,18 +101,22 @@ class ActorNotFoundError(ActorError, LookupError):
 
 
 class MessageFailedError(ActorError):
-    """The handler raised on every attempt allowed by the actor type's retry policy.
+    """The message failed for good: its handler raised on every attempt its retry policy
+    allows, raised :class:`TerminalError`, or failed in a way no retry can fix.
 
     The message was dead-lettered: it is kept in the actor's mailbox, where
     ``Runtime.dead_letters`` lists it and ``Runtime.replay_dead_letter`` sends it again. The
     original exception is this error's ``__cause__`` (a :class:`StoredError` when the failure is
     read back from disk, for example by a retried ask with the same idempotency key).
+    ``reason`` is the dead letter's (``"terminal"``, ``"exhausted"``, ...: see
+    :class:`DeadLetter`).
     """
 
-    def __init__(self, message: str, *, seq: int, attempts: int) -> None:
+    def __init__(self, message: str, *, seq: int, attempts: int, reason: str = "exhausted") -> None:
         super().__init__(message)
         self.seq = seq
         self.attempts = attempts
+        self.reason = reason
 
 
 class StoredError(Exception):
@@ -197,6 +201,20 @@ class RuntimeInternalError(Exception):
 class NonRetryable(Exception):
     """Raise it (or a subclass) inside a step's function to stop retrying: the step fails at
     once with this error, which is journaled as the step's final error."""
+
+
+class TerminalError(Exception):
+    """Raise it (or a subclass) in a handler or a step's function to fail the *message* at once.
+
+    Unlike :class:`NonRetryable`, which only ends a step's retries and lets the handler decide,
+    a terminal error is final for the whole message: no retry, no backoff; the message is
+    dead-lettered with reason ``"terminal"``; an asker gets :class:`MessageFailedError` with
+    this error as its ``__cause__``; and it does not count toward the actor's restart
+    intensity (the actor is healthy: the request was refused). Raised in a step's function, it
+    ends the step at once and is journaled as the step's failure; the handler then gets a
+    ``TerminalError`` (the same on every replay) that it may catch to compensate, as a saga
+    does, or let escape to fail the message.
+    """
 
 
 class StepFailedError(ActorError):

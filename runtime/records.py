@@ -14,7 +14,7 @@ import attrs
 
 @attrs.frozen
 class DeadLetter:
-    """A message that failed on every allowed attempt, kept in the actor's mailbox."""
+    """A message given up on (``reason`` says why), kept in the actor's mailbox."""
 
     seq: int
     method: str
@@ -27,6 +27,7 @@ class DeadLetter:
     error_message: str
     traceback: str
     failed_at: float
+    reason: str = "unknown"
 
 
 @attrs.frozen

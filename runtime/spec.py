@@ -27,18 +27,26 @@ _CONFIGURATION = frozenset({"retry", "migrations", "restart_intensity", "durable
 
 #: Marker attribute set by ``@actors.query``.
 QUERY_MARK = "__torpor_query__"
+#: Attribute set by ``@actors.handler``: its :class:`HandlerOptions`.
+HANDLER_MARK = "__torpor_handler__"
 
 
 @attrs.frozen
 class Retry:
     """A retry policy: how many attempts, and the exponential backoff between them.
 
-    Used for failing messages (``Actor.retry``) and for steps (``self.step(name, retry, fn)``). The
-    delay before attempt ``n + 1`` is ``min(max_delay, initial_delay * multiplier ** (n - 1))``,
-    spread by ``±jitter`` of itself.
+    Used for failing messages (``Actor.retry``, or ``@actors.handler(retry=...)`` for one
+    handler) and for steps (``self.step(name, retry, fn)``). The delay before attempt ``n + 1``
+    is ``min(max_delay, initial_delay * multiplier ** (n - 1))``, spread by ``±jitter`` of
+    itself. ``max_attempts=None`` retries forever. Attempt counts and the time of the next
+    attempt are durable, for messages and for steps: a crash neither resets a backoff nor the
+    count.
     """
 
-    max_attempts: int = attrs.field(default=3)
+    #: Attempts in all (1: no retry); ``None``: retry forever (a message's failed attempts
+    #: still count toward the actor's restart intensity, and process deaths toward
+    #: ``max_crashes``).
+    max_attempts: int | None = attrs.field(default=3)
     initial_delay: float = 0.1
     max_delay: float = 30.0
     multiplier: float = 2.0
@@ -52,9 +60,9 @@ class Retry:
     deadline: float | None = None
 
     @max_attempts.validator
-    def _check_attempts(self, _attribute: Any, value: int) -> None:
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"max_attempts must be an int >= 1 (got {value!r})")
+    def _check_attempts(self, _attribute: Any, value: int | None) -> None:
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ValueError(f"max_attempts must be an int >= 1, or None (got {value!r})")
 
     @max_crashes.validator
     def _check_crashes(self, _attribute: Any, value: int) -> None:
@@ -77,9 +85,16 @@ class Retry:
         if not 0 <= self.jitter <= 1:
             raise ValueError(f"jitter must be between 0 and 1 (got {self.jitter!r})")
 
+    def exhausted(self, attempts: int) -> bool:
+        """Whether ``attempts`` failed attempts use up this policy (never, for ``None``)."""
+        return self.max_attempts is not None and attempts >= self.max_attempts
+
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
-        base = min(self.max_delay, self.initial_delay * self.multiplier ** (attempt - 1))
+        try:
+            base = min(self.max_delay, self.initial_delay * self.multiplier ** (attempt - 1))
+        except OverflowError:  # (retrying forever: the thousandth attempt and beyond)
+            base = self.max_delay
         spread = (rng or random).uniform(-self.jitter, self.jitter)
         return max(0.0, base * (1 + spread))
 
@@ -100,11 +115,65 @@ class RestartIntensity:
 
 
 @attrs.frozen
+class HandlerOptions:
+    """What ``@actors.handler(...)`` declares for one method (checked when it decorates)."""
+
+    name: str | None = None
+    retry: Retry | None = None
+    validator: Callable[..., Any] | None = None
+
+
+def check_handler_options(name: object, retry: object, validator: object) -> HandlerOptions:
+    """The options of ``@actors.handler``, or ``TypeError``/``ValueError`` saying the fix."""
+    if name is not None:
+        check_handler_name(name)
+    if retry is not None and not isinstance(retry, Retry):
+        raise TypeError(f"@handler(retry=...) takes an actors.Retry (got {retry!r})")
+    if validator is not None:
+        if not callable(validator):
+            raise TypeError(f"@handler(validator=...) takes a callable (got {validator!r})")
+        if inspect.iscoroutinefunction(validator) or inspect.iscoroutinefunction(
+            getattr(validator, "__call__", None)  # noqa: B004 (an async callable object)
+        ):
+            raise TypeError(
+                f"@handler(validator={getattr(validator, '__qualname__', validator)}) is async; "
+                "a validator runs in the sender before anything is stored and must be a plain "
+                "def: check the arguments themselves there, and do I/O in the handler"
+            )
+    assert name is None or isinstance(name, str)
+    return HandlerOptions(name, retry, validator)
+
+
+def check_handler_name(name: object) -> None:
+    """A persisted handler name: stored with every message, so it must never change."""
+    if (
+        not isinstance(name, str)
+        or not name
+        or "\0" in name
+        or len(name) > 200
+        or name.startswith("_")
+    ):
+        raise ValueError(
+            "a handler's name must be a non-empty str of at most 200 characters, without NUL, "
+            f"not starting with '_' (got {name!r})"
+        )
+    if name in HOOKS:
+        raise ValueError(f"{name!r} is a lifecycle hook's name; give the handler another name")
+
+
+@attrs.frozen
 class HandlerSpec:
+    #: The persisted name: stored with each message (``@actors.handler(name=...)``, else the
+    #: method's name).
     name: str
     fn: Callable[..., Any]
     signature: inspect.Signature
     is_query: bool
+    #: The method's name in the class (the persisted name unless ``name=`` says otherwise).
+    attribute: str = ""
+    #: Its own retry policy (``None``: the actor type's).
+    retry: Retry | None = None
+    validator: Callable[..., Any] | None = None
     min_positional: int = attrs.field(init=False)
     max_positional: float = attrs.field(init=False)
 
@@ -134,6 +203,30 @@ class HandlerSpec:
                 f"{type_name}.{self.name}{_public_signature(self.signature)}: {exc}"
             ) from None
 
+    def validate(self, type_name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Run the handler's validator (the caller checks there is one): a refusal (it raised,
+        or returned ``False``) is an :class:`InvalidArgumentsError` carrying its message."""
+        assert self.validator is not None
+        shown = getattr(self.validator, "__qualname__", repr(self.validator))
+        try:
+            verdict = self.validator(*args, **kwargs)
+        except Exception as exc:
+            raise InvalidArgumentsError(
+                f"{type_name}.{self.name}: refused by its validator {shown}: {exc}"
+            ) from exc
+        if inspect.isawaitable(verdict):
+            close = getattr(verdict, "close", None)
+            if close is not None:
+                close()  # (never awaited: no "coroutine was never awaited" warning)
+            raise TypeError(
+                f"the validator {shown} of {type_name}.{self.name} returned an "
+                "awaitable; a validator must be a plain def"
+            )
+        if verdict is False:
+            raise InvalidArgumentsError(
+                f"{type_name}.{self.name}: refused by its validator {shown} (it returned False)"
+            )
+
 
 @attrs.frozen(eq=False)
 class TypeSpec:
@@ -141,6 +234,7 @@ class TypeSpec:
 
     name: str
     cls: type
+    #: By persisted name.
     handlers: dict[str, HandlerSpec]
     by_function: dict[Callable[..., Any], HandlerSpec]
     on_create: HandlerSpec
@@ -152,18 +246,23 @@ class TypeSpec:
     #: Replies and acknowledgements wait until the turn's commits are in the replica.
     durable: bool = False
     on_child_failed: HandlerSpec | None = None
+    #: By the method's name in the class, where it differs from the persisted name.
+    by_attribute: dict[str, HandlerSpec] = attrs.Factory(dict)
 
     def handler(self, method: Callable[..., Any] | str) -> HandlerSpec:
-        """The handler that ``method`` (a function like ``Counter.incr``, or a name) refers to."""
+        """The handler that ``method`` (a function like ``Counter.incr``, or a name: the
+        persisted one, or the method's) refers to."""
         if isinstance(method, str):
-            spec = self.handlers.get(method)
+            spec = self.handlers.get(method) or self.by_attribute.get(method)
         else:
             spec = self.by_function.get(method)
             if spec is None:
                 # A bound method, or a function inherited from a base class.
                 fn = getattr(method, "__func__", method)
                 name = getattr(fn, "__name__", None)
-                candidate = self.handlers.get(name) if isinstance(name, str) else None
+                candidate = None
+                if isinstance(name, str):
+                    candidate = self.by_attribute.get(name) or self.handlers.get(name)
                 if candidate is not None and candidate.fn is fn:
                     spec = candidate
         if spec is None:
@@ -173,6 +272,14 @@ class TypeSpec:
                 f"{shown!s} is not a handler of actor type {self.name!r} (its handlers: {known})"
             )
         return spec
+
+    def retry_for(self, method: str) -> Retry:
+        """The retry policy of messages to handler ``method`` (a persisted name): its own,
+        else the type's."""
+        handler = self.handlers.get(method)
+        if handler is not None and handler.retry is not None:
+            return handler.retry
+        return self.retry
 
     def requires_create_arguments(self) -> bool:
         try:
@@ -189,6 +296,7 @@ def build_type_spec(cls: type, name: str | None, base: type) -> TypeSpec:  # noq
     handlers: dict[str, HandlerSpec] = {}
     for attr_name in dir(cls):
         if attr_name.startswith("_") or attr_name in HOOKS:
+            _refuse_marked(cls, attr_name)
             continue
         fn = inspect.getattr_static(cls, attr_name)
         if hasattr(base, attr_name):
@@ -206,9 +314,16 @@ def build_type_spec(cls: type, name: str | None, base: type) -> TypeSpec:  # noq
             if is_query:
                 raise TypeError(f"@query {cls.__qualname__}.{attr_name} must be an async def")
             continue  # a plain public helper, not a handler
-        handlers[attr_name] = HandlerSpec(
-            name=attr_name, fn=fn, signature=_signature(fn), is_query=is_query
-        )
+        spec = _handler_spec(cls, attr_name, fn, is_query)
+        other = handlers.get(spec.name)
+        if other is not None:
+            raise TypeError(
+                f"{cls.__qualname__}.{other.attribute} and {cls.__qualname__}.{attr_name} share "
+                f"the persisted handler name {spec.name!r}; give one of them another "
+                "@actors.handler(name=...)"
+            )
+        handlers[spec.name] = spec
+    by_attribute = _aliases(cls, handlers)
     on_create = inspect.getattr_static(cls, "on_create")
     if not inspect.iscoroutinefunction(on_create):
         raise TypeError(f"{cls.__qualname__}.on_create must be an async def")
@@ -262,7 +377,60 @@ def build_type_spec(cls: type, name: str | None, base: type) -> TypeSpec:  # noq
         ),
         has_on_wake=_overrides(cls, base, "on_wake"),
         has_on_hibernate=_overrides(cls, base, "on_hibernate"),
+        by_attribute=by_attribute,
     )
+
+
+def _handler_spec(cls: type, attr_name: str, fn: Callable[..., Any], is_query: bool) -> HandlerSpec:
+    """The handler of method ``attr_name``, with its ``@actors.handler`` options if any."""
+    options = getattr(fn, HANDLER_MARK, None) or HandlerOptions()
+    if is_query and options.retry is not None:
+        raise TypeError(
+            f"@query {cls.__qualname__}.{attr_name} runs once, on committed state, and is never "
+            "retried: drop @actors.handler(retry=...)"
+        )
+    return HandlerSpec(
+        name=options.name or attr_name,
+        fn=fn,
+        signature=_signature(fn),
+        is_query=is_query,
+        attribute=attr_name,
+        retry=options.retry,
+        validator=options.validator,
+    )
+
+
+def _aliases(cls: type, handlers: dict[str, HandlerSpec]) -> dict[str, HandlerSpec]:
+    """Handlers by method name, where it is not their persisted name; a method name that is
+    another handler's persisted name would make a string ambiguous."""
+    aliases: dict[str, HandlerSpec] = {}
+    for spec in handlers.values():
+        if spec.attribute == spec.name:
+            continue
+        other = handlers.get(spec.attribute)
+        if other is not None:
+            raise TypeError(
+                f"{cls.__qualname__}.{spec.attribute} is persisted as {spec.name!r}, but "
+                f"{spec.attribute!r} is the persisted name of {cls.__qualname__}."
+                f"{other.attribute}: a message naming {spec.attribute!r} would be ambiguous; "
+                "rename one of them"
+            )
+        aliases[spec.attribute] = spec
+    return aliases
+
+
+def _refuse_marked(cls: type, attr_name: str) -> None:
+    """``@actors.handler`` on a private method or a lifecycle hook: it would never be one."""
+    fn = inspect.getattr_static(cls, attr_name, None)
+    if getattr(fn, HANDLER_MARK, None) is not None:
+        raise TypeError(
+            f"@actors.handler on {cls.__qualname__}.{attr_name}: "
+            + (
+                "lifecycle hooks are not handlers"
+                if attr_name in HOOKS
+                else "handlers are public methods; drop the leading underscore"
+            )
+        )
 
 
 def _overrides(cls: type, base: type, name: str) -> bool:

@@ -38,12 +38,14 @@ from .errors import (
     ActorError,
     ActorFailedError,
     ActorStoppedError,
+    MessageFailedError,
     NondeterminismError,
     NonRetryable,
     RuntimeClosedError,
     StepFailedError,
     StorageError,
     StoredError,
+    TerminalError,
     WaitTimeoutError,
 )
 from .files.mailbox import JournalRow
@@ -272,7 +274,7 @@ class TurnState:
     ) -> Any:
         act = self.activation
         rt = act.runtime
-        if row is not None:
+        if row is not None and row.status != "retrying":
             return self._replayed(row)
         self.write()
         rt.crash_point("before step", self, n, name)
@@ -280,7 +282,7 @@ class TurnState:
         act.turn_busy()
         try:
             with self.interruptible():
-                return await self._attempts(n, name, fn, args, kwargs, retry)
+                return await self._attempts(n, name, fn, args, kwargs, retry, row)
         finally:
             self.running -= 1
             act.turn_maybe_idle()
@@ -293,13 +295,20 @@ class TurnState:
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         retry: Retry,
+        row: JournalRow | None,
     ) -> Any:
+        """Run the step's attempts; ``row``: its journal row if it was retrying when its turn
+        last ran (the attempts it made, and when the next may start), so that neither the
+        count nor the backoff starts again after a crash or a hibernation."""
         rt = self.activation.runtime
-        attempt = 0
+        attempt = 0 if row is None else row.attempts
+        next_at = None if row is None else row.until
         is_async = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
             getattr(fn, "__call__", None)  # noqa: B004 (an async callable object)
         )
         while True:
+            if next_at is not None:
+                await anyio.sleep(max(0.0, next_at - rt.clock()))
             attempt += 1
             info = StepInfo(name, n, attempt, self.idempotency_key(n))
             rt.crash_point("step called", self, n, name)
@@ -317,16 +326,18 @@ class TurnState:
                         )
                 payload = rt.codec.encode(result)
             except Exception as exc:
-                final = isinstance(exc, NonRetryable | ActorError) and not isinstance(
-                    exc, StepDeadlineError
+                terminal = isinstance(exc, TerminalError)
+                final = terminal or (
+                    isinstance(exc, NonRetryable | ActorError)
+                    and not isinstance(exc, StepDeadlineError)
                 )
-                if attempt >= retry.max_attempts or final:
+                if retry.exhausted(attempt) or final:
                     record = JournalRow(
                         n,
                         "step",
                         name,
                         "failed",
-                        rt.codec.encode(_error_info(exc)),
+                        rt.codec.encode(_error_info(exc, terminal)),
                         None,
                         attempt,
                         self._clock(),
@@ -336,7 +347,13 @@ class TurnState:
                     rt.crash_point("after step", self, n, name)
                     raise _step_failed(self, record, exc) from exc
                 rt.counters.step_retries += 1
-                await anyio.sleep(retry.delay(attempt))
+                # The count and the next attempt's time are journaled (the row is replaced by
+                # the step's outcome): a crash in the backoff waits out the rest of it.
+                next_at = self._clock() + retry.delay(attempt)
+                last = rt.codec.encode(_error_info(exc, False))
+                self.write(
+                    JournalRow(n, "step", name, "retrying", last, next_at, attempt, self._clock())
+                )
                 continue
             finally:
                 context.CURRENT.reset(handler)
@@ -351,7 +368,7 @@ class TurnState:
         assert row.value is not None
         if row.status == "done":
             return codec.decode(row.value)
-        type_name, message, text = codec.decode(row.value)
+        type_name, message, text = codec.decode(row.value)[:3]
         raise _step_failed(self, row, None) from StoredError(type_name, message, text)
 
     # -- durable waits --------------------------------------------------------------------
@@ -502,12 +519,16 @@ class TurnState:
             except (RuntimeClosedError, StorageError, ActorStoppedError, ActorFailedError):
                 raise  # not the request's outcome: the turn rolls back and asks again later
             except ActorError as exc:
+                # The asked message failed terminally: so does this ask (the handler may
+                # catch the TerminalError, or let it fail its own message terminally).
+                terminal = isinstance(exc, MessageFailedError) and exc.reason == "terminal"
+                shown = exc.__cause__ if terminal and exc.__cause__ is not None else exc
                 record = JournalRow(
                     n,
                     "ask",
                     name,
                     "failed",
-                    rt.codec.encode(_error_info(exc)),
+                    rt.codec.encode(_error_info(shown, terminal)),
                     None,
                     1,
                     self._clock(),
@@ -608,18 +629,29 @@ async def gather(*awaitables: Awaitable[Any]) -> list[Any]:
     return results
 
 
-def _error_info(exc: BaseException) -> list[str]:
-    return [
-        type(exc).__qualname__,
-        str(exc),
-        "".join(traceback.format_exception(exc)),
-    ]
+def _error_info(exc: BaseException, terminal: bool) -> list[Any]:
+    """A step's final error as journaled: its type, message, traceback, and (only when true,
+    so that journals written before terminal errors existed read the same) ``terminal``."""
+    if isinstance(exc, StoredError):  # (read back from disk: keep the original's type)
+        info: list[Any] = [exc.type_name, exc.message, exc.traceback]
+    else:
+        info = [type(exc).__qualname__, str(exc), "".join(traceback.format_exception(exc))]
+    if terminal:
+        info.append(True)
+    return info
 
 
-def _step_failed(turn: TurnState, row: JournalRow, exc: BaseException | None) -> StepFailedError:
+def _step_failed(
+    turn: TurnState, row: JournalRow, exc: BaseException | None
+) -> StepFailedError | TerminalError:
+    """What the handler gets for a failed step: the same error, built from the journal row,
+    on the first run and on every replay (a terminal failure is a :class:`TerminalError`)."""
     codec = turn.activation.runtime.codec
     assert row.value is not None
-    type_name, message, _text = codec.decode(row.value)
+    type_name, message, _text, *more = codec.decode(row.value)
+    if more and more[0]:
+        plain = type_name == TerminalError.__qualname__
+        return TerminalError(message if plain else f"{type_name}: {message}")
     return StepFailedError(
         f"{turn.describe()}: step {row.n} ({row.kind} {row.name!r}) failed after "
         f"{row.attempts} attempt(s): {type_name}: {message}",

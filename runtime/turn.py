@@ -41,6 +41,7 @@ from .errors import (
     RuntimeInternalError,
     StepFailedError,
     StoredError,
+    TerminalError,
     TurnCancelledError,
     UnknownHandlerError,
     WaitTimeoutError,
@@ -94,6 +95,7 @@ class TurnActor(ActorHost, ReplicatedActor, Protocol):
     outbox: Outbox
     created: anyio.Event
     settled: anyio.Event
+    work: anyio.Event
 
     def record_wake_latency(self) -> None: ...
 
@@ -168,7 +170,7 @@ class Batch:
             if first.dead_lettered:  # copied to dead letters just before a crash: finish
                 return (first, None)
             first.started = act.mailbox.record_start(first.seq)
-            if first.started > act.spec.retry.max_crashes:
+            if first.started > act.spec.retry_for(first.method).max_crashes:
                 return (first, _ProcessDied(first.started - 1))
         if first.cancelled is not None:
             return (first, _cancelled(first))
@@ -386,6 +388,27 @@ def _take(act: TurnActor) -> list[Message]:
     return batch
 
 
+async def backed_off(act: TurnActor, head: Message) -> bool:
+    """Whether the message at the head of the queue, in backoff after a failed attempt (in
+    this process, or before a crash: its time is in the inbox), may run now. If not, wait
+    until it may, or until the turn loop has something else to do (a cancel, a close, a due
+    timer, a new message: they set ``work``); the loop then calls this again, and the rest of
+    the delay is waited then (or, after a close, at the next open)."""
+    delay = 0.0
+    if head.retry_at is not None and not head.dead_lettered and head.cancelled is None:
+        delay = head.retry_at - act.runtime.clock()
+    if delay <= 0:
+        head.retry_at = None
+        return True
+    act.work = anyio.Event()
+    with anyio.move_on_after(delay) as waited:
+        await act.work.wait()
+    if waited.cancelled_caught:  # the delay is over (by the loop's clock: it paces waits)
+        head.retry_at = None
+        return True
+    return False
+
+
 def applied_before(act: TurnActor, message: Message) -> bool:
     """Whether ``message`` was applied already under another mailbox seq: a delivery from a
     sender at or below its cursor in ``data.db``, or a call whose idempotency key ``data.db``
@@ -414,12 +437,14 @@ def fill_from_store(act: TurnActor, waiter: Waiter, seq: int) -> None:
     elif stored[0]:
         waiter.set_result(stored[1])
     else:
-        type_name, message, tb, attempts = act.runtime.codec.decode(stored[1])
+        type_name, message, tb, attempts, *more = act.runtime.codec.decode(stored[1])
+        reason = more[0] if more else "exhausted"
         error = MessageFailedError(
-            f"{act.describe()} failed message {seq} after {attempts} attempts: "
+            f"{act.describe()} failed message {seq} after {attempts} attempts ({reason}): "
             f"{type_name}: {message}",
             seq=seq,
             attempts=attempts,
+            reason=reason,
         )
         error.__cause__ = StoredError(type_name, message, tb)
         waiter.set_error(error)
@@ -427,27 +452,34 @@ def fill_from_store(act: TurnActor, waiter: Waiter, seq: int) -> None:
 
 async def fail(act: TurnActor, message: Message, error: BaseException | None) -> None:
     """Handle a failed attempt of the message at the head of the queue: retry it after the
-    type's backoff, or dead-letter it (at once for a failure that cannot succeed on a retry).
+    type's backoff, or dead-letter it (at once for a failure that cannot succeed on a retry,
+    and for a :class:`TerminalError`, which does not count toward the restart intensity).
 
     ``error`` is ``None`` for a message already copied to the dead letters before a crash.
     """
     rt = act.runtime
     if isinstance(error, RuntimeClosedError) and rt.closing.is_set():
         return  # not the message's fault: it stays queued and runs at the next open
+    reason = failure_reason(error)
     if error is not None:
-        attempts = act.mailbox.record_failure(message.seq)
-        message.attempts = attempts
-        if not isinstance(error, TurnCancelledError) and intensity_exceeded(act, error):
+        policy = act.spec.retry_for(message.method)
+
+        def retry_at(attempts: int) -> float | None:
+            if reason != "exhausted" or policy.exhausted(attempts):
+                return None
+            return rt.clock() + policy.delay(attempts)
+
+        # The next attempt's time is durable with the count: a crash does not reset the
+        # backoff (the turn loop waits it out: backed_off).
+        message.attempts, message.retry_at = act.mailbox.record_failure(message.seq, retry_at)
+        if reason not in ("terminal", "cancelled") and intensity_exceeded(act, error):
             return
-        retryable = not isinstance(error, (*_DETERMINISTIC, _ProcessDied))
-        if retryable and attempts < act.spec.retry.max_attempts:
+        if message.retry_at is not None:
             rt.counters.retries += 1
-            with anyio.move_on_after(act.spec.retry.delay(attempts)):
-                await rt.closing.wait()
             return
     # Dead-letter: keep a copy first, then advance applied_seq past it (in that order; a crash
     # in between is finished by the next wake, which sees the copy and skips the run).
-    act.mailbox.dead_letter(message, error)
+    act.mailbox.dead_letter(message, error, reason)
     data = act.data
     data.begin()
     try:
@@ -455,7 +487,7 @@ async def fail(act: TurnActor, message: Message, error: BaseException | None) ->
             data.advance_senders({message.sender: message.sender_seq})
         data.set_applied(message.seq)
         if message.idempotency_key is not None:
-            info = _error_info(error, message)
+            info = _error_info(error, message, reason)
             data.store_result(message.seq, message.idempotency_key, False, rt.codec.encode(info))
         data.commit()
     except BaseException:
@@ -466,14 +498,34 @@ async def fail(act: TurnActor, message: Message, error: BaseException | None) ->
     rt.counters.dead_letters += 1
     waiter = act.waiters.pop(message.seq, None)
     if waiter is not None:
+        how = "terminally" if reason == "terminal" else f"after {message.attempts} attempt(s)"
         failed = MessageFailedError(
-            f"{act.spec.name}.{message.method} failed on {act.key!r} after "
-            f"{message.attempts} attempt(s) and was dead-lettered: {error!r}",
+            f"{act.spec.name}.{message.method} failed {how} on {act.key!r} and was "
+            f"dead-lettered: {error!r}",
             seq=message.seq,
             attempts=message.attempts,
+            reason=reason,
         )
         failed.__cause__ = error
         waiter.set_error(failed)
+
+
+def failure_reason(error: BaseException | None) -> str:
+    """Why a failed message would be dead-lettered now (a :class:`DeadLetter`'s ``reason``);
+    ``"exhausted"`` for an ordinary failure, which is retried while its policy allows."""
+    if error is None:
+        return "unknown"  # (copied to the dead letters, with its reason, before a crash)
+    if isinstance(error, TerminalError):
+        return "terminal"
+    if isinstance(error, BaseExceptionGroup) and error.split(TerminalError)[1] is None:
+        return "terminal"  # (raised in the handler's task group, every one of them terminal)
+    if isinstance(error, TurnCancelledError):
+        return "cancelled"
+    if isinstance(error, _ProcessDied):
+        return "crashed"
+    if isinstance(error, _DETERMINISTIC):
+        return "not_retryable"
+    return "exhausted"
 
 
 def intensity_exceeded(act: TurnActor, error: BaseException) -> bool:
@@ -532,9 +584,12 @@ async def create(act: TurnActor) -> None:
             act.data.rollback()
             if isinstance(exc, RuntimeClosedError) and rt.closing.is_set():
                 return  # not on_create's fault: it runs again at the next open
+            if isinstance(exc, TerminalError):
+                act.stop_failed(exc)  # final: no retry, and not the actor's ill health
+                return
             if intensity_exceeded(act, exc):
                 return
-            if attempt >= act.spec.retry.max_attempts:
+            if act.spec.retry.exhausted(attempt):
                 act.stop_failed(exc)
                 return
             rt.counters.retries += 1
@@ -617,8 +672,8 @@ def _cancelled(message: Message) -> TurnCancelledError:
     )
 
 
-def _error_info(error: BaseException | None, message: Message) -> list[Any]:
+def _error_info(error: BaseException | None, message: Message, reason: str) -> list[Any]:
     if error is None:
-        return ["DeadLetter", "dead-lettered before a crash", "", message.attempts]
+        return ["DeadLetter", "dead-lettered before a crash", "", message.attempts, reason]
     text = "".join(traceback.format_exception(error))
-    return [type(error).__qualname__, str(error), text, message.attempts]
+    return [type(error).__qualname__, str(error), text, message.attempts, reason]

@@ -28,6 +28,7 @@ SECTIONS = [
     ("Actors", ["Actor", "query", "Retry", "RestartIntensity", "Schedule", "Sql", "KV"]),
     ("Messages", ["Ref", "RefOptions", "DeadLetter"]),
     ("Durable steps", ["current_step", "StepInfo", "TurnInfo", "StepRecord", "NonRetryable"]),
+    ("Failures", ["handler", "TerminalError"]),
     (
         "Replication",
         [
@@ -102,15 +103,24 @@ FIELDS: dict[str, dict[str, str]] = {
         "error_message": "``str()`` of the last error.",
         "traceback": "The last error's formatted traceback.",
         "failed_at": "When it was dead-lettered, in seconds since the epoch.",
+        "reason": "Why it was given up on: ``terminal`` (it raised ``actors.TerminalError``: "
+        "not retried), ``exhausted`` (every attempt its retry policy allows failed), "
+        "``not_retryable`` (a failure no retry can fix: a step's journaled failure or a "
+        "wait's timeout escaping the handler, arguments that no longer decode, a handler "
+        "renamed away, a reply too large), ``cancelled`` (``rt.cancel_turn``), ``crashed`` "
+        "(the process died while it ran, ``Retry.max_crashes`` times), or ``unknown`` "
+        "(dead-lettered by a torpor that kept no reason).",
     },
     "StepRecord": {
         "number": "The step's position in its turn (0 for the first step called).",
         "kind": "What it is (see above).",
         "name": "The step's name (``self.step``'s first argument; for the other kinds, a "
         "name the runtime gives).",
-        "status": "``done``, ``failed`` or ``waiting``.",
+        "status": "``done``, ``failed``, ``waiting``, or ``retrying`` (a step in backoff "
+        "between attempts; ``until`` is when it tries again).",
         "attempts": "Attempts made.",
-        "until": "The deadline of a durable wait, in seconds since the epoch, else ``None``.",
+        "until": "The deadline of a durable wait, or when a retrying step tries again, in "
+        "seconds since the epoch, else ``None``.",
         "recorded_at": "When its journal row was last written, in seconds since the epoch.",
     },
     "TurnInfo": {

@@ -179,6 +179,7 @@ def dead_letter_json(d: _inspect.DeadLetterView) -> dict[str, Any]:
         "error_message": d.error_message,
         "traceback": d.traceback,
         "failed_at": d.failed_at,
+        "reason": d.reason,
     }
 
 
@@ -322,11 +323,12 @@ def indent(text: str) -> str:
 
 def dead_letters_table(letters: Sequence[_inspect.DeadLetterView]) -> str:
     return table(
-        ["SEQ", "CALL", "ATTEMPTS", "ERROR", "FAILED"],
+        ["SEQ", "CALL", "REASON", "ATTEMPTS", "ERROR", "FAILED"],
         [
             [
                 d.seq,
                 _inspect.show_call(d.method, d.payload, 40),
+                d.reason,
                 d.attempts,
                 short(f"{d.error_type.rpartition('.')[2]}: {d.error_message}"),
                 moment(d.failed_at),

@@ -87,11 +87,19 @@ _MIGRATIONS = (
     ALTER TABLE inbox ADD COLUMN cancelled TEXT;
     ALTER TABLE inbox ADD COLUMN restarts INTEGER NOT NULL DEFAULT 0;
     """,
+    # Failure semantics (docs/howto/failures-and-retries.md): when a message in backoff may run
+    # again (epoch seconds; NULL: at once), so that a crash does not reset its backoff; and why
+    # a dead letter was given up on ('unknown' for those recorded before this column).
+    """
+    ALTER TABLE inbox ADD COLUMN retry_at REAL;
+    ALTER TABLE dead_letters ADD COLUMN reason TEXT NOT NULL DEFAULT 'unknown';
+    """,
 )
 
 _MESSAGE_COLUMNS = (
     "seq, sender, sender_seq, method, payload, idempotency_key, attempts, started, "
-    "EXISTS (SELECT 1 FROM dead_letters d WHERE d.seq = inbox.seq), cancelled, restarts"
+    "EXISTS (SELECT 1 FROM dead_letters d WHERE d.seq = inbox.seq), cancelled, restarts, "
+    "retry_at"
 )
 
 
@@ -130,6 +138,7 @@ class Message:
     recovered: bool = False
     cancelled: str | None = None
     restarts: int = 0  # Runtime.restart_turn calls: part of the steps' idempotency keys
+    retry_at: float | None = None  # in backoff after a failed attempt: not to run before this
 
 
 @attrs.frozen
@@ -144,6 +153,7 @@ class StoredDeadLetter:
     error_message: str
     traceback: str
     failed_at: float
+    reason: str
 
 
 #: Page size of new mailboxes: their rows are small and short-lived, so small pages keep a
@@ -397,6 +407,7 @@ class Mailbox:
                 recovered=recovered,
                 cancelled=row[9],
                 restarts=row[10],
+                retry_at=row[11],
             )
             for row in rows
         ]
@@ -411,24 +422,33 @@ class Mailbox:
         return 1
 
     @_typed_errors
-    def record_failure(self, seq: int) -> int:
-        """Count one failed attempt of message ``seq`` durably; return the attempts so far."""
-        for (attempts,) in self.conn.execute(
-            "UPDATE inbox SET attempts = attempts + 1 WHERE seq = ? RETURNING attempts", (seq,)
-        ):
-            return int(attempts)
-        return 1
+    def record_failure(
+        self, seq: int, retry_at: Callable[[int], float | None] = lambda _attempts: None
+    ) -> tuple[int, float | None]:
+        """Count one failed attempt of message ``seq`` durably, with the time it may run again
+        (``retry_at(attempts)``, epoch seconds; ``None``: not again, or at once), in one
+        transaction; return the attempts so far and that time."""
+        with self.conn:
+            attempts = 1
+            for (count,) in self.conn.execute(
+                "UPDATE inbox SET attempts = attempts + 1 WHERE seq = ? RETURNING attempts", (seq,)
+            ):
+                attempts = int(count)
+            when = retry_at(attempts)
+            if when is not None:
+                self.conn.execute("UPDATE inbox SET retry_at = ? WHERE seq = ?", (when, seq))
+        return attempts, when
 
     @_typed_errors
-    def dead_letter(self, message: Message, error: BaseException | None) -> None:
-        """Keep a copy of a message that exhausted its attempts (idempotent by seq)."""
+    def dead_letter(self, message: Message, error: BaseException | None, reason: str) -> None:
+        """Keep a copy of a message given up on, and why (``reason``; idempotent by seq)."""
         if error is None:
             return  # the copy was made before a crash; INSERT OR IGNORE would keep it anyway
         text = "".join(_traceback.format_exception(error))
         self.conn.execute(
             "INSERT OR IGNORE INTO dead_letters(seq, sender, sender_seq, method, payload, "
-            "idempotency_key, attempts, error_type, error_message, traceback, failed_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "idempotency_key, attempts, error_type, error_message, traceback, failed_at, "
+            "reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 message.seq,
                 message.sender,
@@ -441,6 +461,7 @@ class Mailbox:
                 str(error),
                 text,
                 self._clock(),
+                reason,
             ),
         )
 
@@ -563,7 +584,8 @@ class Mailbox:
                 "DELETE FROM journal WHERE seq = ? AND n >= ? RETURNING n", (seq, from_n)
             ).fetchall()
             conn.execute(
-                "UPDATE inbox SET started = 0, attempts = 0, restarts = restarts + 1 WHERE seq = ?",
+                "UPDATE inbox SET started = 0, attempts = 0, retry_at = NULL, "
+                "restarts = restarts + 1 WHERE seq = ?",
                 (seq,),
             )
         return len(removed)
@@ -617,7 +639,7 @@ class Mailbox:
             StoredDeadLetter(*row)
             for row in self.conn.execute(
                 "SELECT seq, sender, method, payload, idempotency_key, attempts, error_type, "
-                "error_message, traceback, failed_at FROM dead_letters ORDER BY seq"
+                "error_message, traceback, failed_at, reason FROM dead_letters ORDER BY seq"
             )
         ]
 

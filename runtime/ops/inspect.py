@@ -541,6 +541,9 @@ class DeadLetterView:
     error_message: str
     traceback: str
     failed_at: float
+    #: Why it was given up on (``DeadLetter.reason``); ``unknown`` in a file written before
+    #: reasons were kept.
+    reason: str = "unknown"
 
 
 @attrs.frozen
@@ -736,17 +739,22 @@ def _replication_status(folder: Path) -> str:
 
 def _step_value(status: str, value: bytes | None) -> Any:
     decoded = decode(value)
-    if status == "failed" and isinstance(decoded, list) and len(decoded) == 3:
-        return {"error_type": decoded[0], "error_message": decoded[1]}
+    if status in ("failed", "retrying") and isinstance(decoded, list) and len(decoded) >= 3:
+        # (a fourth item marks a terminal failure)
+        shown = {"error_type": decoded[0], "error_message": decoded[1]}
+        return {**shown, "terminal": True} if decoded[3:] == [True] else shown
     return decoded
 
 
 def _dead_letters(conn: apsw.Connection) -> tuple[DeadLetterView, ...]:
+    # (read-only: a file the runtime has not opened since reasons were kept has no column)
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(dead_letters)")}
+    reason = "reason" if "reason" in columns else "'unknown'"
     return tuple(
         DeadLetterView(*row)
         for row in conn.execute(
             "SELECT seq, method, payload, sender, idempotency_key, attempts, error_type, "
-            "error_message, traceback, failed_at FROM dead_letters ORDER BY seq"
+            f"error_message, traceback, failed_at, {reason} FROM dead_letters ORDER BY seq"
         )
     )
 

@@ -110,7 +110,9 @@ def test_a_mailbox_found_corrupt_while_open_takes_no_new_message(tmp_path: Path)
     box = Mailbox(path, synchronous="NORMAL", type_name="Box", key="b", image=mailboxes.image)
     try:
         seq = box.append("put", b"1")
-        box.dead_letter(Message(seq, None, None, "put", b"1", None, 1), ValueError("no"))
+        box.dead_letter(
+            Message(seq, None, None, "put", b"1", None, 1), ValueError("no"), "exhausted"
+        )
         box.conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_TRUNCATE)
         _write_at(path, _root_page(box.conn, "dead_letters"), b"\xff" * 8)
         box.conn.release_memory()  # (read the page from the file again)

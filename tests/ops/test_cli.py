@@ -213,6 +213,7 @@ def test_inspect_shows_tables_kv_and_dead_letters(made: Path) -> None:
         "note": {"$type": "tests.support.agents.Point", "fields": {"x": 3, "y": 4}}
     }
     assert letter["error_type"] == "ValueError"
+    assert letter["reason"] == "exhausted"
     assert letter["error_message"] == "negative: -3"
     assert "Traceback" in letter["traceback"]
     text = ok(torpor("inspect", made, "Picky", "p1"))

@@ -44,6 +44,7 @@ PUBLIC = {
     "StoredError",
     "UnknownActorTypeError",
     "UnknownHandlerError",
+    "handler",
     "open_runtime",
     "query",
     # durable steps
@@ -52,6 +53,7 @@ PUBLIC = {
     "StepFailedError",
     "StepInfo",
     "StepRecord",
+    "TerminalError",
     "TurnCancelledError",
     "TurnInfo",
     "WaitTimeoutError",
@@ -105,7 +107,12 @@ def test_every_error_has_a_docstring_and_a_root() -> None:
         obj = getattr(actors, name)
         if isinstance(obj, type) and issubclass(obj, BaseException):
             assert obj.__doc__, name
-            if name not in ("RuntimeInternalError", "StoredError", "NonRetryable"):
+            if name not in (
+                "RuntimeInternalError",
+                "StoredError",
+                "NonRetryable",
+                "TerminalError",
+            ):
                 assert issubclass(obj, actors.ActorError), name
 
 

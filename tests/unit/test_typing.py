@@ -39,6 +39,14 @@ PROGRAM = textwrap.dedent(
         async def total(self) -> int:
             return 0
 
+        @actors.handler(name="chat", retry=actors.Retry(max_attempts=None), validator=bool)
+        async def reply(self, text: str) -> str:
+            return text
+
+        @actors.handler
+        async def plain(self, n: int) -> int:
+            return n
+
 
     class Other(actors.Actor):
         async def go(self, text: str) -> str:
@@ -70,6 +78,9 @@ PROGRAM = textwrap.dedent(
         reveal_type(ref)  # type: runtime.ref.Ref[snippet.Counter]
         reveal_type(await ref.ask(Counter.add, 1))  # type: int
         reveal_type(await ref.ask(Counter.total))  # type: int
+        reveal_type(await ref.ask(Counter.reply, "hi"))  # type: str
+        reveal_type(await ref.ask(Counter.plain, 1))  # type: int
+        await ref.send(Counter.reply, 1)  # error: call-overload
         reveal_type(await ref.ask("add", 1))  # type: Any
         reveal_type(await ref.options(idempotency_key="k").ask(Counter.add, 2))  # type: int
         await ref.send(Counter.add, 1, note="x")
