@@ -32,6 +32,9 @@ from runtime.errors import (
     ReplicaError,
     ReplicaUnavailableError,
     RestorePointError,
+    RunCancelledError,
+    RunFailedError,
+    RunStateError,
     RuntimeClosedError,
     RuntimeInternalError,
     RuntimeLockedError,
@@ -58,10 +61,12 @@ from runtime.records import (
 from runtime.ref import Ref, RefOptions
 from runtime.replica import DirectoryStore, ReplicaStatistics, ReplicaStore, S3Store
 from runtime.replica.shipper import Replication
+from runtime.run import Run, RunStatus
 from runtime.runtime import Runtime, open_runtime
 from runtime.spec import RestartIntensity, Retry
 from runtime.steps import StepInfo, current_step
 from runtime.timers import Schedule
+from runtime.workflow import Workflow
 
 from ._public import publish as _publish
 
@@ -108,6 +113,11 @@ __all__ = [
     "RestartIntensity",
     "RestorePointError",
     "Retry",
+    "Run",
+    "RunCancelledError",
+    "RunFailedError",
+    "RunStateError",
+    "RunStatus",
     "Runtime",
     "RuntimeClosedError",
     "RuntimeInternalError",
@@ -128,6 +138,7 @@ __all__ = [
     "UnknownActorTypeError",
     "UnknownHandlerError",
     "WaitTimeoutError",
+    "Workflow",
     "current_step",
     "log_lifecycle",
     "open_runtime",

@@ -47,6 +47,7 @@ from .errors import (
 )
 from .files.datastore import KV, Sql
 from .files.mailbox import Message
+from .files.runstore import RUN_KEY_PREFIX
 from .host import ActorHost, Waiter
 from .outbox import Outbox
 from .replica.shipper import ReplicatedActor
@@ -173,6 +174,8 @@ class Batch:
             and (message.sender or "").startswith(CHILD_SENDER)
         ):
             handler = spec.on_child_failed
+        if handler is None and message.method == "on_run_done" and message.sender is not None:
+            handler = spec.on_run_done  # (only the runtime writes such a row: it is no handler)
         if handler is None or handler.is_query:
             return None
         return handler
@@ -243,6 +246,8 @@ class Batch:
             data.release()
         if message.idempotency_key is not None:
             data.store_result(message.seq, message.idempotency_key, True, reply)
+            if message.idempotency_key.startswith(RUN_KEY_PREFIX):
+                act.runtime.runs.finished(act, message, "done", reply)
         self.done.append((message, reply))
         return True
 
@@ -457,6 +462,9 @@ async def fail(act: TurnActor, message: Message, error: BaseException | None) ->
         if message.idempotency_key is not None:
             info = _error_info(error, message)
             data.store_result(message.seq, message.idempotency_key, False, rt.codec.encode(info))
+            if message.idempotency_key.startswith(RUN_KEY_PREFIX):  # a run ends in failure
+                status = "cancelled" if isinstance(error, TurnCancelledError) else "failed"
+                rt.runs.finished(act, message, status, rt.codec.encode(info[:3]))
         data.commit()
     except BaseException:
         data.rollback()

@@ -28,6 +28,7 @@ SECTIONS = [
     ("Actors", ["Actor", "query", "Retry", "RestartIntensity", "Schedule", "Sql", "KV"]),
     ("Messages", ["Ref", "RefOptions", "DeadLetter"]),
     ("Durable steps", ["current_step", "StepInfo", "TurnInfo", "StepRecord", "NonRetryable"]),
+    ("Runs", ["Workflow", "Run", "RunStatus"]),
     (
         "Replication",
         [

@@ -169,6 +169,22 @@ class Directory:
             "UPDATE actors SET notice = NULL WHERE id = ? AND notice = ?", (aid, notice)
         )
 
+    def children(self, parent: str | None) -> list[tuple[str, str, str]]:
+        """(id, type, key) of the actors made by ``parent`` (``None``: by no actor), oldest
+        first."""
+        rows: list[Any] = self.conn.execute(
+            "SELECT id, type, key FROM actors WHERE parent IS ? ORDER BY created_at, id",
+            (parent,),
+        ).fetchall()
+        return [(row[0], row[1], row[2]) for row in rows]
+
+    def of_type(self, type_name: str) -> list[tuple[str, str]]:
+        """(id, key) of every actor of ``type_name``."""
+        rows: list[Any] = self.conn.execute(
+            "SELECT id, key FROM actors WHERE type = ?", (type_name,)
+        ).fetchall()
+        return [(row[0], row[1]) for row in rows]
+
     def stopped_count(self) -> int:
         return int(db.scalar(self.conn, "SELECT count(*) FROM actors WHERE stopped IS NOT NULL"))
 
