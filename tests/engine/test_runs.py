@@ -158,8 +158,7 @@ async def test_the_starter_keeps_serving_messages_while_its_run_waits(root: Path
 async def test_a_turn_waiting_for_a_run_is_woken_by_its_outcome_not_by_a_queued_message(
     root: Path,
 ) -> None:
-    """A turn awaiting run.result() sleeps durably (the starter may hibernate) and ends when
-    the run does; on_run_done still arrives exactly once."""
+    """A turn awaiting run.result() waits durably, hibernating, and ends with the run."""
     async with runtime(root, Agent, Nap, idle_timeout=5) as rt:
         agent = rt.ref(Agent, "a")
         t0 = anyio.current_time()
@@ -172,8 +171,7 @@ async def test_a_turn_waiting_for_a_run_is_woken_by_its_outcome_not_by_a_queued_
 
 
 async def test_a_failed_run_reaches_its_starter_and_its_waiters_as_its_error(root: Path) -> None:
-    """A run that fails on every attempt ends failed: result() raises RunFailedError, and
-    on_run_done gets that error."""
+    """A failed run raises RunFailedError from result() and gives it to on_run_done."""
     async with runtime(root, Agent, Broken) as rt:
         agent = rt.ref(Agent, "a")
         run = rt.run(Broken, await agent.ask(Agent.broken))
@@ -192,8 +190,7 @@ async def test_a_failed_run_reaches_its_starter_and_its_waiters_as_its_error(roo
 
 
 async def test_values_are_read_while_the_run_goes_on_and_never_recorded_twice(root: Path) -> None:
-    """set_value is visible at once, without waking the run; a replayed turn does not record
-    it again; get_value raises LookupError before the first."""
+    """set_value is read at once without waking the run, and a replay does not record it."""
     counter = [0]
     failures = [1]
 
@@ -309,8 +306,7 @@ class Approval(actors.Workflow, name="Approval"):
 
 
 async def test_wait_any_returns_the_first_wait_to_end_with_its_value(root: Path) -> None:
-    """wait_any returns which wait ended first, with its value; the deadline wins if nothing
-    else arrives."""
+    """wait_any returns which wait ended first, with its value (the sleep, if nothing came)."""
     async with runtime(root, Approval) as rt:
         rejected = await rt.start(Approval.run, id="a")
         await anyio.sleep(10)
@@ -371,8 +367,7 @@ async def test_wait_any_over_an_ask_and_a_run_result(root: Path) -> None:
 
 
 async def test_cancel_interrupts_the_step_in_flight_and_cascades_to_its_runs(root: Path) -> None:
-    """run.cancel() ends the run cancelled (its step in flight interrupted) and cancels the
-    runs it started."""
+    """run.cancel() interrupts the step in flight and cancels the runs it started too."""
     started = anyio.Event()
 
     async def forever() -> None:
@@ -402,8 +397,7 @@ async def test_cancel_interrupts_the_step_in_flight_and_cascades_to_its_runs(roo
 
 
 async def test_restart_runs_a_failed_run_again_from_a_step(root: Path) -> None:
-    """restart(from_step) keeps the steps before it and runs the rest again; a done run
-    cannot restart."""
+    """restart(from_step) keeps earlier steps and reruns the rest; a done run cannot."""
     effects: list[str] = []
     broken = [True]
 
