@@ -310,9 +310,10 @@ class Actor:
             )
 
         Each argument is a durable wait not awaited yet: ``self.sleep``, ``self.sleep_until``,
-        ``self.wait_for_event``, ``self.ask`` or ``run.result()``. Which one won is journaled, so
-        a replay returns the same; the others are abandoned (an ask in flight is cancelled here;
-        its target may still apply it). Ties go to the earliest argument.
+        ``self.wait_for_event``, ``self.ask``, ``run.result()`` or ``run.wait_value(name)``.
+        Which one won is journaled, so a replay returns the same; the others are abandoned (an
+        ask in flight is cancelled here; its target may still apply it). Ties go to the
+        earliest argument.
         """
         return current_durable(self, "self.wait_any").wait_any(waits)
 

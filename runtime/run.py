@@ -74,7 +74,7 @@ class RunsHost(Protocol):
 
     async def run_get_value(self, run: Run[Any], name: str) -> Any: ...
 
-    async def run_wait_value(self, run: Run[Any], name: str) -> Any: ...
+    def run_wait_value(self, run: Run[Any], name: str) -> Awaitable[Any]: ...
 
     async def run_signal(
         self, run: Run[Any], name: str, payload: Any, idempotency_key: str | None
@@ -138,11 +138,13 @@ class Run(Generic[T]):
         waking it; ``LookupError`` if none yet. Outside turns (inside one, read it in a step)."""
         return await self._host.run_get_value(self, name)
 
-    async def wait_value(self, name: str) -> Any:
-        """Wait until the run has recorded a value under ``name`` and return it (at once if it
-        has one). Bound the wait with a cancel scope (``anyio.move_on_after``), not a timeout
-        argument. Outside turns."""
-        return await self._host.run_wait_value(self, name)
+    def wait_value(self, name: str) -> Awaitable[Any]:
+        """Wait until the run has recorded a value under ``name`` and return it (the latest,
+        at once if it has one). Outside a turn, bound the wait with a cancel scope
+        (``anyio.move_on_after``), not a timeout argument. Inside a handler of the run's
+        starter it is a durable wait, journaled, delivered like a signal (one branch of
+        ``self.wait_any`` if it needs a deadline)."""
+        return self._host.run_wait_value(self, name)
 
     async def signal(
         self, name: str, payload: Any = None, *, idempotency_key: str | None = None

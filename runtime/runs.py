@@ -75,6 +75,12 @@ def outcome_event(type_name: str, run_id: str) -> str:
     return f"run:{type_name}:{run_id}"
 
 
+def value_event(type_name: str, run_id: str, name: str = "") -> str:
+    """The event that carries a run's value ``name`` to its starter's mailbox (without
+    ``name``: the prefix of them all)."""
+    return f"value:{type_name}:{run_id}:{name}"
+
+
 class Runs:
     """The runs of one runtime: starting them, their outcomes, values and handles."""
 
@@ -339,7 +345,9 @@ class Runs:
         if spec is None:
             raise UnknownActorTypeError(f"a run of {type_name!r}, a type not registered here")
         runstore.drop_unconsumed_events(
-            ctx.activation.mailbox.conn, outcome_event(type_name, run_id)
+            ctx.activation.mailbox.conn,
+            outcome_event(type_name, run_id),
+            value_event(type_name, run_id),
         )
         run = self.handle(spec, run_id)
         try:
@@ -459,6 +467,22 @@ class Runs:
     async def _record_value(self, turn: TurnState, n: int, name: str, encoded: bytes) -> None:
         turn.write()
         act = turn.activation
+        start = runstore.read_start(act.mailbox.conn)
+        entry = (
+            None if start is None or start.parent is None else self.rt.directory.get(start.parent)
+        )
+        parent = None if entry is None else self.rt.specs.get(entry.type)
+        if entry is not None and parent is not None:
+            # First the starter's event (its doorbell for a turn waiting in run.wait_value),
+            # then the value: a crash in between replays this turn, which records the same
+            # value at the same step; the other order could lose the doorbell.
+            await self.delivery.deliver_event(
+                parent,
+                entry.key,
+                value_event(act.spec.name, act.key, name),
+                encoded,
+                f"{actor_id(act.spec.name, act.key)}#v{turn.seq}.{n}",
+            )
         now = self.rt.clock()
         row = JournalRow(n, "value", name, "done", None, None, 0, now)
         with db.full_disk_as_error(act.mailbox.path):
@@ -488,9 +512,33 @@ class Runs:
             raise LookupError(f"{run!r} has no value {name!r} yet")
         return self.rt.codec.decode(encoded)
 
-    async def run_wait_value(self, run: Run[Any], name: str) -> Any:
+    def run_wait_value(self, run: Run[Any], name: str) -> Awaitable[Any]:
+        """``run.wait_value``: a durable wait in a handler of the run's starter (its values
+        come to the starter's mailbox as events), a plain wait outside."""
+        from .context import CURRENT
+
+        ctx = CURRENT.get()
+        if ctx is None or not ctx.active or ctx.turn is None:
+            return self._wait_value_outside(run, name)
+        turn: TurnState = ctx.turn
+        act = turn.activation
+        spec, key = run.ref._spec, run.id
+        start = self._read_start(spec, key)
+        if start is None or start.parent != actor_id(act.spec.name, act.key):
+            raise RuntimeError(
+                f"{turn.describe()}: inside a handler, only the actor that started {run!r} "
+                "waits for its values (they come to its mailbox); read them in a step instead"
+            )
+        return turn.wait(
+            "value",
+            f"{spec.name} {key} {name}",
+            None,
+            value_event(spec.name, key, name),
+            check=lambda: self._get_value(run, name),
+        )
+
+    async def _wait_value_outside(self, run: Run[Any], name: str) -> Any:
         await anyio.lowlevel.checkpoint_if_cancelled()
-        refuse_inside_turn("run.wait_value", "self.wait_any or an event the run signals")
         while True:
             self.rt.check_open()
             encoded = self._get_value(run, name)
@@ -680,8 +728,8 @@ def _waiting_for(row: JournalRow) -> str:
         return "sleep"
     if row.kind == "event":
         return f"event {row.name!r}"
-    if row.kind == "run":
-        return f"run {row.name!r}"
+    if row.kind in ("run", "value"):
+        return f"{row.kind} {row.name!r}"
     return f"{row.kind} {row.name!r}"
 
 

@@ -393,11 +393,7 @@ class TurnState:
         deadline): an event taken, ``check``'s value, or its deadline passed."""
         act = self.activation
         rt = act.runtime
-        if event is not None and act.mailbox.consume_event(self.seq, row, event) is not None:
-            act.timers_changed = row.until is not None  # its deadline no longer wakes it
-            rt.crash_point("after wait", self, row.n, row.name)
-            return True
-        if check is not None:
+        if check is not None:  # (first: the latest state; the event is its doorbell)
             payload = check()
             if payload is not None:
                 row.status, row.value = "done", payload
@@ -405,6 +401,10 @@ class TurnState:
                 act.timers_changed = row.until is not None
                 rt.crash_point("after wait", self, row.n, row.name)
                 return True
+        if event is not None and act.mailbox.consume_event(self.seq, row, event) is not None:
+            act.timers_changed = row.until is not None  # its deadline no longer wakes it
+            rt.crash_point("after wait", self, row.n, row.name)
+            return True
         if row.until is not None and rt.clock() >= row.until:
             row.status = "done" if event is None and check is None else "failed"
             self.write(row)
@@ -464,8 +464,8 @@ class TurnState:
             if not isinstance(call, StepCall) or call.branch is None or call._awaited:
                 raise TypeError(
                     f"wait_any takes durable waits not awaited yet (self.sleep, "
-                    f"self.sleep_until, self.wait_for_event, self.ask, run.result()); argument "
-                    f"{i} is {call!r}"
+                    f"self.sleep_until, self.wait_for_event, self.ask, run.result(), "
+                    f"run.wait_value()); argument {i} is {call!r}"
                 )
             branches.append(call.branch)
         for call in calls:

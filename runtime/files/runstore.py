@@ -187,12 +187,14 @@ def get_value(conn: apsw.Connection, name: str) -> bytes | None:
     return None
 
 
-def drop_unconsumed_events(conn: apsw.Connection, name: str) -> None:
-    """Delete the unconsumed events called ``name`` (a run's outcome, delivered to its starter
-    as an event for a turn that waits for it, once ``on_run_done`` has delivered it too)."""
+def drop_unconsumed_events(conn: apsw.Connection, name: str, prefix: str) -> None:
+    """Delete the unconsumed events called ``name`` or starting with ``prefix``: a run's
+    outcome and values, delivered to its starter as events for a turn that waits for them,
+    once ``on_run_done`` has delivered the outcome (a later wait reads the run's files)."""
     conn.execute(
-        "DELETE FROM events WHERE name = ? AND consumed_seq IS NULL AND idempotency_key LIKE ?",
-        (name, "%#%"),
+        "DELETE FROM events WHERE consumed_seq IS NULL AND idempotency_key LIKE '%#%' "
+        "AND (name = ? OR substr(name, 1, ?) = ?)",
+        (name, len(prefix), prefix),
     )
 
 
