@@ -445,7 +445,6 @@ class Engine:
                     # while they hibernated): replicated() waits until they are woken and shipped.
                     self.replication.note_pending(pending)
                 tg.start_soon(self.residency.recover, pending, name="torpor recovery")
-                self.runs.find_finished()
                 sweeper = anyio.CancelScope()
 
                 async def sweep() -> None:

@@ -671,20 +671,26 @@ class Runs:
         self.expiring[aid] = (at + self.retention, type_name, key)
         self.expiry_changed.set()
 
-    def find_finished(self) -> None:
-        """At open: the finished runs on disk, whose retention the sweep keeps."""
-        if math.isinf(self.retention):
-            return
-        for spec in self.rt.specs.values():
+    async def _find_finished(self) -> None:
+        """The finished runs on disk at open, whose retention the sweep keeps: read in the
+        background, one run's ``data.db`` at a time (a run that finishes meanwhile is noted
+        by its own turn)."""
+        for spec in list(self.rt.specs.values()):
             if not spec.workflow:
                 continue
             for aid, key in self.rt.directory.of_type(spec.name):
+                await anyio.lowlevel.checkpoint()
+                if aid in self.expiring:
+                    continue
                 outcome = self._read_outcome(spec, key)
                 if outcome is not None:
                     self.expiring[aid] = (outcome.finished_at + self.retention, spec.name, key)
 
     async def sweep(self) -> None:
         """Delete finished runs once their retention has passed (the runtime's task group)."""
+        if math.isinf(self.retention):
+            return
+        await self._find_finished()
         while True:
             self.expiry_changed = anyio.Event()
             due = min((at for at, _t, _k in self.expiring.values()), default=math.inf)
