@@ -416,15 +416,8 @@ class Activation:
     async def _turn_loop(self) -> None:
         """``on_create`` (once), ``on_wake``, then turns until it closes, then ``on_hibernate``
         (unless it failed or stopped)."""
-        if not self.created.is_set():
-            await turn.create(self)
-            if self.failed is not None or self.closing:
-                return
-        if self.spec.has_on_wake:
-            await turn.run_hook(self, "on_wake")
-        due = self.data.next_due()
-        if due is not None and due <= self.runtime.clock():
-            self.timers_due = True
+        if not await self._open_turns():
+            return
         while not self.closing and self.failed is None:
             if (
                 self.replica.due
@@ -441,17 +434,45 @@ class Activation:
                 if self.closing:
                     break
                 self.record_wake_latency()
-                if not (self.timers_due or self.timers_changed):
-                    await self._wait_for_work()
+                if self.timers_due or self.timers_changed:
+                    continue
+                self.waiting = True
+                if self.is_idle():
+                    self.runtime.idle(self)
+                try:
+                    if self.outbox.retry_delay:
+                        await self._retry_outbox_meanwhile()
+                    else:
+                        await self.work.wait()
+                finally:
+                    self.waiting = False
+                    self.runtime.busy(self)
                 continue
             if self.spec.durable and not await self._lineage_replicated():
                 break
             await turn.Batch(self).run()
         if self.hibernating and self.failed is None and self.gave_up is None:
-            if self.spec.has_on_hibernate:
-                await turn.run_hook(self, "on_hibernate")
-            if self.outbox.dirty:  # sends made by on_hibernate
-                await self.outbox.deliver(self)
+            await self._close_turns()
+
+    async def _open_turns(self) -> bool:
+        """``on_create`` (once) and ``on_wake``; whether turns may start."""
+        if not self.created.is_set():
+            await turn.create(self)
+            if self.failed is not None or self.closing:
+                return False
+        if self.spec.has_on_wake:
+            await turn.run_hook(self, "on_wake")
+        due = self.data.next_due()
+        if due is not None and due <= self.runtime.clock():
+            self.timers_due = True
+        return True
+
+    async def _close_turns(self) -> None:
+        """``on_hibernate``, and the sends it made."""
+        if self.spec.has_on_hibernate:
+            await turn.run_hook(self, "on_hibernate")
+        if self.outbox.dirty:
+            await self.outbox.deliver(self)
 
     async def _between_turns(self) -> None:
         """What waits for a gap between turns: a replica capture, due timers, the wake-up hint,
@@ -466,22 +487,12 @@ class Activation:
         if self.outbox.dirty and self.outbox.retry_delay == 0:
             await self.outbox.deliver(self)
 
-    async def _wait_for_work(self) -> None:
-        """Nothing queued: wait for a message, a timer, an event or a closing (idle meanwhile,
-        unless a turn waits on something else); retry a failed outbox delivery on time."""
-        self.waiting = True
-        if self.is_idle():
-            self.runtime.idle(self)
-        try:
-            if self.outbox.retry_delay:
-                with anyio.move_on_after(self.outbox.retry_delay):
-                    await self.work.wait()
-                await self.outbox.deliver(self)
-            else:
-                await self.work.wait()
-        finally:
-            self.waiting = False
-            self.runtime.busy(self)
+    async def _retry_outbox_meanwhile(self) -> None:
+        """Nothing queued and an outbox delivery failed: wait for work, but retry the
+        delivery on time."""
+        with anyio.move_on_after(self.outbox.retry_delay):
+            await self.work.wait()
+        await self.outbox.deliver(self)
 
     async def _lineage_replicated(self) -> bool:
         """For a durable type (the caller checks): its steps are keyed by its lineage, in
@@ -501,7 +512,7 @@ class Activation:
     def is_idle(self) -> bool:
         """Waiting for work with nothing to do, or with a turn in durable waits only: the only
         states in which it may hibernate."""
-        if self.queries or self.state is not State.AWAKE:
+        if self.queries or self.lifecycle.state is not State.AWAKE:
             return False
         if self.turn is not None:
             return self.turn.idle

@@ -11,6 +11,7 @@ circle.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -94,6 +95,8 @@ class RuntimeHost(RefHost, Protocol):
     max_key_bytes: int
     idempotency_ttl: float
     crashed: bool
+    #: Set by crash tests: called at each crash point (``crash_point`` is a no-op without it).
+    crash_hook: Callable[[str, Any, int, str], None] | None
     actors_with_timers: int
     counters: Counters
     known_actors: int

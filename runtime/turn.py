@@ -130,10 +130,11 @@ class Batch:
         data = act.data
         first = self.messages[0]
         act.record_wake_latency()
-        doomed = self._doomed(first)
-        if doomed is not None:
-            await fail(act, *doomed)
-            return
+        if first.recovered or first.cancelled is not None:
+            doomed = self._doomed(first)
+            if doomed is not None:
+                await fail(act, *doomed)
+                return
         data.begin()
         try:
             deletable = act.outbox.deletable()
@@ -149,7 +150,16 @@ class Batch:
             if rt.closing.is_set() and not rt.crashed:
                 act.mailbox.reset_start(first.seq)  # cut short by a graceful close, not a death
             raise
-        await self._release()
+        if self.done:
+            if rt.crash_hook is not None:  # (only tests set one: no name built per turn)
+                rt.crash_point("after commit", None, self.done[-1][0].seq, act.describe())
+            if act.spec.durable and rt.replication is not None:
+                await rt.replication.wait_replicated(act)  # the output gate
+            self._release()
+        if self.stop is not None:
+            stop_nondeterministic(act, self.stop)
+        elif self.failure is not None:
+            await fail(act, *self.failure)
 
     def _doomed(self, first: Message) -> tuple[Message, BaseException | None] | None:
         """A first message that fails without running: copied to the dead letters just before a
@@ -165,20 +175,16 @@ class Batch:
             return (first, _cancelled(first))
         return None
 
-    def _handler(self, message: Message) -> HandlerSpec | None:
-        spec = self.act.spec
-        handler = spec.handlers.get(message.method)
-        if (
-            handler is None
-            and message.method == "on_child_failed"
-            and (message.sender or "").startswith(CHILD_SENDER)
-        ):
-            handler = spec.on_child_failed
-        if handler is None and message.method == "on_run_done" and message.sender is not None:
-            handler = spec.on_run_done  # (only the runtime writes such a row: it is no handler)
-        if handler is None or handler.is_query:
-            return None
-        return handler
+    def _other_handler(self, message: Message) -> HandlerSpec | None:
+        """The handler of a message that names no handler of the type: the runtime's own
+        ``on_child_failed`` from a child or ``on_run_done`` from a run (only the runtime writes
+        such rows: neither is a handler a caller can name), else none (a query is no handler
+        either)."""
+        if message.method == "on_child_failed" and (message.sender or "").startswith(CHILD_SENDER):
+            return self.act.spec.on_child_failed
+        if message.method == "on_run_done" and message.sender is not None:
+            return self.act.spec.on_run_done
+        return None
 
     async def _apply(self, message: Message) -> bool:
         """Run one message's handler in the open transaction; whether the batch goes on."""
@@ -187,7 +193,9 @@ class Batch:
         if applied_before(act, message):
             self.done.append((message, None))  # delivered again: not applied twice
             return True
-        handler = self._handler(message)
+        handler = act.spec.handlers.get(message.method)
+        if handler is None or handler.is_query:
+            handler = self._other_handler(message)
         if handler is None:
             self.failure = (
                 message,
@@ -343,38 +351,32 @@ class Batch:
             if cursors:
                 data.advance_senders(cursors)
             data.set_applied(done[-1][0].seq)
-            act.runtime.crash_point("before commit", None, done[-1][0].seq, act.describe())
+            if act.runtime.crash_hook is not None:
+                act.runtime.crash_point("before commit", None, done[-1][0].seq, act.describe())
         data.commit()
 
-    async def _release(self) -> None:
-        """After the commit: the output gate, the replies, then the failed message's fate."""
+    def _release(self) -> None:
+        """After the commit and the output gate: the applied messages leave the queue and
+        their askers get their replies."""
         act = self.act
-        rt = act.runtime
+        counters = act.runtime.counters
         done = self.done
-        if done:
-            rt.crash_point("after commit", None, done[-1][0].seq, act.describe())
-            if act.spec.durable and rt.replication is not None:
-                await rt.replication.wait_replicated(act)  # the output gate
-            queue = act.queue
-            waiters = act.waiters
-            act.applied_seq = done[-1][0].seq
-            for message, answer in done:
-                queue.popleft()
-                waiter = waiters.pop(message.seq, None)
-                if waiter is None:
-                    continue
-                if answer is None:  # a duplicate: the first application's outcome
-                    fill_from_store(act, waiter, message.seq)
-                else:
-                    waiter.set_result(answer)
-            if act.replica.files:
-                act.applied_marks.append((act.replica.files[0].commits, act.applied_seq))
-            rt.counters.turns += 1
-            rt.counters.applied += len(done)
-        if self.stop is not None:
-            stop_nondeterministic(act, self.stop)
-        elif self.failure is not None:
-            await fail(act, *self.failure)
+        queue = act.queue
+        waiters = act.waiters
+        act.applied_seq = done[-1][0].seq
+        for message, answer in done:
+            queue.popleft()
+            waiter = waiters.pop(message.seq, None)
+            if waiter is None:
+                continue
+            if answer is None:  # a duplicate: the first application's outcome
+                fill_from_store(act, waiter, message.seq)
+            else:
+                waiter.set_result(answer)
+        if act.replica.files:
+            act.applied_marks.append((act.replica.files[0].commits, act.applied_seq))
+        counters.turns += 1
+        counters.applied += len(done)
 
 
 def _take(act: TurnActor) -> list[Message]:
