@@ -687,8 +687,10 @@ class Runs:
                     self.expiring[aid] = (outcome.finished_at + self.retention, spec.name, key)
 
     async def sweep(self) -> None:
-        """Delete finished runs once their retention has passed (the runtime's task group)."""
-        if math.isinf(self.retention):
+        """Delete finished runs once their retention has passed (the runtime's task group).
+        Not yet with a replica: deleting a run there needs a tombstone in the replica (the
+        general deletion of actors will bring it), or a restore would bring the run back."""
+        if math.isinf(self.retention) or self.rt.replication is not None:
             return
         await self._find_finished()
         while True:
