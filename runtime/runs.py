@@ -143,6 +143,16 @@ class Runs:
                 found.append(self.handle(spec, key))
         return found
 
+    async def _here(self, spec: TypeSpec, key: str) -> None:
+        """Before reading a run's files without waking it: if they are in the replica and not
+        here (a runtime restored onto a fresh machine), wake it, which restores them."""
+        rep = self.rt.replication
+        aid = actor_id(spec.name, key)
+        if rep is None or aid in self.residency.awake or rep.local_files_current(aid):
+            return
+        if self.rt.directory.get(aid) is not None:
+            await self.residency.activate(spec, key)
+
     # -- starting -------------------------------------------------------------------------
 
     def _spec_of_run(self, method: Any) -> TypeSpec:
@@ -434,6 +444,7 @@ class Runs:
         await anyio.lowlevel.checkpoint_if_cancelled()
         refuse_inside_turn("run.result()", "await run.result() in the handler itself")
         spec, key = run.ref._spec, run.id
+        await self._here(spec, key)
         while True:
             self.rt.check_open()
             record = self._record(spec, key)
@@ -507,6 +518,7 @@ class Runs:
         await anyio.lowlevel.checkpoint()
         refuse_inside_turn("run.get_value", "a step that reads it (its result is journaled)")
         self.rt.check_open()
+        await self._here(run.ref._spec, run.id)
         encoded = self._get_value(run, name)
         if encoded is None:
             raise LookupError(f"{run!r} has no value {name!r} yet")
@@ -539,6 +551,7 @@ class Runs:
 
     async def _wait_value_outside(self, run: Run[Any], name: str) -> Any:
         await anyio.lowlevel.checkpoint_if_cancelled()
+        await self._here(run.ref._spec, run.id)
         while True:
             self.rt.check_open()
             encoded = self._get_value(run, name)
@@ -559,6 +572,7 @@ class Runs:
         spec, key = run.ref._spec, run.id
         if self.rt.directory.get(actor_id(spec.name, key)) is None:
             raise ActorNotFoundError(f"no run of {spec.name} has the id {key!r}")
+        await self._here(spec, key)
         outcome = self._read_outcome(spec, key)
 
         def read(mailbox: Mailbox | None, act: Activation | None) -> RunStatus:
@@ -613,6 +627,7 @@ class Runs:
         refuse_inside_turn("run.cancel", "a step that cancels it")
         self.rt.check_open()
         spec, key = run.ref._spec, run.id
+        await self._here(spec, key)
         cancelled = False
         if self._record(spec, key) is None:
             start = self._read_start(spec, key)
@@ -633,6 +648,7 @@ class Runs:
         if not isinstance(from_step, int) or isinstance(from_step, bool) or from_step < 0:
             raise ValueError(f"from_step must be an int >= 0 (got {from_step!r})")
         spec, key = run.ref._spec, run.id
+        await self._here(spec, key)
         record = self._record(spec, key)
         if record is None:
             raise RunStateError(

@@ -465,3 +465,36 @@ async def test_finished_runs_are_deleted_after_their_retention(root: Path) -> No
         with pytest.raises(actors.ActorNotFoundError):
             rt.run(Nap, "nap")
         assert rt.run(Refund, "waiting").id == "waiting"
+
+
+@pytest.mark.real_clock
+async def test_a_run_goes_on_on_a_fresh_machine_restored_from_the_replica(tmp_path: Path) -> None:
+    """A waiting run replicated to a store resumes on an empty machine and tells its starter."""
+    replica = actors.DirectoryStore(tmp_path / "replica")
+    told = anyio.Event()
+
+    class Boss(actors.Actor, name="Boss"):
+        async def refund(self, order: str) -> str:
+            return self.start(Refund.run, order, 10).id
+
+        async def on_run_done(self, run: actors.Run[Any], outcome: Any) -> None:
+            self.kv["told"] = [run.id, outcome]
+            told.set()
+
+        @actors.query
+        async def told(self) -> Any:
+            return self.kv.get("told")
+
+    async with runtime(tmp_path / "a", Boss, Refund, replica=replica) as rt:
+        run_id = await rt.ref(Boss, "b").ask(Boss.refund, "o-9")
+        assert await rt.run(Refund, run_id).wait_value("stage") == "awaiting approval"
+        await rt.replicated()
+    async with runtime(tmp_path / "b", Boss, Refund, replica=replica) as rt:
+        run = rt.run(Refund, run_id)
+        assert (await run.status()).state in ("waiting", "running")
+        assert await run.get_value("stage") == "awaiting approval"
+        await run.signal("approval", "yes")
+        assert await run.result() == "o-9:10:yes"
+        with anyio.fail_after(10):
+            await told.wait()  # on_run_done follows the run's commit
+        assert await rt.ref(Boss, "b").ask(Boss.told) == [run_id, "o-9:10:yes"]
