@@ -498,3 +498,48 @@ async def test_a_run_goes_on_on_a_fresh_machine_restored_from_the_replica(tmp_pa
         with anyio.fail_after(10):
             await told.wait()  # on_run_done follows the run's commit
         assert await rt.ref(Boss, "b").ask(Boss.told) == [run_id, "o-9:10:yes"]
+
+
+billed: list[str] = []
+
+
+async def charge(order: str) -> str:
+    billed.append(order)
+    return f"receipt-{order}"
+
+
+class PaidRefund(actors.Workflow, name="PaidRefund"):
+    async def run(self, order: str) -> str:
+        await self.set_value("stage", "waiting")
+        approved = await self.wait_for_event("approve")
+        receipt = await self.step("charge", charge, order) if approved else "none"
+        await self.set_value("stage", "done")
+        return str(receipt)
+
+
+class Clerk(actors.Actor, name="Clerk"):
+    async def refund(self, order: str) -> str:
+        run = self.start(PaidRefund.run, order, id=f"refund-{order}")
+        self.kv["started"] = run.id
+        return run.id
+
+    async def on_run_done(self, run: actors.Run[Any], outcome: Any) -> None:
+        self.kv["outcomes"] = [*self.kv.get("outcomes", []), [run.id, outcome]]
+
+
+async def paid_refund(rt: actors.Runtime) -> None:
+    clerk = rt.ref(Clerk, "c")
+    run_id = await clerk.options(idempotency_key="k").ask(Clerk.refund, "o1")
+    run = rt.run(PaidRefund, run_id)
+    await run.signal("approve", True, idempotency_key="approve")
+    assert await run.result() == "receipt-o1"
+
+
+def test_a_crash_at_every_point_of_a_run_changes_nothing(backend: str) -> None:
+    """A crash at each point of a start, a run and its outcome ends as the crash-free run."""
+    from actors.testing import check_crashes
+
+    report = check_crashes(paid_refund, types=[Clerk, PaidRefund], backend=backend)  # type: ignore[arg-type]
+    assert len(report.points) >= 12
+    assert any("step 'PaidRefund.run'" in point for point in report.points)
+    assert report.calls == {("PaidRefund", "refund-o1", "charge"): 1}
