@@ -135,9 +135,18 @@ class Runs:
     def runs(self, parent: Ref[Any] | None) -> list[Run[Any]]:
         """``rt.runs``: the runs ``parent`` started (``None``: those started from outside),
         oldest first."""
-        aid = None if parent is None else actor_id(parent.type_name, parent.key)
+        directory = self.rt.directory
+        if parent is None:
+            rows = [
+                row
+                for spec in self.rt.specs.values()
+                if spec.workflow
+                for row in directory.orphans(spec.name)
+            ]
+        else:
+            rows = directory.children(actor_id(parent.type_name, parent.key))
         found = []
-        for _child, type_name, key in self.rt.directory.children(aid):
+        for _child, type_name, key in rows:
             spec = self.rt.specs.get(type_name)
             if spec is not None and spec.workflow:
                 found.append(self.handle(spec, key))
