@@ -385,6 +385,33 @@ async def test_wait_any_over_an_ask_and_a_run_result(root: Path) -> None:
         assert await race.ask(Race.go, 100, 10) == [1, "slept 10"]
 
 
+async def test_wait_any_refuses_what_is_not_a_durable_wait(root: Path) -> None:
+    """wait_any takes only durable waits not awaited yet; anything else is a TypeError."""
+
+    async def plain() -> None:
+        return None
+
+    class Picky(actors.Actor, name="Picky"):
+        async def go(self) -> list[str]:
+            refused = []
+            coroutine = plain()
+            try:
+                self.wait_any(coroutine)
+            except TypeError as exc:
+                refused.append(str(exc).split(";")[0])
+            coroutine.close()
+            try:
+                self.wait_any(self.step("s", plain))
+            except TypeError as exc:
+                refused.append(str(exc).split(";")[0])
+            return refused
+
+    async with runtime(root, Picky) as rt:
+        refused = await rt.ref(Picky, "p").ask(Picky.go)
+        assert len(refused) == 2
+        assert all(text.startswith("wait_any takes durable waits") for text in refused)
+
+
 # -- control ----------------------------------------------------------------------------------
 
 
