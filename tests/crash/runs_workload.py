@@ -12,7 +12,8 @@ with ``rt.start(Job.run, wid, id=wid)``. Each then signals the run ``go`` (idemp
 unacknowledged run again: the same id, and the same signal key.
 
 A run (``Job.run``) records value ``stage`` 1, runs one journaled step, sleeps durably for
-longer than the idle timeout (it hibernates in its wait), waits for ``go``, records ``stage`` 2,
+longer than the idle timeout (it hibernates in its wait), waits for ``go`` or an hour's sleep
+(``self.wait_any``: ``go`` must win), records ``stage`` 2,
 inserts one row in its table (no unique constraint: a run applied twice shows twice) and
 returns ``<wid>:<payload of go>``. A starter's ``on_run_done`` inserts a row per outcome in its
 own table (no unique constraint either). When the senders are done, the child waits for every
@@ -63,7 +64,9 @@ class Job(actors.Workflow, name="crash_runs_job"):
         await self.set_value("stage", 1)
         await self.step("work", work, wid)
         await self.sleep(SLEEP)
-        go = str(await self.wait_for_event("go"))
+        index, go = await self.wait_any(self.wait_for_event("go"), self.sleep(3600))
+        if index != 0:
+            go = f"wait_any chose {index}"
         await self.set_value("stage", 2)
         self.sql.execute("INSERT INTO finished(wid, go) VALUES (?, ?)", (wid, go))
         return f"{wid}:{go}"
