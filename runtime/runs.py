@@ -127,7 +127,7 @@ class Runs:
     def run(self, workflow: type[Any], run_id: str) -> Run[Any]:
         """``rt.run``: the handle of an existing run; ``ActorNotFoundError`` if none."""
         spec = self._workflow_spec(workflow)
-        check_key(run_id)
+        check_key(run_id, self.rt.max_key_bytes)
         if self.rt.directory.get(actor_id(spec.name, run_id)) is None:
             raise ActorNotFoundError(f"no run of {spec.name} has the id {run_id!r}")
         return self.handle(spec, run_id)
@@ -577,6 +577,7 @@ class Runs:
 
     async def run_status(self, run: Run[Any]) -> RunStatus:
         await anyio.lowlevel.checkpoint()
+        refuse_inside_turn("run.status", "a step that reads it (its result is journaled)")
         self.rt.check_open()
         spec, key = run.ref._spec, run.id
         if self.rt.directory.get(actor_id(spec.name, key)) is None:
