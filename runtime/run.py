@@ -89,7 +89,8 @@ class RunsHost(Protocol):
 class Run(Generic[T]):
     """The handle on one run of a workflow: ``run = await rt.start(Flow.run, ...)``,
     ``self.start(Flow.run, ...)`` in a handler, or ``rt.run(Flow, id)``. Holding one costs no
-    I/O; it may be passed in messages and kept in an actor's state (as its ``id``).
+    I/O. To keep it (in an actor's state, in a message), keep its ``id``: ``rt.run(Flow, id)``
+    gives the handle back, and ``on_run_done`` gets one.
 
     ``T`` is what the workflow's ``run`` returns.
     """
