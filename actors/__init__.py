@@ -32,6 +32,9 @@ from runtime.errors import (
     ReplicaError,
     ReplicaUnavailableError,
     RestorePointError,
+    RunCancelledError,
+    RunFailedError,
+    RunStateError,
     RuntimeClosedError,
     RuntimeInternalError,
     RuntimeLockedError,
@@ -59,10 +62,12 @@ from runtime.records import (
 from runtime.ref import Ref, RefOptions
 from runtime.replica import DirectoryStore, ReplicaStatistics, ReplicaStore, S3Store
 from runtime.replica.shipper import Replication
+from runtime.run import Run, RunStatus
 from runtime.runtime import Runtime, open_runtime
 from runtime.spec import RestartIntensity, Retry
 from runtime.steps import StepInfo, current_step
 from runtime.timers import Schedule
+from runtime.workflow import Workflow
 
 from ._public import publish as _publish
 
@@ -109,6 +114,11 @@ __all__ = [
     "RestartIntensity",
     "RestorePointError",
     "Retry",
+    "Run",
+    "RunCancelledError",
+    "RunFailedError",
+    "RunStateError",
+    "RunStatus",
     "Runtime",
     "RuntimeClosedError",
     "RuntimeInternalError",
@@ -130,6 +140,7 @@ __all__ = [
     "UnknownActorTypeError",
     "UnknownHandlerError",
     "WaitTimeoutError",
+    "Workflow",
     "current_step",
     "handler",
     "log_lifecycle",

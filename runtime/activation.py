@@ -650,7 +650,7 @@ class Activation:
         upto = self._replicated_applied()
         if upto - self.cleaned_upto < (1 if force else CLEANUP_EVERY):
             return
-        self.mailbox.remove_applied(upto)
+        self.mailbox.remove_applied(upto, keep_journal=self.spec.workflow)
         self.cleaned_upto = upto
         cutoff = self.runtime.clock() - self.runtime.idempotency_ttl
         self.mailbox.prune_idempotency(cutoff, upto)

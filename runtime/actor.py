@@ -24,6 +24,7 @@ from .timers import Schedule
 if TYPE_CHECKING:
     from .files.datastore import KV, Sql
     from .ref import Ref
+    from .run import Run
     from .spec import TypeSpec
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
@@ -335,6 +336,55 @@ class Actor:
             raise TypeError(f"ask needs a ref of this runtime (got {target!r})")
         return turn.ask(target, method, args, kwargs)
 
+    def start(
+        self,
+        method: Callable[..., Awaitable[R]],
+        /,
+        *args: Any,
+        id: str | None = None,
+        **kwargs: Any,
+    ) -> Run[R]:
+        """Start a run of a workflow (``self.start(Flow.run, *args)``) and return its handle.
+
+        A durable call, like ``self.ask``: the start is journaled and sent at once (not when
+        the turn commits), so this turn may go on to wait for it (``await run.result()``). The
+        run's work and waits happen in its own actor, so this actor serves its other messages
+        as soon as this turn ends. The run is a child of this actor: its outcome comes back
+        exactly once, as ``on_run_done(run, outcome)``.
+        ``id`` names the run (default: an id derived from this step, the same on a replay); a
+        start with an id already used returns that run and starts nothing
+        (:class:`actors.IdempotencyKeyReusedError` if its arguments differ).
+        """
+        turn = current_durable(self, "self.start")
+        ctx = context.current_turn(self, "self.start")
+        return ctx.activation.runtime.runs.start_in_turn(turn, method, args, kwargs, id)
+
+    def set_value(self, name: str, value: Any) -> StepCall[None]:
+        """Record ``value`` under ``name`` now, durably and outside the turn's transaction (it
+        stays even if the turn rolls back), for readers of this run (``run.get_value``,
+        ``run.wait_value``) while it goes on. Journaled: a replay does not record it again."""
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"a value name must be a non-empty string (got {name!r})")
+        turn = current_durable(self, "self.set_value")
+        recorded: StepCall[None] = turn.activation.runtime.runs.set_value(turn, name, value)
+        return recorded
+
+    def wait_any(self, *waits: Awaitable[Any]) -> StepCall[tuple[int, Any]]:
+        """Wait for the first of several durable waits to end and return ``(index, value)``:
+        which one (its place among the arguments) and its value (or raise its error)::
+
+            index, value = await self.wait_any(
+                self.sleep(3600), self.wait_for_event("approve"), self.wait_for_event("reject")
+            )
+
+        Each argument is a durable wait not awaited yet: ``self.sleep``, ``self.sleep_until``,
+        ``self.wait_for_event``, ``self.ask``, ``run.result()`` or ``run.wait_value(name)``.
+        Which one won is journaled, so a replay returns the same; the others are abandoned (an
+        ask in flight is cancelled here; its target may still apply it). Ties go to the
+        earliest argument.
+        """
+        return current_durable(self, "self.wait_any").wait_any(waits)
+
     def gather(self, *awaitables: Awaitable[Any]) -> Awaitable[list[Any]]:
         """Await several steps at once (fan-out); results in argument order. Each runs to its
         end, then the first error in argument order is raised."""
@@ -410,6 +460,19 @@ class Actor:
     async def on_child_failed(self, child: Ref[Any], reason: str) -> None:
         """Runs, as a turn, when a child made with ``self.spawn`` was stopped for failing too
         often. ``rt.resume(child)`` would start it again. The default does nothing."""
+
+    async def on_run_done(self, run: Run[Any], outcome: Any) -> None:
+        """Runs, as a turn, when a run this actor started (``self.start``) finishes: ``outcome``
+        is its result, or its error (:class:`actors.RunFailedError`,
+        :class:`actors.RunCancelledError`). Delivered exactly once per outcome, as a durable
+        message. The default does nothing."""
+
+    async def _torpor_run_done(
+        self, type_name: str, run_id: str, status: str, value: bytes
+    ) -> None:
+        ctx = context.current_turn(self, "on_run_done")
+        run, outcome = ctx.activation.runtime.runs.run_done(ctx, type_name, run_id, status, value)
+        await self.on_run_done(run, outcome)
 
     async def on_wake(self) -> None:
         """Runs each time the actor wakes (after ``on_create`` the first time), before messages.

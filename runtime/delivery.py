@@ -46,6 +46,9 @@ from .turn import CHILD_SENDER
 #: The outbox method name of a child's creation (never a handler name: those cannot start
 #: with an underscore).
 SPAWN = "__spawn__"
+#: The outbox method name of an event (``[name, payload]``) for its target's mailbox: a run's
+#: outcome, for a turn of its starter that waits for it (``run.result()``).
+EVENT = "__event__"
 
 
 class Delivery:
@@ -209,6 +212,9 @@ class Delivery:
         replica: only then may the sender delete the row (else a restore could lose it)."""
         rep = self.rt.replication
         aid = actor_id(spec.name, key)
+        if method == EVENT:
+            name, event = self.rt.codec.decode(payload)
+            return await self.deliver_event(spec, key, name, event, f"{sender}#{sender_seq}")
         if method == SPAWN:
             (init,) = self.rt.codec.decode(payload)
             if self.rt.directory.get(aid) is None:
@@ -263,6 +269,36 @@ class Delivery:
             self.rt.counters.sent += 1
             act.accept(_new_message(seq, sender, sender_seq, method, payload, None))
         await anyio.lowlevel.checkpoint()
+        return rep.append_token(aid) if rep else None
+
+    async def deliver_event(
+        self, spec: TypeSpec, key: str, name: str, payload: bytes, idempotency_key: str
+    ) -> Any:
+        """Store an event from an outbox row (deduplicated by ``idempotency_key``), and wake
+        the actor so that a turn waiting for it sees it. It never waits for an awake slot."""
+        rep = self.rt.replication
+        aid = actor_id(spec.name, key)
+        act = self.residency.awake.get(aid)
+        if act is not None and act.state is State.WAKING and act.preparing:
+            await act.opened.wait()  # (its files are being restored: not ours to open)
+            act = self.residency.awake.get(aid)
+        await anyio.lowlevel.checkpoint()
+        act = self.residency.awake.get(aid)
+        if act is None or not act.files_open:
+            if rep is not None and not rep.local_files_current(aid):
+                if act is None:
+                    self.residency.wake_later(spec, key)
+                raise NotLocalError(f"{spec.name} {key!r} is being restored from the replica")
+            with db.full_disk_as_error(self.rt.directory.path):
+                self.rt.directory.mark_pending(aid, spec.name, key)
+        added = self.residency.with_mailbox(
+            spec, key, lambda mailbox, _act: mailbox.add_event(name, payload, idempotency_key)
+        )
+        if act is not None and act.files_open and act.state is State.AWAKE:
+            if added:
+                act.event_arrived(name)
+        elif act is None or act.state is not State.WAKING:
+            self.residency.wake_later(spec, key)
         return rep.append_token(aid) if rep else None
 
     def outbox_send(

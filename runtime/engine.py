@@ -52,6 +52,8 @@ from .ref import Ref
 from .replica.shipper import Replication, ReplicationEngine
 from .replica.store import ReplicaStore
 from .residency import Residency
+from .run import Run
+from .runs import DEFAULT_RUN_RETENTION, Runs
 from .spec import TypeSpec, check_durable_types, check_key, index_types
 
 A = TypeVar("A")
@@ -114,6 +116,7 @@ class Engine:
         clock: Callable[[], float] = time.time,
         replica: ReplicaStore | None = None,
         replication: Replication | None = None,
+        run_retention: float = DEFAULT_RUN_RETENTION,
     ) -> None:
         specs = []
         for cls in types:
@@ -163,6 +166,7 @@ class Engine:
         self.delivery = Delivery(self, self.residency)
         self.residency.deliver_notices = self.delivery.deliver_notices
         self.admin = Admin(self, self.residency, self.delivery)
+        self.runs = Runs(self, self.residency, self.delivery, self.admin, retention=run_retention)
         # What the protocols of host.py and ref.py call, answered by the rooms themselves.
         self.send = self.delivery.send
         self.ask = self.delivery.ask
@@ -250,6 +254,12 @@ class Engine:
             raise
         await anyio.lowlevel.cancel_shielded_checkpoint()
         return ref
+
+    async def start(
+        self, method: Any, args: tuple[Any, ...], kwargs: dict[str, Any], run_id: str | None
+    ) -> Run[Any]:
+        """``Runtime.start``: start a run of a workflow from outside."""
+        return await self.runs.start(method, args, kwargs, run_id)
 
     def statistics(self) -> RuntimeStatistics:
         """A frozen snapshot of the runtime's counters (no I/O)."""
@@ -435,6 +445,13 @@ class Engine:
                     # while they hibernated): replicated() waits until they are woken and shipped.
                     self.replication.note_pending(pending)
                 tg.start_soon(self.residency.recover, pending, name="torpor recovery")
+                sweeper = anyio.CancelScope()
+
+                async def sweep() -> None:
+                    with sweeper:
+                        await self.runs.sweep()
+
+                tg.start_soon(sweep, name="torpor run retention")
                 try:
                     yield
                 except anyio.get_cancelled_exc_class():
@@ -447,6 +464,7 @@ class Engine:
                     # Graceful: turns in progress finish. Under an outer cancellation this
                     # raises at once, the task group cancels the turns, and they roll back.
                     supervisor.cancel()
+                    sweeper.cancel()
                     await self.residency.shutdown()
                     if self.replication is not None:
                         if not self.crashed:

@@ -261,6 +261,35 @@ class TurnCancelledError(ActorError):
     its message was dead-lettered (``Runtime.replay_dead_letter`` sends it again)."""
 
 
+class RunFailedError(ActorError):
+    """A run (``self.start``, ``Runtime.start``) ended in failure: its ``run`` handler raised on
+    every attempt its type's retry policy allows (or a step's failure was not caught).
+
+    ``await run.result()`` raises it, and ``on_run_done`` gets it as the outcome. ``run_id``
+    names the run; ``error_type`` and ``error_message`` name the handler's last exception, which
+    is the ``__cause__`` (a :class:`StoredError`: it was read back from the run's files).
+    Unlike :class:`MessageFailedError` (one message of an actor), the run itself is finished;
+    ``run.restart()`` runs it again.
+    """
+
+    def __init__(self, message: str, *, run_id: str, error_type: str, error_message: str) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+        self.error_type = error_type
+        self.error_message = error_message
+
+
+class RunCancelledError(RunFailedError):
+    """A run was cancelled (``run.cancel()``, or the cancel of a run that started it) before
+    it finished. Its writes of the interrupted turn were rolled back; ``run.restart()`` runs it
+    again."""
+
+
+class RunStateError(ActorError, RuntimeError):
+    """A run cannot do what was asked in its present state: ``run.restart()`` of a run that is
+    done (a done run keeps its one outcome) or still going. Nothing was changed."""
+
+
 class NotLocalError(ActorError):
     """Internal: a delivery found its target's files in the replica, not on this machine (it is
     being restored); the sender keeps the message and delivers it again after the restore."""

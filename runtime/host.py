@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from .files.mailbox import Mailbox
     from .lifecycle import Event, State
     from .replica.shipper import ReplicationEngine
+    from .run import RunsHost
     from .spec import TypeSpec
     from .timers import Schedule
 
@@ -91,6 +92,7 @@ class RuntimeHost(RefHost, Protocol):
     closing: anyio.Event
     synchronous: str
     max_message_bytes: int
+    max_key_bytes: int
     idempotency_ttl: float
     crashed: bool
     #: Set by crash tests: called at each crash point (``crash_point`` is a no-op without it).
@@ -107,6 +109,9 @@ class RuntimeHost(RefHost, Protocol):
 
     @property
     def replication(self) -> ReplicationEngine | None: ...
+
+    @property
+    def runs(self) -> RunsHost: ...
 
     @property
     def specs(self) -> dict[str, TypeSpec]: ...

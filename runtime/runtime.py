@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar, final
 
@@ -28,9 +28,12 @@ from .records import DeadLetter, LifecycleEvent, RuntimeStatistics, TurnInfo
 from .ref import Ref
 from .replica.shipper import Replication
 from .replica.store import ReplicaStore
+from .run import Run
+from .runs import DEFAULT_RUN_RETENTION
 from .spec import DEFAULT_MAX_KEY_BYTES
 
 A = TypeVar("A")
+R = TypeVar("R")
 
 
 @final
@@ -79,6 +82,34 @@ class Runtime:
         Without ``key`` a random one is generated. :class:`ActorExistsError` if ``key`` is taken.
         """
         return await self._engine.spawn(actor_type, *args, key=key, **kwargs)
+
+    async def start(
+        self,
+        method: Callable[..., Awaitable[R]],
+        /,
+        *args: Any,
+        id: str | None = None,
+        **kwargs: Any,
+    ) -> Run[R]:
+        """Start a run of a workflow, ``await rt.start(Flow.run, *args, id=...)``, and return
+        its handle once the start is durable in the run's mailbox.
+
+        Without ``id`` a random one is generated. A start with an id already used returns that
+        run and starts nothing (:class:`IdempotencyKeyReusedError` if the arguments differ).
+        A run started from outside has no starter to notify: wait with ``run.result()``.
+        """
+        return await self._engine.start(method, args, kwargs, id)
+
+    def run(self, workflow: type[Any], id: str) -> Run[Any]:
+        """The handle of an existing run of ``workflow`` (:class:`ActorNotFoundError` if
+        there is none)."""
+        return self._engine.runs.run(workflow, id)
+
+    def runs(self, parent: Ref[Any] | None = None) -> list[Run[Any]]:
+        """The runs that ``parent`` started with ``self.start`` (without it: the runs started
+        from outside with ``rt.start``), oldest first, finished ones included until their
+        retention ends."""
+        return self._engine.runs.runs(parent)
 
     def statistics(self) -> RuntimeStatistics:
         """A frozen snapshot of the runtime's counters (no I/O)."""
@@ -157,6 +188,7 @@ async def open_runtime(
     clock: Callable[[], float] = time.time,
     replica: ReplicaStore | None = None,
     replication: Replication | None = None,
+    run_retention: float = DEFAULT_RUN_RETENTION,
 ) -> AsyncIterator[Runtime]:
     """Open (creating if needed) the runtime stored under ``path``; resume pending actors.
 
@@ -167,6 +199,9 @@ async def open_runtime(
     ``clock`` gives epoch seconds for durable timers (``time.time``; tests pass a virtual one,
     e.g. ``lambda: start + anyio.current_time()`` under virtual time: trio's ``MockClock``, or
     a looptime event loop on asyncio, as ``actors.testing.check_crashes`` runs them).
+
+    A finished run (``actors.Workflow``) is kept ``run_retention`` seconds (a week; ``math.inf``
+    keeps them), then its files are deleted (not yet with a ``replica``: kept there).
 
     On exit, turns in progress get ``shutdown_grace`` seconds to finish; then they are cancelled
     and rolled back. Queued messages stay in their mailboxes and run when the runtime is next
@@ -186,6 +221,7 @@ async def open_runtime(
         clock=clock,
         replica=replica,
         replication=replication,
+        run_retention=run_retention,
     )
     async with engine.running():
         yield Runtime(engine)

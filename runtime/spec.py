@@ -16,7 +16,7 @@ import attrs
 from .errors import InvalidArgumentsError, InvalidKeyError, UnknownHandlerError
 
 #: Lifecycle hooks: async methods the runtime calls itself; never handlers.
-HOOKS = frozenset({"on_create", "on_wake", "on_hibernate", "on_child_failed"})
+HOOKS = frozenset({"on_create", "on_wake", "on_hibernate", "on_child_failed", "on_run_done"})
 
 #: Longest key accepted, in UTF-8 bytes. Keys live in every file of the actor and in the
 #: directory's primary index; a kilobyte leaves room for emails, URLs and composite ids.
@@ -248,6 +248,10 @@ class TypeSpec:
     on_child_failed: HandlerSpec | None = None
     #: By the method's name in the class, where it differs from the persisted name.
     by_attribute: dict[str, HandlerSpec] = attrs.Factory(dict)
+    #: Delivers a run's outcome to ``on_run_done`` (``Actor._torpor_run_done``).
+    on_run_done: HandlerSpec | None = None
+    #: An ``actors.Workflow``: each actor is one run, whose journal is kept once it finishes.
+    workflow: bool = False
 
     def handler(self, method: Callable[..., Any] | str) -> HandlerSpec:
         """The handler that ``method`` (a function like ``Counter.incr``, or a name: the
@@ -336,6 +340,10 @@ def build_type_spec(cls: type, name: str | None, base: type) -> TypeSpec:  # noq
     child_hook = inspect.getattr_static(cls, "on_child_failed")
     if not inspect.iscoroutinefunction(child_hook):
         raise TypeError(f"{cls.__qualname__}.on_child_failed must be an async def")
+    run_done_hook = inspect.getattr_static(cls, "on_run_done", None)
+    if run_done_hook is not None and not inspect.iscoroutinefunction(run_done_hook):
+        raise TypeError(f"{cls.__qualname__}.on_run_done must be an async def")
+    run_done = getattr(cls, "_torpor_run_done", None)
     durable = getattr(cls, "durable", False)
     if not isinstance(durable, bool):
         raise TypeError(f"{cls.__qualname__}.durable must be True or False (got {durable!r})")
@@ -374,6 +382,13 @@ def build_type_spec(cls: type, name: str | None, base: type) -> TypeSpec:  # noq
             fn=child_hook,
             signature=_signature(child_hook),
             is_query=False,
+        ),
+        on_run_done=(
+            HandlerSpec(
+                name="on_run_done", fn=run_done, signature=_signature(run_done), is_query=False
+            )
+            if run_done is not None
+            else None
         ),
         has_on_wake=_overrides(cls, base, "on_wake"),
         has_on_hibernate=_overrides(cls, base, "on_hibernate"),

@@ -373,67 +373,212 @@ class TurnState:
 
     # -- durable waits --------------------------------------------------------------------
 
-    def wait(self, kind: str, name: str, until: float | None, event: str | None) -> StepCall[Any]:
+    def wait(
+        self,
+        kind: str,
+        name: str,
+        until: float | None,
+        event: str | None,
+        *,
+        check: Callable[[], bytes | None] | None = None,
+        finish: Callable[[Any], Any] | None = None,
+    ) -> StepCall[Any]:
         """A durable sleep (``event`` None) or event wait: numbered and journaled now, waited
-        for when awaited. A new wait's deadline is journaled, so a replay keeps it."""
+        for when awaited. A new wait's deadline is journaled, so a replay keeps it.
+
+        ``check``, for a wait on something outside this actor (a run's outcome): called when
+        no event is there, it returns the encoded value that ends the wait, or ``None``.
+        ``finish`` turns the journaled value into the wait's result (or raises)."""
         n, row = self.claim(kind, name)
         if row is None:
             row = JournalRow(n, kind, name, "waiting", None, until, 0, self._clock())
             self.write(row)
             self.activation.runtime.crash_point("before wait", self, n, name)
             self.activation.wait_changed(until)
-        return StepCall(functools.partial(self._wait, row, event))
+        branch = Branch(n, row, event, check, finish, None)
+        return StepCall(functools.partial(self._wait, row, event, check, finish), branch)
 
-    async def _wait(self, row: JournalRow, event: str | None) -> Any:
-        act = self.activation
-        rt = act.runtime
-        codec = rt.codec
-        n = row.n
+    def _wait_result(self, row: JournalRow, event: str | None, finish: Any) -> Any:
+        """The result of a wait journaled as over (done, or failed at its deadline)."""
         if row.status == "failed":
             raise WaitTimeoutError(f"{self.describe()}: no {event!r} event before the deadline")
-        if row.status == "done":
-            return None if row.value is None else codec.decode(row.value)
-        until = row.until
-        while True:
-            if event is not None:
-                payload = act.mailbox.consume_event(self.seq, row, event)
-                if payload is not None:
-                    act.timers_changed = until is not None  # its deadline no longer wakes it
-                    rt.crash_point("after wait", self, n, row.name)
-                    return codec.decode(payload)
-            now = rt.clock()
-            if until is not None and now >= until:
-                row.status = "done" if event is None else "failed"
+        value = None if row.value is None else self.activation.runtime.codec.decode(row.value)
+        return value if finish is None else finish(value)
+
+    def _poll(self, row: JournalRow, event: str | None, check: Any) -> bool:
+        """Whether the wait of ``row`` is over now (then journaled: done, or failed at its
+        deadline): an event taken, ``check``'s value, or its deadline passed."""
+        act = self.activation
+        rt = act.runtime
+        if check is not None:  # (first: the latest state; the event is its doorbell)
+            payload = check()
+            if payload is not None:
+                row.status, row.value = "done", payload
                 self.write(row)
-                rt.crash_point("after wait", self, n, row.name)
-                if event is not None:
-                    raise WaitTimeoutError(
-                        f"{self.describe()}: no {event!r} event before the deadline"
-                    )
-                return None
-            arrived = act.event_arrival(event) if event is not None else None
-            self.waits += 1
-            act.turn_maybe_idle()
+                act.timers_changed = row.until is not None
+                rt.crash_point("after wait", self, row.n, row.name)
+                return True
+        if event is not None and act.mailbox.consume_event(self.seq, row, event) is not None:
+            act.timers_changed = row.until is not None  # its deadline no longer wakes it
+            rt.crash_point("after wait", self, row.n, row.name)
+            return True
+        if row.until is not None and rt.clock() >= row.until:
+            row.status = "done" if event is None and check is None else "failed"
+            self.write(row)
+            rt.crash_point("after wait", self, row.n, row.name)
+            return True
+        return False
+
+    async def _wait(
+        self, row: JournalRow, event: str | None, check: Any = None, finish: Any = None
+    ) -> Any:
+        act = self.activation
+        rt = act.runtime
+        if row.status not in ("done", "failed"):
+            while not self._poll(row, event, check):
+                until = row.until
+                await self._park(
+                    [act.event_arrival(event)] if event is not None else [],
+                    math.inf if until is None else until - rt.clock(),
+                )
+        return self._wait_result(row, event, finish)
+
+    async def _park(self, arrivals: list[anyio.Event], delay: float) -> None:
+        """Wait (idle: the actor may hibernate) until one of ``arrivals`` is set or ``delay``
+        passes; :class:`Suspended` if the actor hibernates meanwhile."""
+        act = self.activation
+        self.waits += 1
+        act.turn_maybe_idle()
+        try:
+            with anyio.CancelScope() as scope:
+                self.scopes.add(scope)
+                if self.suspending:
+                    scope.cancel()
+                with anyio.move_on_after(delay):
+                    if len(arrivals) == 1:
+                        await arrivals[0].wait()
+                    elif not arrivals:
+                        await anyio.sleep_forever()
+                    else:
+                        async with anyio.create_task_group() as tg:
+                            for arrival in arrivals:
+                                tg.start_soon(_set_then_cancel, arrival, tg.cancel_scope)
+        finally:
+            self.scopes.discard(scope)
+            self.waits -= 1
+            act.turn_busy()
+        if self.suspending:
+            self.parked = True
+            raise Suspended
+        if self.interrupt is not None:
+            raise Interrupted
+
+    def wait_any(self, calls: tuple[Awaitable[Any], ...]) -> StepCall[tuple[int, Any]]:
+        """``self.wait_any``: the first of several durable waits to end, journaled (which one
+        won is the row of a step of its own, numbered after theirs)."""
+        branches: list[Branch] = []
+        for i, call in enumerate(calls):
+            if not isinstance(call, StepCall) or call.branch is None or call._awaited:
+                raise TypeError(
+                    f"wait_any takes durable waits not awaited yet (self.sleep, "
+                    f"self.sleep_until, self.wait_for_event, self.ask, run.result(), "
+                    f"run.wait_value()); argument {i} is {call!r}"
+                )
+            branches.append(call.branch)
+        for call in calls:
+            assert isinstance(call, StepCall)
+            call._awaited = True
+        n, row = self.claim("any", "wait_any")
+        return StepCall(functools.partial(self._wait_any, n, row, branches))
+
+    async def _wait_any(
+        self, n: int, row: JournalRow | None, branches: list[Branch]
+    ) -> tuple[int, Any]:
+        if row is not None:
+            assert row.value is not None
+            index = int(self.activation.runtime.codec.decode(row.value))
+            return index, self._branch_result(branches[index], None)
+        self.write()
+        slots: dict[int, tuple[bool, Any]] = {}
+        ready = [anyio.Event()]
+        async with anyio.create_task_group() as tg:
+            for i, branch in enumerate(branches):
+                if branch.ask is not None and self.rows().get(branch.n) is None:
+                    tg.start_soon(_run_ask_branch, i, branch.ask, slots, ready)
             try:
-                with anyio.CancelScope() as scope:
-                    self.scopes.add(scope)
-                    if self.suspending:
-                        scope.cancel()
-                    delay = math.inf if until is None else until - now
-                    with anyio.move_on_after(delay):
-                        if arrived is not None:
-                            await arrived.wait()
-                        else:
-                            await anyio.sleep_forever()
+                index = await self._first_to_end(n, branches, slots, ready)
             finally:
-                self.scopes.discard(scope)
-                self.waits -= 1
-                act.turn_busy()
-            if self.suspending:
-                self.parked = True
-                raise Suspended
-            if self.interrupt is not None:
-                raise Interrupted
+                tg.cancel_scope.cancel()
+        return index, self._branch_result(branches[index], slots.get(index))
+
+    async def _first_to_end(
+        self,
+        n: int,
+        branches: list[Branch],
+        slots: dict[int, tuple[bool, Any]],
+        ready: list[anyio.Event],
+    ) -> int:
+        act = self.activation
+        rt = act.runtime
+        while True:
+            index = self._ended(branches, slots)
+            if index is None:
+                for i, branch in enumerate(branches):
+                    if branch.row is not None and self._poll(
+                        branch.row, branch.event, branch.check
+                    ):
+                        index = i
+                        break
+            if index is not None:
+                abandoned = []
+                for i, branch in enumerate(branches):
+                    if i != index and branch.row is not None and branch.row.status == "waiting":
+                        branch.row.status = "abandoned"
+                        abandoned.append(branch.row)
+                won = JournalRow(
+                    n, "any", "wait_any", "done", rt.codec.encode(index), None, 0, self._clock()
+                )
+                self.write(*abandoned, won)
+                act.timers_changed = True
+                rt.crash_point("after wait", self, n, "wait_any")
+                return index
+            for slot in slots.values():
+                if not slot[0] and isinstance(slot[1], Suspended | Interrupted):
+                    raise slot[1]
+            ready[0] = anyio.Event()
+            arrivals = [ready[0]]
+            until = math.inf
+            for branch in branches:
+                if branch.row is None:
+                    continue
+                if branch.event is not None:
+                    arrivals.append(act.event_arrival(branch.event))
+                if branch.row.until is not None:
+                    until = min(until, branch.row.until)
+            await self._park(arrivals, until - rt.clock())
+
+    def _ended(self, branches: list[Branch], slots: dict[int, tuple[bool, Any]]) -> int | None:
+        """The first branch, in argument order, whose end is journaled already (an ask's reply,
+        a wait ended before a crash) or whose ask has returned."""
+        journal = self.rows()
+        for i, branch in enumerate(branches):
+            if i in slots and not isinstance(slots[i][1], Suspended | Interrupted):
+                return i
+            row = journal.get(branch.n)
+            if row is not None and row.status in ("done", "failed"):
+                return i
+        return None
+
+    def _branch_result(self, branch: Branch, slot: tuple[bool, Any] | None) -> Any:
+        if slot is not None:
+            ok, value = slot
+            if not ok:
+                raise value
+            return value
+        row = self.rows()[branch.n]
+        if branch.ask is not None:
+            return self._replayed(row)
+        return self._wait_result(row, branch.event, branch.finish)
 
     def suspend(self) -> None:
         """Make every durable wait of this turn end in :class:`Suspended`."""
@@ -477,13 +622,15 @@ class TurnState:
         name = f"{target.type_name}.{handler.name}"
         n, row = self.claim("ask", name)
         if row is not None:
-            return StepCall(functools.partial(_returning, self._replayed, row))
+            replayed = functools.partial(_returning, self._replayed, row)
+            return StepCall(replayed, Branch(n, None, None, None, None, replayed))
         if target._spec is act.spec and target.key == act.key:
             raise RuntimeError(
                 f"{self.describe()}: self.ask to the actor itself would wait for a turn that "
                 "can only start after this one ends; call the method directly instead"
             )
-        return StepCall(functools.partial(self._ask, n, name, target, method, args, kwargs))
+        asking = functools.partial(self._ask, n, name, target, method, args, kwargs)
+        return StepCall(asking, Branch(n, None, None, None, None, asking))
 
     async def _ask(
         self,
@@ -587,14 +734,49 @@ class _deadline:
         return swallowed
 
 
+@attrs.define(eq=False)
+class Branch:
+    """What ``self.wait_any`` needs to know of one of its durable waits: its step number, and
+    either its journal row (a sleep or an event wait: ``event``, ``check`` and ``finish`` as
+    for ``TurnState.wait``) or, for an ask, the coroutine function that runs it."""
+
+    n: int
+    row: JournalRow | None
+    event: str | None
+    check: Callable[[], bytes | None] | None
+    finish: Callable[[Any], Any] | None
+    ask: Callable[[], Awaitable[Any]] | None
+
+
+async def _set_then_cancel(arrival: anyio.Event, scope: anyio.CancelScope) -> None:
+    await arrival.wait()
+    scope.cancel()
+
+
+async def _run_ask_branch(
+    i: int,
+    ask: Callable[[], Awaitable[Any]],
+    slots: dict[int, tuple[bool, Any]],
+    ready: list[anyio.Event],
+) -> None:
+    """An ask of ``wait_any``, in a task of its own: its outcome goes to ``slots[i]``."""
+    try:
+        slots[i] = (True, await ask())
+    except (Exception, Suspended, Interrupted) as exc:
+        slots[i] = (False, exc)
+    ready[0].set()
+
+
 class StepCall(Awaitable[T]):
     """A step, numbered when created; await it once (alone, or in ``self.gather``)."""
 
-    __slots__ = ("_awaited", "_run")
+    __slots__ = ("_awaited", "_run", "branch")
 
-    def __init__(self, run: Callable[[], Awaitable[T]]) -> None:
+    def __init__(self, run: Callable[[], Awaitable[T]], branch: Branch | None = None) -> None:
         self._run = run
         self._awaited = False
+        #: For a durable wait or an ask: what ``wait_any`` needs of it.
+        self.branch = branch
 
     def __await__(self) -> Generator[Any, None, T]:
         if self._awaited:

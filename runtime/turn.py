@@ -48,6 +48,7 @@ from .errors import (
 )
 from .files.datastore import KV, Sql
 from .files.mailbox import Message
+from .files.runstore import RUN_KEY_PREFIX
 from .host import ActorHost, Waiter
 from .outbox import Outbox
 from .replica.shipper import ReplicatedActor
@@ -178,9 +179,13 @@ class Batch:
 
     def _other_handler(self, message: Message) -> HandlerSpec | None:
         """The handler of a message that names no handler of the type: the runtime's own
-        ``on_child_failed`` from a child, else none (a query is no handler either)."""
+        ``on_child_failed`` from a child or ``on_run_done`` from a run (only the runtime writes
+        such rows: neither is a handler a caller can name), else none (a query is no handler
+        either)."""
         if message.method == "on_child_failed" and (message.sender or "").startswith(CHILD_SENDER):
             return self.act.spec.on_child_failed
+        if message.method == "on_run_done" and message.sender is not None:
+            return self.act.spec.on_run_done
         return None
 
     async def _apply(self, message: Message) -> bool:
@@ -251,6 +256,8 @@ class Batch:
             data.release()
         if message.idempotency_key is not None:
             data.store_result(message.seq, message.idempotency_key, True, reply)
+            if message.idempotency_key.startswith(RUN_KEY_PREFIX):
+                act.runtime.runs.finished(act, message, "done", reply)
         self.done.append((message, reply))
         return True
 
@@ -489,6 +496,9 @@ async def fail(act: TurnActor, message: Message, error: BaseException | None) ->
         if message.idempotency_key is not None:
             info = _error_info(error, message, reason)
             data.store_result(message.seq, message.idempotency_key, False, rt.codec.encode(info))
+            if message.idempotency_key.startswith(RUN_KEY_PREFIX):  # a run ends in failure
+                status = "cancelled" if isinstance(error, TurnCancelledError) else "failed"
+                rt.runs.finished(act, message, status, rt.codec.encode(info[:3]))
         data.commit()
     except BaseException:
         data.rollback()

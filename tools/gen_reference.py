@@ -29,6 +29,7 @@ SECTIONS = [
     ("Messages", ["Ref", "RefOptions", "DeadLetter"]),
     ("Durable steps", ["current_step", "StepInfo", "TurnInfo", "StepRecord", "NonRetryable"]),
     ("Failures", ["handler", "TerminalError"]),
+    ("Runs", ["Workflow", "Run", "RunStatus"]),
     (
         "Replication",
         [

@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 #: The suites of ``torpor bench``.
-BENCH_SUITES = ("core", "supervisor", "steps", "replication")
+BENCH_SUITES = ("core", "supervisor", "steps", "runs", "replication")
 
 
 #: ``torpor bench replication --quick``: small counts for a smoke run (options given after
@@ -64,7 +64,10 @@ def add_bench_command(commands: Any) -> argparse.ArgumentParser:
         "--quick", action="store_true", help="small counts (a smoke run), for every suite"
     )
     bench.add_argument(
-        "--synchronous", choices=["NORMAL", "FULL"], default="NORMAL", help="core and steps"
+        "--synchronous",
+        choices=["NORMAL", "FULL"],
+        default="NORMAL",
+        help="core, steps and runs",
     )
     bench.add_argument("--backend", choices=["trio", "asyncio"], default="trio")
     bench.add_argument("--json", action="store_true", help="machine-readable output")
@@ -74,7 +77,8 @@ def add_bench_command(commands: Any) -> argparse.ArgumentParser:
         choices=BENCH_SUITES,
         default="core",
         help="core: messages and asks (default); supervisor: wake-ups, hibernation, recovery; "
-        "steps: journaled step overhead, resumption after a kill -9; replication: lag, "
+        "steps: journaled step overhead, resumption after a kill -9; runs: runs started and "
+        "finished per second, reading a run; replication: lag, "
         "requests and restore time against a local S3 server (own options: "
         "torpor bench replication --help)",
     )
@@ -124,6 +128,15 @@ def run_bench(args: argparse.Namespace) -> int:
         from ..bench import steps as bench_steps
 
         figures = bench_steps.run(
+            quick=args.quick,
+            synchronous=args.synchronous,
+            backend=args.backend,
+            progress=progress,
+        )
+    elif args.suite == "runs":
+        from ..bench import runs as bench_runs
+
+        figures = bench_runs.run(
             quick=args.quick,
             synchronous=args.synchronous,
             backend=args.backend,

@@ -43,6 +43,8 @@ _MIGRATIONS = (
     CREATE TABLE runtime(id INTEGER PRIMARY KEY CHECK (id = 1), runtime_id TEXT NOT NULL);
     INSERT INTO runtime(id, runtime_id) VALUES (1, lower(hex(randomblob(8))));
     """,
+    # The children of an actor (its runs, listed by Runtime.runs), without a scan.
+    "CREATE INDEX actors_parent ON actors(parent) WHERE parent IS NOT NULL;",
 )
 
 
@@ -168,6 +170,30 @@ class Directory:
         self.conn.execute(
             "UPDATE actors SET notice = NULL WHERE id = ? AND notice = ?", (aid, notice)
         )
+
+    def children(self, parent: str) -> list[tuple[str, str, str]]:
+        """(id, type, key) of the actors made by ``parent``, oldest first."""
+        rows: list[Any] = self.conn.execute(
+            "SELECT id, type, key FROM actors WHERE parent = ? ORDER BY created_at, id",
+            (parent,),
+        ).fetchall()
+        return [(row[0], row[1], row[2]) for row in rows]
+
+    def orphans(self, type_name: str) -> list[tuple[str, str, str]]:
+        """(id, type, key) of the actors of ``type_name`` made by no actor, oldest first."""
+        rows: list[Any] = self.conn.execute(
+            "SELECT id, type, key FROM actors WHERE type = ? AND parent IS NULL "
+            "ORDER BY created_at, id",
+            (type_name,),
+        ).fetchall()
+        return [(row[0], row[1], row[2]) for row in rows]
+
+    def of_type(self, type_name: str) -> list[tuple[str, str]]:
+        """(id, key) of every actor of ``type_name``."""
+        rows: list[Any] = self.conn.execute(
+            "SELECT id, key FROM actors WHERE type = ?", (type_name,)
+        ).fetchall()
+        return [(row[0], row[1]) for row in rows]
 
     def stopped_count(self) -> int:
         return int(db.scalar(self.conn, "SELECT count(*) FROM actors WHERE stopped IS NOT NULL"))

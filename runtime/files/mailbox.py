@@ -466,12 +466,14 @@ class Mailbox:
         )
 
     @_typed_errors
-    def remove_applied(self, upto_seq: int) -> None:
-        """Delete inbox rows whose effects ``data.db`` has committed, with their journals and
-        the events their turns consumed."""
+    def remove_applied(self, upto_seq: int, *, keep_journal: bool = False) -> None:
+        """Delete inbox rows whose effects ``data.db`` has committed, with their journals
+        (unless ``keep_journal``: a run's, read by its status and its restart) and the events
+        their turns consumed."""
         with self.conn:
             self.conn.execute("DELETE FROM inbox WHERE seq <= ?", (upto_seq,))
-            self.conn.execute("DELETE FROM journal WHERE seq <= ?", (upto_seq,))
+            if not keep_journal:
+                self.conn.execute("DELETE FROM journal WHERE seq <= ?", (upto_seq,))
             # A consumed event's idempotency key stays (without its payload) until
             # prune_idempotency, so that a retried signal is still recognised.
             self.conn.execute(

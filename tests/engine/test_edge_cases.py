@@ -656,7 +656,7 @@ async def test_task_outliving_handler_cannot_touch_state(root: Path) -> None:
     outcomes: list[BaseException | None] = []
 
     class Leaky(actors.Actor, name="Leaky"):
-        async def start(self) -> None:
+        async def begin(self) -> None:
             async def later() -> None:
                 await go.wait()
                 for write in (
@@ -688,7 +688,7 @@ async def test_task_outliving_handler_cannot_touch_state(root: Path) -> None:
             shared["nursery"] = nursery
             async with actors.open_runtime(root, types=[Leaky]) as rt:
                 ref = rt.ref(Leaky, "l")
-                await ref.ask(Leaky.start)
+                await ref.ask(Leaky.begin)
                 await ref.send(Leaky.hold)  # a later turn is in progress while the task tries
                 await hold_entered.wait()
                 go.set()

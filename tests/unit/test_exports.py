@@ -58,6 +58,13 @@ PUBLIC = {
     "TurnInfo",
     "WaitTimeoutError",
     "current_step",
+    # runs
+    "Run",
+    "RunCancelledError",
+    "RunFailedError",
+    "RunStateError",
+    "RunStatus",
+    "Workflow",
     # replication
     "DirectoryStore",
     "PreconditionFailedError",

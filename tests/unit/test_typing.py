@@ -65,6 +65,27 @@ PROGRAM = textwrap.dedent(
             return text
 
 
+    class Flow(actors.Workflow):
+        async def run(self, order: str) -> int:
+            return len(order)
+
+
+    class Starter(actors.Actor):
+        async def go(self) -> int:
+            run = self.start(Flow.run, "o-1", id="r")
+            reveal_type(run)  # type: runtime.run.Run[int]
+            reveal_type(await run.result())  # type: int
+            index, _value = await self.wait_any(run.result(), self.sleep(1))
+            reveal_type(index)  # type: int
+            return index
+
+
+    async def starts(rt: actors.Runtime) -> None:
+        run = await rt.start(Flow.run, "o-2", id="r2")
+        reveal_type(await run.result())  # type: int
+        reveal_type(await run.status())  # type: runtime.run.RunStatus
+
+
     def count_words(text: str) -> list[int]:
         return [len(text.split())]
 
