@@ -14,6 +14,7 @@ from typing import Any
 import attrs
 
 from .errors import InvalidArgumentsError, InvalidKeyError, UnknownHandlerError
+from .typecheck import Check, classes_named, compile_check, explain, passes, resolve
 
 #: Lifecycle hooks: async methods the runtime calls itself; never handlers.
 HOOKS = frozenset({"on_create", "on_wake", "on_hibernate", "on_child_failed"})
@@ -107,6 +108,15 @@ class HandlerSpec:
     is_query: bool
     min_positional: int = attrs.field(init=False)
     max_positional: float = attrs.field(init=False)
+    #: The checks of the positional parameters, in order (``None`` for one that takes
+    #: anything); ``None`` when no parameter is checked: the call then costs nothing more.
+    positional_checks: tuple[Check | None, ...] | None = attrs.field(init=False)
+    #: Each checked parameter's check and annotation, by name (``*args`` and ``**kwargs``
+    #: check each of their values).
+    named_checks: dict[str, tuple[Check, Any]] = attrs.field(init=False)
+    #: Some annotation could not be resolved when the class was defined (a name defined
+    #: later): :meth:`resolve_annotations` tries again when a runtime opens.
+    unresolved: bool = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         # Positional calls within these bounds always bind. A function with a keyword-only
@@ -121,18 +131,85 @@ class HandlerSpec:
         variadic = any(p.kind == kinds.VAR_POSITIONAL for p in params)
         object.__setattr__(self, "min_positional", len(required) if simple else 1 << 30)
         object.__setattr__(self, "max_positional", float("inf") if variadic else len(positional))
+        self.resolve_annotations()
+
+    def resolve_annotations(self) -> None:
+        """Compile the parameters' checks from their annotations (once per class, and again
+        when a runtime opens for a handler whose annotations named something not defined)."""
+        params = list(self.signature.parameters.values())[1:]
+        kinds = inspect.Parameter
+        named: dict[str, tuple[Check, Any]] = {}
+        unresolved = False
+        for param in params:
+            annotation = resolve(param.annotation, self.fn)
+            unresolved = unresolved or isinstance(annotation, str)
+            check = compile_check(annotation)
+            if check is not None:
+                named[param.name] = (check, annotation)
+        positional = tuple(
+            named[p.name][0] if p.name in named else None
+            for p in params
+            if p.kind in (kinds.POSITIONAL_ONLY, kinds.POSITIONAL_OR_KEYWORD)
+        )
+        # *args with a check: calls with more positional arguments than named parameters take
+        # the slow path (max_positional is lowered to the named ones).
+        var_checked = any(p.kind == kinds.VAR_POSITIONAL and p.name in named for p in params)
+        if var_checked:
+            object.__setattr__(self, "max_positional", len(positional))
+        object.__setattr__(self, "named_checks", named)
+        object.__setattr__(
+            self, "positional_checks", positional if any(positional) or var_checked else None
+        )
+        object.__setattr__(self, "unresolved", unresolved)
+
+    def annotations(self) -> list[Any]:
+        """The resolved annotations of the parameters and of the result."""
+        found = [resolve(p.annotation, self.fn) for p in self.signature.parameters.values()]
+        return [*found[1:], resolve(self.signature.return_annotation, self.fn)]
 
     def check_arguments(
         self, type_name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> None:
         if not kwargs and self.min_positional <= len(args) <= self.max_positional:
-            return  # the common case, without inspect's bind (about 15 µs)
+            checks = self.positional_checks
+            if checks is None:
+                return  # the common case, without inspect's bind (about 15 µs)
+            for value, check in zip(args, checks, strict=False):
+                if check is not None and not (
+                    isinstance(value, check[0]) and (check[1] is None or check[1](value))
+                ):
+                    break
+            else:
+                return
         try:
-            self.signature.bind(None, *args, **kwargs)
+            bound = self.signature.bind(None, *args, **kwargs)
         except TypeError as exc:
             raise InvalidArgumentsError(
                 f"{type_name}.{self.name}{_public_signature(self.signature)}: {exc}"
             ) from None
+        if self.named_checks:
+            self._check_values(type_name, bound.arguments)
+
+    def _check_values(self, type_name: str, arguments: dict[str, Any]) -> None:
+        kinds = inspect.Parameter
+        for name, value in arguments.items():
+            found = self.named_checks.get(name)
+            if found is None:
+                continue
+            check, annotation = found
+            kind = self.signature.parameters[name].kind
+            if kind == kinds.VAR_POSITIONAL:
+                items = [(f"{name}[{i}]", v) for i, v in enumerate(value)]
+            elif kind == kinds.VAR_KEYWORD:
+                items = list(value.items())
+            else:
+                items = [(name, value)]
+            for label, item in items:
+                if not passes(check, item):
+                    raise InvalidArgumentsError(
+                        f"{type_name}.{self.name}{_public_signature(self.signature)}: "
+                        f"argument {label!r} {explain(annotation, item)}"
+                    )
 
 
 @attrs.frozen(eq=False)
@@ -173,6 +250,22 @@ class TypeSpec:
                 f"{shown!s} is not a handler of actor type {self.name!r} (its handlers: {known})"
             )
         return spec
+
+    def named_classes(self) -> list[type]:
+        """The enums, dataclasses, attrs classes and pydantic models that the annotations of
+        the handlers and hooks name (their parameters, results, and those classes' fields).
+
+        Annotations that named something not defined when the class was (a class defined
+        after it) are resolved again first: a runtime opens once every module is imported.
+        """
+        found: list[Any] = []
+        for handler in (*self.handlers.values(), self.on_create, self.on_child_failed):
+            if handler is None:
+                continue
+            if handler.unresolved:
+                handler.resolve_annotations()
+            found += handler.annotations()
+        return classes_named(found)
 
     def requires_create_arguments(self) -> bool:
         try:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime as _dt
+import decimal
 import fcntl
 import os
 import time
@@ -157,10 +158,19 @@ def actor_is_awake(root: Path, type_name: str, key: str) -> bool:
 
 @attrs.frozen
 class StoredObject:
-    """A registered attrs message type, read back without its class."""
+    """An instance of a registered class (attrs class, dataclass, pydantic model), read back
+    without its class: its registered name and fields."""
 
     type_name: str
     fields: dict[str, Any]
+
+
+@attrs.frozen
+class StoredEnum:
+    """A registered enum's member, read back without its class: its type's name and value."""
+
+    type_name: str
+    value: Any
 
 
 @attrs.frozen
@@ -200,6 +210,11 @@ def _ext(code: int, data: bytes) -> Any:
     if code == codec.EXT_ATTRS:
         name, fields = _unpack(data)
         return StoredObject(name, fields)
+    if code == codec.EXT_DECIMAL:
+        return decimal.Decimal(data.decode())
+    if code == codec.EXT_ENUM:
+        name, value = _unpack(data)
+        return StoredEnum(name, value)
     if code == codec.EXT_REF:
         type_name, key = _unpack(data)
         return StoredRef(type_name, key)
@@ -212,7 +227,8 @@ def _unpack(data: bytes) -> Any:
 
 def decode(data: bytes | None) -> Any:
     """A stored payload, reply or kv value as plain Python values (:class:`StoredObject` for
-    attrs message types, :class:`StoredRef` for refs); :class:`Undecodable` if it is not one."""
+    registered classes, :class:`StoredEnum` for enums, :class:`StoredRef` for refs);
+    :class:`Undecodable` if it is not one."""
     if data is None:
         return None
     try:
@@ -249,6 +265,10 @@ def to_json(value: Any) -> Any:
         return str(value)
     if isinstance(value, StoredObject):
         return {"$type": value.type_name, "fields": to_json(value.fields)}
+    if isinstance(value, StoredEnum):
+        return {"$enum": value.type_name, "value": to_json(value.value)}
+    if isinstance(value, decimal.Decimal):
+        return str(value)
     if isinstance(value, StoredRef):
         return {"$ref": [value.type_name, value.key]}
     if isinstance(value, Undecodable):
@@ -266,6 +286,8 @@ def _show(value: Any) -> str:
     if isinstance(value, StoredObject):
         inner = ", ".join(f"{k}={_show(v)}" for k, v in value.fields.items())
         return f"{value.type_name.rpartition('.')[2]}({inner})"
+    if isinstance(value, StoredEnum):
+        return f"{value.type_name.rpartition('.')[2]}({_show(value.value)})"
     if isinstance(value, StoredRef):
         return f"ref({value.type_name}, {value.key!r})"
     if isinstance(value, Undecodable):

@@ -46,6 +46,7 @@ PUBLIC = {
     "UnknownHandlerError",
     "open_runtime",
     "query",
+    "register_type",
     # durable steps
     "NondeterminismError",
     "NonRetryable",
