@@ -143,6 +143,23 @@ def check_structured(cls: object, where: str) -> None:
         )
 
 
+def fields_of(obj: Any) -> dict[str, Any]:
+    """The fields of an instance of a class that travels as its fields, as they are stored."""
+    return _cached_field_functions(type(obj))[0](obj)
+
+
+_FIELD_FUNCTIONS: dict[type, tuple[Callable[[Any], dict[str, Any]], Callable[[Any], Any]]] = {}
+
+
+def _cached_field_functions(
+    cls: type,
+) -> tuple[Callable[[Any], dict[str, Any]], Callable[[Any], Any]]:
+    found = _FIELD_FUNCTIONS.get(cls)
+    if found is None:
+        found = _FIELD_FUNCTIONS[cls] = _field_functions(cls)
+    return found
+
+
 @functools.cache
 def _converter() -> Any:
     """The cattrs converter of field mappings, made at first use (``import actors`` does not
@@ -248,7 +265,7 @@ class Codec:
     def _fields_of(self, cls: type) -> tuple[Callable[[Any], dict[str, Any]], Callable[[Any], Any]]:
         found = self._fields.get(cls)
         if found is None:
-            found = self._fields[cls] = _field_functions(cls)
+            found = self._fields[cls] = _cached_field_functions(cls)
             self._reset_walked()
         return found
 

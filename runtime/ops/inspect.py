@@ -20,6 +20,7 @@ import base64
 import contextlib
 import datetime as _dt
 import decimal
+import enum
 import fcntl
 import os
 import time
@@ -42,6 +43,7 @@ from ..errors import (
 )
 from ..files.datastore import read_only_authorizer
 from ..files.layout import DATA_FILE, DIRECTORY_FILE, LOCK_FILE, MAILBOX_FILE, actor_dir, actor_id
+from ..typecheck import is_structured
 
 #: How long a reader waits for an actor's files before calling it awake: the runtime holds
 #: them for as long as the actor is awake, so waiting longer would not help.
@@ -247,7 +249,7 @@ def decode_call(payload: bytes) -> tuple[list[Any], dict[str, Any]] | Undecodabl
 
 def to_json(value: Any) -> Any:
     """A decoded value as JSON data (bytes as base64, instants as ISO 8601)."""
-    if value is None or isinstance(value, bool | int | float | str):
+    if type(value) in (bool, int, float, str) or value is None:
         return value
     if isinstance(value, dict):
         return {str(k): to_json(v) for k, v in value.items()}
@@ -263,16 +265,28 @@ def to_json(value: Any) -> Any:
         return value.total_seconds()
     if isinstance(value, uuid.UUID):
         return str(value)
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    return _object_json(value)
+
+
+def _object_json(value: Any) -> Any:
+    """An instance of a class (stored, or live in a reply) as JSON data."""
     if isinstance(value, StoredObject):
         return {"$type": value.type_name, "fields": to_json(value.fields)}
     if isinstance(value, StoredEnum):
         return {"$enum": value.type_name, "value": to_json(value.value)}
-    if isinstance(value, decimal.Decimal):
-        return str(value)
     if isinstance(value, StoredRef):
         return {"$ref": [value.type_name, value.key]}
     if isinstance(value, Undecodable):
         return {"$undecodable": value.size, "error": value.error}
+    if isinstance(value, enum.Enum):  # a live value (a reply), shown as a stored one
+        return {"$enum": codec.default_name(type(value)), "value": to_json(value.value)}
+    if is_structured(type(value)):
+        fields = to_json(codec.fields_of(value))
+        return {"$type": codec.default_name(type(value)), "fields": fields}
+    if isinstance(value, bool | int | float | str):  # another subclass of a builtin
+        return value
     return repr(value)
 
 

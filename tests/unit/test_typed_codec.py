@@ -304,3 +304,15 @@ def test_importing_actors_imports_neither_cattrs_nor_pydantic() -> None:
     code = "import sys, actors; print(sorted({'cattrs', 'pydantic'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_typed_replies_show_as_json_like_stored_values() -> None:
+    """torpor ask shows a typed reply as it shows the stored value: by registered name."""
+    item = Item("tea", decimal.Decimal("3.50"))
+    stored = ops_inspect.to_json(ops_inspect.decode(codec().encode([item, Priority.HIGH])))
+    live = ops_inspect.to_json([item, Priority.HIGH])
+    expected = [
+        {"$type": f"{__name__}.Item", "fields": {"sku": "tea", "price": "3.50", "qty": 1}},
+        {"$enum": f"{__name__}.Priority", "value": 2},
+    ]
+    assert live == stored == expected
