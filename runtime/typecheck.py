@@ -147,7 +147,9 @@ def explain(annotation: Any, value: Any) -> str:
     an item inside, ``"item [2] must be int (got ...)"``."""
     path, expected, found = _first_failure(annotation, value, "")
     where = f"item {path} " if path else ""
-    return f"{where}must be {expected} (got {_short(found)} that is a {_kind(found)})"
+    kind = _kind(found)
+    article = "an" if kind[:1].lower() in "aeiou" else "a"
+    return f"{where}must be {expected} (got {_short(found)} that is {article} {kind})"
 
 
 def _first_failure(annotation: Any, value: Any, path: str) -> tuple[str, str, Any]:
