@@ -17,6 +17,7 @@ import collections.abc as cabc
 import dataclasses
 import enum
 import inspect
+import itertools
 import sys
 import types
 import typing
@@ -86,17 +87,25 @@ def _compile(annotation: Any) -> Check | None:
     if origin is tuple:
         return (tuple,), _tuple_items(args)
     if origin in _SEQUENCES and len(args) == 1:
-        item = _compile(args[0])
-        return (origin,), None if item is None else lambda v: all(_passes(item, x) for x in v)
+        return (origin,), _each(_compile(args[0]))
     if origin in _MAPPINGS and len(args) == 2:
-        key, value = _compile(args[0]), _compile(args[1])
-        if key is None and value is None:
+        keys, values = _each(_compile(args[0])), _each(_compile(args[1]))
+        if keys is None and values is None:
             return (origin,), None
-        return (origin,), lambda v: all(
-            (key is None or _passes(key, k)) and (value is None or _passes(value, x))
-            for k, x in v.items()
-        )
+        return (
+            origin,
+        ), lambda v: (keys is None or keys(v.keys())) and (values is None or values(v.values()))
     return (origin,), None  # another generic class (a Ref[Counter]): its class alone
+
+
+def _each(check: Check | None) -> Callable[[Any], bool] | None:
+    """A predicate on an iterable: each of its items passes ``check``."""
+    if check is None:
+        return None
+    classes, inner = check
+    if inner is None:  # the common case (list[int]), in C: no Python frame per item
+        return lambda items: all(map(isinstance, items, itertools.repeat(classes)))
+    return lambda items: all(_passes(check, x) for x in items)
 
 
 def _is_unchecked_class(cls: type) -> bool:
@@ -119,8 +128,7 @@ def _union(members: list[Check | None]) -> Check | None:
 
 def _tuple_items(args: tuple[Any, ...]) -> Callable[[Any], bool] | None:
     if len(args) == 2 and args[1] is Ellipsis:
-        item = _compile(args[0])
-        return None if item is None else lambda v: all(_passes(item, x) for x in v)
+        return _each(_compile(args[0]))
     if args == ((),):  # tuple[()]
         return lambda v: len(v) == 0
     if not args:

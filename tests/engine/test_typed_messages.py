@@ -97,8 +97,7 @@ ADA = Customer(name="Ada", credit=Decimal("100.00"))
 
 
 async def test_typed_arguments_and_results_come_back_as_the_same_types(root: Path) -> None:
-    """A handler gets dataclasses, enums, pydantic models and Decimals; the asker gets its
-    attrs result back as the same types."""
+    """Handler and asker get dataclasses, enums, pydantic and attrs instances, Decimals as such."""
     async with actors.open_runtime(root, types=[Shop], clock=clock) as rt:
         ref = rt.ref(Shop, "s")
         receipt = await ref.ask(Shop.place, ORDER, ADA)
@@ -112,8 +111,7 @@ async def test_typed_arguments_and_results_come_back_as_the_same_types(root: Pat
 
 
 async def test_a_bad_call_is_refused_in_the_sender_and_nothing_is_stored(root: Path) -> None:
-    """send, ask and spawn with a value the annotation refuses raise InvalidArgumentsError,
-    and no message or actor is stored."""
+    """A send, ask or spawn the annotations refuse is InvalidArgumentsError; nothing is stored."""
     async with actors.open_runtime(root, types=[Shop], clock=clock) as rt:
         ref = rt.ref(Shop, "s")
         with pytest.raises(actors.InvalidArgumentsError, match="'text' must be str"):
@@ -158,8 +156,7 @@ class Caller(actors.Actor, name="TypedCaller"):
 
 
 async def test_calls_made_inside_a_turn_are_checked_at_the_call(root: Path) -> None:
-    """self.send, self.ask, self.spawn and self.schedule refuse a bad call where it is made,
-    and nothing leaves the turn."""
+    """self.send, ask, spawn and schedule refuse a bad call where it is made; nothing leaves."""
     async with actors.open_runtime(root, types=[Shop, Caller], clock=clock) as rt:
         shop = rt.ref(Shop, "s")
         await shop.ask(Shop.chat, "exists")
@@ -211,8 +208,7 @@ class Courier(actors.Actor, name="TypedCourier"):
 
 
 async def test_step_values_and_event_payloads_come_back_as_their_types(root: Path) -> None:
-    """A step's result (replayed from the journal after hibernation) and an event's payload
-    keep their types, though no annotation names them."""
+    """A step's result replayed from the journal, and an event's payload, keep their types."""
     FETCHES.clear()
     # Customer is named by no annotation of Courier: the event's payload type is given here.
     async with actors.open_runtime(

@@ -142,3 +142,18 @@ class Later(actors.Actor, name="typecheck-later"):
 @dataclasses.dataclass
 class DefinedLater:
     n: int
+
+
+def test_unchecked_extra_positional_arguments_still_bind() -> None:
+    """Before an unannotated *args, extra arguments pass and the checked one is checked."""
+
+    class Loose(actors.Actor, name="typecheck-loose"):
+        async def h(self, first: int, *rest, **options) -> None:  # type: ignore[no-untyped-def]
+            pass
+
+    spec = Loose.__torpor_spec__.handlers["h"]
+    spec.check_arguments("Loose", (1, "a", b"b"), {"k": object()})
+    with pytest.raises(actors.InvalidArgumentsError, match="'first' must be int"):
+        spec.check_arguments("Loose", ("1", "a"), {})
+    with pytest.raises(actors.InvalidArgumentsError, match="missing a required argument"):
+        spec.check_arguments("Loose", (), {})

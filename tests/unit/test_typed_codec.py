@@ -164,17 +164,19 @@ def test_the_stored_bytes_carry_the_registered_name() -> None:
 def test_register_type_names_a_class_for_every_codec() -> None:
     """register_type(name=...) stores values under that name; every codec then knows the class."""
 
-    @actors.register_type(name="tests.typed.Shipment")
+    @actors.register_type(name="tests.typed_codec.Shipment")
     @dataclasses.dataclass
     class Shipment:
         to: str
 
     data = Codec().encode(Shipment("Lyon"))
     assert ops_inspect.decode(data) == ops_inspect.StoredObject(
-        "tests.typed.Shipment", {"to": "Lyon"}
+        "tests.typed_codec.Shipment", {"to": "Lyon"}
     )
     assert Codec().decode(data) == Shipment("Lyon")
-    assert actors.register_type(Shipment, name="tests.typed.Shipment") is Shipment  # again: ok
+    assert (
+        actors.register_type(Shipment, name="tests.typed_codec.Shipment") is Shipment
+    )  # again: ok
 
 
 def test_register_type_refuses_a_taken_name_and_other_classes() -> None:
