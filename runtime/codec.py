@@ -45,15 +45,11 @@ EXT_DATE = 5
 EXT_TIME = 6
 EXT_TIMEDELTA = 7
 EXT_UUID = 8
-EXT_ATTRS = 9
+EXT_ATTRS = 9  # [name, {field: value}]: attrs classes (its first users), dataclasses, pydantic
 EXT_REF = 10
 EXT_BIGINT = 11
-EXT_DECIMAL = 12
-EXT_ENUM = 13
-
-#: ``EXT_ATTRS`` carries every class that travels as its fields: attrs classes (its first
-#: users, hence the name), dataclasses and pydantic models.
-EXT_FIELDS = EXT_ATTRS
+EXT_DECIMAL = 12  # its exact text
+EXT_ENUM = 13  # [name, value]
 
 _CONTAINER_CODES = frozenset({EXT_TUPLE, EXT_SET, EXT_FROZENSET, EXT_ATTRS, EXT_ENUM})
 
@@ -194,11 +190,11 @@ def _field_functions(cls: type) -> tuple[Callable[[Any], dict[str, Any]], Callab
     return make_dict_unstructure_fn(cls, converter), lambda fields: structure(fields, cls)
 
 
-#: How deeply a value may nest: lists, dicts, tuples, sets, frozensets and registered attrs
-#: instances each count one level (``[[1]]`` is two). Deeper values are refused when encoded
-#: and when decoded, so anything encoded also decodes; a value that contains itself is refused
-#: as too deep. Each level of tuple, set or attrs instance costs a nested msgpack call, so an
-#: unbounded depth would overflow Python's recursion limit or the C stack (a crash).
+#: How deeply a value may nest: lists, dicts, tuples, sets, frozensets and instances of
+#: registered classes each count one level (``[[1]]`` is two). Deeper values are refused when
+#: encoded and when decoded, so anything encoded also decodes; a value that contains itself is
+#: refused as too deep. Each level of tuple, set or class instance costs a nested msgpack call,
+#: so an unbounded depth would overflow Python's recursion limit or the C stack (a crash).
 MAX_DEPTH = 100
 
 # Nested payloads this deep decode through a heap-allocated Unpacker: ``unpackb`` keeps about

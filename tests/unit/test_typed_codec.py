@@ -318,3 +318,19 @@ def test_typed_replies_show_as_json_like_stored_values() -> None:
         {"$enum": f"{__name__}.Priority", "value": 2},
     ]
     assert live == stored == expected
+
+
+def test_an_instance_that_contains_itself_is_refused() -> None:
+    """A dataclass holding itself is an EncodingError, the first time and every time after."""
+
+    @dataclasses.dataclass
+    class Node:
+        next: Any = None
+
+    node = Node()
+    node.next = node
+    c = Codec([Node])
+    for _ in range(2):
+        with pytest.raises(actors.EncodingError, match="deep"):
+            c.encode(node)
+    assert c.decode(c.encode(Node(Node()))) == Node(Node())
