@@ -9,6 +9,7 @@ users import it); ``actors.testing`` does the same for its own names.
 from importlib import metadata as _metadata
 
 from runtime.actor import Actor, handler, query
+from runtime.codec import register_type
 from runtime.errors import (
     ActorError,
     ActorExistsError,
@@ -146,6 +147,7 @@ __all__ = [
     "log_lifecycle",
     "open_runtime",
     "query",
+    "register_type",
     "render_metrics",
     "serve_metrics",
 ]

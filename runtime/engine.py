@@ -135,7 +135,12 @@ class Engine:
         self.max_key_bytes = max_key_bytes
         self.idempotency_ttl = idempotency_ttl
         self.shutdown_grace = shutdown_grace
-        self.codec = Codec(message_types, ref_encoder=_ref_parts, ref_decoder=self.ref_by_name)
+        self.codec = Codec(
+            message_types,
+            named_types=[cls for spec in self.specs.values() for cls in spec.named_classes()],
+            ref_encoder=_ref_parts,
+            ref_decoder=self.ref_by_name,
+        )
         self.closing = anyio.Event()
         self.closed = False
         self.unknown_types: set[str] = set()

@@ -58,9 +58,14 @@ class UnknownHandlerError(ActorError, LookupError):
 
 
 class InvalidArgumentsError(ActorError, TypeError):
-    """The arguments of a send, ask or spawn do not fit the handler's signature.
+    """The arguments of a send, ask, spawn or timer do not fit the handler's signature.
 
-    Checked in the sender, against ``inspect.signature`` of the handler, before anything is stored.
+    Checked in the sender before anything is stored: their number and names against the
+    handler's signature, and their values against its annotations (builtins, containers,
+    ``Optional`` and unions, ``Literal``, enums, dataclasses, attrs classes, pydantic models,
+    datetimes, ``Decimal``, ``UUID``, refs; an unannotated or ``Any`` parameter takes anything,
+    and an instance of a class is not checked field by field). Unlike :class:`EncodingError`,
+    the value may be encodable: it is not what the handler declares.
     """
 
 
@@ -69,13 +74,18 @@ class EncodingError(ActorError, TypeError):
 
     Messages are msgpack with an allow-list: ``None``, ``bool``, ``int``, ``float``, ``str``,
     ``bytes``, ``list``, ``tuple``, ``dict``, ``set``, ``frozenset``, ``datetime``, ``date``,
-    ``time``, ``timedelta``, ``UUID``, refs, and attrs classes registered with
-    ``open_runtime(message_types=[...])``. Never pickle.
+    ``time``, ``timedelta``, ``Decimal``, ``UUID``, refs, and the enums, dataclasses, attrs
+    classes and pydantic models the runtime knows by name: named in its handlers' annotations,
+    registered with ``actors.register_type``, or given in ``open_runtime(message_types=[...])``.
+    Subclasses of the builtins (other than such enums) are refused: they would come back as
+    their base class. Never pickle.
     """
 
 
 class DecodingError(ActorError, ValueError):
-    """Stored bytes cannot be decoded: a message type no longer registered, or corrupt bytes."""
+    """Stored bytes cannot be decoded: a class name no runtime class is registered under (the
+    class was renamed or moved without keeping its name), a stored instance its class no
+    longer accepts, or corrupt bytes."""
 
 
 class MessageTooLargeError(ActorError, ValueError):

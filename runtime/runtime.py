@@ -206,6 +206,11 @@ async def open_runtime(
     On exit, turns in progress get ``shutdown_grace`` seconds to finish; then they are cancelled
     and rolled back. Queued messages stay in their mailboxes and run when the runtime is next
     opened.
+
+    Messages, results, step values, events and kv values may carry enums, dataclasses, attrs
+    classes and pydantic models that the runtime knows by name: those named in the annotations
+    of the handlers of ``types`` (and in their fields), those registered with
+    ``actors.register_type``, and those in ``message_types``.
     """
     engine = Engine(
         Path(path),

@@ -619,6 +619,8 @@ class TurnState:
     ) -> StepCall[Any]:
         act = self.activation
         handler = target._spec.handler(method)
+        # A bad call is refused here, like self.send's: before it is numbered or journaled.
+        handler.check_arguments(target._spec.name, args, kwargs)
         name = f"{target.type_name}.{handler.name}"
         n, row = self.claim("ask", name)
         if row is not None:

@@ -26,7 +26,7 @@ LIFECYCLE = DOCS / "explanation" / "lifecycle.md"
 SECTIONS = [
     ("Opening a runtime", ["open_runtime", "Runtime", "RuntimeStatistics", "LifecycleEvent"]),
     ("Actors", ["Actor", "query", "Retry", "RestartIntensity", "Schedule", "Sql", "KV"]),
-    ("Messages", ["Ref", "RefOptions", "DeadLetter"]),
+    ("Messages", ["Ref", "RefOptions", "register_type", "DeadLetter"]),
     ("Durable steps", ["current_step", "StepInfo", "TurnInfo", "StepRecord", "NonRetryable"]),
     ("Failures", ["handler", "TerminalError"]),
     ("Runs", ["Workflow", "Run", "RunStatus"]),

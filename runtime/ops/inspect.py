@@ -19,6 +19,8 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime as _dt
+import decimal
+import enum
 import fcntl
 import os
 import time
@@ -41,6 +43,7 @@ from ..errors import (
 )
 from ..files.datastore import read_only_authorizer
 from ..files.layout import DATA_FILE, DIRECTORY_FILE, LOCK_FILE, MAILBOX_FILE, actor_dir, actor_id
+from ..typecheck import is_structured
 
 #: How long a reader waits for an actor's files before calling it awake: the runtime holds
 #: them for as long as the actor is awake, so waiting longer would not help.
@@ -157,10 +160,19 @@ def actor_is_awake(root: Path, type_name: str, key: str) -> bool:
 
 @attrs.frozen
 class StoredObject:
-    """A registered attrs message type, read back without its class."""
+    """An instance of a registered class (attrs class, dataclass, pydantic model), read back
+    without its class: its registered name and fields."""
 
     type_name: str
     fields: dict[str, Any]
+
+
+@attrs.frozen
+class StoredEnum:
+    """A registered enum's member, read back without its class: its type's name and value."""
+
+    type_name: str
+    value: Any
 
 
 @attrs.frozen
@@ -200,6 +212,11 @@ def _ext(code: int, data: bytes) -> Any:
     if code == codec.EXT_ATTRS:
         name, fields = _unpack(data)
         return StoredObject(name, fields)
+    if code == codec.EXT_DECIMAL:
+        return decimal.Decimal(data.decode())
+    if code == codec.EXT_ENUM:
+        name, value = _unpack(data)
+        return StoredEnum(name, value)
     if code == codec.EXT_REF:
         type_name, key = _unpack(data)
         return StoredRef(type_name, key)
@@ -212,7 +229,8 @@ def _unpack(data: bytes) -> Any:
 
 def decode(data: bytes | None) -> Any:
     """A stored payload, reply or kv value as plain Python values (:class:`StoredObject` for
-    attrs message types, :class:`StoredRef` for refs); :class:`Undecodable` if it is not one."""
+    registered classes, :class:`StoredEnum` for enums, :class:`StoredRef` for refs);
+    :class:`Undecodable` if it is not one."""
     if data is None:
         return None
     try:
@@ -231,7 +249,7 @@ def decode_call(payload: bytes) -> tuple[list[Any], dict[str, Any]] | Undecodabl
 
 def to_json(value: Any) -> Any:
     """A decoded value as JSON data (bytes as base64, instants as ISO 8601)."""
-    if value is None or isinstance(value, bool | int | float | str):
+    if type(value) in (bool, int, float, str) or value is None:
         return value
     if isinstance(value, dict):
         return {str(k): to_json(v) for k, v in value.items()}
@@ -247,12 +265,28 @@ def to_json(value: Any) -> Any:
         return value.total_seconds()
     if isinstance(value, uuid.UUID):
         return str(value)
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    return _object_json(value)
+
+
+def _object_json(value: Any) -> Any:
+    """An instance of a class (stored, or live in a reply) as JSON data."""
     if isinstance(value, StoredObject):
         return {"$type": value.type_name, "fields": to_json(value.fields)}
+    if isinstance(value, StoredEnum):
+        return {"$enum": value.type_name, "value": to_json(value.value)}
     if isinstance(value, StoredRef):
         return {"$ref": [value.type_name, value.key]}
     if isinstance(value, Undecodable):
         return {"$undecodable": value.size, "error": value.error}
+    if isinstance(value, enum.Enum):  # a live value (a reply), shown as a stored one
+        return {"$enum": codec.default_name(type(value)), "value": to_json(value.value)}
+    if is_structured(type(value)):
+        fields = to_json(codec.fields_of(value))
+        return {"$type": codec.default_name(type(value)), "fields": fields}
+    if isinstance(value, bool | int | float | str):  # another subclass of a builtin
+        return value
     return repr(value)
 
 
@@ -266,6 +300,8 @@ def _show(value: Any) -> str:
     if isinstance(value, StoredObject):
         inner = ", ".join(f"{k}={_show(v)}" for k, v in value.fields.items())
         return f"{value.type_name.rpartition('.')[2]}({inner})"
+    if isinstance(value, StoredEnum):
+        return f"{value.type_name.rpartition('.')[2]}({_show(value.value)})"
     if isinstance(value, StoredRef):
         return f"ref({value.type_name}, {value.key!r})"
     if isinstance(value, Undecodable):

@@ -109,7 +109,7 @@ async def test_oversized_message(root: Path) -> None:
         with pytest.raises(actors.MessageTooLargeError, match="over max_message_bytes=1000"):
             await ref.send(Counter.echo, b"x" * 1000)
         with pytest.raises(actors.MessageTooLargeError, match="on_create arguments"):
-            await rt.spawn(Counter, b"x" * 1000, key="big")
+            await rt.spawn(Counter, 2**8000, key="big")  # (an int: on_create takes one)
     assert_nothing_stored(root)
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import decimal
+import enum
 from typing import Any
 
 import attrs
@@ -38,3 +41,19 @@ class Counter(actors.Actor):
 class Point:
     x: int
     y: int
+
+
+class Mood(enum.Enum):
+    """An enum for messages (stored by value, with its registered name)."""
+
+    CALM = "calm"
+    BUSY = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class Tag:
+    """A dataclass for messages: a field typed Any keeps what it holds."""
+
+    label: str
+    weight: decimal.Decimal
+    extra: Any = None

@@ -8,7 +8,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from tests.support.agents import Point
+from tests.support.agents import Mood, Point, Tag
 
 scalars = st.one_of(
     st.none(),
@@ -24,11 +24,15 @@ scalars = st.one_of(
     st.timedeltas(),
     st.uuids().map(lambda u: uuid.UUID(bytes=u.bytes)),
     st.builds(Point, st.integers(), st.integers()),
+    st.decimals(allow_nan=False),
+    st.sampled_from(Mood),
+    st.builds(Tag, st.text(), st.decimals(allow_nan=False), st.none() | st.integers()),
 )
 
 hashable = st.one_of(st.none(), st.booleans(), st.integers(), st.text(), st.binary())
 
-#: Values a message may carry: nested builtins, datetime values, UUIDs, registered attrs classes.
+#: Values a message may carry: nested builtins, datetime values, Decimals, UUIDs, and registered
+#: attrs classes, enums and dataclasses (``Point``, ``Mood``, ``Tag``).
 message_values: st.SearchStrategy[Any] = st.recursive(
     scalars,
     lambda children: st.one_of(

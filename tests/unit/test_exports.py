@@ -47,6 +47,7 @@ PUBLIC = {
     "handler",
     "open_runtime",
     "query",
+    "register_type",
     # durable steps
     "NondeterminismError",
     "NonRetryable",
