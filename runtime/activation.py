@@ -647,8 +647,10 @@ class Activation:
 
 
 def _sender_id(aid: str, incarnation: int) -> str:
-    """Who an actor's outbox rows come from: its id, and its incarnation once it was
-    restored to an earlier point (its outbox numbers then start again from there)."""
+    """Who an actor's outbox rows come from: its id and its incarnation (random for an actor
+    made since incarnations were, so that a key deleted and used again is another sender; bumped
+    when restored to an earlier point, its outbox numbers then starting again from there). An
+    actor from before has incarnation 0 and sends as its id."""
     return aid if incarnation <= 0 else f"{aid}.{incarnation}"
 
 

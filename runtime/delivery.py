@@ -210,7 +210,8 @@ class Delivery:
         if method == SPAWN:
             (init,) = self.rt.codec.decode(payload)
             if self.rt.directory.get(aid) is None:
-                self.rt.directory.create(aid, spec.name, key, init, parent=sender)
+                parent = sender.partition(".")[0]  # (the actor, not its incarnation)
+                self.rt.directory.create(aid, spec.name, key, init, parent=parent)
                 self.rt.known_actors += 1
                 self.residency.wake_later(spec, key)
             return (
@@ -291,7 +292,7 @@ class Delivery:
         """Tell parents about stopped children: ``on_child_failed(child, reason)`` arrives as a
         message, deduplicated by the notice's number, so a crash repeats it harmlessly."""
         for child_id, child_type, child_key, parent_id, notice in self.rt.directory.owed_notices():
-            parent = self.rt.directory.get(parent_id)
+            parent = self.rt.directory.get(parent_id.partition(".")[0])  # (older rows: a sender)
             child_spec = self.rt.specs.get(child_type)
             parent_spec = self.rt.specs.get(parent.type) if parent is not None else None
             if parent is None or parent_spec is None or child_spec is None:
@@ -492,7 +493,8 @@ class Delivery:
             return
         (init,) = self.rt.codec.decode(row.payload)
         sender = act.sender_id if row.id >= act.incarnation_from else act.earlier_sender_id
-        self.rt.directory.create(aid, target.type_name, target.key, init, parent=sender)
+        parent = sender.partition(".")[0]  # (the actor, not its incarnation)
+        self.rt.directory.create(aid, target.type_name, target.key, init, parent=parent)
         self.rt.known_actors += 1
 
     def outbox_spawn(
