@@ -249,6 +249,10 @@ class Manifest:
     #: listed segments, from log object ``tail_from`` on; ``None`` when it does not.
     tail: str | None = None
     tail_from: int = 0
+    #: When the actor was last deleted (``Ref.delete``): its history before that instant is
+    #: erased, and no restore brings it back. A tombstone (no snapshot) until a new
+    #: incarnation of the key claims the file; that one's history starts after it.
+    erased_at: float | None = None
 
     @property
     def txid(self) -> int:
@@ -269,6 +273,7 @@ class Manifest:
             "history": [attrs.asdict(g) for g in self.history],
             "tail": self.tail,
             "tail_from": self.tail_from,
+            "erased_at": self.erased_at,
             "position": (
                 {
                     "salt1": self.position.salt1,
@@ -323,6 +328,7 @@ class Manifest:
                 ),
                 tail=doc["tail"],
                 tail_from=int(doc["tail_from"]),
+                erased_at=(float(doc["erased_at"]) if doc.get("erased_at") is not None else None),
             )
         except (ValueError, KeyError, TypeError) as exc:
             if isinstance(exc, CorruptReplicaError):
@@ -957,6 +963,14 @@ def restore(
         if got is None:
             raise RestorePointError(f"there is no replica of {name!r} in {store!r}")
         manifest = Manifest.decode(got[0], key=key)
+    erased = manifest.erased_at
+    if erased is not None and (
+        manifest.snapshot is None or (at_time is not None and at_time < erased)
+    ):
+        raise RestorePointError(
+            f"{name!r} belongs to an actor deleted at {erased}: its history before that is "
+            "erased, and no restore brings it back"
+        )
     if manifest.snapshot is None:
         raise RestorePointError(f"the replica of {name!r} has no snapshot yet: nothing to restore")
     objects: dict[str, bytes] = {}
@@ -1021,6 +1035,45 @@ def restore(
         os.close(fd)
     txid = segments[-1].txid if segments else snap.txid
     return RestoreResult(txid=txid, segments=len(segments), bytes=size)
+
+
+def erase(store: ReplicaStore, name: str, *, erased_at: float, writer: str) -> int:
+    """Erase the replica of the file ``name`` of a deleted actor (blocking): replace its
+    manifest with a tombstone (``erased_at``, no snapshot, no segments, no earlier generations,
+    one epoch up so that any writer still holding it is fenced), then delete every snapshot the
+    old manifest named. Returns the objects deleted. Its segments stay in the log objects that
+    hold them (shared with other files) until those are deleted by age (retention); the
+    tombstone makes every restore refuse them meanwhile.
+    """
+    key = manifest_key(name)
+    for _ in range(10):
+        got = store.get(key)
+        old = Manifest.decode(got[0], key=key) if got is not None else None
+        tombstone = Manifest(
+            name, (old.epoch if old else 0) + 1, writer, None, (), None, erased_at=erased_at
+        )
+        try:
+            if got is None:
+                store.put(key, tombstone.encode(), if_none_match=True)
+            else:
+                store.put(key, tombstone.encode(), if_match=got[1])
+        except PreconditionFailedError:
+            continue  # a writer changed it meanwhile: read it again
+        break
+    else:
+        raise FencedError(
+            f"could not erase {name!r}: other writers keep changing its manifest",
+            epoch=0,
+            current_epoch=None,
+        )
+    if old is None:
+        return 0
+    snapshots = [g.snapshot.key for g in old.history]
+    if old.snapshot is not None:
+        snapshots.append(old.snapshot.key)
+    for snapshot in snapshots:
+        store.delete(snapshot)
+    return len(snapshots)
 
 
 def read_tail(
