@@ -10,6 +10,7 @@ from importlib import metadata as _metadata
 
 from runtime.actor import Actor, query
 from runtime.errors import (
+    ActorDeletedError,
     ActorError,
     ActorExistsError,
     ActorFailedError,
@@ -48,6 +49,7 @@ from runtime.errors import (
 from runtime.files.datastore import KV, Sql
 from runtime.observe import MetricsEndpoint, log_lifecycle, render_metrics, serve_metrics
 from runtime.records import (
+    ActorInfo,
     DeadLetter,
     LifecycleEvent,
     ReplicationStatistics,
@@ -74,9 +76,11 @@ except _metadata.PackageNotFoundError:  # (a checkout used without installing it
 __all__ = [
     "KV",
     "Actor",
+    "ActorDeletedError",
     "ActorError",
     "ActorExistsError",
     "ActorFailedError",
+    "ActorInfo",
     "ActorNotFoundError",
     "ActorStoppedError",
     "CorruptFileError",

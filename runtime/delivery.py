@@ -12,6 +12,7 @@ asks :class:`~runtime.residency.Residency` for awake actors; it never opens or c
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any, cast
 
 import anyio
@@ -20,6 +21,7 @@ import apsw
 
 from . import context, timers
 from .activation import Activation, check_payload
+from .actor import DESTROY
 from .context import refuse_inside_turn as _refuse_inside_turn
 from .errors import (
     ActorFailedError,
@@ -37,8 +39,8 @@ from .files.mailbox import image as mailbox_image
 from .host import RuntimeHost, Waiter
 from .lifecycle import State
 from .ref import Ref
-from .replica.replicator import manifest_key
-from .residency import Residency, not_found
+from .replica.replicator import Manifest, manifest_key
+from .residency import Residency, deleting_error, not_found
 from .spec import TypeSpec
 from .timers import Schedule
 from .turn import CHILD_SENDER
@@ -54,6 +56,9 @@ class Delivery:
     def __init__(self, rt: RuntimeHost, residency: Residency) -> None:
         self.rt = rt
         self.residency = residency
+        #: Deletes an actor whose ``self.destroy()`` committed (``Admin.destroyed``; set by the
+        #: engine): called when that row is delivered.
+        self.destroyed: Callable[[TypeSpec, str], None] = _no_destroy
 
     def encode_call(
         self, spec: TypeSpec, method: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -207,6 +212,13 @@ class Delivery:
         replica: only then may the sender delete the row (else a restore could lose it)."""
         rep = self.rt.replication
         aid = actor_id(spec.name, key)
+        if method == DESTROY:
+            # Its own self.destroy(), committed: the rows before it have left. (A row from
+            # another sender cannot carry it: refused quietly, as a repeat is.)
+            if sender.partition(".")[0] == aid:
+                self.destroyed(spec, key)
+            await anyio.lowlevel.checkpoint()
+            return None
         if method == SPAWN:
             (init,) = self.rt.codec.decode(payload)
             if self.rt.directory.get(aid) is None:
@@ -335,6 +347,8 @@ class Delivery:
         entry = self.rt.directory.get(aid)
         if entry is None and spec.requires_create_arguments():
             raise not_found(spec, key)
+        if entry is not None and entry.deleting:
+            raise deleting_error(spec, key)  # (its folder is going: write nothing there)
         if self.rt.replication is not None and not self.rt.replication.local_files_current(aid):
             # Its files are in the replica, not here (a fresh machine, or files to restore):
             # a mailbox written now would be set aside by the restore, and the message lost.
@@ -463,7 +477,7 @@ class Delivery:
         found = await anyio.to_thread.run_sync(rep.get, name)
         self.rt.check_open()
         return (
-            found is not None
+            (found is not None and not _tombstone(Manifest.decode(found[0], key=name)))
             or aid in self.residency.awake
             or self.rt.directory.get(aid) is not None
         )
@@ -514,6 +528,15 @@ class Delivery:
         check_payload(self.rt, payload, f"{spec.name}.on_create arguments")
         ctx.activation.outbox_add(ref, SPAWN, payload)
         return ref
+
+
+def _tombstone(manifest: Manifest) -> bool:
+    """A deleted actor's manifest, not claimed by a new actor since: it does not exist."""
+    return manifest.erased_at is not None and manifest.snapshot is None
+
+
+def _no_destroy(spec: TypeSpec, key: str) -> None:
+    raise RuntimeError("no deletion room is set")
 
 
 def _new_message(

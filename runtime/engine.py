@@ -163,6 +163,8 @@ class Engine:
         self.delivery = Delivery(self, self.residency)
         self.residency.deliver_notices = self.delivery.deliver_notices
         self.admin = Admin(self, self.residency, self.delivery)
+        self.delivery.destroyed = self.admin.destroyed
+        self.delete = self.admin.delete
         # What the protocols of host.py and ref.py call, answered by the rooms themselves.
         self.send = self.delivery.send
         self.ask = self.delivery.ask
@@ -435,6 +437,7 @@ class Engine:
                     # while they hibernated): replicated() waits until they are woken and shipped.
                     self.replication.note_pending(pending)
                 tg.start_soon(self.residency.recover, pending, name="torpor recovery")
+                tg.start_soon(self.admin.finish_deletions, name="torpor deletions")
                 try:
                     yield
                 except anyio.get_cancelled_exc_class():

@@ -21,6 +21,7 @@ import anyio
 
 from .activation import Activation
 from .errors import (
+    ActorDeletedError,
     ActorFailedError,
     ActorNotFoundError,
     ActorStoppedError,
@@ -82,6 +83,8 @@ class Residency:
         entry = self.rt.directory.get(aid)
         if entry is None and spec.requires_create_arguments():
             raise not_found(spec, key)
+        if entry is not None and entry.deleting:
+            raise deleting_error(spec, key)
         if entry is not None and entry.stopped is not None:
             raise ActorStoppedError(
                 f"{spec.name} {key!r} is stopped ({entry.stopped}); its messages are kept "
@@ -456,6 +459,14 @@ class Residency:
 
 async def _nothing() -> None:
     pass
+
+
+def deleting_error(spec: TypeSpec, key: str) -> ActorDeletedError:
+    """A call for an actor whose deletion is under way (or waits for the store)."""
+    return ActorDeletedError(
+        f"{spec.name} {key!r} is being deleted; once that is done, a message to its key "
+        "creates a new actor"
+    )
 
 
 def not_found(spec: TypeSpec, key: str) -> ActorNotFoundError:

@@ -1,0 +1,159 @@
+"""Deletion with a replica (DESIGN §10): a deleted actor's manifests become tombstones and its
+snapshots go at once; no restore, at the latest state or at a point in time, brings it back;
+its segments leave the store with the log objects that hold them (retention); and a key used
+again replicates as a new actor. Real clock: the store is called from worker threads."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+
+import actors
+from runtime.files.directory import Directory
+from runtime.files.layout import DATA_FILE, DIRECTORY_FILE, MAILBOX_FILE, actor_dir, actor_id
+from runtime.replica.log import decode_log
+from runtime.replica.replicator import Manifest, manifest_key
+from runtime.replica.restore import actor_file_name
+from runtime.replica.shipper import restore_actor_files, restore_runtime
+from tests.support.replication import FlakyStore, read_rows
+
+pytestmark = [pytest.mark.both_backends, pytest.mark.real_clock]
+
+
+class Diary(actors.Actor, name="del.Diary"):
+    """A user's private notes."""
+
+    async def write(self, text: str) -> list[str]:
+        self.kv["notes"] = [*self.kv.get("notes", []), text]
+        return list(self.kv["notes"])
+
+
+def keys_of(root: Path) -> list[str]:
+    directory = Directory(root / DIRECTORY_FILE, synchronous="NORMAL")
+    try:
+        return sorted(str(row[0]) for row in directory.conn.execute("SELECT key FROM actors"))
+    finally:
+        directory.close()
+
+
+def manifest(store: actors.ReplicaStore, aid: str, file: str) -> Manifest:
+    key = manifest_key(actor_file_name(aid, file))
+    got = store.get(key)
+    assert got is not None
+    return Manifest.decode(got[0], key=key)
+
+
+async def test_no_restore_brings_a_deleted_actor_back(tmp_path: Path) -> None:
+    """After delete, the actor's snapshots are gone and restores (latest, at a time) omit it."""
+    store = actors.DirectoryStore(tmp_path / "bucket")
+    aid = actor_id("del.Diary", "ann")
+    async with actors.open_runtime(tmp_path / "rt", types=[Diary], replica=store) as rt:
+        await rt.ref(Diary, "ann").ask(Diary.write, "ann's secret")
+        await rt.ref(Diary, "bob").ask(Diary.write, "bob's note")
+        await rt.replicated()
+        assert any("/snapshots/" in k for k in store.list(f"actors/{aid}/"))
+        before = time.time()
+        await anyio.sleep(0.05)
+        await rt.ref(Diary, "ann").delete()
+        # Only the two tombstones are left under its name: no snapshot, no history.
+        assert sorted(store.list(f"actors/{aid}/")) == [
+            f"actors/{aid}/data.db/manifest",
+            f"actors/{aid}/mailbox.db/manifest",
+        ]
+        for file in (DATA_FILE, MAILBOX_FILE):
+            tomb = manifest(store, aid, file)
+            assert tomb.erased_at is not None and tomb.erased_at > before
+            assert (tomb.snapshot, tomb.segments, tomb.history) == (None, (), ())
+    latest = restore_runtime(store, tmp_path / "latest")
+    assert keys_of(tmp_path / "latest") == ["bob"]
+    assert latest["erased"] == 0  # (its deletion reached the replica's directory.db)
+    past = restore_runtime(store, tmp_path / "past", at_time=before)
+    assert keys_of(tmp_path / "past") == ["bob"]
+    assert past["erased"] == 1  # (the directory of that time listed it: dropped)
+    assert not actor_dir(tmp_path / "past", aid).exists()
+    with pytest.raises(actors.RestorePointError, match="deleted at"):
+        restore_actor_files(store, aid, tmp_path / "one", at_time=before)
+
+
+async def test_a_deleted_key_used_again_replicates_as_a_new_actor(tmp_path: Path) -> None:
+    """A key deleted and used again is restored as the new actor only, never with the old data."""
+    store = actors.DirectoryStore(tmp_path / "bucket")
+    aid = actor_id("del.Diary", "ann")
+    async with actors.open_runtime(tmp_path / "rt", types=[Diary], replica=store) as rt:
+        ref = rt.ref(Diary, "ann")
+        await ref.ask(Diary.write, "old secret")
+        await rt.replicated()
+        before = time.time()
+        await anyio.sleep(0.05)
+        await ref.delete()
+        assert await ref.ask(Diary.write, "new life") == ["new life"]
+        await rt.replicated()
+    assert manifest(store, aid, DATA_FILE).snapshot is not None  # the new incarnation's
+    restore_runtime(store, tmp_path / "latest")
+    data = actor_dir(tmp_path / "latest", aid) / DATA_FILE
+    notes = read_rows(data, "SELECT value FROM _torpor_kv WHERE key = 'notes'")
+    assert len(notes) == 1 and b"new life" in notes[0][0] and b"old secret" not in notes[0][0]
+    restore_runtime(store, tmp_path / "past", at_time=before)
+    assert keys_of(tmp_path / "past") == []
+
+
+async def test_retention_removes_the_log_objects_holding_a_deleted_actor(tmp_path: Path) -> None:
+    """Once retention has passed, no log object in the store holds a deleted actor's segments."""
+    store = actors.DirectoryStore(tmp_path / "bucket")
+    aid = actor_id("del.Diary", "ann")
+    names = {actor_file_name(aid, DATA_FILE), actor_file_name(aid, MAILBOX_FILE)}
+    options = actors.Replication(retention=0.5, max_delay=0.05, min_delay=0.01)
+
+    def holding() -> int:
+        count = 0
+        for key in store.list("runtimes/"):
+            if "/log/" in key:
+                got = store.get(key)
+                if got is not None and names & {e.name for e in decode_log(got[0]).entries}:
+                    count += 1
+        return count
+
+    async with actors.open_runtime(
+        tmp_path / "rt", types=[Diary], replica=store, replication=options, idle_timeout=3600
+    ) as rt:
+        ann = rt.ref(Diary, "ann")
+        for n in range(3):
+            await ann.ask(Diary.write, f"secret {n}")
+            await rt.replicated()
+        assert holding() > 0
+        await ann.delete()
+        with anyio.fail_after(20):
+            n = 0
+            while holding():  # other work keeps the rounds (and their retention) going
+                n += 1
+                await rt.ref(Diary, "bob").ask(Diary.write, f"note {n}")
+                await anyio.sleep(0.1)
+
+
+async def test_a_deletion_the_store_refuses_is_finished_by_a_later_call(tmp_path: Path) -> None:
+    """With the store down, delete raises and the actor stays 'deleting', refusing messages."""
+    store = FlakyStore(actors.DirectoryStore(tmp_path / "bucket"))
+    aid = actor_id("del.Diary", "ann")
+    async with actors.open_runtime(
+        tmp_path / "rt", types=[Diary], replica=store, idle_timeout=0.5
+    ) as rt:
+        ann = rt.ref(Diary, "ann")
+        async with rt.open_lifecycle_events() as events:
+            await ann.ask(Diary.write, "secret")
+            async for event in events:  # hibernated: the deletion finds it at rest
+                if event.state == "hibernated":
+                    break
+        store.down = True
+        with pytest.raises(actors.ReplicaUnavailableError):
+            await ann.delete()
+        assert not actor_dir(tmp_path / "rt", aid).exists()
+        assert [(a.key, a.status) for a in await rt.actors(Diary)] == [("ann", "deleting")]
+        with pytest.raises(actors.ActorDeletedError, match="being deleted"):
+            await ann.ask(Diary.write, "too late")
+        store.down = False
+        await ann.delete()
+        assert await rt.actors(Diary) == []
+        assert manifest(store, aid, DATA_FILE).erased_at is not None
