@@ -6,7 +6,9 @@ again replicates as a new actor. Real clock: the store is called from worker thr
 from __future__ import annotations
 
 import time
+import uuid
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -157,3 +159,35 @@ async def test_a_deletion_the_store_refuses_is_finished_by_a_later_call(tmp_path
         await ann.delete()
         assert await rt.actors(Diary) == []
         assert manifest(store, aid, DATA_FILE).erased_at is not None
+
+
+async def test_deletion_against_a_real_s3_server(tmp_path: Path, s3_credentials: Any) -> None:
+    """On S3 (SeaweedFS, conditional writes), a deleted actor leaves tombstones and no restore."""
+    store = actors.S3Store(
+        s3_credentials.bucket,
+        prefix=f"test-{uuid.uuid4().hex[:12]}",
+        endpoint_url=s3_credentials.endpoint_url,
+        region=s3_credentials.region,
+        path_style=True,
+    )
+    aid = actor_id("del.Diary", "ann")
+    try:
+        async with actors.open_runtime(tmp_path / "rt", types=[Diary], replica=store) as rt:
+            ann = rt.ref(Diary, "ann")
+            await ann.ask(Diary.write, "secret")
+            await rt.replicated()
+            before = time.time()
+            await anyio.sleep(0.05)
+            await ann.delete()
+            assert sorted(store.list(f"actors/{aid}/")) == [
+                f"actors/{aid}/data.db/manifest",
+                f"actors/{aid}/mailbox.db/manifest",
+            ]
+            assert await ann.ask(Diary.write, "new") == ["new"]
+            await rt.replicated()
+        restore_runtime(store, tmp_path / "past", at_time=before)
+        assert keys_of(tmp_path / "past") == []
+        restore_runtime(store, tmp_path / "latest")
+        assert keys_of(tmp_path / "latest") == ["ann"]
+    finally:
+        store.close()
