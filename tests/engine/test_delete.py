@@ -251,3 +251,25 @@ async def test_a_deletion_cut_short_finishes_at_the_next_open(root: Path) -> Non
         assert directory_row(root, "half") == []
         assert not folder(root, "half").exists()
         assert rt.statistics().wakes == 0
+
+
+async def test_a_committed_destroy_left_undelivered_takes_effect_at_the_next_open(
+    root: Path,
+) -> None:
+    """A destroy() whose turn committed before the process stopped deletes at the next open."""
+    async with runtime(root) as rt:
+        await rt.ref(Note, "late").ask(Note.add, "x")
+    # What a crash right after the destroying turn's commit leaves: its outbox row, pending.
+    data = apsw.Connection(str(folder(root, "late") / "data.db"))
+    data.execute(
+        "INSERT INTO _torpor_outbox(target_type, target_key, method, payload) "
+        "VALUES ('del.Note', 'late', '__destroy__', X'c0')"
+    )
+    data.close()
+    conn = apsw.Connection(str(root / DIRECTORY_FILE))
+    conn.execute("UPDATE actors SET pending = 1")
+    conn.close()
+    async with runtime(root) as rt, rt.open_lifecycle_events() as events:
+        await deleted(events, "late")
+        assert directory_row(root, "late") == []
+        assert not folder(root, "late").exists()
