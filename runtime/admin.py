@@ -241,10 +241,16 @@ class Admin:
             raise ValueError(f"limit must be an int from 1 to {MAX_PAGE} (got {limit!r})")
         if after is not None and not isinstance(after, str):
             raise TypeError(f"after must be a key (a str) or None (got {after!r})")
+        if status in ("awake", "failed", "deleting"):
+            # Few, and known without a scan: the awake set, the failed ones, a partial index.
+            found = [e for e in self._few(spec, status) if after is None or e.key > after]
+            found.sort(key=lambda e: e.key)
+            infos = (self._info(e) for e in found)
+            return [info for info in infos if info.status == status][:limit]
         out: list[ActorInfo] = []
         stopped = None if status is None else status == "stopped"
         while len(out) < limit:
-            # (a filter on awake, failed or deleting reads pages of the others and skips them)
+            # (hibernated: the page skips the few awake and failed ones, and reads on)
             page = self.rt.directory.page(spec.name, after=after, limit=limit, stopped=stopped)
             for entry in page:
                 info = self._info(entry)
@@ -256,6 +262,18 @@ class Admin:
                 break
             after = page[-1].key
         return out
+
+    def _few(self, spec: TypeSpec, status: str) -> list[Entry]:
+        """The directory rows of the actors of ``spec`` that may have ``status`` (awake,
+        failed or deleting), from memory or the partial index of deletions."""
+        if status == "deleting":
+            return [e for e in self.rt.directory.deletions() if e.type == spec.name]
+        if status == "awake":
+            aids = [aid for aid, act in self.residency.awake.items() if act.spec is spec]
+        else:
+            aids = list(self.residency.failed)
+        entries = (self.rt.directory.get(aid) for aid in aids)
+        return [e for e in entries if e is not None and e.type == spec.name]
 
     def _info(self, entry: Entry) -> ActorInfo:
         if entry.deleting:

@@ -49,6 +49,7 @@ _MIGRATIONS = (
     ALTER TABLE actors ADD COLUMN active_at REAL;
     ALTER TABLE actors ADD COLUMN deleting INTEGER NOT NULL DEFAULT 0;
     CREATE INDEX actors_deleting ON actors(deleting) WHERE deleting = 1;
+    CREATE INDEX actors_stopped ON actors(type, key) WHERE stopped IS NOT NULL;
     """,
 )
 
@@ -123,11 +124,14 @@ class Directory:
         self, type_name: str, *, after: str | None, limit: int, stopped: bool | None = None
     ) -> list[Entry]:
         """Up to ``limit`` actors of ``type_name`` with a key above ``after``, in key order
-        (the ``(type, key)`` index: a page costs the same at a million actors);
-        ``stopped``: only stopped ones (True), only others (False)."""
+        (an index on ``(type, key)``: a page costs the same at a million actors);
+        ``stopped``: only stopped ones (True, their own partial index), only others at rest
+        (False: neither stopped nor being deleted)."""
         where = "type = ? AND key > ?"
         if stopped is not None:
-            where += " AND stopped IS NOT NULL" if stopped else " AND stopped IS NULL"
+            where += (
+                " AND stopped IS NOT NULL" if stopped else " AND stopped IS NULL AND deleting = 0"
+            )
         rows: list[Any] = self.conn.execute(
             f"SELECT {_COLUMNS} FROM actors WHERE {where} ORDER BY key LIMIT ?",
             (type_name, "" if after is None else after, limit),
