@@ -108,7 +108,7 @@ class Runtime:
                 ...
                 page = await rt.actors(Chat, after=page[-1].key)
         """
-        spec = self._engine.ref(actor_type, "_")._spec
+        spec = self._engine.spec(actor_type)
         return await self._engine.admin.actors(spec, status, after=after, limit=limit)
 
     async def dead_letters(self, ref: Ref[Any]) -> list[DeadLetter]:

@@ -113,9 +113,15 @@ async def test_actors_pages_with_limit_and_after(root: Path) -> None:
         assert [a.key for a in await rt.actors(Note, "awake", limit=2, after="k3")] == ["k4", "k5"]
 
 
-async def test_actors_refuses_a_bad_status_or_limit(root: Path) -> None:
-    """An unknown status or a limit out of range is a ValueError naming the allowed values."""
+async def test_actors_refuses_a_bad_status_limit_or_type(root: Path) -> None:
+    """A bad status or limit is a ValueError naming what is allowed; an unknown type is typed."""
+
+    class Unregistered(actors.Actor, name="del.Unregistered"):
+        pass
+
     async with runtime(root) as rt:
+        with pytest.raises(actors.UnknownActorTypeError, match="not registered"):
+            await rt.actors(Unregistered)
         with pytest.raises(ValueError, match="status must be one of awake, hibernated"):
             await rt.actors(Note, "asleep")
         with pytest.raises(ValueError, match="limit must be an int from 1 to 10000"):
