@@ -212,23 +212,8 @@ class Delivery:
         replica: only then may the sender delete the row (else a restore could lose it)."""
         rep = self.rt.replication
         aid = actor_id(spec.name, key)
-        if method == DESTROY:
-            # Its own self.destroy(), committed: the rows before it have left. (A row from
-            # another sender cannot carry it: refused quietly, as a repeat is.)
-            if sender.partition(".")[0] == aid:
-                self.destroyed(spec, key)
-            await anyio.lowlevel.checkpoint()
-            return None
-        if method == SPAWN:
-            (init,) = self.rt.codec.decode(payload)
-            if self.rt.directory.get(aid) is None:
-                parent = sender.partition(".")[0]  # (the actor, not its incarnation)
-                self.rt.directory.create(aid, spec.name, key, init, parent=parent)
-                self.rt.known_actors += 1
-                self.residency.wake_later(spec, key)
-            return (
-                rep.directory_token() if rep else None
-            )  # an existing child (a redelivery, or stopped since) needs nothing
+        if method in (DESTROY, SPAWN):
+            return await self._deliver_lifecycle_row(spec, key, aid, method, payload, sender)
         # A delivering actor is busy, so it must never wait for an awake slot: if the target
         # is not awake and no slot is free now, append to its file and wake it later.
         while True:
@@ -237,6 +222,11 @@ class Delivery:
                 break
             if act.state is State.WAKING and not act.files_open and not act.preparing:
                 break  # waiting for a slot: append to its files directly (if they are here)
+            if act.deleting:
+                # Its mailbox is about to go: the row stays in the sender's outbox and is
+                # delivered again later, to a new actor under the key once this one is gone.
+                await anyio.lowlevel.checkpoint()
+                raise deleting_error(spec, key)
             if act.state is State.HIBERNATING and act.files_open:
                 # Closing (on_hibernate may be sending this very message, to itself or to an
                 # actor that is sending to it): append through its open mailbox, keep it
@@ -275,6 +265,31 @@ class Delivery:
             act.accept(_new_message(seq, sender, sender_seq, method, payload, None))
         await anyio.lowlevel.checkpoint()
         return rep.append_token(aid) if rep else None
+
+    async def _deliver_lifecycle_row(
+        self, spec: TypeSpec, key: str, aid: str, method: str, payload: bytes, sender: str
+    ) -> Any:
+        """An outbox row that makes or ends an actor: a child's creation (``self.spawn``), or
+        the sender's own ``self.destroy()``."""
+        if method == DESTROY:
+            # Its own self.destroy(), committed: the rows before it have left. (A row from
+            # another sender cannot carry it: refused quietly, as a repeat is.)
+            if sender.partition(".")[0] == aid:
+                self.destroyed(spec, key)
+            await anyio.lowlevel.checkpoint()
+            return None
+        rep = self.rt.replication
+        (init,) = self.rt.codec.decode(payload)
+        entry = self.rt.directory.get(aid)
+        if entry is not None and entry.deleting:
+            raise deleting_error(spec, key)  # (made again once that key is free: retried)
+        if entry is None:
+            parent = sender.partition(".")[0]  # (the actor, not its incarnation)
+            self.rt.directory.create(aid, spec.name, key, init, parent=parent)
+            self.rt.known_actors += 1
+            self.residency.wake_later(spec, key)
+        # (an existing child, a redelivery or stopped since, needs nothing)
+        return rep.directory_token() if rep else None
 
     def outbox_send(
         self,

@@ -279,3 +279,19 @@ async def test_a_committed_destroy_left_undelivered_takes_effect_at_the_next_ope
         await deleted(events, "late")
         assert directory_row(root, "late") == []
         assert not folder(root, "late").exists()
+
+
+async def test_a_message_sent_during_a_deletion_reaches_the_new_actor_after_it(root: Path) -> None:
+    """A delivery to an actor being deleted waits in the sender's outbox, then makes a new one."""
+    async with runtime(root, idle_timeout=10) as rt:
+        sender, target = rt.ref(Note, "sender"), rt.ref(Note, "target")
+        await target.ask(Note.add, "old")
+        await anyio.sleep(11)  # hibernated
+        # A deletion begun and not finished (as while the store cannot be reached):
+        rt._engine.directory.mark_deleting(actor_id("del.Note", "target"))
+        with pytest.raises(actors.ActorDeletedError, match="being deleted"):
+            await target.ask(Note.add, "refused")
+        await sender.ask(Note.tell, target, "during")  # its delivery is refused, and retried
+        await target.delete()  # finished
+        await anyio.sleep(60)  # the sender's outbox retries with backoff
+        assert await target.ask(Note.add, "after") == ["during", "after"]
