@@ -295,3 +295,24 @@ async def test_a_message_sent_during_a_deletion_reaches_the_new_actor_after_it(r
         await target.delete()  # finished
         await anyio.sleep(60)  # the sender's outbox retries with backoff
         assert await target.ask(Note.add, "after") == ["during", "after"]
+
+
+async def test_an_asker_of_a_hibernated_waiting_turn_gets_a_typed_error(root: Path) -> None:
+    """An ask whose turn waits durably while the actor hibernates fails with ActorDeletedError."""
+    async with runtime(root, idle_timeout=10) as rt:
+        ref = rt.ref(Note, "h")
+        await ref.ask(Note.add, "x")
+        errors: list[BaseException] = []
+
+        async def ask() -> None:
+            try:
+                await ref.ask(Note.wait)
+            except actors.ActorDeletedError as exc:
+                errors.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ask)
+            await anyio.sleep(3600)  # the turn waits; the actor hibernates meanwhile
+            assert rt.statistics().awake == 0
+            await ref.delete()
+        assert len(errors) == 1
