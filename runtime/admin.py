@@ -304,12 +304,14 @@ class Admin:
         self.rt.check_open()
         spec, key = ref._spec, ref.key
         aid = actor_id(spec.name, key)
-        under_way = self._deleting.get(aid)
-        if under_way is not None:
-            await under_way.wait()
-            return
+        waited = False
+        while (under_way := self._deleting.get(aid)) is not None:
+            await under_way.wait()  # (one under way: then delete what is there, if anything)
+            waited = True
         entry = self.rt.directory.get(aid)
         if entry is None and aid not in self.residency.awake:
+            if waited:
+                return
             raise ActorNotFoundError(f"{spec.name} {key!r} does not exist: nothing to delete")
         await self._delete(spec, key, cancel=True)
 
@@ -371,11 +373,12 @@ class Admin:
                 await self.rt.replication.erase_actor(aid)
             self._forget(aid, entry)
             lifecycle.fire(Event.DELETE)
-            if self.rt.replication is not None:
-                await self.rt.replication.wait_token(self.rt.replication.directory_token())
         finally:
+            # (before the wait below: a new actor under the key may be deleted meanwhile)
             del self._deleting[aid]
             done.set()
+        if self.rt.replication is not None:
+            await self.rt.replication.wait_token(self.rt.replication.directory_token())
 
     async def _close(self, aid: str, *, cancel: bool) -> Lifecycle | None:
         """Close the actor if it is awake (or waking); its lifecycle then, else ``None``."""
@@ -395,6 +398,7 @@ class Admin:
     def _forget(self, aid: str, entry: Entry | None) -> None:
         """The last step: the row goes, and the counters with it."""
         self.rt.directory.forget(aid)
+        self.residency.deleted.add(aid)
         self.residency.failed.pop(aid, None)
         if entry is not None:
             self.rt.known_actors -= 1

@@ -316,3 +316,30 @@ async def test_an_asker_of_a_hibernated_waiting_turn_gets_a_typed_error(root: Pa
             assert rt.statistics().awake == 0
             await ref.delete()
         assert len(errors) == 1
+
+
+async def test_a_wake_up_asked_before_a_deletion_does_not_make_the_actor_again(root: Path) -> None:
+    """Recovery's list or a wake-later from before the deletion wakes nothing afterwards."""
+    async with runtime(root) as rt:
+        ref = rt.ref(Note, "x")
+        await ref.ask(Note.add, "secret")
+        await ref.delete()
+        spec = rt._engine.specs["del.Note"]
+        await rt._engine.residency.recover([(spec, "x")])  # (as if listed pending at open)
+        rt._engine.wake_later(spec, "x")
+        await anyio.sleep(1)
+        assert await rt.actors(Note) == []
+        assert not folder(root, "x").exists()
+        assert await ref.ask(Note.add, "new") == ["new"]  # a message still makes a new one
+
+
+async def test_two_deletes_at_once_both_return_once_it_is_gone(root: Path) -> None:
+    """A delete() called while another deletion of the same actor is under way waits for it."""
+    async with runtime(root) as rt:
+        ref = rt.ref(Note, "twice")
+        await ref.ask(Note.add, "x")
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(ref.delete)
+            tg.start_soon(ref.delete)
+        assert await rt.actors(Note) == []
+        assert not folder(root, "twice").exists()
