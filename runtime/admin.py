@@ -11,9 +11,10 @@ never wakes the actor half deleted: the directory row is marked ``deleting`` (fr
 wake-up and no delivery reaches it: :class:`ActorDeletedError`); an awake actor is closed (from
 outside, its turn in progress is cancelled and rolls back; after ``self.destroy()``, the rows
 its turns sent leave first); askers still waiting get :class:`ActorDeletedError`; its folder
-is removed; with a replica, its manifests become tombstones and its snapshots are deleted
-(``replicator.erase``); last, the row is deleted (overwritten: ``secure_delete``) and, with a
-replica, that change is shipped before the call returns.
+is removed; with a replica, its manifests become tombstones, its snapshots are deleted and
+its segments in shared log objects are zeroed (``replicator.erase``); last, the row is deleted
+(overwritten: ``secure_delete``) and, with a replica, that change is shipped before the call
+returns.
 """
 
 from __future__ import annotations

@@ -129,7 +129,8 @@ class ReplicationEngine:
 
     async def erase_actor(self, aid: str) -> None:
         """A deleted actor (its files closed and removed here): replace both files' manifests
-        with tombstones and delete their snapshots (``replicator.erase``), then forget what
+        with tombstones, delete their snapshots and zero their segments in the log objects
+        (``replicator.erase``), then forget what
         this session knew of it. Deliveries into its mailbox that waited for the replica are
         done (there is nothing left to lose). Raises the store's errors
         (:class:`ReplicaUnavailableError`): the caller tries again later."""

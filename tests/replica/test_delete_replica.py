@@ -1,7 +1,7 @@
-"""Deletion with a replica (DESIGN §10): a deleted actor's manifests become tombstones and its
-snapshots go at once; no restore, at the latest state or at a point in time, brings it back;
-its segments leave the store with the log objects that hold them (retention); and a key used
-again replicates as a new actor. Real clock: the store is called from worker threads."""
+"""Deletion with a replica (DESIGN §10): a deleted actor's manifests become tombstones, its
+snapshots go and its segments in shared log objects become zeros at once; no restore, at the
+latest state or at a point in time, brings it back; and a key used again replicates as a new
+actor. Real clock: the store is called from worker threads."""
 
 from __future__ import annotations
 
@@ -102,37 +102,46 @@ async def test_a_deleted_key_used_again_replicates_as_a_new_actor(tmp_path: Path
     assert keys_of(tmp_path / "past") == []
 
 
-async def test_retention_removes_the_log_objects_holding_a_deleted_actor(tmp_path: Path) -> None:
-    """Once retention has passed, no log object in the store holds a deleted actor's segments."""
+def deleted_segments(store: actors.ReplicaStore, names: set[str]) -> tuple[int, int]:
+    """(segments of the files ``names`` in the store's log objects, those not all zeros)."""
+    total = live = 0
+    for key in store.list("runtimes/"):
+        got = store.get(key) if "/log/" in key else None
+        if got is None:
+            continue
+        for entry in decode_log(got[0]).entries:
+            if entry.name in names:
+                total += 1
+                live += any(got[0][entry.offset : entry.offset + entry.length])
+    return total, live
+
+
+async def test_a_deleted_actors_segments_in_shared_log_objects_are_zeroed(tmp_path: Path) -> None:
+    """At deletion, its segments in log objects shared with others become zeros; theirs stay."""
     store = actors.DirectoryStore(tmp_path / "bucket")
     aid = actor_id("del.Diary", "ann")
     names = {actor_file_name(aid, DATA_FILE), actor_file_name(aid, MAILBOX_FILE)}
-    options = actors.Replication(retention=0.5, max_delay=0.05, min_delay=0.01)
-
-    def holding() -> int:
-        count = 0
-        for key in store.list("runtimes/"):
-            if "/log/" in key:
-                got = store.get(key)
-                if got is not None and names & {e.name for e in decode_log(got[0]).entries}:
-                    count += 1
-        return count
-
     async with actors.open_runtime(
-        tmp_path / "rt", types=[Diary], replica=store, replication=options, idle_timeout=3600
+        tmp_path / "rt", types=[Diary], replica=store, idle_timeout=3600
     ) as rt:
-        ann = rt.ref(Diary, "ann")
-        for n in range(3):
-            await ann.ask(Diary.write, f"secret {n}")
-            await rt.replicated()
-        assert holding() > 0
+        ann, bob = rt.ref(Diary, "ann"), rt.ref(Diary, "bob")
+        for n in range(3):  # (the same rounds carry both actors' segments)
+            await ann.ask(Diary.write, f"ann's secret {n}")
+            await bob.ask(Diary.write, f"bob's note {n}")
+        await rt.replicated()
+        total, live = deleted_segments(store, names)
+        assert total > 0 and live == total
+        before = time.time()
         await ann.delete()
-        with anyio.fail_after(20):
-            n = 0
-            while holding():  # other work keeps the rounds (and their retention) going
-                n += 1
-                await rt.ref(Diary, "bob").ask(Diary.write, f"note {n}")
-                await anyio.sleep(0.1)
+        assert deleted_segments(store, names) == (total, 0)
+        await bob.ask(Diary.write, "bob's last note")
+        await rt.replicated()
+    restore_runtime(store, tmp_path / "latest")  # (bob's segments, checksummed, are intact)
+    bob_data = actor_dir(tmp_path / "latest", actor_id("del.Diary", "bob")) / DATA_FILE
+    (notes,) = read_rows(bob_data, "SELECT value FROM _torpor_kv WHERE key = 'notes'")
+    assert b"bob's last note" in notes[0]
+    restore_runtime(store, tmp_path / "past", at_time=before)
+    assert keys_of(tmp_path / "past") == ["bob"]
 
 
 async def test_a_deletion_the_store_refuses_is_finished_by_a_later_call(tmp_path: Path) -> None:
@@ -178,11 +187,14 @@ async def test_deletion_against_a_real_s3_server(tmp_path: Path, s3_credentials:
             await rt.replicated()
             before = time.time()
             await anyio.sleep(0.05)
+            names = {actor_file_name(aid, DATA_FILE), actor_file_name(aid, MAILBOX_FILE)}
+            total, _ = deleted_segments(store, names)
             await ann.delete()
             assert sorted(store.list(f"actors/{aid}/")) == [
                 f"actors/{aid}/data.db/manifest",
                 f"actors/{aid}/mailbox.db/manifest",
             ]
+            assert total > 0 and deleted_segments(store, names) == (total, 0)
             assert await ann.ask(Diary.write, "new") == ["new"]
             await rt.replicated()
         restore_runtime(store, tmp_path / "past", at_time=before)
