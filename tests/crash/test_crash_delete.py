@@ -1,6 +1,7 @@
 """SIGKILL during deletions (DESIGN §10): a deletion cut short finishes at the next open and never
 wakes its actor half deleted; a key whose delete() returned never comes back, locally or from
-the replica; the actors not deleted keep their data.
+the replica; its segments in the store's log objects end up zeros; the actors not deleted keep
+their data.
 
 The child is ``tests/crash/delete_workload.py``: it makes eight actors holding a secret each,
 deletes the even ones and checks the odd ones. The parent kills it after a random number of its
@@ -22,8 +23,10 @@ from pathlib import Path
 import pytest
 
 from runtime.files.directory import Directory
-from runtime.files.layout import DIRECTORY_FILE, actor_dir, actor_id
+from runtime.files.layout import DATA_FILE, DIRECTORY_FILE, MAILBOX_FILE, actor_dir, actor_id
 from runtime.replica.directory_store import DirectoryStore
+from runtime.replica.log import decode_log
+from runtime.replica.restore import actor_file_name
 from runtime.replica.shipper import restore_runtime
 from tests.support import crash_harness as support
 
@@ -93,6 +96,17 @@ def test_kills_during_deletions_never_bring_an_actor_back(
     for n in range(0, ACTORS, 2):
         assert not actor_dir(root, actor_id("crash.Vault", f"k{n}")).exists()
     store = DirectoryStore(store_dir)
+    gone = {
+        actor_file_name(actor_id("crash.Vault", f"k{n}"), file)
+        for n in range(0, ACTORS, 2)
+        for file in (DATA_FILE, MAILBOX_FILE)
+    }
+    for key in store.list("runtimes/"):  # every segment of a deleted actor is zeros now
+        got = store.get(key) if "/log/" in key else None
+        data = got[0] if got is not None else None
+        for entry in decode_log(data).entries if data is not None else ():
+            if entry.name in gone and data is not None:
+                assert not any(data[entry.offset : entry.offset + entry.length]), key
     restore_runtime(store, tmp_path / "latest")
     assert keys_of(tmp_path / "latest") == {f"k{n}" for n in range(1, ACTORS, 2)}
     for n, at in sorted(returned.items()):
