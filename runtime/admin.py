@@ -293,8 +293,14 @@ class Admin:
             status=status,
             created_at=entry.created_at,
             active_at=entry.active_at,
-            parent=entry.parent,
+            parent=self._parent(entry.parent),
         )
+
+    def _parent(self, parent_id: str | None) -> tuple[str, str] | None:
+        if parent_id is None:
+            return None
+        parent = self.rt.directory.get(parent_id.partition(".")[0])  # (older rows: a sender)
+        return None if parent is None else (parent.type, parent.key)
 
     # -- deletion ---------------------------------------------------------------------------
 

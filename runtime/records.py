@@ -86,7 +86,7 @@ class ActorInfo:
     not be reached). ``created_at`` and ``active_at`` are seconds since the epoch (the
     runtime's clock): its creation, and the last time work came for it or it ran out of work
     (kept with the directory's pending mark, so listing costs no write per turn). ``parent``:
-    the actor id of the actor that spawned it, if one did.
+    the ``(type_name, key)`` of the actor that spawned it, if one did and still exists.
     """
 
     #: The actor type's persisted name.
@@ -99,8 +99,9 @@ class ActorInfo:
     created_at: float
     #: When work last came for it or it last ran out of work (``None``: not recorded).
     active_at: float | None
-    #: The actor id of its parent (the actor that spawned it), or ``None``.
-    parent: str | None
+    #: Its parent (the actor that spawned it) as ``(type_name, key)``; ``None`` if it has
+    #: none, or its parent no longer exists.
+    parent: tuple[str, str] | None
 
 
 @attrs.frozen

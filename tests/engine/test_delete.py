@@ -35,6 +35,9 @@ class Note(actors.Actor, name="del.Note"):
     async def remind(self, seconds: float) -> None:
         self.schedule("reminder", Note.add, "reminded", after=seconds)
 
+    async def adopt(self, key: str) -> None:
+        self.spawn(Other, key=key)
+
     async def forget_me(self, target: actors.Ref[Note], text: str, fail: bool) -> str:
         self.send(target, Note.add, f"before: {text}")
         self.destroy()
@@ -343,3 +346,18 @@ async def test_two_deletes_at_once_both_return_once_it_is_gone(root: Path) -> No
             tg.start_soon(ref.delete)
         assert await rt.actors(Note) == []
         assert not folder(root, "twice").exists()
+
+
+async def test_actors_names_each_childs_parent(root: Path) -> None:
+    """ActorInfo.parent is the (type, key) of the actor that spawned it, for finding children."""
+    async with runtime(root) as rt:
+        await rt.ref(Note, "mom").ask(Note.adopt, "kid")
+        await rt.ref(Other, "stray").ask(Other.ping)
+        for _ in range(1000):  # (the spawn is delivered from the outbox after the commit)
+            listed = {a.key: a.parent for a in await rt.actors(Other)}
+            if "kid" in listed:
+                break
+            await anyio.sleep(0.01)
+        assert listed == {"kid": ("del.Note", "mom"), "stray": None}
+        await rt.ref(Note, "mom").delete()  # (children are not deleted with their parent)
+        assert {a.key: a.parent for a in await rt.actors(Other)} == {"kid": None, "stray": None}
