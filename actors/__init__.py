@@ -11,6 +11,7 @@ from importlib import metadata as _metadata
 from runtime.actor import Actor, handler, query
 from runtime.codec import register_type
 from runtime.errors import (
+    ActorDeletedError,
     ActorError,
     ActorExistsError,
     ActorFailedError,
@@ -53,6 +54,7 @@ from runtime.errors import (
 from runtime.files.datastore import KV, Sql
 from runtime.observe import MetricsEndpoint, log_lifecycle, render_metrics, serve_metrics
 from runtime.records import (
+    ActorInfo,
     DeadLetter,
     LifecycleEvent,
     ReplicationStatistics,
@@ -81,9 +83,11 @@ except _metadata.PackageNotFoundError:  # (a checkout used without installing it
 __all__ = [
     "KV",
     "Actor",
+    "ActorDeletedError",
     "ActorError",
     "ActorExistsError",
     "ActorFailedError",
+    "ActorInfo",
     "ActorNotFoundError",
     "ActorStoppedError",
     "CorruptFileError",

@@ -88,6 +88,9 @@ class Activation:
         self.scope = anyio.CancelScope()
         self.failed: BaseException | None = None
         self.closing = False  # the loop ends after the current batch (hibernating, or stopping)
+        #: Being deleted (``Ref.delete``, or its ``self.destroy()`` committed): no more turns;
+        #: its committed outbox rows leave, then it closes without ``on_hibernate``.
+        self.deleting = False
         #: Its state (read ``state``); the runtime fires its events.
         self.lifecycle = lifecycle
         self.opened = anyio.Event()  # set once open() succeeded or failed
@@ -426,6 +429,8 @@ class Activation:
                 or (self.outbox.dirty and self.outbox.retry_delay == 0)
             ):
                 await self._between_turns()  # (most iterations have nothing to do there)
+                if self.deleting:  # (its destroy() was among the rows just delivered)
+                    break
             if not self.queue and self.backlog:
                 self._load_more()
             if not self.queue:
@@ -453,8 +458,7 @@ class Activation:
             head = self.queue[0]  # (in backoff after a failure: it may have to wait first)
             if head.retry_at is None or await turn.backed_off(self, head):
                 await turn.Batch(self).run()
-        if self.hibernating and self.failed is None and self.gave_up is None:
-            await self._close_turns()
+        await self._after_turns()
 
     async def _open_turns(self) -> bool:
         """``on_create`` (once) and ``on_wake``; whether turns may start."""
@@ -469,12 +473,28 @@ class Activation:
             self.timers_due = True
         return True
 
-    async def _close_turns(self) -> None:
-        """``on_hibernate``, and the sends it made."""
-        if self.spec.has_on_hibernate:
-            await turn.run_hook(self, "on_hibernate")
-        if self.outbox.dirty:
+    async def _after_turns(self) -> None:
+        """The loop ended: before deletion, the outbox leaves; before a hibernation,
+        ``on_hibernate`` runs (unless it failed or stopped) and its sends leave."""
+        if self.deleting:
+            await self._deliver_before_deletion()
+        elif self.hibernating and self.failed is None and self.gave_up is None:
+            if self.spec.has_on_hibernate:
+                await turn.run_hook(self, "on_hibernate")
+            if self.outbox.dirty:  # sends made by on_hibernate
+                await self.outbox.deliver(self)
+
+    async def _deliver_before_deletion(self) -> None:
+        """Its turns are over for good: the rows its committed turns sent (those of the turn
+        that called ``self.destroy()`` included) leave before its files go, retried while a
+        target cannot take them yet (unless the runtime closes: the deletion then finishes at
+        the next open, and rows still here go with it)."""
+        while self.outbox.dirty and not self.runtime.closing.is_set():
+            self.work = anyio.Event()
             await self.outbox.deliver(self)
+            if self.outbox.dirty:  # (held at the output gate: an acknowledgement sets work)
+                with anyio.move_on_after(max(self.outbox.retry_delay, OUTBOX_RETRY_MIN)):
+                    await self.work.wait()
 
     async def _between_turns(self) -> None:
         """What waits for a gap between turns: a replica capture, due timers, the wake-up hint,
@@ -660,8 +680,10 @@ class Activation:
 
 
 def _sender_id(aid: str, incarnation: int) -> str:
-    """Who an actor's outbox rows come from: its id, and its incarnation once it was
-    restored to an earlier point (its outbox numbers then start again from there)."""
+    """Who an actor's outbox rows come from: its id and its incarnation (random for an actor
+    made since incarnations were, so that a key deleted and used again is another sender; bumped
+    when restored to an earlier point, its outbox numbers then starting again from there). An
+    actor from before has incarnation 0 and sends as its id."""
     return aid if incarnation <= 0 else f"{aid}.{incarnation}"
 
 

@@ -27,6 +27,10 @@ if TYPE_CHECKING:
     from .run import Run
     from .spec import TypeSpec
 
+#: The outbox method name of ``self.destroy()`` (never a handler name: those cannot start with
+#: an underscore); the row goes to the actor itself.
+DESTROY = "__destroy__"
+
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 A = TypeVar("A")
 R = TypeVar("R")
@@ -195,6 +199,19 @@ class Actor:
         """
         ctx = context.current_turn(self, "self.spawn")
         return ctx.activation.runtime.outbox_spawn(ctx, actor_type, args, kwargs, key)
+
+    def destroy(self) -> None:
+        """Delete this actor once this turn commits: its files, its row in the directory, its
+        queued messages (their askers get :class:`ActorDeletedError`), its timers and, with a
+        replica, its history there (a tombstone; see the deletion how-to).
+
+        It takes effect after the commit, in order with this actor's sends: every message this
+        turn (and earlier turns) sent leaves first; no later message runs. If the turn rolls
+        back, nothing happens. A later message to the same key creates a new actor.
+        """
+        ctx = context.current_turn(self, "self.destroy")
+        act = ctx.activation
+        act.outbox_add(self._torpor_ref, DESTROY, act.runtime.codec.encode(None))
 
     # -- durable timers -------------------------------------------------------------------
 

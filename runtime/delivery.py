@@ -12,6 +12,7 @@ asks :class:`~runtime.residency.Residency` for awake actors; it never opens or c
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any, cast
 
 import anyio
@@ -20,6 +21,7 @@ import apsw
 
 from . import context, timers
 from .activation import Activation, check_payload
+from .actor import DESTROY
 from .context import refuse_inside_turn as _refuse_inside_turn
 from .errors import (
     ActorFailedError,
@@ -37,8 +39,8 @@ from .files.mailbox import image as mailbox_image
 from .host import RuntimeHost, Waiter
 from .lifecycle import State
 from .ref import Ref
-from .replica.replicator import manifest_key
-from .residency import Residency, not_found
+from .replica.replicator import Manifest, manifest_key
+from .residency import Residency, deleting_error, not_found
 from .spec import TypeSpec
 from .timers import Schedule
 from .turn import CHILD_SENDER
@@ -57,6 +59,9 @@ class Delivery:
     def __init__(self, rt: RuntimeHost, residency: Residency) -> None:
         self.rt = rt
         self.residency = residency
+        #: Deletes an actor whose ``self.destroy()`` committed (``Admin.destroyed``; set by the
+        #: engine): called when that row is delivered.
+        self.destroyed: Callable[[TypeSpec, str], None] = _no_destroy
 
     def encode_call(
         self, spec: TypeSpec, method: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -215,15 +220,8 @@ class Delivery:
         if method == EVENT:
             name, event = self.rt.codec.decode(payload)
             return await self.deliver_event(spec, key, name, event, f"{sender}#{sender_seq}")
-        if method == SPAWN:
-            (init,) = self.rt.codec.decode(payload)
-            if self.rt.directory.get(aid) is None:
-                self.rt.directory.create(aid, spec.name, key, init, parent=sender)
-                self.rt.known_actors += 1
-                self.residency.wake_later(spec, key)
-            return (
-                rep.directory_token() if rep else None
-            )  # an existing child (a redelivery, or stopped since) needs nothing
+        if method in (DESTROY, SPAWN):
+            return await self._deliver_lifecycle_row(spec, key, aid, method, payload, sender)
         # A delivering actor is busy, so it must never wait for an awake slot: if the target
         # is not awake and no slot is free now, append to its file and wake it later.
         while True:
@@ -232,6 +230,11 @@ class Delivery:
                 break
             if act.state is State.WAKING and not act.files_open and not act.preparing:
                 break  # waiting for a slot: append to its files directly (if they are here)
+            if act.deleting:
+                # Its mailbox is about to go: the row stays in the sender's outbox and is
+                # delivered again later, to a new actor under the key once this one is gone.
+                await anyio.lowlevel.checkpoint()
+                raise deleting_error(spec, key)
             if act.state is State.HIBERNATING and act.files_open:
                 # Closing (on_hibernate may be sending this very message, to itself or to an
                 # actor that is sending to it): append through its open mailbox, keep it
@@ -301,6 +304,31 @@ class Delivery:
             self.residency.wake_later(spec, key)
         return rep.append_token(aid) if rep else None
 
+    async def _deliver_lifecycle_row(
+        self, spec: TypeSpec, key: str, aid: str, method: str, payload: bytes, sender: str
+    ) -> Any:
+        """An outbox row that makes or ends an actor: a child's creation (``self.spawn``), or
+        the sender's own ``self.destroy()``."""
+        if method == DESTROY:
+            # Its own self.destroy(), committed: the rows before it have left. (A row from
+            # another sender cannot carry it: refused quietly, as a repeat is.)
+            if sender.partition(".")[0] == aid:
+                self.destroyed(spec, key)
+            await anyio.lowlevel.checkpoint()
+            return None
+        rep = self.rt.replication
+        (init,) = self.rt.codec.decode(payload)
+        entry = self.rt.directory.get(aid)
+        if entry is not None and entry.deleting:
+            raise deleting_error(spec, key)  # (made again once that key is free: retried)
+        if entry is None:
+            parent = sender.partition(".")[0]  # (the actor, not its incarnation)
+            self.rt.directory.create(aid, spec.name, key, init, parent=parent)
+            self.rt.known_actors += 1
+            self.residency.wake_later(spec, key)
+        # (an existing child, a redelivery or stopped since, needs nothing)
+        return rep.directory_token() if rep else None
+
     def outbox_send(
         self,
         ctx: context.HandlerContext,
@@ -329,7 +357,7 @@ class Delivery:
         """Tell parents about stopped children: ``on_child_failed(child, reason)`` arrives as a
         message, deduplicated by the notice's number, so a crash repeats it harmlessly."""
         for child_id, child_type, child_key, parent_id, notice in self.rt.directory.owed_notices():
-            parent = self.rt.directory.get(parent_id)
+            parent = self.rt.directory.get(parent_id.partition(".")[0])  # (older rows: a sender)
             child_spec = self.rt.specs.get(child_type)
             parent_spec = self.rt.specs.get(parent.type) if parent is not None else None
             if parent is None or parent_spec is None or child_spec is None:
@@ -372,6 +400,8 @@ class Delivery:
         entry = self.rt.directory.get(aid)
         if entry is None and spec.requires_create_arguments():
             raise not_found(spec, key)
+        if entry is not None and entry.deleting:
+            raise deleting_error(spec, key)  # (its folder is going: write nothing there)
         if self.rt.replication is not None and not self.rt.replication.local_files_current(aid):
             # Its files are in the replica, not here (a fresh machine, or files to restore):
             # a mailbox written now would be set aside by the restore, and the message lost.
@@ -500,7 +530,7 @@ class Delivery:
         found = await anyio.to_thread.run_sync(rep.get, name)
         self.rt.check_open()
         return (
-            found is not None
+            (found is not None and not _tombstone(Manifest.decode(found[0], key=name)))
             or aid in self.residency.awake
             or self.rt.directory.get(aid) is not None
         )
@@ -530,7 +560,8 @@ class Delivery:
             return
         (init,) = self.rt.codec.decode(row.payload)
         sender = act.sender_id if row.id >= act.incarnation_from else act.earlier_sender_id
-        self.rt.directory.create(aid, target.type_name, target.key, init, parent=sender)
+        parent = sender.partition(".")[0]  # (the actor, not its incarnation)
+        self.rt.directory.create(aid, target.type_name, target.key, init, parent=parent)
         self.rt.known_actors += 1
 
     def outbox_spawn(
@@ -550,6 +581,15 @@ class Delivery:
         check_payload(self.rt, payload, f"{spec.name}.on_create arguments")
         ctx.activation.outbox_add(ref, SPAWN, payload)
         return ref
+
+
+def _tombstone(manifest: Manifest) -> bool:
+    """A deleted actor's manifest, not claimed by a new actor since: it does not exist."""
+    return manifest.erased_at is not None and manifest.snapshot is None
+
+
+def _no_destroy(spec: TypeSpec, key: str) -> None:
+    raise RuntimeError("no deletion room is set")
 
 
 def _new_message(

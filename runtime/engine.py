@@ -172,6 +172,8 @@ class Engine:
         self.residency.deliver_notices = self.delivery.deliver_notices
         self.admin = Admin(self, self.residency, self.delivery)
         self.runs = Runs(self, self.residency, self.delivery, self.admin, retention=run_retention)
+        self.delivery.destroyed = self.admin.destroyed
+        self.delete = self.admin.delete
         # What the protocols of host.py and ref.py call, answered by the rooms themselves.
         self.send = self.delivery.send
         self.ask = self.delivery.ask
@@ -212,13 +214,17 @@ class Engine:
 
     def ref(self, actor_type: type[A], key: str) -> Ref[A]:
         """A ref to the actor of ``actor_type`` with ``key``; it is created by its first message."""
+        return Ref(self, self.spec(actor_type), check_key(key, self.max_key_bytes))
+
+    def spec(self, actor_type: type[Any]) -> TypeSpec:
+        """The spec of a registered actor type; :class:`UnknownActorTypeError` otherwise."""
         spec = getattr(actor_type, "__torpor_spec__", None)
         if not isinstance(spec, TypeSpec) or self.specs.get(spec.name) is not spec:
             raise UnknownActorTypeError(
                 f"{getattr(actor_type, '__qualname__', actor_type)!s} is not registered with this "
                 "runtime; pass it in open_runtime(types=[...])"
             )
-        return Ref(self, spec, check_key(key, self.max_key_bytes))
+        return spec
 
     def ref_by_name(self, type_name: str, key: str) -> Ref[Any]:
         """A ref by persisted type name (for tools that do not import the class)."""
@@ -457,6 +463,7 @@ class Engine:
                         await self.runs.sweep()
 
                 tg.start_soon(sweep, name="torpor run retention")
+                tg.start_soon(self.admin.finish_deletions, name="torpor deletions")
                 try:
                     yield
                 except anyio.get_cancelled_exc_class():

@@ -110,6 +110,16 @@ class ActorNotFoundError(ActorError, LookupError):
     """
 
 
+class ActorDeletedError(ActorError):
+    """The actor was deleted (``Ref.delete``, ``Actor.destroy``) while this call waited for it,
+    or it is being deleted now.
+
+    Unlike :class:`ActorNotFoundError` (no such actor, nothing happened), this says that the
+    call's message was dropped with the actor's mailbox: it never ran, and never will. A later
+    message to the same key creates a new actor (a new incarnation, with empty state).
+    """
+
+
 class MessageFailedError(ActorError):
     """The message failed for good: its handler raised on every attempt its retry policy
     allows, raised :class:`TerminalError`, or failed in a way no retry can fix.

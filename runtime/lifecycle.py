@@ -7,6 +7,7 @@
     waking --closed--> hibernated (the runtime closed first)
     failed --wake--> waking                 awake or hibernating --gave_up--> stopped
     stopped --resume--> waking
+    hibernated, failed or stopped --delete--> deleted
 
 (``Runtime.resume`` is for stopped actors; a failed one runs again at its next wake.)
 
@@ -26,6 +27,10 @@ hibernated, failed or stopped.)
 - **stopped**: it failed more often than its restart intensity allows, a replay diverged from
   its journal, or another runtime took its replica over. Messages are kept but nothing runs
   until ``Runtime.resume``. Persisted: a restart does not undo it.
+- **deleted**: ``Ref.delete`` or ``Actor.destroy``: its files, its row in ``directory.db`` and
+  its queued messages are gone (an awake actor is closed first, its turn cancelled, or, for
+  ``destroy``, committed). Final: a later message to its key creates a new actor, a new
+  incarnation with its own history.
 
 The docs' diagram is generated from :data:`TRANSITIONS` (``mermaid()``).
 """
@@ -45,6 +50,7 @@ class State(enum.Enum):
     HIBERNATING = "hibernating"
     FAILED = "failed"
     STOPPED = "stopped"
+    DELETED = "deleted"
 
 
 class Event(enum.Enum):
@@ -56,6 +62,7 @@ class Event(enum.Enum):
     CRASHED = "crashed"  # on_create gave up, a file turned out corrupt, an internal error
     GAVE_UP = "gave_up"  # failed turns beyond the restart intensity, a diverged replay, a fence
     RESUME = "resume"  # Runtime.resume(ref)
+    DELETE = "delete"  # Ref.delete(), or Actor.destroy() in a turn that committed
 
 
 TRANSITIONS: dict[tuple[State, Event], State] = {
@@ -74,6 +81,10 @@ TRANSITIONS: dict[tuple[State, Event], State] = {
     (State.HIBERNATING, Event.CRASHED): State.FAILED,
     (State.HIBERNATING, Event.GAVE_UP): State.STOPPED,
     (State.STOPPED, Event.RESUME): State.WAKING,
+    # Deletion takes an actor at rest: an awake one is closed first.
+    (State.HIBERNATED, Event.DELETE): State.DELETED,
+    (State.FAILED, Event.DELETE): State.DELETED,
+    (State.STOPPED, Event.DELETE): State.DELETED,
 }
 
 #: States in which the actor holds open files and a live object.

@@ -78,6 +78,34 @@ class LifecycleEvent:
 
 
 @attrs.frozen
+class ActorInfo:
+    """One actor as ``Runtime.actors`` lists it, read from ``directory.db`` without waking it.
+
+    ``status``: ``awake`` (its files are open in this process), ``hibernated``, ``failed`` (it
+    could not run at its last wake-up; the next message tries again), ``stopped`` (until
+    ``Runtime.resume``) or ``deleting`` (a deletion began and is not finished: the store could
+    not be reached). ``created_at`` and ``active_at`` are seconds since the epoch (the
+    runtime's clock): its creation, and the last time work came for it or it ran out of work
+    (kept with the directory's pending mark, so listing costs no write per turn). ``parent``:
+    the ``(type_name, key)`` of the actor that spawned it, if one did and still exists.
+    """
+
+    #: The actor type's persisted name.
+    type_name: str
+    #: The actor's key.
+    key: str
+    #: ``awake``, ``hibernated``, ``failed``, ``stopped`` or ``deleting``.
+    status: str
+    #: When it was created (seconds since the epoch).
+    created_at: float
+    #: When work last came for it or it last ran out of work (``None``: not recorded).
+    active_at: float | None
+    #: Its parent (the actor that spawned it) as ``(type_name, key)``; ``None`` if it has
+    #: none, or its parent no longer exists.
+    parent: tuple[str, str] | None
+
+
+@attrs.frozen
 class RuntimeStatistics:
     """A snapshot of the runtime's counters, from :meth:`Runtime.statistics`.
 

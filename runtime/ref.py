@@ -66,6 +66,8 @@ class RefHost(Protocol):
         self, ref: Ref[Any], name: str, payload: Any = None, *, idempotency_key: str | None = None
     ) -> bool: ...
 
+    async def delete(self, ref: Ref[Any]) -> None: ...
+
 
 @final
 class Ref(Generic[A]):
@@ -170,6 +172,18 @@ class Ref(Generic[A]):
         (oldest first) for the next one. Events never queue behind turns. Returns ``False``
         if ``idempotency_key`` was used already (the event was not stored twice)."""
         return await self._runtime.signal(self, name, payload, idempotency_key=idempotency_key)
+
+    async def delete(self) -> None:
+        """Delete this actor: its files, its directory row, its queued messages (their askers
+        get :class:`ActorDeletedError`), its timers and, with a replica, its history there. A
+        turn in progress is cancelled (it rolls back). Returns once it is gone (with a replica:
+        once the store has its tombstone and no longer lists it). :class:`ActorNotFoundError`
+        if there is no such actor. The key may be used again: a new actor, with nothing of
+        this one. Inside a turn, use ``self.destroy()`` (for itself) instead.
+        """
+        await anyio.lowlevel.checkpoint_if_cancelled()
+        self._runtime.refuse_inside_turn("ref.delete", "self.destroy() for the actor itself")
+        await self._runtime.delete(self)
 
     async def _deliver(
         self, method: Any, args: tuple[Any, ...], kwargs: dict[str, Any], key: str | None

@@ -21,6 +21,7 @@ import anyio
 
 from .activation import Activation
 from .errors import (
+    ActorDeletedError,
     ActorFailedError,
     ActorNotFoundError,
     ActorStoppedError,
@@ -59,6 +60,10 @@ class Residency:
         self._room = anyio.Event()  # set (and replaced) whenever an awake slot may have freed
         self._poke = anyio.Event()  # wakes the supervisor
         self._supervisor_wakes_at = -math.inf  # when the sleeping supervisor wakes by itself
+        #: Actors deleted since the runtime opened whose key no message has used since: a wake-up
+        #: asked for earlier (recovery's list, a wake-later, a round's catch-up) must not make
+        #: them again as new, empty actors; only a message does.
+        self.deleted: set[str] = set()
         #: Tells stopped children's parents (``Delivery.deliver_notices``; set by the runtime).
         self.deliver_notices: Callable[[], Awaitable[None]] = _nothing
 
@@ -82,6 +87,8 @@ class Residency:
         entry = self.rt.directory.get(aid)
         if entry is None and spec.requires_create_arguments():
             raise not_found(spec, key)
+        if entry is not None and entry.deleting:
+            raise deleting_error(spec, key)
         if entry is not None and entry.stopped is not None:
             raise ActorStoppedError(
                 f"{spec.name} {key!r} is stopped ({entry.stopped}); its messages are kept "
@@ -104,6 +111,7 @@ class Residency:
             self.rt.check_open()
             with db.full_disk_as_error(self.rt.directory.path):  # (a typed refusal, not apsw's)
                 if entry is None:
+                    self.deleted.discard(aid)  # (a message made the key's actor again)
                     self.rt.directory.mark_pending(aid, spec.name, key)
                     self.rt.known_actors += 1
                 elif not entry.pending:
@@ -289,7 +297,15 @@ class Residency:
         if self.rt.task_group is not None and not self.rt.closing.is_set():
             self.rt.task_group.start_soon(self._wake_quietly, spec, key)
 
+    def deleted_meanwhile(self, spec: TypeSpec, key: str) -> bool:
+        """Whether the actor was deleted since a wake-up of it was asked for (nothing to wake:
+        waking would make it again, empty)."""
+        aid = actor_id(spec.name, key)
+        return aid in self.deleted and aid not in self.awake and self.rt.directory.get(aid) is None
+
     async def _wake_quietly(self, spec: TypeSpec, key: str) -> None:
+        if self.deleted_meanwhile(spec, key):
+            return
         try:
             await self.activate(spec, key)
         except Exception as exc:
@@ -408,6 +424,8 @@ class Residency:
         for spec, key in pending:
             if self.rt.closing.is_set():
                 return
+            if self.deleted_meanwhile(spec, key):
+                continue
             try:
                 await self.activate(spec, key)
             except RuntimeClosedError:
@@ -456,6 +474,14 @@ class Residency:
 
 async def _nothing() -> None:
     pass
+
+
+def deleting_error(spec: TypeSpec, key: str) -> ActorDeletedError:
+    """A call for an actor whose deletion is under way (or waits for the store)."""
+    return ActorDeletedError(
+        f"{spec.name} {key!r} is being deleted; once that is done, a message to its key "
+        "creates a new actor"
+    )
 
 
 def not_found(spec: TypeSpec, key: str) -> ActorNotFoundError:

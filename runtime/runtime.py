@@ -24,7 +24,7 @@ from .engine import (
     DEFAULT_SHUTDOWN_GRACE,
     Engine,
 )
-from .records import DeadLetter, LifecycleEvent, RuntimeStatistics, TurnInfo
+from .records import ActorInfo, DeadLetter, LifecycleEvent, RuntimeStatistics, TurnInfo
 from .ref import Ref
 from .replica.shipper import Replication
 from .replica.store import ReplicaStore
@@ -120,6 +120,27 @@ class Runtime:
         a barrier for tests, deployments and shutdown scripts. While the store cannot be
         reached this waits (bound it with ``anyio.move_on_after``); actors keep working."""
         await self._engine.replicated()
+
+    async def actors(
+        self,
+        actor_type: type[Any],
+        status: str | None = None,
+        *,
+        after: str | None = None,
+        limit: int = 1000,
+    ) -> list[ActorInfo]:
+        """The actors of ``actor_type`` as :class:`ActorInfo` records, in key order, read from
+        ``directory.db`` without waking any. ``status``: only ``"awake"``, ``"hibernated"``,
+        ``"failed"``, ``"stopped"`` or ``"deleting"`` ones. Pages: at most ``limit`` (up to
+        10,000) actors whose key sorts after ``after``; pass the last key for the next page::
+
+            page = await rt.actors(Chat)
+            while page:
+                ...
+                page = await rt.actors(Chat, after=page[-1].key)
+        """
+        spec = self._engine.spec(actor_type)
+        return await self._engine.admin.actors(spec, status, after=after, limit=limit)
 
     async def dead_letters(self, ref: Ref[Any]) -> list[DeadLetter]:
         """The dead letters kept in ``ref``'s mailbox, oldest first."""

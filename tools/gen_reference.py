@@ -25,7 +25,10 @@ LIFECYCLE = DOCS / "explanation" / "lifecycle.md"
 
 SECTIONS = [
     ("Opening a runtime", ["open_runtime", "Runtime", "RuntimeStatistics", "LifecycleEvent"]),
-    ("Actors", ["Actor", "query", "Retry", "RestartIntensity", "Schedule", "Sql", "KV"]),
+    (
+        "Actors",
+        ["Actor", "query", "Retry", "RestartIntensity", "Schedule", "Sql", "KV", "ActorInfo"],
+    ),
     ("Messages", ["Ref", "RefOptions", "register_type", "DeadLetter"]),
     ("Durable steps", ["current_step", "StepInfo", "TurnInfo", "StepRecord", "NonRetryable"]),
     ("Failures", ["handler", "TerminalError"]),

@@ -302,6 +302,7 @@ def restore_whole(args: argparse.Namespace, store: ReplicaStore) -> int:
                 "actors": done.actors,
                 "restored": done.restored,
                 "not_replicated": done.not_replicated,
+                "erased": done.erased,
                 "seconds": round(done.seconds, 3),
             }
         )
@@ -310,6 +311,7 @@ def restore_whole(args: argparse.Namespace, store: ReplicaStore) -> int:
     print(
         f"restored {root} ({at_text(args.at)}): {plural(done.restored, 'actor')}"
         + (f", {missing} without a replica at that point (they start empty)" if missing else "")
+        + (f", {done.erased} deleted since (left out)" if done.erased else "")
         + f", in {done.seconds:.1f} s"
     )
     return 0

@@ -75,6 +75,10 @@ _RUNTIME_MIGRATIONS = (
 
 #: A new lineage: a random id of 32 hex digits.
 NEW_LINEAGE = "lower(hex(randomblob(16)))"
+#: The first incarnation of a new data.db: a random number (46 bits, above 0), so that an actor
+#: deleted and made again under the same key sends as another sender than its predecessor did
+#: (receivers' cursors saw the predecessor's outbox numbers, and would drop the new ones).
+NEW_INCARNATION = "(abs(random()) % 70368744177664) + 1"
 
 _DENIED_ALWAYS = frozenset(
     {apsw.SQLITE_TRANSACTION, apsw.SQLITE_SAVEPOINT, apsw.SQLITE_ATTACH, apsw.SQLITE_DETACH}
@@ -199,9 +203,9 @@ class DataStore:
                     # own): just created, or created right before a crash. Only this actor's
                     # path could hold it.
                     row = conn.execute(
-                        f"UPDATE _torpor_state SET type = ?, key = ?, lineage = {NEW_LINEAGE} "
-                        "WHERE id = 1 RETURNING type, key, applied_seq, created, lineage, "
-                        "incarnation, incarnation_from",
+                        f"UPDATE _torpor_state SET type = ?, key = ?, lineage = {NEW_LINEAGE}, "
+                        f"incarnation = {NEW_INCARNATION} WHERE id = 1 RETURNING type, key, "
+                        "applied_seq, created, lineage, incarnation, incarnation_from",
                         (type_name, key),
                     ).fetchall()[0]
         except BaseException:
@@ -216,8 +220,9 @@ class DataStore:
         self.created: bool = bool(row[3])
         #: The id of this actor's history: the same on every machine it is restored to.
         self.lineage: str = row[4]
-        #: Bumped when the actor is restored to an earlier point: its outbox numbers start
-        #: again from there, so it sends as a new sender (receivers would drop the repeats).
+        #: Random for a new file (a key deleted and used again is another sender), then bumped
+        #: when the actor is restored to an earlier point: its outbox numbers start again from
+        #: there, so it sends as a new sender (receivers would drop the repeats).
         self.incarnation: int = row[5]
         #: The first outbox row of this incarnation (earlier rows go as the previous one).
         self.incarnation_from: int = row[6]
@@ -250,8 +255,8 @@ class DataStore:
                 db.execute_script(conn, sql)
             if not exists:
                 conn.execute(
-                    f"INSERT INTO _torpor_state(id, type, key, lineage) VALUES (1, ?, ?, "
-                    f"{NEW_LINEAGE})",
+                    f"INSERT INTO _torpor_state(id, type, key, lineage, incarnation) VALUES "
+                    f"(1, ?, ?, {NEW_LINEAGE}, {NEW_INCARNATION})",
                     (type_name, key),
                 )
             conn.execute("UPDATE _torpor_state SET schema = ?", (len(_RUNTIME_MIGRATIONS),))

@@ -45,7 +45,17 @@ _MIGRATIONS = (
     """,
     # The children of an actor (its runs, listed by Runtime.runs), without a scan.
     "CREATE INDEX actors_parent ON actors(parent) WHERE parent IS NOT NULL;",
+    # Listing (Runtime.actors) shows the last activity; a deletion is marked before the files
+    # go, so that a crash half way finishes it at the next open instead of waking the actor.
+    """
+    ALTER TABLE actors ADD COLUMN active_at REAL;
+    ALTER TABLE actors ADD COLUMN deleting INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX actors_deleting ON actors(deleting) WHERE deleting = 1;
+    CREATE INDEX actors_stopped ON actors(type, key) WHERE stopped IS NOT NULL;
+    """,
 )
+
+_COLUMNS = "id, type, key, pending, init, wake_at, stopped, parent, deleting, created_at, active_at"
 
 
 @attrs.frozen
@@ -58,6 +68,28 @@ class Entry:
     wake_at: float | None = None
     stopped: str | None = None
     parent: str | None = None
+    #: A deletion began (``Ref.delete``) and has not finished (the store could not be reached).
+    deleting: bool = False
+    created_at: float = 0.0
+    #: When work last came for it or it last ran out of work (seconds since the epoch): kept
+    #: with the pending mark, without writes of its own.
+    active_at: float | None = None
+
+
+def _entry(row: Any) -> Entry:
+    return Entry(
+        id=row[0],
+        type=row[1],
+        key=row[2],
+        pending=bool(row[3]),
+        init=row[4],
+        wake_at=row[5],
+        stopped=row[6],
+        parent=row[7],
+        deleting=bool(row[8]),
+        created_at=float(row[9]),
+        active_at=row[10],
+    )
 
 
 class Directory:
@@ -67,6 +99,9 @@ class Directory:
         self.path = path
         self._clock = clock  # epoch seconds for the times it records
         self.conn = db.connect(path, synchronous=synchronous)
+        # A deleted actor's row (its key, its on_create arguments) is overwritten, not left in
+        # free pages: erasure (Ref.delete) must erase. Rows are deleted rarely; it costs little.
+        self.conn.pragma("secure_delete", 1)
         with db.corruption_as_error(path):
             db.migrate(
                 self.conn,
@@ -83,22 +118,38 @@ class Directory:
 
     def get(self, aid: str) -> Entry | None:
         row: Any
-        for row in self.conn.execute(
-            "SELECT id, type, key, pending, init, wake_at, stopped, parent FROM actors "
-            "WHERE id = ?",
-            (aid,),
-        ):
-            return Entry(
-                id=row[0],
-                type=row[1],
-                key=row[2],
-                pending=bool(row[3]),
-                init=row[4],
-                wake_at=row[5],
-                stopped=row[6],
-                parent=row[7],
-            )
+        for row in self.conn.execute(f"SELECT {_COLUMNS} FROM actors WHERE id = ?", (aid,)):
+            return _entry(row)
         return None
+
+    def page(
+        self, type_name: str, *, after: str | None, limit: int, stopped: bool | None = None
+    ) -> list[Entry]:
+        """Up to ``limit`` actors of ``type_name`` with a key above ``after``, in key order
+        (an index on ``(type, key)``: a page costs the same at a million actors);
+        ``stopped``: only stopped ones (True, their own partial index), only others at rest
+        (False: neither stopped nor being deleted)."""
+        where = "type = ? AND key > ?"
+        if stopped is not None:
+            where += (
+                " AND stopped IS NOT NULL" if stopped else " AND stopped IS NULL AND deleting = 0"
+            )
+        rows: list[Any] = self.conn.execute(
+            f"SELECT {_COLUMNS} FROM actors WHERE {where} ORDER BY key LIMIT ?",
+            (type_name, "" if after is None else after, limit),
+        ).fetchall()
+        return [_entry(row) for row in rows]
+
+    def mark_deleting(self, aid: str) -> None:
+        """Record that the actor's deletion began (before anything of it is removed)."""
+        self.conn.execute("UPDATE actors SET deleting = 1, pending = 0 WHERE id = ?", (aid,))
+
+    def deletions(self) -> list[Entry]:
+        """Actors whose deletion began and did not finish (a crash, an unreachable store)."""
+        rows: list[Any] = self.conn.execute(
+            f"SELECT {_COLUMNS} FROM actors WHERE deleting = 1"
+        ).fetchall()
+        return [_entry(row) for row in rows]
 
     def create(
         self, aid: str, type_name: str, key: str, init: bytes | None, parent: str | None = None
@@ -106,19 +157,21 @@ class Directory:
         """Insert a new actor (``spawn``); :class:`ActorExistsError` if the id is taken."""
         try:
             self.conn.execute(
-                "INSERT INTO actors(id, type, key, pending, init, parent, created_at) "
-                "VALUES (?, ?, ?, 1, ?, ?, ?)",
-                (aid, type_name, key, init, parent, self._clock()),
+                "INSERT INTO actors(id, type, key, pending, init, parent, created_at, active_at) "
+                "VALUES (?, ?, ?, 1, ?, ?, ?, ?)",
+                (aid, type_name, key, init, parent, self._clock(), self._clock()),
             )
         except apsw.ConstraintError:
             raise ActorExistsError(f"actor {type_name} {key!r} already exists") from None
 
     def mark_pending(self, aid: str, type_name: str, key: str) -> None:
         """Record (creating the row if needed) that the actor may have work."""
+        now = self._clock()
         self.conn.execute(
-            "INSERT INTO actors(id, type, key, pending, created_at) VALUES (?, ?, ?, 1, ?) "
-            "ON CONFLICT(id) DO UPDATE SET pending = 1 WHERE pending = 0",
-            (aid, type_name, key, self._clock()),
+            "INSERT INTO actors(id, type, key, pending, created_at, active_at) "
+            "VALUES (?, ?, ?, 1, ?, ?) "
+            "ON CONFLICT(id) DO UPDATE SET pending = 1, active_at = ? WHERE pending = 0",
+            (aid, type_name, key, now, now, now),
         )
 
     def lower_wake_at(self, aid: str, at: float) -> None:
@@ -144,7 +197,7 @@ class Directory:
     def due(self, now: float) -> list[tuple[str, str, str]]:
         rows: list[Any] = self.conn.execute(
             "SELECT id, type, key FROM actors WHERE wake_at IS NOT NULL AND wake_at <= ? "
-            "ORDER BY wake_at",
+            "AND deleting = 0 ORDER BY wake_at",
             (now,),
         ).fetchall()
         return [(row[0], row[1], row[2]) for row in rows]
@@ -202,14 +255,18 @@ class Directory:
         self.conn.execute("DELETE FROM actors WHERE id = ?", (aid,))
 
     def clear_pending(self, aid: str) -> None:
-        self.conn.execute("UPDATE actors SET pending = 0 WHERE id = ? AND pending = 1", (aid,))
+        self.conn.execute(
+            "UPDATE actors SET pending = 0, active_at = ? WHERE id = ? AND pending = 1",
+            (self._clock(), aid),
+        )
 
     def clear_init(self, aid: str) -> None:
         self.conn.execute("UPDATE actors SET init = NULL WHERE id = ? AND init IS NOT NULL", (aid,))
 
     def pending(self) -> Iterator[Entry]:
         rows: list[Any] = self.conn.execute(
-            "SELECT id, type, key, pending, init FROM actors WHERE pending = 1 AND stopped IS NULL"
+            "SELECT id, type, key, pending, init FROM actors "
+            "WHERE pending = 1 AND stopped IS NULL AND deleting = 0"
         ).fetchall()
         for row in rows:
             yield Entry(id=row[0], type=row[1], key=row[2], pending=True, init=row[4])

@@ -55,7 +55,7 @@ DIRECTORY_BUSY_TIMEOUT_MS = 5_000
 _SHARED_FIRST = 0x40000000 + 2
 _SHARED_SIZE = 510
 
-STATUSES = ("awake", "hibernated", "stopped", "pending")
+STATUSES = ("awake", "hibernated", "stopped", "pending", "deleting")
 
 
 # -- opening files quietly -------------------------------------------------------------------
@@ -344,7 +344,7 @@ class ActorRow:
 
     type: str
     key: str
-    status: str  # awake | hibernated | stopped | pending
+    status: str  # awake | hibernated | stopped | pending | deleting (Ref.delete not finished)
     pending: bool
     wake_at: float | None
     created_at: float
@@ -366,21 +366,24 @@ def list_actors(
     where, params = _filters(type_name, prefix)
     if status == "stopped":
         where.append("stopped IS NOT NULL")
-    elif status is not None:
+    elif status is not None and status != "deleting":
         where.append("stopped IS NULL")
         if status == "pending":
             where.append("pending = 1")
-    sql = (
-        "SELECT type, key, pending, wake_at, created_at, stopped, parent FROM actors"
-        + (" WHERE " + " AND ".join(where) if where else "")
-        + " ORDER BY type, key"
-    )
     probe = runtime_is_open(root)
     rows: list[ActorRow] = []
     with reading_directory(root) as conn:
+        sql = (
+            f"SELECT type, key, pending, wake_at, created_at, stopped, parent, "
+            f"{_deleting(conn)} FROM actors"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + " ORDER BY type, key"
+        )
         cursor: Any = conn.execute(sql, params)  # lazily: the directory may be large
-        for type_, key, pending, wake_at, created_at, stopped, parent in cursor:
-            if stopped is not None:
+        for type_, key, pending, wake_at, created_at, stopped, parent, deleting in cursor:
+            if deleting:
+                state = "deleting"
+            elif stopped is not None:
                 state = "stopped"
             elif probe and actor_is_awake(root, type_, key):
                 state = "awake"
@@ -394,6 +397,12 @@ def list_actors(
                 ActorRow(type_, key, state, bool(pending), wake_at, created_at, stopped, parent)
             )
     return rows, False
+
+
+def _deleting(conn: Any) -> str:
+    """The directory's ``deleting`` column, or 0 in a directory from before deletion."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(actors)")}
+    return "deleting" if "deleting" in columns else "0"
 
 
 def _filters(type_name: str | None, prefix: str | None) -> tuple[list[str], list[Any]]:
@@ -413,16 +422,18 @@ def find_actor(root: Path, type_name: str, key: str) -> ActorRow:
     with reading_directory(root) as conn:
         found = _all(
             conn,
-            "SELECT type, key, pending, wake_at, created_at, stopped, parent FROM actors "
-            "WHERE id = ?",
+            f"SELECT type, key, pending, wake_at, created_at, stopped, parent, {_deleting(conn)} "
+            "FROM actors WHERE id = ?",
             (actor_id(type_name, key),),
         )
         known = [t for (t,) in conn.execute("SELECT DISTINCT type FROM actors ORDER BY type")]
     if not found:
         hint = "" if type_name in known else f" (types here: {', '.join(known) or 'none'})"
         raise NoSuchActorError(f"no actor {type_name} {key!r} in {root}{hint}")
-    type_, key_, pending, wake_at, created_at, stopped, parent = found[0]
-    if stopped is not None:
+    type_, key_, pending, wake_at, created_at, stopped, parent, deleting = found[0]
+    if deleting:
+        state = "deleting"
+    elif stopped is not None:
         state = "stopped"
     elif runtime_is_open(root) and actor_is_awake(root, type_, key_):
         state = "awake"

@@ -43,6 +43,8 @@ class RuntimeRestored:
     actors: int  #: actors in the restored ``directory.db``
     restored: int  #: of them, those whose files were restored
     not_replicated: int  #: those without a replica at that point (they start empty)
+    #: rows dropped from the restored ``directory.db``: actors deleted since (``Ref.delete``)
+    erased: int
     seconds: float  #: how long it took
 
 
@@ -116,6 +118,7 @@ def restore_runtime(
         actors=counts["actors"],
         restored=counts["restored"],
         not_replicated=counts["not_replicated"],
+        erased=counts["erased"],
         seconds=time.monotonic() - started,
     )
 
@@ -188,6 +191,8 @@ def restore_to_read(
         raise RestorePointError(f"there is no replica of {DIRECTORY_FILE!r} in {store!r}")
     manifest = Manifest.decode(got[0], key=manifest_key(DIRECTORY_FILE))
     _restore_file(store, DIRECTORY_FILE, root / DIRECTORY_FILE, at_time=at, manifest=manifest)
+    if actor is None:
+        _shipper.forget_erased(store, root)  # (deleted since: not shown, as not restored)
     if actor is not None:
         actors = [actor]
     else:

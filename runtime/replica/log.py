@@ -130,6 +130,32 @@ def decode_log(data: bytes) -> LogObject:
         raise LogFormatError(f"the index of a log object is not valid ({exc!r})") from exc
 
 
+def scrub(store: ReplicaStore, key: str, name: str) -> bool:
+    """Overwrite with zeros, in log object ``key``, the bytes of every segment of the file
+    ``name`` (a deleted actor's file), keeping the object's size, index and every other
+    file's bytes exactly as they were (their manifests' offsets and checksums stay true).
+    Conditional on the ETag read (an object deleted or changed meanwhile is left alone).
+    Returns whether it wrote; a missing object, or one already scrubbed, needs no write."""
+    got = store.get(key)
+    if got is None:
+        return False
+    data, etag = got
+    try:
+        index = decode_log(data)
+    except LogFormatError:
+        return False  # (not a log object: nothing of this format to scrub)
+    scrubbed = bytearray(data)
+    for entry in index.entries:
+        if entry.name == name:
+            scrubbed[entry.offset : entry.offset + entry.length] = bytes(entry.length)
+    if scrubbed == data:
+        return False
+    with contextlib.suppress(PreconditionFailedError):
+        store.put(key, bytes(scrubbed), if_match=etag)
+        return True
+    return False
+
+
 def read_fences(store: ReplicaStore, prefix: str) -> dict[str, int]:
     """The files fenced out of the session under ``prefix``: name -> the newcomer's epoch."""
     got = store.get(fences_key(prefix))

@@ -74,7 +74,7 @@ from ..errors import (
     ReplicaUnavailableError,
     RestorePointError,
 )
-from .log import LogFormatError, decode_log, log_key
+from .log import LogFormatError, decode_log, log_key, scrub
 from .store import ReplicaStore, check_key
 from .wal import (
     DEFAULT_CODEC,
@@ -249,6 +249,14 @@ class Manifest:
     #: listed segments, from log object ``tail_from`` on; ``None`` when it does not.
     tail: str | None = None
     tail_from: int = 0
+    #: When the actor was last deleted (``Ref.delete``): its history before that instant is
+    #: erased, and no restore brings it back. A tombstone (no snapshot) until a new
+    #: incarnation of the key claims the file; that one's history starts after it.
+    erased_at: float | None = None
+    #: A tombstone's list of the objects that held the erased history: its snapshots, and
+    #: the log objects whose segments of this file are overwritten with zeros (kept so that a
+    #: deletion cut short finishes them; a new incarnation's claim drops the list).
+    erasing: tuple[str, ...] = ()
 
     @property
     def txid(self) -> int:
@@ -269,6 +277,8 @@ class Manifest:
             "history": [attrs.asdict(g) for g in self.history],
             "tail": self.tail,
             "tail_from": self.tail_from,
+            "erased_at": self.erased_at,
+            "erasing": list(self.erasing),
             "position": (
                 {
                     "salt1": self.position.salt1,
@@ -323,6 +333,8 @@ class Manifest:
                 ),
                 tail=doc["tail"],
                 tail_from=int(doc["tail_from"]),
+                erased_at=(float(doc["erased_at"]) if doc.get("erased_at") is not None else None),
+                erasing=tuple(str(k) for k in doc.get("erasing", ())),
             )
         except (ValueError, KeyError, TypeError) as exc:
             if isinstance(exc, CorruptReplicaError):
@@ -957,6 +969,14 @@ def restore(
         if got is None:
             raise RestorePointError(f"there is no replica of {name!r} in {store!r}")
         manifest = Manifest.decode(got[0], key=key)
+    erased = manifest.erased_at
+    if erased is not None and (
+        manifest.snapshot is None or (at_time is not None and at_time < erased)
+    ):
+        raise RestorePointError(
+            f"{name!r} belongs to an actor deleted at {erased}: its history before that is "
+            "erased, and no restore brings it back"
+        )
     if manifest.snapshot is None:
         raise RestorePointError(f"the replica of {name!r} has no snapshot yet: nothing to restore")
     objects: dict[str, bytes] = {}
@@ -1021,6 +1041,78 @@ def restore(
         os.close(fd)
     txid = segments[-1].txid if segments else snap.txid
     return RestoreResult(txid=txid, segments=len(segments), bytes=size)
+
+
+def erase(store: ReplicaStore, name: str, *, erased_at: float, writer: str) -> int:
+    """Erase the replica of the file ``name`` of a deleted actor (blocking). Its manifest
+    becomes a tombstone (``erased_at``, no snapshot, no segments, no earlier generations, one
+    epoch up so that any writer still holding it is fenced) listing the objects that held the
+    history (``erasing``); then each is erased: its own objects (snapshots) are deleted, and
+    in each log object, shared with other files, its segments are overwritten with zeros
+    (``log.scrub``). Idempotent: a call on a tombstone finishes its list. Returns the objects
+    deleted or rewritten.
+
+    What this cannot reach: segments in log objects no manifest names any more (generations
+    dropped by ``keep_generations``, what a fenced writer shipped after the take-over), and a
+    log object still in its writer's memory, to be sent again once the store answers: those
+    leave with their log objects (retention).
+    """
+    key = manifest_key(name)
+    for _ in range(10):
+        got = store.get(key)
+        old = Manifest.decode(got[0], key=key) if got is not None else None
+        erasing: tuple[str, ...] = ()
+        if old is not None:  # (a tombstone already: its list, to finish)
+            erasing = tuple(sorted(set(old.erasing) | set(_history_objects(store, old))))
+        tombstone = Manifest(
+            name,
+            (old.epoch if old else 0) + 1,
+            writer,
+            None,
+            (),
+            None,
+            erased_at=erased_at,
+            erasing=erasing,
+        )
+        try:
+            if got is None:
+                store.put(key, tombstone.encode(), if_none_match=True)
+            else:
+                store.put(key, tombstone.encode(), if_match=got[1])
+        except PreconditionFailedError:
+            continue  # a writer changed it meanwhile: read it again
+        break
+    else:
+        raise FencedError(
+            f"could not erase {name!r}: other writers keep changing its manifest",
+            epoch=0,
+            current_epoch=None,
+        )
+    done = 0
+    for obj in erasing:
+        if obj.startswith(f"{name}/"):  # (its own: snapshots, a segment stored alone)
+            store.delete(obj)
+            done += 1
+        elif scrub(store, obj, name):
+            done += 1
+    return done
+
+
+def _history_objects(store: ReplicaStore, manifest: Manifest) -> list[str]:
+    """Every object ``manifest`` names as holding its file's history: snapshots, and the log
+    objects of its segments (listed, in earlier generations, and in its tail: those are read
+    until one is missing)."""
+    found = [g.snapshot.key for g in manifest.history]
+    if manifest.snapshot is not None:
+        found.append(manifest.snapshot.key)
+    found += [s.key for s in manifest.segments]
+    found += [s.key for g in manifest.history for s in g.segments]
+    if manifest.tail is not None:
+        seq = manifest.tail_from
+        while store.get(log_key(manifest.tail, seq)) is not None:
+            found.append(log_key(manifest.tail, seq))
+            seq += 1
+    return found
 
 
 def read_tail(

@@ -166,6 +166,7 @@ def restore_runtime(
     manifest = Manifest.decode(got[0], key=manifest_key(DIRECTORY_FILE))
     restore(store, DIRECTORY_FILE, root / DIRECTORY_FILE, at_time=at_time, manifest=manifest)
     become_restored_runtime(root, manifest.writer.split("/")[0], at_time=at_time)
+    erased = forget_erased(store, root)
     directory = Directory(root / DIRECTORY_FILE, synchronous="NORMAL")
     try:
         aids = [row[0] for row in directory.conn.execute("SELECT id FROM actors")]
@@ -186,7 +187,39 @@ def restore_runtime(
                     os.unlink(folder / file)
         if progress is not None:
             progress(i + 1, len(aids))
-    return {"actors": len(aids), "restored": restored, "not_replicated": missing}
+    return {
+        "actors": len(aids),
+        "restored": restored,
+        "not_replicated": missing,
+        "erased": erased,
+    }
+
+
+def forget_erased(store: ReplicaStore, root: Path) -> int:
+    """In a ``directory.db`` just restored from the replica (at a point in time, or one that
+    missed a deletion's last commit): delete the rows of actors deleted since (their
+    ``data.db`` manifest is erased after the row was made), so that no restore brings a
+    deleted actor back, not even its key and ``on_create`` arguments. One GET per actor.
+    Returns how many rows went."""
+    from ..files.directory import Directory
+
+    directory = Directory(root / DIRECTORY_FILE, synchronous="NORMAL")
+    try:
+        rows: list[Any] = directory.conn.execute("SELECT id, created_at FROM actors").fetchall()
+        gone = []
+        for aid, created_at in rows:
+            key = manifest_key(actor_file_name(aid, DATA_FILE))
+            got = store.get(key)
+            if got is None:
+                continue
+            manifest = Manifest.decode(got[0], key=key)
+            if manifest.erased_at is not None and float(created_at) < manifest.erased_at:
+                gone.append(str(aid))
+        for aid in gone:
+            directory.forget(aid)
+    finally:
+        directory.close()
+    return len(gone)
 
 
 def restore_directory_if_missing(store: ReplicaStore, root: Path) -> bool:

@@ -59,17 +59,19 @@ from ..errors import (
     ReplicaConflictError,
     ReplicaUnavailableError,
 )
-from ..files.layout import DIRECTORY_FILE, MAILBOX_FILE, actor_id
+from ..files.layout import DATA_FILE, DIRECTORY_FILE, MAILBOX_FILE, actor_id
 from ..records import ReplicationStatistics
 from .handover import Handover
 from .log import session_prefix
 from .options import Replication
+from .replicator import erase
 from .restore import (
     ACTORS_PREFIX,
     ORIGIN_FILE,
     STAGING_PREFIX,
     STATE_FILE,
     actor_file_name,
+    forget_erased,
     read_origin,
     restore_actor_files,
     restore_directory_if_missing,
@@ -124,6 +126,31 @@ class ReplicationEngine:
     def get(self, key: str) -> tuple[bytes, str] | None:
         """One GET of the store, counted (blocking: run in a thread)."""
         return self.tracking.get(key)
+
+    async def erase_actor(self, aid: str) -> None:
+        """A deleted actor (its files closed and removed here): replace both files' manifests
+        with tombstones, delete their snapshots and zero their segments in the log objects
+        (``replicator.erase``), then forget what
+        this session knew of it. Deliveries into its mailbox that waited for the replica are
+        done (there is nothing left to lose). Raises the store's errors
+        (:class:`ReplicaUnavailableError`): the caller tries again later."""
+        tracking = self.tracking
+        erased_at = self.rt.clock()
+
+        def erase_both() -> int:
+            return sum(
+                erase(self.store, actor_file_name(aid, file), erased_at=erased_at, writer=w)
+                for file in (DATA_FILE, MAILBOX_FILE)
+            )
+
+        w = tracking.writer
+        async with tracking.limiter:
+            await anyio.to_thread.run_sync(erase_both)
+        tracking.claimed.discard(aid)
+        tracking.corrupt.pop(aid, None)
+        tracking.behind.pop(aid, None)
+        for token in tracking.waiting_appends.pop(aid, ()):
+            token.receiver_deleted = True
 
     # -- handed to the rooms -----------------------------------------------------------------
 
@@ -407,6 +434,7 @@ __all__ = [
     "ReplicationHost",
     "ReplicationStatistics",
     "TrackedFile",
+    "forget_erased",
     "restore_actor_files",
     "restore_runtime",
 ]

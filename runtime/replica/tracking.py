@@ -258,7 +258,7 @@ class AppendToken:
     """Whether a delivery into an actor's mailbox is in the replica yet (``done()``): the
     sender deletes its outbox row only then, so a restore never loses the message."""
 
-    __slots__ = ("after_snapshot", "aid", "file", "target", "tracking")
+    __slots__ = ("after_snapshot", "aid", "file", "receiver_deleted", "target", "tracking")
 
     def __init__(self, tracking: Tracking, aid: str, file: TrackedFile | None, target: int) -> None:
         self.tracking = tracking
@@ -266,8 +266,12 @@ class AppendToken:
         self.file = file
         self.target = target
         self.after_snapshot = False
+        #: The receiver was deleted (its mailbox with it): nothing is left to wait for.
+        self.receiver_deleted = False
 
     def done(self) -> bool:
+        if self.receiver_deleted:
+            return True
         f = self.file
         if f is None:
             return False

@@ -83,7 +83,7 @@ class Writes:
                 # process, or a claim whose answer was lost): ownership does not change, so the
                 # epoch does not either. The chain is taken up from a snapshot (the caller
                 # takes one).
-                replica.adopt(attrs.evolve(before, position=None), got[1])
+                replica.adopt(attrs.evolve(before, position=None, erasing=()), got[1])
                 return before
             current = before
             if before.tail is not None:
@@ -101,6 +101,7 @@ class Writes:
                     )
             claimed = attrs.evolve(
                 current,
+                erasing=(),  # (a tombstone's erasure is finished: its key has a new actor)
                 epoch=before.epoch + 1,
                 writer=self.tracking.writer,
                 tail=self.tracking.prefix,

@@ -14,6 +14,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import apsw
 import pytest
 import trio
 import trio.testing
@@ -170,6 +171,15 @@ def test_ls_json_and_filters(made: Path) -> None:
     limited = json.loads(ok(torpor("ls", made, "--limit", "2", "--json")))
     assert len(limited["actors"]) == 2 and limited["more"] is True
     assert "--limit 0 lists all" in ok(torpor("ls", made, "--limit", "2"))
+
+
+def test_ls_shows_a_deletion_left_unfinished(fresh: Path) -> None:
+    """An actor whose deletion waits (for the store, or the next open) is listed as deleting."""
+    conn = apsw.Connection(str(fresh / "directory.db"))
+    conn.execute("UPDATE actors SET deleting = 1 WHERE key = 'bob'")
+    conn.close()
+    listing = json.loads(ok(torpor("ls", fresh, "--status", "deleting", "--json")))
+    assert [(a["key"], a["status"]) for a in listing["actors"]] == [("bob", "deleting")]
 
 
 # -- inspect ----------------------------------------------------------------------------------

@@ -17,11 +17,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import apsw
 import pytest
 import trio
 
 import actors
-from runtime.files.layout import MAILBOX_FILE, actor_dir, actor_id
+from runtime.files import db
+from runtime.files.layout import DATA_FILE, MAILBOX_FILE, actor_dir, actor_id
 from runtime.replica.shipper import restore_actor_files
 from tests.support.agents import Counter
 from tests.support.replication import FlakyStore, real_time, replication, wait_until
@@ -54,6 +56,17 @@ class Relay(actors.Actor, name="EoRelay"):
 
 def _mailbox(root: Path, key: str) -> Path:
     return actor_dir(root, actor_id("EoInbox", key)) / MAILBOX_FILE
+
+
+def _sender(root: Path, type_name: str, key: str) -> str:
+    """The sender id an actor's outbox rows carry: its id and its incarnation."""
+    aid = actor_id(type_name, key)
+    conn = apsw.Connection(str(actor_dir(root, aid) / DATA_FILE))
+    try:
+        incarnation = int(db.scalar(conn, "SELECT incarnation FROM _torpor_state") or 0)
+    finally:
+        conn.close()
+    return aid if incarnation <= 0 else f"{aid}.{incarnation}"
 
 
 def _keep_copy(path: Path, into: Path) -> None:
@@ -97,7 +110,7 @@ async def test_redelivery_into_a_mailbox_behind_data_is_not_applied_again(
     _put_back(tmp_path / "before", _mailbox(root, "b"))
     async with actors.open_runtime(root, types=[Inbox, Relay]) as rt:
         spec = rt._engine.specs["EoInbox"]
-        sender = actor_id("EoRelay", "a")
+        sender = _sender(root, "EoRelay", "a")
         for seq, n in enumerate((1, 2, 3), start=1):
             await rt._engine.deliver(
                 spec, "b", "record", rt._engine.codec.encode([[n], {}]), sender, seq

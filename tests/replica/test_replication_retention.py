@@ -38,6 +38,7 @@ async def test_log_retention_keeps_what_the_directory_chain_needs(tmp_path: Path
         "actors": 6,
         "restored": 6,
         "not_replicated": 0,
+        "erased": 0,
     }
 
 

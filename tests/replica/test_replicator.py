@@ -32,7 +32,7 @@ from runtime.errors import (
     RestorePointError,
 )
 from runtime.replica.directory_store import DirectoryStore
-from runtime.replica.log import encode_log, log_key, session_prefix
+from runtime.replica.log import encode_log, log_key, scrub, session_prefix
 from runtime.replica.replicator import (
     FileReplica,
     Manifest,
@@ -769,3 +769,30 @@ def test_restore_refuses_a_destination_with_a_wal(store: DirectoryStore, tmp_pat
     Path(f"{dest}-wal").write_bytes(b"old")
     with pytest.raises(FileExistsError, match="-wal exists"):
         restore(store, NAME, dest)
+
+
+def test_scrub_zeroes_one_files_segments_and_keeps_the_rest_exact(tmp_path: Path) -> None:
+    """scrub overwrites one file's segments with zeros; size, index, others' bytes unchanged."""
+    store = DirectoryStore(tmp_path / "bucket")
+    meta = {
+        "epoch": 1,
+        "checksum": "c",
+        "salt1": 1,
+        "salt2": 2,
+        "first_frame": 0,
+        "end_frame": 1,
+        "db_size": 1,
+    }
+    parts = [({**meta, "name": "gone"}, b"secret pages"), ({**meta, "name": "kept"}, b"other")]
+    data, entries = encode_log("s", 1, 0.0, parts)
+    key = log_key(session_prefix("rt", "s"), 1)
+    store.put(key, data, if_none_match=True)
+    assert scrub(store, key, "gone")
+    got = store.get(key)
+    assert got is not None and len(got[0]) == len(data)
+    gone, kept = entries
+    assert got[0][gone.offset : gone.offset + gone.length] == bytes(gone.length)
+    assert got[0][kept.offset : kept.offset + kept.length] == b"other"
+    assert got[0][: gone.offset] == data[: gone.offset]  # (the index, as it was)
+    assert not scrub(store, key, "gone")  # already done: no write
+    assert not scrub(store, log_key(session_prefix("rt", "s"), 2), "gone")  # no such object

@@ -11,9 +11,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 PUBLIC = {
     "Actor",
+    "ActorDeletedError",
     "ActorError",
     "ActorExistsError",
     "ActorFailedError",
+    "ActorInfo",
     "ActorNotFoundError",
     "ActorStoppedError",
     "CorruptFileError",

@@ -39,9 +39,17 @@ def test_every_state_is_reachable_from_hibernated() -> None:
 
 
 def test_every_state_can_get_back_to_hibernated() -> None:
-    """No state is a trap: each leads back to hibernated (stopped only through resume)."""
-    for start in State:
+    """No state but deleted is a trap: each leads back to hibernated (stopped through resume)."""
+    for start in set(State) - {State.DELETED}:
         assert State.HIBERNATED in reachable(start), start
+
+
+def test_deleted_is_final_and_taken_only_at_rest() -> None:
+    """A deleted actor has no way out, and only an actor at rest (no open files) is deleted."""
+    assert not [event for (source, event) in TRANSITIONS if source is State.DELETED]
+    sources = {source for (source, event) in TRANSITIONS if event is Event.DELETE}
+    assert sources == {State.HIBERNATED, State.FAILED, State.STOPPED}
+    assert not sources & RESIDENT
 
 
 def test_impossible_transitions_are_internal_errors() -> None:
@@ -55,9 +63,9 @@ def test_impossible_transitions_are_internal_errors() -> None:
 
 
 def test_stopped_only_leaves_by_resume() -> None:
-    """A stopped actor ignores wake-ups: only resume brings it back."""
+    """A stopped actor ignores wake-ups: only resume brings it back (or a delete ends it)."""
     exits = {event for (source, event) in TRANSITIONS if source is State.STOPPED}
-    assert exits == {Event.RESUME}
+    assert exits == {Event.RESUME, Event.DELETE}
 
 
 def test_resident_and_persisted_states_are_disjoint() -> None:
@@ -85,6 +93,7 @@ CAN_HAPPEN_IN = {
     Event.CLOSED: {State.HIBERNATING, State.WAKING},  # waking: the runtime closed first
     Event.CRASHED: RESIDENT - {State.WAKING},
     Event.GAVE_UP: RESIDENT - {State.WAKING},
+    Event.DELETE: {State.HIBERNATED, State.FAILED, State.STOPPED},  # awake: closed first
 }
 
 
