@@ -333,3 +333,28 @@ def test_planner_twice_on_one_folder_refuses_and_keeps_the_first_run(tmp_path: P
     done = start_example("planner.py", str(folder))
     assert done.returncode != 0 and "give a new or empty folder" in done.stderr
     assert files_under(folder) == before
+
+
+def test_support_agent_chats_while_a_refund_waits_and_pays_once(tmp_path: Path) -> None:
+    """support_agent: the agent answers chat while the refund waits, and the refund is paid once."""
+    # Approved, rejected and expired refunds each reach the customer once, through on_run_done.
+    out = run_example("support_agent.py", str(tmp_path / "torpor"))
+    lines = [line.strip() for line in out.splitlines()]
+    wait = "run status: waiting for ('sleep', \"event 'approve'\", \"event 'reject'\")"
+    parcel = "agent: Your parcel left the warehouse yesterday; it arrives on Friday."
+    # The run was waiting before the chat, the chat was answered, and the run still waited.
+    assert (
+        lines.index(wait) < lines.index(parcel) < lines.index("still waiting; runs ana started: 1")
+    )
+    approved = ast.literal_eval(line_after(out, "kim approves: result"))
+    assert approved == {"order": "A-17", "refunded": True, "receipt": "re_A-17_40", "by": "kim"}
+    rejected = ast.literal_eval(line_after(out, "lee rejects: result"))
+    assert rejected["refunded"] is False and "warranty" in rejected["why"]
+    expired = ast.literal_eval(line_after(out, "nobody answers: result"))
+    assert expired == {"order": "C-9", "refunded": False, "why": "nobody approved it in time"}
+    assert line_after(out, "ana is told:") == "Good news: A-17 is refunded (re_A-17_40)."
+    assert line_after(out, "ben is told:").startswith("Sorry, no refund on B-5: lee:")
+    assert line_after(out, "cyd is told:") == "Sorry, no refund on C-9: nobody approved it in time."
+    assert line_after(out, "final stages:") == "['refunded', 'rejected', 'expired']"
+    assert lines.count("agent> Good news: A-17 is refunded (re_A-17_40).") == 1
+    assert out.rstrip().endswith("done: refunds asked: 3, tickets: 3, payments: 1, LLM calls: 5")
