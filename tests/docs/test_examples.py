@@ -358,3 +358,21 @@ def test_support_agent_chats_while_a_refund_waits_and_pays_once(tmp_path: Path) 
     assert line_after(out, "final stages:") == "['refunded', 'rejected', 'expired']"
     assert lines.count("agent> Good news: A-17 is refunded (re_A-17_40).") == 1
     assert out.rstrip().endswith("done: refunds asked: 3, tickets: 3, payments: 1, LLM calls: 5")
+
+
+def test_checkout_publishes_its_order_id_and_keeps_the_stock_right(tmp_path: Path) -> None:
+    """checkout: one run per idempotency id, the order id read while it waits, stock never off."""
+    # The paid order ships once; the unpaid one is released when its payment window ends.
+    out = run_example("checkout.py", str(tmp_path / "torpor"))
+    assert "the same request again: same run True, same page True" in out
+    assert "runs started: 1; orders: [" in out and "'awaiting payment')]" in out
+    status = line_after(out, "run status: waiting for")
+    assert status.startswith("(\"event 'paid'\", 'sleep'); steps [")
+    assert re.findall(r"stock while it waits: (\d+)", out) == ["7", "3"]
+    assert "payment webhook: True; delivered again: False" in out
+    shipped, cancelled = re.findall(r"result: (order-\w+) (shipped|cancelled)", out)
+    assert shipped[1] == "shipped" and cancelled[1] == "cancelled"
+    orders = ast.literal_eval(line_after(out, "orders:"))
+    assert [(qty, state) for _, _, qty, state in orders] == [(3, "shipped"), (4, "cancelled")]
+    assert "stock: 7; sold: 3; stock + sold = 10 of 10" in out
+    assert out.rstrip().endswith("done: parcels shipped: 1")
