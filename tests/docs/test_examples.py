@@ -376,3 +376,32 @@ def test_checkout_publishes_its_order_id_and_keeps_the_stock_right(tmp_path: Pat
     assert [(qty, state) for _, _, qty, state in orders] == [(3, "shipped"), (4, "cancelled")]
     assert "stock: 7; sold: 3; stock + sold = 10 of 10" in out
     assert out.rstrip().endswith("done: parcels shipped: 1")
+
+
+def test_saga_compensates_in_reverse_once_and_fails_terminally(tmp_path: Path) -> None:
+    """saga: a TerminalError runs each compensation once, in reverse, and fails the run for good."""
+    # A transient timeout is retried by its step; the terminal error by neither step nor run.
+    out = run_example("saga.py", str(tmp_path / "torpor"))
+    assert "car bookings tried: 3 (two timeouts, retried by the step)" in out
+    assert line_after(out, "step retries:") == "2"
+    assert line_after(out, "the run failed:") == "TerminalError: NoRooms: no rooms at Oslo Grand"
+    steps = ast.literal_eval(line_after(out, "steps:"))
+    assert [name for name, _ in steps] == [
+        "flight",
+        "car",
+        "hotel",
+        "cancel hotel",
+        "cancel car",
+        "cancel flight",
+    ]
+    assert dict(steps)["hotel"] == "failed"
+    assert (
+        line_after(out, "run status:") == "failed, TerminalError: NoRooms: no rooms at Oslo Grand"
+    )
+    assert line_after(out, "dead letter:") == "run, reason terminal, 1 attempt(s)"
+    calls = ast.literal_eval(line_after(out, "calls:"))
+    assert calls["book hotel"] == 2  # one per trip: the terminal error was not retried
+    assert calls["cancel flight"] == calls["cancel car"] == calls["cancel hotel"] == 1
+    assert out.rstrip().endswith(
+        "done: bookings held: ['car: compact', 'flight: TP 1350', 'hotel: Lisbon Palace']"
+    )
