@@ -238,6 +238,24 @@ async def test_wait_value_waits_for_the_first_value(root: Path) -> None:
         assert anyio.current_time() == pytest.approx(30, abs=1)
 
 
+@pytest.mark.xfail(reason="open: wait_value on a run done without the value waits forever")
+async def test_wait_value_of_a_run_done_without_it_does_not_wait_forever(root: Path) -> None:
+    """wait_value on a run that finished without recording the value ends (it never will)."""
+    # Found by examples/checkout.py: a web handler that waits for the order id hangs if the run
+    # ends (a sold-out branch that forgot set_value, a failure before it) without recording it.
+
+    class Quiet(actors.Workflow, name="Quiet"):
+        async def run(self) -> str:
+            return "no value"
+
+    async with runtime(root, Quiet) as rt:
+        run = await rt.start(Quiet.run, id="q")
+        assert await run.result() == "no value"
+        with anyio.move_on_after(3600) as scope, pytest.raises(LookupError):
+            await run.wait_value("ready")
+        assert not scope.cancelled_caught
+
+
 async def test_a_starter_waits_durably_for_its_runs_value_in_a_handler(root: Path) -> None:
     """Inside the starter's handler, run.wait_value is a durable wait, also inside wait_any."""
 
