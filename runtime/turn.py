@@ -34,6 +34,7 @@ from .errors import (
     CorruptFileError,
     DecodingError,
     EncodingError,
+    IdempotencyKeyReusedError,
     MessageFailedError,
     MessageTooLargeError,
     NondeterminismError,
@@ -62,9 +63,11 @@ MAX_BATCH = 128
 CHILD_SENDER = "child:"
 
 #: Failures that cannot succeed on a retry: dead-letter at once.
-#: A step's journaled failure (or a wait's timeout) is raised again by every replay.
+#: A step's journaled failure (or a wait's timeout) is raised again by every replay, and a
+#: ``self.start`` whose id names a run of other arguments names it on every attempt.
 _DETERMINISTIC = (
     DecodingError,
+    IdempotencyKeyReusedError,
     UnknownHandlerError,
     EncodingError,
     MessageTooLargeError,

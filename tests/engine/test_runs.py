@@ -64,6 +64,9 @@ class Agent(actors.Actor, name="Agent"):
     async def broken(self) -> str:
         return self.start(Broken.run).id
 
+    async def refund_of(self, order: str, amount: int) -> str:
+        return self.start(Refund.run, order, amount, id=f"refund-{order}").id
+
     async def chat(self, text: str) -> str:
         return text.upper()
 
@@ -115,6 +118,23 @@ async def test_a_start_with_an_id_already_used_returns_that_run_and_starts_nothi
         assert await again.result() == "o-1:30:ok"
         assert await rt.start(Refund.run, "o-1", 30, id="r-1") == first  # also once done
     assert calls == ["run o-1"]
+
+
+async def test_a_handler_starting_a_used_id_with_other_arguments_is_not_retried(
+    root: Path,
+) -> None:
+    """self.start with a used id and other arguments fails its message at once, not_retryable."""
+    # No retry can make the id name another run: the message is dead-lettered on its first
+    # attempt, as a refund asked again for another amount is (found by examples/support_agent).
+    async with runtime(root, Agent, Refund) as rt:
+        agent = rt.ref(Agent, "a")
+        assert await agent.ask(Agent.refund_of, "o-1", 10) == "refund-o-1"
+        with pytest.raises(actors.MessageFailedError) as caught:
+            await agent.ask(Agent.refund_of, "o-1", 99)
+        assert (caught.value.reason, caught.value.attempts) == ("not_retryable", 1)
+        assert isinstance(caught.value.__cause__, actors.IdempotencyKeyReusedError)
+        assert rt.statistics().retries == 0
+        assert len(rt.runs(agent)) == 1
 
 
 async def test_self_start_is_journaled_so_a_retried_turn_starts_one_run(root: Path) -> None:
