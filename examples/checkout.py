@@ -17,7 +17,8 @@ The "web handler" starts the run with the client's idempotency key as its id
 provider's webhook signals ``paid``.
 
 1. a checkout, submitted twice (a double click): one run, one order; it is paid and shipped;
-2. an abandoned cart: nobody pays within the window (half a second here), the widgets go back.
+2. an abandoned cart: nobody pays within the window (half a second here), the widgets go back;
+3. a checkout for more widgets than the stock: the run publishes no order, and ends.
 
 ``CALLS`` counts the shipping service's calls; the stock is checked against the orders.
 """
@@ -173,6 +174,10 @@ async def demo(folder: Path) -> None:
         print(f"  pay at: {page}")
         print(f"  stock while it waits: {await store.ask(Store.available, 'widget')}")
         print(f"  result: {await abandoned.result()}")
+
+        print("3. a checkout for 20 widgets: more than the stock")
+        greedy, page = await checkout(rt, "c-3", 20)
+        print(f"  the web handler answers: {page}; result: {await greedy.result()}")
 
         available = await store.ask(Store.available, "widget")
         orders = await store.ask(Store.orders)

@@ -14,7 +14,8 @@ payment in a step. The run is an actor of its own, so the agent goes on chatting
 learns the outcome in ``on_run_done`` (exactly once) and tells the customer.
 
 1. ana asks for a refund, then chats while it waits; a human approves it from outside
-   (``run.signal("approve", ...)``); asking again for the same refund finds the same run;
+   (``run.signal("approve", ...)``); asking again for the same refund finds the same run, and
+   for another amount, is refused (``actors.IdempotencyKeyReusedError``);
 2. ben's refund is rejected;
 3. cyd's desk gives a human half a second to approve; nobody does, and the refund expires.
 
@@ -124,8 +125,12 @@ class Support(actors.Actor, name="examples.Support"):
             order, amount = reply["refund"], reply["amount"]
             window = float(self.kv["approval_window"])
             # The id makes the start idempotent: asking twice for one refund starts one run.
-            run = self.start(Refund.run, order, amount, window, id=f"refund-{order}")
-            answer = f"I asked a colleague to approve a ${amount} refund on {order} ({run.id})."
+            try:
+                run = self.start(Refund.run, order, amount, window, id=f"refund-{order}")
+            except actors.IdempotencyKeyReusedError:  # the same id, another amount
+                answer = f"There is a refund on {order} already (refund-{order}); wait for it."
+            else:
+                answer = f"I asked a colleague to approve a ${amount} refund on {order} ({run.id})."
         else:
             answer = str(reply["answer"])
         self._say("agent", answer)
@@ -190,6 +195,7 @@ async def demo(folder: Path) -> None:
         print(f"  run status: {(await run.status()).state} for {(await run.status()).waiting_for}")
         await say(ana, "Meanwhile: where is my parcel for order A-18?")
         await say(ana, "And please do refund order A-17 ($40) soon")
+        await say(ana, "No wait, refund order A-17 ($400)!")
         print(f"  still {(await run.status()).state}; runs ana started: {len(rt.runs(ana))}")
         before = len(await ana.ask(Support.history))
         await run.signal("approve", {"by": "kim"}, idempotency_key="approve-A-17")

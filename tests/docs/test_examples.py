@@ -357,7 +357,9 @@ def test_support_agent_chats_while_a_refund_waits_and_pays_once(tmp_path: Path) 
     assert line_after(out, "cyd is told:") == "Sorry, no refund on C-9: nobody approved it in time."
     assert line_after(out, "final stages:") == "['refunded', 'rejected', 'expired']"
     assert lines.count("agent> Good news: A-17 is refunded (re_A-17_40).") == 1
-    assert out.rstrip().endswith("done: refunds asked: 3, tickets: 3, payments: 1, LLM calls: 5")
+    # Asked again, the same refund is the same run; another amount is refused.
+    assert "agent: There is a refund on A-17 already (refund-A-17); wait for it." in lines
+    assert out.rstrip().endswith("done: refunds asked: 3, tickets: 3, payments: 1, LLM calls: 6")
 
 
 def test_checkout_publishes_its_order_id_and_keeps_the_stock_right(tmp_path: Path) -> None:
@@ -374,6 +376,7 @@ def test_checkout_publishes_its_order_id_and_keeps_the_stock_right(tmp_path: Pat
     assert shipped[1] == "shipped" and cancelled[1] == "cancelled"
     orders = ast.literal_eval(line_after(out, "orders:"))
     assert [(qty, state) for _, _, qty, state in orders] == [(3, "shipped"), (4, "cancelled")]
+    assert line_after(out, "the web handler answers:") == "sold out; result: sold out"
     assert "stock: 7; sold: 3; stock + sold = 10 of 10" in out
     assert out.rstrip().endswith("done: parcels shipped: 1")
 
