@@ -35,6 +35,7 @@ from .errors import (
     DecodingError,
     EncodingError,
     IdempotencyKeyReusedError,
+    InvalidArgumentsError,
     MessageFailedError,
     MessageTooLargeError,
     NondeterminismError,
@@ -63,11 +64,13 @@ MAX_BATCH = 128
 CHILD_SENDER = "child:"
 
 #: Failures that cannot succeed on a retry: dead-letter at once.
-#: A step's journaled failure (or a wait's timeout) is raised again by every replay, and a
-#: ``self.start`` whose id names a run of other arguments names it on every attempt.
+#: A step's journaled failure (or a wait's timeout) is raised again by every replay; a
+#: ``self.start`` whose id names a run of other arguments names it on every attempt, and a
+#: ``self.send`` (``ask``, ``start``, ...) whose arguments the handler refuses is refused again.
 _DETERMINISTIC = (
     DecodingError,
     IdempotencyKeyReusedError,
+    InvalidArgumentsError,
     UnknownHandlerError,
     EncodingError,
     MessageTooLargeError,
