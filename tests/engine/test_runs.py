@@ -298,6 +298,25 @@ async def test_a_starter_waits_durably_for_its_runs_value_in_a_handler(root: Pat
         assert await watcher.ask(Watcher.watch, 600, 60) == [1, None]
 
 
+@pytest.mark.xfail(reason="open: a starter's wait_value on a run done without it waits forever")
+async def test_a_starters_wait_value_of_a_run_done_without_it_ends(root: Path) -> None:
+    """A starter's durable wait_value ends when the run finishes without recording the value."""
+    # Until then the starter's turn holds the actor: its later messages queue behind it forever.
+
+    class Quiet(actors.Workflow, name="Quiet"):
+        async def run(self) -> str:
+            return "no value"
+
+    class Watcher(actors.Actor, name="Watcher"):
+        async def watch(self) -> Any:
+            return await self.start(Quiet.run).wait_value("ready")
+
+    async with runtime(root, Quiet, Watcher) as rt:
+        with anyio.move_on_after(24 * 3600) as scope, pytest.raises(actors.MessageFailedError):
+            await rt.ref(Watcher, "w").ask(Watcher.watch)
+        assert not scope.cancelled_caught
+
+
 async def test_status_says_where_the_run_is_with_its_steps(root: Path) -> None:
     """status() goes pending/waiting (for what)/done, with the run's steps, without waking it."""
     async with runtime(root, Refund, idle_timeout=5) as rt:
