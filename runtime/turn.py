@@ -34,6 +34,8 @@ from .errors import (
     CorruptFileError,
     DecodingError,
     EncodingError,
+    IdempotencyKeyReusedError,
+    InvalidArgumentsError,
     MessageFailedError,
     MessageTooLargeError,
     NondeterminismError,
@@ -62,9 +64,13 @@ MAX_BATCH = 128
 CHILD_SENDER = "child:"
 
 #: Failures that cannot succeed on a retry: dead-letter at once.
-#: A step's journaled failure (or a wait's timeout) is raised again by every replay.
+#: A step's journaled failure (or a wait's timeout) is raised again by every replay; a
+#: ``self.start`` whose id names a run of other arguments names it on every attempt, and a
+#: ``self.send`` (``ask``, ``start``, ...) whose arguments the handler refuses is refused again.
 _DETERMINISTIC = (
     DecodingError,
+    IdempotencyKeyReusedError,
+    InvalidArgumentsError,
     UnknownHandlerError,
     EncodingError,
     MessageTooLargeError,

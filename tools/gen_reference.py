@@ -111,7 +111,9 @@ FIELDS: dict[str, dict[str, str]] = {
         "not retried), ``exhausted`` (every attempt its retry policy allows failed), "
         "``not_retryable`` (a failure no retry can fix: a step's journaled failure or a "
         "wait's timeout escaping the handler, arguments that no longer decode, a handler "
-        "renamed away, a reply too large), ``cancelled`` (``rt.cancel_turn``), ``crashed`` "
+        "renamed away, a reply too large, a ``self.start`` whose run id names a run of other "
+        "arguments, a call from the handler whose arguments are refused), ``cancelled`` "
+        "(``rt.cancel_turn``), ``crashed`` "
         "(the process died while it ran, ``Retry.max_crashes`` times), or ``unknown`` "
         "(dead-lettered by a torpor that kept no reason).",
     },

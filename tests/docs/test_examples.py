@@ -333,3 +333,78 @@ def test_planner_twice_on_one_folder_refuses_and_keeps_the_first_run(tmp_path: P
     done = start_example("planner.py", str(folder))
     assert done.returncode != 0 and "give a new or empty folder" in done.stderr
     assert files_under(folder) == before
+
+
+def test_support_agent_chats_while_a_refund_waits_and_pays_once(tmp_path: Path) -> None:
+    """support_agent: the agent answers chat while the refund waits, and the refund is paid once."""
+    # Approved, rejected and expired refunds each reach the customer once, through on_run_done.
+    out = run_example("support_agent.py", str(tmp_path / "torpor"))
+    lines = [line.strip() for line in out.splitlines()]
+    wait = "run status: waiting for ('sleep', \"event 'approve'\", \"event 'reject'\")"
+    parcel = "agent: Your parcel left the warehouse yesterday; it arrives on Friday."
+    # The run was waiting before the chat, the chat was answered, and the run still waited.
+    assert (
+        lines.index(wait) < lines.index(parcel) < lines.index("still waiting; runs ana started: 1")
+    )
+    approved = ast.literal_eval(line_after(out, "kim approves: result"))
+    assert approved == {"order": "A-17", "refunded": True, "receipt": "re_A-17_40", "by": "kim"}
+    rejected = ast.literal_eval(line_after(out, "lee rejects: result"))
+    assert rejected["refunded"] is False and "warranty" in rejected["why"]
+    expired = ast.literal_eval(line_after(out, "nobody answers: result"))
+    assert expired == {"order": "C-9", "refunded": False, "why": "nobody approved it in time"}
+    assert line_after(out, "ana is told:") == "Good news: A-17 is refunded (re_A-17_40)."
+    assert line_after(out, "ben is told:").startswith("Sorry, no refund on B-5: lee:")
+    assert line_after(out, "cyd is told:") == "Sorry, no refund on C-9: nobody approved it in time."
+    assert line_after(out, "final stages:") == "['refunded', 'rejected', 'expired']"
+    assert lines.count("agent> Good news: A-17 is refunded (re_A-17_40).") == 1
+    # Asked again, the same refund is the same run; another amount is refused.
+    assert "agent: There is a refund on A-17 already (refund-A-17); wait for it." in lines
+    assert out.rstrip().endswith("done: refunds asked: 3, tickets: 3, payments: 1, LLM calls: 6")
+
+
+def test_checkout_publishes_its_order_id_and_keeps_the_stock_right(tmp_path: Path) -> None:
+    """checkout: one run per idempotency id, the order id read while it waits, stock never off."""
+    # The paid order ships once; the unpaid one is released when its payment window ends.
+    out = run_example("checkout.py", str(tmp_path / "torpor"))
+    assert "the same request again: same run True, same page True" in out
+    assert "runs started: 1; orders: [" in out and "'awaiting payment')]" in out
+    status = line_after(out, "run status: waiting for")
+    assert status.startswith("(\"event 'paid'\", 'sleep'); steps [")
+    assert re.findall(r"stock while it waits: (\d+)", out) == ["7", "3"]
+    assert "payment webhook: True; delivered again: False" in out
+    shipped, cancelled = re.findall(r"result: (order-\w+) (shipped|cancelled)", out)
+    assert shipped[1] == "shipped" and cancelled[1] == "cancelled"
+    orders = ast.literal_eval(line_after(out, "orders:"))
+    assert [(qty, state) for _, _, qty, state in orders] == [(3, "shipped"), (4, "cancelled")]
+    assert line_after(out, "the web handler answers:") == "sold out; result: sold out"
+    assert "stock: 7; sold: 3; stock + sold = 10 of 10" in out
+    assert out.rstrip().endswith("done: parcels shipped: 1")
+
+
+def test_saga_compensates_in_reverse_once_and_fails_terminally(tmp_path: Path) -> None:
+    """saga: a TerminalError runs each compensation once, in reverse, and fails the run for good."""
+    # A transient timeout is retried by its step; the terminal error by neither step nor run.
+    out = run_example("saga.py", str(tmp_path / "torpor"))
+    assert "car bookings tried: 3 (two timeouts, retried by the step)" in out
+    assert line_after(out, "step retries:") == "2"
+    assert line_after(out, "the run failed:") == "TerminalError: NoRooms: no rooms at Oslo Grand"
+    steps = ast.literal_eval(line_after(out, "steps:"))
+    assert [name for name, _ in steps] == [
+        "flight",
+        "car",
+        "hotel",
+        "cancel hotel",
+        "cancel car",
+        "cancel flight",
+    ]
+    assert dict(steps)["hotel"] == "failed"
+    assert (
+        line_after(out, "run status:") == "failed, TerminalError: NoRooms: no rooms at Oslo Grand"
+    )
+    assert line_after(out, "dead letter:") == "run, reason terminal, 1 attempt(s)"
+    calls = ast.literal_eval(line_after(out, "calls:"))
+    assert calls["book hotel"] == 2  # one per trip: the terminal error was not retried
+    assert calls["cancel flight"] == calls["cancel car"] == calls["cancel hotel"] == 1
+    assert out.rstrip().endswith(
+        "done: bookings held: ['car: compact', 'flight: TP 1350', 'hotel: Lisbon Palace']"
+    )

@@ -483,6 +483,8 @@ async def test_a_validator_refuses_a_call_in_the_sender_and_stores_nothing(root:
         with pytest.raises(actors.MessageFailedError) as relayed:
             await ref.ask(Wallet.relay, -1)
         assert isinstance(relayed.value.__cause__, actors.InvalidArgumentsError)
+        # The same arguments are refused on every attempt: not retried, as an EncodingError.
+        assert (relayed.value.reason, relayed.value.attempts) == ("not_retryable", 1)
     assert ran == ["pay 5"]
 
 
