@@ -26,7 +26,7 @@ from .errors import (
     SchemaError,
     StorageError,
 )
-from .files import db
+from .files import db, runstore
 from .files.datastore import KV, DataStore, Sql, read_only_authorizer
 from .files.datastore import image as data_image
 from .files.layout import DATA_FILE, MAILBOX_FILE, actor_dir, make_actor_dir
@@ -575,6 +575,11 @@ class Activation:
         arrival = self.arrivals.pop(name, None)
         if arrival is not None:
             arrival.set()
+        values = runstore.value_events_of(name)
+        if values is not None and self.arrivals:
+            # A run's outcome also ends its starter's waits for values it never recorded.
+            for other in [n for n in self.arrivals if n.startswith(values)]:
+                self.arrivals.pop(other).set()
 
     def suspend_turn(self) -> None:
         """Hibernating or closing: a turn in durable waits rolls back, to replay later."""

@@ -32,9 +32,11 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.lowlevel
+import attrs
 
 from .activation import Activation, check_payload
 from .admin import Admin
+from .codec import register_type
 from .context import refuse_inside_turn
 from .delivery import EVENT, Delivery
 from .errors import (
@@ -70,15 +72,18 @@ if TYPE_CHECKING:
 DEFAULT_RUN_RETENTION = 7 * 24 * 3600.0
 
 
-def outcome_event(type_name: str, run_id: str) -> str:
-    """The event that carries a run's outcome to its starter's mailbox."""
-    return f"run:{type_name}:{run_id}"
+outcome_event = runstore.outcome_event
+value_event = runstore.value_event
 
 
-def value_event(type_name: str, run_id: str, name: str = "") -> str:
-    """The event that carries a run's value ``name`` to its starter's mailbox (without
-    ``name``: the prefix of them all)."""
-    return f"value:{type_name}:{run_id}:{name}"
+@attrs.frozen
+class _NoValue:
+    """Journaled for a wait on a run's value when the run ended without recording it."""
+
+    status: str
+
+
+register_type(_NoValue, name="torpor.RunEndedWithoutValue")
 
 
 class Runs:
@@ -102,6 +107,8 @@ class Runs:
         self.retention = float(retention)
         #: Outside readers waiting in ``run.wait_value``: (actor id, name) -> set on a new value.
         self.value_events: dict[tuple[str, str], anyio.Event] = {}
+        #: The same waiters, by run (actor id): set when the run ends (maybe not committed).
+        self.finish_events: dict[str, anyio.Event] = {}
         #: Finished runs to delete: actor id -> (expiry, type, key); the sweep's wake-up.
         self.expiring: dict[str, tuple[float, str, str]] = {}
         self.expiry_changed = anyio.Event()
@@ -354,6 +361,9 @@ class Runs:
             parts = [act.spec.name, act.key, status, value]
             act.outbox_add(target, "on_run_done", rt.codec.encode([parts, {}]))
         self.note_finished(act.spec.name, act.key, now)
+        ended = self.finish_events.get(actor_id(act.spec.name, act.key))
+        if ended is not None:
+            ended.set()  # (kept: a waiter that finds no outcome yet waits for the commit)
 
     def run_done(
         self, ctx: HandlerContext, type_name: str, run_id: str, status: str, value: bytes
@@ -550,28 +560,54 @@ class Runs:
                 f"{turn.describe()}: inside a handler, only the actor that started {run!r} "
                 "waits for its values (they come to its mailbox); read them in a step instead"
             )
+
+        def check() -> bytes | None:
+            encoded = self._get_value(run, name)
+            if encoded is not None:
+                return encoded
+            record = self._record(spec, key)  # (its outcome event rang: it ended without it)
+            return None if record is None else self.rt.codec.encode(_NoValue(record[0]))
+
         return turn.wait(
             "value",
             f"{spec.name} {key} {name}",
             None,
             value_event(spec.name, key, name),
-            check=lambda: self._get_value(run, name),
+            check=check,
+            finish=lambda value: _value_or_lookup_error(run, name, value),
         )
 
     async def _wait_value_outside(self, run: Run[Any], name: str) -> Any:
         await anyio.lowlevel.checkpoint_if_cancelled()
-        await self._here(run.ref._spec, run.id)
+        spec, key = run.ref._spec, run.id
+        await self._here(spec, key)
+        aid = actor_id(spec.name, key)
         while True:
             self.rt.check_open()
+            arrived = self.value_events.get((aid, name))
+            if arrived is None:
+                arrived = self.value_events[(aid, name)] = anyio.Event()
+            ended = self.finish_events.get(aid)
+            if ended is None:
+                ended = self.finish_events[aid] = anyio.Event()
             encoded = self._get_value(run, name)
             if encoded is not None:
                 await anyio.lowlevel.checkpoint()
                 return self.rt.codec.decode(encoded)
-            key = (actor_id(run.ref.type_name, run.id), name)
-            arrived = self.value_events.get(key)
-            if arrived is None:
-                arrived = self.value_events[key] = anyio.Event()
-            await _first_of(arrived, self.rt.closing)
+            record = self._record(spec, key)
+            if record is not None:
+                await anyio.lowlevel.checkpoint()
+                return _value_or_lookup_error(run, name, _NoValue(record[0]))
+            if ended.is_set():  # it ended in a transaction not committed yet
+                act = self.residency.awake.get(aid)
+                start = self._read_start(spec, key)
+                if act is not None and start is not None:
+                    await act.waiter(start.seq).event.wait()  # (its commit, or its failure)
+                else:
+                    self.finish_events.pop(aid, None)  # rolled back: it ends again later
+                    await anyio.lowlevel.checkpoint()
+                continue
+            await _first_of(arrived, ended, self.rt.closing)
 
     # -- status and control ---------------------------------------------------------------
 
@@ -767,16 +803,23 @@ def _waiting_for(row: JournalRow) -> str:
     return f"{row.kind} {row.name!r}"
 
 
-async def _first_of(one: anyio.Event, other: anyio.Event) -> None:
-    """Return once ``one`` or ``other`` is set."""
+async def _first_of(*events: anyio.Event) -> None:
+    """Return once one of ``events`` is set."""
     async with anyio.create_task_group() as tg:
 
         async def wait(event: anyio.Event) -> None:
             await event.wait()
             tg.cancel_scope.cancel()
 
-        tg.start_soon(wait, one)
-        tg.start_soon(wait, other)
+        for event in events:
+            tg.start_soon(wait, event)
+
+
+def _value_or_lookup_error(run: Run[Any], name: str, value: Any) -> Any:
+    """A waited value, or the ``LookupError`` of a run that ended without recording it."""
+    if isinstance(value, _NoValue):
+        raise LookupError(f"{run!r} ended ({value.status}) without recording a value {name!r}")
+    return value
 
 
 async def _nothing() -> None:

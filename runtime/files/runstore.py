@@ -22,6 +22,26 @@ import attrs
 
 from .mailbox import JournalRow
 
+
+def outcome_event(type_name: str, run_id: str) -> str:
+    """The event that carries a run's outcome to its starter's mailbox."""
+    return f"run:{type_name}:{run_id}"
+
+
+def value_event(type_name: str, run_id: str, name: str = "") -> str:
+    """The event that carries a run's value ``name`` to its starter's mailbox (without
+    ``name``: the prefix of them all)."""
+    return f"value:{type_name}:{run_id}:{name}"
+
+
+def value_events_of(event: str) -> str | None:
+    """For a run's outcome event, the prefix of that run's value events (its outcome ends the
+    waits for values it never recorded); ``None`` for any other event."""
+    if not event.startswith("run:"):
+        return None
+    return f"value:{event[4:]}:"
+
+
 _MAILBOX_TABLES = """
 CREATE TABLE IF NOT EXISTS run_start(
     id INTEGER PRIMARY KEY CHECK (id = 1),

@@ -258,7 +258,6 @@ async def test_wait_value_waits_for_the_first_value(root: Path) -> None:
         assert anyio.current_time() == pytest.approx(30, abs=1)
 
 
-@pytest.mark.xfail(reason="open: wait_value on a run done without the value waits forever")
 async def test_wait_value_of_a_run_done_without_it_does_not_wait_forever(root: Path) -> None:
     """wait_value on a run that finished without recording the value ends (it never will)."""
     # Found by examples/checkout.py: a web handler that waits for the order id hangs if the run
@@ -298,7 +297,6 @@ async def test_a_starter_waits_durably_for_its_runs_value_in_a_handler(root: Pat
         assert await watcher.ask(Watcher.watch, 600, 60) == [1, None]
 
 
-@pytest.mark.xfail(reason="open: a starter's wait_value on a run done without it waits forever")
 async def test_a_starters_wait_value_of_a_run_done_without_it_ends(root: Path) -> None:
     """A starter's durable wait_value ends when the run finishes without recording the value."""
     # Until then the starter's turn holds the actor: its later messages queue behind it forever.
