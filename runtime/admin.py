@@ -336,7 +336,7 @@ class Admin:
         if act is not None:
             act.deleting = True
             self.residency.close(act)
-        self.rt.task_group.start_soon(self._delete_quietly, spec, key)
+        self.rt.task_group.start_soon(self.delete_quietly, spec, key)
 
     async def finish_deletions(self) -> None:
         """At open: finish the deletions a crash or an unreachable store left half done."""
@@ -345,9 +345,11 @@ class Admin:
             if spec is None:
                 self.rt.unknown_types.add(entry.type)
                 continue
-            await self._delete_quietly(spec, entry.key)
+            await self.delete_quietly(spec, entry.key)
 
-    async def _delete_quietly(self, spec: TypeSpec, key: str) -> None:
+    async def delete_quietly(self, spec: TypeSpec, key: str) -> None:
+        """Delete the actor in the background (a committed ``self.destroy()``, a finished
+        run's retention, a deletion left half done): a failure is reported, not raised."""
         try:
             await self._delete(spec, key, cancel=False)
         except Exception as exc:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
-import shutil
 import uuid
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
@@ -749,10 +748,9 @@ class Runs:
                     self.expiring[aid] = (outcome.finished_at + self.retention, spec.name, key)
 
     async def sweep(self) -> None:
-        """Delete finished runs once their retention has passed (the runtime's task group).
-        Not yet with a replica: deleting a run there needs a tombstone in the replica (the
-        general deletion of actors will bring it), or a restore would bring the run back."""
-        if math.isinf(self.retention) or self.rt.replication is not None:
+        """Delete finished runs once their retention has passed (the runtime's task group),
+        as ``Ref.delete`` does: locally and, through a tombstone, in the replica."""
+        if math.isinf(self.retention):
             return
         await self._find_finished()
         while True:
@@ -765,19 +763,15 @@ class Runs:
                 continue
             for aid, (at, type_name, key) in list(self.expiring.items()):
                 if at <= now:
-                    self._expire(aid, type_name, key)
+                    await self._expire(aid, type_name, key)
             await anyio.lowlevel.checkpoint()
 
-    def _expire(self, aid: str, type_name: str, key: str) -> None:
-        """Delete one finished run's files and its directory row, unless it is awake (it is
-        tried again when it has hibernated) or did not finish after all."""
+    async def _expire(self, aid: str, type_name: str, key: str) -> None:
+        """Delete one finished run (as ``Ref.delete`` does: an awake run is closed first),
+        unless it did not finish after all, or was restarted since."""
         spec = self.rt.specs.get(type_name)
         if spec is None:
             self.expiring.pop(aid, None)
-            return
-        if aid in self.residency.awake:
-            at, _t, _k = self.expiring[aid]
-            self.expiring[aid] = (at + min(self.retention, 60.0) + 1.0, type_name, key)
             return
         record = self._record(spec, key)
         outcome = self._read_outcome(spec, key) if record is not None else None
@@ -788,9 +782,7 @@ class Runs:
             self.expiring[aid] = (outcome.finished_at + self.retention, type_name, key)
             return
         self.expiring.pop(aid, None)
-        self.rt.directory.forget(aid)
-        self.rt.known_actors -= 1
-        shutil.rmtree(actor_dir(self.rt.root, aid), ignore_errors=True)
+        await self.admin.delete_quietly(spec, key)
 
 
 def _waiting_for(row: JournalRow) -> str:

@@ -222,7 +222,8 @@ async def open_runtime(
     a looptime event loop on asyncio, as ``actors.testing.check_crashes`` runs them).
 
     A finished run (``actors.Workflow``) is kept ``run_retention`` seconds (a week; ``math.inf``
-    keeps them), then its files are deleted (not yet with a ``replica``: kept there).
+    keeps them), then deleted as ``Ref.delete`` deletes an actor (with a ``replica``, behind a
+    tombstone there too).
 
     On exit, turns in progress get ``shutdown_grace`` seconds to finish; then they are cancelled
     and rolled back. Queued messages stay in their mailboxes and run when the runtime is next

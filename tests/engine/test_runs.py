@@ -533,13 +533,19 @@ async def test_restart_runs_a_failed_run_again_from_a_step(root: Path) -> None:
 
 async def test_finished_runs_are_deleted_after_their_retention(root: Path) -> None:
     """A finished run's files and handle go once run_retention has passed; running ones stay."""
-    async with runtime(root, Nap, Refund, run_retention=3600, idle_timeout=5) as rt:
+    async with (
+        runtime(root, Nap, Refund, run_retention=3600, idle_timeout=5) as rt,
+        rt.open_lifecycle_events() as events,
+    ):
         nap = await rt.start(Nap.run, 10, id="nap")
         waiting = await rt.start(Refund.run, "o", 1, id="waiting")
         await nap.result()
         await anyio.sleep(1800)
         assert (await nap.status()).state == "done"
-        await anyio.sleep(2000)
+        async for event in events:  # (its files go in a worker thread: wait for the event)
+            if (event.key, event.state) == ("nap", "deleted"):
+                break
+        assert anyio.current_time() >= 3600
         with pytest.raises(actors.ActorNotFoundError):
             rt.run(Nap, "nap")
         assert (await waiting.status()).state == "waiting"
@@ -547,6 +553,28 @@ async def test_finished_runs_are_deleted_after_their_retention(root: Path) -> No
         with pytest.raises(actors.ActorNotFoundError):
             rt.run(Nap, "nap")
         assert rt.run(Refund, "waiting").id == "waiting"
+
+
+@pytest.mark.real_clock
+async def test_retention_deletes_a_finished_run_from_the_replica_too(tmp_path: Path) -> None:
+    """With a replica, a finished run goes after its retention, and no restore brings it back."""
+    replica = actors.DirectoryStore(tmp_path / "replica")
+    async with (
+        runtime(tmp_path / "a", Nap, replica=replica, run_retention=0.2) as rt,
+        rt.open_lifecycle_events() as events,
+    ):
+        nap = await rt.start(Nap.run, 0, id="nap")
+        await nap.result()
+        with anyio.fail_after(20):  # (a bound on a failure, not a timing)
+            async for event in events:
+                if (event.key, event.state) == ("nap", "deleted"):
+                    break
+        with pytest.raises(actors.ActorNotFoundError):
+            rt.run(Nap, "nap")
+        await rt.replicated()
+    async with runtime(tmp_path / "b", Nap, replica=replica) as rt:
+        with pytest.raises(actors.ActorNotFoundError):
+            rt.run(Nap, "nap")
 
 
 @pytest.mark.real_clock
