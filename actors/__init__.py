@@ -21,6 +21,7 @@ from runtime.errors import (
     DecodingError,
     EncodingError,
     FencedError,
+    GatewayError,
     IdempotencyKeyReusedError,
     InvalidArgumentsError,
     InvalidKeyError,
@@ -51,6 +52,7 @@ from runtime.errors import (
     WaitTimeoutError,
 )
 from runtime.files.datastore import KV, Sql
+from runtime.http.client import Connection, RemoteRef, RemoteRun, connect
 from runtime.observe import MetricsEndpoint, log_lifecycle, render_metrics, serve_metrics
 from runtime.records import (
     DeadLetter,
@@ -86,6 +88,7 @@ __all__ = [
     "ActorFailedError",
     "ActorNotFoundError",
     "ActorStoppedError",
+    "Connection",
     "CorruptFileError",
     "CorruptReplicaError",
     "DeadLetter",
@@ -93,6 +96,7 @@ __all__ = [
     "DirectoryStore",
     "EncodingError",
     "FencedError",
+    "GatewayError",
     "IdempotencyKeyReusedError",
     "InvalidArgumentsError",
     "InvalidKeyError",
@@ -105,6 +109,8 @@ __all__ = [
     "PreconditionFailedError",
     "Ref",
     "RefOptions",
+    "RemoteRef",
+    "RemoteRun",
     "ReplicaConflictError",
     "ReplicaError",
     "ReplicaStatistics",
@@ -142,6 +148,7 @@ __all__ = [
     "UnknownHandlerError",
     "WaitTimeoutError",
     "Workflow",
+    "connect",
     "current_step",
     "handler",
     "log_lifecycle",
