@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from .. import errors as _errors
-from ..errors import ActorError, GatewayError
+from ..errors import ActorError, GatewayError, InvalidKeyError
 from ..spec import QUERY_MARK
 from ..typecheck import resolve
 from .values import from_json, to_json
@@ -127,6 +127,11 @@ class RemoteRef:
         return spec.name if spec is not None else str(self._type)
 
     def _path(self, *parts: str) -> str:
+        if "/" in self.key:
+            raise InvalidKeyError(
+                f"the key {self.key!r} holds a '/', which the gateway's routes cannot carry "
+                "(servers decode %2F before routing); reach this actor in process"
+            )
         return "/".join(
             ["", "actors", quote(self._type_name(), safe=""), quote(self.key, safe="")]
             + [quote(p, safe="") for p in parts]

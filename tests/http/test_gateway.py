@@ -424,3 +424,42 @@ async def test_the_client_sends_asks_signals_and_starts_runs(root: Path) -> None
                 await run.get_value("never")
             assert (await gw.run(Approval, "r9").status())["state"] == "done"
         assert await rt.run(Approval, "r9").result() == "no 7"
+
+
+@pytest.mark.filterwarnings(HTTPX_GENERATORS)
+async def test_a_watch_streams_a_querys_results_with_its_arguments(root: Path) -> None:
+    """GET watch/{query}?args= streams the watch source's values, typed arguments passed in."""
+    opened: list[Any] = []
+
+    @contextlib.asynccontextmanager
+    async def watch(
+        ref: actors.Ref[Any], query: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> AsyncIterator[Feed]:
+        opened.append((ref.key, query, args, kwargs))
+
+        async def values() -> Feed:
+            for i in range(3):
+                yield i, i * 10
+
+        yield values()
+
+    async with gateway(root, sources=Sources(watch=watch)) as (_, client):
+        async with client.stream("GET", "/actors/Shop/s1/watch/total?args=[%22p%22]") as r:
+            lines = [line async for line in r.aiter_lines() if line]
+        assert lines == ["id: 0", "data: 0", "id: 1", "data: 10", "id: 2", "data: 20"]
+        assert opened == [("s1", "total", ("p",), {})]
+        r = await client.get("/actors/Shop/s1/watch/add")
+        assert r.status_code == 405
+        r = await client.get("/actors/Shop/s1/watch/total?args=[1]")
+        assert (r.status_code, error_of(r)) == (422, "InvalidArgumentsError")
+
+
+async def test_keys_travel_percent_encoded(root: Path) -> None:
+    """A key with spaces, unicode or a question mark reaches the same actor as in process."""
+    async with gateway(root) as (rt, client):
+        async with actors.connect(str(client.base_url)) as gw:
+            key = "ünï code?&=#"
+            await gw.ref(Shop, key).ask(Shop.add, Item("pen", decimal.Decimal(1)))
+            with pytest.raises(actors.InvalidKeyError, match="holds a '/'"):
+                await gw.ref(Shop, "a/b").ask(Shop.total)
+        assert await rt.ref(Shop, key).ask(Shop.total) == 1
