@@ -20,7 +20,7 @@ import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import attrs
@@ -55,6 +55,8 @@ from ..workflow import Workflow
 from .values import converter, structure_call, to_json
 
 log = logging.getLogger("torpor.http")
+
+T = TypeVar("T")
 
 #: The largest request body read, in bytes, unless ``app(max_body_bytes=...)`` says otherwise:
 #: a message is at most the runtime's ``max_message_bytes`` anyway.
@@ -106,6 +108,10 @@ class NotCreatableError(LookupError):
     """A request would create an actor of a type marked ``http_create = False``."""
 
 
+class ClientGoneError(Exception):
+    """The client closed the connection while its request waited (nobody to answer)."""
+
+
 class UnsupportedError(LookupError):
     """A route this version of torpor does not serve yet (streams, watches)."""
 
@@ -131,6 +137,7 @@ STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (RunFailedError, 500),
     (StepFailedError, 500),
     (UnsupportedError, 501),
+    (ClientGoneError, 499),  # (nobody reads it: nginx's "client closed request")
     (ActorStoppedError, 503),
     (ActorFailedError, 503),
     (RuntimeClosedError, 503),
@@ -275,12 +282,21 @@ class Gateway:
         handler = self.spec(ref).handler(request.path_params["handler"])
         args, kwargs = _call_of(await _body(request, self.max_body_bytes))
         typed_args, typed_kwargs = structure_call(ref.type_name, handler, args, kwargs)
+        send = "respond-async" in request.headers.get("prefer", "")
+        if handler.is_query:
+            if send:
+                raise MethodNotAllowedError(
+                    f"{ref.type_name}.{handler.name} is a @query: it answers, it is not sent"
+                )
+            # (a read changes nothing: an Idempotency-Key has nothing to guard)
+            result = await ref.ask(handler.name, *typed_args, **typed_kwargs)
+            return json_response(200, {"result": to_json(result)})
         await self.check_creatable(ref)
         calls = ref.options(idempotency_key=_idempotency_key(request))
-        if "respond-async" in request.headers.get("prefer", ""):
+        if send:
             await calls.send(handler.name, *typed_args, **typed_kwargs)
             return json_response(202, {"accepted": True}, {"Preference-Applied": "respond-async"})
-        result = await calls.ask(handler.name, *typed_args, **typed_kwargs)
+        result = await _unless_gone(request, calls.ask(handler.name, *typed_args, **typed_kwargs))
         return json_response(200, {"result": to_json(result)})
 
     async def query(self, request: Request) -> Response:
@@ -342,10 +358,10 @@ class Gateway:
 
     def workflow(self, request: Request) -> tuple[TypeSpec, HandlerSpec]:
         name = request.path_params["type"]
-        spec = self.rt.ref_by_name(name, "-").actor_type.__torpor_spec__
-        run = spec.handlers.get("run")
-        if run is None or run.is_query or not _is_workflow(spec.cls):
-            raise UnknownActorTypeError(f"{name!r} is not a workflow type")
+        spec = self.engine.specs.get(name)
+        run = spec.handlers.get("run") if spec is not None else None
+        if spec is None or run is None or not _is_workflow(spec.cls):
+            raise UnknownActorTypeError(f"{name!r} is not a workflow type of this runtime")
         return spec, run
 
     async def start(self, request: Request) -> Response:
@@ -375,7 +391,7 @@ class Gateway:
 
     async def run_result(self, request: Request) -> Response:
         """``GET /runs/{type}/{id}/result``: waits for the outcome."""
-        result = await self.run(request).result()
+        result = await _unless_gone(request, self.run(request).result())
         return json_response(200, {"result": to_json(result)})
 
     async def run_value(self, request: Request) -> Response:
@@ -387,6 +403,35 @@ class Gateway:
         """``POST /runs/{type}/{id}/cancel``: ``{"cancelled": false}`` if it had finished."""
         cancelled = await self.run(request).cancel()
         return json_response(200, {"cancelled": cancelled})
+
+
+async def _unless_gone(request: Request, waiting: Awaitable[T]) -> T:
+    """``waiting``'s outcome; cancelled if the client goes away first (its body read already),
+    so an abandoned ask or result stops waiting. What was stored stays stored: a message
+    asked runs all the same."""
+    outcome: list[T] = []
+    failure: list[Exception] = []
+    async with anyio.create_task_group() as tg:
+
+        async def wait() -> None:
+            try:
+                outcome.append(await waiting)
+            except Exception as exc:  # (raised below as itself, not in an exception group)
+                failure.append(exc)
+            tg.cancel_scope.cancel()
+
+        async def watch() -> None:
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(wait)
+        tg.start_soon(watch)
+    if failure:
+        raise failure[0]
+    if not outcome:
+        raise ClientGoneError("the client went away")
+    return outcome[0]
 
 
 def _is_workflow(cls: type) -> bool:

@@ -463,3 +463,24 @@ async def test_keys_travel_percent_encoded(root: Path) -> None:
             with pytest.raises(actors.InvalidKeyError, match="holds a '/'"):
                 await gw.ref(Shop, "a/b").ask(Shop.total)
         assert await rt.ref(Shop, key).ask(Shop.total) == 1
+
+
+async def test_a_query_posted_is_asked_and_cannot_be_sent(root: Path) -> None:
+    """POST of a @query answers it (an Idempotency-Key is moot); with respond-async it is 405."""
+    async with gateway(root) as (rt, client):
+        await rt.ref(Shop, "s1").ask(Shop.add, Item("pen", decimal.Decimal(1)))
+        r = await client.post("/actors/Shop/s1/total", headers={"Idempotency-Key": "k"})
+        assert r.json() == {"result": 1}
+        r = await client.post("/actors/Shop/s1/total", headers={"Prefer": "respond-async"})
+        assert (r.status_code, error_of(r)) == (405, "MethodNotAllowedError")
+
+
+async def test_a_client_that_leaves_a_long_wait_does_not_stop_the_server(root: Path) -> None:
+    """A client gone while it waits for a run's result leaves the gateway serving the others."""
+    async with gateway(root) as (_, client):
+        await client.post("/runs/Approval", json={"id": "r3", "args": [3]})
+        with anyio.move_on_after(0.3):
+            await client.get("/runs/Approval/r3/result")
+        r = await client.post("/actors/Approval/r3/signals/decide", json={"value": "ok"})
+        assert r.status_code == 202
+        assert (await client.get("/runs/Approval/r3/result")).json() == {"result": "ok 3"}
