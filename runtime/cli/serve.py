@@ -1,5 +1,6 @@
 """``torpor serve DIR --types module:Name``: open the runtime and serve its HTTP gateway
-(:mod:`runtime.http`) with hypercorn, on trio, until SIGINT or SIGTERM."""
+(:mod:`runtime.http`) with hypercorn, on trio (or asyncio: ``--backend``), until SIGINT or
+SIGTERM."""
 
 from __future__ import annotations
 
@@ -39,6 +40,12 @@ def add_serve_command(commands: Any) -> None:
         "an address other than loopback",
     )
     sub.add_argument(
+        "--backend",
+        choices=["trio", "asyncio"],
+        default="trio",
+        help="the event loop the runtime and the server run on (trio)",
+    )
+    sub.add_argument(
         "--rate-limit",
         type=float,
         metavar="PER_SECOND",
@@ -67,16 +74,16 @@ def run_serve(args: argparse.Namespace) -> int:
     replica = None
     if args.replica is not None or args.s3_bucket is not None:
         replica = replica_store(args)
-    import trio
+    import anyio
 
-    trio.run(_serve, args, types, replica, token, gateway)
+    anyio.run(_serve, args, types, replica, token, gateway, backend=args.backend)
     return 0
 
 
 async def _serve(
     args: argparse.Namespace, types: list[type], replica: Any, token: str | None, gateway: Any
 ) -> None:
-    import trio
+    import anyio
 
     from ..http.server import serving
     from ..runtime import open_runtime
@@ -85,7 +92,7 @@ async def _serve(
     limit = gateway.RateLimit(args.rate_limit) if args.rate_limit else None
     async with open_runtime(args.dir, types=types, replica=replica) as rt:
         asgi = gateway.app(rt, auth=auth, rate_limit=limit)
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with serving(asgi, args.host, args.port) as url:
                 print(f"torpor serve: {url} (runtime {args.dir})", flush=True)
                 async for _ in signals:

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 TYPES = "tests.http.served:TYPES"
@@ -44,9 +45,10 @@ def served(root: Path, *options: str) -> Iterator[tuple[subprocess.Popen[str], s
                 stream.close()
 
 
-def test_serve_answers_and_stops_on_sigterm(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["trio", "asyncio"])
+def test_serve_answers_and_stops_on_sigterm(tmp_path: Path, backend: str) -> None:
     """torpor serve serves the gateway on 127.0.0.1 and closes the runtime cleanly on SIGTERM."""
-    with served(tmp_path / "rt") as (child, url):
+    with served(tmp_path / "rt", "--backend", backend) as (child, url):
         r = httpx.post(f"{url}/actors/Tally/t/add", json={"args": [2]}, timeout=30)
         assert r.json() == {"result": 2}
         assert httpx.get(f"{url}/actors/Tally/t/total", timeout=30).json() == {"result": 2}
