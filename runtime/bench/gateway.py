@@ -4,7 +4,9 @@ run on one runtime.
 The gateway (``actors.http.app``) is served by hypercorn on 127.0.0.1 (an ephemeral port) in
 the same process and event loop as the runtime, and asked by httpx over keep-alive
 connections: what a figure over HTTP adds to its in-process twin is the HTTP round trip (two
-parsers, JSON both ways, the route and the typed conversion), not the runtime. The same
+parsers, JSON both ways, the route and the typed conversion), not the runtime. As the client
+then shares the server's one thread, each rate is measured again with the callers in a child
+process (on a machine with a core to spare, that is the server's own rate). The same
 ``CONCURRENCY`` callers ask in both, each on its own actor, a handler that adds to a counter
 in its table (one committed turn per ask). Also: sends answered 202 once durable, ``@query``
 reads by GET, and the latency of one ask at a time (p50).
@@ -14,6 +16,7 @@ Stream fan-out latency is not measured yet: streams are not in this version of t
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import sys
 import tempfile
@@ -66,6 +69,37 @@ async def _rate(count: int, call: Callable[[int, int], Awaitable[Any]]) -> float
     return each * CONCURRENCY / (time.perf_counter() - started)
 
 
+async def _load(url: str, what: str, count: int) -> float:
+    """``CONCURRENCY`` httpx callers making ``count`` calls of kind ``what`` in all: calls/s."""
+    import httpx
+
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [
+            await stack.enter_async_context(httpx.AsyncClient(base_url=url, timeout=None))
+            for _ in range(CONCURRENCY)
+        ]
+
+        async def call(who: int, _i: int) -> None:
+            path = f"/actors/{COUNTER}/c{who}/"
+            if what == "query":
+                r = await clients[who].get(path + "total")
+            else:
+                async_ = {"Prefer": "respond-async"} if what == "send" else {}
+                r = await clients[who].post(path + "add", json={"args": [1]}, headers=async_)
+            assert r.status_code in (200, 202), r.text
+
+        await _rate(CONCURRENCY * 4, call)  # warm-up: connections open
+        return await _rate(count, call)
+
+
+async def _load_elsewhere(url: str, what: str, count: int) -> float:
+    """:func:`_load` in a child process: the server's figure without the client's CPU."""
+    done = await anyio.run_process(
+        [sys.executable, "-m", "runtime.bench.gateway", "load", url, what, str(count)]
+    )
+    return float(done.stdout.decode().strip())
+
+
 async def _latency(count: int, call: Callable[[int, int], Awaitable[Any]]) -> list[float]:
     times = []
     for i in range(count):
@@ -87,10 +121,14 @@ async def _measure(folder: Path, count: int, progress: Callable[[str], None]) ->
     async with (
         open_runtime(folder, types=[counter]) as rt,
         serving(app(rt)) as url,
-        httpx.AsyncClient(
-            base_url=url, timeout=None, limits=httpx.Limits(max_connections=CONCURRENCY)
-        ) as client,
+        contextlib.AsyncExitStack() as stack,
     ):
+        # One client (one keep-alive connection) per caller: httpx's pool scans its
+        # connections on every request, which would be measured instead of the gateway.
+        clients = [
+            await stack.enter_async_context(httpx.AsyncClient(base_url=url, timeout=None))
+            for _ in range(CONCURRENCY)
+        ]
         refs = [rt.ref(counter, f"c{who}") for who in range(CONCURRENCY)]
         for ref in refs:  # created and awake before anything is timed
             await ref.ask(counter.add, 0)
@@ -99,7 +137,7 @@ async def _measure(folder: Path, count: int, progress: Callable[[str], None]) ->
             return await refs[who].ask(counter.add, 1)
 
         async def ask_http(who: int, _i: int) -> Any:
-            r = await client.post(f"/actors/{COUNTER}/c{who}/add", json={"args": [1]})
+            r = await clients[who].post(f"/actors/{COUNTER}/c{who}/add", json={"args": [1]})
             assert r.status_code == 200, r.text
             return r.json()["result"]
 
@@ -107,7 +145,7 @@ async def _measure(folder: Path, count: int, progress: Callable[[str], None]) ->
             await refs[who].send(counter.add, 1)
 
         async def send_http(who: int, _i: int) -> None:
-            r = await client.post(
+            r = await clients[who].post(
                 f"/actors/{COUNTER}/c{who}/add",
                 json={"args": [1]},
                 headers={"Prefer": "respond-async"},
@@ -118,7 +156,7 @@ async def _measure(folder: Path, count: int, progress: Callable[[str], None]) ->
             return await refs[who].ask(counter.total)
 
         async def query_http(who: int, _i: int) -> Any:
-            r = await client.get(f"/actors/{COUNTER}/c{who}/total")
+            r = await clients[who].get(f"/actors/{COUNTER}/c{who}/total")
             assert r.status_code == 200, r.text
 
         for name, here, http in (
@@ -130,6 +168,9 @@ async def _measure(folder: Path, count: int, progress: Callable[[str], None]) ->
             await _rate(count // 10, http)  # warm-up: connections open
             out[f"{name}_here"] = await _rate(count, here)
             out[f"{name}_http"] = await _rate(count, http)
+        for name in ("ask", "send", "query"):
+            progress(f"{count} {name}s over HTTP from a child process ({CONCURRENCY} at once)")
+            out[f"{name}_remote"] = await _load_elsewhere(url, name, count)
         progress("one ask at a time: latency")
         out["latency_here"] = await _latency(min(count, 500), ask_here)
         out["latency_http"] = await _latency(min(count, 500), ask_http)
@@ -145,8 +186,11 @@ def run(
         m = anyio.run(_measure, Path(tmp) / "rt", count, progress, backend=backend)
     return [
         ("asks/s, 16 callers", m["ask_http"], m["ask_here"], "/s"),
+        ("asks/s, 16 callers in another process", m["ask_remote"], m["ask_here"], "/s"),
         ("sends/s (202 once durable), 16 callers", m["send_http"], m["send_here"], "/s"),
+        ("sends/s, 16 callers in another process", m["send_remote"], m["send_here"], "/s"),
         ("@query reads/s (GET), 16 callers", m["query_http"], m["query_here"], "/s"),
+        ("@query reads/s, another process", m["query_remote"], m["query_here"], "/s"),
         (
             "one ask at a time, p50",
             percentile(m["latency_http"], 50) * 1e6,
@@ -186,4 +230,8 @@ def as_json(rows: list[tuple[str, float, float, str]]) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    print(format_table(run(quick="--quick" in sys.argv, progress=print)))
+    if sys.argv[1:2] == ["load"]:  # (the child process of _load_elsewhere)
+        url, what, count = sys.argv[2], sys.argv[3], int(sys.argv[4])
+        print(anyio.run(_load, url, what, count, backend="trio"))
+    else:
+        print(format_table(run(quick="--quick" in sys.argv, progress=print)))
