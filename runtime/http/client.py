@@ -11,7 +11,7 @@ import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from .. import errors as _errors
 from ..errors import ActorError, GatewayError, InvalidKeyError
@@ -108,8 +108,8 @@ class Connection:
 
 
 class RemoteRef:
-    """An actor of another process: ``send``, ``ask``, ``signal`` and ``open_stream``, as a
-    :class:`Ref` has them, over the gateway."""
+    """An actor of another process: ``send``, ``ask``, ``signal``, ``open_stream`` and
+    ``open_watch`` over the gateway, as a :class:`Ref` has the first three."""
 
     def __init__(
         self, conn: Connection, actor_type: Any, key: str, idempotency_key: str | None = None
@@ -162,11 +162,7 @@ class RemoteRef:
             params = {"args": json.dumps(to_json(list(args)))}
             if kwargs:
                 params["kwargs"] = json.dumps(to_json(kwargs))
-            path = (
-                self._path(name)
-                + "?"
-                + "&".join(f"{k}={quote(v, safe='')}" for k, v in params.items())
-            )
+            path = self._path(name) + "?" + urlencode(params)
             found = await self._conn._request("GET", path)
         else:
             body = {"args": to_json(list(args)), "kwargs": to_json(kwargs)}
@@ -193,6 +189,29 @@ class RemoteRef:
         ref.open_stream("tokens") as entries: async for offset, entry in entries: ...``."""
         async with _events(self._conn, self._path("streams", topic), after) as entries:
             yield entries
+
+    @contextlib.asynccontextmanager
+    async def open_watch(
+        self, query: Any, /, *args: Any, **kwargs: Any
+    ) -> AsyncIterator[AsyncIterator[Any]]:
+        """Follow a ``@query``'s result as server-sent events, now and after each change:
+        ``async with ref.open_watch(Chat.summary) as values: async for value in values: ...``."""
+        _, name, fn, _ = _names(self._type, query)
+        params = {"args": json.dumps(to_json(list(args)))}
+        if kwargs:
+            params["kwargs"] = json.dumps(to_json(kwargs))
+        path = self._path("watch", name) + "?" + urlencode(params)
+        async with _events(self._conn, path, None) as entries:
+
+            async def values() -> AsyncIterator[Any]:
+                async for _, value in entries:
+                    yield _result(fn, value)
+
+            read = values()
+            try:
+                yield read
+            finally:
+                await read.aclose()  # type: ignore[attr-defined]
 
 
 @contextlib.asynccontextmanager

@@ -448,6 +448,12 @@ async def test_a_watch_streams_a_querys_results_with_its_arguments(root: Path) -
             lines = [line async for line in r.aiter_lines() if line]
         assert lines == ["id: 0", "data: 0", "id: 1", "data: 10", "id: 2", "data: 20"]
         assert opened == [("s1", "total", ("p",), {})]
+        async with (
+            actors.connect(str(client.base_url)) as gw,
+            gw.ref(Shop, "s2").open_watch(Shop.total, prefix="x") as values,
+        ):
+            assert [value async for value in values] == [0, 10, 20]
+        assert opened[1] == ("s2", "total", ("x",), {})  # (bound as the signature says)
         r = await client.get("/actors/Shop/s1/watch/add")
         assert r.status_code == 405
         r = await client.get("/actors/Shop/s1/watch/total?args=[1]")
