@@ -24,10 +24,16 @@ from typing import Any, TypeVar
 
 import anyio
 import attrs
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
+
+try:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+except ImportError as exc:  # pragma: no cover (the http extra is in the test extra)
+    raise ImportError(
+        f"actors.http needs the http extra: pip install 'torpor[http]' ({exc})"
+    ) from exc
 
 from ..errors import (
     ActorFailedError,
