@@ -76,8 +76,11 @@ def _timedelta(value: Any, _type: Any) -> _dt.timedelta:
 def converter() -> cattrs.Converter:
     """The converter between JSON values and typed ones (made at first use)."""
     import cattrs
+    from cattrs.strategies import configure_union_passthrough
 
     c = cattrs.Converter(detailed_validation=True)
+    # A union of JSON scalars (``int | str``, in a field too) takes a value of one of them.
+    configure_union_passthrough(str | int | float | bool | None, c)
     c.register_structure_hook(int, _strict(int, (int,)))
     c.register_structure_hook(float, _strict(float, (int, float)))
     c.register_structure_hook(str, _strict(str, (str,)))
@@ -157,7 +160,7 @@ def _one(
     for label, _, value in items:
         try:
             converted.append(from_json(annotation, value))
-        except (cattrs.BaseValidationError, TypeError, ValueError) as exc:
+        except (cattrs.errors.CattrsError, TypeError, ValueError) as exc:
             if isinstance(exc, cattrs.BaseValidationError):
                 why = "; ".join(cattrs.transform_error(exc, path="value"))
             else:
