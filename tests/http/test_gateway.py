@@ -8,6 +8,7 @@ import dataclasses
 import datetime
 import decimal
 import enum
+import random
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -490,3 +491,43 @@ async def test_a_client_that_leaves_a_long_wait_does_not_stop_the_server(root: P
         r = await client.post("/actors/Approval/r3/signals/decide", json={"value": "ok"})
         assert r.status_code == 202
         assert (await client.get("/runs/Approval/r3/result")).json() == {"result": "ok 3"}
+
+
+def _random_json(rng: random.Random, depth: int = 0) -> Any:
+    """A random JSON value: scalars of every kind, lists and objects, a few levels deep."""
+    kinds = ["null", "bool", "int", "float", "str"] + (["list", "dict"] if depth < 3 else [])
+    kind = rng.choice(kinds)
+    if kind == "null":
+        return None
+    if kind == "bool":
+        return rng.random() < 0.5
+    if kind == "int":
+        return rng.choice([0, -1, 2**70, rng.randint(-1000, 1000)])
+    if kind == "float":
+        return rng.choice([0.5, -1e308, 1e-9])
+    if kind == "str":
+        return rng.choice(["", "x", "1.5", "2026-01-02", "aGk=", "\u00e9\u4e2d", "l", "s"])
+    if kind == "list":
+        return [_random_json(rng, depth + 1) for _ in range(rng.randint(0, 3))]
+    names = ["name", "price", "size", "x", "args", "kwargs", "count"]
+    return {rng.choice(names): _random_json(rng, depth + 1) for _ in range(rng.randint(0, 3))}
+
+
+async def test_random_bodies_never_get_a_500(root: Path) -> None:
+    """Hundreds of random JSON bodies to typed handlers get 200, 400, 404 or 422, never a 500."""
+    rng = random.Random(15)
+    statuses: set[int] = set()
+    async with gateway(root) as (_, client):
+        for _ in range(300):
+            handler = rng.choice(["add", "stamp", "total", "nope"])
+            if rng.random() < 0.8:
+                body = {"args": _random_json(rng), "kwargs": _random_json(rng)}
+                if rng.random() < 0.7:
+                    body = {"args": [_random_json(rng) for _ in range(rng.randint(0, 3))]}
+            else:
+                body = _random_json(rng)
+            r = await client.post(f"/actors/Shop/fuzz/{handler}", json=body)
+            statuses.add(r.status_code)
+            assert r.status_code in (200, 400, 404, 422), r.text
+            assert r.status_code == 200 or "error" in r.json()
+    assert {400, 404, 422} <= statuses
