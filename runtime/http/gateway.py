@@ -550,11 +550,17 @@ def _with_auth(inner: ASGIApp, auth: Auth) -> ASGIApp:
 
 @attrs.frozen
 class RateLimit:
-    """A token bucket per client (its address): ``per_second`` requests on average, bursts of
-    up to ``burst``. A request beyond it is answered 429 with ``Retry-After``."""
+    """A token bucket per client: ``per_second`` requests on average, bursts of up to
+    ``burst``. A request beyond it is answered 429 with ``Retry-After``.
+
+    A client is its address, or what ``client(scope)`` says (behind a reverse proxy every
+    request comes from the proxy: name the client by a header the proxy sets, or by the
+    authenticated user).
+    """
 
     per_second: float
     burst: int = 10
+    client: Callable[[Scope], str] | None = None
 
     def __attrs_post_init__(self) -> None:
         if not (isinstance(self.per_second, int | float) and self.per_second > 0):
@@ -574,8 +580,11 @@ def _with_rate_limit(inner: ASGIApp, limit: RateLimit, clock: Callable[[], float
         if scope["type"] != "http":
             await inner(scope, receive, send)
             return
-        client = scope.get("client")
-        who = str(client[0]) if client else "-"
+        if limit.client is not None:
+            who = limit.client(scope)
+        else:
+            address = scope.get("client")
+            who = str(address[0]) if address else "-"
         now = clock()
         tokens, at = buckets.get(who, (float(limit.burst), now))
         tokens = min(float(limit.burst), tokens + (now - at) * limit.per_second)

@@ -330,6 +330,21 @@ async def test_a_rate_limit_answers_429_past_the_burst(root: Path) -> None:
         assert (await client.get("/actors/Shop/s1/total")).status_code == 404
 
 
+async def test_a_rate_limit_can_name_clients_by_a_header(root: Path) -> None:
+    """RateLimit(client=...) keeps one bucket per named client (behind a proxy: a header)."""
+
+    def user(scope: Any) -> str:
+        return str(dict(scope["headers"]).get(b"x-user", b"").decode())
+
+    limit = RateLimit(per_second=1, burst=1, client=user)
+    async with gateway(root, rate_limit=limit, clock=lambda: 0.0) as (_, client):
+        codes = [
+            (await client.get("/actors/Shop/s1/total", headers={"X-User": who})).status_code
+            for who in ("ann", "bob", "ann")
+        ]
+        assert codes == [404, 404, 429]
+
+
 class Log:
     """A test double of an actor's stream: entries 0..n-1, then following new ones."""
 
