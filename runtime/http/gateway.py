@@ -1,9 +1,13 @@
 """The gateway: a runtime's actors and runs over HTTP, as one ASGI application (DESIGN §12).
 
-Written on Starlette (routing, requests, streaming responses; it runs on AnyIO, so on trio as
-well as asyncio). Every route answers JSON; every failure is ``{"error": {"type", "message"}}``
-with the status of :data:`STATUS` (first match wins), and nothing else escapes: an unexpected
-exception is logged here and answered 500 without its traceback. No route runs SQL.
+Written on Starlette (routing, requests, responses; it runs on AnyIO, so on trio as well as
+asyncio); the event streams are an ASGI response of their own (``EventStream``), which closes
+its feed as soon as the client goes away. An ask or a run's result that waits stops waiting
+when its client goes away (the message stays stored and runs).
+
+Every route answers JSON; every failure is ``{"error": {"type", "message"}}`` with the status
+of :data:`STATUS` (first match wins), and nothing else escapes: an unexpected exception is
+logged here and answered 500 without its traceback. No route runs SQL.
 
 The server-sent event routes read a :data:`Feed`, an async iterator of ``(offset, entry)``:
 ``Sources`` says where an actor's streams and watches come from. Streams are not in this
