@@ -22,6 +22,7 @@ from runtime.errors import (
     DecodingError,
     EncodingError,
     FencedError,
+    GatewayError,
     IdempotencyKeyReusedError,
     InvalidArgumentsError,
     InvalidKeyError,
@@ -52,6 +53,7 @@ from runtime.errors import (
     WaitTimeoutError,
 )
 from runtime.files.datastore import KV, Sql
+from runtime.http.client import Connection, RemoteRef, RemoteRun, connect
 from runtime.observe import MetricsEndpoint, log_lifecycle, render_metrics, serve_metrics
 from runtime.records import (
     ActorInfo,
@@ -90,6 +92,7 @@ __all__ = [
     "ActorInfo",
     "ActorNotFoundError",
     "ActorStoppedError",
+    "Connection",
     "CorruptFileError",
     "CorruptReplicaError",
     "DeadLetter",
@@ -97,6 +100,7 @@ __all__ = [
     "DirectoryStore",
     "EncodingError",
     "FencedError",
+    "GatewayError",
     "IdempotencyKeyReusedError",
     "InvalidArgumentsError",
     "InvalidKeyError",
@@ -109,6 +113,8 @@ __all__ = [
     "PreconditionFailedError",
     "Ref",
     "RefOptions",
+    "RemoteRef",
+    "RemoteRun",
     "ReplicaConflictError",
     "ReplicaError",
     "ReplicaStatistics",
@@ -146,6 +152,7 @@ __all__ = [
     "UnknownHandlerError",
     "WaitTimeoutError",
     "Workflow",
+    "connect",
     "current_step",
     "handler",
     "log_lifecycle",

@@ -120,7 +120,9 @@ class Actor:
     and ``migrations`` (SQL strings or callables, applied in
     order by ``pragma user_version``; only ever append to it), and ``durable`` (with a
     replica: a reply or a send's acknowledgement waits until the commits behind it are in the
-    replica, so nothing acknowledged can be lost with the machine).
+    replica, so nothing acknowledged can be lost with the machine), and ``http_create``
+    (``False``: the HTTP gateway, ``actors.http.app``, creates no actor of this type; a
+    request to a key that does not exist is answered 404).
     """
 
     __torpor_spec__: ClassVar[TypeSpec]
@@ -128,6 +130,7 @@ class Actor:
     restart_intensity: ClassVar[RestartIntensity] = RestartIntensity()
     migrations: ClassVar[Sequence[str | Callable[[Sql], None]]] = ()
     durable: ClassVar[bool] = False
+    http_create: ClassVar[bool] = True
 
     _torpor_key: str
     _torpor_ref: Ref[Any]

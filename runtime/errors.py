@@ -203,6 +203,19 @@ class SchemaError(ActorError):
     """
 
 
+class GatewayError(ActorError):
+    """A runtime's HTTP gateway (``actors.connect``) refused a request with an error torpor
+    has no class of its own for: authentication (401), a rate limit (429), a route not served
+    (501), a failure of the server. Errors that have a class (an unknown handler, arguments
+    that do not fit) come back as that class instead. ``status`` is the HTTP status, ``kind``
+    the error's type as the gateway named it."""
+
+    def __init__(self, message: str, *, status: int, kind: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.kind = kind
+
+
 class RuntimeClosedError(ActorError):
     """The runtime was closed (or is closing) and takes no more messages."""
 

@@ -24,7 +24,11 @@ HOOKS = frozenset({"on_create", "on_wake", "on_hibernate", "on_child_failed", "o
 DEFAULT_MAX_KEY_BYTES = 1024
 
 #: Class attributes that subclasses set to configure their type.
-_CONFIGURATION = frozenset({"retry", "migrations", "restart_intensity", "durable"})
+_CONFIGURATION = frozenset({"retry", "migrations", "restart_intensity", "durable", "http_create"})
+
+#: Words of the gateway's routes after ``/actors/{type}/{key}/`` (runtime/http/): a handler
+#: with one of these names could not be told from the route, so it is refused at definition.
+ROUTE_WORDS = frozenset({"signals", "streams", "watch"})
 
 #: Marker attribute set by ``@actors.query``.
 QUERY_MARK = "__torpor_query__"
@@ -160,6 +164,11 @@ def check_handler_name(name: object) -> None:
         )
     if name in HOOKS:
         raise ValueError(f"{name!r} is a lifecycle hook's name; give the handler another name")
+    if name in ROUTE_WORDS:
+        raise ValueError(
+            f"{name!r} is a word of the HTTP gateway's routes (/actors/TYPE/KEY/{name}/...); "
+            "give the handler another name"
+        )
 
 
 @attrs.frozen
@@ -456,6 +465,8 @@ def build_type_spec(cls: type, name: str | None, base: type) -> TypeSpec:  # noq
     durable = getattr(cls, "durable", False)
     if not isinstance(durable, bool):
         raise TypeError(f"{cls.__qualname__}.durable must be True or False (got {durable!r})")
+    if not isinstance(getattr(cls, "http_create", True), bool):
+        raise TypeError(f"{cls.__qualname__}.http_create must be True or False")
     retry = getattr(cls, "retry", Retry())
     if not isinstance(retry, Retry):
         raise TypeError(f"{cls.__qualname__}.retry must be an actors.Retry (got {retry!r})")
@@ -512,6 +523,12 @@ def _handler_spec(cls: type, attr_name: str, fn: Callable[..., Any], is_query: b
         raise TypeError(
             f"@query {cls.__qualname__}.{attr_name} runs once, on committed state, and is never "
             "retried: drop @actors.handler(retry=...)"
+        )
+    if options.name is None and attr_name in ROUTE_WORDS:
+        raise TypeError(
+            f"{cls.__qualname__}.{attr_name}: {attr_name!r} is a word of the HTTP gateway's "
+            f"routes (/actors/TYPE/KEY/{attr_name}/...); rename the method, or give it another "
+            "persisted name with @actors.handler(name=...)"
         )
     return HandlerSpec(
         name=options.name or attr_name,

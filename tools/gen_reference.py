@@ -44,6 +44,7 @@ SECTIONS = [
             "ReplicaStatistics",
         ],
     ),
+    ("Another process, over HTTP", ["connect", "Connection", "RemoteRef", "RemoteRun"]),
     ("Observability", ["serve_metrics", "MetricsEndpoint", "render_metrics", "log_lifecycle"]),
 ]
 

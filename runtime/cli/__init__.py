@@ -14,6 +14,8 @@ rebuilds a whole runtime directory, or one actor's files (``--actor``, runtime c
 ``--from-replica`` (and no DIR) read the replica instead of a runtime directory, at
 ``--at TIME`` or its latest, through a temporary directory.
 
+``serve`` opens a runtime and serves it over HTTP (:mod:`runtime.http`, :mod:`.serve`).
+
 Exit status: 0 on success, 1 for an error met in the runtime directory (missing, an unknown
 actor, an actor awake in a running process, a runtime open elsewhere), 2 for a usage error.
 

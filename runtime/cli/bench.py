@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 #: The suites of ``torpor bench``.
-BENCH_SUITES = ("core", "supervisor", "steps", "runs", "replication")
+BENCH_SUITES = ("core", "supervisor", "steps", "runs", "replication", "gateway")
 
 
 #: ``torpor bench replication --quick``: small counts for a smoke run (options given after
@@ -78,7 +78,8 @@ def add_bench_command(commands: Any) -> argparse.ArgumentParser:
         default="core",
         help="core: messages and asks (default); supervisor: wake-ups, hibernation, recovery; "
         "steps: journaled step overhead, resumption after a kill -9; runs: runs started and "
-        "finished per second, reading a run; replication: lag, "
+        "finished per second, reading a run; gateway: asks per second over HTTP beside in "
+        "process (needs torpor[http]); replication: lag, "
         "requests and restore time against a local S3 server (own options: "
         "torpor bench replication --help)",
     )
@@ -123,6 +124,15 @@ def run_bench(args: argparse.Namespace) -> int:
         else:
             print(bench_module.format_table(report.figures, "NORMAL"))
             print("\n".join(report.lines()))
+        return 0
+    elif args.suite == "gateway":
+        from ..bench import gateway as bench_gateway
+
+        rows = bench_gateway.run(quick=args.quick, backend=args.backend, progress=progress)
+        if args.json:
+            print(json.dumps(bench_gateway.as_json(rows), indent=2))
+        else:
+            print(bench_gateway.format_table(rows))
         return 0
     elif args.suite == "steps":
         from ..bench import steps as bench_steps

@@ -21,6 +21,7 @@ from .commands import (
     run_status,
 )
 from .options import AT_HELP, add_replica_options, non_negative, point_in_time, positive_seconds
+from .serve import add_serve_command
 
 
 def version() -> str:
@@ -153,6 +154,7 @@ def add_operator_commands(commands: Any, *, from_replica: bool = False) -> None:
         add_replica_options(call)  # the runtime's replica, as its program opens it (optional)
 
     add_replica_commands(command)
+    add_serve_command(commands)
 
 
 def add_replica_commands(command: Callable[..., Any]) -> None:

@@ -285,16 +285,16 @@ async def test_a_starter_waits_durably_for_its_runs_value_in_a_handler(root: Pat
             await self.wait_for_event("end")
 
     class Watcher(actors.Actor, name="Watcher"):
-        async def watch(self, seconds: float, patience: float) -> list[Any]:
+        async def observe(self, seconds: float, patience: float) -> list[Any]:
             run = self.start(Later.run, seconds)
             index, value = await self.wait_any(run.wait_value("ready"), self.sleep(patience))
             return [index, value]
 
     async with runtime(root, Later, Watcher, idle_timeout=5) as rt:
         watcher = rt.ref(Watcher, "w")
-        assert await watcher.ask(Watcher.watch, 60, 600) == [0, "after 60"]
+        assert await watcher.ask(Watcher.observe, 60, 600) == [0, "after 60"]
         assert anyio.current_time() == pytest.approx(60, abs=1)
-        assert await watcher.ask(Watcher.watch, 600, 60) == [1, None]
+        assert await watcher.ask(Watcher.observe, 600, 60) == [1, None]
 
 
 async def test_a_starters_wait_value_of_a_run_done_without_it_ends(root: Path) -> None:

@@ -76,3 +76,18 @@ async def test_bench_supervisor_raw_wake_opens_files_as_the_runtime_does(tmp_pat
         bench_supervisor._close_as_a_hibernation(opened)
     assert raw == ours
     assert ours[0][:2] == ("unix-excl", 1)
+
+
+def test_bench_gateway_reports_http_beside_in_process() -> None:
+    """torpor bench gateway --quick prints each figure over HTTP beside the same in process."""
+    done = subprocess.run(
+        [sys.executable, "-m", "runtime.cli", "bench", "gateway", "--quick", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(done.stdout)["figures"]
+    assert [f["name"] for f in figures][:1] == ["asks/s, 16 callers"]
+    for figure in figures:
+        assert figure["http"] > 0 and figure["in_process"] > 0, figure

@@ -18,8 +18,13 @@ PUBLIC = {
     "ActorInfo",
     "ActorNotFoundError",
     "ActorStoppedError",
+    "Connection",
     "CorruptFileError",
     "DeadLetter",
+    "GatewayError",
+    "RemoteRef",
+    "RemoteRun",
+    "connect",
     "DecodingError",
     "EncodingError",
     "IdempotencyKeyReusedError",
@@ -141,9 +146,10 @@ def test_the_version_is_the_installed_distributions() -> None:
 
 def test_public_names_belong_to_the_package_users_import() -> None:
     """Reprs, tracebacks and pickles name a public class or function as users import it."""
+    import actors.http
     import actors.testing
 
-    for package in (actors, actors.testing):
+    for package in (actors, actors.testing, actors.http):
         for name in package.__all__:
             obj = getattr(package, name)
             if isinstance(obj, type) or callable(obj):
@@ -197,15 +203,16 @@ def test_runtime_and_ref_are_final_and_the_package_is_typed() -> None:
 
 
 def test_every_public_name_and_member_has_a_docstring() -> None:
-    """Each public name and public member of actors and actors.testing has a docstring."""
+    """Each public name and public member of actors, actors.testing and actors.http has one."""
     # Each public class and function, and each public method and property of a public class; the
     # reference page is made of these docstrings.
     import inspect
 
+    import actors.http
     import actors.testing
 
     missing = []
-    for package in (actors, actors.testing):
+    for package in (actors, actors.testing, actors.http):
         for name in package.__all__:
             obj = getattr(package, name)
             if not (inspect.isclass(obj) or inspect.isfunction(obj)):

@@ -128,7 +128,7 @@ def _room(module: str) -> str | None:
     parts = module.split(".")
     if parts[0] != "runtime" or len(parts) < 2:
         return None
-    if len(parts) > 2 or parts[1] in ("files", "replica", "ops", "cli", "bench"):
+    if len(parts) > 2 or parts[1] in ("files", "replica", "ops", "cli", "bench", "http"):
         return f"{parts[1]}/"
     return f"{parts[1]}.py"
 
