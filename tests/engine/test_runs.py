@@ -306,12 +306,12 @@ async def test_a_starters_wait_value_of_a_run_done_without_it_ends(root: Path) -
             return "no value"
 
     class Watcher(actors.Actor, name="Watcher"):
-        async def watch(self) -> Any:
+        async def observe(self) -> Any:
             return await self.start(Quiet.run).wait_value("ready")
 
     async with runtime(root, Quiet, Watcher) as rt:
         with anyio.move_on_after(24 * 3600) as scope, pytest.raises(actors.MessageFailedError):
-            await rt.ref(Watcher, "w").ask(Watcher.watch)
+            await rt.ref(Watcher, "w").ask(Watcher.observe)
         assert not scope.cancelled_caught
 
 
