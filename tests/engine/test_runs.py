@@ -371,6 +371,22 @@ def test_a_workflow_definition_is_checked_when_the_class_is_made() -> None:
             async def run(self, id: str) -> None: ...
 
 
+def test_a_workflow_whose_run_is_renamed_is_refused_with_the_reason() -> None:
+    """@actors.handler(name=...) on a workflow's run says run keeps its name; retry= is fine."""
+    # It said "needs an `async def run(self, ...)`" of a class that has one.
+    with pytest.raises(TypeError, match=r"renamed 'execute'.*keeps the name 'run'"):
+
+        class Renamed(actors.Workflow, name="Renamed"):
+            @actors.handler(name="execute")
+            async def run(self) -> None: ...
+
+    class Patient(actors.Workflow, name="Patient"):
+        @actors.handler(retry=actors.Retry(max_attempts=2))
+        async def run(self) -> None: ...
+
+    assert Patient.__torpor_spec__.handlers["run"].retry == actors.Retry(max_attempts=2)
+
+
 # -- wait_any ---------------------------------------------------------------------------------
 
 
