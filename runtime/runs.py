@@ -22,6 +22,7 @@ Files: ``runtime/files/runstore.py``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import math
@@ -39,6 +40,7 @@ from .codec import register_type
 from .context import refuse_inside_turn
 from .delivery import EVENT, Delivery
 from .errors import (
+    ActorError,
     ActorExistsError,
     ActorNotFoundError,
     IdempotencyKeyReusedError,
@@ -112,6 +114,7 @@ class Runs:
         self.expiring: dict[str, tuple[float, str, str]] = {}
         self.expiry_changed = anyio.Event()
         self._by_run: dict[Any, TypeSpec] | None = None
+        admin.end_run = self.end_before_delete
 
     # -- handles --------------------------------------------------------------------------
 
@@ -720,6 +723,29 @@ class Runs:
             raise RunStateError(f"{run!r} has no failed start to run again")
         self.expiring.pop(aid, None)
         self.residency.wake_to_act(spec, key)
+
+    async def end_before_delete(self, spec: TypeSpec, key: str) -> bool:
+        """Before ``Ref.delete`` deletes a run that has not finished: cancel it and wait for
+        its outcome, which its outbox then carries to its starter (a turn waiting in
+        ``run.result()`` ends with :class:`RunCancelledError`, ``on_run_done`` arrives) before
+        the deletion removes it. Whether it ended so; if it cannot be (stopped, failed), it
+        is deleted as any actor is."""
+        run = self.handle(spec, key)
+        try:
+            await self._here(spec, key)
+            start = self._read_start(spec, key)
+            if start is None or self._record(spec, key) is not None:
+                return False
+            with contextlib.suppress(LookupError):  # (it finished meanwhile)
+                await self.admin.cancel_turn(
+                    run.ref, start.seq, "the run was deleted before it finished"
+                )
+            await self._result_outside(run)
+        except RunFailedError:  # (RunCancelledError included: the outcome it should have)
+            return True
+        except ActorError:
+            return False
+        return True
 
     # -- retention ------------------------------------------------------------------------
 

@@ -516,6 +516,48 @@ async def test_cancel_interrupts_the_step_in_flight_and_cascades_to_its_runs(roo
         assert not await parent.cancel()  # finished: nothing to cancel
 
 
+async def test_deleting_a_run_that_has_not_finished_tells_its_starter(root: Path) -> None:
+    """ref.delete() of a waiting run ends it cancelled for its starter: no turn waits forever."""
+    # The starter's turn waited in run.result() for an outcome that no deletion ever sent: the
+    # actor held its mailbox for good, and on_run_done never came.
+
+    class Patron(actors.Actor, name="Patron"):
+        async def refund_and_wait(self) -> str:
+            try:
+                return await self.start(Refund.run, "o", 1, id="r").result()
+            except actors.RunCancelledError as exc:
+                return f"cancelled: {exc.error_message}"
+
+        async def on_run_done(self, run: actors.Run[Any], outcome: Any) -> None:
+            self.kv["done"] = [run.id, type(outcome).__name__]
+
+        @actors.query
+        async def done(self) -> Any:
+            return self.kv.get("done")
+
+    async with runtime(root, Patron, Refund, idle_timeout=5) as rt:
+        patron = rt.ref(Patron, "p")
+        answers: list[str] = []
+
+        async def ask() -> None:
+            answers.append(await patron.ask(Patron.refund_and_wait))
+
+        with anyio.move_on_after(3600):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(ask)
+                await anyio.sleep(60)  # both hibernate: the run waits for its approval
+                run = rt.run(Refund, "r")
+                assert (await run.status()).state == "waiting"
+                await run.ref.delete()
+        (answer,) = answers
+        assert answer.endswith("was cancelled: the run was deleted before it finished")
+        await anyio.sleep(1)
+        assert await patron.ask(Patron.done) == ["r", "RunCancelledError"]
+        assert rt.runs(patron) == []
+        with pytest.raises(actors.ActorNotFoundError):
+            rt.run(Refund, "r")
+
+
 async def test_restart_runs_a_failed_run_again_from_a_step(root: Path) -> None:
     """restart(from_step) keeps earlier steps and reruns the rest; a done run cannot."""
     effects: list[str] = []
