@@ -52,6 +52,7 @@ from .errors import (
     UnknownActorTypeError,
 )
 from .files import db, runstore
+from .files.directory import Entry
 from .files.layout import DATA_FILE, MAILBOX_FILE, actor_dir, actor_id, make_actor_dir
 from .files.mailbox import JournalRow, Mailbox, Message
 from .files.mailbox import image as mailbox_image
@@ -352,8 +353,7 @@ class Runs:
         now = rt.clock()
         runstore.record_outcome(act.data._exec, message.seq, status, value, now)
         start = runstore.read_start(act.mailbox.conn)
-        parent = None if start is None else start.parent
-        entry = None if parent is None else rt.directory.get(parent)
+        entry = self._starter(act.spec.name, act.key, start)
         parent_spec = None if entry is None else rt.specs.get(entry.type)
         if entry is not None and parent_spec is not None:
             target: Ref[Any] = Ref(rt, parent_spec, entry.key)
@@ -366,6 +366,18 @@ class Runs:
         ended = self.finish_events.get(actor_id(act.spec.name, act.key))
         if ended is not None:
             ended.set()  # (kept: a waiter that finds no outcome yet waits for the commit)
+
+    def _starter(self, type_name: str, key: str, start: runstore.Start | None) -> Entry | None:
+        """The directory row of the actor that started the run, if it is still there: not
+        deleted (nor being deleted), and not a new actor under its key since (a deletion
+        takes the parent off its runs' rows)."""
+        if start is None or start.parent is None:
+            return None
+        own = self.rt.directory.get(actor_id(type_name, key))
+        if own is None or own.parent != start.parent:
+            return None
+        entry = self.rt.directory.get(start.parent)
+        return None if entry is None or entry.deleting else entry
 
     def run_done(
         self, ctx: HandlerContext, type_name: str, run_id: str, status: str, value: bytes
@@ -500,9 +512,7 @@ class Runs:
         turn.write()
         act = turn.activation
         start = runstore.read_start(act.mailbox.conn)
-        entry = (
-            None if start is None or start.parent is None else self.rt.directory.get(start.parent)
-        )
+        entry = self._starter(act.spec.name, act.key, start)
         parent = None if entry is None else self.rt.specs.get(entry.type)
         if entry is not None and parent is not None:
             # First the starter's event (its doorbell for a turn waiting in run.wait_value),
@@ -557,7 +567,8 @@ class Runs:
         act = turn.activation
         spec, key = run.ref._spec, run.id
         start = self._read_start(spec, key)
-        if start is None or start.parent != actor_id(act.spec.name, act.key):
+        starter = self._starter(spec.name, key, start)
+        if starter is None or starter.id != actor_id(act.spec.name, act.key):
             raise RuntimeError(
                 f"{turn.describe()}: inside a handler, only the actor that started {run!r} "
                 "waits for its values (they come to its mailbox); read them in a step instead"
