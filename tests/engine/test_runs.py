@@ -3,6 +3,7 @@ wait_any, cancel, restart and retention. Virtual time throughout; both backends.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -556,6 +557,106 @@ async def test_deleting_a_run_that_has_not_finished_tells_its_starter(root: Path
         assert rt.runs(patron) == []
         with pytest.raises(actors.ActorNotFoundError):
             rt.run(Refund, "r")
+
+
+async def test_a_run_that_destroys_itself_tells_its_starter_first(root: Path) -> None:
+    """self.destroy() in run: the starter gets the result and on_run_done, then the run goes."""
+
+    class Once(actors.Workflow, name="Once"):
+        async def run(self) -> str:
+            await self.sleep(5)
+            self.destroy()
+            return "gone"
+
+    class Boss(actors.Actor, name="Boss"):
+        async def go(self) -> str:
+            return await self.start(Once.run, id="once").result()
+
+        async def on_run_done(self, run: actors.Run[Any], outcome: Any) -> None:
+            self.kv["done"] = [run.id, outcome]
+
+        @actors.query
+        async def done(self) -> Any:
+            return self.kv.get("done")
+
+    async with runtime(root, Boss, Once) as rt, rt.open_lifecycle_events() as events:
+        boss = rt.ref(Boss, "b")
+        assert await boss.ask(Boss.go) == "gone"
+        async for event in events:  # (its files go in a worker thread: wait for the event)
+            if (event.key, event.state) == ("once", "deleted"):
+                break
+        assert await boss.ask(Boss.done) == ["once", "gone"]
+        assert rt.runs(boss) == []
+        with pytest.raises(actors.ActorNotFoundError):
+            rt.run(Once, "once")
+
+
+async def test_a_terminal_error_fails_the_run_at_once_and_restart_runs_it_again(
+    root: Path,
+) -> None:
+    """TerminalError in a run's step fails it without retries; restart(0) runs the step again."""
+    attempts: list[int] = []
+
+    async def charge() -> str:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise actors.TerminalError("card declined")
+        return "charged"
+
+    class Pay(actors.Workflow, name="Pay"):
+        retry = actors.Retry(max_attempts=5, initial_delay=1)
+
+        async def run(self) -> str:
+            return str(await self.step("charge", charge))
+
+    class Racer(actors.Actor, name="Racer"):
+        async def race(self, run_id: str) -> str:
+            run = self.start(Pay.run, id=run_id)
+            try:
+                await self.wait_any(run.result(), self.sleep(3600))
+            except actors.RunFailedError as exc:
+                return exc.error_type
+            return "no error"
+
+    async with runtime(root, Pay, Racer) as rt:
+        assert await rt.ref(Racer, "r").ask(Racer.race, "p") == "TerminalError"
+        assert anyio.current_time() < 60  # not retried, nor waiting for the sleep
+        run = rt.run(Pay, "p")
+        status = await run.status()
+        assert (status.state, status.error) == ("failed", "TerminalError: card declined")
+        await run.restart(from_step=0)
+        assert await run.result() == "charged"
+        assert len(attempts) == 2
+
+
+@dataclasses.dataclass
+class Parcel:
+    ref: str
+    grams: int
+
+
+actors.register_type(Parcel, name="tests.Parcel")
+
+
+async def test_a_run_takes_and_returns_typed_values(root: Path) -> None:
+    """A dataclass argument of run is checked at rt.start and comes back typed in values/result."""
+
+    class Ship(actors.Workflow, name="Ship"):
+        async def run(self, parcel: Parcel) -> Parcel:
+            await self.set_value("parcel", parcel)
+            await self.wait_for_event("go")
+            return Parcel(parcel.ref, parcel.grams + 10)
+
+    async with runtime(root, Ship) as rt:
+        with pytest.raises(TypeError):
+            await rt.start(Ship.run, {"ref": "x", "grams": 1}, id="bad")
+        with pytest.raises(actors.ActorNotFoundError):
+            rt.run(Ship, "bad")  # refused before anything was stored
+        run = await rt.start(Ship.run, Parcel("x", 1), id="s")
+        assert await run.wait_value("parcel") == Parcel("x", 1)
+        assert (await run.status()).state == "waiting"
+        await run.signal("go")
+        assert await run.result() == Parcel("x", 11)
 
 
 async def test_restart_runs_a_failed_run_again_from_a_step(root: Path) -> None:
