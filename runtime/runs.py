@@ -804,8 +804,9 @@ class Runs:
             await anyio.lowlevel.checkpoint()
 
     async def _expire(self, aid: str, type_name: str, key: str) -> None:
-        """Delete one finished run (as ``Ref.delete`` does: an awake run is closed first),
-        unless it did not finish after all, or was restarted since."""
+        """Delete one finished run in the background (as ``Ref.delete`` does: an awake run is
+        closed first, and the outcome its outbox holds leaves before its files go), unless it
+        did not finish after all, or was restarted since."""
         spec = self.rt.specs.get(type_name)
         if spec is None:
             self.expiring.pop(aid, None)
@@ -819,7 +820,10 @@ class Runs:
             self.expiring[aid] = (outcome.finished_at + self.retention, type_name, key)
             return
         self.expiring.pop(aid, None)
-        await self.admin.delete_quietly(spec, key)
+        # In its own task: the deletion of a run whose outcome its starter cannot take yet
+        # waits for that (its outbox leaves first), and must not hold up the others' retention.
+        self.rt.task_group.start_soon(self.admin.delete_quietly, spec, key)
+        await anyio.lowlevel.checkpoint()
 
 
 def _waiting_for(row: JournalRow) -> str:

@@ -714,6 +714,36 @@ async def test_finished_runs_are_deleted_after_their_retention(root: Path) -> No
         assert rt.run(Refund, "waiting").id == "waiting"
 
 
+async def test_a_run_whose_starter_cannot_take_its_outcome_holds_up_no_other_retention(
+    root: Path,
+) -> None:
+    """Retention waits to delete a run until its outcome reached its starter, and meanwhile
+    deletes the other finished runs on time."""
+    # The sweep deleted one run at a time: one whose outcome could not leave held up all.
+    async with runtime(root, Agent, Nap, run_retention=600, idle_timeout=5) as rt:
+        engine = rt._engine
+        deliver = engine.deliver
+        refusing = [True]
+
+        async def starter_refuses(spec: Any, *args: Any) -> Any:
+            if refusing[0] and spec.name == "Agent":
+                raise RuntimeError("the starter cannot take it now")
+            return await deliver(spec, *args)
+
+        engine.deliver = starter_refuses  # (the run's outbox delivers through it)
+        agent = rt.ref(Agent, "a")
+        run_id = await agent.ask(Agent.nap, 1)
+        other = await rt.start(Nap.run, 1, id="other")
+        await other.result()
+        await anyio.sleep(700)
+        statuses = {info.key: info.status for info in await rt.actors(Nap)}
+        assert statuses.get("other", "deleting") == "deleting"  # (gone, or going)
+        assert statuses[run_id] == "deleting"  # its outcome is still in its outbox
+        refusing[0] = False
+        await anyio.sleep(120)
+        assert await agent.ask(Agent.done) == [[run_id, "slept 1"]]
+
+
 @pytest.mark.real_clock
 async def test_retention_deletes_a_finished_run_from_the_replica_too(tmp_path: Path) -> None:
     """With a replica, a finished run goes after its retention, and no restore brings it back."""
