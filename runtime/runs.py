@@ -745,8 +745,10 @@ class Runs:
         try:
             await self._here(spec, key)
             start = self._read_start(spec, key)
-            if start is None or self._record(spec, key) is not None:
+            if start is None:
                 return False
+            if self._record(spec, key) is not None:
+                return await self._wake_to_deliver(spec, key)
             with contextlib.suppress(LookupError):  # (it finished meanwhile)
                 await self.admin.cancel_turn(
                     run.ref, start.seq, "the run was deleted before it finished"
@@ -822,8 +824,32 @@ class Runs:
         self.expiring.pop(aid, None)
         # In its own task: the deletion of a run whose outcome its starter cannot take yet
         # waits for that (its outbox leaves first), and must not hold up the others' retention.
-        self.rt.task_group.start_soon(self.admin.delete_quietly, spec, key)
+        self.rt.task_group.start_soon(self._delete_expired, spec, key)
         await anyio.lowlevel.checkpoint()
+
+    async def _delete_expired(self, spec: TypeSpec, key: str) -> None:
+        with contextlib.suppress(ActorError):  # (then deleted as any actor is)
+            await self._wake_to_deliver(spec, key)
+        await self.admin.delete_quietly(spec, key)
+
+    async def _wake_to_deliver(self, spec: TypeSpec, key: str) -> bool:
+        """Before a finished run is deleted: if it hibernated with outbox rows (its outcome
+        for its starter, which could not take it then), wake it, so that the deletion's close
+        delivers them before its files go. Whether it is awake (the caller deletes it next,
+        without awaiting anything in between)."""
+        aid = actor_id(spec.name, key)
+        if aid not in self.residency.awake:
+            path = actor_dir(self.rt.root, aid) / DATA_FILE
+            if not path.exists():
+                return False
+            conn = db.connect(path, synchronous=self.rt.synchronous, private=True, persist_wal=True)
+            try:
+                if not runstore.has_outbox_rows(conn):
+                    return False
+            finally:
+                db.close(conn, path, keep_wal=False)
+            await self.residency.activate(spec, key)
+        return True
 
 
 def _waiting_for(row: JournalRow) -> str:

@@ -744,6 +744,33 @@ async def test_a_run_whose_starter_cannot_take_its_outcome_holds_up_no_other_ret
         assert await agent.ask(Agent.done) == [[run_id, "slept 1"]]
 
 
+@pytest.mark.parametrize("retention", [600, 620, 640])  # (awake, or hibernated, at expiry)
+async def test_retention_never_deletes_an_outcome_its_starter_has_not_taken(
+    root: Path, retention: float
+) -> None:
+    """A run past its retention whose outcome is still in its outbox delivers it, then goes."""
+    # A run that hibernated between two delivery attempts was deleted with its outcome: the
+    # starter's on_run_done never came (and a turn waiting in run.result() waited forever).
+    async with runtime(root, Agent, Nap, run_retention=retention, idle_timeout=5) as rt:
+        engine = rt._engine
+        deliver = engine.deliver
+        refusing = [True]
+
+        async def starter_refuses(spec: Any, *args: Any) -> Any:
+            if refusing[0] and spec.name == "Agent":
+                raise RuntimeError("the starter cannot take it now")
+            return await deliver(spec, *args)
+
+        engine.deliver = starter_refuses  # (the run's outbox delivers through it)
+        agent = rt.ref(Agent, "a")
+        run_id = await agent.ask(Agent.nap, 1)
+        await anyio.sleep(700)
+        refusing[0] = False
+        await anyio.sleep(120)
+        assert await agent.ask(Agent.done) == [[run_id, "slept 1"]]
+        assert all(info.status == "deleting" for info in await rt.actors(Nap))  # (or gone)
+
+
 @pytest.mark.real_clock
 async def test_retention_deletes_a_finished_run_from_the_replica_too(tmp_path: Path) -> None:
     """With a replica, a finished run goes after its retention, and no restore brings it back."""
