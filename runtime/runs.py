@@ -486,7 +486,9 @@ class Runs:
                 return self.outcome(run, *record)
             start = self._read_start(spec, key)
             if start is None:
-                raise ActorNotFoundError(f"run {key!r} of {spec.name} was not started")
+                raise ActorNotFoundError(
+                    f"no run of {spec.name} has the id {key!r} (never started, or deleted)"
+                )
             act = await self.residency.activate(spec, key)
             waiter = act.waiter(start.seq)
             await waiter.event.wait()

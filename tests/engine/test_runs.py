@@ -557,6 +557,8 @@ async def test_deleting_a_run_that_has_not_finished_tells_its_starter(root: Path
         assert rt.runs(patron) == []
         with pytest.raises(actors.ActorNotFoundError):
             rt.run(Refund, "r")
+        with pytest.raises(actors.ActorNotFoundError, match="never started, or deleted"):
+            await run.result()  # (it said "was not started")
 
 
 async def test_a_run_that_destroys_itself_tells_its_starter_first(root: Path) -> None:
