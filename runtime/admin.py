@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import shutil
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,9 @@ class Admin:
         self.delivery = delivery
         #: Deletions under way, by actor id: a second caller waits for the first.
         self._deleting: dict[str, anyio.Event] = {}
+        #: Set by ``runs.py``: before ``Ref.delete`` deletes a run, end it (cancelled) if it
+        #: has not finished, so that its starter learns; whether it did.
+        self.end_run: Callable[[TypeSpec, str], Awaitable[bool]] | None = None
 
     async def dead_letters(self, ref: Ref[Any]) -> list[DeadLetter]:
         """The dead letters kept in ``ref``'s mailbox, oldest first."""
@@ -323,7 +327,10 @@ class Admin:
             if waited:
                 return
             raise ActorNotFoundError(f"{spec.name} {key!r} does not exist: nothing to delete")
-        await self._delete(spec, key, cancel=True)
+        # A run ended so has no turn left to cancel: closed as after self.destroy(), so that
+        # the outcome its outbox holds for its starter leaves before its files go.
+        ended = spec.workflow and self.end_run is not None and await self.end_run(spec, key)
+        await self._delete(spec, key, cancel=not ended)
 
     def destroyed(self, spec: TypeSpec, key: str) -> None:
         """The row of a committed ``self.destroy()`` was delivered (sync, from the actor's own

@@ -217,6 +217,9 @@ class Delivery:
         replica: only then may the sender delete the row (else a restore could lose it)."""
         rep = self.rt.replication
         aid = actor_id(spec.name, key)
+        if self._to_a_gone_starter(aid, method, payload):
+            await anyio.lowlevel.checkpoint()
+            return None
         if method == EVENT:
             name, event = self.rt.codec.decode(payload)
             return await self.deliver_event(spec, key, name, event, f"{sender}#{sender_seq}")
@@ -273,6 +276,18 @@ class Delivery:
             act.accept(_new_message(seq, sender, sender_seq, method, payload, None))
         await anyio.lowlevel.checkpoint()
         return rep.append_token(aid) if rep else None
+
+    def _to_a_gone_starter(self, aid: str, method: str, payload: bytes) -> bool:
+        """A run's outcome or value (``on_run_done``, its events) for its starter, deleted (or
+        being deleted) since the row was written: it is dropped. It must not make a new actor
+        under the key; the run's outcome stays readable with ``run.result()``."""
+        if method == EVENT:
+            if not self.rt.codec.decode(payload)[0].startswith(RUN_EVENT_PREFIXES):
+                return False
+        elif method != "on_run_done":
+            return False
+        entry = self.rt.directory.get(aid)
+        return (entry is None or entry.deleting) and aid not in self.residency.awake
 
     async def deliver_event(
         self, spec: TypeSpec, key: str, name: str, payload: bytes, idempotency_key: str
@@ -581,6 +596,10 @@ class Delivery:
         check_payload(self.rt, payload, f"{spec.name}.on_create arguments")
         ctx.activation.outbox_add(ref, SPAWN, payload)
         return ref
+
+
+#: The events a run sends its starter (``runstore.outcome_event``, ``runstore.value_event``).
+RUN_EVENT_PREFIXES = ("run:", "value:")
 
 
 def _tombstone(manifest: Manifest) -> bool:

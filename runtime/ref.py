@@ -179,7 +179,9 @@ class Ref(Generic[A]):
         turn in progress is cancelled (it rolls back). Returns once it is gone (with a replica:
         once the store has its tombstone and no longer lists it). :class:`ActorNotFoundError`
         if there is no such actor. The key may be used again: a new actor, with nothing of
-        this one. Inside a turn, use ``self.destroy()`` (for itself) instead.
+        this one. Inside a turn, use ``self.destroy()`` (for itself) instead. A run (an actor
+        of a workflow) that has not finished is cancelled first: its starter gets its outcome
+        (:class:`RunCancelledError`) before it goes.
         """
         await anyio.lowlevel.checkpoint_if_cancelled()
         self._runtime.refuse_inside_turn("ref.delete", "self.destroy() for the actor itself")

@@ -22,6 +22,7 @@ Files: ``runtime/files/runstore.py``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import math
@@ -39,6 +40,7 @@ from .codec import register_type
 from .context import refuse_inside_turn
 from .delivery import EVENT, Delivery
 from .errors import (
+    ActorError,
     ActorExistsError,
     ActorNotFoundError,
     IdempotencyKeyReusedError,
@@ -50,6 +52,7 @@ from .errors import (
     UnknownActorTypeError,
 )
 from .files import db, runstore
+from .files.directory import Entry
 from .files.layout import DATA_FILE, MAILBOX_FILE, actor_dir, actor_id, make_actor_dir
 from .files.mailbox import JournalRow, Mailbox, Message
 from .files.mailbox import image as mailbox_image
@@ -112,6 +115,7 @@ class Runs:
         self.expiring: dict[str, tuple[float, str, str]] = {}
         self.expiry_changed = anyio.Event()
         self._by_run: dict[Any, TypeSpec] | None = None
+        admin.end_run = self.end_before_delete
 
     # -- handles --------------------------------------------------------------------------
 
@@ -349,8 +353,7 @@ class Runs:
         now = rt.clock()
         runstore.record_outcome(act.data._exec, message.seq, status, value, now)
         start = runstore.read_start(act.mailbox.conn)
-        parent = None if start is None else start.parent
-        entry = None if parent is None else rt.directory.get(parent)
+        entry = self._starter(act.spec.name, act.key, start)
         parent_spec = None if entry is None else rt.specs.get(entry.type)
         if entry is not None and parent_spec is not None:
             target: Ref[Any] = Ref(rt, parent_spec, entry.key)
@@ -363,6 +366,18 @@ class Runs:
         ended = self.finish_events.get(actor_id(act.spec.name, act.key))
         if ended is not None:
             ended.set()  # (kept: a waiter that finds no outcome yet waits for the commit)
+
+    def _starter(self, type_name: str, key: str, start: runstore.Start | None) -> Entry | None:
+        """The directory row of the actor that started the run, if it is still there: not
+        deleted (nor being deleted), and not a new actor under its key since (a deletion
+        takes the parent off its runs' rows)."""
+        if start is None or start.parent is None:
+            return None
+        own = self.rt.directory.get(actor_id(type_name, key))
+        if own is None or own.parent != start.parent:
+            return None
+        entry = self.rt.directory.get(start.parent)
+        return None if entry is None or entry.deleting else entry
 
     def run_done(
         self, ctx: HandlerContext, type_name: str, run_id: str, status: str, value: bytes
@@ -471,7 +486,9 @@ class Runs:
                 return self.outcome(run, *record)
             start = self._read_start(spec, key)
             if start is None:
-                raise ActorNotFoundError(f"run {key!r} of {spec.name} was not started")
+                raise ActorNotFoundError(
+                    f"no run of {spec.name} has the id {key!r} (never started, or deleted)"
+                )
             act = await self.residency.activate(spec, key)
             waiter = act.waiter(start.seq)
             await waiter.event.wait()
@@ -497,9 +514,7 @@ class Runs:
         turn.write()
         act = turn.activation
         start = runstore.read_start(act.mailbox.conn)
-        entry = (
-            None if start is None or start.parent is None else self.rt.directory.get(start.parent)
-        )
+        entry = self._starter(act.spec.name, act.key, start)
         parent = None if entry is None else self.rt.specs.get(entry.type)
         if entry is not None and parent is not None:
             # First the starter's event (its doorbell for a turn waiting in run.wait_value),
@@ -554,7 +569,8 @@ class Runs:
         act = turn.activation
         spec, key = run.ref._spec, run.id
         start = self._read_start(spec, key)
-        if start is None or start.parent != actor_id(act.spec.name, act.key):
+        starter = self._starter(spec.name, key, start)
+        if starter is None or starter.id != actor_id(act.spec.name, act.key):
             raise RuntimeError(
                 f"{turn.describe()}: inside a handler, only the actor that started {run!r} "
                 "waits for its values (they come to its mailbox); read them in a step instead"
@@ -721,6 +737,31 @@ class Runs:
         self.expiring.pop(aid, None)
         self.residency.wake_to_act(spec, key)
 
+    async def end_before_delete(self, spec: TypeSpec, key: str) -> bool:
+        """Before ``Ref.delete`` deletes a run that has not finished: cancel it and wait for
+        its outcome, which its outbox then carries to its starter (a turn waiting in
+        ``run.result()`` ends with :class:`RunCancelledError`, ``on_run_done`` arrives) before
+        the deletion removes it. Whether it ended so; if it cannot be (stopped, failed), it
+        is deleted as any actor is."""
+        run = self.handle(spec, key)
+        try:
+            await self._here(spec, key)
+            start = self._read_start(spec, key)
+            if start is None:
+                return False
+            if self._record(spec, key) is not None:
+                return await self._wake_to_deliver(spec, key)
+            with contextlib.suppress(LookupError):  # (it finished meanwhile)
+                await self.admin.cancel_turn(
+                    run.ref, start.seq, "the run was deleted before it finished"
+                )
+            await self._result_outside(run)
+        except RunFailedError:  # (RunCancelledError included: the outcome it should have)
+            return True
+        except ActorError:
+            return False
+        return True
+
     # -- retention ------------------------------------------------------------------------
 
     def note_finished(self, type_name: str, key: str, at: float) -> None:
@@ -767,8 +808,9 @@ class Runs:
             await anyio.lowlevel.checkpoint()
 
     async def _expire(self, aid: str, type_name: str, key: str) -> None:
-        """Delete one finished run (as ``Ref.delete`` does: an awake run is closed first),
-        unless it did not finish after all, or was restarted since."""
+        """Delete one finished run in the background (as ``Ref.delete`` does: an awake run is
+        closed first, and the outcome its outbox holds leaves before its files go), unless it
+        did not finish after all, or was restarted since."""
         spec = self.rt.specs.get(type_name)
         if spec is None:
             self.expiring.pop(aid, None)
@@ -782,7 +824,34 @@ class Runs:
             self.expiring[aid] = (outcome.finished_at + self.retention, type_name, key)
             return
         self.expiring.pop(aid, None)
+        # In its own task: the deletion of a run whose outcome its starter cannot take yet
+        # waits for that (its outbox leaves first), and must not hold up the others' retention.
+        self.rt.task_group.start_soon(self._delete_expired, spec, key)
+        await anyio.lowlevel.checkpoint()
+
+    async def _delete_expired(self, spec: TypeSpec, key: str) -> None:
+        with contextlib.suppress(ActorError):  # (then deleted as any actor is)
+            await self._wake_to_deliver(spec, key)
         await self.admin.delete_quietly(spec, key)
+
+    async def _wake_to_deliver(self, spec: TypeSpec, key: str) -> bool:
+        """Before a finished run is deleted: if it hibernated with outbox rows (its outcome
+        for its starter, which could not take it then), wake it, so that the deletion's close
+        delivers them before its files go. Whether it is awake (the caller deletes it next,
+        without awaiting anything in between)."""
+        aid = actor_id(spec.name, key)
+        if aid not in self.residency.awake:
+            path = actor_dir(self.rt.root, aid) / DATA_FILE
+            if not path.exists():
+                return False
+            conn = db.connect(path, synchronous=self.rt.synchronous, private=True, persist_wal=True)
+            try:
+                if not runstore.has_outbox_rows(conn):
+                    return False
+            finally:
+                db.close(conn, path, keep_wal=False)
+            await self.residency.activate(spec, key)
+        return True
 
 
 def _waiting_for(row: JournalRow) -> str:

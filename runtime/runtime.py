@@ -107,8 +107,8 @@ class Runtime:
 
     def runs(self, parent: Ref[Any] | None = None) -> list[Run[Any]]:
         """The runs that ``parent`` started with ``self.start`` (without it: the runs started
-        from outside with ``rt.start``), oldest first, finished ones included until their
-        retention ends."""
+        from outside with ``rt.start``, and those whose starter was deleted), oldest first,
+        finished ones included until their retention ends."""
         return self._engine.runs.runs(parent)
 
     def statistics(self) -> RuntimeStatistics:

@@ -32,6 +32,13 @@ class Workflow(Actor):
         super().__init_subclass__(name=name, **kwargs)
         spec = cls.__torpor_spec__
         run = spec.handlers.get("run")
+        renamed = [h.name for h in spec.handlers.values() if h.attribute == "run"]
+        if run is None and renamed:
+            raise TypeError(
+                f"{cls.__qualname__}.run is renamed {renamed[0]!r} by @actors.handler(name=...), "
+                "but a workflow's entry keeps the name 'run' (its starts are stored under it); "
+                "drop name= (retry= and validator= are fine)"
+            )
         if run is None or run.is_query:
             raise TypeError(
                 f"workflow {cls.__qualname__} needs an `async def run(self, ...)`: its one turn"

@@ -252,7 +252,15 @@ class Directory:
         return int(db.scalar(self.conn, "SELECT count(*) FROM actors WHERE stopped IS NOT NULL"))
 
     def forget(self, aid: str) -> None:
-        self.conn.execute("DELETE FROM actors WHERE id = ?", (aid,))
+        """Delete the actor's row; its children (spawned, runs) have no parent from now on, so
+        that a new actor under the key does not take them, or their notices, for its own."""
+        with self.conn:
+            self.conn.execute("DELETE FROM actors WHERE id = ?", (aid,))
+            self.conn.execute(
+                "UPDATE actors SET parent = NULL, notice = NULL "
+                "WHERE parent = ? OR parent LIKE ? || '.%'",  # (older rows: a sender id)
+                (aid, aid),
+            )
 
     def clear_pending(self, aid: str) -> None:
         self.conn.execute(

@@ -229,6 +229,14 @@ def record_outcome(execute: Any, seq: int, status: str, value: bytes, now: float
     )
 
 
+def has_outbox_rows(conn: apsw.Connection) -> bool:
+    """Whether the run's ``data.db`` keeps outbox rows (delivered or not: they are deleted
+    lazily), for a deletion that must let them leave first."""
+    if not _has_table(conn, "_torpor_outbox"):
+        return False
+    return any(True for _row in conn.execute("SELECT 1 FROM _torpor_outbox LIMIT 1"))
+
+
 def read_outcome(conn: apsw.Connection) -> Outcome | None:
     if not _has_table(conn, "_torpor_run"):
         return None

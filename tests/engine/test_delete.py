@@ -5,10 +5,12 @@ Time is virtual."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import apsw
 import pytest
 
@@ -361,3 +363,65 @@ async def test_actors_names_each_childs_parent(root: Path) -> None:
         assert listed == {"kid": ("del.Note", "mom"), "stray": None}
         await rt.ref(Note, "mom").delete()  # (children are not deleted with their parent)
         assert {a.key: a.parent for a in await rt.actors(Other)} == {"kid": None, "stray": None}
+
+
+class Shop(actors.Actor, name="del.Shop"):
+    """Starts runs and records the outcomes that reach it."""
+
+    async def order(self, order_id: str) -> str:
+        return self.start(Order.run, id=order_id).id
+
+    async def hello(self) -> str:
+        return "hello"
+
+    async def on_run_done(self, run: actors.Run[Any], outcome: Any) -> None:
+        self.kv["done"] = [*self.kv.get("done", []), run.id]
+
+    @actors.query
+    async def done(self) -> list[str]:
+        return list(self.kv.get("done", []))
+
+
+class Order(actors.Workflow, name="del.Order"):
+    async def run(self) -> str:
+        return str(await self.wait_for_event("paid"))
+
+
+async def test_a_new_actor_under_a_deleted_starters_key_does_not_inherit_its_runs(
+    root: Path,
+) -> None:
+    """A starter deleted and made again neither lists the old one's runs nor gets their outcome."""
+    # The new incarnation was taken for the old one's parent: rt.runs listed the old runs and
+    # their on_run_done reached it, a message about a run it never started.
+    async with actors.open_runtime(root, types=[Shop, Order], clock=clock) as rt:
+        shop = rt.ref(Shop, "s")
+        run = rt.run(Order, await shop.ask(Shop.order, "o"))
+        await shop.delete()
+        assert await shop.ask(Shop.hello) == "hello"  # a new actor under the key
+        assert rt.runs(shop) == []
+        await run.signal("paid", "yes")
+        assert await run.result() == "yes"  # its outcome stays readable
+        await anyio.sleep(10)
+        assert await shop.ask(Shop.done) == []
+        assert [info.parent for info in await rt.actors(Order)] == [None]
+
+
+async def test_a_run_finishing_while_its_starter_is_deleted_does_not_make_it_again(
+    root: Path,
+) -> None:
+    """A run's outcome for a starter deleted meanwhile is dropped, never making a new actor."""
+    async with actors.open_runtime(
+        root, types=[Shop, Order], clock=clock, run_retention=math.inf
+    ) as rt:
+        for n in range(5):  # (the outcome leaves just before, during, or after the deletion)
+            shop = rt.ref(Shop, f"s{n}")
+            run = rt.run(Order, await shop.ask(Shop.order, f"o{n}"))
+            for _ in range(n):
+                await anyio.lowlevel.checkpoint()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(run.signal, "paid", "yes")
+                tg.start_soon(shop.delete)
+            with anyio.fail_after(3600):
+                assert await run.result() == "yes"
+        await anyio.sleep(60)
+        assert await rt.actors(Shop) == []

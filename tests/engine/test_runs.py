@@ -3,6 +3,7 @@ wait_any, cancel, restart and retention. Virtual time throughout; both backends.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -371,6 +372,22 @@ def test_a_workflow_definition_is_checked_when_the_class_is_made() -> None:
             async def run(self, id: str) -> None: ...
 
 
+def test_a_workflow_whose_run_is_renamed_is_refused_with_the_reason() -> None:
+    """@actors.handler(name=...) on a workflow's run says run keeps its name; retry= is fine."""
+    # It said "needs an `async def run(self, ...)`" of a class that has one.
+    with pytest.raises(TypeError, match=r"renamed 'execute'.*keeps the name 'run'"):
+
+        class Renamed(actors.Workflow, name="Renamed"):
+            @actors.handler(name="execute")
+            async def run(self) -> None: ...
+
+    class Patient(actors.Workflow, name="Patient"):
+        @actors.handler(retry=actors.Retry(max_attempts=2))
+        async def run(self) -> None: ...
+
+    assert Patient.__torpor_spec__.handlers["run"].retry == actors.Retry(max_attempts=2)
+
+
 # -- wait_any ---------------------------------------------------------------------------------
 
 
@@ -500,6 +517,150 @@ async def test_cancel_interrupts_the_step_in_flight_and_cascades_to_its_runs(roo
         assert not await parent.cancel()  # finished: nothing to cancel
 
 
+async def test_deleting_a_run_that_has_not_finished_tells_its_starter(root: Path) -> None:
+    """ref.delete() of a waiting run ends it cancelled for its starter: no turn waits forever."""
+    # The starter's turn waited in run.result() for an outcome that no deletion ever sent: the
+    # actor held its mailbox for good, and on_run_done never came.
+
+    class Patron(actors.Actor, name="Patron"):
+        async def refund_and_wait(self) -> str:
+            try:
+                return await self.start(Refund.run, "o", 1, id="r").result()
+            except actors.RunCancelledError as exc:
+                return f"cancelled: {exc.error_message}"
+
+        async def on_run_done(self, run: actors.Run[Any], outcome: Any) -> None:
+            self.kv["done"] = [run.id, type(outcome).__name__]
+
+        @actors.query
+        async def done(self) -> Any:
+            return self.kv.get("done")
+
+    async with runtime(root, Patron, Refund, idle_timeout=5) as rt:
+        patron = rt.ref(Patron, "p")
+        answers: list[str] = []
+
+        async def ask() -> None:
+            answers.append(await patron.ask(Patron.refund_and_wait))
+
+        with anyio.move_on_after(3600):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(ask)
+                await anyio.sleep(60)  # both hibernate: the run waits for its approval
+                run = rt.run(Refund, "r")
+                assert (await run.status()).state == "waiting"
+                await run.ref.delete()
+        (answer,) = answers
+        assert answer.endswith("was cancelled: the run was deleted before it finished")
+        await anyio.sleep(1)
+        assert await patron.ask(Patron.done) == ["r", "RunCancelledError"]
+        assert rt.runs(patron) == []
+        with pytest.raises(actors.ActorNotFoundError):
+            rt.run(Refund, "r")
+        with pytest.raises(actors.ActorNotFoundError, match="never started, or deleted"):
+            await run.result()  # (it said "was not started")
+
+
+async def test_a_run_that_destroys_itself_tells_its_starter_first(root: Path) -> None:
+    """self.destroy() in run: the starter gets the result and on_run_done, then the run goes."""
+
+    class Once(actors.Workflow, name="Once"):
+        async def run(self) -> str:
+            await self.sleep(5)
+            self.destroy()
+            return "gone"
+
+    class Boss(actors.Actor, name="Boss"):
+        async def go(self) -> str:
+            return await self.start(Once.run, id="once").result()
+
+        async def on_run_done(self, run: actors.Run[Any], outcome: Any) -> None:
+            self.kv["done"] = [run.id, outcome]
+
+        @actors.query
+        async def done(self) -> Any:
+            return self.kv.get("done")
+
+    async with runtime(root, Boss, Once) as rt, rt.open_lifecycle_events() as events:
+        boss = rt.ref(Boss, "b")
+        assert await boss.ask(Boss.go) == "gone"
+        async for event in events:  # (its files go in a worker thread: wait for the event)
+            if (event.key, event.state) == ("once", "deleted"):
+                break
+        assert await boss.ask(Boss.done) == ["once", "gone"]
+        assert rt.runs(boss) == []
+        with pytest.raises(actors.ActorNotFoundError):
+            rt.run(Once, "once")
+
+
+async def test_a_terminal_error_fails_the_run_at_once_and_restart_runs_it_again(
+    root: Path,
+) -> None:
+    """TerminalError in a run's step fails it without retries; restart(0) runs the step again."""
+    attempts: list[int] = []
+
+    async def charge() -> str:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise actors.TerminalError("card declined")
+        return "charged"
+
+    class Pay(actors.Workflow, name="Pay"):
+        retry = actors.Retry(max_attempts=5, initial_delay=1)
+
+        async def run(self) -> str:
+            return str(await self.step("charge", charge))
+
+    class Racer(actors.Actor, name="Racer"):
+        async def race(self, run_id: str) -> str:
+            run = self.start(Pay.run, id=run_id)
+            try:
+                await self.wait_any(run.result(), self.sleep(3600))
+            except actors.RunFailedError as exc:
+                return exc.error_type
+            return "no error"
+
+    async with runtime(root, Pay, Racer) as rt:
+        assert await rt.ref(Racer, "r").ask(Racer.race, "p") == "TerminalError"
+        assert anyio.current_time() < 60  # not retried, nor waiting for the sleep
+        run = rt.run(Pay, "p")
+        status = await run.status()
+        assert (status.state, status.error) == ("failed", "TerminalError: card declined")
+        await run.restart(from_step=0)
+        assert await run.result() == "charged"
+        assert len(attempts) == 2
+
+
+@dataclasses.dataclass
+class Parcel:
+    ref: str
+    grams: int
+
+
+actors.register_type(Parcel, name="tests.Parcel")
+
+
+async def test_a_run_takes_and_returns_typed_values(root: Path) -> None:
+    """A dataclass argument of run is checked at rt.start and comes back typed in values/result."""
+
+    class Ship(actors.Workflow, name="Ship"):
+        async def run(self, parcel: Parcel) -> Parcel:
+            await self.set_value("parcel", parcel)
+            await self.wait_for_event("go")
+            return Parcel(parcel.ref, parcel.grams + 10)
+
+    async with runtime(root, Ship) as rt:
+        with pytest.raises(TypeError):
+            await rt.start(Ship.run, {"ref": "x", "grams": 1}, id="bad")
+        with pytest.raises(actors.ActorNotFoundError):
+            rt.run(Ship, "bad")  # refused before anything was stored
+        run = await rt.start(Ship.run, Parcel("x", 1), id="s")
+        assert await run.wait_value("parcel") == Parcel("x", 1)
+        assert (await run.status()).state == "waiting"
+        await run.signal("go")
+        assert await run.result() == Parcel("x", 11)
+
+
 async def test_restart_runs_a_failed_run_again_from_a_step(root: Path) -> None:
     """restart(from_step) keeps earlier steps and reruns the rest; a done run cannot."""
     effects: list[str] = []
@@ -553,6 +714,63 @@ async def test_finished_runs_are_deleted_after_their_retention(root: Path) -> No
         with pytest.raises(actors.ActorNotFoundError):
             rt.run(Nap, "nap")
         assert rt.run(Refund, "waiting").id == "waiting"
+
+
+async def test_a_run_whose_starter_cannot_take_its_outcome_holds_up_no_other_retention(
+    root: Path,
+) -> None:
+    """Retention waits to delete a run until its outcome reached its starter, and meanwhile
+    deletes the other finished runs on time."""
+    # The sweep deleted one run at a time: one whose outcome could not leave held up all.
+    async with runtime(root, Agent, Nap, run_retention=600, idle_timeout=5) as rt:
+        engine = rt._engine
+        deliver = engine.deliver
+        refusing = [True]
+
+        async def starter_refuses(spec: Any, *args: Any) -> Any:
+            if refusing[0] and spec.name == "Agent":
+                raise RuntimeError("the starter cannot take it now")
+            return await deliver(spec, *args)
+
+        engine.deliver = starter_refuses  # (the run's outbox delivers through it)
+        agent = rt.ref(Agent, "a")
+        run_id = await agent.ask(Agent.nap, 1)
+        other = await rt.start(Nap.run, 1, id="other")
+        await other.result()
+        await anyio.sleep(700)
+        statuses = {info.key: info.status for info in await rt.actors(Nap)}
+        assert statuses.get("other", "deleting") == "deleting"  # (gone, or going)
+        assert statuses[run_id] == "deleting"  # its outcome is still in its outbox
+        refusing[0] = False
+        await anyio.sleep(120)
+        assert await agent.ask(Agent.done) == [[run_id, "slept 1"]]
+
+
+@pytest.mark.parametrize("retention", [600, 620, 640])  # (awake, or hibernated, at expiry)
+async def test_retention_never_deletes_an_outcome_its_starter_has_not_taken(
+    root: Path, retention: float
+) -> None:
+    """A run past its retention whose outcome is still in its outbox delivers it, then goes."""
+    # A run that hibernated between two delivery attempts was deleted with its outcome: the
+    # starter's on_run_done never came (and a turn waiting in run.result() waited forever).
+    async with runtime(root, Agent, Nap, run_retention=retention, idle_timeout=5) as rt:
+        engine = rt._engine
+        deliver = engine.deliver
+        refusing = [True]
+
+        async def starter_refuses(spec: Any, *args: Any) -> Any:
+            if refusing[0] and spec.name == "Agent":
+                raise RuntimeError("the starter cannot take it now")
+            return await deliver(spec, *args)
+
+        engine.deliver = starter_refuses  # (the run's outbox delivers through it)
+        agent = rt.ref(Agent, "a")
+        run_id = await agent.ask(Agent.nap, 1)
+        await anyio.sleep(700)
+        refusing[0] = False
+        await anyio.sleep(120)
+        assert await agent.ask(Agent.done) == [[run_id, "slept 1"]]
+        assert all(info.status == "deleting" for info in await rt.actors(Nap))  # (or gone)
 
 
 @pytest.mark.real_clock
