@@ -26,7 +26,7 @@ from .errors import (
     SchemaError,
     StorageError,
 )
-from .files import db
+from .files import db, streamstore
 from .files.datastore import KV, DataStore, Sql, read_only_authorizer
 from .files.datastore import image as data_image
 from .files.layout import DATA_FILE, MAILBOX_FILE, actor_dir, make_actor_dir
@@ -37,6 +37,7 @@ from .lifecycle import Lifecycle, State
 from .outbox import OUTBOX_RETRY_MIN, Outbox
 from .replica.shipper import ActorReplica
 from .steps import TurnState
+from .streams import Writer, check_topic
 from .turn import MAX_BATCH
 
 if TYPE_CHECKING:
@@ -104,6 +105,8 @@ class Activation:
         self.gave_up: BaseException | None = None  # restart intensity exceeded: stop
         self.timers_changed = False  # a turn set or cancelled timers: rewrite the hint
         self._reader: Any = None
+        self.published = False  # the turn running now published: relay after its commit
+        self.published_deleted = 0  # data.db's published rows are deleted up to this id
         self.turn: TurnState | None = None  # the durable state of the message running now
         self.suspended_seq: int | None = None  # a turn rolled back in a journaled wait
         self.arrivals: dict[str, anyio.Event] = {}  # event name -> set when one arrives
@@ -187,6 +190,7 @@ class Activation:
             self.mailbox.close()
             raise
         self.files_open = True
+        self._open_stream()
         # Askers of messages not applied yet, kept by the runtime while the actor hibernated.
         self.waiters.update(rt.parked_waiters.pop(self.aid, {}))
         self.applied_seq = self.loaded_upto = self.cleaned_upto = self.data.applied_seq
@@ -201,6 +205,47 @@ class Activation:
         if self.data.created:
             self.created.set()
             self.settled.set()
+
+    def _open_stream(self) -> None:
+        """Its stream's writer; what a died process left: reset markers for the step attempts
+        in flight, published items committed and not relayed yet (runtime/streams.py)."""
+        rt = self.runtime
+        self.stream = Writer(
+            self.aid,
+            lambda: self.mailbox.conn,
+            rt.feeds,
+            rt.codec.encode,
+            rt.codec.decode,
+            rt.clock.wall,
+            rt.task_group.start_soon,
+            (self.spec.stream_max_entries, self.spec.stream_max_age),
+        )
+        applied = self.data.applied_seq
+        mailbox = self.mailbox
+
+        def completed(seq: int, n: int, attempt: int) -> bool:
+            if seq <= applied:
+                return True
+            row = mailbox.journal(seq).get(n)
+            return row is not None and row.status == "done" and row.attempts == attempt
+
+        relayed = streamstore.relayed_upto(mailbox.conn)
+        self.stream.relayed = self.published_deleted = relayed
+        self.stream.recover(self.data.published_after(relayed), completed)
+
+    def publish(self, topic: str, item: Any) -> None:
+        """``self.publish`` in a turn: a row in the turn's transaction, relayed after it."""
+        check_topic(topic)
+        rt = self.runtime
+        payload = rt.codec.encode(item)
+        check_payload(rt, payload, f"the item published to {topic!r}")
+        self.data.add_published(topic, payload, rt.clock.wall())
+        self.published = True
+
+    def relay_published(self) -> None:
+        """After a commit in which the actor published: the committed items into the stream."""
+        self.published = False
+        self.stream.relay(self.data.published_after(self.stream.relayed))
 
     def _instantiate(self) -> Any:
         cls = self.spec.cls
@@ -230,6 +275,11 @@ class Activation:
     def close_connections(self) -> None:
         """Close every connection (closing the last one to a WAL file checkpoints it)."""
         self.files_open = False
+        try:
+            if hasattr(self, "stream") and not self.runtime.crashed:
+                self.stream.close()
+        except Exception as exc:
+            self.runtime.report(f"{self.describe()}: its stream's last chunks: {exc!r}")
         if self._reader is not None:
             self._reader.close()
         self.data.close()
@@ -453,6 +503,10 @@ class Activation:
             head = self.queue[0]  # (in backoff after a failure: it may have to wait first)
             if head.retry_at is None or await turn.backed_off(self, head):
                 await turn.Batch(self).run()
+                if self.published:
+                    self.relay_published()
+                if self.runtime.feeds.commits:  # someone watches an actor: is it this one?
+                    self.runtime.feeds.committed(self.aid)
         if self.hibernating and self.failed is None and self.gave_up is None:
             await self._close_turns()
 
@@ -464,6 +518,8 @@ class Activation:
                 return False
         if self.spec.has_on_wake:
             await turn.run_hook(self, "on_wake")
+        if self.published:
+            self.relay_published()
         due = self.data.next_due()
         if due is not None and due <= self.runtime.clock():
             self.timers_due = True
@@ -473,6 +529,8 @@ class Activation:
         """``on_hibernate``, and the sends it made."""
         if self.spec.has_on_hibernate:
             await turn.run_hook(self, "on_hibernate")
+        if self.published:
+            self.relay_published()
         if self.outbox.dirty:
             await self.outbox.deliver(self)
 

@@ -59,6 +59,9 @@ PUBLIC = {
     "TurnInfo",
     "WaitTimeoutError",
     "current_step",
+    # streams
+    "StepAttemptEndedError",
+    "StreamEntry",
     # runs
     "Run",
     "RunCancelledError",
