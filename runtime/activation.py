@@ -210,9 +210,10 @@ class Activation:
         """Its stream's writer; what a died process left: reset markers for the step attempts
         in flight, published items committed and not relayed yet (runtime/streams.py)."""
         rt = self.runtime
+        mailbox = self.mailbox  # (not self: the writer must not keep the activation alive)
         self.stream = Writer(
             self.aid,
-            lambda: self.mailbox.conn,
+            lambda: mailbox.conn,
             rt.feeds,
             rt.codec.encode,
             rt.codec.decode,
@@ -221,7 +222,6 @@ class Activation:
             (self.spec.stream_max_entries, self.spec.stream_max_age),
         )
         applied = self.data.applied_seq
-        mailbox = self.mailbox
 
         def completed(seq: int, n: int, attempt: int) -> bool:
             if seq <= applied:
