@@ -220,6 +220,7 @@ class Activation:
             rt.clock.wall,
             rt.task_group.start_soon,
             (self.spec.stream_max_entries, self.spec.stream_max_age),
+            rt.report,
         )
         applied = self.data.applied_seq
 

@@ -277,8 +277,10 @@ class Writer:
         clock: Callable[[], float],
         start_soon: Callable[[Callable[[], Any]], None],
         retention: tuple[int, float],
+        report: Callable[[str], None],
     ) -> None:
         self.aid = aid
+        self._report = report
         self._conn = conn
         self.feeds = feeds
         self.encode = encode
@@ -318,7 +320,8 @@ class Writer:
 
     def wake(self) -> None:
         if threading.get_ident() == self._loop_thread:
-            self._start_soon(self._run)
+            with contextlib.suppress(RuntimeError):  # the runtime is closing: close() flushes
+                self._start_soon(self._run)
             return
         # (If the runtime has ended, the open attempt gets its reset at the next wake-up.)
         with contextlib.suppress(anyio.RunFinishedError):
@@ -327,7 +330,13 @@ class Writer:
     async def _run(self) -> None:
         while True:
             await anyio.sleep(GROUP_COMMIT_DELAY)
-            if not self.flush():
+            try:
+                if not self.flush():
+                    return
+            except Exception as exc:  # (disk full, a corrupt file): this actor's, not the runtime's
+                self._report(f"stream of {self.aid}: a write failed: {exc!r}")
+                with self.lock:
+                    self._scheduled = False
                 return
 
     async def durable(self) -> None:
@@ -369,6 +378,7 @@ class Writer:
             self._done = queued
             self._flushed.set()
             self._flushed = anyio.Event()
+        self.error = None
         for row in stored:
             self._topics.add(row[1])
         self._since_prune += len(stored)
