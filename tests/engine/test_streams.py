@@ -4,6 +4,7 @@ retention by count and age, watches of a @query. Time is virtual."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -325,3 +326,40 @@ async def test_a_stream_opened_before_the_actor_exists_follows_it(root: Path) ->
             async for entry in entries:
                 assert entry.item == "first"
                 break
+
+
+async def test_a_sync_step_abandoned_by_a_cancel_cannot_emit_after_its_reset(root: Path) -> None:
+    """A sync step's thread left running after its turn was cancelled gets StepAttemptEndedError."""
+    emitted, go_on, finished = threading.Event(), threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    class Slow(actors.Actor, name="tests.streams.Slow"):
+        async def go(self) -> None:
+            def fn() -> None:
+                step = actors.current_step()
+                step.emit("t", "before")
+                emitted.set()
+                go_on.wait()
+                try:
+                    step.emit("t", "after")
+                except actors.StepAttemptEndedError as exc:
+                    errors.append(exc)
+                finished.set()
+
+            await self.step("slow", fn)
+
+        async def after(self) -> None:
+            """Runs once the cancelled turn ended."""
+
+    async with runtime(root, Slow) as rt:
+        ref = rt.ref(Slow, "s")
+        await ref.send(Slow.go)
+        await anyio.to_thread.run_sync(emitted.wait)
+        (turn,) = await rt.turns(ref)
+        await rt.cancel_turn(ref, turn.seq)
+        await ref.ask(Slow.after)
+        go_on.set()
+        await anyio.to_thread.run_sync(finished.wait)
+        assert len(errors) == 1
+        got = await collect(ref, "t", 2)
+        assert [(e.kind, e.item) for e in got] == [("chunk", "before"), ("reset", None)]
