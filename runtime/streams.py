@@ -422,7 +422,8 @@ class Writer:
         self.relay(published)
         self.flush()
         self._topics = {r[0] for r in conn.execute("SELECT DISTINCT topic FROM stream").fetchall()}
-        self.prune()
+        if self._topics:  # (an actor that never streamed pays three reads at its wake-up)
+            self.prune()
 
     def close(self) -> None:
         """The actor's files close: commit what is pending; emits from now on are refused by
