@@ -26,7 +26,7 @@ from .errors import (
     SchemaError,
     StorageError,
 )
-from .files import db, runstore
+from .files import db, runstore, streamstore
 from .files.datastore import KV, DataStore, Sql, read_only_authorizer
 from .files.datastore import image as data_image
 from .files.layout import DATA_FILE, MAILBOX_FILE, actor_dir, make_actor_dir
@@ -37,6 +37,7 @@ from .lifecycle import Lifecycle, State
 from .outbox import OUTBOX_RETRY_MIN, Outbox
 from .replica.shipper import ActorReplica
 from .steps import TurnState
+from .streams import Writer, check_topic
 from .turn import MAX_BATCH
 
 if TYPE_CHECKING:
@@ -107,6 +108,8 @@ class Activation:
         self.gave_up: BaseException | None = None  # restart intensity exceeded: stop
         self.timers_changed = False  # a turn set or cancelled timers: rewrite the hint
         self._reader: Any = None
+        self.published = False  # the turn running now published: relay after its commit
+        self.published_deleted = 0  # data.db's published rows are deleted up to this id
         self.turn: TurnState | None = None  # the durable state of the message running now
         self.suspended_seq: int | None = None  # a turn rolled back in a journaled wait
         self.arrivals: dict[str, anyio.Event] = {}  # event name -> set when one arrives
@@ -190,6 +193,7 @@ class Activation:
             self.mailbox.close()
             raise
         self.files_open = True
+        self._open_stream()
         # Askers of messages not applied yet, kept by the runtime while the actor hibernated.
         self.waiters.update(rt.parked_waiters.pop(self.aid, {}))
         self.applied_seq = self.loaded_upto = self.cleaned_upto = self.data.applied_seq
@@ -204,6 +208,48 @@ class Activation:
         if self.data.created:
             self.created.set()
             self.settled.set()
+
+    def _open_stream(self) -> None:
+        """Its stream's writer; what a died process left: reset markers for the step attempts
+        in flight, published items committed and not relayed yet (runtime/streams.py)."""
+        rt = self.runtime
+        mailbox = self.mailbox  # (not self: the writer must not keep the activation alive)
+        self.stream = Writer(
+            self.aid,
+            lambda: mailbox.conn,
+            rt.feeds,
+            rt.codec.encode,
+            rt.codec.decode,
+            rt.clock.wall,
+            rt.task_group.start_soon,
+            (self.spec.stream_max_entries, self.spec.stream_max_age),
+            rt.report,
+        )
+        applied = self.data.applied_seq
+
+        def completed(seq: int, n: int, attempt: int) -> bool:
+            if seq <= applied:
+                return True
+            row = mailbox.journal(seq).get(n)
+            return row is not None and row.status == "done" and row.attempts == attempt
+
+        relayed = streamstore.relayed_upto(mailbox.conn)
+        self.stream.relayed = self.published_deleted = relayed
+        self.stream.recover(self.data.published_after(relayed), completed)
+
+    def publish(self, topic: str, item: Any) -> None:
+        """``self.publish`` in a turn: a row in the turn's transaction, relayed after it."""
+        check_topic(topic)
+        rt = self.runtime
+        payload = rt.codec.encode(item)
+        check_payload(rt, payload, f"the item published to {topic!r}")
+        self.data.add_published(topic, payload, rt.clock.wall())
+        self.published = True
+
+    def relay_published(self) -> None:
+        """After a commit in which the actor published: the committed items into the stream."""
+        self.published = False
+        self.stream.relay(self.data.published_after(self.stream.relayed))
 
     def _instantiate(self) -> Any:
         cls = self.spec.cls
@@ -233,6 +279,11 @@ class Activation:
     def close_connections(self) -> None:
         """Close every connection (closing the last one to a WAL file checkpoints it)."""
         self.files_open = False
+        try:
+            if hasattr(self, "stream") and not self.runtime.crashed:
+                self.stream.close()
+        except Exception as exc:
+            self.runtime.report(f"{self.describe()}: its stream's last chunks: {exc!r}")
         if self._reader is not None:
             self._reader.close()
         self.data.close()
@@ -458,6 +509,10 @@ class Activation:
             head = self.queue[0]  # (in backoff after a failure: it may have to wait first)
             if head.retry_at is None or await turn.backed_off(self, head):
                 await turn.Batch(self).run()
+                if self.published:
+                    self.relay_published()
+                if self.runtime.feeds.commits:  # someone watches an actor: is it this one?
+                    self.runtime.feeds.committed(self.aid)
         await self._after_turns()
 
     async def _open_turns(self) -> bool:
@@ -468,6 +523,8 @@ class Activation:
                 return False
         if self.spec.has_on_wake:
             await turn.run_hook(self, "on_wake")
+        if self.published:
+            self.relay_published()
         due = self.data.next_due()
         if due is not None and due <= self.runtime.clock():
             self.timers_due = True
@@ -475,12 +532,15 @@ class Activation:
 
     async def _after_turns(self) -> None:
         """The loop ended: before deletion, the outbox leaves; before a hibernation,
-        ``on_hibernate`` runs (unless it failed or stopped) and its sends leave."""
+        ``on_hibernate`` runs (unless it failed or stopped) and what it published and sent
+        leaves."""
         if self.deleting:
             await self._deliver_before_deletion()
         elif self.hibernating and self.failed is None and self.gave_up is None:
             if self.spec.has_on_hibernate:
                 await turn.run_hook(self, "on_hibernate")
+            if self.published:
+                self.relay_published()
             if self.outbox.dirty:  # sends made by on_hibernate
                 await self.outbox.deliver(self)
 

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Concatenate, ParamSpec, TypeVar
 
 from . import context
 from .spec import (
+    DEFAULT_STREAM_MAX_AGE,
+    DEFAULT_STREAM_MAX_ENTRIES,
     HANDLER_MARK,
     QUERY_MARK,
     RestartIntensity,
@@ -120,9 +122,11 @@ class Actor:
     and ``migrations`` (SQL strings or callables, applied in
     order by ``pragma user_version``; only ever append to it), and ``durable`` (with a
     replica: a reply or a send's acknowledgement waits until the commits behind it are in the
-    replica, so nothing acknowledged can be lost with the machine), and ``http_create``
-    (``False``: the HTTP gateway, ``actors.http.app``, creates no actor of this type; a
-    request to a key that does not exist is answered 404).
+    replica, so nothing acknowledged can be lost with the machine), ``stream_max_entries`` and
+    ``stream_max_age`` (the retention of each topic of its stream: its newest entries kept,
+    and for how many seconds; defaults 10,000 and 7 days, docs/howto/streams.md), and
+    ``http_create`` (``False``: the HTTP gateway, ``actors.http.app``, creates no actor of
+    this type; a request to a key that does not exist is answered 404).
     """
 
     __torpor_spec__: ClassVar[TypeSpec]
@@ -131,6 +135,8 @@ class Actor:
     migrations: ClassVar[Sequence[str | Callable[[Sql], None]]] = ()
     durable: ClassVar[bool] = False
     http_create: ClassVar[bool] = True
+    stream_max_entries: ClassVar[int] = DEFAULT_STREAM_MAX_ENTRIES
+    stream_max_age: ClassVar[float] = DEFAULT_STREAM_MAX_AGE
 
     _torpor_key: str
     _torpor_ref: Ref[Any]
@@ -189,6 +195,17 @@ class Actor:
         """
         ctx = context.current_turn(self, "self.send")
         ctx.activation.runtime.outbox_send(ctx, target, method, args, kwargs)
+
+    def publish(self, topic: str, item: Any) -> None:
+        """Append ``item`` to this actor's stream ``topic`` when this turn commits.
+
+        The item is written inside the turn's transaction and relayed to the stream after the
+        commit, so it is published only if the turn commits, exactly once, and gets its offset
+        in commit order. Subscribers read it with ``ref.open_stream(topic)``
+        (docs/howto/streams.md). ``item`` is encoded like a message argument.
+        """
+        ctx = context.current_turn(self, "self.publish")
+        ctx.activation.publish(topic, item)
 
     def spawn(
         self, actor_type: type[A], /, *args: Any, key: str | None = None, **kwargs: Any

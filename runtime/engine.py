@@ -55,6 +55,8 @@ from .residency import Residency
 from .run import Run
 from .runs import DEFAULT_RUN_RETENTION, Runs
 from .spec import TypeSpec, check_durable_types, check_key, index_types
+from .streams import Feeds
+from .subscriptions import Subscriptions
 
 A = TypeVar("A")
 R = TypeVar("R")
@@ -182,6 +184,10 @@ class Engine:
         self.outbox_spawn = self.delivery.outbox_spawn
         self.create_spawned = self.delivery.create_spawned
         self.schedule = self.delivery.schedule
+        self.feeds = Feeds()
+        self.subscriptions = Subscriptions(self, self.residency, self.delivery)
+        self.open_stream = self.subscriptions.open_stream
+        self.open_watch = self.subscriptions.open_watch
         self.busy = self.residency.busy
         self.idle = self.residency.idle
         self.timer_hint = self.residency.timer_hint

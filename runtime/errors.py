@@ -250,6 +250,13 @@ class TerminalError(Exception):
     """
 
 
+class StepAttemptEndedError(ActorError, RuntimeError):
+    """``current_step().emit`` was called after the step's attempt ended (it failed, was
+    cancelled or timed out, and its reset marker is written; or it returned): a chunk after the
+    reset would pass for the retry's. Unlike :class:`StepFailedError`, it is raised in the
+    step's own function (a thread a timed-out sync step left running), not to the turn."""
+
+
 class StepFailedError(ActorError):
     """A step failed on every attempt allowed (or raised :class:`NonRetryable`).
 

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from .replica.shipper import ReplicationEngine
     from .run import RunsHost
     from .spec import TypeSpec
+    from .streams import Feeds, Writer
     from .timers import Schedule
 
 
@@ -63,6 +64,7 @@ class ActorHost(Protocol):
     mailbox: Mailbox
     data: DataStore
     timers_changed: bool
+    stream: Writer
 
     @property
     def runtime(self) -> RuntimeHost: ...
@@ -78,6 +80,8 @@ class ActorHost(Protocol):
     def event_arrival(self, name: str) -> anyio.Event: ...
 
     def outbox_add(self, target: Ref[Any], method: str, payload: bytes) -> None: ...
+
+    def publish(self, topic: str, item: Any) -> None: ...
 
 
 class RuntimeHost(RefHost, Protocol):
@@ -106,6 +110,7 @@ class RuntimeHost(RefHost, Protocol):
     task_group: Any
     parked_waiters: dict[str, dict[int, Waiter]]
     sound_mailboxes: CheckedFiles
+    feeds: Feeds
 
     @property
     def replication(self) -> ReplicationEngine | None: ...

@@ -160,3 +160,34 @@ class ReplicationStatistics:
     last_error: str | None
     fenced: int
     restores: int
+
+
+@attrs.frozen
+class StreamEntry:
+    """One entry of an actor's stream, as ``Ref.open_stream`` yields it.
+
+    ``offset`` orders the actor's entries and is never reused: resume with
+    ``open_stream(topic, after=entry.offset)``. ``kind`` is ``"item"`` (``self.publish``),
+    ``"chunk"`` (``current_step().emit``) or ``"reset"``: the step attempt named by
+    ``step_key`` and ``attempt`` did not complete, so drop the chunks of that attempt that
+    came before this entry (the retry's chunks follow with the next attempt number). ``step``
+    is the step's name and ``step_key`` its idempotency key (the same on every attempt), both
+    ``None`` for an item. ``at`` is the time of the write (epoch seconds, the runtime's clock).
+    """
+
+    #: Its place in the actor's stream: increasing, never reused (resume after it).
+    offset: int
+    #: The topic it was published or emitted to.
+    topic: str
+    #: ``"item"``, ``"chunk"`` or ``"reset"``.
+    kind: str
+    #: The published item or emitted chunk (``None`` for a reset).
+    item: Any
+    #: The name of the step that emitted it (``None`` for an item).
+    step: str | None
+    #: The step's idempotency key, the same on every attempt (``None`` for an item).
+    step_key: str | None
+    #: The step's attempt, from 1 (``None`` for an item).
+    attempt: int | None
+    #: When it was written, epoch seconds (the runtime's clock).
+    at: float

@@ -4,7 +4,8 @@ and what it needs of the runtime."""
 from __future__ import annotations
 
 import warnings
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -22,6 +23,7 @@ import anyio.lowlevel
 
 if TYPE_CHECKING:
     from .clock import Clock
+    from .records import StreamEntry
     from .spec import TypeSpec
 
 A = TypeVar("A")
@@ -67,6 +69,14 @@ class RefHost(Protocol):
     ) -> bool: ...
 
     async def delete(self, ref: Ref[Any]) -> None: ...
+
+    def open_stream(
+        self, spec: TypeSpec, key: str, topic: str, after: int
+    ) -> AbstractAsyncContextManager[Any]: ...
+
+    def open_watch(
+        self, spec: TypeSpec, key: str, method: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> AbstractAsyncContextManager[Any]: ...
 
 
 @final
@@ -186,6 +196,50 @@ class Ref(Generic[A]):
         await anyio.lowlevel.checkpoint_if_cancelled()
         self._runtime.refuse_inside_turn("ref.delete", "self.destroy() for the actor itself")
         await self._runtime.delete(self)
+
+    def open_stream(
+        self, topic: str, *, after: int = 0
+    ) -> AbstractAsyncContextManager[AsyncIterator[StreamEntry]]:
+        """Read this actor's stream ``topic`` from after offset ``after``, then follow it live::
+
+            async with ref.open_stream("tokens", after=last_seen) as entries:
+                async for entry in entries:
+                    last_seen = entry.offset
+
+        ``after=0`` starts at the oldest entry kept (retention: ``Actor.stream_max_entries``,
+        ``Actor.stream_max_age``). Only committed entries are yielded, each once and in offset
+        order, so reopening with the last offset seen misses nothing and repeats nothing. Reading
+        does not wake a hibernated actor. Entries are :class:`StreamEntry` records; a ``reset``
+        entry says to drop the chunks of a step attempt that did not complete. The stream of
+        an actor not created yet is empty until it is (opening it creates nothing)."""
+        return self._runtime.open_stream(self._spec, self.key, topic, after)
+
+    @overload
+    def open_watch(
+        self,
+        method: Callable[Concatenate[A, P], Awaitable[R]],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> AbstractAsyncContextManager[AsyncIterator[R]]: ...
+
+    @overload
+    def open_watch(
+        self, method: str, /, *args: Any, **kwargs: Any
+    ) -> AbstractAsyncContextManager[AsyncIterator[Any]]: ...
+
+    def open_watch(
+        self, method: Any, /, *args: Any, **kwargs: Any
+    ) -> AbstractAsyncContextManager[AsyncIterator[Any]]:
+        """Watch a ``@query``'s result: now, then after each commit of this actor that changed
+        it (equal results are not repeated)::
+
+            async with ref.open_watch(Chat.summary) as values:
+                async for summary in values: ...
+
+        Each look is an ordinary query (it wakes the actor, which may hibernate again between
+        commits: a watch alone does not keep it awake). A message handler is a ``TypeError``."""
+        return self._runtime.open_watch(self._spec, self.key, method, args, kwargs)
 
     async def _deliver(
         self, method: Any, args: tuple[Any, ...], kwargs: dict[str, Any], key: str | None

@@ -7,6 +7,7 @@ mistakes in a definition surface at import time with a message that says how to 
 from __future__ import annotations
 
 import inspect
+import math
 import random
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -24,11 +25,27 @@ HOOKS = frozenset({"on_create", "on_wake", "on_hibernate", "on_child_failed", "o
 DEFAULT_MAX_KEY_BYTES = 1024
 
 #: Class attributes that subclasses set to configure their type.
-_CONFIGURATION = frozenset({"retry", "migrations", "restart_intensity", "durable", "http_create"})
+_CONFIGURATION = frozenset(
+    {
+        "retry",
+        "migrations",
+        "restart_intensity",
+        "durable",
+        "http_create",
+        "stream_max_entries",
+        "stream_max_age",
+    }
+)
 
 #: Words of the gateway's routes after ``/actors/{type}/{key}/`` (runtime/http/): a handler
 #: with one of these names could not be told from the route, so it is refused at definition.
 ROUTE_WORDS = frozenset({"signals", "streams", "watch"})
+
+#: Default retention of each topic of an actor's stream (``Actor.stream_max_entries``,
+#: ``Actor.stream_max_age``): enough for a long conversation's tokens and a week of
+#: reconnecting clients, while a chatty actor's ``mailbox.db`` stays bounded.
+DEFAULT_STREAM_MAX_ENTRIES = 10_000
+DEFAULT_STREAM_MAX_AGE = 7 * 24 * 3600.0
 
 #: Marker attribute set by ``@actors.query``.
 QUERY_MARK = "__torpor_query__"
@@ -347,6 +364,9 @@ class TypeSpec:
     restart_intensity: RestartIntensity = RestartIntensity()
     #: Replies and acknowledgements wait until the turn's commits are in the replica.
     durable: bool = False
+    #: The retention of each topic of its stream: entries kept, and for how long (seconds).
+    stream_max_entries: int = DEFAULT_STREAM_MAX_ENTRIES
+    stream_max_age: float = DEFAULT_STREAM_MAX_AGE
     on_child_failed: HandlerSpec | None = None
     #: By the method's name in the class, where it differs from the persisted name.
     by_attribute: dict[str, HandlerSpec] = attrs.Factory(dict)
@@ -411,6 +431,25 @@ class TypeSpec:
         return False
 
 
+def _stream_retention(cls: type) -> tuple[int, float]:
+    max_entries = getattr(cls, "stream_max_entries", DEFAULT_STREAM_MAX_ENTRIES)
+    if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 1:
+        raise TypeError(
+            f"{cls.__qualname__}.stream_max_entries must be an int >= 1 (got {max_entries!r})"
+        )
+    max_age = getattr(cls, "stream_max_age", DEFAULT_STREAM_MAX_AGE)
+    if (
+        isinstance(max_age, bool)
+        or not isinstance(max_age, int | float)
+        or not math.isfinite(max_age)
+        or max_age <= 0
+    ):
+        raise TypeError(
+            f"{cls.__qualname__}.stream_max_age must be a number of seconds > 0 (got {max_age!r})"
+        )
+    return max_entries, float(max_age)
+
+
 def build_type_spec(cls: type, name: str | None, base: type) -> TypeSpec:  # noqa: C901 (one check per rule)
     """Introspect an ``Actor`` subclass; raise ``TypeError``/``ValueError`` on a bad definition."""
     type_name = name if name is not None else cls.__name__
@@ -467,6 +506,7 @@ def build_type_spec(cls: type, name: str | None, base: type) -> TypeSpec:  # noq
         raise TypeError(f"{cls.__qualname__}.durable must be True or False (got {durable!r})")
     if not isinstance(getattr(cls, "http_create", True), bool):
         raise TypeError(f"{cls.__qualname__}.http_create must be True or False")
+    max_entries, max_age = _stream_retention(cls)
     retry = getattr(cls, "retry", Retry())
     if not isinstance(retry, Retry):
         raise TypeError(f"{cls.__qualname__}.retry must be an actors.Retry (got {retry!r})")
@@ -497,6 +537,8 @@ def build_type_spec(cls: type, name: str | None, base: type) -> TypeSpec:  # noq
         migrations=migrations,
         restart_intensity=intensity,
         durable=durable,
+        stream_max_entries=max_entries,
+        stream_max_age=max_age,
         on_child_failed=HandlerSpec(
             name="on_child_failed",
             fn=child_hook,

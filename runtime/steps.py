@@ -74,6 +74,21 @@ class StepInfo:
     number: int
     attempt: int
     idempotency_key: str
+    #: The attempt's place in the actor's stream (what ``emit`` writes through); internal.
+    _stream: object = attrs.field(default=None, repr=False, eq=False, alias="stream")
+
+    def emit(self, topic: str, chunk: Any) -> None:
+        """Append ``chunk`` to the actor's stream ``topic`` at once (not with the turn's commit),
+        tagged with this step and attempt; thread-safe, so a sync step's function may call it.
+
+        Chunks are committed in groups every few milliseconds and only then reach subscribers.
+        If this attempt fails, is cancelled or the process dies, a ``reset`` entry follows so
+        readers drop its chunks; a completed step's replay emits nothing again. After the
+        attempt ended, this raises :class:`StepAttemptEndedError`."""
+        stream: Any = self._stream
+        if stream is None:
+            raise RuntimeError("this StepInfo belongs to no running step: it cannot emit")
+        stream.emit(topic, chunk)
 
 
 CURRENT_STEP: ContextVar[StepInfo | None] = ContextVar("torpor_step", default=None)
@@ -310,7 +325,10 @@ class TurnState:
             if next_at is not None:
                 await anyio.sleep(max(0.0, next_at - rt.clock()))
             attempt += 1
-            info = StepInfo(name, n, attempt, self.idempotency_key(n))
+            key = self.idempotency_key(n)
+            writer = self.activation.stream
+            stream = writer.attempt(self.seq, n, attempt, name, key)
+            info = StepInfo(name, n, attempt, key, stream=stream)
             rt.crash_point("step called", self, n, name)
             token = CURRENT_STEP.set(info)
             # The handler's context is not the step's: self.kv, self.sql, sends and durable
@@ -326,6 +344,8 @@ class TurnState:
                         )
                 payload = rt.codec.encode(result)
             except Exception as exc:
+                if stream.end(ok=False):  # its reset marker is durable before the outcome
+                    await writer.durable()
                 terminal = isinstance(exc, TerminalError)
                 final = terminal or (
                     isinstance(exc, NonRetryable | ActorError)
@@ -355,10 +375,22 @@ class TurnState:
                     JournalRow(n, "step", name, "retrying", last, next_at, attempt, self._clock())
                 )
                 continue
+            except BaseException:
+                stream.end(ok=False)  # cancelled: its reset is written soon (or at the next wake)
+                raise
             finally:
                 context.CURRENT.reset(handler)
                 CURRENT_STEP.reset(token)
-            self.write(JournalRow(n, "step", name, "done", payload, None, attempt, self._clock()))
+            if stream.end(ok=True):  # its chunks are durable before its outcome is journaled
+                await writer.durable()
+                self.write(
+                    JournalRow(n, "step", name, "done", payload, None, attempt, self._clock())
+                )
+                stream.forget()
+            else:
+                self.write(
+                    JournalRow(n, "step", name, "done", payload, None, attempt, self._clock())
+                )
             rt.counters.steps += 1
             rt.crash_point("after step", self, n, name)
             return rt.codec.decode(payload)

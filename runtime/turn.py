@@ -100,6 +100,8 @@ class TurnActor(ActorHost, ReplicatedActor, Protocol):
     closing: bool
     failure_times: collections.deque[float]
     outbox: Outbox
+    published: bool
+    published_deleted: int
     created: anyio.Event
     settled: anyio.Event
     work: anyio.Event
@@ -149,6 +151,9 @@ class Batch:
             if deletable > act.outbox.deleted_upto:
                 data.delete_outbox(deletable)
                 act.outbox.deleted_upto = deletable
+            if act.published_deleted < act.stream.relayed:  # relayed to the stream
+                act.published_deleted = act.stream.relayed
+                data.delete_published(act.published_deleted)
             for message in self.messages:
                 if not await self._apply(message):
                     break

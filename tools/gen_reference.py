@@ -33,6 +33,7 @@ SECTIONS = [
     ("Durable steps", ["current_step", "StepInfo", "TurnInfo", "StepRecord", "NonRetryable"]),
     ("Failures", ["handler", "TerminalError"]),
     ("Runs", ["Workflow", "Run", "RunStatus"]),
+    ("Streams", ["StreamEntry"]),
     (
         "Replication",
         [

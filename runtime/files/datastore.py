@@ -71,6 +71,16 @@ _RUNTIME_MIGRATIONS = (
     ALTER TABLE _torpor_state ADD COLUMN incarnation INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE _torpor_state ADD COLUMN incarnation_from INTEGER NOT NULL DEFAULT 0;
     """,
+    # Streams: items published in a turn, committed with it and relayed to the stream in
+    # mailbox.db after the commit (runtime/streams.py), then deleted.
+    """
+    CREATE TABLE _torpor_published(
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        topic TEXT NOT NULL,
+        item BLOB NOT NULL,
+        at REAL NOT NULL
+    );
+    """,
 )
 
 #: A new lineage: a random id of 32 hex digits.
@@ -345,6 +355,25 @@ class DataStore:
             "VALUES (?, ?, ?, ?)",
             (target_type, target_key, method, payload),
         )
+
+    def add_published(self, topic: str, item: bytes, at: float) -> None:
+        """An item published in the turn (relayed to the stream after the commit)."""
+        self._exec(
+            "INSERT INTO _torpor_published(topic, item, at) VALUES (?, ?, ?)", (topic, item, at)
+        )
+
+    def published_after(self, after_id: int) -> list[tuple[int, str, bytes, float]]:
+        """Committed published items not relayed yet: ``(id, topic, item, at)``."""
+        return [
+            (int(r[0]), r[1], bytes(r[2]), float(r[3]))
+            for r in self.conn.execute(
+                "SELECT id, topic, item, at FROM _torpor_published WHERE id > ? ORDER BY id",
+                (after_id,),
+            )
+        ]
+
+    def delete_published(self, upto_id: int) -> None:
+        self._exec("DELETE FROM _torpor_published WHERE id <= ?", (upto_id,))
 
     def outbox_after(self, after_id: int) -> list[OutboxRow]:
         return [

@@ -94,6 +94,30 @@ _MIGRATIONS = (
     ALTER TABLE inbox ADD COLUMN retry_at REAL;
     ALTER TABLE dead_letters ADD COLUMN reason TEXT NOT NULL DEFAULT 'unknown';
     """,
+    # Streams (docs/howto/streams.md, runtime/files/streamstore.py): the actor's stream entries
+    # by offset, and the step attempts that emitted chunks and have not ended yet.
+    """
+    CREATE TABLE stream(
+        "offset" INTEGER PRIMARY KEY AUTOINCREMENT,
+        topic TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        step TEXT,
+        step_key TEXT,
+        attempt INTEGER,
+        item BLOB,
+        at REAL NOT NULL
+    );
+    CREATE INDEX stream_topic ON stream(topic, "offset");
+    CREATE TABLE stream_attempts(
+        seq INTEGER NOT NULL,
+        n INTEGER NOT NULL,
+        attempt INTEGER NOT NULL,
+        topic TEXT NOT NULL,
+        step TEXT NOT NULL,
+        step_key TEXT NOT NULL,
+        PRIMARY KEY (seq, n, attempt, topic)
+    ) WITHOUT ROWID;
+    """,
 )
 
 _MESSAGE_COLUMNS = (

@@ -66,6 +66,9 @@ PUBLIC = {
     "TurnInfo",
     "WaitTimeoutError",
     "current_step",
+    # streams
+    "StepAttemptEndedError",
+    "StreamEntry",
     # runs
     "Run",
     "RunCancelledError",
