@@ -719,8 +719,7 @@ async def test_finished_runs_are_deleted_after_their_retention(root: Path) -> No
 async def test_a_run_whose_starter_cannot_take_its_outcome_holds_up_no_other_retention(
     root: Path,
 ) -> None:
-    """Retention waits to delete a run until its outcome reached its starter, and meanwhile
-    deletes the other finished runs on time."""
+    """Retention keeps a run until its outcome left, and deletes other finished runs on time."""
     # The sweep deleted one run at a time: one whose outcome could not leave held up all.
     async with runtime(root, Agent, Nap, run_retention=600, idle_timeout=5) as rt:
         engine = rt._engine
