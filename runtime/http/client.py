@@ -227,8 +227,10 @@ async def _events(
             raise _error(source.response)
 
         async def entries() -> AsyncIterator[tuple[int, Any]]:
-            async for event in source.aiter_sse():
-                yield int(event.id), json.loads(event.data)
+            # (closed when the reader stops early: httpx's generators under it, too)
+            async with contextlib.aclosing(source.aiter_sse()) as events:
+                async for event in events:
+                    yield int(event.id), json.loads(event.data)
 
         read = entries()  # (an async generator: aclose below)
         try:

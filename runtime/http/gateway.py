@@ -10,8 +10,8 @@ of :data:`STATUS` (first match wins), and nothing else escapes: an unexpected ex
 logged here and answered 500 without its traceback. No route runs SQL.
 
 The server-sent event routes read a :data:`Feed`, an async iterator of ``(offset, entry)``:
-``Sources`` says where an actor's streams and watches come from. Streams are not in this
-version of torpor, so ``app`` has none yet and those routes answer 501.
+``Sources`` says where an actor's streams and watches come from (``Ref.open_stream`` and
+``Ref.open_watch``, unless a test gives others).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, TypeVar
 
 import anyio
@@ -123,7 +123,7 @@ class ClientGoneError(Exception):
 
 
 class UnsupportedError(LookupError):
-    """A route this version of torpor does not serve yet (streams, watches)."""
+    """A route this gateway was built without (``build_app`` given ``Sources`` without it)."""
 
 
 #: Exceptions to statuses, first match wins. The type in the body is the exception's own.
@@ -344,7 +344,7 @@ class Gateway:
         ref = self.ref(request)
         source = self.sources.stream
         if source is None:
-            raise UnsupportedError("streams are not in this version of torpor")
+            raise UnsupportedError("this gateway was built without streams")
         after = _offset(request)
         return _events(source(ref, request.path_params["topic"], after))
 
@@ -357,7 +357,7 @@ class Gateway:
             raise MethodNotAllowedError(f"{ref.type_name}.{handler.name} is not a @query")
         source = self.sources.watch
         if source is None:
-            raise UnsupportedError("watches are not in this version of torpor")
+            raise UnsupportedError("this gateway was built without watches")
         args, kwargs = _call_of(
             {"args": _query_json(request, "args", []), "kwargs": _query_json(request, "kwargs", {})}
         )
@@ -456,6 +456,52 @@ def _offset(request: Request) -> int | None:
         return int(text)
     except ValueError:
         raise BadRequestError(f"Last-Event-ID and ?after= are offsets (got {text!r})") from None
+
+
+@asynccontextmanager
+async def _open_stream(ref: Ref[Any], topic: str, after: int | None) -> AsyncIterator[Feed]:
+    """An actor's stream as a feed: each :class:`StreamEntry` (its offset the event's id) as
+    JSON, its item converted as results are."""
+    async with ref.open_stream(topic, after=after or 0) as entries:
+
+        async def feed() -> Feed:
+            async for entry in entries:
+                yield (
+                    entry.offset,
+                    {
+                        "offset": entry.offset,
+                        "topic": entry.topic,
+                        "kind": entry.kind,
+                        "item": entry.item,
+                        "step": entry.step,
+                        "step_key": entry.step_key,
+                        "attempt": entry.attempt,
+                        "at": entry.at,
+                    },
+                )
+
+        yield feed()
+
+
+@asynccontextmanager
+async def _open_watch(
+    ref: Ref[Any], name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> AsyncIterator[Feed]:
+    """A watch of a ``@query`` as a feed: each value, numbered from 0 in this connection (a
+    watch resumes by reading the value now, not by offset)."""
+    async with ref.open_watch(name, *args, **kwargs) as values:
+
+        async def feed() -> Feed:
+            n = 0
+            async for value in values:
+                yield n, value
+                n += 1
+
+        yield feed()
+
+
+#: Where ``app`` reads streams and watches: the actors' own.
+ACTOR_SOURCES = Sources(stream=_open_stream, watch=_open_watch)
 
 
 def _events(feed: AbstractAsyncContextManager[Feed]) -> Response:
@@ -645,13 +691,13 @@ def build_app(
     sources: Sources | None = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> ASGIApp:
-    """:func:`app`, reading streams and watches from ``sources`` (none yet outside the
-    tests), and limiting rates on ``clock``."""
+    """:func:`app`, reading streams and watches from ``sources`` (by default the actors'
+    own: ``Ref.open_stream``, ``Ref.open_watch``), and limiting rates on ``clock``."""
     if not isinstance(rt, Runtime):
         raise TypeError(f"app() takes an open actors.Runtime (got {rt!r})")
     if not isinstance(max_body_bytes, int) or max_body_bytes < 1:
         raise ValueError(f"max_body_bytes must be an int >= 1 (got {max_body_bytes!r})")
-    g = Gateway(rt, max_body_bytes, sources or Sources())
+    g = Gateway(rt, max_body_bytes, sources or ACTOR_SOURCES)
     actor = "/actors/{type}/{key}"
     run = "/runs/{type}/{id}"
     routes = [
