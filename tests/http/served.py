@@ -13,6 +13,7 @@ class Tally(actors.Actor, name="Tally"):
 
     async def add(self, value: int) -> int:
         self.sql.execute("INSERT INTO n VALUES (?)", (value,))
+        self.publish("adds", value)  # (read over SSE across a kill -9 of the server)
         return await self.total()
 
     @actors.query

@@ -4,6 +4,7 @@ gateway, and what it acknowledged survives a kill -9 of the server."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import select
 import signal
@@ -78,6 +79,43 @@ def test_a_send_acknowledged_survives_a_kill_9_of_the_server(tmp_path: Path) -> 
             )
         r = httpx.post(f"{url}/actors/Tally/t/add", json={"args": [0]}, timeout=30)
         assert r.json() == {"result": 20}
+
+
+def read_events(url: str, after: int | None, count: int) -> list[tuple[int, int]]:
+    """The next ``count`` (offset, value) entries of Tally t's stream "adds" over SSE."""
+    headers = {} if after is None else {"Last-Event-ID": str(after)}
+    got: list[tuple[int, int]] = []
+    with httpx.stream(
+        "GET", f"{url}/actors/Tally/t/streams/adds", headers=headers, timeout=30
+    ) as r:
+        for line in r.iter_lines():
+            if line.startswith("data:"):
+                entry = json.loads(line[5:])
+                got.append((entry["offset"], entry["item"]))
+                if len(got) == count:
+                    break
+    return got
+
+
+def test_a_stream_reader_resumes_across_a_kill_9_of_the_server(tmp_path: Path) -> None:
+    """An SSE reader that reconnects with its last offset after a kill -9 misses nothing."""
+
+    def add(url: str, value: int) -> None:
+        r = httpx.post(f"{url}/actors/Tally/t/add", json={"args": [value]}, timeout=30)
+        assert r.status_code == 200
+
+    with served(tmp_path / "rt") as (child, url):
+        for value in range(1, 6):
+            add(url, value)
+        seen = read_events(url, None, 5)
+        os.kill(child.pid, signal.SIGKILL)
+    with served(tmp_path / "rt") as (_, url):
+        for value in range(6, 9):
+            add(url, value)
+        seen += read_events(url, seen[-1][0], 3)
+    assert [value for _, value in seen] == list(range(1, 9))
+    offsets = [offset for offset, _ in seen]
+    assert offsets == sorted(set(offsets))
 
 
 def test_serve_needs_a_token_to_bind_another_address(tmp_path: Path) -> None:
