@@ -11,7 +11,9 @@ process (on a machine with a core to spare, that is the server's own rate). The 
 in its table (one committed turn per ask). Also: sends answered 202 once durable, ``@query``
 reads by GET, and the latency of one ask at a time (p50).
 
-Stream fan-out latency is not measured yet: streams are not in this version of torpor.
+Stream fan-out: ``SUBSCRIBERS`` readers follow one actor's stream, over HTTP (server-sent
+events) and in process (``Ref.open_stream``); a handler publishes the time it ran, and each
+reader records how long the item took to reach it (p50 and p99 over every reader and item).
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from .turns import percentile
 
 #: Callers asking at once (each on its own actor).
 CONCURRENCY = 16
+#: Readers of one actor's stream in the fan-out figure.
+SUBSCRIBERS = 100
 COUNTER = "torpor.bench.HttpCounter"
 
 
@@ -45,6 +49,9 @@ def _types() -> Any:
         async def add(self, by: int) -> int:
             self.sql.execute("UPDATE c SET n = n + ?", (by,))
             return by
+
+        async def tick(self) -> None:
+            self.publish("ticks", time.perf_counter())  # (read in this process)
 
         @query
         async def total(self) -> int:
@@ -174,7 +181,68 @@ async def _measure(folder: Path, count: int, progress: Callable[[str], None]) ->
         progress("one ask at a time: latency")
         out["latency_here"] = await _latency(min(count, 500), ask_here)
         out["latency_http"] = await _latency(min(count, 500), ask_http)
+        rounds = 20 if count < 8000 else 100
+        progress(f"stream fan-out: {rounds} items to {SUBSCRIBERS} readers, in process")
+        out["fanout_here"] = await _fanout(rt.ref(counter, "fan-here"), counter, None, rounds)
+        progress(f"stream fan-out: {rounds} items to {SUBSCRIBERS} readers over HTTP")
+        out["fanout_http"] = await _fanout(rt.ref(counter, "fan-http"), counter, url, rounds)
     return out
+
+
+async def _fanout(ref: Any, counter: Any, url: str | None, rounds: int) -> list[float]:
+    """Seconds from ``tick`` to each reader, for ``rounds`` items and ``SUBSCRIBERS`` readers
+    (over HTTP when ``url`` is given, else ``ref.open_stream``)."""
+    import json
+
+    import httpx
+
+    await ref.ask(counter.add, 0)  # (created before the readers open)
+    delays: list[float] = []
+    ready = 0
+    all_ready = anyio.Event()
+
+    def arrived() -> None:
+        nonlocal ready
+        ready += 1
+        if ready == SUBSCRIBERS:
+            all_ready.set()
+
+    async def here() -> None:
+        async with ref.open_stream("ticks") as entries:
+            arrived()
+            seen = 0
+            async for entry in entries:
+                delays.append(time.perf_counter() - entry.item)
+                seen += 1
+                if seen == rounds:
+                    return
+
+    async def over_http(client: httpx.AsyncClient) -> None:
+        path = f"/actors/{ref.type_name}/{ref.key}/streams/ticks"
+        async with client.stream("GET", path) as r:
+            arrived()
+            seen = 0
+            async for line in r.aiter_lines():
+                if line.startswith("data:"):
+                    delays.append(time.perf_counter() - json.loads(line[5:])["item"])
+                    seen += 1
+                    if seen == rounds:
+                        return
+
+    limits = httpx.Limits(max_connections=SUBSCRIBERS + 1)
+    async with httpx.AsyncClient(base_url=url or "http://x", timeout=None, limits=limits) as c:
+        with anyio.fail_after(120):  # (a bound on a bench that would hang, not a timing)
+            async with anyio.create_task_group() as tg:
+                for _ in range(SUBSCRIBERS):
+                    if url is None:
+                        tg.start_soon(here)
+                    else:
+                        tg.start_soon(over_http, c)
+                await all_ready.wait()
+                for _ in range(rounds):
+                    await ref.ask(counter.tick)
+                    await anyio.sleep(0.01)  # (paced: each item's delay, not a queue's)
+    return delays
 
 
 def run(
@@ -201,6 +269,18 @@ def run(
             "one ask at a time, mean",
             statistics.fmean(m["latency_http"]) * 1e6,
             statistics.fmean(m["latency_here"]) * 1e6,
+            "µs",
+        ),
+        (
+            f"stream fan-out to {SUBSCRIBERS} readers, p50",
+            percentile(m["fanout_http"], 50) * 1e6,
+            percentile(m["fanout_here"], 50) * 1e6,
+            "µs",
+        ),
+        (
+            f"stream fan-out to {SUBSCRIBERS} readers, p99",
+            percentile(m["fanout_http"], 99) * 1e6,
+            percentile(m["fanout_here"], 99) * 1e6,
             "µs",
         ),
     ]
