@@ -611,6 +611,7 @@ class Runs:
                 return self.rt.codec.decode(encoded)
             record = self._record(spec, key)
             if record is not None:
+                self.finish_events.pop(aid, None)  # (its end is committed: nothing to wait for)
                 await anyio.lowlevel.checkpoint()
                 return _value_or_lookup_error(run, name, _NoValue(record[0]))
             if ended.is_set():  # it ended in a transaction not committed yet
